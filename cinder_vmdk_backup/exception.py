@@ -1,0 +1,26 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Exceptions of cinder-vmdk-backup.
+
+They subclass Cinder's so that the managers handle them the way they handle
+Cinder's own: their message is what an operator or a user reads, so it
+names what went wrong and where, and never carries a credential.
+"""
+
+from cinder import exception
+from cinder.i18n import _
+
+
+class VmdkBackupError(exception.VolumeBackendAPIException):
+    message = _("VMDK backup or restore failed: %(reason)s")
+

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install the test peers on a Debian 12 machine (as root): Debian packages
+# the tests use, and what the tools under tools/ build (vcsim).
+# Safe to run again: it only installs what is missing.
+set -eu -o pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+
+packages=(python3-venv qemu-utils)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' \
+        || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Each peer's own installer, where one exists.
+for installer in "$top"/tools/*/install.sh; do
+    [ -f "$installer" ] && bash "$installer"
+done
+exit 0

@@ -1,0 +1,21 @@
+# Sourced by the tools: the project's virtualenv, made and filled on demand.
+# CVB_VENV overrides its place (default: .venv in the source tree).
+VENV=${CVB_VENV:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/.venv}
+
+ensure_venv() {
+    local top stamp want
+    top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+    stamp="$VENV/.cvb-requirements"
+    want=$(cat "$top/requirements.txt" "$top/test-requirements.txt" \
+           "$top/setup.cfg" | sha256sum | cut -d' ' -f1)
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return 0
+    fi
+    python3 -m venv "$VENV" || return 1
+    "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1
+    "$VENV/bin/pip" install -q -r "$top/requirements.txt" \
+        -r "$top/test-requirements.txt" 2>&1 | grep -v '^WARNING: Location' 
+    "$VENV/bin/pip" install -q -e "$top" 2>&1 | grep -v '^WARNING: Location'
+    "$VENV/bin/python" -c 'import cinder_vmdk_backup, cinder' || return 1
+    echo "$want" > "$stamp"
+}
