@@ -1,0 +1,179 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The driver-owned backup protocol, and its flow written once.
+
+A volume driver that backs up and restores its own volumes mixes in
+:class:`DriverOwnedBackupMixin`. The plugin's
+:class:`~cinder_vmdk_backup.backup.manager.BackupManager` recognises such a
+driver (:func:`implements_protocol`), loads it inside cinder-backup and calls
+the two entry points with the signatures Cinder's drivers had before Pike,
+extended by keyword arguments only::
+
+    driver.backup_volume(context, backup, backup_service,
+                         backup_device=None)
+    driver.restore_backup(context, backup, volume, backup_service,
+                          volume_is_new=False)
+
+What a backup holds is the guest-visible **raw** disk data: the backup
+service reads it as a sequential stream, so Cinder's incremental backups and
+cross-backend restores work unchanged. The mixin owns the flow around the
+data (streaming into the backup service; on restore a private sparse staging
+file, its exact size, clean-up on every path); a driver fills three hooks:
+
+* :meth:`DriverOwnedBackupMixin.open_backup_source`: the device's data as a
+  raw, readable stream;
+* :meth:`DriverOwnedBackupMixin.restore_raw_image`: put a complete raw image
+  back into the volume, leaving the volume as it was if that fails;
+* :meth:`DriverOwnedBackupMixin.backup_staging_dir`: where staging files go.
+
+and may add :meth:`DriverOwnedBackupMixin.get_disk_profile` to record what
+re-creating the disk faithfully needs, kept in the backup's metadata.
+"""
+
+import contextlib
+import os
+import tempfile
+
+from oslo_log import log as logging
+from oslo_utils import units
+
+LOG = logging.getLogger(__name__)
+
+#: Prefix of the keys a driver's disk profile is stored under in
+#: ``backup.metadata`` (a dict of strings in Cinder's Backup object).
+PROFILE_KEY_PREFIX = 'disk_profile:'
+
+#: Prefix of every staging file, so that leftovers are recognisably ours.
+STAGING_PREFIX = 'cvb-restore-'
+
+
+def implements_protocol(driver_class):
+    """Tell whether a volume driver class owns its backups.
+
+    :param driver_class: a class (or instance) of a volume driver
+    """
+    return bool(getattr(driver_class, 'driver_owned_backup', False))
+
+
+class DriverOwnedBackupMixin(object):
+    """Backup and restore written once; drivers fill the hooks."""
+
+    #: Marker read by :func:`implements_protocol`.
+    driver_owned_backup = True
+
+    # -- hooks -------------------------------------------------------------
+
+    def open_backup_source(self, context, backup, device):
+        """Open the data of ``device`` as a raw stream.
+
+        :param device: the volume or snapshot object Cinder chose to back
+            up (the volume itself, Cinder's temporary clone of an in-use
+            volume, or the temporary volume of a backup from a snapshot)
+        :returns: a context manager giving a file-like object with
+            ``read(n)``, exactly ``device.size`` GiB long
+        """
+        raise NotImplementedError()
+
+    def restore_raw_image(self, context, backup, volume, image_path,
+                          volume_is_new):
+        """Make the raw image at ``image_path`` the volume's data.
+
+        The image is exactly the backed-up disk's size; the volume may be
+        larger. The volume's previous data must stay intact until the new
+        data is complete.
+        """
+        raise NotImplementedError()
+
+    def backup_staging_dir(self):
+        """Return the directory restore staging files are created in."""
+        raise NotImplementedError()
+
+    def get_disk_profile(self, context, device):
+        """Return what re-creating the disk needs, as a dict of strings."""
+        return {}
+
+    # -- the protocol ------------------------------------------------------
+
+    def backup_volume(self, context, backup, backup_service,
+                      backup_device=None):
+        """Back up the data of the device Cinder chose.
+
+        :param backup_device: Cinder's ``BackupDeviceInfo``; when absent,
+            the backup's volume is read.
+        """
+        device = self._resolve_backup_device(context, backup, backup_device)
+        profile = self.get_disk_profile(context, device)
+        LOG.info('Driver-owned backup %(backup)s of %(kind)s %(id)s.',
+                 {'backup': backup.id, 'kind': type(device).__name__,
+                  'id': device.id})
+        with self.open_backup_source(context, backup, device) as source:
+            result = backup_service.backup(backup, source)
+        if profile:
+            metadata = dict(backup.metadata or {})
+            metadata.update({PROFILE_KEY_PREFIX + key: str(value)
+                             for key, value in profile.items()})
+            backup.metadata = metadata
+            backup.save()
+        return result
+
+    def restore_backup(self, context, backup, volume, backup_service,
+                       volume_is_new=False):
+        """Restore ``backup`` into ``volume``.
+
+        The backup service writes into a private sparse staging file
+        (incremental backups write at offsets); the file is then set to the
+        backed-up disk's exact size, because chunked backup drivers do not
+        write an all-zero tail, and handed to the driver.
+        """
+        size = self._backup_size_bytes(backup, volume)
+        with self._staging_file() as (staging, path):
+            backup_service.restore(backup, volume.id, staging, volume_is_new)
+            staging.flush()
+            os.ftruncate(staging.fileno(), size)
+            staging.close()
+            self.restore_raw_image(context, backup, volume, path,
+                                   volume_is_new)
+
+    # -- helpers -----------------------------------------------------------
+
+    @staticmethod
+    def disk_profile_of(backup):
+        """Return the disk profile recorded with ``backup`` (may be empty)."""
+        return {key[len(PROFILE_KEY_PREFIX):]: value
+                for key, value in (backup.metadata or {}).items()
+                if key.startswith(PROFILE_KEY_PREFIX)}
+
+    @staticmethod
+    def _resolve_backup_device(context, backup, backup_device):
+        if backup_device is not None:
+            return (backup_device.snapshot if backup_device.is_snapshot
+                    else backup_device.volume)
+        return backup.volume
+
+    @staticmethod
+    def _backup_size_bytes(backup, volume):
+        size_gb = backup.size or volume.size
+        return int(size_gb) * units.Gi
+
+    @contextlib.contextmanager
+    def _staging_file(self):
+        """A private (0600) staging file, removed on every path."""
+        directory = self.backup_staging_dir()
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix=STAGING_PREFIX, dir=directory)
+        try:
+            with os.fdopen(fd, 'r+b') as staging:
+                yield staging, path
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
