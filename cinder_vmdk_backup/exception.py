@@ -23,4 +23,3 @@ from cinder.i18n import _
 
 class VmdkBackupError(exception.VolumeBackendAPIException):
     message = _("VMDK backup or restore failed: %(reason)s")
-
