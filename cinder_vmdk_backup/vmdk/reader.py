@@ -1,0 +1,684 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Decode a stream-optimized VMDK arriving on a non-seekable stream.
+
+:class:`StreamOptimizedReader` turns the VMDK that a vSphere export lease
+(or ``qemu-img convert -O vmdk -o subformat=streamOptimized``) sends into
+the raw guest data, exactly ``capacity`` bytes, reading its input strictly
+front to back and holding no more than a few grains in memory.
+
+Two layouts exist and both are read:
+
+* VMware's: the header's grain directory offset is ``GD_AT_END``; grain
+  tables follow their grains behind GT markers, then the grain directory,
+  the footer (a header copy with the real directory offset) and the
+  end-of-stream (EOS) marker.
+* qemu's: the grain directory and tables are filled in the header's
+  overhead area, before the grains; there are no metadata markers, the EOS
+  marker and zero padding may follow, and a disk without data ends right
+  after the overhead.
+
+Validation happens while the data flows. Grain tables are checked without
+keeping them: for every grain table the reader keeps an 8-byte digest of
+the entries the grains seen so far imply, and compares it with a digest of
+the table as stored. The final bytes of the disk are handed out only after
+the whole stream has been checked, so a caller never sees a complete disk
+from a broken stream.
+"""
+
+import array
+import hashlib
+import io
+import sys
+
+from cinder_vmdk_backup.vmdk import compression
+from cinder_vmdk_backup.vmdk import errors
+from cinder_vmdk_backup.vmdk import format as fmt
+
+#: largest capacity accepted: 64 TiB (VMDK's own limit is 62 TiB)
+MAX_CAPACITY_SECTORS = (64 << 40) // fmt.SECTOR
+MAX_DESCRIPTOR_SECTORS = 2048
+MIN_GRAIN_SECTORS = 8
+MAX_GRAIN_SECTORS = 2048
+#: zero bytes tolerated after the EOS marker (qemu pads its files)
+MAX_TRAILING_ZEROS = 64 << 20
+_READ_CHUNK = 256 << 10
+_ZEROS = memoryview(bytes(1 << 20))
+
+
+def _digest(entries):
+    return hashlib.blake2b(entries.tobytes(), digest_size=8).digest()
+
+
+def _gt_array(raw):
+    entries = array.array('I')
+    entries.frombytes(raw)
+    if sys.byteorder != 'little':  # pragma: no cover
+        entries.byteswap()
+    return entries
+
+
+_EMPTY_DIGEST = _digest(array.array('I', bytes(fmt.GTES_PER_GT * 4)))
+
+
+class _Input(object):
+    """Reads a non-seekable stream in bounded chunks, counting offsets."""
+
+    def __init__(self, fileobj):
+        self._file = fileobj
+        self._buf = b''
+        self._pos = 0
+        self.offset = 0
+
+    def read(self, n):
+        """Return n bytes, fewer only at the end of the stream."""
+        pos = self._pos
+        avail = len(self._buf) - pos
+        if avail >= n:
+            self._pos = pos + n
+            self.offset += n
+            return self._buf[pos:pos + n]
+        parts = [self._buf[pos:]]
+        need = n - avail
+        self._buf = b''
+        self._pos = 0
+        while need > 0:
+            chunk = self._file.read(max(need, _READ_CHUNK))
+            if not chunk:
+                break
+            if len(chunk) > need:
+                parts.append(chunk[:need])
+                self._buf = chunk
+                self._pos = need
+                need = 0
+            else:
+                parts.append(chunk)
+                need -= len(chunk)
+        data = b''.join(parts)
+        self.offset += len(data)
+        return data
+
+    def read_exact(self, n, what):
+        """Return n bytes.
+
+        :raises VmdkTruncatedError: naming what was being read
+        """
+        start = self.offset
+        data = self.read(n)
+        if len(data) != n:
+            raise errors.VmdkTruncatedError(
+                'stream ends inside %s: %d of %d bytes present'
+                % (what, len(data), n), start)
+        return data
+
+    def skip_to(self, offset, what):
+        while self.offset < offset:
+            self.read_exact(min(offset - self.offset, _READ_CHUNK), what)
+
+
+def _sniff(first):
+    """Name what a stream that does not start with KDMV is."""
+    if not first:
+        return 'an empty stream, not a VMDK'
+    if first.startswith(b'COWD'):
+        return 'an ESX vmfsSparse (COWD) extent, not a streamOptimized VMDK'
+    if first.startswith(b'QFI\xfb'):
+        return 'a qcow2 image, not a VMDK'
+    if first.startswith(b'conectix'):
+        return 'a VHD image, not a VMDK'
+    if first.startswith(b'vhdxfile'):
+        return 'a VHDX image, not a VMDK'
+    text = first.split(b'\0', 1)[0]
+    if b'# Disk DescriptorFile' in text or b'createType' in text:
+        entries, _ = fmt.parse_descriptor(text.decode('ascii', 'replace'))
+        return ('a VMDK text descriptor file (createType=%s), not a '
+                'streamOptimized disk' % entries.get('createType', '?'))
+    return ('not a VMDK: no KDMV magic; the data looks like a flat extent '
+            'or a raw disk image')
+
+
+class StreamOptimizedReader(io.RawIOBase):
+    """Raw guest data of a stream-optimized VMDK read from a stream.
+
+    :param fileobj: object with ``read(n)``, e.g. an HTTP response
+    :raises VmdkError: (in the constructor) for a header that is not a
+        stream-optimized VMDK's; later reads raise it for any fault found
+        in the rest of the stream
+    """
+
+    def __init__(self, fileobj):
+        super().__init__()
+        self._in = _Input(fileobj)
+        self.header = None
+        self.descriptor = {}
+        self._front_digests = None
+        self._front_max_sector = 0
+        self._read_header()
+        self._extents = self._iter_records()
+        self._cur_data = None
+        self._cur_left = 0
+        self._cur_off = 0
+        self._position = 0
+
+    # -- io.RawIOBase -------------------------------------------------------
+
+    @property
+    def capacity(self):
+        """Size of the disk in bytes."""
+        return self.header.capacity * fmt.SECTOR
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return False
+
+    def tell(self):
+        return self._position
+
+    def _next_extent(self):
+        for offset, length, data in self._extents:
+            if length:
+                self._cur_off = 0
+                self._cur_left = length
+                self._cur_data = memoryview(data) if data is not None \
+                    else None
+                return True
+        return False
+
+    def readinto(self, buf):
+        """Fill buf with guest data; short only at the end of the disk."""
+        view = memoryview(buf).cast('B')
+        want = len(view)
+        done = 0
+        while done < want:
+            if not self._cur_left and not self._next_extent():
+                break
+            n = min(want - done, self._cur_left)
+            if self._cur_data is None:
+                n = min(n, len(_ZEROS))
+                view[done:done + n] = _ZEROS[:n]
+            else:
+                view[done:done + n] = \
+                    self._cur_data[self._cur_off:self._cur_off + n]
+            self._cur_off += n
+            self._cur_left -= n
+            done += n
+        self._position += done
+        return done
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            return self.readall()
+        buf = bytearray(size)
+        n = self.readinto(buf)
+        del buf[n:]
+        return bytes(buf)
+
+    def iter_extents(self):
+        """Yield ``(offset, length, data)`` for the rest of the disk.
+
+        data is a bytes-like object, or None for a run of zeros. Do not mix
+        with :meth:`read` after the iteration has started.
+        """
+        if self._cur_left:
+            start = self._position
+            left = self._cur_left
+            data = None
+            if self._cur_data is not None:
+                data = self._cur_data[self._cur_off:]
+            self._cur_left = 0
+            self._position += left
+            yield start, left, data
+        for offset, length, data in self._extents:
+            if length:
+                self._position = offset + length
+                yield offset, length, data
+
+    # -- header and overhead ------------------------------------------------
+
+    def _read_header(self):
+        first = self._in.read(fmt.SECTOR)
+        if not first.startswith(fmt.MAGIC):
+            raise errors.VmdkUnsupportedError(_sniff(first), 0)
+        if len(first) < fmt.SECTOR:
+            raise errors.VmdkTruncatedError(
+                'stream ends inside the sparse extent header', 0)
+        _magic, header = fmt.unpack_header(first)
+        self.header = header
+        if not (header.flags & fmt.FLAG_COMPRESSED and
+                header.flags & fmt.FLAG_MARKERS):
+            kind = self._peek_create_type(header) or 'hosted sparse'
+            raise errors.VmdkUnsupportedError(
+                'a %s VMDK (sparse extent flags 0x%x lack compressed grains '
+                'and markers), not streamOptimized' % (kind, header.flags),
+                8)
+        self._check_header(header)
+        self._read_overhead(header)
+
+    def _peek_create_type(self, header):
+        if not (1 <= header.descriptor_offset <= 64 and
+                0 < header.descriptor_size <= MAX_DESCRIPTOR_SECTORS):
+            return None
+        try:
+            self._in.skip_to(header.descriptor_offset * fmt.SECTOR, 'header')
+            raw = self._in.read(header.descriptor_size * fmt.SECTOR)
+        except errors.VmdkError:
+            return None
+        entries, _ = fmt.parse_descriptor(
+            raw.split(b'\0', 1)[0].decode('ascii', 'replace'))
+        return entries.get('createType')
+
+    def _check_header(self, h):
+        def bad(reason, offset):
+            raise errors.VmdkFormatError(reason, offset)
+
+        if h.version != fmt.VERSION:
+            bad('sparse extent version %d; a streamOptimized VMDK has '
+                'version %d' % (h.version, fmt.VERSION), 4)
+        if h.flags & ~fmt.KNOWN_FLAGS:
+            bad('unknown header flags 0x%x' % (h.flags & ~fmt.KNOWN_FLAGS),
+                8)
+        if h.flags & fmt.FLAG_NL_DETECT and not fmt.nl_chars_ok(h):
+            bad('newline detection characters are corrupted (was the file '
+                'transferred in text mode?)', 73)
+        if h.compression != fmt.COMPRESSION_DEFLATE:
+            bad('compression algorithm %d; only 1 (deflate) exists'
+                % h.compression, 77)
+        if (h.grain_size < MIN_GRAIN_SECTORS or
+                h.grain_size > MAX_GRAIN_SECTORS or
+                h.grain_size & (h.grain_size - 1)):
+            bad('grain size of %d sectors is not a power of two between %d '
+                'and %d' % (h.grain_size, MIN_GRAIN_SECTORS,
+                            MAX_GRAIN_SECTORS), 20)
+        if h.gtes_per_gt != fmt.GTES_PER_GT:
+            bad('%d entries per grain table; the format has %d'
+                % (h.gtes_per_gt, fmt.GTES_PER_GT), 44)
+        if h.capacity > MAX_CAPACITY_SECTORS:
+            bad('capacity of %d sectors is beyond the 64 TiB a VMDK can '
+                'hold' % h.capacity, 12)
+        desc_end = 1
+        if h.descriptor_size or h.descriptor_offset:
+            if (h.descriptor_offset < 1 or
+                    h.descriptor_size > MAX_DESCRIPTOR_SECTORS):
+                bad('descriptor at sector %d of %d sectors is out of bounds'
+                    % (h.descriptor_offset, h.descriptor_size), 28)
+            desc_end = h.descriptor_offset + h.descriptor_size
+        n_gt = fmt.gt_count(h.capacity, h.grain_size)
+        self._gd_sectors = fmt.sectors_for(n_gt * fmt.GTE_SIZE)
+        self._n_gt = n_gt
+        metadata = 2 * (self._gd_sectors + n_gt * fmt.GT_SECTORS)
+        max_overhead = desc_end + metadata + 2048
+        if h.overhead < desc_end or h.overhead > max_overhead:
+            bad('overhead of %d sectors does not fit a descriptor ending at '
+                'sector %d and at most %d sectors of tables'
+                % (h.overhead, desc_end, metadata), 64)
+        if h.gd_offset != fmt.GD_AT_END and not (
+                desc_end <= h.gd_offset and
+                h.gd_offset + self._gd_sectors <= h.overhead):
+            bad('grain directory offset %d lies outside the header area'
+                % h.gd_offset, 56)
+
+    def _read_overhead(self, h):
+        inp = self._in
+        if h.descriptor_size:
+            inp.skip_to(h.descriptor_offset * fmt.SECTOR, 'header area')
+            start = inp.offset
+            raw = inp.read_exact(h.descriptor_size * fmt.SECTOR,
+                                 'the embedded descriptor')
+            self._check_descriptor(raw, start)
+        if h.gd_offset != fmt.GD_AT_END:
+            self._read_front_tables(h)
+        inp.skip_to(h.overhead * fmt.SECTOR, 'header area')
+
+    def _check_descriptor(self, raw, offset):
+        text = raw.split(b'\0', 1)[0].decode('utf-8', 'replace')
+        entries, extents = fmt.parse_descriptor(text)
+        self.descriptor = entries
+        create_type = entries.get('createType')
+        if create_type is not None and create_type != 'streamOptimized':
+            raise errors.VmdkUnsupportedError(
+                'descriptor says createType=%s, not streamOptimized'
+                % create_type, offset)
+        if len(extents) > 1:
+            raise errors.VmdkUnsupportedError(
+                'descriptor lists %d extents; a streamOptimized VMDK has '
+                'one' % len(extents), offset)
+        if extents and extents[0][1] != self.header.capacity:
+            raise errors.VmdkFormatError(
+                'descriptor extent of %d sectors differs from the header '
+                'capacity of %d sectors'
+                % (extents[0][1], self.header.capacity), offset)
+
+    def _read_front_tables(self, h):
+        """Read qemu's grain directory and tables from the header area."""
+        inp = self._in
+        inp.skip_to(h.gd_offset * fmt.SECTOR, 'header area')
+        gd_start = inp.offset
+        gd = _gt_array(inp.read_exact(self._n_gt * fmt.GTE_SIZE,
+                                      'the grain directory'))
+        gd_end = h.gd_offset + self._gd_sectors
+        tables = sorted((sector, k) for k, sector in enumerate(gd) if sector)
+        digests = [_EMPTY_DIGEST] * self._n_gt
+        previous = None
+        for sector, k in tables:
+            if (sector < gd_end or sector + fmt.GT_SECTORS > h.overhead or
+                    (previous is not None and
+                     sector < previous + fmt.GT_SECTORS)):
+                raise errors.VmdkFormatError(
+                    'grain directory entry %d points to sector %d, outside '
+                    'the table area after the directory or overlapping '
+                    'another table' % (k, sector), gd_start + 4 * k)
+            previous = sector
+            inp.skip_to(sector * fmt.SECTOR, 'header area')
+            gt_start = inp.offset
+            entries = self._normalize(_gt_array(inp.read_exact(
+                fmt.GTES_PER_GT * fmt.GTE_SIZE, 'a grain table')))
+            for i, entry in enumerate(entries):
+                if entry and entry < h.overhead:
+                    raise errors.VmdkFormatError(
+                        'grain table entry %d points to sector %d, inside '
+                        'the header area' % (i, entry), gt_start + 4 * i)
+            self._front_max_sector = max(self._front_max_sector,
+                                         max(entries))
+            digests[k] = _digest(entries)
+        self._front_digests = digests
+
+    def _normalize(self, entries):
+        if self.header.flags & fmt.FLAG_ZERO_GRAIN:
+            for i, entry in enumerate(entries):
+                if entry == 1:
+                    entries[i] = 0
+        return entries
+
+    # -- grains and metadata ------------------------------------------------
+
+    def _iter_records(self):
+        """Yield extents in guest order, validating the stream.
+
+        One grain is held back until the next record has been read, and
+        the last one until the end has been validated.
+        """
+        h = self.header
+        inp = self._in
+        grain_bytes = h.grain_size * fmt.SECTOR
+        capacity = h.capacity * fmt.SECTOR
+        max_csize = grain_bytes + grain_bytes // 8 + fmt.SECTOR
+        state = _TableState(self._n_gt, h.grain_size)
+        pending = None
+        emitted = 0
+        last_lba = -1
+        eos = False
+        while True:
+            marker_off = inp.offset
+            raw = inp.read(fmt.GRAIN_MARKER.size)
+            if not raw:
+                break
+            if len(raw) < fmt.GRAIN_MARKER.size:
+                raise errors.VmdkTruncatedError(
+                    'stream ends inside a marker', marker_off)
+            lba, size = fmt.GRAIN_MARKER.unpack(raw)
+            if size:
+                if state.gd_seen:
+                    raise errors.VmdkFormatError(
+                        'grain after the grain directory', marker_off)
+                self._check_grain_marker(lba, size, last_lba, max_csize,
+                                         marker_off)
+                data = inp.read_exact(size, 'compressed grain data of LBA '
+                                      '%d' % lba)
+                inp.read_exact(-(fmt.GRAIN_MARKER.size + size) % fmt.SECTOR,
+                               'grain padding')
+                expect = min(grain_bytes, capacity - lba * fmt.SECTOR)
+                out = _inflate(data, grain_bytes, expect, lba, marker_off)
+                state.add_grain(lba, marker_off // fmt.SECTOR)
+                last_lba = lba
+                if pending is not None:
+                    yield pending
+                offset = lba * fmt.SECTOR
+                if offset > emitted:
+                    yield emitted, offset - emitted, None
+                pending = (offset, expect, out)
+                emitted = offset + expect
+                continue
+            rest = inp.read_exact(fmt.SECTOR - fmt.GRAIN_MARKER.size,
+                                  'a metadata marker')
+            marker_type = int.from_bytes(rest[:4], 'little')
+            if marker_type == fmt.MARKER_EOS and lba == 0:
+                eos = True
+                break
+            self._read_metadata(marker_type, lba, marker_off, state)
+        self._finish(state, eos)
+        if pending is not None:
+            yield pending
+        if emitted < capacity:
+            yield emitted, capacity - emitted, None
+
+    def _check_grain_marker(self, lba, size, last_lba, max_csize, offset):
+        h = self.header
+        if lba >= h.capacity:
+            raise errors.VmdkFormatError(
+                'grain LBA %d is beyond the capacity of %d sectors'
+                % (lba, h.capacity), offset)
+        if lba % h.grain_size:
+            raise errors.VmdkFormatError(
+                'grain LBA %d is not aligned to the grain size of %d sectors'
+                % (lba, h.grain_size), offset)
+        if lba <= last_lba:
+            raise errors.VmdkFormatError(
+                'grain LBA %d does not follow the previous grain at LBA %d '
+                '(grains must be strictly increasing)' % (lba, last_lba),
+                offset)
+        if size > max_csize:
+            raise errors.VmdkFormatError(
+                'compressed grain size of %d bytes is more than a grain of '
+                '%d bytes can take' % (size, h.grain_size * fmt.SECTOR),
+                offset)
+
+    def _read_metadata(self, marker_type, num_sectors, offset, state):
+        inp = self._in
+        name = fmt.MARKER_NAMES.get(marker_type)
+        expected = {fmt.MARKER_GT: fmt.GT_SECTORS,
+                    fmt.MARKER_GD: self._gd_sectors,
+                    fmt.MARKER_FOOTER: 1}.get(marker_type)
+        if expected is None:
+            raise errors.VmdkFormatError(
+                'unknown metadata marker type %d' % marker_type, offset)
+        if num_sectors != expected:
+            raise errors.VmdkFormatError(
+                '%s marker spans %d sectors instead of %d'
+                % (name, num_sectors, expected), offset)
+        if state.footer_seen:
+            raise errors.VmdkFormatError(
+                '%s marker after the footer' % name, offset)
+        data_sector = offset // fmt.SECTOR + 1
+        raw = inp.read_exact(num_sectors * fmt.SECTOR, 'the ' + name)
+        if marker_type == fmt.MARKER_GT:
+            if state.gd_seen:
+                raise errors.VmdkFormatError(
+                    'grain table after the grain directory', offset)
+            state.gt_markers[data_sector] = _digest(self._normalize(
+                _gt_array(raw[:fmt.GTES_PER_GT * fmt.GTE_SIZE])))
+        elif marker_type == fmt.MARKER_GD:
+            if state.gd_seen:
+                raise errors.VmdkFormatError(
+                    'second grain directory', offset)
+            gd = _gt_array(raw[:self._n_gt * fmt.GTE_SIZE])
+            state.check_directory(gd, offset + fmt.SECTOR)
+            state.gd_sector = data_sector
+        else:
+            if not state.gd_seen:
+                raise errors.VmdkFormatError(
+                    'footer before the grain directory', offset)
+            self._check_footer(raw, offset + fmt.SECTOR, state.gd_sector)
+            state.footer_seen = True
+
+    def _check_footer(self, raw, offset, gd_sector):
+        magic, footer = fmt.unpack_header(raw)
+        h = self.header
+        if magic != fmt.MAGIC:
+            raise errors.VmdkFormatError('footer lacks the KDMV magic',
+                                         offset)
+        for field in ('version', 'flags', 'capacity', 'grain_size',
+                      'gtes_per_gt', 'compression'):
+            if getattr(footer, field) != getattr(h, field):
+                raise errors.VmdkFormatError(
+                    'footer %s %r differs from the header\'s %r'
+                    % (field, getattr(footer, field), getattr(h, field)),
+                    offset)
+        if footer.gd_offset != gd_sector:
+            raise errors.VmdkFormatError(
+                'footer points to a grain directory at sector %d, but it is '
+                'at sector %d' % (footer.gd_offset, gd_sector), offset)
+
+    def _finish(self, state, eos):
+        inp = self._in
+        h = self.header
+        end = inp.offset
+        if eos:
+            self._check_trailer()
+        if h.gd_offset == fmt.GD_AT_END or state.gd_seen:
+            if not eos:
+                raise errors.VmdkTruncatedError(
+                    'stream ends without an end-of-stream marker', end)
+            if not state.footer_seen:
+                raise errors.VmdkFormatError(
+                    'end-of-stream marker without a grain directory and '
+                    'footer before it', end - fmt.SECTOR)
+            return
+        if not eos and end <= self._front_max_sector * fmt.SECTOR:
+            raise errors.VmdkTruncatedError(
+                'stream ends before the grain at sector %d that the grain '
+                'tables list' % self._front_max_sector, end)
+        state.compare(self._front_digests, h.gd_offset * fmt.SECTOR)
+
+    def _check_trailer(self):
+        inp = self._in
+        seen = 0
+        while True:
+            start = inp.offset
+            chunk = inp.read(_READ_CHUNK)
+            if not chunk:
+                return
+            if chunk != _ZEROS[:len(chunk)]:
+                first = next(i for i, b in enumerate(chunk) if b)
+                raise errors.VmdkFormatError(
+                    'data after the end-of-stream marker', start + first)
+            seen += len(chunk)
+            if seen > MAX_TRAILING_ZEROS:
+                raise errors.VmdkFormatError(
+                    'more than %d bytes of padding after the end-of-stream '
+                    'marker' % MAX_TRAILING_ZEROS, start)
+
+
+def _inflate(data, grain_bytes, expect, lba, offset):
+    """Inflate one grain, never to more than a grain.
+
+    :raises VmdkFormatError: for corrupt data, a stream that does not end,
+        trailing bytes, more than a grain (a decompression bomb) or a size
+        other than expected
+    """
+    dec = compression.decompressobj()
+    try:
+        out = dec.decompress(data, grain_bytes)
+        if not dec.eof and dec.unconsumed_tail:
+            if dec.decompress(dec.unconsumed_tail, 1):
+                raise errors.VmdkFormatError(
+                    'grain at LBA %d inflates to more than a grain of %d '
+                    'bytes' % (lba, grain_bytes), offset)
+    except compression.DECOMPRESS_ERRORS as exc:
+        raise errors.VmdkFormatError(
+            'grain at LBA %d does not inflate: %s' % (lba, exc), offset)
+    if not dec.eof:
+        raise errors.VmdkFormatError(
+            'compressed data of the grain at LBA %d ends before its deflate '
+            'stream does' % lba, offset)
+    if dec.unused_data:
+        raise errors.VmdkFormatError(
+            'compressed size of the grain at LBA %d counts %d bytes beyond '
+            'its deflate stream' % (lba, len(dec.unused_data)), offset)
+    if len(out) != expect:
+        if len(out) == grain_bytes and expect < grain_bytes:
+            return out[:expect]
+        raise errors.VmdkFormatError(
+            'grain at LBA %d inflates to %d bytes instead of %d'
+            % (lba, len(out), expect), offset)
+    return out
+
+
+class _TableState(object):
+    """Grain table digests implied by the grains, as they pass."""
+
+    def __init__(self, n_gt, grain_size):
+        self._n_gt = n_gt
+        self._grain_size = grain_size
+        self._expected = []
+        self._current = None
+        self.gt_markers = {}
+        self.gd_sector = None
+        self.footer_seen = False
+
+    @property
+    def gd_seen(self):
+        return self.gd_sector is not None
+
+    def _close_until(self, k):
+        while len(self._expected) < k:
+            if self._current is not None:
+                self._expected.append(_digest(self._current))
+                self._current = None
+            else:
+                self._expected.append(_EMPTY_DIGEST)
+
+    def add_grain(self, lba, marker_sector):
+        grain = lba // self._grain_size
+        k, index = divmod(grain, fmt.GTES_PER_GT)
+        self._close_until(k)
+        if self._current is None:
+            self._current = array.array('I', bytes(fmt.GTES_PER_GT * 4))
+        self._current[index] = marker_sector
+
+    def _gt_bytes(self, k):
+        start = k * fmt.GTES_PER_GT * self._grain_size * fmt.SECTOR
+        end = start + fmt.GTES_PER_GT * self._grain_size * fmt.SECTOR
+        return start, end
+
+    def check_directory(self, gd, offset):
+        """Compare a grain directory read behind a GD marker."""
+        self._close_until(self._n_gt)
+        for k, sector in enumerate(gd):
+            start, end = self._gt_bytes(k)
+            if sector == 0:
+                stored = _EMPTY_DIGEST
+            else:
+                stored = self.gt_markers.get(sector)
+                if stored is None:
+                    raise errors.VmdkFormatError(
+                        'grain directory entry %d (guest bytes %d-%d) points '
+                        'to sector %d, where no grain table is'
+                        % (k, start, end, sector), offset + 4 * k)
+            if stored != self._expected[k]:
+                raise errors.VmdkFormatError(
+                    'grain table %d (guest bytes %d-%d) does not match the '
+                    'grains in the stream' % (k, start, end),
+                    offset + 4 * k)
+
+    def compare(self, stored_digests, offset):
+        """Compare the grain tables of the header area with the grains."""
+        self._close_until(self._n_gt)
+        for k, digest in enumerate(stored_digests):
+            if digest != self._expected[k]:
+                start, end = self._gt_bytes(k)
+                raise errors.VmdkFormatError(
+                    'grain table %d (guest bytes %d-%d) in the header area '
+                    'does not match the grains in the stream'
+                    % (k, start, end), offset + 4 * k)
