@@ -1,0 +1,370 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Encode raw disk data as a stream-optimized VMDK, written sequentially.
+
+:class:`StreamOptimizedWriter` produces what a vSphere import lease (HTTP
+POST, ``application/x-vnd.vmware-streamVmdk``) takes: header, embedded
+descriptor, compressed grains behind grain markers, a grain table after
+each run of grains it covers, the grain directory, the footer and the
+end-of-stream marker. It never seeks in its output.
+
+Holes of a sparse source file are skipped without reading them, and grains
+that read as zeros are not stored. Grains are deflated in batches on a
+thread pool with at most a few batches in flight; results are consumed in
+submission order, so the output does not depend on thread timing.
+
+The exact output length (oslo.vmware aborts an upload that ends below the
+size it was told) is found by a measuring pass that compresses every grain
+and keeps only its size: the deflate output of one library at one level is
+deterministic, so the writing pass produces the same sizes again. The pass
+also records, one bit per grain, which grains did not compress; the writing
+pass stores those without compressing them, so incompressible data costs one
+compression, not two. Should the source change between the passes, the
+writer notices at the next grain table and raises instead of sending a
+stream of the wrong length.
+"""
+
+import array
+import collections
+import concurrent.futures
+import os
+import sys
+import uuid
+
+from cinder_vmdk_backup.vmdk import compression
+from cinder_vmdk_backup.vmdk import errors
+from cinder_vmdk_backup.vmdk import extents
+from cinder_vmdk_backup.vmdk import format as fmt
+
+#: sectors before the first grain: header, descriptor, padding to 64 KiB
+OVERHEAD_SECTORS = 128
+MAX_CAPACITY = 64 << 40
+#: grains per compression task
+BATCH_GRAINS = 16
+#: batches in flight per thread
+INFLIGHT_PER_THREAD = 3
+
+
+class StreamOptimizedWriter(object):
+    """A stream-optimized VMDK of a raw source.
+
+    :param source: file object of raw data; a regular file (or block
+        device) is read with ``os.pread`` and its holes are skipped, any
+        other object is read sequentially with ``read(n)``
+    :param capacity: disk size in bytes (rounded up to whole sectors; data
+        of the source beyond it is ignored, a shorter regular file reads as
+        zeros)
+    :param adapter_type: vSphere/Cinder adapter type (``lsiLogic``,
+        ``busLogic``, ``lsiLogicsas``, ``paraVirtual``, ``ide``)
+    :param hw_version: ``ddb.virtualHWVersion`` of the descriptor
+    :param compression_level: zlib-style deflate level, 1 (fastest) to 9
+    :param threads: compression threads; 0 means one per CPU
+    :param extent_name: file name in the descriptor's extent line
+    :raises ValueError: for a bad capacity or adapter type
+    """
+
+    def __init__(self, source, capacity, adapter_type='lsiLogic',
+                 hw_version=14, compression_level=1, threads=0,
+                 extent_name='disk.vmdk'):
+        if capacity < 0 or capacity > MAX_CAPACITY:
+            raise ValueError('capacity of %d bytes is out of range'
+                             % capacity)
+        self._source = source
+        self._fd = extents.regular_fd(source)
+        self._capacity_sectors = fmt.sectors_for(capacity)
+        self._capacity = self._capacity_sectors * fmt.SECTOR
+        self._data_end = capacity
+        self._grain_bytes = fmt.DEFAULT_GRAIN_SECTORS * fmt.SECTOR
+        self._level = compression.backend_level(compression_level)
+        self._threads = threads or os.cpu_count() or 1
+        self._n_gt = fmt.gt_count(self._capacity_sectors)
+        self._gd_sectors = fmt.sectors_for(self._n_gt * fmt.GTE_SIZE)
+        adapter = fmt.descriptor_adapter_type(adapter_type)
+        descriptor = fmt.build_descriptor(
+            self._capacity_sectors, adapter, hw_version,
+            cid=int.from_bytes(os.urandom(4), 'little') & 0xFFFFFFFE,
+            long_content_id=uuid.uuid4().hex,
+            extent_name=extent_name).encode('utf-8')
+        desc_sectors = fmt.sectors_for(len(descriptor))
+        header = fmt.new_header(self._capacity_sectors, desc_sectors,
+                                OVERHEAD_SECTORS)
+        self._header = header
+        self._prologue = (fmt.pack_header(header) + descriptor +
+                          bytes(OVERHEAD_SECTORS * fmt.SECTOR -
+                                fmt.SECTOR - len(descriptor)))
+        self._length = None
+        self._stored = None
+        self._gt_plan = None
+
+    # -- public -------------------------------------------------------------
+
+    @property
+    def length(self):
+        """Exact length in bytes of the VMDK stream.
+
+        The first access runs the measuring pass (a full compression of the
+        data); it needs a source that is a regular file or seekable.
+        """
+        if self._length is None:
+            self._measure()
+        return self._length
+
+    def iter_chunks(self):
+        """Yield the VMDK stream as bytes objects of up to about 1 MiB.
+
+        :raises VmdkError: when the source changed after :attr:`length`
+            was measured, or a sequential source ends early
+        """
+        yield self._prologue
+        sector = OVERHEAD_SECTORS
+        gd = array.array('I', bytes(self._n_gt * fmt.GTE_SIZE))
+        table = _OpenTable()
+        total = len(self._prologue)
+        for batch in self._encoded_batches(measure=False):
+            parts = []
+            for grain, payload in batch:
+                k, index = divmod(grain, fmt.GTES_PER_GT)
+                if k != table.k:
+                    sector = self._close_table(table, gd, sector, parts)
+                    table.open(k, sector)
+                table.entries[index] = sector
+                parts.append(payload)
+                sector += len(payload) // fmt.SECTOR
+            if parts:
+                chunk = b''.join(parts)
+                total += len(chunk)
+                yield chunk
+        parts = []
+        sector = self._close_table(table, gd, sector, parts)
+        parts.append(fmt.meta_marker(self._gd_sectors, fmt.MARKER_GD))
+        gd_bytes = _le_bytes(gd)
+        parts.append(gd_bytes + bytes(self._gd_sectors * fmt.SECTOR -
+                                      len(gd_bytes)))
+        footer = self._header._replace(gd_offset=sector + 1)
+        parts.append(fmt.meta_marker(1, fmt.MARKER_FOOTER))
+        parts.append(fmt.pack_header(footer))
+        parts.append(fmt.meta_marker(0, fmt.MARKER_EOS))
+        chunk = b''.join(parts)
+        total += len(chunk)
+        if self._length is not None and total != self._length:
+            raise errors.VmdkError(
+                'the VMDK stream came out %d bytes long instead of the %d '
+                'measured: the source changed while it was being encoded'
+                % (total, self._length), total)
+        yield chunk
+
+    def write_to(self, sink):
+        """Write the whole VMDK to ``sink.write(bytes)``.
+
+        :returns: the number of bytes written (== :attr:`length`)
+        """
+        written = 0
+        for chunk in self.iter_chunks():
+            sink.write(chunk)
+            written += len(chunk)
+        return written
+
+    # -- grain tables ---------------------------------------------------------
+
+    def _close_table(self, table, gd, sector, parts):
+        """Append the open grain table to parts; return the next sector."""
+        if table.k is None:
+            return sector
+        if self._gt_plan is not None:
+            planned = self._gt_plan.get(table.k)
+            if planned != sector - table.first_sector:
+                raise errors.VmdkError(
+                    'grain table %d covers %s sectors of grains instead of '
+                    'the %s measured: the source changed while it was being '
+                    'encoded' % (table.k, sector - table.first_sector,
+                                 planned), sector * fmt.SECTOR)
+        parts.append(fmt.meta_marker(fmt.GT_SECTORS, fmt.MARKER_GT))
+        parts.append(_le_bytes(table.entries))
+        gd[table.k] = sector + 1
+        table.k = None
+        return sector + 1 + fmt.GT_SECTORS
+
+    # -- measuring ------------------------------------------------------------
+
+    def _measure(self):
+        n_grains = -(-self._capacity // self._grain_bytes)
+        self._stored = bytearray((n_grains + 7) // 8)
+        plan = {}
+        grain_sectors = 0
+        for batch in self._encoded_batches(measure=True):
+            for grain, sectors, is_stored in batch:
+                k = grain // fmt.GTES_PER_GT
+                plan[k] = plan.get(k, 0) + sectors
+                grain_sectors += sectors
+                if is_stored:
+                    self._stored[grain >> 3] |= 1 << (grain & 7)
+        tables = len(plan) * (1 + fmt.GT_SECTORS)
+        self._length = (OVERHEAD_SECTORS + grain_sectors + tables +
+                        1 + self._gd_sectors + 2 + 1) * fmt.SECTOR
+        self._gt_plan = plan
+
+    # -- reading and compressing -------------------------------------------
+
+    def _encoded_batches(self, measure):
+        """Yield lists of encoded grains, in order, from a thread pool."""
+        encode = self._measure_batch if measure else self._encode_batch
+        jobs = self._jobs(measure)
+        if self._threads <= 1:
+            for job in jobs:
+                yield encode(job)
+            return
+        limit = self._threads * INFLIGHT_PER_THREAD
+        pool = concurrent.futures.ThreadPoolExecutor(
+            self._threads, thread_name_prefix='vmdk-deflate')
+        pending = collections.deque()
+        try:
+            for job in jobs:
+                pending.append(pool.submit(encode, job))
+                if len(pending) >= limit:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True)
+
+    def _jobs(self, measure):
+        """Yield batches: lists of grain indexes (file) or (grain, data)."""
+        if self._fd is not None:
+            batch = []
+            for grain in extents.grains_with_data(
+                    self._fd, self._data_end, self._grain_bytes):
+                batch.append(grain)
+                if len(batch) == BATCH_GRAINS:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+            return
+        if measure or self._length is not None:
+            self._rewind()
+        batch = []
+        for grain in range(-(-self._capacity // self._grain_bytes)):
+            batch.append((grain, self._read_sequential(grain)))
+            if len(batch) == BATCH_GRAINS:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _rewind(self):
+        try:
+            self._source.seek(0)
+        except (AttributeError, OSError, ValueError) as exc:
+            raise errors.VmdkError(
+                'the length of the VMDK needs a second pass over the source, '
+                'which cannot seek: %s' % exc)
+
+    def _read_sequential(self, grain):
+        start = grain * self._grain_bytes
+        want = min(self._grain_bytes, self._data_end - start)
+        parts = []
+        got = 0
+        while got < want:
+            data = self._source.read(want - got)
+            if not data:
+                raise errors.VmdkError(
+                    'the source ended at byte %d, before the capacity of %d '
+                    'bytes' % (start + got, self._data_end))
+            parts.append(data)
+            got += len(data)
+        return b''.join(parts)
+
+    def _grain_data(self, item):
+        if self._fd is None:
+            return item
+        start = item * self._grain_bytes
+        want = min(self._grain_bytes, self._data_end - start)
+        data = os.pread(self._fd, want, start)
+        return item, data
+
+    def _padded(self, grain, data):
+        """Pad a short read to the grain, or the last grain to its sector."""
+        want = min(self._grain_bytes, self._capacity - grain *
+                   self._grain_bytes)
+        if len(data) < want:
+            data += bytes(want - len(data))
+        return data
+
+    def _measure_batch(self, items):
+        out = []
+        for item in items:
+            grain, data = self._grain_data(item)
+            data = self._padded(grain, data)
+            if data == _ZERO_GRAIN[:len(data)]:
+                continue
+            size = len(compression.compress(data, self._level))
+            limit = compression.stored_size(len(data))
+            is_stored = size >= limit
+            out.append((grain,
+                        _payload_sectors(limit if is_stored else size),
+                        is_stored))
+        return out
+
+    def _encode_batch(self, items):
+        out = []
+        stored = self._stored
+        for item in items:
+            grain, data = self._grain_data(item)
+            data = self._padded(grain, data)
+            if data == _ZERO_GRAIN[:len(data)]:
+                continue
+            if stored is not None:
+                if stored[grain >> 3] & (1 << (grain & 7)):
+                    body = compression.stored(data)
+                else:
+                    body = compression.compress(data, self._level)
+            else:
+                body = compression.compress(data, self._level)
+                if len(body) >= compression.stored_size(len(data)):
+                    body = compression.stored(data)
+            lba = grain * fmt.DEFAULT_GRAIN_SECTORS
+            head = fmt.GRAIN_MARKER.pack(lba, len(body))
+            pad = -(len(head) + len(body)) % fmt.SECTOR
+            out.append((grain, b''.join((head, body, bytes(pad)))))
+        return out
+
+
+class _OpenTable(object):
+    """The grain table being filled."""
+
+    def __init__(self):
+        self.k = None
+        self.first_sector = 0
+        self.entries = None
+
+    def open(self, k, sector):
+        self.k = k
+        self.first_sector = sector
+        self.entries = array.array('I', bytes(fmt.GTES_PER_GT *
+                                              fmt.GTE_SIZE))
+
+
+_ZERO_GRAIN = bytes(fmt.DEFAULT_GRAIN_SECTORS * fmt.SECTOR)
+
+
+def _payload_sectors(body_size):
+    return fmt.sectors_for(fmt.GRAIN_MARKER.size + body_size)
+
+
+def _le_bytes(entries):
+    if sys.byteorder != 'little':  # pragma: no cover
+        entries = array.array('I', entries)
+        entries.byteswap()
+    return entries.tobytes()
