@@ -1,0 +1,174 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+import types
+
+import testtools
+
+from cinder_vmdk_backup.vmware import errors
+from cinder_vmdk_backup.vmware import export
+from cinder_vmdk_backup.vmware import nfc
+from tests.unit.vmware import fakes
+
+
+class PassThroughReader(object):
+    """Stands in for the codec's reader: the body is the raw data."""
+
+    def __init__(self, body, capacity):
+        self._body = body
+        self.capacity = capacity
+
+    def readinto(self, view):
+        data = self._body.read(len(view))
+        view[:len(data)] = data
+        return len(data)
+
+    def read(self, n=-1):
+        return self._body.read(n)
+
+
+class RecordingLease(object):
+    def __init__(self):
+        self.percents = []
+
+    def progress(self, percent):
+        self.percents.append(percent)
+
+
+class BytesBody(object):
+    def __init__(self, data):
+        self._data = data
+        self._pos = 0
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            n = len(self._data) - self._pos
+        data = self._data[self._pos:self._pos + min(n, 3)]  # short reads
+        self._pos += len(data)
+        return data
+
+
+class RawDiskStreamTestCase(testtools.TestCase):
+
+    def stream(self, data, capacity=None, size=None):
+        capacity = len(data) if capacity is None else capacity
+        reader = PassThroughReader(BytesBody(data), capacity)
+        lease = RecordingLease()
+        return export.RawDiskStream(reader, lease, size or capacity), lease
+
+    def test_reads_are_full_despite_short_reads_below(self):
+        stream, lease = self.stream(b'0123456789')
+        self.assertEqual(b'0123', stream.read(4))
+        self.assertEqual(4, stream.tell())
+        self.assertEqual(b'456789', stream.read(100))
+        self.assertEqual(b'', stream.read(4))
+        self.assertTrue(stream.at_end)
+        self.assertEqual([40, 100], lease.percents)
+
+    def test_pads_zeros_up_to_volume_size(self):
+        stream, _lease = self.stream(b'abc', size=8)
+        self.assertEqual(b'abc\0\0\0\0\0', stream.read())
+        self.assertTrue(stream.at_end)
+
+    def test_readinto(self):
+        stream, _lease = self.stream(b'abcdef')
+        buf = bytearray(4)
+        self.assertEqual(4, stream.readinto(buf))
+        self.assertEqual(b'abcd', bytes(buf))
+
+    def test_stream_ending_early_is_an_error(self):
+        stream, _lease = self.stream(b'abc', capacity=6)
+        exc = self.assertRaises(errors.TransferError, stream.read, 6)
+        self.assertIn('ended at 3 of 6', str(exc))
+
+    def test_trailing_data_is_an_error(self):
+        reader = PassThroughReader(BytesBody(b'abcdef'), 4)
+        stream = export.RawDiskStream(reader, None, 4)
+        self.assertRaises(errors.TransferError, stream.read, 4)
+
+    def test_disk_larger_than_volume_is_refused(self):
+        reader = PassThroughReader(BytesBody(b''), 10)
+        self.assertRaises(errors.TransferError, export.RawDiskStream,
+                          reader, None, 5)
+
+
+class ZeroStreamTestCase(testtools.TestCase):
+
+    def test_zeros_of_size(self):
+        stream = export.ZeroStream(10)
+        self.assertEqual(bytes(4), stream.read(4))
+        self.assertEqual(4, stream.tell())
+        self.assertEqual(bytes(6), stream.read(100))
+        self.assertEqual(b'', stream.read(1))
+        self.assertTrue(stream.at_end)
+
+
+class ExportDiskTestCase(testtools.TestCase):
+
+    def session_for(self, server):
+        lease = fakes.moref('lease-1', 'HttpNfcLease')
+        info = types.SimpleNamespace(
+            deviceUrl=[types.SimpleNamespace(url=server.url, disk=True,
+                                             sslThumbprint=None)])
+        return fakes.FakeSession(
+            {('lease-1', 'state'): ['ready'], ('lease-1', 'info'): info},
+            {'ExportVm': lambda vm: lease})
+
+    def run_export(self, server, size, consume=None, idle_timeout=5):
+        server.start()
+        self.addCleanup(server.stop)
+        session = self.session_for(server)
+        settings = nfc.TransferSettings(host='127.0.0.1', port=server.port,
+                                        idle_timeout=idle_timeout)
+
+        def factory(body):
+            return PassThroughReader(body, len(server.get_body))
+
+        with export.export_disk(session, settings, fakes.moref('vm-1'),
+                                size, factory) as stream:
+            data = (consume or (lambda s: s.read()))(stream)
+        return session, data
+
+    def test_whole_disk_read_completes_the_lease(self):
+        server = fakes.NfcServer(get_body=b'x' * 5000)
+        session, data = self.run_export(server, 6000)
+        self.assertEqual(b'x' * 5000 + bytes(1000), data)
+        self.assertIn('HttpNfcLeaseComplete', session.methods())
+        self.assertNotIn('HttpNfcLeaseAbort', session.methods())
+        headers = server.requests[0][2]
+        self.assertEqual('vmware_soap_session="secret-cookie"',
+                         headers['Cookie'])
+
+    def test_partial_read_aborts_the_lease(self):
+        server = fakes.NfcServer(get_body=b'x' * 5000)
+        session, _data = self.run_export(server, 5000,
+                                         consume=lambda s: s.read(10))
+        self.assertIn('HttpNfcLeaseAbort', session.methods())
+        self.assertNotIn('HttpNfcLeaseComplete', session.methods())
+
+    def test_http_error_status(self):
+        server = fakes.NfcServer(get_body=b'no', status=404)
+        exc = self.assertRaises(errors.TransferError, self.run_export,
+                                server, 5000)
+        self.assertIn('HTTP 404', str(exc))
+
+    def test_stalled_export_fails_after_idle_timeout(self):
+        server = fakes.NfcServer(get_body=b'x' * 5000, stall_after=100,
+                                 stall_seconds=3)
+        exc = self.assertRaises(errors.TransferStalled, self.run_export,
+                                server, 5000, idle_timeout=0.5)
+        self.assertIn('0.5 s', str(exc))
+
+    def test_cut_connection_is_an_error(self):
+        server = fakes.NfcServer(get_body=b'x' * 5000, cut_after=1000)
+        self.assertRaises(errors.TransferError, self.run_export, server,
+                          5000)
