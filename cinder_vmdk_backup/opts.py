@@ -53,6 +53,15 @@ vmdk_backup_opts = [
                default=300, min=10,
                help='Seconds to wait for vCenter to make an export or '
                     'import lease ready.'),
+    cfg.BoolOpt('vmware_backup_restore_in_volume_service',
+                default=True,
+                help='Let cinder-volume create a volume from a backup by '
+                     'importing the backup straight into the new backing, '
+                     'when this node\'s [DEFAULT] backup_driver is the one '
+                     'that made the backup and it can be set up here. When '
+                     'false, or when that is not possible or fails, '
+                     'Cinder\'s own path is taken (an empty volume, then '
+                     'a restore through cinder-backup).'),
 ]
 
 #: Options of the backup manager (``[DEFAULT]`` of cinder-backup nodes).

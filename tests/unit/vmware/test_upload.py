@@ -101,3 +101,44 @@ class ImportDiskTestCase(testtools.TestCase):
         self.assertRaises(ValueError, self.run_import, server, writer)
         self.assertIn('HttpNfcLeaseAbort', self.session.methods())
         self.assertIn('Destroy_Task', self.session.methods())
+
+
+class CodecRoundTripTestCase(testtools.TestCase):
+    """The real codec through a real socket: upload, then export back."""
+
+    def test_round_trip(self):
+        import io
+        import os
+
+        from cinder_vmdk_backup.vmdk import reader
+        from cinder_vmdk_backup.vmdk import writer
+        from cinder_vmdk_backup.vmware import export
+
+        size = 3 * 1024 * 1024
+        data = bytearray(size)
+        data[0:4096] = os.urandom(4096)
+        data[size - 70000:size - 65536] = b'z' * 4464
+        vmdk = writer.StreamOptimizedWriter(io.BytesIO(bytes(data)), size)
+        server = fakes.NfcServer().start()
+        self.addCleanup(server.stop)
+        lease = fakes.moref('lease-1', 'HttpNfcLease')
+        info = types.SimpleNamespace(
+            deviceUrl=[types.SimpleNamespace(url=server.url, disk=True,
+                                             sslThumbprint=None)],
+            entity=fakes.moref('vm-7'))
+        session = fakes.FakeSession(
+            {('lease-1', 'state'): ['ready'], ('lease-1', 'info'): info},
+            {'ImportVApp': lambda rp, **kw: lease,
+             'ExportVm': lambda vm: lease})
+        settings = nfc.TransferSettings(host='127.0.0.1', port=server.port)
+        spec = types.SimpleNamespace(
+            configSpec=types.SimpleNamespace(name='volume-1'))
+        upload.import_disk(session, settings, None, None, spec, vmdk)
+        self.assertEqual(vmdk.length, len(server.posted))
+        server.get_body = server.posted
+        with export.export_disk(session, settings, fakes.moref('vm-7'),
+                                size + 65536,
+                                reader.StreamOptimizedReader) as stream:
+            back = stream.read(100000) + stream.read()
+        self.assertEqual(bytes(data) + bytes(65536), back)
+        self.assertEqual(2, session.methods().count('HttpNfcLeaseComplete'))

@@ -1,0 +1,408 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Cinder's VMware VMDK driver, owning its volumes' backups again.
+
+``VMwareVcVmdkBackupDriver`` is Cinder's ``VMwareVcVmdkDriver`` plus the
+driver-owned backup protocol (:mod:`cinder_vmdk_backup.backup.driver_owned`):
+
+* backup: an export lease on the backing VM, decoded on the fly from
+  stream-optimized VMDK to raw data that the backup service reads; nothing
+  is staged on local disk. A volume whose backing was never created reads
+  as zeros, and stays without a backing;
+* restore: the raw image the backup service wrote into a sparse staging
+  file is encoded on the fly into an ImportVApp upload on the volume's
+  datastore: the new backing when the volume has none, else a temporary VM
+  whose disk is then swapped into the backing (disk UUID = volume id, old
+  disk deleted only once the new one is attached), extended when the volume
+  is larger than the backup;
+* a backing with VM snapshots (``vmware_snapshot_format = COW``) is never
+  restored into: the snapshots share its disk chain and would be dropped or
+  corrupted. Template snapshots are separate VMs and are not affected.
+"""
+
+import contextlib
+import os
+import sys
+import time
+
+from cinder import context as cinder_context
+from cinder import exception as cinder_exception
+from cinder.i18n import _
+from cinder.volume.drivers.vmware import vmdk
+from cinder.volume.drivers.vmware import volumeops
+from oslo_config import cfg
+from oslo_log import log as logging
+from oslo_utils import excutils
+from oslo_utils import importutils
+from oslo_utils import units
+from oslo_vmware import exceptions as vexc
+from oslo_vmware import vim_util
+
+from cinder_vmdk_backup.backup import driver_owned
+from cinder_vmdk_backup import exception
+from cinder_vmdk_backup import opts
+from cinder_vmdk_backup.vmdk import errors as vmdk_errors
+from cinder_vmdk_backup.vmdk import reader as vmdk_reader
+from cinder_vmdk_backup.vmdk import writer as vmdk_writer
+from cinder_vmdk_backup.vmware import diskswap
+from cinder_vmdk_backup.vmware import errors as transfer_errors
+from cinder_vmdk_backup.vmware import export
+from cinder_vmdk_backup.vmware import leftovers
+from cinder_vmdk_backup.vmware import nfc
+from cinder_vmdk_backup.vmware import upload
+
+LOG = logging.getLogger(__name__)
+CONF = cfg.CONF
+
+#: vSphere controller classes and the adapter type names of Cinder.
+_CONTROLLER_ADAPTERS = {
+    'VirtualLsiLogicController': volumeops.VirtualDiskAdapterType.LSI_LOGIC,
+    'VirtualBusLogicController': volumeops.VirtualDiskAdapterType.BUS_LOGIC,
+    'VirtualLsiLogicSASController':
+        volumeops.VirtualDiskAdapterType.LSI_LOGIC_SAS,
+    'ParaVirtualSCSIController':
+        volumeops.VirtualDiskAdapterType.PARA_VIRTUAL,
+    'VirtualIDEController': volumeops.VirtualDiskAdapterType.IDE,
+}
+
+#: Errors of the data movement that end a backup or restore with a message.
+_TRANSFER_ERRORS = (transfer_errors.TransferError,
+                    transfer_errors.DiskSwapError, vmdk_errors.VmdkError,
+                    vexc.VimException)
+
+
+def _process_identity():
+    """This node and service, as temp VM names tell them apart."""
+    return '%s:%s' % (CONF.host, os.path.basename(sys.argv[0] or ''))
+
+
+def _hw_version_number(text, default=None):
+    """'vmx-13' -> 13."""
+    try:
+        return int(str(text).rsplit('-', 1)[-1])
+    except (TypeError, ValueError):
+        return default
+
+
+class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
+                               vmdk.VMwareVcVmdkDriver):
+    """VMDK volumes on vCenter; the driver owns their backups."""
+
+    def __init__(self, *args, **kwargs):
+        super(VMwareVcVmdkBackupDriver, self).__init__(*args, **kwargs)
+        self.configuration.append_config_values(opts.vmdk_backup_opts)
+        self._started_at = time.time()
+        self._node = leftovers.node_tag(_process_identity())
+
+    @staticmethod
+    def get_driver_options():
+        return vmdk.vmdk_opts + opts.vmdk_backup_opts
+
+    def do_setup(self, context):
+        super(VMwareVcVmdkBackupDriver, self).do_setup(context)
+        self.remove_leftovers()
+
+    # -- leftovers ---------------------------------------------------------
+
+    def remove_leftovers(self):
+        """Remove what crashed operations of this node's service left.
+
+        Temporary VMs in vCenter and staging files older than this process
+        (see :mod:`cinder_vmdk_backup.vmware.leftovers`); never another
+        process's, never anything not named by the plugin. Failures are
+        logged: they must not stop the service from starting.
+        """
+        try:
+            leftovers.remove_leftovers(
+                self.session, self._node, self._started_at,
+                self.configuration.vmware_max_objects_retrieval)
+        except Exception as exc:
+            LOG.warning('Could not look for leftover temporary VMs: %s', exc)
+        directory = self.backup_staging_dir()
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return
+        for name in names:
+            if not name.startswith(driver_owned.STAGING_PREFIX):
+                continue
+            path = os.path.join(directory, name)
+            try:
+                if os.stat(path).st_mtime < self._started_at:
+                    os.unlink(path)
+                    LOG.info('Removed leftover staging file %s.', path)
+            except OSError as exc:
+                LOG.warning('Could not remove leftover staging file '
+                            '%(path)s: %(exc)s', {'path': path, 'exc': exc})
+
+    # -- protocol hooks ----------------------------------------------------
+
+    def backup_staging_dir(self):
+        return (self.configuration.safe_get('vmware_backup_staging_dir') or
+                self.configuration.vmware_tmp_dir)
+
+    def _transfer_settings(self):
+        conf = self.configuration
+        return nfc.TransferSettings(
+            host=conf.vmware_host_ip,
+            port=conf.vmware_host_port,
+            ca_file=conf.vmware_ca_file,
+            insecure=conf.vmware_insecure,
+            idle_timeout=conf.vmware_backup_transfer_idle_timeout,
+            lease_ready_timeout=conf.vmware_backup_lease_ready_timeout,
+            poll_interval=min(conf.vmware_task_poll_interval, 1.0))
+
+    @staticmethod
+    def _device_volume(device):
+        if not hasattr(device, 'volume_type_id'):
+            # Cinder gives the VMDK driver a temporary volume for a backup
+            # of a snapshot; a snapshot object itself cannot be read.
+            raise exception.VmdkBackupError(reason=_(
+                'a VMDK snapshot cannot be backed up directly (%s)') %
+                device.id)
+        return device
+
+    def get_disk_profile(self, context, device):
+        """What re-creating the disk needs, recorded with the backup."""
+        volume = self._device_volume(device)
+        profile = {
+            'capacity_bytes': int(volume.size) * units.Gi,
+            'adapter_type': self._get_adapter_type(volume),
+            'disk_type': self._get_disk_type(volume),
+            'storage_profile': self._get_storage_profile(volume) or '',
+            'hw_version': '',
+            'backing': 'none',
+        }
+        backing = self.volumeops.get_backing(volume.name, volume.id)
+        if backing is None:
+            return profile
+        disk = diskswap.disk_of(self.session, backing)
+        controller = diskswap.controller_of(self.session, backing, disk)
+        disk_backing = disk.backing
+        if getattr(disk_backing, 'thinProvisioned', False):
+            disk_type = vmdk.THIN_VMDK_TYPE
+        elif getattr(disk_backing, 'eagerlyScrub', False):
+            disk_type = vmdk.EAGER_ZEROED_THICK_VMDK_TYPE
+        else:
+            disk_type = vmdk.THICK_VMDK_TYPE
+        profile.update({
+            'capacity_bytes': int(disk.capacityInKB) * units.Ki,
+            'disk_type': disk_type,
+            'hw_version': self.session.invoke_api(
+                vim_util, 'get_object_property', self.session.vim, backing,
+                'config.version') or '',
+            'backing': 'present',
+        })
+        if controller is not None:
+            profile['adapter_type'] = _CONTROLLER_ADAPTERS.get(
+                controller.__class__.__name__, profile['adapter_type'])
+        return profile
+
+    @contextlib.contextmanager
+    def open_backup_source(self, context, backup, device):
+        """The device's disk as raw data, streamed from an export lease."""
+        volume = self._device_volume(device)
+        size = int(volume.size) * units.Gi
+        backing = self.volumeops.get_backing(volume.name, volume.id)
+        if backing is None:
+            LOG.info('Volume %s has no backing yet: backed up as %d bytes '
+                     'of zeros, no backing created.', volume.id, size)
+            yield export.ZeroStream(size)
+            return
+        try:
+            with export.export_disk(self.session, self._transfer_settings(),
+                                    backing, size,
+                                    vmdk_reader.StreamOptimizedReader) as src:
+                yield src
+        except _TRANSFER_ERRORS as exc:
+            raise exception.VmdkBackupError(reason=_(
+                'reading the disk of volume %(vol)s from vCenter failed: '
+                '%(err)s') % {'vol': volume.id, 'err': exc}) from exc
+
+    def restore_backup(self, context, backup, volume, backup_service,
+                       volume_is_new=False):
+        """Refuse unsafe restores before any data moves, then restore."""
+        backing = self.volumeops.get_backing(volume.name, volume.id)
+        if backing is not None:
+            self._check_restorable(volume, backing)
+        return super(VMwareVcVmdkBackupDriver, self).restore_backup(
+            context, backup, volume, backup_service,
+            volume_is_new=volume_is_new)
+
+    def _check_restorable(self, volume, backing):
+        if self.volumeops.snapshot_exists(backing):
+            raise exception.VmdkBackupError(reason=_(
+                'volume %s has snapshots in vCenter (COW format) that share '
+                'its disk; restoring over it would drop or corrupt them. '
+                'Delete the snapshots or restore to a new volume.') %
+                volume.id)
+
+    def restore_raw_image(self, context, backup, volume, image_path,
+                          volume_is_new):
+        """Import the raw image as the volume's disk."""
+        size = os.path.getsize(image_path)
+        adapter_type = self._get_adapter_type(volume)
+        profile = self.disk_profile_of(backup)
+        hw_version = _hw_version_number(profile.get('hw_version'), 14)
+        conf = self.configuration
+        try:
+            with open(image_path, 'rb') as image:
+                writer = vmdk_writer.StreamOptimizedWriter(
+                    image, size, adapter_type=adapter_type,
+                    hw_version=hw_version,
+                    compression_level=conf.vmware_backup_compression_level,
+                    threads=conf.vmware_backup_compression_threads)
+                backing = self.volumeops.get_backing(volume.name, volume.id)
+                if backing is None:
+                    backing = self._import_new_backing(volume, writer, size,
+                                                       adapter_type)
+                else:
+                    self._check_restorable(volume, backing)
+                    self._import_and_swap(volume, backing, writer, size,
+                                          adapter_type)
+            self._extend_if_needed(volume, backing)
+        except _TRANSFER_ERRORS as exc:
+            raise exception.VmdkBackupError(reason=_(
+                'writing backup %(backup)s into volume %(vol)s failed: '
+                '%(err)s') % {'backup': backup.id, 'vol': volume.id,
+                              'err': exc}) from exc
+        LOG.info('Restored backup %(backup)s into volume %(vol)s '
+                 '(%(size)d bytes).', {'backup': backup.id, 'vol': volume.id,
+                                       'size': size})
+
+    # -- restore steps -----------------------------------------------------
+
+    def _import_spec(self, name, size, disk_type, ds_name, profile_id,
+                     adapter_type, extra_config):
+        create_spec = self.volumeops.get_create_spec(
+            name, size // units.Ki, disk_type, ds_name,
+            profile_id=profile_id, adapter_type=adapter_type,
+            extra_config=extra_config)
+        import_spec = self.session.vim.client.factory.create(
+            'ns0:VirtualMachineImportSpec')
+        import_spec.configSpec = create_spec
+        return import_spec
+
+    def _import_new_backing(self, volume, writer, size, adapter_type):
+        """Import the disk as the volume's new backing VM."""
+        host, resource_pool, folder, summary = self._select_ds_for_volume(
+            volume)
+        import_spec = self._import_spec(
+            volume.name, size, self._get_disk_type(volume), summary.name,
+            self._get_storage_profile_id(volume), adapter_type,
+            self._get_extra_config(volume))
+        backing = upload.import_disk(self.session, self._transfer_settings(),
+                                     resource_pool, folder, import_spec,
+                                     writer, host=host)
+        try:
+            self.volumeops.update_backing_disk_uuid(backing, volume.id)
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                self.volumeops.delete_backing(backing)
+        return backing
+
+    def _import_and_swap(self, volume, backing, writer, size, adapter_type):
+        """Import into a temporary VM, then swap its disk into backing."""
+        session = self.session
+        datacenter = self.volumeops.get_dc(backing)
+        datastore = self.volumeops.get_datastore(backing)
+        ds_name = self.volumeops.get_summary(datastore).name
+        resource_pool = session.invoke_api(
+            vim_util, 'get_object_property', session.vim, backing,
+            'resourcePool')
+        host = self.volumeops.get_host(backing)
+        folder = session.invoke_api(vim_util, 'get_object_property',
+                                    session.vim, backing, 'parent')
+        profile_id = self._get_storage_profile_id(volume)
+        temp_name = leftovers.temp_vm_name(self._node, volume.id)
+        import_spec = self._import_spec(
+            temp_name, size, self._get_disk_type(volume), ds_name,
+            profile_id, adapter_type, None)
+        temp_vm = upload.import_disk(session, self._transfer_settings(),
+                                     resource_pool, folder, import_spec,
+                                     writer, host=host)
+        try:
+            old_path = self.volumeops.get_vmdk_path(backing)
+            _ds, folder_path, _file = volumeops.split_datastore_path(
+                old_path)
+            dest = volumeops.VirtualDiskPath(
+                ds_name, folder_path,
+                '%s-r%d' % (volume.name, int(time.time())))
+            diskswap.swap_disk(session, backing, temp_vm, datacenter,
+                               dest.get_descriptor_ds_file_path(), volume.id,
+                               profile_id=profile_id)
+        finally:
+            self._destroy_temp_vm(temp_vm, temp_name)
+
+    def _destroy_temp_vm(self, vm_ref, name):
+        try:
+            self.volumeops.delete_backing(vm_ref)
+        except Exception as exc:
+            LOG.warning('Could not remove temporary VM %(name)s; it is '
+                        'removed when this service restarts: %(exc)s',
+                        {'name': name, 'exc': exc})
+
+    # -- create volume from backup (cinder-volume) -------------------------
+
+    def create_volume_from_backup(self, volume, backup):
+        """Restore a backup straight into a new volume's backing.
+
+        Works where this node can use the backup service that made the
+        backup (same ``backup_driver``, set up fine); otherwise, and on any
+        failure, raises NotImplementedError so that Cinder creates an empty
+        volume and restores through cinder-backup instead.
+        """
+        if not self.configuration.vmware_backup_restore_in_volume_service:
+            raise NotImplementedError()
+        context = cinder_context.get_admin_context()
+        service = self._local_backup_service(context, backup)
+        if service is None:
+            raise NotImplementedError()
+        try:
+            self.restore_backup(context, backup, volume, service,
+                                volume_is_new=True)
+        except Exception as exc:
+            LOG.warning('Direct restore of backup %(backup)s into volume '
+                        '%(vol)s failed (%(exc)s); falling back to a '
+                        'restore through cinder-backup.',
+                        {'backup': backup.id, 'vol': volume.id, 'exc': exc})
+            try:
+                self._delete_volume(volume)
+            except Exception:
+                LOG.exception('Could not remove the partial backing of '
+                              'volume %s.', volume.id)
+                raise cinder_exception.VolumeBackendAPIException(
+                    data=str(exc)) from exc
+            raise NotImplementedError() from exc
+
+    @staticmethod
+    def _local_backup_service(context, backup):
+        """The backup service of ``backup``, if it can be used here."""
+        try:
+            from cinder.backup import manager as backup_manager
+            name = CONF.backup_driver
+            name = backup_manager.MAPPING.get(name, name)
+            if backup.service and backup.service != name:
+                LOG.debug('Backup %(backup)s was made by %(svc)s, this node '
+                          'uses %(name)s.', {'backup': backup.id,
+                                             'svc': backup.service,
+                                             'name': name})
+                return None
+            service = importutils.import_class(name)(context=context)
+            service.check_for_setup_error()
+            return service
+        except Exception as exc:
+            LOG.info('Backup service of backup %(backup)s not usable on '
+                     'this node (%(exc)s).', {'backup': backup.id,
+                                              'exc': exc})
+            return None
