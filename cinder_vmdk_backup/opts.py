@@ -64,6 +64,53 @@ vmdk_backup_opts = [
                      'a restore through cinder-backup).'),
 ]
 
+#: Options of the KVM/qcow2 volume driver (a backend section).
+qcow2_opts = [
+    cfg.StrOpt('qcow2_volumes_dir',
+               default='/var/lib/cinder/qcow2',
+               help='Directory on a filesystem this host already has '
+                    'mounted (local, or a cluster filesystem such as IBM '
+                    'Storage Scale/GPFS, CephFS or NFS mounted by the '
+                    'operator) where volumes and snapshots are kept as '
+                    'qcow2 files.'),
+    cfg.StrOpt('qcow2_libvirt_uri',
+               default='qemu:///system',
+               help='libvirt URI of the hypervisor whose running domains '
+                    'may use the volumes. Backups of a volume attached to '
+                    'a running domain freeze it online (external snapshot, '
+                    'active block commit). Empty: no domain runs on this '
+                    'host, every volume is frozen offline with qemu-img.'),
+    cfg.StrOpt('qcow2_connection_type',
+               default='local',
+               choices=['local', 'gpfs'],
+               help='driver_volume_type of the connection info: "local" '
+                    '(os-brick LocalConnector) or "gpfs" (Nova attaches it '
+                    'as a file disk on a pre-mounted filesystem). Both give '
+                    'the file path as device_path and format qcow2.'),
+    cfg.StrOpt('qcow2_backup_staging_dir',
+               help='Directory for the private sparse staging file of a '
+                    'restore and the bounded decode windows of a backup. '
+                    'Defaults to .cvb-staging in qcow2_volumes_dir (the '
+                    'same filesystem).'),
+    cfg.IntOpt('qcow2_backup_decode_window_mb',
+               default=64, min=1,
+               help='Size in MiB of the temporary window qemu-img decodes '
+                    'compressed or encrypted clusters into during a backup '
+                    '(plain clusters are read in place).'),
+    cfg.IntOpt('qcow2_block_commit_timeout',
+               default=600, min=10,
+               help='Seconds an active block commit may take to converge '
+                    'and pivot before it is aborted (the domain then keeps '
+                    'running on the overlay; the merge is retried when the '
+                    'driver starts).'),
+    cfg.BoolOpt('qcow2_merge_leftovers_at_start',
+                default=True,
+                help='At start, merge the overlays and remove the temporary '
+                     'files that interrupted backups and restores left in '
+                     'qcow2_volumes_dir (only the driver\'s own, by name, '
+                     'and only when no operation holds their lock).'),
+]
+
 #: Options of the backup manager (``[DEFAULT]`` of cinder-backup nodes).
 backup_manager_opts = [
     cfg.BoolOpt('driver_owned_backup_enabled',
@@ -78,6 +125,7 @@ backup_manager_opts = [
 _OPT_GROUPS = (
     ('backend_defaults', vmdk_backup_opts),
     ('DEFAULT', backup_manager_opts),
+    ('backend_defaults', qcow2_opts),
 )
 
 

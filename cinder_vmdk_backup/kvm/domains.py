@@ -1,0 +1,258 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The libvirt domains that run an image, and what the driver does to them.
+
+Through libvirt-python (never behind libvirt's back, which would leave its
+view of the domain stale): find which running domain has an image in its
+disk chain, take one disk-only external snapshot of several of its disks
+at once (``--disk-only --no-metadata --atomic``), and merge an overlay
+back with an active block commit that pivots the domain onto its base.
+"""
+
+import os
+import time
+from xml.etree import ElementTree
+
+from oslo_log import log as logging
+from oslo_utils import importutils
+
+from cinder_vmdk_backup.kvm import errors
+
+libvirt = importutils.try_import('libvirt')
+
+LOG = logging.getLogger(__name__)
+
+
+class DiskUse(object):
+    """A disk of a domain whose chain holds an image.
+
+    :ivar domain: the ``virDomain``
+    :ivar target: the disk's target name (``vda``)
+    :ivar top: the path the disk's active layer is
+    :ivar chain: the paths of the disk's chain, active layer first
+    """
+
+    def __init__(self, domain, target, chain):
+        self.domain = domain
+        self.target = target
+        self.chain = chain
+        self.top = chain[0]
+
+    @property
+    def domain_name(self):
+        return self.domain.name()
+
+
+def connect(uri):
+    """Open a read-write libvirt connection.
+
+    :raises DomainError: libvirt-python is missing or libvirt refuses
+    """
+    if libvirt is None:
+        raise errors.DomainError('libvirt-python is not installed; it is '
+                                 'needed to back up volumes of running '
+                                 'domains (%s)' % uri)
+    # libvirt prints every error to stderr by default, also the expected
+    # ones (a pivot asked for a moment too early); they are raised anyway.
+    libvirt.registerErrorHandler(_ignore_error, None)
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise errors.DomainError('Cannot connect to libvirt at %s: %s'
+                                 % (uri, exc))
+
+
+def _ignore_error(_context, _error):
+    pass
+
+
+def _real(path):
+    return os.path.realpath(path)
+
+
+def disk_chains(xml_text):
+    """Yield ``(target, [paths of the chain, active first])`` of file disks.
+
+    Libvirt's live XML lists the chain as nested ``backingStore`` elements.
+    """
+    root = ElementTree.fromstring(xml_text)
+    for disk in root.findall('./devices/disk'):
+        target = disk.find('target')
+        if target is None:
+            continue
+        chain = []
+        node = disk
+        while node is not None:
+            source = node.find('source')
+            if source is None or not source.get('file'):
+                break
+            chain.append(_real(source.get('file')))
+            node = node.find('backingStore')
+        if chain:
+            yield target.get('dev'), chain
+
+
+def users(conn, paths, active_only=True):
+    """Return ``{path: [DiskUse, ...]}`` for each of ``paths`` in use.
+
+    :param active_only: only running (or paused) domains; else defined
+        inactive domains too (their chain is the configured top only)
+    """
+    wanted = {_real(p): p for p in paths}
+    found = {}
+    flags = (libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE if active_only else 0)
+    try:
+        domains = conn.listAllDomains(flags)
+    except libvirt.libvirtError as exc:
+        raise errors.DomainError('Cannot list libvirt domains: %s' % exc)
+    for domain in domains:
+        try:
+            xml_text = domain.XMLDesc(0)
+        except libvirt.libvirtError:
+            continue  # gone meanwhile
+        for target, chain in disk_chains(xml_text):
+            for real in chain:
+                if real in wanted:
+                    found.setdefault(wanted[real], []).append(
+                        DiskUse(domain, target, chain))
+    return found
+
+
+def snapshot_disks(domain, overlays):
+    """Take one atomic disk-only external snapshot of several disks.
+
+    Disks not named in ``overlays`` are left out (``snapshot='no'``). No
+    snapshot metadata is kept: the overlays are merged back afterwards.
+
+    :param overlays: ``{target: path of the new overlay}``
+    :raises DomainError: the snapshot failed; with ``--atomic`` no disk of
+        the domain changed
+    """
+    root = ElementTree.Element('domainsnapshot')
+    disks = ElementTree.SubElement(root, 'disks')
+    for target, chain in disk_chains(domain.XMLDesc(0)):
+        disk = ElementTree.SubElement(disks, 'disk', name=target)
+        if target in overlays:
+            disk.set('snapshot', 'external')
+            ElementTree.SubElement(disk, 'driver', type='qcow2')
+            ElementTree.SubElement(disk, 'source', file=overlays[target])
+        else:
+            disk.set('snapshot', 'no')
+    flags = (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+             | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+             | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
+    try:
+        domain.snapshotCreateXML(
+            ElementTree.tostring(root, encoding='unicode'), flags)
+    except libvirt.libvirtError as exc:
+        raise errors.DomainError(
+            'External snapshot of disk(s) %s of domain %s failed: %s'
+            % (', '.join(sorted(overlays)), domain.name(), exc))
+
+
+def active_commit(domain, target, overlay, timeout=600.0, poll=0.02):
+    """Merge the disk's active overlay into its base and pivot onto it.
+
+    The guest keeps running and writing: QEMU mirrors new writes into the
+    base until the pivot, so no write is lost.
+
+    :raises MergeError: the commit failed or timed out; it is aborted and
+        the domain keeps running on the overlay (a usable chain)
+    """
+    name = domain.name()
+    flags = libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE
+    try:
+        domain.blockCommit(target, None, None, 0, flags)
+        _wait_ready(domain, target, timeout, poll)
+        _pivot(domain, target, timeout, poll)
+    except (libvirt.libvirtError, errors.KvmError) as exc:
+        _abort_quietly(domain, target)
+        raise errors.MergeError(
+            'Active block commit of %s (disk %s of domain %s) failed; the '
+            'domain keeps running on that overlay and the merge is retried '
+            'when the driver starts: %s' % (overlay, target, name, exc),
+            path=overlay)
+    LOG.debug('Committed %(overlay)s of %(domain)s/%(disk)s.',
+              {'overlay': overlay, 'domain': name, 'disk': target})
+
+
+def _wait_ready(domain, target, timeout, poll):
+    deadline = time.monotonic() + timeout
+    while True:
+        info = domain.blockJobInfo(target, 0)
+        if not info:
+            raise errors.DomainError('the block job of %s vanished' % target)
+        if info.get('end', 0) and info.get('cur') == info.get('end'):
+            return
+        if time.monotonic() > deadline:
+            raise errors.DomainError('the block commit did not converge '
+                                     'within %s s' % timeout)
+        time.sleep(poll)
+
+
+def _pivot(domain, target, timeout, poll):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            domain.blockJobAbort(target,
+                                 libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+            break
+        except libvirt.libvirtError as exc:
+            # Not ready yet although cur == end: QEMU says so a bit later.
+            if (exc.get_error_code() != libvirt.VIR_ERR_BLOCK_COPY_ACTIVE
+                    or time.monotonic() > deadline):
+                raise
+            time.sleep(poll)
+    while domain.blockJobInfo(target, 0):
+        if time.monotonic() > deadline:
+            raise errors.DomainError('the pivot did not finish within %s s'
+                                     % timeout)
+        time.sleep(poll)
+
+
+def _abort_quietly(domain, target):
+    try:
+        if domain.blockJobInfo(target, 0):
+            domain.blockJobAbort(target, 0)
+    except libvirt.libvirtError as exc:
+        LOG.warning('Could not abort the block job of %(disk)s of '
+                    '%(domain)s: %(exc)s', {'disk': target,
+                                            'domain': domain.name(),
+                                            'exc': exc})
+
+
+def retarget_inactive(conn, old_path, new_path):
+    """Point defined, inactive domains' disks at ``new_path``.
+
+    Used when an overlay of a stopped domain is merged offline: libvirt
+    had written the overlay into the domain's persistent definition.
+    :returns: the names of the redefined domains
+    """
+    changed = []
+    for domain in conn.listAllDomains(
+            libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE):
+        xml_text = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        root = ElementTree.fromstring(xml_text)
+        touched = False
+        for source in root.findall('./devices/disk/source'):
+            if source.get('file') and _real(source.get('file')) == _real(
+                    old_path):
+                source.set('file', new_path)
+                touched = True
+        if touched:
+            for disk in root.findall('./devices/disk'):
+                for backing in disk.findall('backingStore'):
+                    disk.remove(backing)
+            conn.defineXML(ElementTree.tostring(root, encoding='unicode'))
+            changed.append(domain.name())
+    return changed

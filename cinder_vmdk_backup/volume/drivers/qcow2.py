@@ -1,0 +1,447 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""KVM/qcow2 companion volume driver: snapshot, retain, merge.
+
+Volumes and snapshots are qcow2 files in ``qcow2_volumes_dir``, a
+filesystem this host already has mounted. qemu-img does everything to the
+files (the driver never parses qcow2 itself) and libvirt-python everything
+to running domains.
+
+Backup is driver-owned (:mod:`cinder_vmdk_backup.backup.driver_owned`) and
+holds the raw guest data: freeze the image under a fresh overlay (offline
+with qemu-img; online, for a volume a running domain on this host uses,
+with one atomic disk-only external snapshot per domain), stream the frozen
+image's data without reading its holes, merge the overlay back (qemu-img
+commit; online an active block commit with pivot, the guest never stops).
+Restore writes a new image beside the volume's and swaps it in by rename;
+it is refused while a running domain uses the volume.
+"""
+
+import contextlib
+import os
+import shutil
+
+from cinder import exception
+from cinder.i18n import _
+from cinder.image import image_utils
+from cinder import utils
+from cinder.volume import driver
+from oslo_log import log as logging
+from oslo_utils import units
+
+from cinder_vmdk_backup.backup import driver_owned
+from cinder_vmdk_backup.kvm import domains
+from cinder_vmdk_backup.kvm import errors
+from cinder_vmdk_backup.kvm import freezer
+from cinder_vmdk_backup.kvm import leftovers
+from cinder_vmdk_backup.kvm import naming
+from cinder_vmdk_backup.kvm import qemu_img
+from cinder_vmdk_backup.kvm import raw_reader
+from cinder_vmdk_backup import opts
+
+LOG = logging.getLogger(__name__)
+
+
+class Qcow2DriverError(exception.VolumeBackendAPIException):
+    message = _("qcow2 volume driver: %(reason)s")
+
+
+@contextlib.contextmanager
+def _translated():
+    """Turn the helpers' errors into Cinder's, keeping their message."""
+    try:
+        yield
+    except errors.KvmError as exc:
+        raise Qcow2DriverError(reason=str(exc)) from exc
+
+
+class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
+                        driver.VolumeDriver):
+    """Volumes as qcow2 files, backups by snapshot, retain and merge."""
+
+    VERSION = '1.0.0'
+    CI_WIKI_NAME = 'cinder-vmdk-backup'
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.configuration:
+            self.configuration.append_config_values(opts.qcow2_opts)
+        self._frozen_ahead = {}
+        self.leftovers_report = ([], [])
+
+    @staticmethod
+    def get_driver_options():
+        return opts.qcow2_opts
+
+    # -- set-up ---------------------------------------------------------------
+
+    @property
+    def _dir(self):
+        return self.configuration.qcow2_volumes_dir
+
+    def do_setup(self, context):
+        if not os.path.isdir(self._dir):
+            raise Qcow2DriverError(reason=_(
+                'qcow2_volumes_dir %s is not a directory') % self._dir)
+        if self.configuration.qcow2_merge_leftovers_at_start:
+            self.clean_leftovers()
+
+    def check_for_setup_error(self):
+        if not os.access(self._dir, os.W_OK | os.X_OK):
+            raise Qcow2DriverError(reason=_(
+                'qcow2_volumes_dir %s is not writable') % self._dir)
+        if not shutil.which(qemu_img.QEMU_IMG):
+            raise Qcow2DriverError(reason=_('qemu-img is not installed'))
+        with self._libvirt():
+            pass  # the configured libvirt answers
+
+    def clean_leftovers(self):
+        """Merge or remove what interrupted operations left behind.
+
+        :returns: ``(done, failed)`` lists of lines, also kept in
+            :attr:`leftovers_report`
+        """
+        with self._libvirt() as conn:
+            report = leftovers.clean(
+                self._dir, conn,
+                commit_timeout=self.configuration.qcow2_block_commit_timeout)
+        self.leftovers_report = report
+        return report
+
+    @contextlib.contextmanager
+    def _libvirt(self):
+        uri = self.configuration.qcow2_libvirt_uri
+        if not uri:
+            yield None
+            return
+        with _translated():
+            conn = domains.connect(uri)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    # -- paths ----------------------------------------------------------------
+
+    def local_path(self, volume):
+        return os.path.join(self._dir, volume.name)
+
+    def _snapshot_path(self, snapshot):
+        return os.path.join(self._dir, snapshot.name)
+
+    # -- volumes and snapshots ------------------------------------------------
+
+    def create_volume(self, volume):
+        with _translated():
+            qemu_img.create(self.local_path(volume), volume.size * units.Gi)
+
+    def delete_volume(self, volume):
+        path = self.local_path(volume)
+        with _translated(), naming.image_lock(path):
+            with self._libvirt() as conn:
+                self._refuse_if_running(conn, volume, path, _('delete'))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(naming.lock_path(path))
+
+    def extend_volume(self, volume, new_size):
+        path = self.local_path(volume)
+        size = int(new_size) * units.Gi
+        with _translated(), self._libvirt() as conn:
+            uses = domains.users(conn, [path]).get(path) if conn else None
+            if uses:
+                use = uses[0]
+                try:
+                    use.domain.blockResize(
+                        use.target, size,
+                        domains.libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+                except domains.libvirt.libvirtError as exc:
+                    raise Qcow2DriverError(reason=_(
+                        'Growing %(path)s in domain %(dom)s failed: %(exc)s')
+                        % {'path': path, 'dom': use.domain_name, 'exc': exc})
+            else:
+                qemu_img.resize(path, size)
+
+    def create_snapshot(self, snapshot):
+        source = self.local_path(snapshot.volume)
+        with _translated(), self._frozen(source) as frozen:
+            qemu_img.convert(frozen.read_path, self._snapshot_path(snapshot),
+                             'qcow2')
+
+    def delete_snapshot(self, snapshot):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._snapshot_path(snapshot))
+
+    def create_volume_from_snapshot(self, volume, snapshot):
+        self._copy_image(self._snapshot_path(snapshot), volume)
+
+    def create_cloned_volume(self, volume, src_vref):
+        with _translated(), self._frozen(self.local_path(src_vref)) as frozen:
+            self._copy_image(frozen.read_path, volume)
+
+    def _copy_image(self, source, volume):
+        dest = self.local_path(volume)
+        with _translated():
+            try:
+                qemu_img.convert(source, dest, 'qcow2')
+                if qemu_img.virtual_size(dest) < volume.size * units.Gi:
+                    qemu_img.resize(dest, volume.size * units.Gi)
+            except errors.KvmError:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(dest)
+                raise
+
+    @contextlib.contextmanager
+    def _frozen(self, path):
+        with self._libvirt() as conn:
+            with freezer.frozen(path, conn, self._commit_timeout) as frozen:
+                yield frozen
+
+    @property
+    def _commit_timeout(self):
+        return self.configuration.qcow2_block_commit_timeout
+
+    # -- export and attach ----------------------------------------------------
+
+    def ensure_export(self, context, volume):
+        pass
+
+    def create_export(self, context, volume, connector):
+        pass
+
+    def remove_export(self, context, volume):
+        pass
+
+    def initialize_connection(self, volume, connector):
+        """Connection info of a file on a filesystem the host mounts.
+
+        os-brick's LocalConnector (and its GPFS subclass) attach it by
+        returning ``device_path``; ``format`` tells libvirt/Nova it is
+        qcow2 (a qcow2 file must never be opened as raw).
+        """
+        return {'driver_volume_type':
+                self.configuration.qcow2_connection_type,
+                'data': {'device_path': self.local_path(volume),
+                         'name': volume.name,
+                         'format': 'qcow2',
+                         'access_mode': 'rw'}}
+
+    def terminate_connection(self, volume, connector, **kwargs):
+        pass
+
+    # -- images ---------------------------------------------------------------
+
+    def copy_image_to_volume(self, context, volume, image_service, image_id,
+                             disable_sparse=False):
+        path = self.local_path(volume)
+        image_utils.fetch_to_volume_format(
+            context, image_service, image_id, path, 'qcow2',
+            self.configuration.volume_dd_blocksize, size=volume.size,
+            run_as_root=False)
+        with _translated():
+            if qemu_img.virtual_size(path) < volume.size * units.Gi:
+                qemu_img.resize(path, volume.size * units.Gi)
+
+    def copy_volume_to_image(self, context, volume, image_service,
+                             image_meta):
+        with _translated(), self._frozen(self.local_path(volume)) as frozen:
+            image_utils.upload_volume(context, image_service, image_meta,
+                                      frozen.read_path,
+                                      volume_format='qcow2',
+                                      run_as_root=False)
+
+    # -- stats ----------------------------------------------------------------
+
+    def _update_volume_stats(self):
+        fs = os.statvfs(self._dir)
+        backend = (self.configuration.safe_get('volume_backend_name')
+                   or 'qcow2')
+        self._stats = {
+            'volume_backend_name': backend,
+            'vendor_name': 'Open Source',
+            'driver_version': self.VERSION,
+            'storage_protocol': 'file',
+            'total_capacity_gb': fs.f_blocks * fs.f_frsize / units.Gi,
+            'free_capacity_gb': fs.f_bavail * fs.f_frsize / units.Gi,
+            'reserved_percentage':
+                self.configuration.safe_get('reserved_percentage') or 0,
+            'thin_provisioning_support': True,
+            'multiattach': False,
+        }
+
+    def get_volume_stats(self, refresh=False):
+        if refresh or not self._stats:
+            self._update_volume_stats()
+        return self._stats
+
+    # -- driver-owned backup --------------------------------------------------
+
+    def backup_staging_dir(self):
+        return (self.configuration.qcow2_backup_staging_dir
+                or os.path.join(self._dir, '.cvb-staging'))
+
+    def get_disk_profile(self, context, device):
+        path, _length = self._device_image(device)
+        with _translated():
+            data = qemu_img.info(path)
+        return {'format': 'qcow2',
+                'virtual_size': int(data['virtual-size']),
+                'cluster_size': int(data.get('cluster-size') or 0)}
+
+    def _device_image(self, device):
+        """Return ``(image path, bytes to stream)`` of a volume/snapshot."""
+        if hasattr(device, 'volume_size'):  # a Snapshot object
+            return self._snapshot_path(device), device.volume_size * units.Gi
+        return self.local_path(device), device.size * units.Gi
+
+    @contextlib.contextmanager
+    def open_backup_source(self, context, backup, device):
+        """The device's guest data, raw; a volume is frozen meanwhile.
+
+        A snapshot file never changes and is read as it is. A volume is
+        frozen (unless :meth:`backup_volumes` froze it already with
+        others) and merged back when the stream is closed.
+        """
+        path, length = self._device_image(device)
+        window = self.configuration.qcow2_backup_decode_window_mb * units.Mi
+        staging = self.backup_staging_dir()
+        os.makedirs(staging, mode=0o700, exist_ok=True)
+        with _translated(), contextlib.ExitStack() as stack:
+            if path == self.local_path(device):
+                frozen = self._frozen_ahead.pop(path, None)
+                if frozen is None:
+                    frozen = stack.enter_context(self._frozen(path))
+                else:
+                    stack.enter_context(_merging(frozen))
+                read_path = frozen.read_path
+            else:
+                read_path = path
+            reader = raw_reader.RawImageReader(read_path, staging, length,
+                                               window)
+            stack.callback(reader.close)
+            yield utils.tpool_wrap(reader)
+
+    def backup_volumes(self, context, requests):
+        """Back up several volumes from one point in time.
+
+        All of them are frozen first, as close together as possible (one
+        atomic snapshot per running domain), then each is retained and
+        merged. A volume whose freeze failed is neither retained nor
+        merged; the others go on.
+
+        :param requests: ``[(backup, backup_service, backup_device)]``,
+            ``backup_device`` may be None (the backup's volume)
+        :returns: ``{backup.id: the backup service's result, or the
+            exception that failed that backup}``
+        """
+        devices = [(backup, service, dev,
+                    self._resolve_backup_device(context, backup, dev))
+                   for backup, service, dev in requests]
+        paths = [self.local_path(device) for _b, _s, _d, device in devices
+                 if not hasattr(device, 'volume_size')]
+        with self._libvirt() as conn:
+            frozen = freezer.freeze_all(paths, conn, self._commit_timeout)
+        failed = {path: result for path, result in frozen.items()
+                  if isinstance(result, Exception)}
+        self._frozen_ahead.update({path: result for path, result
+                                   in frozen.items() if path not in failed})
+        results = {}
+        try:
+            for backup, service, dev, device in devices:
+                path = self._device_image(device)[0]
+                if path in failed:
+                    exc = failed[path]
+                    results[backup.id] = (
+                        Qcow2DriverError(reason=str(exc))
+                        if isinstance(exc, errors.KvmError) else exc)
+                    continue
+                try:
+                    results[backup.id] = self.backup_volume(
+                        context, backup, service, backup_device=dev)
+                except Exception as exc:
+                    LOG.error('Backup %(backup)s of %(path)s failed: '
+                              '%(exc)s', {'backup': backup.id,
+                                          'path': path, 'exc': exc})
+                    results[backup.id] = exc
+        finally:
+            for path in paths:
+                left = self._frozen_ahead.pop(path, None)
+                if left is not None:
+                    with contextlib.suppress(errors.KvmError):
+                        left.merge()
+        return results
+
+    def restore_raw_image(self, context, backup, volume, image_path,
+                          volume_is_new):
+        """Write a new image beside the volume's, swap it in by rename.
+
+        :raises InvalidVolume: a running domain uses the volume
+        """
+        path = self.local_path(volume)
+        size = max(volume.size * units.Gi, os.path.getsize(image_path))
+        with _translated(), naming.image_lock(path):
+            with self._libvirt() as conn:
+                self._refuse_if_running(conn, volume, path, _('restore'))
+            new = naming.transient_path(path, naming.RESTORE,
+                                        naming.new_token())
+            try:
+                qemu_img.convert(image_path, new, 'raw')
+                if qemu_img.virtual_size(new) < size:
+                    qemu_img.resize(new, size)
+                if os.path.exists(path):
+                    os.chmod(new, os.stat(path).st_mode & 0o7777)
+                _fsync(new)
+                os.rename(new, path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(new)
+                raise
+            naming.fsync_dir(self._dir)
+        LOG.info('Restored backup %(backup)s into %(path)s.',
+                 {'backup': backup.id, 'path': path})
+
+    @staticmethod
+    def _refuse_if_running(conn, volume, path, action):
+        if conn is None:
+            return
+        uses = domains.users(conn, [path]).get(path)
+        if uses:
+            names = ', '.join(sorted({u.domain_name for u in uses}))
+            raise exception.InvalidVolume(reason=_(
+                'Cannot %(action)s volume %(id)s while it is attached to '
+                'the running domain(s) %(names)s; shut them down first.')
+                % {'action': action, 'id': volume.id, 'names': names})
+
+
+@contextlib.contextmanager
+def _merging(frozen):
+    """Merge ``frozen`` after the block, keeping the block's own error."""
+    try:
+        yield frozen
+    except BaseException:
+        try:
+            frozen.merge()
+        except Exception:
+            LOG.exception('Merging %s back after a failure failed too.',
+                          frozen.path)
+        raise
+    frozen.merge()
+
+
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
