@@ -29,6 +29,7 @@ that the leftover cleaner never touches an operation still under way.
 import contextlib
 import os
 import re
+import threading
 import uuid
 
 import fasteners
@@ -65,21 +66,43 @@ def lock_path(image_path):
     return os.path.join(directory, LOCK_DIR, name + '.lock')
 
 
+_THREAD_LOCKS = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+def _thread_lock(path):
+    with _THREAD_LOCKS_GUARD:
+        return _THREAD_LOCKS.setdefault(path, threading.Lock())
+
+
 @contextlib.contextmanager
 def image_lock(image_path, blocking=True, timeout=None):
-    """Hold the image's inter-process lock; yield whether it was taken.
+    """Hold the image's lock; yield whether it was taken.
+
+    A file lock (``fcntl``, honoured across hosts by cluster filesystems)
+    excludes other processes; file locks do not exclude the threads of one
+    process from each other, so a per-image thread lock is taken first.
 
     :param blocking: when False, yield False at once if someone holds it
+    :param timeout: seconds to wait when blocking (None: for ever)
     """
     path = lock_path(image_path)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    lock = fasteners.InterProcessLock(path)
-    taken = lock.acquire(blocking=blocking, timeout=timeout)
+    local = _thread_lock(path)
+    wait = -1 if timeout is None else timeout
+    if not local.acquire(blocking, wait if blocking else -1):
+        yield False
+        return
     try:
-        yield taken
+        lock = fasteners.InterProcessLock(path)
+        taken = lock.acquire(blocking=blocking, timeout=timeout)
+        try:
+            yield taken
+        finally:
+            if taken:
+                lock.release()
     finally:
-        if taken:
-            lock.release()
+        local.release()
 
 
 def fsync_dir(directory):

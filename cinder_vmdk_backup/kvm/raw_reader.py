@@ -141,6 +141,9 @@ class RawImageReader(io.RawIOBase):
     def seekable(self):
         return False
 
+    def tell(self):
+        return self._pos
+
     def readinto(self, buf):
         view = memoryview(buf).cast('B')
         filled = 0

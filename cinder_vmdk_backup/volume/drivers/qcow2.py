@@ -34,6 +34,7 @@ import shutil
 from cinder import exception
 from cinder.i18n import _
 from cinder.image import image_utils
+from cinder import objects
 from cinder import utils
 from cinder.volume import driver
 from oslo_log import log as logging
@@ -345,9 +346,15 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
         :returns: ``{backup.id: the backup service's result, or the
             exception that failed that backup}``
         """
-        devices = [(backup, service, dev,
-                    self._resolve_backup_device(context, backup, dev))
-                   for backup, service, dev in requests]
+        devices = []
+        for backup, service, dev in requests:
+            if dev is None:
+                dev = objects.BackupDeviceInfo()
+                dev.volume = objects.Volume.get_by_id(context,
+                                                      backup.volume_id)
+            devices.append((backup, service, dev,
+                            self._resolve_backup_device(context, backup,
+                                                        dev)))
         paths = [self.local_path(device) for _b, _s, _d, device in devices
                  if not hasattr(device, 'volume_size')]
         with self._libvirt() as conn:
