@@ -51,7 +51,7 @@ MAX_DESCRIPTOR_SECTORS = 2048
 MIN_GRAIN_SECTORS = 8
 MAX_GRAIN_SECTORS = 2048
 #: zero bytes tolerated after the EOS marker (qemu pads its files)
-MAX_TRAILING_ZEROS = 64 << 20
+MAX_TRAILING_ZEROS = 1 << 20
 _READ_CHUNK = 256 << 10
 _ZEROS = memoryview(bytes(1 << 20))
 
@@ -249,6 +249,10 @@ class StreamOptimizedReader(io.RawIOBase):
 
     def _read_header(self):
         first = self._in.read(fmt.SECTOR)
+        if first and len(first) < len(fmt.MAGIC) and \
+                fmt.MAGIC.startswith(first):
+            raise errors.VmdkTruncatedError(
+                'stream ends inside the sparse extent header', 0)
         if not first.startswith(fmt.MAGIC):
             raise errors.VmdkUnsupportedError(_sniff(first), 0)
         if len(first) < fmt.SECTOR:
