@@ -1,0 +1,202 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+import io
+import os
+import threading
+from unittest import mock
+
+import ddt
+import fixtures
+from oslotest import base
+
+from cinder_vmdk_backup.vmdk import compression
+from cinder_vmdk_backup.vmdk import errors
+from cinder_vmdk_backup.vmdk import format as fmt
+from cinder_vmdk_backup.vmdk import reader
+from cinder_vmdk_backup.vmdk import writer
+from tests.unit.vmdk import streams
+
+GRAIN = streams.GRAIN
+SECTOR = fmt.SECTOR
+_real_pread = os.pread
+
+
+def _text(n):
+    return (b'some log line %d with words ' % n * GRAIN)[:GRAIN]
+
+
+def _decode(stream):
+    return reader.StreamOptimizedReader(io.BytesIO(stream)).read()
+
+
+class _Pipe(object):
+    """A source that can only be read forwards."""
+
+    def __init__(self, data):
+        self._data = io.BytesIO(data)
+
+    def read(self, n):
+        return self._data.read(n)
+
+
+@ddt.ddt
+class WriterTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+
+    def _sparse_file(self, size, writes):
+        path = os.path.join(self.tmp, 'disk.raw')
+        with open(path, 'wb') as f:
+            f.truncate(size)
+            for offset, data in writes:
+                f.seek(offset)
+                f.write(data)
+        return path
+
+    @ddt.data((b'', 1), (b'', 2), (os.urandom(SECTOR), 1),
+              (_text(0) + os.urandom(GRAIN) + bytes(GRAIN), 2),
+              (bytes(3 * GRAIN), 2), (os.urandom(GRAIN + 3 * SECTOR), 2),
+              (_text(1) * 40 + os.urandom(GRAIN) * 3, 2))
+    @ddt.unpack
+    def test_round_trip_and_exact_length(self, data, threads):
+        vmdk = writer.StreamOptimizedWriter(io.BytesIO(data), len(data),
+                                            threads=threads)
+        length = vmdk.length
+        sink = io.BytesIO()
+        self.assertEqual(length, vmdk.write_to(sink))
+        self.assertEqual(length, len(sink.getvalue()))
+        self.assertEqual(data, _decode(sink.getvalue()))
+
+    def test_sparse_file_holes_are_not_read(self):
+        size = 50 << 20
+        writes = [(3 * GRAIN + 100, b'data'), (700 * GRAIN, _text(2))]
+        path = self._sparse_file(size, writes)
+        with open(path, 'rb') as source, mock.patch.object(
+                os, 'pread', autospec=True, side_effect=_real_pread) as pread:
+            vmdk = writer.StreamOptimizedWriter(source, size, threads=2)
+            vmdk.length
+            stream = b''.join(vmdk.iter_chunks())
+        offsets = sorted({c.args[2] for c in pread.call_args_list})
+        self.assertEqual([3 * GRAIN, 700 * GRAIN], offsets)
+        expected = bytearray(size)
+        for offset, data in writes:
+            expected[offset:offset + len(data)] = data
+        self.assertEqual(bytes(expected), _decode(stream))
+
+    def test_zero_grains_are_not_stored(self):
+        data = bytes(GRAIN) + _text(3) + bytes(5 * GRAIN) + _text(4)
+        stream = streams.encode(data)
+        grains = [value for _o, kind, value in streams.records(stream)
+                  if kind == 'grain']
+        self.assertEqual([128, 7 * 128], grains)
+
+    def test_output_does_not_depend_on_threads_or_measuring(self):
+        data = b''.join(_text(i) if i % 3 else os.urandom(GRAIN)
+                        for i in range(70))
+        bodies = set()
+        for threads, measure in ((1, True), (2, True), (2, False),
+                                 (3, False)):
+            stream = streams.encode(data, threads=threads, measure=measure)
+            bodies.add(stream[streams.OVERHEAD * SECTOR:])
+        self.assertEqual(1, len(bodies))
+
+    def test_incompressible_grains_are_stored_blocks(self):
+        data = os.urandom(GRAIN)
+        stream = streams.encode(data)
+        offset = streams.OVERHEAD * SECTOR
+        lba, size = fmt.GRAIN_MARKER.unpack_from(stream, offset)
+        self.assertEqual(compression.stored_size(GRAIN), size)
+        self.assertEqual(b'\x78\x01', stream[offset + 12:offset + 14])
+
+    @ddt.data(('lsiLogic', 'lsilogic'), ('busLogic', 'buslogic'),
+              ('lsiLogicsas', 'lsilogic'), ('paraVirtual', 'lsilogic'),
+              ('ide', 'ide'))
+    @ddt.unpack
+    def test_descriptor(self, adapter_type, ddb_adapter):
+        capacity = 3 << 30
+        with open(self._sparse_file(capacity, []), 'rb') as source:
+            vmdk = writer.StreamOptimizedWriter(
+                source, capacity, adapter_type=adapter_type, hw_version=11)
+            head = next(vmdk.iter_chunks())
+        desc = reader.StreamOptimizedReader(io.BytesIO(head)).descriptor
+        self.assertEqual(ddb_adapter, desc['ddb.adapterType'])
+        self.assertEqual('streamOptimized', desc['createType'])
+        self.assertEqual('11', desc['ddb.virtualHWVersion'])
+        self.assertEqual('ffffffff', desc['parentCID'])
+        self.assertNotEqual('ffffffff', desc['CID'])
+        self.assertEqual(32, len(desc['ddb.longContentID']))
+        cylinders, heads, sectors = fmt.geometry(capacity // SECTOR,
+                                                 ddb_adapter)
+        self.assertEqual((str(cylinders), str(heads), str(sectors)),
+                         (desc['ddb.geometry.cylinders'],
+                          desc['ddb.geometry.heads'],
+                          desc['ddb.geometry.sectors']))
+
+    @ddt.data({'adapter_type': 'scsi-9'}, {'capacity': -1},
+              {'capacity': writer.MAX_CAPACITY + 1})
+    def test_bad_arguments(self, kwargs):
+        kwargs.setdefault('capacity', 1 << 20)
+        self.assertRaises(ValueError, writer.StreamOptimizedWriter,
+                          io.BytesIO(b''), **kwargs)
+
+    def test_forward_only_source_without_length(self):
+        data = _text(5) + bytes(GRAIN) + os.urandom(100)
+        vmdk = writer.StreamOptimizedWriter(_Pipe(data), len(data),
+                                            threads=2)
+        self.assertEqual(data + bytes(-len(data) % SECTOR),
+                         _decode(b''.join(vmdk.iter_chunks())))
+
+    def test_forward_only_source_cannot_be_measured(self):
+        vmdk = writer.StreamOptimizedWriter(_Pipe(b'x' * 10), 10)
+        exc = self.assertRaises(errors.VmdkError, getattr, vmdk, 'length')
+        self.assertIn('cannot seek', str(exc))
+
+    def test_sequential_source_shorter_than_capacity(self):
+        vmdk = writer.StreamOptimizedWriter(_Pipe(b'x' * 1000), GRAIN * 2)
+        exc = self.assertRaises(errors.VmdkError, b''.join,
+                                vmdk.iter_chunks())
+        self.assertIn('source ended at byte 1000', str(exc))
+
+    def test_regular_file_shorter_than_capacity_reads_as_zeros(self):
+        path = self._sparse_file(1000, [(0, b'y' * 1000)])
+        with open(path, 'rb') as source:
+            stream = b''.join(writer.StreamOptimizedWriter(
+                source, 3 * GRAIN).iter_chunks())
+        self.assertEqual(b'y' * 1000 + bytes(3 * GRAIN - 1000),
+                         _decode(stream))
+
+    def test_capacity_rounds_up_to_a_sector(self):
+        data = os.urandom(1000)
+        self.assertEqual(data + bytes(24), _decode(streams.encode(data)))
+
+    def test_source_changed_after_measuring(self):
+        path = self._sparse_file(4 * GRAIN, [(0, _text(6))])
+        with open(path, 'r+b') as source:
+            vmdk = writer.StreamOptimizedWriter(source, 4 * GRAIN)
+            vmdk.length
+            os.pwrite(source.fileno(), os.urandom(GRAIN), GRAIN)
+            exc = self.assertRaises(errors.VmdkError, b''.join,
+                                    vmdk.iter_chunks())
+        self.assertIn('source changed', str(exc))
+
+    def test_abandoned_stream_stops_its_threads(self):
+        data = b''.join(_text(i) for i in range(200))
+        before = threading.active_count()
+        chunks = writer.StreamOptimizedWriter(
+            io.BytesIO(data), len(data), threads=2).iter_chunks()
+        next(chunks)
+        next(chunks)
+        chunks.close()
+        self.assertEqual(before, threading.active_count())
