@@ -9,3 +9,8 @@
 # WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
 # License for the specific language governing permissions and limitations
 # under the License.
+
+# Cinder's test modules monkey patch with eventlet when imported; urllib3
+# (imported by oslo.vmware) must come after that, whatever order stestr
+# discovers the test modules in, or its sockets block the event loop.
+from cinder import monkey_patch; monkey_patch.patch()  # noqa

@@ -172,3 +172,16 @@ class ExportDiskTestCase(testtools.TestCase):
         server = fakes.NfcServer(get_body=b'x' * 5000, cut_after=1000)
         self.assertRaises(errors.TransferError, self.run_export, server,
                           5000)
+
+    def test_complete_failure_after_full_read_is_not_fatal(self):
+        server = fakes.NfcServer(get_body=b'x' * 100)
+        server.start()
+        self.addCleanup(server.stop)
+        session = self.session_for(server)
+        session.handlers['HttpNfcLeaseComplete'] = RuntimeError('vc gone')
+        settings = nfc.TransferSettings(host='127.0.0.1', port=server.port)
+        with export.export_disk(session, settings, fakes.moref('vm-1'), 100,
+                                lambda body: PassThroughReader(body, 100)
+                                ) as stream:
+            self.assertEqual(b'x' * 100, stream.read())
+        self.assertIn('HttpNfcLeaseComplete', session.methods())
