@@ -122,21 +122,21 @@ _LAUNCHER = (
     '    os.execv(sys.argv[1], sys.argv[1:])\n'
     '_, status, usage = os.wait4(pid, 0)\n'
     'sys.stdout.flush()\n'
-    'print("\\n%d %d" % (usage.ru_maxrss, '
-    'os.waitstatus_to_exitcode(status)))\n')
+    'print("\\n%d %d %f" % (usage.ru_maxrss, '
+    'os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime))\n')
 
 
 def _run(argv):
-    """Run a command; return (wall seconds, peak RSS bytes, stdout)."""
+    """Run a command; return (wall seconds, peak RSS bytes, stdout, CPU)."""
     start = time.perf_counter()
     out = subprocess.run([sys.executable, '-S', '-c', _LAUNCHER] + argv,
                          stdout=subprocess.PIPE, check=True).stdout
     wall = time.perf_counter() - start
     out, _, report = out.rstrip(b'\n').rpartition(b'\n')
-    maxrss, status = map(int, report.split())
-    if status:
-        raise RuntimeError('%s failed with %d' % (argv[0], status))
-    return wall, maxrss * 1024, out
+    maxrss, status, cpu = report.split()
+    if int(status):
+        raise RuntimeError('%s failed with %s' % (argv[0], status))
+    return wall, int(maxrss) * 1024, out, float(cpu)
 
 
 def _worker(argv):
@@ -170,11 +170,12 @@ def _worker(argv):
 
 
 def _ours(mode, src, dst, args):
-    wall, rss, out = _run([sys.executable, '-m', 'bench.vmdk_codec',
-                           '--worker', mode, src, dst, str(args.threads),
-                           str(args.level)])
+    """Run our side; the time is measured inside, after the imports."""
+    wall, rss, out, cpu = _run([sys.executable, '-m', 'bench.vmdk_codec',
+                                '--worker', mode, src, dst,
+                                str(args.threads), str(args.level)])
     inner = json.loads(out)
-    return inner['seconds'], rss, inner
+    return inner['seconds'], rss, inner, cpu
 
 
 def _same(path_a, path_b):
@@ -262,16 +263,18 @@ def _bench(args, size, qemu_img, workdir):
     if args.backends:
         compare_backends(path('disk.raw'), size)
     mb = size / 1e6
-    q_write, q_write_rss, _ = _run(
+    load_before = os.getloadavg()[0]
+    q_write, q_write_rss, _, q_write_cpu = _run(
         [qemu_img, 'convert', '-f', 'raw', '-O', 'vmdk', '-o',
          'subformat=streamOptimized', path('disk.raw'), path('qemu.vmdk')])
-    o_write, o_write_rss, inner = _ours('write', path('disk.raw'),
-                                        path('ours.vmdk'), args)
-    q_read, q_read_rss, _ = _run(
+    o_write, o_write_rss, inner, o_write_cpu = _ours(
+        'write', path('disk.raw'), path('ours.vmdk'), args)
+    q_read, q_read_rss, _, q_read_cpu = _run(
         [qemu_img, 'convert', '-f', 'vmdk', '-O', 'raw', path('qemu.vmdk'),
          path('qemu.raw')])
-    o_read, o_read_rss, _ = _ours('read', path('qemu.vmdk'),
-                                  path('ours.raw'), args)
+    o_read, o_read_rss, _, o_read_cpu = _ours(
+        'read', path('qemu.vmdk'), path('ours.raw'), args)
+    load_after = os.getloadavg()[0]
     check = subprocess.run(
         [qemu_img, 'compare', '-f', 'raw', '-F', 'vmdk', path('disk.raw'),
          path('ours.vmdk')], capture_output=True, text=True)
@@ -279,15 +282,24 @@ def _bench(args, size, qemu_img, workdir):
     q_size = os.path.getsize(path('qemu.vmdk'))
     o_size = os.path.getsize(path('ours.vmdk'))
     rows = [
-        ('writer', q_write, o_write, q_write_rss, o_write_rss),
-        ('reader', q_read, o_read, q_read_rss, o_read_rss),
+        ('writer', q_write, o_write, q_write_rss, o_write_rss, q_write_cpu,
+         o_write_cpu),
+        ('reader', q_read, o_read, q_read_rss, o_read_rss, q_read_cpu,
+         o_read_cpu),
     ]
-    print('%-7s %12s %12s %8s %13s %13s' % (
-        '', 'qemu-img', 'ours', 'ratio', 'qemu RSS', 'our RSS'))
-    for name, theirs, ours, t_rss, o_rss in rows:
-        print('%-7s %8.1f MB/s %7.1f MB/s %7.2fx %10.1f MB %10.1f MB' % (
-            name, mb / theirs, mb / ours, theirs / ours, t_rss / 1e6,
-            o_rss / 1e6))
+    print('throughput of the disk size per wall-clock second; CPU: user + '
+          'sys seconds of the whole process (ours includes Python start-up)')
+    print('%-7s %12s %12s %7s %9s %9s %9s %9s' % (
+        '', 'qemu-img', 'ours', 'ratio', 'CPU qemu', 'CPU ours',
+        'qemu RSS', 'our RSS'))
+    for name, theirs, ours, t_rss, o_rss, t_cpu, o_cpu in rows:
+        print('%-7s %7.1f MB/s %7.1f MB/s %6.2fx %8.2fs %8.2fs %6.1f MB '
+              '%6.1f MB' % (name, mb / theirs, mb / ours, theirs / ours,
+                            t_cpu, o_cpu, t_rss / 1e6, o_rss / 1e6))
+    print('CPU-time ratio: writer %.2fx, reader %.2fx; load average %.1f '
+          'before, %.1f after (%d CPUs)' % (
+              q_write_cpu / o_write_cpu, q_read_cpu / o_read_cpu,
+              load_before, load_after, os.cpu_count()))
     print('writer: .length measuring pass %.2f s of %.2f s; %s threads, '
           'level %d' % (inner['measure_seconds'], o_write,
                         args.threads or os.cpu_count(), args.level))

@@ -164,7 +164,8 @@ class StreamOptimizedReader(io.RawIOBase):
         self._front_digests = None
         self._front_max_sector = 0
         self._read_header()
-        self._extents = self._iter_records()
+        self._extents = self._checked(self._iter_records())
+        self._error = None
         self._cur_data = None
         self._cur_left = 0
         self._cur_off = 0
@@ -186,7 +187,23 @@ class StreamOptimizedReader(io.RawIOBase):
     def tell(self):
         return self._position
 
+    def _checked(self, records):
+        """Pass records on; remember an error so that it is raised again.
+
+        A caller that catches the error and reads on gets it again rather
+        than an end of file that looks like success.
+        """
+        if self._error is not None:
+            raise self._error
+        try:
+            yield from records
+        except errors.VmdkError as exc:
+            self._error = exc
+            raise
+
     def _next_extent(self):
+        if self._error is not None:
+            raise self._error
         for offset, length, data in self._extents:
             if length:
                 self._cur_off = 0
@@ -231,6 +248,8 @@ class StreamOptimizedReader(io.RawIOBase):
         data is a bytes-like object, or None for a run of zeros. Do not mix
         with :meth:`read` after the iteration has started.
         """
+        if self._error is not None:
+            raise self._error
         if self._cur_left:
             start = self._position
             left = self._cur_left

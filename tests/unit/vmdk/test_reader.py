@@ -280,6 +280,16 @@ class ReaderBadStreamTestCase(base.BaseTestCase):
         self.assertIn(words, str(exc))
         self.assertEqual(offset, exc.offset)
 
+    def test_error_is_raised_again_on_the_next_read(self):
+        stream = self.stream[:self._first(fmt.MARKER_GT)[0] + 5]
+        vmdk = reader.StreamOptimizedReader(io.BytesIO(stream))
+        first = self.assertRaises(errors.VmdkTruncatedError, vmdk.read,
+                                  len(self.data))
+        again = self.assertRaises(errors.VmdkTruncatedError, vmdk.read, 10)
+        self.assertIs(first, again)
+        self.assertRaises(errors.VmdkTruncatedError, list,
+                          vmdk.iter_extents())
+
     def test_decompression_bomb_stops_at_a_grain(self):
         bomb = zlib.compress(bytes(64 << 20), 9)
         stream = streams.prologue(2048) + streams.grain(0, body=bomb)
