@@ -1,0 +1,431 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The plugin's BackupManager with Cinder's real backup machinery.
+
+Cinder's test base class gives an sqlite database, fake RPC and a fake
+notifier; the backup service is Cinder's real posix driver writing into a
+temporary directory; volumes of the ``owned`` backend are files of
+:class:`~tests.functional.backup.file_driver.FileVolumeDriver`, which owns
+its backups; volumes of the ``stock`` backend (Cinder's LVM driver, which
+does not) take Cinder's path through os-brick's local connector. The volume
+service is not running: its RPC methods are the boundary the tests play
+(``get_backup_device`` is answered by calling ``continue_backup``).
+"""
+
+import hashlib
+import os
+from unittest import mock
+
+import ddt
+from oslo_service import loopingcall
+from oslo_utils import units
+import zstd
+
+from cinder.backup.drivers import posix  # noqa: F401 (its options)
+from cinder import context
+from cinder import exception
+from cinder.message import message_field
+from cinder import objects
+from cinder.objects import fields
+from cinder.tests.unit import fake_constants as fake
+from cinder.tests.unit import test
+from cinder.tests.unit import utils as test_utils
+from cinder.volume import volume_utils
+
+from cinder_vmdk_backup.backup import driver_owned
+from cinder_vmdk_backup.backup import manager
+from tests.functional.backup import file_driver
+
+CONF = manager.CONF
+OWNED_HOST = 'node1@owned#pool1'
+STOCK_HOST = 'node1@stock#pool1'
+#: Regions written into the source volume: (offset, length). The last one
+#: ends at the last byte of the disk, so a lost tail would show.
+DATA_REGIONS = ((0, 64 * units.Ki), (5 * units.Mi + 4096, 3 * units.Mi),
+                (300 * units.Mi, units.Mi), (units.Gi - units.Mi, units.Mi))
+
+
+def _block_map(path, block=units.Mi):
+    """File size and digests of its non-zero blocks: equal iff identical."""
+    blocks = {}
+    zero = bytes(block)
+    with open(path, 'rb') as f:
+        end = os.fstat(f.fileno()).st_size
+        offset = 0
+        while offset < end:
+            try:
+                data_start = os.lseek(f.fileno(), offset, os.SEEK_DATA)
+            except OSError:
+                break
+            hole = os.lseek(f.fileno(), data_start, os.SEEK_HOLE)
+            offset = max(offset, data_start - data_start % block)
+            while offset < hole:
+                f.seek(offset)
+                data = f.read(block)
+                if data.rstrip(b'\0') and data != zero[:len(data)]:
+                    blocks[offset] = hashlib.sha256(data).hexdigest()
+                offset += block
+    return end, blocks
+
+
+@ddt.ddt
+class DriverOwnedBackupManagerTestCase(test.TestCase):
+
+    def setUp(self):
+        super(DriverOwnedBackupManagerTestCase, self).setUp()
+        self.volume_dir = self.useFixture_tempdir('volumes')
+        self.posix_dir = self.useFixture_tempdir('posix')
+        self.etc_dir = self.useFixture_tempdir('etc')
+        self._load_config()
+        self.override_config('backup_driver',
+                             'cinder.backup.drivers.posix.PosixBackupDriver')
+        self.override_config('backup_posix_path', self.posix_dir)
+        self.override_config('backup_compression_algorithm', 'zstd')
+        self.override_config('backup_enable_progress_timer', False)
+        self.override_config('backup_file_size', 64 * units.Mi)
+
+        self.ctxt = context.RequestContext(fake.USER_ID, fake.PROJECT_ID,
+                                           is_admin=True)
+        self.manager = manager.BackupManager(host='backup-node')
+        self.assertRaises(loopingcall.LoopingCallDone,
+                          self.manager._setup_backup_driver, self.ctxt)
+        # os-brick's host probing runs privileged commands (privsep).
+        self._patch(volume_utils, 'brick_get_connector_properties',
+                    return_value={'host': 'backup-node'})
+        rpcapi = self.manager.volume_rpcapi
+        # The volume service's side of the RPC boundary.
+        self.get_backup_device = self._patch(rpcapi, 'get_backup_device')
+        self.secure_ops = self._patch(rpcapi,
+                                      'secure_file_operations_enabled',
+                                      return_value=True)
+        self.initialize_connection = self._patch(
+            rpcapi, 'initialize_connection',
+            side_effect=self._initialize_connection)
+        self.terminate_connection = self._patch(rpcapi,
+                                                'terminate_connection')
+        self.remove_export = self._patch(rpcapi, 'remove_export')
+        self.delete_volume = self._patch(rpcapi, 'delete_volume')
+        file_driver.SETUP_CALLS.clear()
+
+    # -- fixtures ----------------------------------------------------------
+
+    def _load_config(self, owned_extra=''):
+        """Give this node a cinder.conf with two backend sections.
+
+        Cinder's TestCase parsed no file; the manager looks for sections.
+        """
+        conf_path = os.path.join(self.etc_dir, 'cinder.conf')
+        with open(conf_path, 'w') as conf:
+            conf.write('[owned]\n'
+                       'volume_driver = tests.functional.backup.file_driver.'
+                       'FileVolumeDriver\n'
+                       'file_volume_dir = %s\n%s'
+                       '[stock]\n'
+                       'volume_driver = cinder.volume.drivers.lvm.'
+                       'LVMVolumeDriver\n' % (self.volume_dir, owned_extra))
+        CONF([], default_config_files=[conf_path])
+
+    def useFixture_tempdir(self, name):
+        path = os.path.join(self.useFixture(
+            __import__('fixtures').TempDir()).path, name)
+        os.makedirs(path)
+        return path
+
+    def _patch(self, obj, name, **kwargs):
+        patcher = mock.patch.object(obj, name, autospec=True, **kwargs)
+        self.addCleanup(patcher.stop)
+        return patcher.start()
+
+    def _initialize_connection(self, ctxt, volume, properties):
+        return {'driver_volume_type': 'local',
+                'data': {'device_path': self._path(volume)}}
+
+    def _path(self, volume):
+        return file_driver.volume_path(self.volume_dir, volume.id)
+
+    def _volume(self, host=OWNED_HOST, size=1, status='available',
+                regions=DATA_REGIONS, seed=b'a'):
+        volume = test_utils.create_volume(self.ctxt, host=host, size=size,
+                                          status=status,
+                                          previous_status='available')
+        with open(self._path(volume), 'wb') as f:
+            f.truncate(size * units.Gi)
+            for offset, length in regions:
+                f.seek(offset)
+                f.write(self._pattern(seed + b'%d' % offset, length))
+        return volume
+
+    @staticmethod
+    def _pattern(seed, length):
+        out = bytearray()
+        counter = 0
+        while len(out) < length:
+            out += hashlib.sha256(seed + b'%d' % counter).digest()
+            counter += 1
+        return bytes(out[:length])
+
+    def _write(self, volume, offset, data):
+        with open(self._path(volume), 'r+b') as f:
+            f.seek(offset)
+            f.write(data)
+
+    # -- the API's and the volume service's part of the flows --------------
+
+    def _backup(self, volume, parent=None, device=None, fail=None):
+        """Run a backup through create_backup and continue_backup."""
+        volume.status = 'backing-up'
+        volume.previous_status = 'available'
+        volume.save()
+        backup = test_utils.create_backup(
+            self.ctxt, volume.id, status=fields.BackupStatus.CREATING,
+            parent_id=parent and parent.id, size=volume.size,
+            temp_volume_id=device and device.id)
+        self.manager.create_backup(self.ctxt, backup)
+        self.get_backup_device.assert_called_with(self.ctxt, backup,
+                                                  mock.ANY)
+        backup_device = objects.BackupDeviceInfo()
+        backup_device.volume = device or volume
+        backup_device.secure_enabled = True
+        if fail:
+            self.assertRaises(fail, self.manager.continue_backup,
+                              self.ctxt, backup, backup_device)
+        else:
+            self.manager.continue_backup(self.ctxt, backup, backup_device)
+        backup.refresh()
+        return backup
+
+    def _restore(self, backup, volume, fail=None):
+        volume_is_new = volume.status == 'creating'
+        if not volume_is_new:
+            volume.status = 'restoring-backup'
+            volume.save()
+        backup.status = fields.BackupStatus.RESTORING
+        backup.restore_volume_id = volume.id
+        backup.save()
+        if fail:
+            self.assertRaises(fail, self.manager.restore_backup,
+                              self.ctxt, backup, volume.id, volume_is_new)
+        else:
+            self.manager.restore_backup(self.ctxt, backup, volume.id,
+                                        volume_is_new)
+        volume.refresh()
+        backup.refresh()
+
+    def _new_volume(self, host=OWNED_HOST, size=1):
+        volume = test_utils.create_volume(self.ctxt, host=host, size=size,
+                                          status='creating')
+        with open(self._path(volume), 'wb') as f:
+            f.truncate(size * units.Gi)
+        return volume
+
+    def _messages(self, resource_uuid):
+        return [message['detail_id']
+                for message in self.manager.message_api.get_all(
+                    self.ctxt, filters={'resource_uuid': resource_uuid})]
+
+    def _stored_bytes(self, backup):
+        service = self.manager._backup_service_class(self.ctxt)
+        metadata = service._read_metadata(backup)
+        return sum(obj['length'] for entry in metadata['objects']
+                   for obj in entry.values())
+
+    def _backup_objects(self, backup):
+        container = os.path.join(self.posix_dir, backup.container)
+        return sorted(os.path.join(container, name)
+                      for name in os.listdir(container)
+                      if name.startswith(backup.service_metadata + '-'))
+
+    def _staging_files(self):
+        staging = os.path.join(self.volume_dir, 'staging')
+        return os.listdir(staging) if os.path.isdir(staging) else []
+
+    def _notified(self, event):
+        return [n['event_type'] for n in self.notifier.notifications
+                if n['event_type'] == 'backup.' + event]
+
+    # -- tests ---------------------------------------------------------------
+
+    def test_full_and_incremental_backup_then_restores(self):
+        volume = self._volume()
+        full = self._backup(volume)
+        self.assertEqual(fields.BackupStatus.AVAILABLE, full.status)
+        volume.refresh()
+        self.assertEqual('available', volume.status)
+        self.assertEqual(1, file_driver.SETUP_CALLS['node1@owned'])
+        self.initialize_connection.assert_not_called()
+        self.assertEqual(['backup.create.end'], self._notified('create.end'))
+        self.assertEqual(
+            {'format': 'raw', 'capacity': str(units.Gi)},
+            driver_owned.DriverOwnedBackupMixin.disk_profile_of(full))
+        full_map = _block_map(self._path(volume))
+
+        # Two small changes, each inside one 32 KiB hash block.
+        self._write(volume, 7 * units.Mi + 100, b'x' * 4096)
+        self._write(volume, 900 * units.Mi, b'y' * 512)
+        incremental = self._backup(volume, parent=full)
+        self.assertEqual(fields.BackupStatus.AVAILABLE, incremental.status)
+        self.assertEqual(2 * CONF.backup_sha_block_size_bytes,
+                         self._stored_bytes(incremental))
+        self.assertEqual(1, file_driver.SETUP_CALLS['node1@owned'])
+        changed_map = _block_map(self._path(volume))
+        self.assertNotEqual(full_map, changed_map)
+
+        # The incremental restored onto a new volume.
+        new = self._new_volume()
+        self._restore(incremental, new)
+        self.assertEqual('available', new.status)
+        self.assertEqual(fields.BackupStatus.AVAILABLE, incremental.status)
+        self.assertEqual(changed_map, _block_map(self._path(new)))
+
+        # The full one restored onto the (changed) volume itself.
+        self._restore(full, volume)
+        self.assertEqual('available', volume.status)
+        self.assertEqual(full_map, _block_map(self._path(volume)))
+        self.assertEqual([], self._staging_files())
+        self.assertEqual(2, len(self._notified('restore.end')))
+        self.initialize_connection.assert_not_called()
+        self.secure_ops.assert_called()
+
+    def test_restore_to_bigger_volume(self):
+        volume = self._volume()
+        backup = self._backup(volume)
+        bigger = self._new_volume(size=2)
+        self._restore(backup, bigger)
+        self.assertEqual('available', bigger.status)
+        size, blocks = _block_map(self._path(bigger))
+        self.assertEqual(2 * units.Gi, size)
+        self.assertEqual(_block_map(self._path(volume))[1], blocks)
+
+    def test_backup_of_temporary_clone(self):
+        """An in-use volume: Cinder's temporary clone is what is read."""
+        volume = self._volume()
+        clone = self._volume(seed=b'clone')
+        backup = self._backup(volume, device=clone)
+        self.assertEqual(fields.BackupStatus.AVAILABLE, backup.status)
+        self.assertIsNone(backup.temp_volume_id)
+        self.delete_volume.assert_called_once_with(self.ctxt, mock.ANY)
+        self.assertEqual(clone.id, self.delete_volume.call_args[0][1].id)
+        new = self._new_volume()
+        self._restore(backup, new)
+        self.assertEqual(_block_map(self._path(clone)),
+                         _block_map(self._path(new)))
+
+    def test_stock_backend_takes_cinders_path(self):
+        volume = self._volume(host=STOCK_HOST)
+        backup = self._backup(volume)
+        self.assertEqual(fields.BackupStatus.AVAILABLE, backup.status)
+        self.initialize_connection.assert_called_once_with(
+            self.ctxt, mock.ANY, mock.ANY)
+        self.terminate_connection.assert_called_once()
+        self.assertNotIn('node1@stock', file_driver.SETUP_CALLS)
+        self.assertEqual({}, driver_owned.DriverOwnedBackupMixin
+                         .disk_profile_of(backup))
+
+        # The stock (raw) backup restores onto a driver-owned volume.
+        new = self._new_volume()
+        self._restore(backup, new)
+        self.assertEqual('available', new.status)
+        self.assertEqual(1, self.initialize_connection.call_count)
+        self.assertEqual(_block_map(self._path(volume)),
+                         _block_map(self._path(new)))
+
+    def test_driver_owned_backup_disabled(self):
+        self.override_config('driver_owned_backup_enabled', False)
+        volume = self._volume()
+        backup = self._backup(volume)
+        self.assertEqual(fields.BackupStatus.AVAILABLE, backup.status)
+        self.initialize_connection.assert_called_once()
+        self.assertEqual({}, file_driver.SETUP_CALLS)
+
+    def test_driver_setup_failure_falls_back(self):
+        self._load_config(owned_extra='file_volume_fail_setup = true\n')
+        volume = self._volume()
+        backup = self._backup(volume)
+        self.assertEqual(fields.BackupStatus.AVAILABLE, backup.status)
+        self.initialize_connection.assert_called_once()
+        self.assertEqual(1, file_driver.SETUP_CALLS['node1@owned'])
+
+    def test_driver_failure_during_backup(self):
+        volume = self._volume()
+        file_driver.inject_fault(self.volume_dir, volume.id,
+                                 file_driver.FAULT_READ)
+        backup = self._backup(volume, fail=IOError)
+        self.assertEqual(fields.BackupStatus.ERROR, backup.status)
+        self.assertIn('injected read fault', backup.fail_reason)
+        volume.refresh()
+        self.assertEqual('available', volume.status)
+        self.assertEqual(
+            [message_field.Detail.BACKUP_CREATE_DRIVER_ERROR[0]],
+            self._messages(backup.id))
+        self.assertEqual([], self._notified('create.end'))
+
+    def test_restore_failures_leave_volume_intact(self):
+        """A failed restore: nothing of the old data lost, nothing left.
+
+        One backup, three faults in turn (the first two leave the backup
+        usable): the driver failing before it replaces the volume's data,
+        a corrupt backup object, a missing one.
+        """
+        volume = self._volume()
+        backup = self._backup(volume)
+        target = self._volume(seed=b'target')
+        before = _block_map(self._path(target))
+        first_object = self._backup_objects(backup)[0]
+        with open(first_object, 'rb') as f:
+            good_object = f.read()
+        faults = (
+            ('driver', IOError, lambda: file_driver.inject_fault(
+                self.volume_dir, target.id, file_driver.FAULT_WRITE)),
+            ('corrupt', zstd.Error, lambda: self._replace(
+                first_object, b'not zstd data' + good_object[13:])),
+            ('missing', exception.InvalidBackup,
+             lambda: os.unlink(first_object)),
+        )
+        for count, (fault, error, inject) in enumerate(faults, 1):
+            inject()
+            self._restore(backup, target, fail=error)
+            self.assertEqual('error_restoring', target.status, fault)
+            self.assertEqual(fields.BackupStatus.AVAILABLE, backup.status)
+            self.assertEqual(before, _block_map(self._path(target)), fault)
+            self.assertEqual([], self._staging_files(), fault)
+            self.assertFalse(os.path.exists(self._path(target) +
+                                            '.restoring'))
+            self.assertEqual(
+                [message_field.Detail.BACKUP_RESTORE_ERROR[0]] * count,
+                self._messages(backup.id), fault)
+            if fault == 'driver':
+                os.unlink(self._path(target) + '.fault-' +
+                          file_driver.FAULT_WRITE)
+
+    @staticmethod
+    def _replace(path, data):
+        with open(path, 'wb') as f:
+            f.write(data)
+
+    def test_startup_cleanup_of_interrupted_operations(self):
+        volume = self._volume(status='backing-up')
+        creating = test_utils.create_backup(
+            self.ctxt, volume.id, status=fields.BackupStatus.CREATING,
+            host='backup-node', size=1)
+        target = self._volume(status='restoring-backup')
+        restoring = test_utils.create_backup(
+            self.ctxt, volume.id, status=fields.BackupStatus.RESTORING,
+            host='backup-node', size=1, restore_volume_id=target.id)
+        self.manager._cleanup_incomplete_backup_operations(self.ctxt)
+        for obj in (volume, creating, target, restoring):
+            obj.refresh()
+        self.assertEqual(fields.BackupStatus.ERROR, creating.status)
+        self.assertEqual('available', volume.status)
+        self.assertEqual(fields.BackupStatus.AVAILABLE, restoring.status)
+        self.assertEqual('error_restoring', target.status)
+        self.assertEqual({}, file_driver.SETUP_CALLS)
