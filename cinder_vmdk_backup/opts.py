@@ -120,6 +120,12 @@ backup_manager_opts = [
                      'its volumes inside cinder-backup. When false, '
                      'cinder_vmdk_backup.backup.manager.BackupManager '
                      'behaves exactly like Cinder\'s own manager.'),
+    cfg.IntOpt('driver_owned_backup_setup_retry_interval',
+               default=300, min=0,
+               help='Seconds after which cinder-backup tries again to set '
+                    'up the volume driver of a backend that failed to set '
+                    'up. Until then, that backend\'s volumes take Cinder\'s '
+                    'own backup path.'),
 ]
 
 _OPT_GROUPS = (

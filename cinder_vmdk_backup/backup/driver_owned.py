@@ -38,12 +38,42 @@ file, its exact size, clean-up on every path); a driver fills three hooks:
 
 and may add :meth:`DriverOwnedBackupMixin.get_disk_profile` to record what
 re-creating the disk faithfully needs, kept in the backup's metadata.
+
+Implementing the protocol
+-------------------------
+A driver class mixes in :class:`DriverOwnedBackupMixin` (before its volume
+driver base class) and fills the hooks; nothing else is needed. The plugin's
+manager then, for a volume whose ``volume.host`` names a backend section of
+cinder-backup's ``cinder.conf`` with that ``volume_driver``:
+
+* builds the driver the way cinder-volume does (that section's
+  configuration, ``host='<host>@<backend>'``), calls ``do_setup()`` and
+  ``check_for_setup_error()`` once, and reuses the instance for every later
+  backup and restore of that backend, concurrently: the hooks must be
+  thread-safe (green threads under eventlet);
+* calls :meth:`DriverOwnedBackupMixin.backup_volume` where Cinder would
+  attach the device, open it and call ``backup_service.backup()``, and
+  :meth:`DriverOwnedBackupMixin.restore_backup` where it would call
+  ``backup_service.restore()``. Status changes, user messages, notifications
+  and clean-up of temporary volumes stay Cinder's: an exception raised by a
+  hook fails the operation exactly like a failed attach or copy does.
+
+A driver may instead implement ``backup_volume`` and ``restore_backup``
+itself, with the signatures above, and set ``driver_owned_backup = True``.
+
+Both entry points run in the cinder-backup thread that handles the request
+(a green thread under eventlet). The backup source is read by the backup
+service in that thread: a stream doing blocking native I/O should wrap its
+reads with :func:`cinder.utils.tpool_wrap`; the restore staging file is
+handed to the backup service wrapped like that already.
 """
 
 import contextlib
 import os
 import tempfile
 
+from cinder import exception
+from cinder import utils
 from oslo_log import log as logging
 from oslo_utils import units
 
@@ -116,8 +146,10 @@ class DriverOwnedBackupMixin(object):
         LOG.info('Driver-owned backup %(backup)s of %(kind)s %(id)s.',
                  {'backup': backup.id, 'kind': type(device).__name__,
                   'id': device.id})
+        length = int(device.size) * units.Gi
         with self.open_backup_source(context, backup, device) as source:
-            result = backup_service.backup(backup, source)
+            result = backup_service.backup(
+                backup, ExactLengthReader(source, length, device.id))
         if profile:
             metadata = dict(backup.metadata or {})
             metadata.update({PROFILE_KEY_PREFIX + key: str(value)
@@ -133,11 +165,15 @@ class DriverOwnedBackupMixin(object):
         The backup service writes into a private sparse staging file
         (incremental backups write at offsets); the file is then set to the
         backed-up disk's exact size, because chunked backup drivers do not
-        write an all-zero tail, and handed to the driver.
+        write an all-zero tail, and handed to the driver. The staging file
+        is always new (it reads as zeros), so the backup service is told so
+        whatever ``volume_is_new`` says: it skips zero regions, and the file
+        stays sparse. ``volume_is_new`` is the driver's to act on.
         """
         size = self._backup_size_bytes(backup, volume)
         with self._staging_file() as (staging, path):
-            backup_service.restore(backup, volume.id, staging, volume_is_new)
+            backup_service.restore(backup, volume.id,
+                                   utils.tpool_wrap(staging), True)
             staging.flush()
             os.ftruncate(staging.fileno(), size)
             staging.close()
@@ -177,3 +213,52 @@ class DriverOwnedBackupMixin(object):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+class ExactLengthReader(object):
+    """The volume file a backup service reads: full reads, ``tell()``.
+
+    Cinder's chunked backup drivers call ``tell()`` for each chunk's offset
+    and hash fixed-size blocks of what ``read(n)`` returns, so a short read
+    in the middle of the stream would shift the blocks an incremental
+    backup compares. A raw stream (an HTTP response, a decoder) offers
+    neither; this wrapper does, and refuses a stream that ends early or runs
+    past ``length``: a backup that silently lost the disk's tail would look
+    complete.
+
+    :param stream: object with ``read(n)``
+    :param length: exact number of bytes the stream must give
+    :param name: what the stream holds, for error messages
+    """
+
+    def __init__(self, stream, length, name):
+        self._stream = stream
+        self._length = length
+        self._name = name
+        self._position = 0
+
+    def tell(self):
+        return self._position
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            size = max(self._length - self._position, 1)
+        chunks = []
+        wanted = size
+        while wanted > 0:
+            data = self._stream.read(wanted)
+            if not data:
+                break
+            chunks.append(data)
+            wanted -= len(data)
+        data = b''.join(chunks)
+        self._position += len(data)
+        if self._position > self._length:
+            raise exception.BackupDriverException(
+                reason='the data of %s is longer than its size of %d bytes'
+                       % (self._name, self._length))
+        if len(data) < size and self._position < self._length:
+            raise exception.BackupDriverException(
+                reason='the data of %s ended at byte %d of %d'
+                       % (self._name, self._position, self._length))
+        return data

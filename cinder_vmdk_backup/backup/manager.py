@@ -1,0 +1,228 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Cinder's backup manager, with backups owned by volume drivers again.
+
+Enable it on the cinder-backup nodes::
+
+    [DEFAULT]
+    backup_manager = cinder_vmdk_backup.backup.manager.BackupManager
+
+For a backup or restore of a volume whose backend driver implements the
+driver-owned backup protocol (:mod:`cinder_vmdk_backup.backup.driver_owned`)
+the driver moves the data; every other volume takes Cinder's path unchanged
+(see :mod:`cinder_vmdk_backup.backup.driver_loader` for when a backend is
+left to Cinder, and ``driver_owned_backup_enabled`` to switch it off).
+
+Where Cinder is re-wired
+------------------------
+Cinder's ``continue_backup`` and ``_run_restore`` do their data moving in
+three steps: ``_attach_device`` (an RPC to the volume service and an
+os-brick connector), ``backup_service.backup(backup, device_file)`` or
+``backup_service.restore(backup, volume_id, device_file, volume_is_new)``,
+and ``_detach_device``. Everything around them (status checks and changes,
+user messages, notifications, encryption key housekeeping, clean-up of the
+temporary volume or snapshot, ``_finish_backup``) is the same for any
+device. So this manager overrides exactly those three steps, and only while
+it runs one of those two methods for a driver-owned volume:
+
+* ``_attach_device`` returns a placeholder device without calling the volume
+  service or os-brick, and ``_detach_device`` does nothing for it;
+* the backup service handed to Cinder's code (``self.service(context)``) is
+  wrapped: its ``backup()`` calls the driver's ``backup_volume()`` with the
+  device Cinder chose (volume, temporary clone or snapshot) and the real
+  backup service, its ``restore()`` the driver's ``restore_backup()``; every
+  other attribute is the real service's.
+
+``continue_backup`` and ``_run_restore`` are then Cinder's own code: a driver
+failure raises where a failed copy would, with the same user message
+(``BACKUP_CREATE_DRIVER_ERROR``, ``BACKUP_RESTORE_ERROR``) and status
+changes. ``init_host``'s clean-up of interrupted operations is not touched.
+The driver-owned state of a request lives in a context variable, so that
+concurrent requests (green or native threads) do not see each other's.
+"""
+
+import contextlib
+import contextvars
+
+from cinder.backup import manager
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from cinder_vmdk_backup.backup import driver_loader
+from cinder_vmdk_backup import opts
+
+LOG = logging.getLogger(__name__)
+CONF = cfg.CONF
+CONF.register_opts(opts.backup_manager_opts)
+
+#: The driver-owned operation the current thread is running, if any.
+_current_job = contextvars.ContextVar('cinder_vmdk_backup_job',
+                                      default=None)
+
+
+class _Job(object):
+    """One driver-owned backup or restore in progress."""
+
+    def __init__(self, driver, context, backup_device=None, volume=None):
+        self.driver = driver
+        self.context = context
+        self.backup_device = backup_device
+        self.volume = volume
+
+
+class DriverOwnedDevice(object):
+    """Placeholder for the device Cinder would have attached.
+
+    Cinder's code hands it to the (wrapped) backup service, which ignores
+    it; nothing may read or write it.
+    """
+
+    def __init__(self, device):
+        self.device = device
+
+    def _refuse(self, *args, **kwargs):
+        raise IOError('the device of a driver-owned backup is moved by its '
+                      'volume driver and cannot be read or written directly')
+
+    read = write = seek = tell = fileno = _refuse
+
+
+class DriverOwnedBackupService(object):
+    """A backup service whose data moving is done by the volume driver.
+
+    :param service: the configured backup service (posix, swift, ...)
+    :param job: the driver-owned operation it serves
+    """
+
+    def __init__(self, service, job):
+        self._service = service
+        self._job = job
+
+    def backup(self, backup, volume_file, backup_metadata=False):
+        job = self._job
+        LOG.debug('Backup %(backup)s is moved by volume driver %(driver)s.',
+                  {'backup': backup.id, 'driver': type(job.driver).__name__})
+        return job.driver.backup_volume(job.context, backup, self._service,
+                                        backup_device=job.backup_device)
+
+    def restore(self, backup, volume_id, volume_file, volume_is_new):
+        job = self._job
+        LOG.debug('Restore of backup %(backup)s into volume %(volume)s is '
+                  'moved by volume driver %(driver)s.',
+                  {'backup': backup.id, 'volume': volume_id,
+                   'driver': type(job.driver).__name__})
+        return job.driver.restore_backup(job.context, backup, job.volume,
+                                         self._service,
+                                         volume_is_new=volume_is_new)
+
+    def __getattr__(self, name):
+        return getattr(self._service, name)
+
+
+class BackupManager(manager.BackupManager):
+    """Cinder's BackupManager; volume drivers that own backups move data."""
+
+    def __init__(self, *args, **kwargs):
+        super(BackupManager, self).__init__(*args, **kwargs)
+        self._backup_service_class = self.service
+        self.service = self._backup_service
+        self._backend_drivers = driver_loader.BackendDrivers(
+            CONF.driver_owned_backup_setup_retry_interval)
+        if not CONF.driver_owned_backup_enabled:
+            LOG.info('Driver-owned backup is disabled '
+                     '(driver_owned_backup_enabled = False): every backup '
+                     'and restore takes Cinder\'s path.')
+
+    # -- routing -----------------------------------------------------------
+
+    def _driver_for(self, volume):
+        """The set-up protocol driver that moves ``volume``'s data, or None.
+
+        Any failure to decide falls back to Cinder's path.
+        """
+        if not CONF.driver_owned_backup_enabled:
+            return None
+        try:
+            return self._backend_drivers.driver_for(volume)
+        except Exception:
+            LOG.exception('Cannot tell whether the backend of volume %s owns '
+                          'its backups; Cinder\'s backup path is used.',
+                          volume.id)
+            return None
+
+    @staticmethod
+    def _volume_of(backup_device):
+        """The volume whose backend holds the device Cinder chose."""
+        device = backup_device.device_obj
+        return device.volume if backup_device.is_snapshot else device
+
+    @contextlib.contextmanager
+    def _driver_owned(self, job):
+        token = _current_job.set(job)
+        try:
+            yield
+        finally:
+            _current_job.reset(token)
+
+    # -- Cinder's entry points ---------------------------------------------
+
+    def continue_backup(self, context, backup, backup_device):
+        """Cinder's ``continue_backup``; the driver may move the data.
+
+        Not decorated with ``utils.limit_operations`` again: Cinder's method
+        takes the semaphore.
+        """
+        driver = self._driver_for(self._volume_of(backup_device))
+        if driver is None:
+            return super(BackupManager, self).continue_backup(
+                context, backup, backup_device)
+        job = _Job(driver, context, backup_device=backup_device)
+        with self._driver_owned(job):
+            return super(BackupManager, self).continue_backup(
+                context, backup, backup_device)
+
+    def _run_restore(self, context, backup, volume, volume_is_new):
+        driver = self._driver_for(volume)
+        if driver is None:
+            return super(BackupManager, self)._run_restore(
+                context, backup, volume, volume_is_new)
+        job = _Job(driver, context, volume=volume)
+        with self._driver_owned(job):
+            return super(BackupManager, self)._run_restore(
+                context, backup, volume, volume_is_new)
+
+    # -- the re-wired data-moving steps ---------------------------------------
+
+    def _backup_service(self, *args, **kwargs):
+        """``self.service(context)``: the backup service Cinder's code uses."""
+        service = self._backup_service_class(*args, **kwargs)
+        job = _current_job.get()
+        if job is None:
+            return service
+        return DriverOwnedBackupService(service, job)
+
+    def _attach_device(self, ctxt, backup_device, properties,
+                       is_snapshot=False):
+        if _current_job.get() is None:
+            return super(BackupManager, self)._attach_device(
+                ctxt, backup_device, properties, is_snapshot)
+        return {'conn': None, 'connector': None, 'driver_owned': True,
+                'device': {'path': DriverOwnedDevice(backup_device)}}
+
+    def _detach_device(self, ctxt, attach_info, device, properties,
+                       is_snapshot=False, force=False, ignore_errors=False):
+        if attach_info.get('driver_owned'):
+            return
+        return super(BackupManager, self)._detach_device(
+            ctxt, attach_info, device, properties, is_snapshot=is_snapshot,
+            force=force, ignore_errors=ignore_errors)
