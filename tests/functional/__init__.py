@@ -9,3 +9,8 @@
 # WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
 # License for the specific language governing permissions and limitations
 # under the License.
+
+# Functional tests talk HTTPS (vcsim) from processes that import
+# cinder.tests, which monkey-patches with eventlet: patch before any test
+# module imports ssl, or HTTPS fails with RecursionError.
+from cinder import monkey_patch; monkey_patch.patch()  # noqa

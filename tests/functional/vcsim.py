@@ -1,0 +1,427 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""vcsim, the project's patched vSphere simulator, as a test fixture.
+
+``VcsimFixture`` starts one vcsim (built by ``tools/vcsim/build.sh``) on a
+free 127.0.0.1 port with its datastore ``LocalDS_0`` in a temporary
+directory, and stops it by PID on cleanup. Inventory: datacenter ``DC0``,
+cluster ``DC0_C0`` of three hosts sharing the VMFS datastore ``LocalDS_0``,
+no VMs (``vms=N`` adds N per resource pool). Disks are stored like on VMFS:
+a text descriptor ``<name>.vmdk`` and a raw, sparse ``<name>-flat.vmdk`` of
+exactly the disk's capacity; NFC exports give a stream-optimized VMDK of
+that, imports are converted to it.
+
+Usage::
+
+    vc = self.useFixture(vcsim.VcsimFixture())
+    session = vc.session()                # oslo_vmware.api.VMwareAPISession
+    options = vc.cinder_backend_options() # for Cinder's VMDK driver
+    vcsim.seed_disk(vc, '[LocalDS_0] vol/vol.vmdk', data)
+    data = vcsim.read_disk(vc, '[LocalDS_0] vol/vol.vmdk')
+
+Fault injection (the patched vcsim's private ``/cvb/faults`` endpoint):
+
+- ``vc.set_method_fault('ExportVm', 'InvalidState', count=1)``: the method
+  fails with that vim25 fault (``count`` times, 0 = always);
+  ``vc.set_method_delay('HttpNfcLeaseComplete', 2000)`` stalls it (ms).
+- ``vc.set_nfc_fault(stall_after_bytes=N | fail_after_bytes=N |
+  abort_after_bytes=N, count=1)``: the next NFC transfer(s) stall after N
+  bytes until ``vc.clear_faults()``, break the connection, or put their
+  lease in state ``error`` as a vSphere lease abort does.
+- ``vc.kill_mid_transfer(after_bytes)``: the next NFC transfer stalls after
+  ``after_bytes`` and vcsim is then killed (SIGKILL) by a helper thread.
+- ``vc.kill()``: SIGKILL now; ``vc.stop()``: SIGTERM, then SIGKILL.
+"""
+
+import glob
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess  # nosec B404: starts the test peer
+import tempfile
+import threading
+import time
+import urllib.request
+
+import fixtures
+
+TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+TOOLS = os.path.join(TOP, 'tools', 'vcsim')
+
+DATACENTER = 'DC0'
+CLUSTER = 'DC0_C0'
+DATASTORE = 'LocalDS_0'
+
+_START_TIMEOUT = 30
+_STOP_TIMEOUT = 10
+_built = {}
+_built_lock = threading.Lock()
+
+
+def _last_line(cmd):
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE,  # nosec
+                         stderr=subprocess.PIPE, timeout=1800).stdout
+    return out.decode().strip().splitlines()[-1]
+
+
+def vcsim_binary():
+    """Path of the patched vcsim binary (built once, then cached).
+
+    ``CVB_VCSIM_BINARY`` overrides it (a development build).
+    """
+    with _built_lock:
+        if os.environ.get('CVB_VCSIM_BINARY'):
+            return os.environ['CVB_VCSIM_BINARY']
+        if 'binary' not in _built:
+            _built['binary'] = _last_line(
+                ['bash', os.path.join(TOOLS, 'build.sh')])
+        return _built['binary']
+
+
+def wsdl_path():
+    """Path of the generated vimService.wsdl for oslo.vmware."""
+    import sys
+    with _built_lock:
+        if 'wsdl' not in _built:
+            _built['wsdl'] = _last_line(
+                ['bash', os.path.join(TOOLS, 'wsdl.sh'), sys.executable])
+        return _built['wsdl']
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+class VcsimError(Exception):
+    pass
+
+
+class VcsimFixture(fixtures.Fixture):
+    """One patched vcsim on 127.0.0.1, stopped by PID on cleanUp.
+
+    Attributes: ``host``, ``port``, ``username``, ``password``,
+    ``wsdl_url``, ``pid``, ``datastore_name``, ``datastore_path`` (the
+    datastore's directory), ``datacenter_name``, ``cluster_name``,
+    ``log_path`` (vcsim's output).
+    """
+
+    def __init__(self, vms=0, extra_args=()):
+        super(VcsimFixture, self).__init__()
+        self.vms = vms
+        self.extra_args = tuple(extra_args)
+        self.host = '127.0.0.1'
+        self.port = None
+        self.username = 'cvb-admin'
+        self.password = None
+        self.datastore_name = DATASTORE
+        self.datacenter_name = DATACENTER
+        self.cluster_name = CLUSTER
+        self.datastore_path = None
+        self.process = None
+        self._sessions = []
+
+    @property
+    def pid(self):
+        return self.process.pid if self.process else None
+
+    def _setUp(self):
+        binary = vcsim_binary()
+        self.wsdl_url = 'file://' + wsdl_path()
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+        self.password = 'pw-' + os.urandom(8).hex()
+        self.log_path = os.path.join(self.tmp, 'vcsim.log')
+        self.addCleanup(self.stop)
+        for _attempt in range(3):
+            self.port = _free_port()
+            if self._start(binary):
+                break
+        else:
+            raise VcsimError('vcsim did not start; see %s: %s' % (
+                self.log_path, self._log_tail()))
+        found = glob.glob(os.path.join(
+            self.tmp, 'govcsim-%s-%s-*' % (DATACENTER, DATASTORE)))
+        if len(found) != 1:
+            raise VcsimError('vcsim datastore directory not found in %s'
+                             % self.tmp)
+        self.datastore_path = found[0]
+
+    def _start(self, binary):
+        env = dict(os.environ, TMPDIR=self.tmp)
+        cmd = [binary, '-l', '%s:%d' % (self.host, self.port),
+               '-username', self.username, '-password', self.password,
+               '-vm', str(self.vms)] + list(self.extra_args)
+        with open(self.log_path, 'ab') as log:
+            self.process = subprocess.Popen(  # nosec B603
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                stdin=subprocess.DEVNULL, cwd=self.tmp)
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.process = None
+                return False
+            try:
+                with socket.create_connection((self.host, self.port), 0.5):
+                    pass
+                if glob.glob(os.path.join(self.tmp, 'govcsim-*')):
+                    return True
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.kill()
+        return False
+
+    def _log_tail(self):
+        try:
+            with open(self.log_path, 'rb') as log:
+                return log.read()[-2000:].decode(errors='replace')
+        except OSError:
+            return ''
+
+    def log(self):
+        """vcsim's output so far."""
+        with open(self.log_path, 'rb') as log:
+            return log.read().decode(errors='replace')
+
+    # -- life cycle ---------------------------------------------------------
+
+    def kill(self):
+        """SIGKILL vcsim now (its datastore directory stays)."""
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def stop(self):
+        """Stop vcsim: SIGTERM, SIGKILL if it does not exit in time."""
+        for session in self._sessions:
+            try:
+                session.logout()
+            except Exception:  # nosec B110: vcsim may be gone already
+                pass
+        self._sessions = []
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+            try:
+                process.wait(_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait()
+        self.process = None
+
+    @property
+    def running(self):
+        return self.process is not None and self.process.poll() is None
+
+    # -- clients ------------------------------------------------------------
+
+    def session(self, **kwargs):
+        """A new oslo.vmware session (logged out on cleanUp)."""
+        from oslo_vmware import api
+        args = dict(api_retry_count=1, task_poll_interval=0.1,
+                    port=self.port, wsdl_loc=self.wsdl_url, insecure=True)
+        args.update(kwargs)
+        session = api.VMwareAPISession(self.host, self.username,
+                                       self.password, **args)
+        self._sessions.append(session)
+        return session
+
+    def cinder_backend_options(self):
+        """Options of Cinder's VMDK driver for this vcsim."""
+        return {
+            'vmware_host_ip': self.host,
+            'vmware_host_port': self.port,
+            'vmware_host_username': self.username,
+            'vmware_host_password': self.password,
+            'vmware_insecure': True,
+            'vmware_cluster_name': [self.cluster_name],
+            'vmware_wsdl_location': self.wsdl_url,
+            'vmware_api_retry_count': 1,
+            'vmware_task_poll_interval': 0.1,
+            'vmware_tmp_dir': self.tmp,
+        }
+
+    def datastore_file(self, ds_path):
+        """Local path of a datastore path such as '[LocalDS_0] a/b.vmdk'."""
+        match = re.match(r'^\[([^\]]+)\]\s*(.*)$', ds_path)
+        if not match or match.group(1) != self.datastore_name:
+            raise ValueError('not a path on %s: %r' % (self.datastore_name,
+                                                      ds_path))
+        relative = os.path.normpath(match.group(2))
+        if relative.startswith('..') or os.path.isabs(relative):
+            raise ValueError('path leaves the datastore: %r' % ds_path)
+        return os.path.join(self.datastore_path, relative)
+
+    # -- fault injection ----------------------------------------------------
+
+    def _faults(self, method, body=None):
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # vcsim's self-signed cert
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            'https://%s:%d/cvb/faults' % (self.host, self.port),
+            data=data, method=method,
+            headers={'Content-Type': 'application/json'})
+        with urllib.request.urlopen(request, context=context,  # nosec
+                                    timeout=10) as response:
+            return json.loads(response.read().decode())
+
+    def faults(self):
+        """The fault settings in force, with hit counters."""
+        return self._faults('GET')
+
+    def set_method_fault(self, method, fault='RuntimeFault', message='',
+                         count=1, delay_ms=0):
+        """Make the SOAP method fail with the vim25 fault type ``fault``."""
+        return self._faults('PUT', {'methods': {method: {
+            'fault': fault, 'message': message, 'count': count,
+            'delayMs': delay_ms}}})
+
+    def set_method_delay(self, method, delay_ms, count=0):
+        """Make the SOAP method answer ``delay_ms`` milliseconds late."""
+        return self._faults('PUT', {'methods': {method: {
+            'fault': '', 'count': count, 'delayMs': delay_ms}}})
+
+    def set_nfc_fault(self, stall_after_bytes=None, fail_after_bytes=None,
+                      abort_after_bytes=None, count=1):
+        """Break the next ``count`` NFC transfers (0: all)."""
+        nfc = {'count': count}
+        for key, value in (('stallAfterBytes', stall_after_bytes),
+                           ('failAfterBytes', fail_after_bytes),
+                           ('abortAfterBytes', abort_after_bytes)):
+            if value is not None:
+                nfc[key] = int(value)
+        return self._faults('PUT', {'nfc': nfc})
+
+    def clear_faults(self):
+        """Clear all fault settings; stalled transfers go on."""
+        return self._faults('DELETE')
+
+    def wait_for_log(self, pattern, timeout=60):
+        """Wait until vcsim's output matches the regular expression."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            if regex.search(self.log()):
+                return True
+            time.sleep(0.05)
+        raise VcsimError('vcsim log did not show %r in %ss' % (pattern,
+                                                             timeout))
+
+    def kill_mid_transfer(self, after_bytes=1 << 20, timeout=120):
+        """Kill vcsim once the next NFC transfer has moved after_bytes.
+
+        Returns the helper thread (join it to be sure the kill happened).
+        """
+        self.set_nfc_fault(stall_after_bytes=after_bytes, count=1)
+
+        def killer():
+            try:
+                self.wait_for_log('NFC transfer stalls', timeout)
+            except VcsimError:
+                return
+            self.kill()
+
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        return thread
+
+
+# -- disk helpers (through the datastore directory and through NFC) --------
+
+def _flat_file(fixture, vmdk_ds_path):
+    descriptor = fixture.datastore_file(vmdk_ds_path)
+    if not descriptor.endswith('.vmdk'):
+        raise ValueError('not a disk path: %r' % vmdk_ds_path)
+    return descriptor[:-len('.vmdk')] + '-flat.vmdk'
+
+
+def read_disk(fixture, vmdk_ds_path):
+    """The disk's raw content (its full capacity), from the datastore."""
+    with open(_flat_file(fixture, vmdk_ds_path), 'rb') as flat:
+        return flat.read()
+
+
+def seed_disk(fixture, vmdk_ds_path, data, offset=0):
+    """Write data into the disk at offset, through the datastore.
+
+    Zero blocks are skipped, so the flat file stays sparse; the file never
+    shrinks (its size is the disk's capacity).
+    """
+    block = 1 << 20
+    view = memoryview(data)
+    with open(_flat_file(fixture, vmdk_ds_path), 'r+b') as flat:
+        for start in range(0, len(view), block):
+            chunk = view[start:start + block]
+            if chunk.tobytes().count(0) != len(chunk):
+                flat.seek(offset + start)
+                flat.write(chunk)
+
+
+def export_vmdk(fixture, session, vm_ref, sink):
+    """Export the VM's first disk through NFC (ExportVm, HTTPS GET).
+
+    Writes the stream-optimized VMDK vcsim serves to ``sink`` (a file
+    object) and completes the lease; returns the number of bytes.
+    """
+    from oslo_vmware import vim_util
+
+    lease = session.invoke_api(session.vim, 'ExportVm', vm_ref)
+    session.wait_for_lease_ready(lease)
+    info = session.invoke_api(vim_util, 'get_object_property', session.vim,
+                              lease, 'info')
+    url = next(d.url for d in info.deviceUrl if d.disk)
+    url = url.replace('*', '%s:%d' % (fixture.host, fixture.port))
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # vcsim's self-signed cert
+    total = 0
+    try:
+        with urllib.request.urlopen(url, context=context,  # nosec B310
+                                    timeout=60) as response:
+            while True:
+                chunk = response.read(1 << 20)
+                if not chunk:
+                    break
+                sink.write(chunk)
+                total += len(chunk)
+    except Exception:
+        session.invoke_api(session.vim, 'HttpNfcLeaseAbort', lease)
+        raise
+    session.invoke_api(session.vim, 'HttpNfcLeaseComplete', lease)
+    return total
+
+
+def read_disk_nfc(fixture, session, vm_ref):
+    """The VM's first disk as raw bytes, exported through NFC and decoded
+    with qemu-img."""
+    with tempfile.TemporaryDirectory(dir=fixture.tmp) as tmp:
+        vmdk = os.path.join(tmp, 'export.vmdk')
+        raw = os.path.join(tmp, 'export.raw')
+        with open(vmdk, 'wb') as sink:
+            export_vmdk(fixture, session, vm_ref, sink)
+        subprocess.run(['qemu-img', 'convert', '-f', 'vmdk', '-O', 'raw',
+                        vmdk, raw], check=True,  # nosec B603 B607
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        with open(raw, 'rb') as f:
+            return f.read()
