@@ -35,10 +35,13 @@ from cinder.volume import configuration
 from cinder.volume import driver as volume_driver
 
 from cinder_vmdk_backup.kvm import naming
+from cinder_vmdk_backup.kvm import qemu_img
 from cinder_vmdk_backup import opts
 from cinder_vmdk_backup.volume.drivers import qcow2
 
 BACKEND = 'qcow2'
+#: Bytes at the start of each backup the tests keep (the guest's ring).
+HEAD = 2 * 1024 * 1024
 
 
 def raw_digest(path, length=None):
@@ -67,6 +70,19 @@ def read_raw(path):
         os.unlink(raw)
 
 
+def read_head(path, length=HEAD):
+    """Return the first ``length`` guest bytes of an image (qemu-img)."""
+    out = path + '.test-raw'
+    with open(out, 'wb') as f:
+        f.truncate(length)
+    try:
+        qemu_img.convert_window(path, 'qcow2', 0, length, out)
+        with open(out, 'rb') as f:
+            return f.read()
+    finally:
+        os.unlink(out)
+
+
 def file_digest(path, length=None):
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
@@ -93,11 +109,13 @@ class DigestingService(object):
     def __init__(self, service):
         self.service = service
         self.digests = {}
+        self.heads = {}
 
     def backup(self, backup, source, **kwargs):
         spy = _Tee(source)
         result = self.service.backup(backup, spy, **kwargs)
         self.digests[backup.id] = (spy.digest.hexdigest(), spy.length)
+        self.heads[backup.id] = bytes(spy.head)
         return result
 
     def __getattr__(self, name):
@@ -109,6 +127,7 @@ class _Tee(object):
         self.source = source
         self.digest = hashlib.sha256()
         self.length = 0
+        self.head = bytearray()
 
     def tell(self):
         return self.source.tell()
@@ -117,6 +136,8 @@ class _Tee(object):
         data = self.source.read(size)
         self.digest.update(data)
         self.length += len(data)
+        if len(self.head) < HEAD:
+            self.head += data[:HEAD - len(self.head)]
         return data
 
 
