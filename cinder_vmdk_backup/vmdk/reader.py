@@ -37,8 +37,11 @@ from a broken stream.
 """
 
 import array
+import collections
+import concurrent.futures
 import hashlib
 import io
+import os
 import sys
 
 from cinder_vmdk_backup.vmdk import compression
@@ -53,6 +56,10 @@ MAX_GRAIN_SECTORS = 2048
 #: zero bytes tolerated after the EOS marker (qemu pads its files)
 MAX_TRAILING_ZEROS = 1 << 20
 _READ_CHUNK = 256 << 10
+#: grains inflated by one task
+BATCH_GRAINS = 8
+#: batches being inflated at a time, per thread
+INFLIGHT_PER_THREAD = 2
 _ZEROS = memoryview(bytes(1 << 20))
 
 
@@ -151,13 +158,16 @@ class StreamOptimizedReader(io.RawIOBase):
     """Raw guest data of a stream-optimized VMDK read from a stream.
 
     :param fileobj: object with ``read(n)``, e.g. an HTTP response
+    :param threads: threads inflating grains (ahead of the reader, a few
+        grains each); 0 means one per CPU, 1 inflates inline
     :raises VmdkError: (in the constructor) for a header that is not a
         stream-optimized VMDK's; later reads raise it for any fault found
         in the rest of the stream
     """
 
-    def __init__(self, fileobj):
+    def __init__(self, fileobj, threads=0):
         super().__init__()
+        self._threads = threads or os.cpu_count() or 1
         self._in = _Input(fileobj)
         self.header = None
         self.descriptor = {}
@@ -180,6 +190,13 @@ class StreamOptimizedReader(io.RawIOBase):
 
     def readable(self):
         return True
+
+    def close(self):
+        """Stop the inflating threads; the input stream is left open."""
+        extents = getattr(self, '_extents', None)
+        if extents is not None:
+            extents.close()
+        super().close()
 
     def seekable(self):
         return False
@@ -429,16 +446,39 @@ class StreamOptimizedReader(io.RawIOBase):
     def _iter_records(self):
         """Yield extents in guest order, validating the stream.
 
-        One grain is held back until the next record has been read, and
-        the last one until the end has been validated.
+        Grains are inflated in batches on a thread pool, a few batches
+        ahead of the caller; the last grain is held back until the end has
+        been validated. A fault found while parsing is raised after those
+        of the grains before it.
         """
+        pool = None
+        if self._threads > 1:
+            pool = concurrent.futures.ThreadPoolExecutor(
+                self._threads, thread_name_prefix='vmdk-inflate')
+        queue = collections.deque()
+        try:
+            try:
+                yield from self._parse_records(pool, queue)
+            except errors.VmdkError:
+                for item in queue:
+                    item[2].submit(pool)
+                    _resolved(item)
+                raise
+        finally:
+            for item in queue:
+                item[2].cancel()
+            if pool is not None:
+                pool.shutdown(wait=True)
+
+    def _parse_records(self, pool, queue):
         h = self.header
         inp = self._in
         grain_bytes = h.grain_size * fmt.SECTOR
         capacity = h.capacity * fmt.SECTOR
         max_csize = grain_bytes + grain_bytes // 8 + fmt.SECTOR
+        limit = (self._threads * INFLIGHT_PER_THREAD + 1) * BATCH_GRAINS
         state = _TableState(self._n_gt, h.grain_size)
-        pending = None
+        batch = _Batch()
         emitted = 0
         last_lba = -1
         eos = False
@@ -462,17 +502,23 @@ class StreamOptimizedReader(io.RawIOBase):
                 inp.read_exact(-(fmt.GRAIN_MARKER.size + size) % fmt.SECTOR,
                                'grain padding')
                 expect = min(grain_bytes, capacity - lba * fmt.SECTOR)
-                out = _inflate(data, grain_bytes, expect, lba, marker_off)
+                if batch.submitted:
+                    batch = _Batch()
+                index = batch.add((data, grain_bytes, expect, lba,
+                                   marker_off))
                 state.add_grain(lba, marker_off // fmt.SECTOR)
                 last_lba = lba
-                if pending is not None:
-                    yield pending
                 offset = lba * fmt.SECTOR
                 if offset > emitted:
-                    yield emitted, offset - emitted, None
-                pending = (offset, expect, out)
+                    queue.append((emitted, offset - emitted, _NO_BATCH, 0))
+                queue.append((offset, expect, batch, index))
                 emitted = offset + expect
+                if index + 1 == BATCH_GRAINS:
+                    batch.submit(pool)
+                while len(queue) > limit and queue[0][2].submitted:
+                    yield _resolved(queue.popleft())
                 continue
+            batch.submit(pool)
             rest = inp.read_exact(fmt.SECTOR - fmt.GRAIN_MARKER.size,
                                   'a metadata marker')
             marker_type = int.from_bytes(rest[:4], 'little')
@@ -480,9 +526,10 @@ class StreamOptimizedReader(io.RawIOBase):
                 eos = True
                 break
             self._read_metadata(marker_type, lba, marker_off, state)
+        batch.submit(pool)
         self._finish(state, eos)
-        if pending is not None:
-            yield pending
+        while queue:
+            yield _resolved(queue.popleft())
         if emitted < capacity:
             yield emitted, capacity - emitted, None
 
@@ -601,6 +648,67 @@ class StreamOptimizedReader(io.RawIOBase):
                 raise errors.VmdkFormatError(
                     'more than %d bytes of padding after the end-of-stream '
                     'marker' % MAX_TRAILING_ZEROS, start)
+
+
+class _Batch(object):
+    """Grains inflated together, on the pool or inline."""
+
+    def __init__(self):
+        self._args = []
+        self._future = None
+
+    @property
+    def submitted(self):
+        return self._future is not None
+
+    def add(self, args):
+        self._args.append(args)
+        return len(self._args) - 1
+
+    def submit(self, pool):
+        if self._future is not None or not self._args:
+            return
+        if pool is None:
+            self._future = concurrent.futures.Future()
+            try:
+                self._future.set_result(_inflate_all(self._args))
+            except errors.VmdkError as exc:
+                self._future.set_exception(exc)
+        else:
+            self._future = pool.submit(_inflate_all, self._args)
+
+    def result(self, index):
+        return self._future.result()[index]
+
+    def cancel(self):
+        if self._future is not None:
+            self._future.cancel()
+
+
+class _NoBatch(object):
+    """Stands for the batch of a zero run."""
+
+    submitted = True
+
+    def submit(self, pool):
+        pass
+
+    def cancel(self):
+        pass
+
+
+_NO_BATCH = _NoBatch()
+
+
+def _resolved(item):
+    offset, length, batch, index = item
+    if batch is _NO_BATCH:
+        return offset, length, None
+    return offset, length, batch.result(index)
+
+
+def _inflate_all(args):
+    return [_inflate(*one) for one in args]
 
 
 def _inflate(data, grain_bytes, expect, lba, offset):

@@ -13,6 +13,7 @@
 import io
 import os
 import struct
+import threading
 import tracemalloc
 import zlib
 
@@ -67,6 +68,25 @@ class ReaderRoundTripTestCase(base.BaseTestCase):
         self.assertEqual(len(data), vmdk.capacity)
         self.assertEqual(data, vmdk.read())
         self.assertEqual(b'', vmdk.read(10))
+
+    @ddt.data(1, 2, 3)
+    def test_any_number_of_inflate_threads(self, threads):
+        data = b''.join(_disk('t', 'r', 'z') for _ in range(12))
+        vmdk = reader.StreamOptimizedReader(
+            io.BytesIO(streams.encode(data)), threads=threads)
+        self.assertEqual(data, vmdk.read())
+
+    def test_abandoned_reader_stops_its_threads(self):
+        data = b''.join(_disk('t', 'r') for _ in range(30))
+        before = threading.active_count()
+        vmdk = reader.StreamOptimizedReader(
+            io.BytesIO(streams.encode(data)), threads=2)
+        extents = vmdk.iter_extents()
+        next(extents)
+        extents.close()
+        vmdk.close()
+        self.assertTrue(vmdk.closed)
+        self.assertEqual(before, threading.active_count())
 
     def test_extents_cover_the_disk_with_zero_runs(self):
         data = _disk('z', 't', 'z', 'z', 'r', 'z')
@@ -303,6 +323,14 @@ class ReaderBadStreamTestCase(base.BaseTestCase):
         self.assertIn('more than a grain', str(exc))
         self.assertEqual(streams.OVERHEAD * SECTOR, exc.offset)
         self.assertLess(peak, 4 << 20)
+
+    def test_faults_are_reported_in_stream_order(self):
+        stream = (streams.prologue(2048) +
+                  streams.grain(0, body=zlib.compress(b'short')) +
+                  streams.grain(0, b'backwards'))
+        exc = self._error(stream, errors.VmdkFormatError)
+        self.assertIn('inflates to 5 bytes', str(exc))
+        self.assertEqual(streams.OVERHEAD * SECTOR, exc.offset)
 
     def test_compressed_size_past_the_stream(self):
         stream = streams.prologue(2048) + streams.grain(
