@@ -89,6 +89,7 @@ class RawImageReader(io.RawIOBase):
         self._window_fd = None
         self._window_range = (0, 0)
         self.bytes_read_from_disk = 0
+        self._zero_cache = b''
 
     # -- planning ---------------------------------------------------------
 
@@ -166,11 +167,54 @@ class RawImageReader(io.RawIOBase):
         return filled
 
     def read(self, size=-1):
-        if size is None or size < 0:
-            return self.readall()
-        buf = bytearray(min(size, self.length - self._pos))
-        got = self.readinto(buf)
-        del buf[got:]
+        """Return up to ``size`` bytes (all that is left when negative).
+
+        Faster than :meth:`readinto` for the backup service's big reads:
+        a zero region is a shared, cached zero buffer, a data region one
+        ``pread`` straight into a new bytes object; only a read spanning
+        several regions is joined (one copy).
+        """
+        left = self.length - self._pos
+        size = left if size is None or size < 0 else min(size, left)
+        parts = []
+        while size > 0 and self._index < len(self._extents):
+            ext = self._extents[self._index]
+            inside = self._pos - ext.start
+            count = min(size, ext.length - inside)
+            if ext.kind == 'zero':
+                parts.append(self._zeros(count))
+            elif ext.kind == 'file':
+                parts.append(self._pread(self._layer_fd(ext.layer), count,
+                                         ext.offset + inside))
+            else:
+                buf = bytearray(count)
+                self._decode_into(memoryview(buf), self._pos, ext)
+                parts.append(buf)
+            size -= count
+            self._pos += count
+            if self._pos == ext.start + ext.length:
+                self._index += 1
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]
+        return b''.join(parts)
+
+    def _zeros(self, count):
+        if len(self._zero_cache) < count:
+            self._zero_cache = bytes(count)
+        if len(self._zero_cache) == count:
+            return self._zero_cache
+        return memoryview(self._zero_cache)[:count]
+
+    def _pread(self, fd, count, offset):
+        data = os.pread(fd, count, offset)
+        if len(data) == count:
+            self.bytes_read_from_disk += count
+            return data
+        buf = bytearray(count)
+        buf[:len(data)] = data
+        self._pread_exact(fd, memoryview(buf)[len(data):],
+                          offset + len(data))
+        self.bytes_read_from_disk += len(data)
         return bytes(buf)
 
     def close(self):
