@@ -79,7 +79,8 @@ class BackendDrivers(object):
             are read)
         :returns: the driver, or None when Cinder's path must be taken
         """
-        backend_host = volume_utils.extract_host(volume.host, 'backend')
+        backend_host = (volume_utils.extract_host(volume.host, 'backend')
+                        if volume.host else None)
         if not backend_host or '@' not in backend_host:
             LOG.debug('Volume %(id)s has host %(host)r without a backend '
                       'section name; Cinder\'s backup path is used.',

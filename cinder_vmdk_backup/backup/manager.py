@@ -221,7 +221,7 @@ class BackupManager(manager.BackupManager):
 
     def _detach_device(self, ctxt, attach_info, device, properties,
                        is_snapshot=False, force=False, ignore_errors=False):
-        if attach_info.get('driver_owned'):
+        if attach_info.get('driver_owned') is True:
             return
         return super(BackupManager, self)._detach_device(
             ctxt, attach_info, device, properties, is_snapshot=is_snapshot,

@@ -1,0 +1,252 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Routing decisions of the plugin's BackupManager.
+
+Cinder's own ``continue_backup`` / ``_run_restore`` are replaced by autospec
+mocks whose side effects look at what Cinder's code would see while they
+run: the backup service ``self.service(context)`` builds, what
+``_attach_device`` returns, what ``_detach_device`` does.
+"""
+
+import threading
+from unittest import mock
+
+from cinder import objects
+
+objects.register_all()
+
+from cinder.backup import manager as cinder_manager  # noqa: E402
+import ddt  # noqa: E402
+from oslo_config import fixture as config_fixture  # noqa: E402
+from oslotest import base  # noqa: E402
+
+from cinder_vmdk_backup.backup import driver_loader  # noqa: E402
+from cinder_vmdk_backup.backup import driver_owned  # noqa: E402
+from cinder_vmdk_backup.backup import manager  # noqa: E402
+
+VOLUME_HOST = 'node1@fast#pool1'
+
+
+class FakeBackupService(object):
+    """Stands for the configured backup service class (posix, swift...)."""
+
+    support_force_delete = True
+
+    def __init__(self, context):
+        self.context = context
+
+    def backup(self, backup, volume_file, backup_metadata=False):
+        raise AssertionError('the real service must not be called here')
+
+    def restore(self, backup, volume_id, volume_file, volume_is_new):
+        raise AssertionError('the real service must not be called here')
+
+
+class ProtocolDriver(driver_owned.DriverOwnedBackupMixin):
+    pass
+
+
+def _fake_base_init(self, *args, **kwargs):
+    self.service = FakeBackupService
+
+
+@ddt.ddt
+class BackupManagerTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super(BackupManagerTestCase, self).setUp()
+        self.conf = self.useFixture(config_fixture.Config(manager.CONF))
+        self._patch(cinder_manager.BackupManager, '__init__',
+                    side_effect=_fake_base_init)
+        self.base_continue = self._patch(cinder_manager.BackupManager,
+                                         'continue_backup')
+        self.base_run_restore = self._patch(cinder_manager.BackupManager,
+                                            '_run_restore')
+        self.base_attach = self._patch(
+            cinder_manager.BackupManager, '_attach_device',
+            return_value={'conn': {}, 'connector': mock.sentinel.connector,
+                          'device': {'path': '/dev/sdx'}})
+        self.base_detach = self._patch(cinder_manager.BackupManager,
+                                       '_detach_device')
+        self.driver_for = self._patch(driver_loader.BackendDrivers,
+                                      'driver_for', return_value=None)
+        self.driver = mock.create_autospec(ProtocolDriver, instance=True)
+        self.manager = manager.BackupManager()
+        self.ctxt = mock.sentinel.context
+        self.backup = objects.Backup(id='b0000000-0000-4000-8000-000000000001')
+        self.volume = objects.Volume(id='a0000000-0000-4000-8000-00000000000a',
+                                     host=VOLUME_HOST, size=1)
+
+    def _patch(self, obj, name, **kwargs):
+        patcher = mock.patch.object(obj, name, autospec=True, **kwargs)
+        self.addCleanup(patcher.stop)
+        return patcher.start()
+
+    def _device(self, snapshot=False):
+        device = objects.BackupDeviceInfo()
+        if snapshot:
+            device.snapshot = objects.Snapshot(
+                id='c0000000-0000-4000-8000-00000000000c',
+                volume=self.volume)
+        else:
+            device.volume = self.volume
+        return device
+
+    def _seen_by_cinder(self, method, *args):
+        """Record what Cinder's code sees while ``method`` runs."""
+        seen = {}
+
+        def side_effect(mgr, context, *rest):
+            seen['service'] = mgr.service(context)
+            seen['attach'] = mgr._attach_device(context, self.volume,
+                                                {}, False)
+            mgr._detach_device(context, seen['attach'], self.volume, {})
+            return mock.sentinel.result
+
+        method.side_effect = side_effect
+        return seen
+
+    # -- continue_backup -------------------------------------------------
+
+    @ddt.data(False, True)
+    def test_backup_of_stock_volume_is_cinders(self, snapshot):
+        device = self._device(snapshot)
+        seen = self._seen_by_cinder(self.base_continue)
+        result = self.manager.continue_backup(self.ctxt, self.backup, device)
+        self.assertIs(mock.sentinel.result, result)
+        self.base_continue.assert_called_once_with(
+            self.manager, self.ctxt, self.backup, device)
+        self.driver_for.assert_called_once_with(mock.ANY, self.volume)
+        self.assertIsInstance(seen['service'], FakeBackupService)
+        self.assertIs(self.base_attach.return_value, seen['attach'])
+        self.base_detach.assert_called_once()
+
+    @ddt.data(False, True)
+    def test_backup_of_driver_owned_volume(self, snapshot):
+        """The device Cinder chose, snapshot or volume, reaches the driver."""
+        self.driver_for.return_value = self.driver
+        device = self._device(snapshot)
+        seen = self._seen_by_cinder(self.base_continue)
+        self.manager.continue_backup(self.ctxt, self.backup, device)
+        self.driver_for.assert_called_once_with(mock.ANY, self.volume)
+        service = seen['service']
+        self.assertIsInstance(service, manager.DriverOwnedBackupService)
+        self.assertTrue(seen['attach']['driver_owned'])
+        self.assertIsInstance(seen['attach']['device']['path'],
+                              manager.DriverOwnedDevice)
+        self.base_attach.assert_not_called()
+        self.base_detach.assert_not_called()
+
+        updates = service.backup(self.backup, mock.sentinel.file)
+        self.driver.backup_volume.assert_called_once_with(
+            self.ctxt, self.backup, mock.ANY, backup_device=device)
+        real_service = self.driver.backup_volume.call_args[0][2]
+        self.assertIsInstance(real_service, FakeBackupService)
+        self.assertIs(self.driver.backup_volume.return_value, updates)
+        # Anything else is the real service's.
+        self.assertTrue(service.support_force_delete)
+        # Outside the operation, Cinder's behaviour again.
+        self.assertIsInstance(self.manager.service(self.ctxt),
+                              FakeBackupService)
+
+    def test_backup_disabled_does_not_look_at_drivers(self):
+        self.conf.config(driver_owned_backup_enabled=False)
+        self.driver_for.return_value = self.driver
+        seen = self._seen_by_cinder(self.base_continue)
+        self.manager.continue_backup(self.ctxt, self.backup, self._device())
+        self.driver_for.assert_not_called()
+        self.assertIsInstance(seen['service'], FakeBackupService)
+
+    def test_routing_error_falls_back_to_cinder(self):
+        self.driver_for.side_effect = RuntimeError('db gone')
+        seen = self._seen_by_cinder(self.base_continue)
+        self.manager.continue_backup(self.ctxt, self.backup, self._device())
+        self.assertIsInstance(seen['service'], FakeBackupService)
+        self.base_attach.assert_called_once()
+
+    def test_job_ends_when_cinders_code_raises(self):
+        self.driver_for.return_value = self.driver
+        self.base_continue.side_effect = IOError('copy failed')
+        self.assertRaises(IOError, self.manager.continue_backup,
+                          self.ctxt, self.backup, self._device())
+        self.assertIsNone(manager._current_job.get())
+        self.assertIsInstance(self.manager.service(self.ctxt),
+                              FakeBackupService)
+
+    # -- _run_restore ------------------------------------------------------
+
+    @ddt.data(True, False)
+    def test_restore_of_driver_owned_volume(self, volume_is_new):
+        self.driver_for.return_value = self.driver
+        seen = self._seen_by_cinder(self.base_run_restore)
+        self.manager._run_restore(self.ctxt, self.backup, self.volume,
+                                  volume_is_new)
+        self.base_run_restore.assert_called_once_with(
+            self.manager, self.ctxt, self.backup, self.volume, volume_is_new)
+        self.base_attach.assert_not_called()
+        seen['service'].restore(self.backup, self.volume.id,
+                                mock.sentinel.file, volume_is_new)
+        self.driver.restore_backup.assert_called_once_with(
+            self.ctxt, self.backup, self.volume, mock.ANY,
+            volume_is_new=volume_is_new)
+        self.assertIsInstance(self.driver.restore_backup.call_args[0][3],
+                              FakeBackupService)
+
+    def test_restore_of_stock_volume_is_cinders(self):
+        seen = self._seen_by_cinder(self.base_run_restore)
+        self.manager._run_restore(self.ctxt, self.backup, self.volume, True)
+        self.assertIsInstance(seen['service'], FakeBackupService)
+        self.base_attach.assert_called_once()
+        self.base_detach.assert_called_once()
+
+    # -- pieces ------------------------------------------------------------
+
+    @ddt.data('read', 'write', 'seek', 'tell', 'fileno')
+    def test_placeholder_device_cannot_be_used(self, method):
+        device = manager.DriverOwnedDevice(self.volume)
+        self.assertRaises(IOError, getattr(device, method), 1)
+
+    def test_concurrent_operations_do_not_share_the_job(self):
+        """A stock backup running beside a driver-owned one stays stock."""
+        self.driver_for.side_effect = (
+            lambda drivers, volume: self.driver
+            if volume.host == VOLUME_HOST else None)
+        inside = threading.Event()
+        release = threading.Event()
+        seen = {}
+
+        def owned(mgr, context, backup, device):
+            inside.set()
+            release.wait(10)
+            seen['owned'] = mgr.service(context)
+
+        def stock(mgr, context, backup, device):
+            seen['stock'] = mgr.service(context)
+
+        stock_volume = objects.Volume(id=self.volume.id, size=1,
+                                      host='node1@lvm#pool')
+        stock_device = objects.BackupDeviceInfo()
+        stock_device.volume = stock_volume
+        self.base_continue.side_effect = owned
+        worker = threading.Thread(
+            target=self.manager.continue_backup,
+            args=(self.ctxt, self.backup, self._device()))
+        worker.start()
+        self.assertTrue(inside.wait(10))
+        self.base_continue.side_effect = stock
+        self.manager.continue_backup(self.ctxt, self.backup, stock_device)
+        release.set()
+        worker.join(10)
+        self.assertIsInstance(seen['stock'], FakeBackupService)
+        self.assertIsInstance(seen['owned'],
+                              manager.DriverOwnedBackupService)
