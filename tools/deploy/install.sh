@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Install what tools/deploy/up.sh needs on a Debian 12 machine (as root):
+# RabbitMQ and MariaDB from Debian's packages, the OpenStack client
+# (python-openstackclient + python-cinderclient) and Keystone (+ gunicorn),
+# each in a virtualenv of its own.
+# PyMySQL, through which Cinder's services reach MariaDB, comes with the
+# project's virtualenv (test-requirements.txt).
+# Safe to run again: it only installs what is missing, in about a second when
+# everything is there. The Debian packages' own services are not started
+# (no systemd here; up.sh runs private instances on free ports).
+#
+# Environment:
+#   CVB_OSC_VENV       the client's virtualenv (/opt/cvb-openstackclient)
+#   CVB_KEYSTONE_VENV  Keystone's virtualenv (/opt/cvb-keystone)
+set -eu -o pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+source "$top/tools/deploy/lib.sh"
+
+packages=(rabbitmq-server mariadb-server mariadb-client python3-venv)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' \
+        || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    # Keep the packages' init scripts from starting system-wide daemons
+    # during the install (the usual policy-rc.d gate); ours run from up.sh.
+    gate=/usr/sbin/policy-rc.d
+    own_gate=0
+    if [ ! -e "$gate" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$gate"
+        chmod 0755 "$gate"
+        own_gate=1
+    fi
+    apt-get update -qq
+    rc=0
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+    [ "$own_gate" = 1 ] && rm -f "$gate"
+    [ "$rc" = 0 ] || exit "$rc"
+fi
+
+# The OpenStack client in its own virtualenv: its dependencies (openstacksdk,
+# osc-lib, cliff) must not move the versions Cinder's services run with.
+if ! "$CVB_OSC_VENV/bin/openstack" --version >/dev/null 2>&1 \
+        || ! "$CVB_OSC_VENV/bin/python" -c 'import cinderclient' 2>/dev/null
+then
+    python3 -m venv "$CVB_OSC_VENV"
+    "$CVB_OSC_VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
+    "$CVB_OSC_VENV/bin/pip" install -q python-openstackclient \
+        python-cinderclient 2>&1 | grep -v '^WARNING: Location' || true
+    "$CVB_OSC_VENV/bin/openstack" --version >/dev/null
+fi
+# Keystone, in a virtualenv of its own for the same reason, served by
+# gunicorn (Keystone ships only a WSGI application).
+if ! "$KEYSTONE_VENV/bin/python" -c 'import keystone, pymysql' 2>/dev/null \
+        || [ ! -x "$KEYSTONE_VENV/bin/gunicorn" ]; then
+    python3 -m venv "$KEYSTONE_VENV"
+    "$KEYSTONE_VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
+    "$KEYSTONE_VENV/bin/pip" install -q keystone PyMySQL gunicorn 2>&1 \
+        | grep -v '^WARNING: Location' || true
+    "$KEYSTONE_VENV/bin/python" -c 'import keystone, pymysql'
+fi
+exit 0

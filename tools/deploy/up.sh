@@ -1,0 +1,439 @@
+#!/usr/bin/env bash
+# Start a one-machine Cinder deployment, everything on 127.0.0.1, no
+# systemd: RabbitMQ, MariaDB and Keystone (shared by the profiles, private
+# instances on free ports), then for the PROFILE a vcsim (a simulated
+# vCenter), cinder-api, cinder-scheduler, cinder-volume (VMDK driver against
+# that vcsim) and cinder-backup (posix backup driver).
+#
+# Why Keystone and not Cinder's noauth mode: the OpenStack client finds the
+# volume API's microversions by an unauthenticated version discovery GET on
+# the endpoint, and Cinder's noauth middleware answers every request without
+# a token with an empty 204, so every `openstack volume ...` command fails
+# ("Unable to find a version discovery document").
+#
+#   tools/deploy/up.sh [plugin|stock]
+#
+# plugin (default): cinder.conf enables cinder-vmdk-backup the way its README
+#   tells an operator: the backend's volume_driver is
+#   VMwareVcVmdkBackupDriver and [DEFAULT] backup_manager is the plugin's.
+# stock: the same deployment with Cinder's own VMwareVcVmdkDriver and backup
+#   manager, for comparison.
+#
+# A profile that is already running is left as it is. Otherwise it starts
+# afresh (new database, message queue vhost, vcsim and backup directory).
+# The last line printed is the path of an openrc file for the OpenStack
+# client (source it, then run `openstack volume list`). Stop with
+# tools/deploy/down.sh. Install the prerequisites with
+# tools/deploy/install.sh; see tools/deploy/lib.sh for the environment.
+set -eu -o pipefail
+source "$(dirname "$0")/lib.sh"
+
+profile=${1:-plugin}
+case "$profile" in
+    plugin|stock) ;;
+    *) cvb_die "unknown profile '$profile' (plugin or stock)" ;;
+esac
+
+infra=$CVB_DEPLOY_DIR/infra
+dir=$CVB_DEPLOY_DIR/$profile
+services=(cinder-api cinder-scheduler cinder-volume cinder-backup)
+
+check_prerequisites() {
+    local missing=()
+    [ -x "$VENV/bin/cinder-api" ] || missing+=("Cinder in $VENV")
+    "$VENV/bin/python" -c 'import pymysql, cinder_vmdk_backup' 2>/dev/null \
+        || missing+=("PyMySQL and the plugin in $VENV")
+    [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
+    command -v mariadbd >/dev/null || missing+=(mariadb-server)
+    [ -x "$CVB_OSC_VENV/bin/openstack" ] \
+        || missing+=("python-openstackclient in $CVB_OSC_VENV")
+    [ -x "$KEYSTONE_VENV/bin/keystone-manage" ] \
+        && [ -x "$KEYSTONE_VENV/bin/gunicorn" ] \
+        || missing+=("Keystone and gunicorn in $KEYSTONE_VENV")
+    if [ ${#missing[@]} -gt 0 ]; then
+        cvb_die "missing: ${missing[*]} (run tools/deploy/install.sh;" \
+            "CVB_VENV, CVB_OSC_VENV, CVB_KEYSTONE_VENV name the virtualenvs)"
+    fi
+}
+
+# --- RabbitMQ, MariaDB and Keystone, shared by the profiles --------------
+
+rabbit_env() {
+    # The environment of every RabbitMQ command: a private node, home
+    # (Erlang cookie), data and log directories, bound to 127.0.0.1.
+    export HOME=$infra/rabbitmq RABBITMQ_CONF_ENV_FILE=/dev/null \
+        RABBITMQ_NODENAME=cvb@localhost \
+        RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=$RABBIT_PORT \
+        RABBITMQ_DIST_PORT=$RABBIT_DIST_PORT \
+        ERL_EPMD_ADDRESS=127.0.0.1 ERL_EPMD_PORT=$EPMD_PORT \
+        RABBITMQ_MNESIA_BASE=$infra/rabbitmq/mnesia \
+        RABBITMQ_LOG_BASE=$infra/rabbitmq/log \
+        RABBITMQ_PID_FILE=$infra/rabbitmq.pid \
+        RABBITMQ_ENABLED_PLUGINS_FILE=$infra/rabbitmq/enabled_plugins \
+        RABBITMQ_CONFIG_FILE=$infra/rabbitmq/rabbitmq \
+        RABBITMQ_ADVANCED_CONFIG_FILE=$infra/rabbitmq/advanced.config \
+        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+        RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+}
+
+rabbitmqctl() {
+    (rabbit_env; /usr/lib/rabbitmq/bin/rabbitmqctl -q "$@")
+}
+
+mariadb_client() {
+    mariadb --no-defaults --socket="$infra/mysql.sock" -uroot "$@"
+}
+
+openstack_admin() {
+    # The OpenStack client as Keystone's admin (identity calls).
+    (export OS_AUTH_URL=http://127.0.0.1:$KEYSTONE_PORT/v3 \
+         OS_IDENTITY_API_VERSION=3 OS_USERNAME=admin \
+         OS_PASSWORD=$ADMIN_PASSWORD OS_PROJECT_NAME=admin \
+         OS_USER_DOMAIN_NAME=Default OS_PROJECT_DOMAIN_NAME=Default
+     timeout 120 "$CVB_OSC_VENV/bin/openstack" "$@")
+}
+
+infra_env() {
+    mkdir -p "$infra"
+    chmod 0700 "$infra"
+    if [ ! -f "$infra/env" ]; then
+        umask 077
+        cat >"$infra/env" <<ENV
+EPMD_PORT=$(cvb_free_port)
+RABBIT_PORT=$(cvb_free_port)
+RABBIT_DIST_PORT=$(cvb_free_port)
+DB_PORT=$(cvb_free_port)
+KEYSTONE_PORT=$(cvb_free_port)
+RABBIT_USER=cinder
+RABBIT_PASSWORD=$(cvb_secret)
+DB_USER=cinder
+DB_PASSWORD=$(cvb_secret)
+KEYSTONE_DB_PASSWORD=$(cvb_secret)
+ADMIN_PASSWORD=$(cvb_secret)
+CINDER_SERVICE_PASSWORD=$(cvb_secret)
+ENV
+        umask 022
+    fi
+    cvb_load_env "$infra/env"
+}
+
+mariadb_up() {
+    cvb_pid_alive "$infra/mariadb.pid" && return 0
+    cvb_log "starting MariaDB on 127.0.0.1:$DB_PORT"
+    if [ ! -d "$infra/mysql/mysql" ]; then
+        mariadb-install-db --no-defaults --datadir="$infra/mysql" \
+            --user=root --auth-root-authentication-method=socket \
+            --skip-test-db >"$infra/mariadb-install.log" 2>&1 \
+            || cvb_die "mariadb-install-db failed: $infra/mariadb-install.log"
+    fi
+    cvb_start "$infra/mariadb.pid" "$infra/mariadb.log" \
+        mariadbd --no-defaults --datadir="$infra/mysql" --user=root \
+        --socket="$infra/mysql.sock" --port="$DB_PORT" \
+        --bind-address=127.0.0.1 --skip-name-resolve \
+        --pid-file="$infra/mysql/mariadbd.pid" \
+        --innodb-buffer-pool-size=64M --max-connections=500
+    cvb_wait_port "$DB_PORT" 60 "$infra/mariadb.pid" \
+        || cvb_die "MariaDB did not start: $infra/mariadb.log"
+    mariadb_client <<SQL
+CREATE USER IF NOT EXISTS '$DB_USER'@'127.0.0.1' IDENTIFIED BY '$DB_PASSWORD';
+CREATE USER IF NOT EXISTS 'keystone'@'127.0.0.1'
+    IDENTIFIED BY '$KEYSTONE_DB_PASSWORD';
+CREATE DATABASE IF NOT EXISTS keystone CHARACTER SET utf8;
+GRANT ALL PRIVILEGES ON keystone.* TO 'keystone'@'127.0.0.1';
+SQL
+}
+
+rabbitmq_up() {
+    cvb_pid_alive "$infra/rabbitmq.pid" && return 0
+    cvb_log "starting RabbitMQ on 127.0.0.1:$RABBIT_PORT"
+    mkdir -p "$infra/rabbitmq"
+    echo '[].' >"$infra/rabbitmq/enabled_plugins"
+    : >"$infra/rabbitmq/rabbitmq.conf"
+    echo '[].' >"$infra/rabbitmq/advanced.config"
+    (rabbit_env
+     cvb_stop "$infra/epmd.pid" 5
+     cvb_start "$infra/epmd.pid" "$infra/epmd.log" \
+         epmd -address 127.0.0.1 -port "$EPMD_PORT"
+     # rabbitmq-server writes the PID of the Erlang VM into
+     # RABBITMQ_PID_FILE; $! would only be its start script.
+     rm -f "$infra/rabbitmq.pid"
+     /usr/lib/rabbitmq/bin/rabbitmq-server \
+         >>"$infra/rabbitmq.log" 2>&1 </dev/null &
+     /usr/lib/rabbitmq/bin/rabbitmqctl -q wait --timeout 120 \
+         "$infra/rabbitmq.pid" >/dev/null) \
+        || cvb_die "RabbitMQ did not start: $infra/rabbitmq.log"
+    rabbitmqctl list_users 2>/dev/null | grep -q "^$RABBIT_USER\b" \
+        || rabbitmqctl add_user "$RABBIT_USER" "$RABBIT_PASSWORD" >/dev/null
+}
+
+keystone_up() {
+    local ks=$infra/keystone conf=$infra/keystone/keystone.conf
+    cvb_pid_alive "$infra/keystone.pid" && return 0
+    cvb_log "starting Keystone on 127.0.0.1:$KEYSTONE_PORT"
+    mkdir -p "$ks"
+    umask 077
+    cat >"$conf" <<CONF
+[DEFAULT]
+use_stderr = true
+[database]
+connection = mysql+pymysql://keystone:$KEYSTONE_DB_PASSWORD@127.0.0.1:$DB_PORT/keystone?charset=utf8
+[identity]
+# bcrypt's default cost makes every password check take seconds on a small
+# test machine; this deployment's passwords are random and local.
+password_hash_rounds = 4
+[token]
+provider = fernet
+[fernet_tokens]
+key_repository = $ks/fernet-keys
+[fernet_receipts]
+key_repository = $ks/fernet-keys
+[credential]
+key_repository = $ks/credential-keys
+CONF
+    umask 022
+    if [ ! -f "$ks/.bootstrapped" ]; then
+        (set -e
+         "$KEYSTONE_VENV/bin/keystone-manage" --config-file "$conf" db_sync
+         "$KEYSTONE_VENV/bin/keystone-manage" --config-file "$conf" \
+             fernet_setup --keystone-user root --keystone-group root
+         "$KEYSTONE_VENV/bin/keystone-manage" --config-file "$conf" \
+             credential_setup --keystone-user root --keystone-group root
+         "$KEYSTONE_VENV/bin/keystone-manage" --config-file "$conf" \
+             bootstrap --bootstrap-password "$ADMIN_PASSWORD" \
+             --bootstrap-region-id RegionOne \
+             --bootstrap-public-url "http://127.0.0.1:$KEYSTONE_PORT/v3"
+        ) >"$infra/keystone-setup.log" 2>&1 \
+            || cvb_die "Keystone set-up failed: $infra/keystone-setup.log"
+    fi
+    # gunicorn takes its settings from ./gunicorn.conf.py: Keystone parses
+    # the process's command line as its own options.
+    cat >"$ks/gunicorn.conf.py" <<CONF
+wsgi_app = 'keystone.wsgi.api:application'
+bind = '127.0.0.1:$KEYSTONE_PORT'
+workers = 1
+worker_class = 'gthread'
+threads = 8
+timeout = 120
+raw_env = ['OS_KEYSTONE_CONFIG_FILES=$conf']
+CONF
+    (cd "$ks" && OS_KEYSTONE_CONFIG_FILES=$conf cvb_start \
+        "$infra/keystone.pid" "$infra/keystone.log" \
+        "$KEYSTONE_VENV/bin/gunicorn")
+    cvb_wait_http "http://127.0.0.1:$KEYSTONE_PORT/v3" 60 \
+        "$infra/keystone.pid" \
+        || cvb_die "Keystone did not start: $infra/keystone.log"
+    if [ ! -f "$ks/.bootstrapped" ]; then
+        # Cinder's service user and the block-storage service; each
+        # profile adds its endpoint, in a region named after the profile.
+        # (The client's interactive mode, one process for all commands,
+        # exits 1 at the end of its input: the result is checked below.)
+        openstack_admin >>"$infra/keystone-setup.log" 2>&1 <<CMDS || true
+project create --domain default service
+user create --domain default --password $CINDER_SERVICE_PASSWORD cinder
+role add --project service --user cinder admin
+role add --project service --user cinder service
+service create --name cinderv3 block-storage
+CMDS
+        openstack_admin service show block-storage >/dev/null 2>&1 \
+            || cvb_die "Keystone set-up failed: $infra/keystone-setup.log"
+        touch "$ks/.bootstrapped"
+    fi
+}
+
+infra_up() {
+    infra_env
+    mariadb_up
+    rabbitmq_up
+    keystone_up
+}
+
+# --- vcsim -------------------------------------------------------------------
+
+vcsim_up() {
+    local bin wsdl
+    bin=${CVB_VCSIM:-}
+    if [ -z "$bin" ]; then
+        [ -f "$CVB_TOP/tools/vcsim/build.sh" ] \
+            || cvb_die "no tools/vcsim/build.sh to build vcsim (set CVB_VCSIM)"
+        bin=$(bash "$CVB_TOP/tools/vcsim/build.sh" | tail -n 1)
+    fi
+    [ -x "$bin" ] || cvb_die "no vcsim binary at '$bin'"
+    wsdl=${CVB_VCSIM_WSDL:-}
+    [ -n "$wsdl" ] || wsdl=$(bash "$CVB_TOP/tools/vcsim/wsdl.sh" | tail -n 1)
+    [ -f "$wsdl" ] || cvb_die "no vSphere WSDL at '$wsdl'"
+    VCSIM_WSDL=file://$wsdl
+    VCSIM_PORT=$(cvb_free_port)
+    VCSIM_USER=cinder
+    VCSIM_PASSWORD=$(cvb_secret)
+    VCSIM_CLUSTER=DC0_C0
+    mkdir -p "$dir/vcsim"
+    # The simulated datastore LocalDS_0 is a directory under $TMPDIR.
+    TMPDIR=$dir/vcsim cvb_start "$dir/vcsim.pid" "$dir/vcsim.log" \
+        "$bin" -l "127.0.0.1:$VCSIM_PORT" -username "$VCSIM_USER" \
+        -password "$VCSIM_PASSWORD" -vm 0
+    cvb_wait_port "$VCSIM_PORT" 30 "$dir/vcsim.pid" \
+        || cvb_die "vcsim did not start: $dir/vcsim.log"
+}
+
+# --- Cinder --------------------------------------------------------------------
+
+render_conf() {
+    # render_conf TEMPLATE OUTPUT KEY=VALUE...: fill in @KEY@ placeholders.
+    "$VENV/bin/python" - "$@" <<'PY'
+import re
+import sys
+
+template, output, pairs = sys.argv[1], sys.argv[2], sys.argv[3:]
+values = dict(pair.split('=', 1) for pair in pairs)
+with open(template) as f:
+    text = f.read()
+missing = set(re.findall(r'@([A-Z_]+)@', text)) - set(values)
+if missing:
+    sys.exit('%s: no value for %s' % (template, ', '.join(sorted(missing))))
+text = re.sub(r'@([A-Z_]+)@', lambda m: values[m.group(1)], text)
+with open(output, 'w') as f:
+    f.write(text)
+PY
+}
+
+profile_running() {
+    local s
+    for s in "${services[@]}" vcsim; do
+        cvb_pid_alive "$dir/$s.pid" || return 1
+    done
+    [ -f "$dir/openrc" ]
+}
+
+register_endpoint() {
+    # This profile's cinder-api in Keystone's catalog, in a region named
+    # after the profile (with Keystone's own endpoint, for the client).
+    local ids
+    ids=$(openstack_admin endpoint list --region "$profile" -f value -c ID \
+          2>/dev/null) || true
+    {
+        for id in $ids; do echo "endpoint delete $id"; done
+        [ -n "$ids" ] || echo "region create $profile"
+        echo "endpoint create --region $profile block-storage public" \
+             "http://127.0.0.1:$API_PORT/v3/%(project_id)s"
+        echo "endpoint create --region $profile identity public" \
+             "http://127.0.0.1:$KEYSTONE_PORT/v3"
+    } | openstack_admin >"$dir/log/keystone-endpoint.log" 2>&1 || true
+    openstack_admin endpoint list --region "$profile" -f value -c URL \
+        2>/dev/null | grep -q ":$API_PORT/" \
+        || cvb_die "no endpoint in Keystone: $dir/log/keystone-endpoint.log"
+}
+
+cinder_up() {
+    local backup_manager_line volume_driver_line db=cvb_$profile s py
+    if [ "$profile" = plugin ]; then
+        backup_manager_line='backup_manager = cinder_vmdk_backup.backup.manager.BackupManager'
+        volume_driver_line='volume_driver = cinder_vmdk_backup.volume.drivers.vmdk.VMwareVcVmdkBackupDriver'
+    else
+        backup_manager_line='# backup_manager: Cinder'"'"'s default'
+        volume_driver_line='volume_driver = cinder.volume.drivers.vmware.vmdk.VMwareVcVmdkDriver'
+    fi
+    API_PORT=$(cvb_free_port)
+    mkdir -p "$dir/state" "$dir/lock" "$dir/backups" "$dir/vmware-tmp" \
+        "$dir/log"
+    py=$("$VENV/bin/python" -c 'import sys; print(sys.prefix)')
+    cp "$py/etc/cinder/api-paste.ini" "$dir/api-paste.ini"
+    umask 077
+    render_conf "$CVB_TOP/tools/deploy/cinder.conf.in" "$dir/cinder.conf" \
+        HOST="cvb-$profile" STATE_DIR="$dir" VENV="$py" API_PORT="$API_PORT" \
+        RABBIT_USER="$RABBIT_USER" RABBIT_PASSWORD="$RABBIT_PASSWORD" \
+        RABBIT_PORT="$RABBIT_PORT" RABBIT_VHOST="$db" \
+        DB_USER="$DB_USER" DB_PASSWORD="$DB_PASSWORD" DB_PORT="$DB_PORT" \
+        DB_NAME="$db" KEYSTONE_PORT="$KEYSTONE_PORT" \
+        CINDER_SERVICE_PASSWORD="$CINDER_SERVICE_PASSWORD" \
+        BACKUP_MANAGER_LINE="$backup_manager_line" \
+        VOLUME_DRIVER_LINE="$volume_driver_line" VCSIM_PORT="$VCSIM_PORT" \
+        VCSIM_USER="$VCSIM_USER" VCSIM_PASSWORD="$VCSIM_PASSWORD" \
+        VCSIM_CLUSTER="$VCSIM_CLUSTER" VCSIM_WSDL="$VCSIM_WSDL"
+    umask 022
+
+    # A fresh database and message queue vhost for this profile.
+    mariadb_client <<SQL
+DROP DATABASE IF EXISTS $db;
+CREATE DATABASE $db CHARACTER SET utf8;
+GRANT ALL PRIVILEGES ON $db.* TO '$DB_USER'@'127.0.0.1';
+SQL
+    rabbitmqctl delete_vhost "$db" >/dev/null 2>&1 || true
+    rabbitmqctl add_vhost "$db" >/dev/null
+    rabbitmqctl set_permissions -p "$db" "$RABBIT_USER" '.*' '.*' '.*' \
+        >/dev/null
+
+    cvb_log "cinder-manage db sync ($db)"
+    "$VENV/bin/cinder-manage" --config-file "$dir/cinder.conf" db sync \
+        >"$dir/log/db-sync.log" 2>&1 \
+        || cvb_die "cinder-manage db sync failed: $dir/log/db-sync.log"
+
+    for s in "${services[@]}"; do
+        cvb_start "$dir/$s.pid" "$dir/log/$s.out" "$VENV/bin/$s" \
+            --config-file "$dir/cinder.conf" --log-file "$dir/log/$s.log"
+    done
+    register_endpoint
+    umask 077
+    cat >"$dir/openrc" <<RC
+# The OpenStack client against the '$profile' deployment of
+# tools/deploy/up.sh: source this file, then run e.g. openstack volume list.
+export PATH=$CVB_OSC_VENV/bin:\$PATH
+export OS_AUTH_URL=http://127.0.0.1:$KEYSTONE_PORT/v3
+export OS_IDENTITY_API_VERSION=3
+export OS_USERNAME=admin
+export OS_PASSWORD=$ADMIN_PASSWORD
+export OS_PROJECT_NAME=admin
+export OS_USER_DOMAIN_NAME=Default
+export OS_PROJECT_DOMAIN_NAME=Default
+export OS_REGION_NAME=$profile
+export OS_VOLUME_API_VERSION=3.70
+RC
+    umask 022
+    cvb_wait_port "$API_PORT" 60 "$dir/cinder-api.pid" \
+        || cvb_die "cinder-api did not start: $dir/log/cinder-api.log"
+    wait_services
+}
+
+wait_services() {
+    # Until cinder-scheduler, cinder-volume and cinder-backup have reported
+    # to the database and the volume driver is initialised.
+    local i n s
+    for ((i = 0; i < 600; i++)); do
+        for s in "${services[@]}"; do
+            cvb_pid_alive "$dir/$s.pid" \
+                || cvb_die "$s ended: $dir/log/$s.log"
+        done
+        if grep -q 'Failed to initialize driver' \
+                "$dir/log/cinder-volume.log" 2>/dev/null; then
+            cvb_die "the volume driver failed: $dir/log/cinder-volume.log"
+        fi
+        n=$(mariadb_client -N "cvb_$profile" -e "SELECT COUNT(DISTINCT \`binary\`)
+              FROM services WHERE deleted = 0 AND updated_at IS NOT NULL
+              AND \`binary\` IN ('cinder-scheduler', 'cinder-volume',
+                                 'cinder-backup')" 2>/dev/null) || n=0
+        if [ "$n" = 3 ] && grep -q 'Driver initialization completed' \
+                "$dir/log/cinder-volume.log" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    cvb_die "services not up after 120 s (logs in $dir/log)"
+}
+
+main() {
+    check_prerequisites
+    if profile_running; then
+        cvb_log "profile '$profile' is already running"
+        echo "$dir/openrc"
+        return 0
+    fi
+    bash "$CVB_TOP/tools/deploy/down.sh" "$profile" >/dev/null
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    infra_up
+    vcsim_up
+    cinder_up
+    cvb_log "profile '$profile' is up (cinder-api http://127.0.0.1:$API_PORT)"
+    echo "$dir/openrc"
+}
+
+main
