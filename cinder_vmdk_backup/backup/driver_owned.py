@@ -110,7 +110,9 @@ class DriverOwnedBackupMixin(object):
             up (the volume itself, Cinder's temporary clone of an in-use
             volume, or the temporary volume of a backup from a snapshot)
         :returns: a context manager giving a file-like object with
-            ``read(n)``, exactly ``device.size`` GiB long
+            ``read(n)``, exactly the device's size long (``volume.size``
+            or ``snapshot.volume_size`` GiB); a stream ending early or
+            running past it fails the backup
         """
         raise NotImplementedError()
 
@@ -146,7 +148,7 @@ class DriverOwnedBackupMixin(object):
         LOG.info('Driver-owned backup %(backup)s of %(kind)s %(id)s.',
                  {'backup': backup.id, 'kind': type(device).__name__,
                   'id': device.id})
-        length = int(device.size) * units.Gi
+        length = self._device_size_gb(device) * units.Gi
         with self.open_backup_source(context, backup, device) as source:
             result = backup_service.backup(
                 backup, ExactLengthReader(source, length, device.id))
@@ -195,6 +197,13 @@ class DriverOwnedBackupMixin(object):
             return (backup_device.snapshot if backup_device.is_snapshot
                     else backup_device.volume)
         return backup.volume
+
+    @staticmethod
+    def _device_size_gb(device):
+        """Size in GiB of a volume, or of the volume a snapshot is of."""
+        if device.obj_name() == 'Snapshot':
+            return int(device.volume_size)
+        return int(device.size)
 
     @staticmethod
     def _backup_size_bytes(backup, volume):

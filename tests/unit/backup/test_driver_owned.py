@@ -1,0 +1,246 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+import contextlib
+import io
+import os
+import stat
+from unittest import mock
+
+from cinder import objects
+
+objects.register_all()
+
+from cinder.backup import driver as backup_driver  # noqa: E402
+from cinder import exception  # noqa: E402
+import ddt  # noqa: E402
+import fixtures  # noqa: E402
+from oslo_utils import units  # noqa: E402
+from oslotest import base  # noqa: E402
+
+from cinder_vmdk_backup.backup import driver_owned  # noqa: E402
+
+
+class TrickleStream(object):
+    """A raw stream giving at most ``piece`` bytes a read (like a socket)."""
+
+    def __init__(self, data, piece):
+        self._data = io.BytesIO(data)
+        self._piece = piece
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            size = self._piece
+        return self._data.read(min(size, self._piece))
+
+
+class Driver(driver_owned.DriverOwnedBackupMixin):
+    """The hooks, recorded."""
+
+    def __init__(self, staging_dir, source=b''):
+        self.staging_dir = staging_dir
+        self.source = source
+        self.images = []
+        self.profile = {}
+
+    @contextlib.contextmanager
+    def open_backup_source(self, context, backup, device):
+        yield io.BytesIO(self.source)
+
+    def restore_raw_image(self, context, backup, volume, image_path,
+                          volume_is_new):
+        st = os.stat(image_path)
+        with open(image_path, 'rb') as image:
+            head = image.read(16)
+        self.images.append((image_path, st.st_size,
+                            stat.S_IMODE(st.st_mode), head))
+
+    def backup_staging_dir(self):
+        return self.staging_dir
+
+    def get_disk_profile(self, context, device):
+        return self.profile
+
+
+def _backup(size=1, metadata=None):
+    backup = objects.Backup(id='b0000000-0000-4000-8000-000000000001',
+                            size=size, metadata=metadata or {})
+    return backup
+
+
+def _volume(size=1):
+    return objects.Volume(id='a0000000-0000-4000-8000-00000000000a',
+                          size=size)
+
+
+@ddt.ddt
+class ExactLengthReaderTestCase(base.BaseTestCase):
+
+    @ddt.data(1, 7, 4096, 10000)
+    def test_full_reads_and_tell(self, piece):
+        data = bytes(range(256)) * 40
+        reader = driver_owned.ExactLengthReader(TrickleStream(data, piece),
+                                                len(data), 'vol')
+        self.assertEqual(0, reader.tell())
+        self.assertEqual(data[:3000], reader.read(3000))
+        self.assertEqual(3000, reader.tell())
+        self.assertEqual(data[3000:], reader.read(10 ** 6))
+        self.assertEqual(len(data), reader.tell())
+        self.assertEqual(b'', reader.read(3000))
+
+    def test_read_all(self):
+        reader = driver_owned.ExactLengthReader(
+            TrickleStream(b'abcdef', 2), 6, 'vol')
+        self.assertEqual(b'abcdef', reader.read())
+        self.assertEqual(b'', reader.read())
+
+    def test_stream_ending_early_is_an_error(self):
+        reader = driver_owned.ExactLengthReader(
+            TrickleStream(b'x' * 100, 30), 160, 'volume-1')
+        self.assertEqual(b'x' * 64, reader.read(64))
+        error = self.assertRaises(exception.BackupDriverException,
+                                  reader.read, 64)
+        self.assertIn('volume-1 ended at byte 100 of 160', str(error))
+
+    def test_stream_longer_than_size_is_an_error(self):
+        reader = driver_owned.ExactLengthReader(
+            TrickleStream(b'x' * 100, 30), 64, 'volume-1')
+        self.assertEqual(b'x' * 64, reader.read(64))
+        error = self.assertRaises(exception.BackupDriverException,
+                                  reader.read, 64)
+        self.assertIn('longer than its size of 64 bytes', str(error))
+
+
+@ddt.ddt
+class DriverOwnedBackupMixinTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super(DriverOwnedBackupMixinTestCase, self).setUp()
+        self.staging_dir = os.path.join(
+            self.useFixture(fixtures.TempDir()).path, 'staging')
+        self.driver = Driver(self.staging_dir)
+        self.service = mock.create_autospec(backup_driver.BackupDriver,
+                                            instance=True)
+        self.ctxt = mock.sentinel.context
+
+    def test_implements_protocol(self):
+        self.assertTrue(driver_owned.implements_protocol(Driver))
+        self.assertTrue(driver_owned.implements_protocol(self.driver))
+        self.assertFalse(driver_owned.implements_protocol(object))
+
+    # -- backup ------------------------------------------------------------
+
+    def _small_gib(self):
+        """Make 1 GiB a few bytes, so that a volume's data fits a test."""
+        self.useFixture(fixtures.MockPatchObject(driver_owned.units, 'Gi',
+                                                 16))
+
+    @ddt.data('volume', 'snapshot', None)
+    def test_backup_reads_the_device_cinder_chose(self, kind):
+        self._small_gib()
+        self.driver.source = b'0123456789abcdef'
+        opened = []
+        original = self.driver.open_backup_source
+
+        def record(context, backup, device):
+            opened.append(device)
+            return original(context, backup, device)
+
+        self.driver.open_backup_source = record
+        volume = _volume()
+        backup = _backup()
+        backup.volume = volume
+        device = None
+        if kind:
+            device = objects.BackupDeviceInfo()
+            if kind == 'snapshot':
+                device.snapshot = objects.Snapshot(
+                    id='c0000000-0000-4000-8000-00000000000c', volume_size=1)
+                device.snapshot.volume = volume
+            else:
+                device.volume = _volume()
+        read = []
+        self.service.backup.side_effect = (
+            lambda backup, volume_file: read.append(volume_file.read(99)) or
+            {'parent_id': None})
+        result = self.driver.backup_volume(self.ctxt, backup, self.service,
+                                           backup_device=device)
+        self.assertEqual({'parent_id': None}, result)
+        self.assertEqual([b'0123456789abcdef'], read)
+        expected = device.device_obj if device else volume
+        self.assertIs(expected, opened[0])
+
+    def test_backup_records_the_disk_profile(self):
+        self._small_gib()
+        self.driver.source = b'x' * 16
+        self.driver.profile = {'adapter': 'lsiLogic', 'capacity': 16}
+        backup = _backup(metadata={'user': 'kept'})
+        backup.volume = _volume()
+        with mock.patch.object(objects.Backup, 'save',
+                               autospec=True) as save:
+            self.driver.backup_volume(self.ctxt, backup, self.service)
+        save.assert_called_once_with(backup)
+        self.assertEqual({'user': 'kept',
+                          'disk_profile:adapter': 'lsiLogic',
+                          'disk_profile:capacity': '16'}, backup.metadata)
+        self.assertEqual({'adapter': 'lsiLogic', 'capacity': '16'},
+                         Driver.disk_profile_of(backup))
+
+    def test_backup_without_profile_saves_nothing(self):
+        self._small_gib()
+        self.driver.source = b'x' * 16
+        backup = _backup()
+        backup.volume = _volume()
+        with mock.patch.object(objects.Backup, 'save',
+                               autospec=True) as save:
+            self.driver.backup_volume(self.ctxt, backup, self.service)
+        save.assert_not_called()
+
+    # -- restore -----------------------------------------------------------
+
+    @ddt.data(True, False)
+    def test_restore_through_exact_size_private_staging_file(self,
+                                                             volume_is_new):
+        def restore(backup, volume_id, volume_file, is_new):
+            volume_file.seek(4)
+            volume_file.write(b'data')
+
+        self.service.restore.side_effect = restore
+        backup = _backup(size=2)
+        self.driver.restore_backup(self.ctxt, backup, _volume(size=3),
+                                   self.service,
+                                   volume_is_new=volume_is_new)
+        # The staging file is new whatever the volume is: zeros skipped.
+        self.service.restore.assert_called_once_with(
+            backup, _volume().id, mock.ANY, True)
+        [(path, size, mode, head)] = self.driver.images
+        self.assertEqual(2 * units.Gi, size)
+        self.assertEqual(0o600, mode)
+        self.assertEqual(b'\0\0\0\0data' + b'\0' * 8, head)
+        self.assertEqual(self.staging_dir, os.path.dirname(path))
+        self.assertTrue(os.path.basename(path).startswith(
+            driver_owned.STAGING_PREFIX))
+        self.assertEqual([], os.listdir(self.staging_dir))
+
+    def test_failed_backup_service_restore_leaves_nothing(self):
+        self.service.restore.side_effect = IOError('object missing')
+        self.assertRaises(IOError, self.driver.restore_backup, self.ctxt,
+                          _backup(), _volume(), self.service)
+        self.assertEqual([], self.driver.images)
+        self.assertEqual([], os.listdir(self.staging_dir))
+
+    def test_failed_driver_restore_leaves_nothing(self):
+        with mock.patch.object(Driver, 'restore_raw_image', autospec=True,
+                               side_effect=IOError('upload failed')):
+            self.assertRaises(IOError, self.driver.restore_backup,
+                              self.ctxt, _backup(), _volume(), self.service)
+        self.assertEqual([], os.listdir(self.staging_dir))
