@@ -1,0 +1,55 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+from unittest import mock
+
+from oslo_concurrency import processutils
+from oslotest import base
+
+from cinder_vmdk_backup.kvm import errors
+from cinder_vmdk_backup.kvm import qemu_img
+
+
+class QemuImgTestCase(base.BaseTestCase):
+
+    @mock.patch.object(processutils, 'execute', autospec=True)
+    def test_corrupt_image_error_names_path(self, execute):
+        execute.side_effect = processutils.ProcessExecutionError(
+            stderr="qemu-img: Could not open '/v/x': qcow2: Image is "
+                   "corrupt; cannot be opened read/write", exit_code=1)
+        exc = self.assertRaises(errors.ImageCorruptError, qemu_img.info,
+                                '/v/x')
+        self.assertIn('/v/x', str(exc))
+        self.assertIn('corrupt', str(exc))
+
+    @mock.patch.object(processutils, 'execute', autospec=True)
+    def test_check_exit_code_2_is_corruption(self, execute):
+        execute.side_effect = processutils.ProcessExecutionError(
+            stdout='{"corruptions": 3}', exit_code=2)
+        exc = self.assertRaises(errors.ImageCorruptError, qemu_img.check,
+                                '/v/x')
+        self.assertIn('3 corrupt cluster', str(exc))
+
+    @mock.patch.object(processutils, 'execute', autospec=True)
+    def test_other_failure_is_plain_error(self, execute):
+        execute.side_effect = processutils.ProcessExecutionError(
+            stderr='No space left on device', exit_code=1)
+        exc = self.assertRaises(errors.QemuImgError, qemu_img.commit, '/v/x')
+        self.assertNotIsInstance(exc, errors.ImageCorruptError)
+
+    @mock.patch.object(processutils, 'execute', autospec=True)
+    def test_overlay_stores_backing_name(self, execute):
+        execute.return_value = ('', '')
+        qemu_img.create('/v/o', backing='b')
+        self.assertEqual(('qemu-img', 'create', '-q', '-f', 'qcow2', '-b',
+                          'b', '-F', 'qcow2', '/v/o'),
+                         execute.call_args[0])

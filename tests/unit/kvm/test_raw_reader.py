@@ -1,0 +1,100 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+import os
+from unittest import mock
+
+import fixtures
+from oslotest import base
+
+from cinder_vmdk_backup.kvm import errors
+from cinder_vmdk_backup.kvm import qemu_img
+from cinder_vmdk_backup.kvm import raw_reader
+
+
+def _chain(size, fmt='qcow2', **extra):
+    layer = {'virtual-size': size, 'filename': 'img', 'format': fmt,
+             'format-specific': {'data': {}}}
+    layer.update(extra)
+    return [layer]
+
+
+class RawReaderTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.path = os.path.join(self.dir, 'img')
+        with open(self.path, 'wb') as f:
+            f.write(b'H' * 100 + b'A' * 4096 + b'B' * 4096)
+
+    def _reader(self, extents, size=12288, length=None, chain=None):
+        with mock.patch.object(qemu_img, 'info', autospec=True,
+                               return_value=chain or _chain(size)), \
+                mock.patch.object(qemu_img, 'map_extents', autospec=True,
+                                  return_value=extents):
+            return raw_reader.RawImageReader(self.path, self.dir,
+                                             length=length)
+
+    def test_zeros_synthesised_data_read_at_host_offsets(self):
+        reader = self._reader([
+            {'start': 0, 'length': 4096, 'data': True, 'zero': False,
+             'offset': 4196, 'depth': 0},
+            {'start': 4096, 'length': 4096, 'data': False, 'zero': True},
+            {'start': 8192, 'length': 4096, 'data': True, 'zero': False,
+             'offset': 100, 'depth': 0}], length=16384)
+        data = b''.join(iter(lambda: reader.read(3000), b''))
+        self.assertEqual(b'B' * 4096 + bytes(4096) + b'A' * 4096
+                         + bytes(4096), data)
+        self.assertEqual(8192, reader.bytes_read_from_disk)
+        self.assertEqual(b'', reader.read(10))
+
+    def test_readinto_gives_the_same(self):
+        reader = self._reader([
+            {'start': 0, 'length': 8192, 'data': True, 'zero': False,
+             'offset': 100, 'depth': 0},
+            {'start': 8192, 'length': 4096, 'data': False, 'zero': False}])
+        buf = bytearray(12288)
+        self.assertEqual(12288, reader.readinto(buf))
+        self.assertEqual(b'A' * 4096 + b'B' * 4096 + bytes(4096), buf)
+
+    def test_gap_in_map_is_corruption(self):
+        self.assertRaises(errors.ImageCorruptError, self._reader, [
+            {'start': 0, 'length': 4096, 'data': False, 'zero': True},
+            {'start': 8192, 'length': 4096, 'data': False, 'zero': True}],
+            size=12288)
+
+    def test_image_bigger_than_expected_is_refused(self):
+        self.assertRaises(errors.QemuImgError, self._reader, [], size=8192,
+                          length=4096)
+
+    def test_truncated_file_is_corruption(self):
+        reader = self._reader([
+            {'start': 0, 'length': 12288, 'data': True, 'zero': False,
+             'offset': 4196, 'depth': 0}])
+        self.assertRaises(errors.ImageCorruptError, reader.read, 12288)
+
+    def test_extent_without_offset_is_decoded_in_windows(self):
+        def window(source, fmt, offset, length, dest):
+            with open(dest, 'r+b') as f:
+                f.write(b'%d' % offset * (length // len(b'%d' % offset)))
+        reader = self._reader([
+            {'start': 0, 'length': 12288, 'data': True, 'zero': False,
+             'depth': 0}])
+        with mock.patch.object(qemu_img, 'convert_window', autospec=True,
+                               side_effect=window) as convert:
+            data = reader.read(12288)
+        self.assertEqual(12288, len(data))
+        convert.assert_called_once_with(self.path, 'qcow2', 0, 12288,
+                                        mock.ANY)
+        reader.close()
+        self.assertEqual(['img'], os.listdir(self.dir))

@@ -1,0 +1,120 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+from unittest import mock
+
+import fixtures
+
+from cinder import exception
+from cinder.tests.unit import fake_volume
+from cinder.tests.unit import test
+from cinder.volume import configuration
+from oslo_utils import units
+
+from cinder_vmdk_backup.kvm import domains
+from cinder_vmdk_backup.kvm import errors
+from cinder_vmdk_backup.kvm import freezer
+from cinder_vmdk_backup.kvm import qemu_img
+from cinder_vmdk_backup import opts
+from cinder_vmdk_backup.volume.drivers import qcow2
+
+
+class Qcow2DriverTestCase(test.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        conf = mock.Mock(spec=configuration.Configuration)
+        conf.qcow2_volumes_dir = self.dir
+        conf.qcow2_libvirt_uri = ''
+        conf.qcow2_connection_type = 'local'
+        conf.qcow2_backup_staging_dir = None
+        conf.qcow2_block_commit_timeout = 60
+        conf.qcow2_backup_decode_window_mb = 64
+        conf.qcow2_merge_leftovers_at_start = True
+        self.driver = qcow2.Qcow2VolumeDriver(configuration=conf)
+        self.ctxt = mock.sentinel.ctxt
+        self.volume = fake_volume.fake_volume_obj(self.ctxt, size=1)
+
+    def test_options_registered(self):
+        self.driver.configuration.append_config_values.assert_called_with(
+            opts.qcow2_opts)
+        names = {o.name for o in opts.qcow2_opts}
+        self.assertIn('qcow2_volumes_dir', names)
+        self.assertTrue(all(n.startswith('qcow2_') for n in names))
+
+    def test_connection_info_is_a_qcow2_file(self):
+        info = self.driver.initialize_connection(self.volume, {})
+        self.assertEqual('local', info['driver_volume_type'])
+        path = '%s/%s' % (self.dir, self.volume.name)
+        self.assertEqual({'device_path': path,
+                          'name': self.volume.name, 'format': 'qcow2',
+                          'access_mode': 'rw'}, info['data'])
+
+    @mock.patch.object(qemu_img, 'create', autospec=True)
+    def test_create_volume(self, create):
+        self.driver.create_volume(self.volume)
+        create.assert_called_once_with(self.driver.local_path(self.volume),
+                                       units.Gi)
+
+    def test_restore_refused_while_a_domain_runs_the_volume(self):
+        self.driver.configuration.qcow2_libvirt_uri = 'qemu:///system'
+        use = mock.Mock(domain_name='instance-1')
+        path = self.driver.local_path(self.volume)
+        with mock.patch.object(domains, 'connect', autospec=True), \
+                mock.patch.object(domains, 'users', autospec=True,
+                                  return_value={path: [use]}), \
+                mock.patch.object(qemu_img, 'convert',
+                                  autospec=True) as convert:
+            exc = self.assertRaises(
+                exception.InvalidVolume, self.driver.restore_raw_image,
+                self.ctxt, mock.Mock(), self.volume, __file__, False)
+        self.assertIn('instance-1', str(exc))
+        self.assertIn('shut them down', str(exc))
+        convert.assert_not_called()
+
+    def test_helper_errors_become_cinder_errors(self):
+        with mock.patch.object(qemu_img, 'resize', autospec=True,
+                               side_effect=errors.QemuImgError('bad /x')):
+            exc = self.assertRaises(exception.VolumeBackendAPIException,
+                                    self.driver.extend_volume, self.volume,
+                                    2)
+        self.assertIn('bad /x', str(exc))
+
+    def test_several_volumes_reported_per_volume(self):
+        volumes = [fake_volume.fake_volume_obj(self.ctxt, size=1, id=i)
+                   for i in ('11111111-1111-1111-1111-111111111111',
+                             '22222222-2222-2222-2222-222222222222')]
+        paths = [self.driver.local_path(v) for v in volumes]
+        good = mock.Mock(spec=freezer.FrozenImage, path=paths[0])
+        failed = errors.DomainError('snapshot of sdb failed')
+        backups = [mock.Mock(id='b%d' % i, volume_id=v.id)
+                   for i, v in enumerate(volumes)]
+        devices = [mock.Mock(is_snapshot=False, volume=v, spec=[
+            'is_snapshot', 'volume', 'snapshot']) for v in volumes]
+        with mock.patch.object(freezer, 'freeze_all', autospec=True,
+                               return_value={paths[0]: good,
+                                             paths[1]: failed}), \
+                mock.patch.object(self.driver, 'backup_volume',
+                                  autospec=True,
+                                  return_value='done') as backup_volume:
+            results = self.driver.backup_volumes(
+                self.ctxt, [(b, mock.sentinel.service, d)
+                            for b, d in zip(backups, devices)])
+        self.assertEqual('done', results['b0'])
+        self.assertIsInstance(results['b1'], qcow2.Qcow2DriverError)
+        self.assertIn('snapshot of sdb failed', str(results['b1']))
+        backup_volume.assert_called_once_with(
+            self.ctxt, backups[0], mock.sentinel.service,
+            backup_device=devices[0])
+        # Not consumed by a (mocked) backup: merged by the batch itself.
+        good.merge.assert_called_once_with()
