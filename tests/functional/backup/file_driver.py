@@ -43,6 +43,9 @@ file_driver_opts = [
 FAULT_READ = 'read'        # the backup source fails half-way
 FAULT_WRITE = 'write'      # restore_raw_image fails before replacing
 
+#: File in file_volume_dir listing the devices backed up ("Volume <id>").
+OPENED_LOG = 'opened.log'
+
 #: do_setup calls, by backend host (a test looks at it).
 SETUP_CALLS = {}
 _SETUP_LOCK = threading.Lock()
@@ -155,6 +158,8 @@ class FileVolumeDriver(driver_owned.DriverOwnedBackupMixin, driver.BaseVD):
     @contextlib.contextmanager
     def open_backup_source(self, context, backup, device):
         path = self._path(device)
+        with open(os.path.join(self._dir, OPENED_LOG), 'a') as log:
+            log.write('%s %s\n' % (type(device).__name__, device.id))
         with open(path, 'rb') as source:
             if _has_fault(path, FAULT_READ):
                 yield _FailingReader(source, units.Mi)
