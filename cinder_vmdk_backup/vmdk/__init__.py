@@ -9,3 +9,18 @@
 # WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
 # License for the specific language governing permissions and limitations
 # under the License.
+
+"""Streaming stream-optimized VMDK codec: no vSphere, no Cinder.
+
+:class:`StreamOptimizedReader` decodes a VMDK arriving on a forward-only
+stream into raw disk data; :class:`StreamOptimizedWriter` encodes raw data
+into a VMDK written sequentially, with its exact length known up front.
+Both raise :class:`VmdkError` subclasses naming what is wrong and where.
+"""
+
+from cinder_vmdk_backup.vmdk.errors import VmdkError  # noqa: F401
+from cinder_vmdk_backup.vmdk.errors import VmdkFormatError  # noqa: F401
+from cinder_vmdk_backup.vmdk.errors import VmdkTruncatedError  # noqa: F401
+from cinder_vmdk_backup.vmdk.errors import VmdkUnsupportedError  # noqa: F401
+from cinder_vmdk_backup.vmdk.reader import StreamOptimizedReader  # noqa: F401
+from cinder_vmdk_backup.vmdk.writer import StreamOptimizedWriter  # noqa: F401

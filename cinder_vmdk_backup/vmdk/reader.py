@@ -44,9 +44,13 @@ import io
 import os
 import sys
 
+from oslo_log import log as logging
+
 from cinder_vmdk_backup.vmdk import compression
 from cinder_vmdk_backup.vmdk import errors
 from cinder_vmdk_backup.vmdk import format as fmt
+
+LOG = logging.getLogger(__name__)
 
 #: largest capacity accepted: 64 TiB (VMDK's own limit is 62 TiB)
 MAX_CAPACITY_SECTORS = (64 << 40) // fmt.SECTOR
@@ -528,6 +532,9 @@ class StreamOptimizedReader(io.RawIOBase):
             self._read_metadata(marker_type, lba, marker_off, state)
         batch.submit(pool)
         self._finish(state, eos)
+        LOG.debug('Stream-optimized VMDK of %(capacity)d bytes validated: '
+                  '%(length)d bytes read.',
+                  {'capacity': capacity, 'length': inp.offset})
         while queue:
             yield _resolved(queue.popleft())
         if emitted < capacity:

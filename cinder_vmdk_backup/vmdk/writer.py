@@ -41,10 +41,14 @@ import os
 import sys
 import uuid
 
+from oslo_log import log as logging
+
 from cinder_vmdk_backup.vmdk import compression
 from cinder_vmdk_backup.vmdk import errors
 from cinder_vmdk_backup.vmdk import extents
 from cinder_vmdk_backup.vmdk import format as fmt
+
+LOG = logging.getLogger(__name__)
 
 #: sectors before the first grain: header, descriptor, padding to 64 KiB
 OVERHEAD_SECTORS = 128
@@ -132,14 +136,14 @@ class StreamOptimizedWriter(object):
         total = len(self._prologue)
         for batch in self._encoded_batches(measure=False):
             parts = []
-            for grain, payload in batch:
+            for grain, payload, sectors in batch:
                 k, index = divmod(grain, fmt.GTES_PER_GT)
                 if k != table.k:
                     sector = self._close_table(table, gd, sector, parts)
                     table.open(k, sector)
                 table.entries[index] = sector
-                parts.append(payload)
-                sector += len(payload) // fmt.SECTOR
+                parts.extend(payload)
+                sector += sectors
             if parts:
                 chunk = b''.join(parts)
                 total += len(chunk)
@@ -212,6 +216,10 @@ class StreamOptimizedWriter(object):
         self._length = (OVERHEAD_SECTORS + grain_sectors + tables +
                         1 + self._gd_sectors + 2 + 1) * fmt.SECTOR
         self._gt_plan = plan
+        LOG.debug('Stream-optimized VMDK of a %(capacity)d-byte disk will be '
+                  '%(length)d bytes (%(backend)s level %(level)d).',
+                  {'capacity': self._capacity, 'length': self._length,
+                   'backend': compression.BACKEND, 'level': self._level})
 
     # -- reading and compressing -------------------------------------------
 
@@ -337,7 +345,8 @@ class StreamOptimizedWriter(object):
             lba = grain * fmt.DEFAULT_GRAIN_SECTORS
             head = fmt.GRAIN_MARKER.pack(lba, len(body))
             pad = -(len(head) + len(body)) % fmt.SECTOR
-            out.append((grain, b''.join((head, body, bytes(pad)))))
+            out.append((grain, (head, body, _PADDING[:pad]),
+                        _payload_sectors(len(body))))
         return out
 
 
@@ -357,6 +366,7 @@ class _OpenTable(object):
 
 
 _ZERO_GRAIN = bytes(fmt.DEFAULT_GRAIN_SECTORS * fmt.SECTOR)
+_PADDING = bytes(fmt.SECTOR)
 
 
 def _payload_sectors(body_size):
