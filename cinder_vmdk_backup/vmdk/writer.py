@@ -53,6 +53,10 @@ LOG = logging.getLogger(__name__)
 #: sectors before the first grain: header, descriptor, padding to 64 KiB
 OVERHEAD_SECTORS = 128
 MAX_CAPACITY = 64 << 40
+#: most grains whose "store, do not compress" bit is kept (32 MiB of bits,
+#: a 16 TiB disk); above it the writing pass compresses every grain again
+#: and takes the same decision, only slower
+MAX_STORED_BITS = 1 << 28
 #: grains per compression task
 BATCH_GRAINS = 16
 #: batches in flight per thread
@@ -185,7 +189,7 @@ class StreamOptimizedWriter(object):
         if table.k is None:
             return sector
         if self._gt_plan is not None:
-            planned = self._gt_plan.get(table.k)
+            planned = self._gt_plan[table.k]
             if planned != sector - table.first_sector:
                 raise errors.VmdkError(
                     'grain table %d covers %s sectors of grains instead of '
@@ -202,17 +206,20 @@ class StreamOptimizedWriter(object):
 
     def _measure(self):
         n_grains = -(-self._capacity // self._grain_bytes)
-        self._stored = bytearray((n_grains + 7) // 8)
-        plan = {}
+        stored = None
+        if n_grains <= MAX_STORED_BITS:
+            stored = bytearray((n_grains + 7) // 8)
+        # sectors of grains per grain table, to catch a changing source
+        plan = array.array('I', bytes(self._n_gt * 4))
         grain_sectors = 0
         for batch in self._encoded_batches(measure=True):
             for grain, sectors, is_stored in batch:
-                k = grain // fmt.GTES_PER_GT
-                plan[k] = plan.get(k, 0) + sectors
+                plan[grain // fmt.GTES_PER_GT] += sectors
                 grain_sectors += sectors
-                if is_stored:
-                    self._stored[grain >> 3] |= 1 << (grain & 7)
-        tables = len(plan) * (1 + fmt.GT_SECTORS)
+                if is_stored and stored is not None:
+                    stored[grain >> 3] |= 1 << (grain & 7)
+        self._stored = stored
+        tables = (len(plan) - plan.count(0)) * (1 + fmt.GT_SECTORS)
         self._length = (OVERHEAD_SECTORS + grain_sectors + tables +
                         1 + self._gd_sectors + 2 + 1) * fmt.SECTOR
         self._gt_plan = plan

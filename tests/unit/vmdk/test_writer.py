@@ -13,6 +13,7 @@
 import io
 import os
 import threading
+import tracemalloc
 from unittest import mock
 
 import ddt
@@ -27,6 +28,7 @@ from cinder_vmdk_backup.vmdk import writer
 from tests.unit.vmdk import streams
 
 GRAIN = streams.GRAIN
+MiB = 1 << 20
 SECTOR = fmt.SECTOR
 _real_pread = os.pread
 
@@ -95,6 +97,28 @@ class WriterTestCase(base.BaseTestCase):
             expected[offset:offset + len(data)] = data
         self.assertEqual(bytes(expected), _decode(stream))
 
+    def test_largest_disk_in_bounded_memory(self):
+        capacity = 62 << 40
+        path = self._sparse_file(MiB, [(100, b'start'), (MiB - 5, b'end')])
+        tracemalloc.start()
+        try:
+            with open(path, 'rb') as source:
+                vmdk = writer.StreamOptimizedWriter(source, capacity)
+                length = vmdk.length
+                chunks = list(vmdk.iter_chunks())
+            stream = b''.join(chunks)
+            del chunks
+            disk = reader.StreamOptimizedReader(io.BytesIO(stream))
+            extents = [(o, n, d is None) for o, n, d in disk.iter_extents()]
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertEqual(length, len(stream))
+        self.assertEqual([(0, GRAIN, False), (GRAIN, 14 * GRAIN, True),
+                          (15 * GRAIN, GRAIN, False),
+                          (MiB, capacity - MiB, True)], extents)
+        self.assertLess(peak, 80 * MiB)
+
     def test_zero_grains_are_not_stored(self):
         data = bytes(GRAIN) + _text(3) + bytes(5 * GRAIN) + _text(4)
         stream = streams.encode(data)
@@ -111,6 +135,18 @@ class WriterTestCase(base.BaseTestCase):
             stream = streams.encode(data, threads=threads, measure=measure)
             bodies.add(stream[streams.OVERHEAD * SECTOR:])
         self.assertEqual(1, len(bodies))
+
+    def test_output_without_the_stored_bitmap_is_the_same(self):
+        data = b''.join(_text(i) if i % 2 else os.urandom(GRAIN)
+                        for i in range(10))
+        with_bits = streams.encode(data, threads=2)
+        with mock.patch.object(writer, 'MAX_STORED_BITS', 0):
+            vmdk = writer.StreamOptimizedWriter(io.BytesIO(data), len(data))
+            length = vmdk.length
+            without = b''.join(vmdk.iter_chunks())
+        self.assertEqual(len(without), length)
+        self.assertEqual(with_bits[streams.OVERHEAD * SECTOR:],
+                         without[streams.OVERHEAD * SECTOR:])
 
     def test_incompressible_grains_are_stored_blocks(self):
         data = os.urandom(GRAIN)
