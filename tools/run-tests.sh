@@ -14,6 +14,15 @@ source tools/lib/venv.sh
 bash tools/install-peers.sh || { echo "0 passed, 1 failed"; exit 1; }
 ensure_venv || { echo "0 passed, 1 failed"; exit 1; }
 
+# Output of passing tests is captured; a test that hangs fails after
+# OS_TEST_TIMEOUT seconds (oslotest/Cinder TestCase), a suite after
+# CVB_SUITE_TIMEOUT seconds.
+export OS_STDOUT_CAPTURE=${OS_STDOUT_CAPTURE:-1}
+export OS_STDERR_CAPTURE=${OS_STDERR_CAPTURE:-1}
+export OS_LOG_CAPTURE=${OS_LOG_CAPTURE:-1}
+export OS_TEST_TIMEOUT=${OS_TEST_TIMEOUT:-600}
+suite_timeout=${CVB_SUITE_TIMEOUT:-2400}
+
 results=$(mktemp -d)
 trap 'rm -rf "$results"' EXIT
 
@@ -22,10 +31,17 @@ run_suite() {
     local name=$1 path=$2
     shift 2
     echo "=== $name tests ($path)"
-    "$VENV/bin/stestr" --test-path "$path" run "$@"
+    timeout --kill-after=30 "$suite_timeout" \
+        "$VENV/bin/stestr" --test-path "$path" run "$@"
     local rc=$?
     "$VENV/bin/stestr" --test-path "$path" last --subunit \
         | "$VENV/bin/subunit2csv" > "$results/$name.csv"
+    if [ $rc -ne 0 ] && ! grep -q ',fail,' "$results/$name.csv"; then
+        # The runner failed without a failed test to show for it (a
+        # timeout, a crash): count the suite itself as one failure.
+        echo "$name suite: runner exited $rc (timeout after" \
+             "${suite_timeout}s if 124),fail,," >> "$results/$name.csv"
+    fi
     return $rc
 }
 
