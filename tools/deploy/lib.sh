@@ -54,7 +54,7 @@ cvb_start() {
     # (its output to LOGFILE) and record its PID.
     local pidfile=$1 logfile=$2
     shift 2
-    "$@" >>"$logfile" 2>&1 </dev/null &
+    "$@" >>"$logfile" 2>&1 </dev/null 7>&- &
     echo $! >"$pidfile"
 }
 
@@ -78,6 +78,27 @@ cvb_stop() {
         fi
     fi
     rm -f "$pidfile"
+}
+
+cvb_stop_all() {
+    # cvb_stop_all SECONDS PIDFILE...: cvb_stop, for several processes at
+    # once (SIGTERM to all, then wait).
+    local wait=$1 f pid i alive
+    shift
+    for f in "$@"; do
+        cvb_pid_alive "$f" && kill -TERM "$(cat "$f")" 2>/dev/null || true
+    done
+    for ((i = 0; i < wait * 10; i++)); do
+        alive=0
+        for f in "$@"; do
+            cvb_pid_alive "$f" && alive=1
+        done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for f in "$@"; do
+        cvb_stop "$f" 1
+    done
 }
 
 cvb_wait_port() {

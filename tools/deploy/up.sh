@@ -144,6 +144,7 @@ SQL
 }
 
 rabbitmq_up() {
+    local users
     cvb_pid_alive "$infra/rabbitmq.pid" && return 0
     cvb_log "starting RabbitMQ on 127.0.0.1:$RABBIT_PORT"
     mkdir -p "$infra/rabbitmq"
@@ -158,11 +159,12 @@ rabbitmq_up() {
      # RABBITMQ_PID_FILE; $! would only be its start script.
      rm -f "$infra/rabbitmq.pid"
      /usr/lib/rabbitmq/bin/rabbitmq-server \
-         >>"$infra/rabbitmq.log" 2>&1 </dev/null &
+         >>"$infra/rabbitmq.log" 2>&1 </dev/null 7>&- &
      /usr/lib/rabbitmq/bin/rabbitmqctl -q wait --timeout 120 \
          "$infra/rabbitmq.pid" >/dev/null) \
         || cvb_die "RabbitMQ did not start: $infra/rabbitmq.log"
-    rabbitmqctl list_users 2>/dev/null | grep -q "^$RABBIT_USER\b" \
+    users=$(rabbitmqctl list_users 2>/dev/null) || true
+    grep -q "^$RABBIT_USER\b" <<<"$users" \
         || rabbitmqctl add_user "$RABBIT_USER" "$RABBIT_PASSWORD" >/dev/null
 }
 
@@ -214,6 +216,7 @@ workers = 1
 worker_class = 'gthread'
 threads = 8
 timeout = 120
+graceful_timeout = 5
 raw_env = ['OS_KEYSTONE_CONFIG_FILES=$conf']
 CONF
     (cd "$ks" && OS_KEYSTONE_CONFIG_FILES=$conf cvb_start \
@@ -273,6 +276,15 @@ vcsim_up() {
         -password "$VCSIM_PASSWORD" -vm 0
     cvb_wait_port "$VCSIM_PORT" 30 "$dir/vcsim.pid" \
         || cvb_die "vcsim did not start: $dir/vcsim.log"
+    umask 077
+    cat >"$dir/vcsim.env" <<ENV
+VCSIM_PORT=$VCSIM_PORT
+VCSIM_USER=$VCSIM_USER
+VCSIM_PASSWORD=$VCSIM_PASSWORD
+VCSIM_WSDL=$VCSIM_WSDL
+VCSIM_CLUSTER=$VCSIM_CLUSTER
+ENV
+    umask 022
 }
 
 # --- Cinder --------------------------------------------------------------------
@@ -307,7 +319,7 @@ profile_running() {
 register_endpoint() {
     # This profile's cinder-api in Keystone's catalog, in a region named
     # after the profile (with Keystone's own endpoint, for the client).
-    local ids
+    local ids urls
     ids=$(openstack_admin endpoint list --region "$profile" -f value -c ID \
           2>/dev/null) || true
     {
@@ -318,8 +330,9 @@ register_endpoint() {
         echo "endpoint create --region $profile identity public" \
              "http://127.0.0.1:$KEYSTONE_PORT/v3"
     } | openstack_admin >"$dir/log/keystone-endpoint.log" 2>&1 || true
-    openstack_admin endpoint list --region "$profile" -f value -c URL \
-        2>/dev/null | grep -q ":$API_PORT/" \
+    urls=$(openstack_admin endpoint list --region "$profile" -f value \
+           -c URL 2>/dev/null) || true
+    grep -q ":$API_PORT/" <<<"$urls" \
         || cvb_die "no endpoint in Keystone: $dir/log/keystone-endpoint.log"
 }
 
@@ -421,12 +434,18 @@ wait_services() {
 
 main() {
     check_prerequisites
+    # One up.sh / down.sh at a time on a deployment directory (the infra is
+    # shared by the profiles). The daemons do not inherit the lock.
+    mkdir -p "$CVB_DEPLOY_DIR"
+    exec 7>"$CVB_DEPLOY_DIR/.lock"
+    flock 7
     if profile_running; then
         cvb_log "profile '$profile' is already running"
         echo "$dir/openrc"
         return 0
     fi
-    bash "$CVB_TOP/tools/deploy/down.sh" "$profile" >/dev/null
+    CVB_DEPLOY_LOCKED=1 bash "$CVB_TOP/tools/deploy/down.sh" "$profile" \
+        --keep-infra >/dev/null 7>&-
     rm -rf "$dir"
     mkdir -p "$dir"
     infra_up

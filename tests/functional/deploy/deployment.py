@@ -1,0 +1,296 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""A deployment of tools/deploy/up.sh, driven by the OpenStack client.
+
+``Deployment(profile)`` starts one profile (``plugin`` or ``stock``) of the
+one-machine Cinder deployment with ``tools/deploy/up.sh`` and stops it with
+``tools/deploy/down.sh``; ``openstack(...)`` and ``cinder(...)`` run the
+real command-line clients against it (subprocess, JSON output);
+``vcsim`` is a :class:`tests.functional.vcsim.VcsimFixture` attached to the
+vcsim the deployment started, so the fixture's disk helpers and fault
+injection work on it.
+"""
+
+import glob
+import json
+import os
+import shlex
+import signal
+import subprocess  # nosec B404: the deployment scripts and the clients
+import sys
+import time
+
+from oslo_vmware import vim_util
+
+from tests.functional import vcsim as vcsim_fixture
+
+TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..',
+                                   '..'))
+DEPLOY = os.path.join(TOP, 'tools', 'deploy')
+OSC_VENV = os.environ.get('CVB_OSC_VENV', '/opt/cvb-openstackclient')
+KEYSTONE_VENV = os.environ.get('CVB_KEYSTONE_VENV', '/opt/cvb-keystone')
+# Shared by the test workers: RabbitMQ, MariaDB and Keystone run once for
+# both profiles; the scripts serialise on a lock in it.
+DEPLOY_DIR = os.environ.get('CVB_TEST_DEPLOY_DIR',
+                            '/var/tmp/cvb-deploy-tests')
+UP_TIMEOUT = 600
+CLI_TIMEOUT = 180
+
+
+class DeploymentError(Exception):
+    pass
+
+
+def missing_prerequisites():
+    """Why the deployment cannot run here (empty list: it can)."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append('root (MariaDB, RabbitMQ and privsep run as root)')
+    for path, what in (
+            ('/usr/lib/rabbitmq/bin/rabbitmq-server', 'rabbitmq-server'),
+            ('/usr/sbin/mariadbd', 'mariadb-server'),
+            (os.path.join(OSC_VENV, 'bin', 'openstack'),
+             'python-openstackclient in %s' % OSC_VENV),
+            (os.path.join(OSC_VENV, 'bin', 'cinder'),
+             'python-cinderclient in %s' % OSC_VENV),
+            (os.path.join(KEYSTONE_VENV, 'bin', 'keystone-manage'),
+             'keystone in %s' % KEYSTONE_VENV)):
+        if not os.path.exists(path):
+            missing.append(what)
+    try:
+        import pymysql  # noqa: F401
+    except ImportError:
+        missing.append('PyMySQL in %s' % sys.prefix)
+    return missing
+
+
+def _read_env(path):
+    values = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith('export '):
+                line = line[len('export '):]
+            if not line or line.startswith('#') or '=' not in line:
+                continue
+            key, value = line.split('=', 1)
+            values[key] = value
+    return values
+
+
+class DeployedVcsim(vcsim_fixture.VcsimFixture):
+    """The fixture's helpers on the vcsim that up.sh started.
+
+    Nothing is started here; kill() ends that vcsim by its PID file.
+    """
+
+    def __init__(self, profile_dir):
+        super(DeployedVcsim, self).__init__()
+        env = _read_env(os.path.join(profile_dir, 'vcsim.env'))
+        self.port = int(env['VCSIM_PORT'])
+        self.username = env['VCSIM_USER']
+        self.password = env['VCSIM_PASSWORD']
+        self.wsdl_url = env['VCSIM_WSDL']
+        self.cluster_name = env['VCSIM_CLUSTER']
+        self.pid_file = os.path.join(profile_dir, 'vcsim.pid')
+        self.log_path = os.path.join(profile_dir, 'vcsim.log')
+        found = glob.glob(os.path.join(profile_dir, 'vcsim', 'govcsim-%s-%s-*'
+                                       % (vcsim_fixture.DATACENTER,
+                                          vcsim_fixture.DATASTORE)))
+        if len(found) != 1:
+            raise DeploymentError('no vcsim datastore directory in %s'
+                                  % profile_dir)
+        self.datastore_path = found[0]
+
+    def _setUp(self):
+        pass
+
+    @property
+    def pid(self):
+        with open(self.pid_file) as f:
+            return int(f.read().strip())
+
+    @property
+    def running(self):
+        try:
+            os.kill(self.pid, 0)
+        except (OSError, ValueError):
+            return False
+        with open('/proc/%d/status' % self.pid) as status:
+            return 'State:\tZ' not in status.read()
+
+    def kill(self):
+        if not self.running:
+            return
+        pid = self.pid
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self):
+        for session in self._sessions:
+            try:
+                session.logout()
+            except Exception:  # nosec B110: vcsim may be gone already
+                pass
+        self._sessions = []
+
+    def disk_path(self, volume_id):
+        """Datastore path of the disk of volume ``volume_id``'s backing."""
+        session = self.session()
+        name = 'volume-%s' % volume_id
+        result = session.invoke_api(vim_util, 'get_objects', session.vim,
+                                    'VirtualMachine', 100,
+                                    ['name', 'config.hardware.device'])
+        while result:
+            for obj in result.objects:
+                props = {p.name: p.val for p in obj.propSet}
+                if props.get('name') != name:
+                    continue
+                devices = props.get('config.hardware.device')
+                for device in getattr(devices, 'VirtualDevice', []):
+                    if device.__class__.__name__ == 'VirtualDisk':
+                        session.invoke_api(vim_util, 'cancel_retrieval',
+                                           session.vim, result)
+                        return device.backing.fileName
+            result = session.invoke_api(vim_util, 'continue_retrieval',
+                                        session.vim, result)
+        raise DeploymentError('no backing VM %s with a disk in vcsim' % name)
+
+
+class Deployment(object):
+    """One profile of tools/deploy/up.sh, started and stopped by PID."""
+
+    def __init__(self, profile):
+        self.profile = profile
+        self.dir = os.path.join(DEPLOY_DIR, profile)
+        self.env = None
+        self.vcsim = None
+        self.timings = {}
+
+    def _script_env(self):
+        env = dict(os.environ, CVB_DEPLOY_DIR=DEPLOY_DIR,
+                   CVB_VENV=sys.prefix, CVB_OSC_VENV=OSC_VENV,
+                   CVB_KEYSTONE_VENV=KEYSTONE_VENV)
+        return env
+
+    def _script(self, name, timeout):
+        cmd = ['bash', os.path.join(DEPLOY, name), self.profile]
+        proc = subprocess.run(  # nosec B603
+            cmd, env=self._script_env(), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            timeout=timeout, check=False)
+        output = proc.stdout.decode(errors='replace')
+        if proc.returncode:
+            raise DeploymentError('%s %s failed (%d):\n%s' % (
+                name, self.profile, proc.returncode, output[-4000:]))
+        return output
+
+    def start(self):
+        started = time.monotonic()
+        # A profile left running by an interrupted run is stopped first:
+        # up.sh would otherwise keep it as it is.
+        self._script('down.sh', 120)
+        output = self._script('up.sh', UP_TIMEOUT)
+        self.timings['up'] = time.monotonic() - started
+        openrc = output.strip().splitlines()[-1]
+        self.env = dict(os.environ)
+        self.env.update(_read_env(openrc))
+        self.env['PATH'] = os.path.join(OSC_VENV, 'bin') + ':' + \
+            os.environ.get('PATH', '')
+        self.vcsim = DeployedVcsim(self.dir)
+
+    def stop(self):
+        if self.vcsim is not None:
+            self.vcsim.stop()
+        self._script('down.sh', 180)
+
+    def log(self, service):
+        path = os.path.join(self.dir, 'log', '%s.log' % service)
+        with open(path, 'rb') as f:
+            return f.read().decode(errors='replace')
+
+    # -- the clients ------------------------------------------------------
+
+    def _run(self, cmd, check=True):
+        proc = subprocess.run(  # nosec B603
+            cmd, env=self.env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            timeout=CLI_TIMEOUT, check=False)
+        out = proc.stdout.decode(errors='replace')
+        if check and proc.returncode:
+            raise DeploymentError('%s failed (%d): %s' % (
+                ' '.join(shlex.quote(c) for c in cmd), proc.returncode,
+                proc.stderr.decode(errors='replace')[-2000:]))
+        return proc.returncode, out
+
+    def openstack(self, *args, **kwargs):
+        """Run ``openstack ARGS -f json``; the parsed output (or None)."""
+        fmt = kwargs.pop('json', True)
+        cmd = [os.path.join(OSC_VENV, 'bin', 'openstack')] + list(args)
+        if fmt:
+            cmd += ['-f', 'json']
+        _rc, out = self._run(cmd, **kwargs)
+        return json.loads(out) if fmt and out.strip() else out
+
+    def cinder(self, *args):
+        """Run the ``cinder`` client; its text output."""
+        cmd = [os.path.join(OSC_VENV, 'bin', 'cinder')] + list(args)
+        return self._run(cmd)[1]
+
+    def wait(self, kind, resource_id, statuses, timeout=300,
+             failures=('error',)):
+        """Poll ``openstack KIND show`` until its status is in statuses.
+
+        :param kind: 'volume', 'volume backup' or 'volume snapshot'
+        :returns: the resource as ``show`` printed it last
+        :raises DeploymentError: on a status in failures, or a timeout
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            shown = self.openstack(*(kind.split() + ['show', resource_id]))
+            status = shown.get('status')
+            if status in statuses:
+                return shown
+            if status in failures:
+                raise DeploymentError('%s %s is %s: %s' % (
+                    kind, resource_id, status, shown))
+            if time.monotonic() > deadline:
+                raise DeploymentError('%s %s still %s after %ss' % (
+                    kind, resource_id, status, timeout))
+            time.sleep(1)
+
+    def wait_gone(self, kind, resource_id, timeout=300):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            listed = self.openstack(*(kind.split() + ['list']))
+            if resource_id not in [item['ID'] for item in listed]:
+                return
+            time.sleep(1)
+        raise DeploymentError('%s %s not deleted after %ss' % (
+            kind, resource_id, timeout))
+
+    # -- data ----------------------------------------------------------------
+
+    def backup_files(self, backup_id):
+        """The posix backup driver's files of one backup."""
+        pattern = os.path.join(self.dir, 'backups', '**',
+                               '*backup_%s*' % backup_id)
+        return [p for p in glob.glob(pattern, recursive=True)
+                if os.path.isfile(p)]
+
+    def stored_bytes(self, backup_id):
+        """Bytes the backup's data objects take in the backup directory."""
+        return sum(os.path.getsize(p) for p in self.backup_files(backup_id)
+                   if not p.endswith(('_metadata', '_sha256file')))
