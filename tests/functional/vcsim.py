@@ -264,8 +264,8 @@ class VcsimFixture(fixtures.Fixture):
         """Local path of a datastore path such as '[LocalDS_0] a/b.vmdk'."""
         match = re.match(r'^\[([^\]]+)\]\s*(.*)$', ds_path)
         if not match or match.group(1) != self.datastore_name:
-            raise ValueError('not a path on %s: %r' % (self.datastore_name,
-                                                      ds_path))
+            raise ValueError('not a path on %s: %r'
+                             % (self.datastore_name, ds_path))
         relative = os.path.normpath(match.group(2))
         if relative.startswith('..') or os.path.isabs(relative):
             raise ValueError('path leaves the datastore: %r' % ds_path)
@@ -325,8 +325,8 @@ class VcsimFixture(fixtures.Fixture):
             if regex.search(self.log()):
                 return True
             time.sleep(0.05)
-        raise VcsimError('vcsim log did not show %r in %ss' % (pattern,
-                                                             timeout))
+        raise VcsimError('vcsim log did not show %r in %ss'
+                         % (pattern, timeout))
 
     def kill_mid_transfer(self, after_bytes=1 << 20, timeout=120):
         """Kill vcsim once the next NFC transfer has moved after_bytes.
@@ -413,8 +413,10 @@ def export_vmdk(fixture, session, vm_ref, sink):
 
 
 def read_disk_nfc(fixture, session, vm_ref):
-    """The VM's first disk as raw bytes, exported through NFC and decoded
-    with qemu-img."""
+    """The VM's first disk as raw bytes.
+
+    Exported through NFC, decoded with qemu-img.
+    """
     with tempfile.TemporaryDirectory(dir=fixture.tmp) as tmp:
         vmdk = os.path.join(tmp, 'export.vmdk')
         raw = os.path.join(tmp, 'export.raw')
