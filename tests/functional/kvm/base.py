@@ -70,6 +70,15 @@ def read_raw(path):
         os.unlink(raw)
 
 
+def same_guest_data(reference, path):
+    """Tell whether ``path`` holds ``reference``'s data (qemu-img compare).
+
+    A bigger ``path`` must be all zero beyond ``reference``'s size.
+    """
+    return subprocess.run(['qemu-img', 'compare', '-U', '-q', reference,
+                           path]).returncode == 0
+
+
 def read_head(path, length=HEAD):
     """Return the first ``length`` guest bytes of an image (qemu-img)."""
     out = path + '.test-raw'
@@ -154,7 +163,7 @@ class Qcow2FunctionalTestCase(test.TestCase):
         os.makedirs(self.volume_dir)
         os.makedirs(self.posix_dir)
         self.override_config('backup_posix_path', self.posix_dir)
-        self.override_config('backup_compression_algorithm', 'none')
+        self.override_config('backup_compression_algorithm', 'zstd')
         self.override_config('backup_file_size', 64 * units.Mi)
         self.override_config('backup_enable_progress_timer', False)
         self.ctxt = context.RequestContext(fake.USER_ID, fake.PROJECT_ID,

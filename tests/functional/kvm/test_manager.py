@@ -59,7 +59,7 @@ class ManagerQcow2TestCase(test.TestCase):
         self.override_config('backup_driver',
                              'cinder.backup.drivers.posix.PosixBackupDriver')
         self.override_config('backup_posix_path', posix_dir)
-        self.override_config('backup_compression_algorithm', 'none')
+        self.override_config('backup_compression_algorithm', 'zstd')
         self.override_config('backup_file_size', 64 * units.Mi)
         self.override_config('backup_enable_progress_timer', False)
         self.ctxt = context.RequestContext(fake.USER_ID, fake.PROJECT_ID,

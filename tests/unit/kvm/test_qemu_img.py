@@ -53,3 +53,13 @@ class QemuImgTestCase(base.BaseTestCase):
         self.assertEqual(('qemu-img', 'create', '-q', '-f', 'qcow2', '-b',
                           'b', '-F', 'qcow2', '/v/o'),
                          execute.call_args[0])
+
+    @mock.patch.object(qemu_img, '_PRLIMIT', '/usr/bin/prlimit')
+    @mock.patch.object(processutils, 'execute', autospec=True)
+    def test_header_parsing_runs_under_limits(self, execute):
+        execute.return_value = ('{"virtual-size": 512}', '')
+        self.assertEqual(512, qemu_img.virtual_size('/v/x'))
+        cmd = execute.call_args[0]
+        self.assertEqual(('/usr/bin/prlimit', '--as=%d' % (2 * 1024 ** 3),
+                          '--cpu=60', 'qemu-img', 'info'), cmd[:5])
+        self.assertIsNone(execute.call_args[1]['prlimit'])
