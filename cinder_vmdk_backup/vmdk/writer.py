@@ -52,6 +52,8 @@ LOG = logging.getLogger(__name__)
 
 #: sectors before the first grain: header, descriptor, padding to 64 KiB
 OVERHEAD_SECTORS = 128
+#: room for the embedded descriptor, NUL-padded (what VMware and qemu use)
+DESCRIPTOR_SECTORS = 20
 MAX_CAPACITY = 64 << 40
 #: most grains whose "store, do not compress" bit is kept (32 MiB of bits,
 #: a 16 TiB disk); above it the writing pass compresses every grain again
@@ -103,8 +105,10 @@ class StreamOptimizedWriter(object):
             cid=int.from_bytes(os.urandom(4), 'little') & 0xFFFFFFFE,
             long_content_id=uuid.uuid4().hex,
             extent_name=extent_name).encode('utf-8')
-        desc_sectors = fmt.sectors_for(len(descriptor))
-        header = fmt.new_header(self._capacity_sectors, desc_sectors,
+        if len(descriptor) >= DESCRIPTOR_SECTORS * fmt.SECTOR:
+            raise ValueError('descriptor of %d bytes does not fit'
+                             % len(descriptor))
+        header = fmt.new_header(self._capacity_sectors, DESCRIPTOR_SECTORS,
                                 OVERHEAD_SECTORS)
         self._header = header
         self._prologue = (fmt.pack_header(header) + descriptor +

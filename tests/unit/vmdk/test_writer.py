@@ -181,7 +181,8 @@ class WriterTestCase(base.BaseTestCase):
                           desc['ddb.geometry.sectors']))
 
     @ddt.data({'adapter_type': 'scsi-9'}, {'capacity': -1},
-              {'capacity': writer.MAX_CAPACITY + 1})
+              {'capacity': writer.MAX_CAPACITY + 1},
+              {'extent_name': 'x' * 20000})
     def test_bad_arguments(self, kwargs):
         kwargs.setdefault('capacity', 1 << 20)
         self.assertRaises(ValueError, writer.StreamOptimizedWriter,
