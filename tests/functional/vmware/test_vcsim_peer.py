@@ -1,0 +1,134 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The vcsim fixture itself: NFC export, disk helpers, fault injection."""
+
+import http.client
+import io
+import os
+
+from oslo_utils import units
+from oslo_vmware import exceptions as vexc
+from oslo_vmware import vim_util
+import testtools
+
+from tests.functional import vcsim as vcsim_fixture
+
+#: What a broken NFC transfer raises on the client side.
+TRANSFER_ERRORS = (OSError, http.client.HTTPException,
+                   vexc.VMwareDriverException)
+
+
+class VcsimPeerTestCase(testtools.TestCase):
+    """One vcsim with the model's VMs (1 MiB disks) for the class."""
+
+    @classmethod
+    def setUpClass(cls):
+        super(VcsimPeerTestCase, cls).setUpClass()
+        vcsim = vcsim_fixture.VcsimFixture(vms=2,
+                                           extra_args=['-autostart=false'])
+        vcsim.setUp()
+        cls.addClassCleanup(vcsim.cleanUp)
+        cls.vcsim = vcsim
+        cls.session = vcsim.session()
+
+    def setUp(self):
+        super(VcsimPeerTestCase, self).setUp()
+        self.addCleanup(self._clear_faults)
+
+    def _clear_faults(self):
+        if self.vcsim.running:
+            self.vcsim.clear_faults()
+
+    def _vm(self, index=0):
+        result = self.session.invoke_api(
+            vim_util, 'get_objects', self.session.vim, 'VirtualMachine',
+            100, ['name', 'config.hardware.device'])
+        vms = sorted(result.objects, key=lambda o: o.propSet[0].val)
+        vm = vms[index]
+        devices = [p.val for p in vm.propSet
+                   if p.name == 'config.hardware.device'][0]
+        disk = [d for d in devices.VirtualDevice
+                if d.__class__.__name__ == 'VirtualDisk'][0]
+        return vm.obj, disk.backing.fileName
+
+    def test_seed_and_read_through_nfc_and_datastore(self):
+        vm, path = self._vm(0)
+        data = os.urandom(100 * units.Ki) + bytes(200 * units.Ki)
+        vcsim_fixture.seed_disk(self.vcsim, path, data, offset=4096)
+        raw = vcsim_fixture.read_disk(self.vcsim, path)
+        self.assertEqual(units.Mi, len(raw))
+        self.assertEqual(data, raw[4096:4096 + len(data)])
+        self.assertEqual(raw, vcsim_fixture.read_disk_nfc(
+            self.vcsim, self.session, vm))
+
+    def test_method_fault_once(self):
+        vm, _path = self._vm(1)
+        self.vcsim.set_method_fault('ExportVm', 'InvalidState', count=1)
+        error = self.assertRaises(vexc.VimFaultException,
+                                  self.session.invoke_api,
+                                  self.session.vim, 'ExportVm', vm)
+        self.assertIn('InvalidState', error.fault_list)
+        lease = self.session.invoke_api(self.session.vim, 'ExportVm', vm)
+        self.session.invoke_api(self.session.vim, 'HttpNfcLeaseAbort',
+                                lease)
+        self.assertEqual(1, self.vcsim.faults()['methods']['ExportVm'][
+            'hits'])
+
+    def test_nfc_abort_puts_lease_in_error(self):
+        vm, _path = self._vm(2)
+        self.vcsim.set_nfc_fault(abort_after_bytes=0)
+        lease = self.session.invoke_api(self.session.vim, 'ExportVm', vm)
+        sink = io.BytesIO()
+        self.assertRaises(TRANSFER_ERRORS, self._export_with_lease, lease,
+                          sink)
+        state = self.session.invoke_api(vim_util, 'get_object_property',
+                                        self.session.vim, lease, 'state')
+        self.assertEqual('error', state)
+        self.assertRaises(vexc.VimFaultException, self.session.invoke_api,
+                          self.session.vim, 'HttpNfcLeaseComplete', lease)
+
+    def _export_with_lease(self, lease, sink):
+        import ssl
+        import urllib.request
+        info = self.session.invoke_api(vim_util, 'get_object_property',
+                                       self.session.vim, lease, 'info')
+        url = info.deviceUrl[0].url.replace(
+            '*', '%s:%d' % (self.vcsim.host, self.vcsim.port))
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with urllib.request.urlopen(url, context=context,  # nosec B310
+                                    timeout=30) as response:
+            sink.write(response.read())
+
+
+class VcsimKillTestCase(testtools.TestCase):
+    """kill_mid_transfer ends vcsim while an export streams."""
+
+    def test_kill_mid_transfer(self):
+        vcsim = self.useFixture(vcsim_fixture.VcsimFixture(
+            vms=1, extra_args=['-autostart=false']))
+        session = vcsim.session(api_retry_count=0)
+        result = session.invoke_api(
+            vim_util, 'get_objects', session.vim, 'VirtualMachine', 1,
+            ['config.hardware.device'])
+        vm = result.objects[0].obj
+        devices = result.objects[0].propSet[0].val.VirtualDevice
+        path = [d for d in devices
+                if d.__class__.__name__ == 'VirtualDisk'][0].backing.fileName
+        vcsim_fixture.seed_disk(vcsim, path, os.urandom(units.Mi))
+        killer = vcsim.kill_mid_transfer(after_bytes=64 * units.Ki)
+        self.assertRaises(TRANSFER_ERRORS, vcsim_fixture.export_vmdk, vcsim,
+                          session, vm, io.BytesIO())
+        killer.join(30)
+        self.assertFalse(vcsim.running)
