@@ -43,6 +43,13 @@ it runs one of those two methods for a driver-owned volume:
   backup service, its ``restore()`` the driver's ``restore_backup()``; every
   other attribute is the real service's.
 
+One more step of Cinder's code is useless for a driver-owned operation and
+would need privileges: ``volume_utils.brick_get_connector_properties``, the
+os-brick probe of this host's initiators (privsep, ``iscsiadm``, ``nvme``)
+whose result only ``_attach_device`` and ``_detach_device`` use. The manager
+wraps that module function once: inside a driver-owned operation, until the
+driver is called, it returns ``{}``; everywhere else it is Cinder's.
+
 ``continue_backup`` and ``_run_restore`` are then Cinder's own code: a driver
 failure raises where a failed copy would, with the same user message
 (``BACKUP_CREATE_DRIVER_ERROR``, ``BACKUP_RESTORE_ERROR``) and status
@@ -53,8 +60,10 @@ concurrent requests (green or native threads) do not see each other's.
 
 import contextlib
 import contextvars
+import functools
 
 from cinder.backup import manager
+from cinder.volume import volume_utils
 from oslo_config import cfg
 from oslo_log import log as logging
 
@@ -78,6 +87,29 @@ class _Job(object):
         self.context = context
         self.backup_device = backup_device
         self.volume = volume
+        #: Set once the driver has been handed the operation.
+        self.driver_called = False
+
+
+def _skip_connector_probe(probe):
+    """Wrap os-brick's connector probe: skipped where nothing attaches."""
+
+    @functools.wraps(probe)
+    def guarded(*args, **kwargs):
+        job = _current_job.get()
+        if job is not None and not job.driver_called:
+            return {}
+        return probe(*args, **kwargs)
+
+    guarded.cvb_guarded = True
+    return guarded
+
+
+def _install_connector_probe_guard():
+    probe = volume_utils.brick_get_connector_properties
+    if not getattr(probe, 'cvb_guarded', False):
+        volume_utils.brick_get_connector_properties = (
+            _skip_connector_probe(probe))
 
 
 class DriverOwnedDevice(object):
@@ -110,6 +142,7 @@ class DriverOwnedBackupService(object):
 
     def backup(self, backup, volume_file, backup_metadata=False):
         job = self._job
+        job.driver_called = True
         LOG.debug('Backup %(backup)s is moved by volume driver %(driver)s.',
                   {'backup': backup.id, 'driver': type(job.driver).__name__})
         return job.driver.backup_volume(job.context, backup, self._service,
@@ -117,6 +150,7 @@ class DriverOwnedBackupService(object):
 
     def restore(self, backup, volume_id, volume_file, volume_is_new):
         job = self._job
+        job.driver_called = True
         LOG.debug('Restore of backup %(backup)s into volume %(volume)s is '
                   'moved by volume driver %(driver)s.',
                   {'backup': backup.id, 'volume': volume_id,
@@ -138,6 +172,7 @@ class BackupManager(manager.BackupManager):
         self.service = self._backup_service
         self._backend_drivers = driver_loader.BackendDrivers(
             CONF.driver_owned_backup_setup_retry_interval)
+        _install_connector_probe_guard()
         if not CONF.driver_owned_backup_enabled:
             LOG.info('Driver-owned backup is disabled '
                      '(driver_owned_backup_enabled = False): every backup '

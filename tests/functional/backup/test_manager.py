@@ -27,6 +27,7 @@ import os
 from unittest import mock
 
 import ddt
+from os_brick.initiator import connector as brick_connector
 from oslo_service import loopingcall
 from oslo_utils import units
 import zstd
@@ -40,7 +41,6 @@ from cinder.objects import fields
 from cinder.tests.unit import fake_constants as fake
 from cinder.tests.unit import test
 from cinder.tests.unit import utils as test_utils
-from cinder.volume import volume_utils
 
 from cinder_vmdk_backup.backup import driver_owned
 from cinder_vmdk_backup.backup import manager
@@ -99,9 +99,10 @@ class DriverOwnedBackupManagerTestCase(test.TestCase):
         self.manager = manager.BackupManager(host='backup-node')
         self.assertRaises(loopingcall.LoopingCallDone,
                           self.manager._setup_backup_driver, self.ctxt)
-        # os-brick's host probing runs privileged commands (privsep).
-        self._patch(volume_utils, 'brick_get_connector_properties',
-                    return_value={'host': 'backup-node'})
+        # os-brick's host probing runs privileged commands (privsep): the
+        # stock path's; driver-owned operations must not probe.
+        self.probe = self._patch(brick_connector, 'get_connector_properties',
+                                 return_value={'host': 'backup-node'})
         rpcapi = self.manager.volume_rpcapi
         # The volume service's side of the RPC boundary.
         self.get_backup_device = self._patch(rpcapi, 'get_backup_device')
@@ -300,6 +301,7 @@ class DriverOwnedBackupManagerTestCase(test.TestCase):
         self.assertEqual([], self._staging_files())
         self.assertEqual(2, len(self._notified('restore.end')))
         self.initialize_connection.assert_not_called()
+        self.probe.assert_not_called()
         self.secure_ops.assert_called()
 
     def test_restore_to_bigger_volume(self):
@@ -353,6 +355,7 @@ class DriverOwnedBackupManagerTestCase(test.TestCase):
         self.initialize_connection.assert_called_once_with(
             self.ctxt, mock.ANY, mock.ANY)
         self.terminate_connection.assert_called_once()
+        self.probe.assert_called_once()
         self.assertNotIn('node1@stock', file_driver.SETUP_CALLS)
         self.assertEqual({}, driver_owned.DriverOwnedBackupMixin
                          .disk_profile_of(backup))
@@ -450,6 +453,10 @@ class DriverOwnedBackupManagerTestCase(test.TestCase):
             f.write(data)
 
     def test_startup_cleanup_of_interrupted_operations(self):
+        """Cinder's init_host resets what a crash interrupted, as before.
+
+        No volume driver is loaded for it.
+        """
         volume = self._volume(status='backing-up')
         creating = test_utils.create_backup(
             self.ctxt, volume.id, status=fields.BackupStatus.CREATING,
@@ -458,7 +465,7 @@ class DriverOwnedBackupManagerTestCase(test.TestCase):
         restoring = test_utils.create_backup(
             self.ctxt, volume.id, status=fields.BackupStatus.RESTORING,
             host='backup-node', size=1, restore_volume_id=target.id)
-        self.manager._cleanup_incomplete_backup_operations(self.ctxt)
+        self.manager.init_host()
         for obj in (volume, creating, target, restoring):
             obj.refresh()
         self.assertEqual(fields.BackupStatus.ERROR, creating.status)

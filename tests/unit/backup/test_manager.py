@@ -26,7 +26,9 @@ from cinder import objects
 objects.register_all()
 
 from cinder.backup import manager as cinder_manager  # noqa: E402
+from cinder.volume import volume_utils  # noqa: E402
 import ddt  # noqa: E402
+import fixtures  # noqa: E402
 from oslo_config import fixture as config_fixture  # noqa: E402
 from oslotest import base  # noqa: E402
 
@@ -250,3 +252,51 @@ class BackupManagerTestCase(base.BaseTestCase):
         self.assertIsInstance(seen['stock'], FakeBackupService)
         self.assertIsInstance(seen['owned'],
                               manager.DriverOwnedBackupService)
+
+
+class ConnectorProbeGuardTestCase(base.BaseTestCase):
+    """os-brick's probe of the host is skipped where nothing attaches."""
+
+    def setUp(self):
+        super(ConnectorProbeGuardTestCase, self).setUp()
+        self.probe = mock.create_autospec(
+            volume_utils.brick_get_connector_properties,
+            return_value={'initiator': 'iqn'})
+        self.guarded = manager._skip_connector_probe(self.probe)
+
+    def _in_job(self, driver_called):
+        job = manager._Job(mock.sentinel.driver, mock.sentinel.context)
+        job.driver_called = driver_called
+        token = manager._current_job.set(job)
+        self.addCleanup(manager._current_job.reset, token)
+
+    def test_probe_outside_driver_owned_operations(self):
+        self.assertEqual({'initiator': 'iqn'}, self.guarded(True, False))
+        self.probe.assert_called_once_with(True, False)
+
+    def test_no_probe_before_the_driver_is_called(self):
+        self._in_job(driver_called=False)
+        self.assertEqual({}, self.guarded(True, False))
+        self.probe.assert_not_called()
+
+    def test_probe_for_the_driver_itself(self):
+        self._in_job(driver_called=True)
+        self.assertEqual({'initiator': 'iqn'}, self.guarded())
+
+    def test_installed_once(self):
+        self.useFixture(fixtures.MockPatchObject(
+            volume_utils, 'brick_get_connector_properties', self.probe))
+        manager._install_connector_probe_guard()
+        manager._install_connector_probe_guard()
+        installed = volume_utils.brick_get_connector_properties
+        self.assertTrue(installed.cvb_guarded)
+        self.assertIs(self.probe, installed.__wrapped__)
+
+    def test_service_wrapper_marks_the_driver_called(self):
+        driver = mock.create_autospec(ProtocolDriver, instance=True)
+        job = manager._Job(driver, mock.sentinel.context)
+        service = manager.DriverOwnedBackupService(
+            FakeBackupService(mock.sentinel.context), job)
+        backup = objects.Backup(id='b0000000-0000-4000-8000-00000000000b')
+        service.restore(backup, 'vol', mock.sentinel.file, False)
+        self.assertTrue(job.driver_called)
