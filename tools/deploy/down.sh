@@ -41,10 +41,10 @@ done
 
 [ "$keep_infra" = 1 ] && exit 0
 for profile in "${CVB_PROFILES[@]}"; do
-    for s in cinder-api cinder-scheduler cinder-volume cinder-backup; do
+    for s in up cinder-api cinder-scheduler cinder-volume cinder-backup; do
         if cvb_pid_alive "$CVB_DEPLOY_DIR/$profile/$s.pid"; then
-            cvb_log "profile '$profile' still runs: RabbitMQ, MariaDB and" \
-                "Keystone stay up"
+            cvb_log "profile '$profile' still runs or starts: RabbitMQ," \
+                "MariaDB and Keystone stay up"
             exit 0
         fi
     done

@@ -409,8 +409,8 @@ RC
 wait_services() {
     # Until cinder-scheduler, cinder-volume and cinder-backup have reported
     # to the database and the volume driver is initialised.
-    local i n s
-    for ((i = 0; i < 600; i++)); do
+    local n s deadline=$((SECONDS + ${CVB_SERVICE_WAIT:-600}))
+    while [ "$SECONDS" -lt "$deadline" ]; do
         for s in "${services[@]}"; do
             cvb_pid_alive "$dir/$s.pid" \
                 || cvb_die "$s ended: $dir/log/$s.log"
@@ -429,13 +429,15 @@ wait_services() {
         fi
         sleep 0.2
     done
-    cvb_die "services not up after 120 s (logs in $dir/log)"
+    cvb_die "services not up after ${CVB_SERVICE_WAIT:-600} s (logs in $dir/log)"
 }
 
 main() {
     check_prerequisites
-    # One up.sh / down.sh at a time on a deployment directory (the infra is
-    # shared by the profiles). The daemons do not inherit the lock.
+    # The shared part (RabbitMQ, MariaDB, Keystone) is started under a lock
+    # on the deployment directory, which down.sh takes too; the profile
+    # then starts outside it, announced by its up.pid (down.sh leaves the
+    # shared part running while a profile starts or runs).
     mkdir -p "$CVB_DEPLOY_DIR"
     exec 7>"$CVB_DEPLOY_DIR/.lock"
     flock 7
@@ -448,7 +450,10 @@ main() {
         --keep-infra >/dev/null 7>&-
     rm -rf "$dir"
     mkdir -p "$dir"
+    echo $$ >"$dir/up.pid"
+    trap 'rm -f "$dir/up.pid"' EXIT
     infra_up
+    exec 7>&-
     vcsim_up
     cinder_up
     cvb_log "profile '$profile' is up (cinder-api http://127.0.0.1:$API_PORT)"

@@ -21,6 +21,7 @@ vcsim the deployment started, so the fixture's disk helpers and fault
 injection work on it.
 """
 
+import fcntl
 import glob
 import json
 import os
@@ -39,11 +40,11 @@ TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..',
 DEPLOY = os.path.join(TOP, 'tools', 'deploy')
 OSC_VENV = os.environ.get('CVB_OSC_VENV', '/opt/cvb-openstackclient')
 KEYSTONE_VENV = os.environ.get('CVB_KEYSTONE_VENV', '/opt/cvb-keystone')
-# Shared by the test workers: RabbitMQ, MariaDB and Keystone run once for
-# both profiles; the scripts serialise on a lock in it.
-DEPLOY_DIR = os.environ.get('CVB_TEST_DEPLOY_DIR',
-                            '/var/tmp/cvb-deploy-tests')
-UP_TIMEOUT = 600
+# Each profile's test has a deployment directory of its own (its own
+# RabbitMQ, MariaDB and Keystone: the two tests may run on two workers at
+# once); '%s' is the profile.
+DEPLOY_DIR = os.environ.get('CVB_TEST_DEPLOY_DIR', '/var/tmp/cvb-e2e-%s')
+UP_TIMEOUT = 900
 CLI_TIMEOUT = 180
 
 
@@ -174,34 +175,67 @@ class Deployment(object):
 
     def __init__(self, profile):
         self.profile = profile
-        self.dir = os.path.join(DEPLOY_DIR, profile)
+        self.deploy_dir = DEPLOY_DIR % profile
+        self.dir = os.path.join(self.deploy_dir, profile)
+        self._lock = None
         self.env = None
         self.vcsim = None
         self.timings = {}
 
     def _script_env(self):
-        env = dict(os.environ, CVB_DEPLOY_DIR=DEPLOY_DIR,
+        env = dict(os.environ, CVB_DEPLOY_DIR=self.deploy_dir,
                    CVB_VENV=sys.prefix, CVB_OSC_VENV=OSC_VENV,
                    CVB_KEYSTONE_VENV=KEYSTONE_VENV)
         return env
 
     def _script(self, name, timeout):
         cmd = ['bash', os.path.join(DEPLOY, name), self.profile]
-        proc = subprocess.run(  # nosec B603
+        # A session of its own: on a time-out the script and everything it
+        # started are killed together (down.sh then finds them gone).
+        proc = subprocess.Popen(  # nosec B603
             cmd, env=self._script_env(), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            timeout=timeout, check=False)
-        output = proc.stdout.decode(errors='replace')
+            start_new_session=True)
+        try:
+            output, _err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _err = proc.communicate()
+            raise DeploymentError('%s %s did not finish in %ss:\n%s' % (
+                name, self.profile, timeout,
+                output.decode(errors='replace')[-4000:]))
+        output = output.decode(errors='replace')
         if proc.returncode:
             raise DeploymentError('%s %s failed (%d):\n%s' % (
                 name, self.profile, proc.returncode, output[-4000:]))
         return output
 
+    def claim(self):
+        """Hold this profile's deployment directory for this test run.
+
+        :returns: False when another test run on this machine holds it
+            (its deployment is in use; this one must not touch it)
+        """
+        os.makedirs(self.deploy_dir, exist_ok=True)
+        self._lock = open(self.deploy_dir + '.test-lock', 'w')
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            self._lock = None
+            return False
+        return True
+
+    def release(self):
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
     def start(self):
         started = time.monotonic()
         # A profile left running by an interrupted run is stopped first:
         # up.sh would otherwise keep it as it is.
-        self._script('down.sh', 120)
+        self._script('down.sh', 600)
         output = self._script('up.sh', UP_TIMEOUT)
         self.timings['up'] = time.monotonic() - started
         openrc = output.strip().splitlines()[-1]
@@ -214,7 +248,7 @@ class Deployment(object):
     def stop(self):
         if self.vcsim is not None:
             self.vcsim.stop()
-        self._script('down.sh', 180)
+        self._script('down.sh', 600)
 
     def log(self, service):
         path = os.path.join(self.dir, 'log', '%s.log' % service)

@@ -97,6 +97,11 @@ class _Scenario(object):
             self.skipTest('the deployment needs %s (tools/deploy/install.sh '
                           'installs them)' % ', '.join(missing))
         self.dep = deployment.Deployment(self.profile)
+        if not self.dep.claim():
+            self.skipTest('another test run on this machine is using the '
+                          '%s deployment in %s'
+                          % (self.profile, self.dep.deploy_dir))
+        self.addCleanup(self.dep.release)
         self.addCleanup(self._stop)
         self.dep.start()
         self.vc = self.dep.vcsim
@@ -132,8 +137,8 @@ class _Scenario(object):
         self.outcomes[name] = 'passed in %.1fs' % (time.monotonic() - started)
         return result
 
-    def osc(self, *args):
-        return self.dep.openstack(*args)
+    def osc(self, *args, **kwargs):
+        return self.dep.openstack(*args, **kwargs)
 
     def create_volume(self, name, *extra):
         volume = self.osc('volume', 'create', '--size', str(SIZE_GB),
