@@ -38,6 +38,7 @@ import time
 from cinder import context as cinder_context
 from cinder import exception as cinder_exception
 from cinder.i18n import _
+from cinder.objects import fields
 from cinder.volume.drivers.vmware import vmdk
 from cinder.volume.drivers.vmware import volumeops
 from oslo_config import cfg
@@ -365,9 +366,17 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         if not self.configuration.vmware_backup_restore_in_volume_service:
             raise NotImplementedError()
         context = cinder_context.get_admin_context()
+        if backup.status != fields.BackupStatus.AVAILABLE:
+            raise NotImplementedError()
         service = self._local_backup_service(context, backup)
         if service is None:
             raise NotImplementedError()
+        # The backup service restores only a backup marked as restoring
+        # (else it takes the restore for cancelled), as Cinder's own path
+        # marks it; it is available again afterwards, also for that path.
+        backup.status = fields.BackupStatus.RESTORING
+        backup.restore_volume_id = volume.id
+        backup.save()
         try:
             self.restore_backup(context, backup, volume, service,
                                 volume_is_new=True)
@@ -384,6 +393,10 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
                 raise cinder_exception.VolumeBackendAPIException(
                     data=str(exc)) from exc
             raise NotImplementedError() from exc
+        finally:
+            backup.status = fields.BackupStatus.AVAILABLE
+            backup.restore_volume_id = None
+            backup.save()
 
     @staticmethod
     def _local_backup_service(context, backup):

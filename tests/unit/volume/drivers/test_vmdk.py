@@ -84,7 +84,8 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
         self.ctx = context.get_admin_context()
         self.volume = fake_volume.fake_volume_obj(self.ctx, size=2,
                                                   volume_type_id=None)
-        self.backup = fake_backup.fake_backup_obj(self.ctx, size=1)
+        self.backup = fake_backup.fake_backup_obj(self.ctx, size=1,
+                                                  status='available')
 
     def test_options_registered(self):
         self.assertEqual(600, self.config.vmware_backup_transfer_idle_timeout)
@@ -315,12 +316,19 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
                           self.driver.create_volume_from_backup,
                           self.volume, self.backup)
 
+    def test_create_from_backup_not_available(self):
+        self.backup.status = 'restoring'
+        self.assertRaises(NotImplementedError,
+                          self.driver.create_volume_from_backup,
+                          self.volume, self.backup)
+
     def test_create_from_backup_other_service(self):
         self.backup.service = 'some.other.Driver'
         self.assertRaises(NotImplementedError,
                           self.driver.create_volume_from_backup,
                           self.volume, self.backup)
 
+    @mock.patch.object(objects.Backup, 'save', autospec=True)
     @mock.patch.object(vmdk.VMwareVcVmdkBackupDriver, '_delete_volume',
                        autospec=True)
     @mock.patch.object(vmdk.VMwareVcVmdkBackupDriver, 'restore_backup',
@@ -328,24 +336,34 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
     @mock.patch.object(vmdk.VMwareVcVmdkBackupDriver,
                        '_local_backup_service', autospec=True)
     def test_create_from_backup_falls_back_on_failure(self, local, restore,
-                                                      delete):
+                                                      delete, save):
         local.return_value = 'service'
         restore.side_effect = exception.VmdkBackupError(reason='boom')
         self.assertRaises(NotImplementedError,
                           self.driver.create_volume_from_backup,
                           self.volume, self.backup)
         delete.assert_called_once_with(self.driver, self.volume)
+        self.assertEqual('available', self.backup.status)
+        self.assertIsNone(self.backup.restore_volume_id)
 
+    @mock.patch.object(objects.Backup, 'save', autospec=True)
     @mock.patch.object(vmdk.VMwareVcVmdkBackupDriver, 'restore_backup',
                        autospec=True)
     @mock.patch.object(vmdk.VMwareVcVmdkBackupDriver,
                        '_local_backup_service', autospec=True)
-    def test_create_from_backup_restores_directly(self, local, restore):
+    def test_create_from_backup_restores_directly(self, local, restore,
+                                                  save):
         local.return_value = 'service'
+        seen = []
+        restore.side_effect = lambda *a, **k: seen.append(
+            (self.backup.status, self.backup.restore_volume_id))
         self.driver.create_volume_from_backup(self.volume, self.backup)
         args, kwargs = restore.call_args
         self.assertEqual((self.backup, self.volume, 'service'), args[2:5])
         self.assertTrue(kwargs['volume_is_new'])
+        self.assertEqual([('restoring', self.volume.id)], seen)
+        self.assertEqual('available', self.backup.status)
+        self.assertEqual(2, save.call_count)
 
     # -- leftovers -----------------------------------------------------------
 
