@@ -42,23 +42,27 @@ fi
 
 # The OpenStack client in its own virtualenv: its dependencies (openstacksdk,
 # osc-lib, cliff) must not move the versions Cinder's services run with.
-if ! "$CVB_OSC_VENV/bin/openstack" --version >/dev/null 2>&1 \
-        || ! "$CVB_OSC_VENV/bin/python" -c 'import cinderclient' 2>/dev/null
-then
+if [ ! -x "$CVB_OSC_VENV/bin/openstack" ] || [ ! -x "$CVB_OSC_VENV/bin/cinder" ] \
+        || [ ! -f "$CVB_OSC_VENV/.cvb-complete" ]; then
     python3 -m venv "$CVB_OSC_VENV"
     "$CVB_OSC_VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
     "$CVB_OSC_VENV/bin/pip" install -q python-openstackclient \
         python-cinderclient 2>&1 | grep -v '^WARNING: Location' || true
     "$CVB_OSC_VENV/bin/openstack" --version >/dev/null
+    "$CVB_OSC_VENV/bin/cinder" --version >/dev/null
+    touch "$CVB_OSC_VENV/.cvb-complete"
 fi
+
 # Keystone, in a virtualenv of its own for the same reason, served by
 # gunicorn (Keystone ships only a WSGI application).
-if ! "$KEYSTONE_VENV/bin/python" -c 'import keystone, pymysql' 2>/dev/null \
-        || [ ! -x "$KEYSTONE_VENV/bin/gunicorn" ]; then
+if [ ! -x "$KEYSTONE_VENV/bin/keystone-manage" ] \
+        || [ ! -x "$KEYSTONE_VENV/bin/gunicorn" ] \
+        || [ ! -f "$KEYSTONE_VENV/.cvb-complete" ]; then
     python3 -m venv "$KEYSTONE_VENV"
     "$KEYSTONE_VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
     "$KEYSTONE_VENV/bin/pip" install -q keystone PyMySQL gunicorn 2>&1 \
         | grep -v '^WARNING: Location' || true
     "$KEYSTONE_VENV/bin/python" -c 'import keystone, pymysql'
+    touch "$KEYSTONE_VENV/.cvb-complete"
 fi
 exit 0
