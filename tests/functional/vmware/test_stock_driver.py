@@ -69,6 +69,7 @@ class FakeImageService(object):
 
     def __init__(self):
         self.images = {}
+        self.temp_images = None  # cinder.image.image_utils.TemporaryImages
 
     def add(self, image_id, data, **properties):
         self.images[image_id] = {
@@ -80,6 +81,9 @@ class FakeImageService(object):
         meta = dict(self.images[image_id])
         meta.pop('data')
         return meta
+
+    def get_location(self, context, image_id):
+        return None, []  # no vsphere:// location: data goes through HTTP
 
     def download(self, context, image_id):
         data = self.images[image_id]['data']
@@ -307,6 +311,40 @@ class StockVmdkDriverTestCase(test.TestCase):
         self.assertEqual(units.Gi, len(got))
         self.assertEqual(digest(raw), digest(got[:len(raw)]))
         self.assertEqual(bytes(units.Gi - len(raw)), got[len(raw):])
+
+    def _image_to_volume(self, subformat, disktype):
+        driver = self._driver()
+        raw = disk_data(16 * units.Mi, b'image-' + subformat.encode())
+        raw_path = os.path.join(self.tmp, 'image.raw')
+        image_path = os.path.join(self.tmp, 'image.img')
+        with open(raw_path, 'wb') as f:
+            f.write(raw)
+        if subformat == 'flat':
+            image_path = raw_path
+        else:
+            qemu_img('convert', '-f', 'raw', '-O', 'vmdk', '-o',
+                     'subformat=' + subformat, raw_path, image_path)
+        with open(image_path, 'rb') as f:
+            image = f.read()
+        images = FakeImageService()
+        images.add('image-' + disktype, image, vmware_disktype=disktype,
+                   vmware_adaptertype='lsiLogic')
+        volume = self._volume()
+        driver.copy_image_to_volume(self.ctxt, volume, images,
+                                    'image-' + disktype)
+        self.assertEqual(units.Gi, self._disk_size(driver, volume))
+        got = self._read(driver, volume)
+        self.assertEqual(units.Gi, len(got))
+        self.assertEqual(digest(raw), digest(got[:len(raw)]))
+        self.assertEqual(bytes(units.Gi - len(raw)), got[len(raw):])
+
+    def test_copy_image_to_volume_sparse(self):
+        # Uploaded as one monolithicSparse file, then copied: vcsim
+        # converts it to its native flat format, as vSphere does.
+        self._image_to_volume('monolithicSparse', 'sparse')
+
+    def test_copy_image_to_volume_preallocated(self):
+        self._image_to_volume('flat', 'preallocated')
 
     def test_copy_volume_to_image(self):
         driver = self._driver()
