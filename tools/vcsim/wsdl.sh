@@ -37,6 +37,10 @@ PY
 key=$( (cat "$here/gen_wsdl.py"; cat "$xsd_dir"/*.xsd) | sha256sum | cut -c1-16)
 out=$(dirname "$binary")/wsdl-$key
 if [ ! -f "$out/vimService.wsdl" ]; then
+    exec 9>"$out.lock"
+    flock 9
+fi
+if [ ! -f "$out/vimService.wsdl" ]; then
     rm -rf "$out.tmp"
     "$python" "$here/gen_wsdl.py" "$(dirname "$binary")/vim25" "$xsd_dir" \
         "$out.tmp" >/dev/null
