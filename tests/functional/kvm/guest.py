@@ -84,12 +84,15 @@ class _Asm(object):
         return bytes(self.code)
 
 
-def boot_sector(disks=1, first_lba=1, ring=2048):
+def boot_sector(disks=1, first_lba=1, ring=2048, paced=False):
     """Return the 512-byte boot sector of the writing guest.
 
     :param disks: how many disks (BIOS drives 0x80...) it writes to
     :param first_lba: first sector of the ring (0 is the boot sector)
     :param ring: number of sectors in the ring
+    :param paced: wait for the BIOS timer tick (18.2 Hz) before each
+        record (``sti; hlt``): the guest then costs no CPU time, for tests;
+        unpaced it writes as fast as it can, for measuring pauses
     """
     a = _Asm(_CODE)
     # Segments to 0, stack below the code.
@@ -101,6 +104,8 @@ def boot_sector(disks=1, first_lba=1, ring=2048):
     # mov dword [BUF], 'CVBG'
     a.emit(0x66, 0xC7, 0x06, struct.pack('<H', _BUF), MAGIC)
     a.label('loop')
+    if paced:
+        a.emit(0xFB, 0xF4)                          # sti; hlt
     a.emit(0x66, 0x83, 0x06)                       # add dword [counter], 1
     a.addr16('counter')
     a.emit(0x01)

@@ -45,7 +45,7 @@ class OnlineBackupTestCase(base.Qcow2FunctionalTestCase):
         self.addCleanup(self.libvirt.cleanUp)
         boot = os.path.join(self.volume_dir, 'boot.bin')
         with open(boot, 'wb') as f:
-            f.write(guest.boot_sector(disks=2))
+            f.write(guest.boot_sector(disks=2, paced=True))
         self.volumes = [self.make_volume(writes=['write -s %s 0 512' % boot]),
                         self.make_volume()]
         os.unlink(boot)
