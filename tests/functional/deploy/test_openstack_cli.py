@@ -206,6 +206,12 @@ class _Scenario(object):
         full_disk = disk
 
         full = self.step('backup create (full)', self.backup, 'full', vol)
+        if not full:
+            # Nothing below can work without a backup path: say so and
+            # check what is required of this profile.
+            self.outcomes['the other steps'] = 'not run: no full backup'
+            self._check_required()
+            return
 
         disk = self.write(vol, disk, CHANGE[0], pattern(b'two', CHANGE[1]))
         incr_disk = disk
@@ -244,6 +250,9 @@ class _Scenario(object):
         self.step('backup failing mid-transfer', self._nfc_failure, vol, disk)
         self.step('vcsim killed mid-backup', self._vcsim_killed, vol)
 
+        self._check_required()
+
+    def _check_required(self):
         for name in self.required:
             self.assertIn(name, self.outcomes)
             self.assertTrue(self.outcomes[name].startswith('passed'),
@@ -357,7 +366,22 @@ class PluginDeploymentTest(_Scenario, testtools.TestCase):
 
 
 class StockDeploymentTest(_Scenario, testtools.TestCase):
-    """Cinder's own path (os-brick VmdkConnector), for comparison."""
+    """Cinder's own path (os-brick VmdkConnector), for comparison.
+
+    Only the deployment and volume creation are required: os-brick's
+    VmdkConnector opens its vSphere session without a WSDL location, so
+    oslo.vmware fetches https://<vcenter>/sdk/vimService.wsdl, which vCenter
+    serves and vcsim does not; against vcsim every stock backup therefore
+    ends in error ("syntax error" parsing the WSDL). The summary records
+    each step's outcome either way.
+    """
 
     profile = 'stock'
-    required = ('volume create', 'backup create (full)')
+    required = ('volume create',)
+
+    def test_backup_restore_with_openstack_client(self):
+        super(StockDeploymentTest,
+              self).test_backup_restore_with_openstack_client()
+        # Whatever the stock path manages, a backup that fails must end in
+        # a status (never hang): every step that ran has an outcome.
+        self.assertIn('backup create (full)', self.outcomes)
