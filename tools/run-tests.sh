@@ -24,7 +24,9 @@ export OS_TEST_TIMEOUT=${OS_TEST_TIMEOUT:-600}
 suite_timeout=${CVB_SUITE_TIMEOUT:-2400}
 
 results=$(mktemp -d)
-trap 'rm -rf "$results"' EXIT
+# The functional tests start libvirtd when they need it and leave it
+# running for the next test; it is stopped (by its PID file) at the end.
+trap 'rm -rf "$results"; bash tools/libvirt/stop.sh >/dev/null 2>&1 || true' EXIT
 
 run_suite() {
     # run_suite NAME TEST_PATH [stestr run args...]

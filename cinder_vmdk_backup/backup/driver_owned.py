@@ -73,6 +73,7 @@ import os
 import tempfile
 
 from cinder import exception
+from cinder import objects
 from cinder import utils
 from oslo_log import log as logging
 from oslo_utils import units
@@ -196,7 +197,8 @@ class DriverOwnedBackupMixin(object):
         if backup_device is not None:
             return (backup_device.snapshot if backup_device.is_snapshot
                     else backup_device.volume)
-        return backup.volume
+        # Backup objects carry the volume's id only.
+        return objects.Volume.get_by_id(context, backup.volume_id)
 
     @staticmethod
     def _device_size_gb(device):

@@ -73,6 +73,7 @@ class Driver(driver_owned.DriverOwnedBackupMixin):
 
 def _backup(size=1, metadata=None):
     backup = objects.Backup(id='b0000000-0000-4000-8000-000000000001',
+                            volume_id='a0000000-0000-4000-8000-00000000000a',
                             size=size, metadata=metadata or {})
     return backup
 
@@ -139,6 +140,15 @@ class DriverOwnedBackupMixinTestCase(base.BaseTestCase):
 
     # -- backup ------------------------------------------------------------
 
+    def _volume_in_db(self, volume):
+        """Make ``volume`` what Cinder's database gives for its id."""
+        lookup = self.useFixture(fixtures.MockPatchObject(
+            objects.Volume, 'get_by_id', autospec=True,
+            return_value=volume)).mock
+        self.addCleanup(lambda: [
+            self.assertEqual(volume.id, call.args[1])
+            for call in lookup.call_args_list])
+
     def _small_gib(self):
         """Make 1 GiB a few bytes, so that a volume's data fits a test."""
         self.useFixture(fixtures.MockPatchObject(driver_owned.units, 'Gi',
@@ -158,7 +168,7 @@ class DriverOwnedBackupMixinTestCase(base.BaseTestCase):
         self.driver.open_backup_source = record
         volume = _volume()
         backup = _backup()
-        backup.volume = volume
+        self._volume_in_db(volume)
         device = None
         if kind:
             device = objects.BackupDeviceInfo()
@@ -184,7 +194,7 @@ class DriverOwnedBackupMixinTestCase(base.BaseTestCase):
         self.driver.source = b'x' * 16
         self.driver.profile = {'adapter': 'lsiLogic', 'capacity': 16}
         backup = _backup(metadata={'user': 'kept'})
-        backup.volume = _volume()
+        self._volume_in_db(_volume())
         with mock.patch.object(objects.Backup, 'save',
                                autospec=True) as save:
             self.driver.backup_volume(self.ctxt, backup, self.service)
@@ -199,7 +209,7 @@ class DriverOwnedBackupMixinTestCase(base.BaseTestCase):
         self._small_gib()
         self.driver.source = b'x' * 16
         backup = _backup()
-        backup.volume = _volume()
+        self._volume_in_db(_volume())
         with mock.patch.object(objects.Backup, 'save',
                                autospec=True) as save:
             self.driver.backup_volume(self.ctxt, backup, self.service)
