@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 
 from oslo_utils import units
 import testtools
@@ -288,24 +287,19 @@ class _Scenario(object):
         self.assert_disk(new, expected)
 
     def _in_use_backup(self, vol, disk):
-        # Attach the volume the way Nova does, through Cinder's attachment
-        # API (create with a connector, complete): the volume is in-use.
-        out = self.dep.cinder(
-            '--os-volume-api-version', '3.54', 'attachment-create',
-            '--connect', 'True', '--ip', '127.0.0.1', '--host', 'e2e-host',
-            '--initiator', 'iqn.2026-01.test:e2e', vol, str(uuid.uuid4()))
-        attachment = next(line.split('|')[2].strip()
-                          for line in out.splitlines()
-                          if line.startswith('| id '))
-        self.dep.cinder('--os-volume-api-version', '3.54',
-                        'attachment-complete', attachment)
+        # The volume is marked in-use with the admin state API. An
+        # attachment through Cinder's attachment API would not do here:
+        # for an attached volume Cinder's VMDK driver clones the disk from
+        # the Nova instance's VM in vCenter, and there is no Nova.
+        self.osc('volume', 'set', '--state', 'in-use', vol, json=False)
         try:
             self.dep.wait('volume', vol, ('in-use',))
             backup_id = self.backup('inuse', vol, '--force')
         finally:
-            self.dep.cinder('--os-volume-api-version', '3.54',
-                            'attachment-delete', attachment)
-            self.dep.wait('volume', vol, ('available',))
+            self.dep.wait('volume', vol, ('in-use', 'available'),
+                          failures=())
+            self.osc('volume', 'set', '--state', 'available', vol,
+                     json=False)
         self._create_from_backup(backup_id, disk)
         self._delete_backup(backup_id)
 
