@@ -161,7 +161,10 @@ class VcsimFixture(fixtures.Fixture):
         self.datastore_path = found[0]
 
     def _start(self, binary):
-        env = dict(os.environ, TMPDIR=self.tmp)
+        # vcsim serves the WSDL under /sdk, as vCenter does (for clients
+        # without a WSDL location of their own, e.g. os-brick).
+        env = dict(os.environ, TMPDIR=self.tmp,
+                   VCSIM_WSDL_DIR=os.path.dirname(self.wsdl_url[7:]))
         cmd = [binary, '-l', '%s:%d' % (self.host, self.port),
                '-username', self.username, '-password', self.password,
                '-vm', str(self.vms)] + list(self.extra_args)
@@ -239,7 +242,10 @@ class VcsimFixture(fixtures.Fixture):
     # -- clients ------------------------------------------------------------
 
     def session(self, **kwargs):
-        """A new oslo.vmware session (logged out on cleanUp)."""
+        """A new oslo.vmware session (logged out on cleanUp).
+
+        ``wsdl_loc=None`` fetches the WSDL from vcsim, as os-brick does.
+        """
         from oslo_vmware import api
         args = dict(api_retry_count=1, task_poll_interval=0.1,
                     port=self.port, wsdl_loc=self.wsdl_url, insecure=True)

@@ -71,6 +71,12 @@ class VcsimPeerTestCase(testtools.TestCase):
         self.assertEqual(raw, vcsim_fixture.read_disk_nfc(
             self.vcsim, self.session, vm))
 
+    def test_wsdl_served_like_vcenter(self):
+        # No WSDL location: oslo.vmware fetches https://<vc>/sdk/...wsdl.
+        session = self.vcsim.session(wsdl_loc=None)
+        about = session.vim.service_content.about
+        self.assertEqual('VirtualCenter', about.apiType)
+
     def test_method_fault_once(self):
         vm, _path = self._vm(1)
         self.vcsim.set_method_fault('ExportVm', 'InvalidState', count=1)
