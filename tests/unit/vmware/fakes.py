@@ -20,6 +20,7 @@ or cut the connection, so sockets, timeouts and headers are real.
 """
 
 import http.server
+import select
 import threading
 import time
 import types
@@ -91,6 +92,36 @@ class FakeSession(object):
 
 
 class _QuietServer(http.server.ThreadingHTTPServer):
+    """A threading HTTP server that also serves under eventlet.
+
+    ``socketserver`` binds its selector class when it is imported; where
+    that happens before eventlet's monkey patching (the test runner imports
+    it first), ``serve_forever`` blocks the only OS thread in a native poll
+    and the green threads of the test never run again. This loop looks
+    ``select.select`` up at call time instead, which is the green one once
+    patched, and the plain one otherwise.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super(_QuietServer, self).__init__(*args, **kwargs)
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._stopped.set()
+
+    def serve_forever(self, poll_interval=0.05):
+        self._stopped.clear()
+        try:
+            while not self._stopping.is_set():
+                ready, _w, _x = select.select([self], [], [], poll_interval)
+                if ready:
+                    self._handle_request_noblock()
+        finally:
+            self._stopped.set()
+
+    def shutdown(self):
+        self._stopping.set()
+        self._stopped.wait()
+
     def handle_error(self, request, client_address):
         pass  # a client that gave up (timeout tests) is expected
 
