@@ -30,6 +30,9 @@ from cinder_vmdk_backup.vmware import nfc
 
 LOG = logging.getLogger(__name__)
 
+#: Largest piece asked of the decoder at once.
+_PIECE = 4 << 20
+
 #: Exceptions of a broken or stalled HTTP body read.
 _NETWORK_ERRORS = (OSError, http.client.HTTPException,
                    u3_exceptions.HTTPError)
@@ -104,28 +107,29 @@ class RawDiskStream(object):
         if n <= 0:
             self._check_end()
             return b''
-        buf = bytearray(n)
-        view = memoryview(buf)
-        filled = 0
-        while filled < n:
-            if self._pos + filled < self._capacity:
-                want = min(n, self._capacity - self._pos) - filled
-                got = self._reader.readinto(view[filled:filled + want])
-                if not got:
-                    raise errors.TransferError(
-                        reason='disk stream ended at %d of %d bytes' % (
-                            self._pos + filled, self._capacity))
-                filled += got
-            else:
-                # Past the disk's capacity: zeros (already in buf).
-                filled = n
-        view.release()
+        # Pieces joined once: one copy of the result, nothing more held.
+        pieces = []
+        got = 0
+        disk_part = max(0, min(n, self._capacity - self._pos))
+        while got < disk_part:
+            piece = self._reader.read(min(disk_part - got, _PIECE))
+            if not piece:
+                raise errors.TransferError(
+                    reason='disk stream ended at %d of %d bytes' % (
+                        self._pos + got, self._capacity))
+            pieces.append(piece)
+            got += len(piece)
+        if got < n:
+            # Past the disk's capacity: zeros up to the volume's size.
+            pieces.append(bytes(n - got))
+        data = pieces[0] if len(pieces) == 1 else b''.join(pieces)
+        del pieces
         self._pos += n
         if self._lease is not None:
             self._lease.progress(self._pos * 100 // max(self.size, 1))
         if self._pos >= self.size:
             self._check_end()
-        return bytes(buf)
+        return data
 
     def readinto(self, b):
         data = self.read(len(b))

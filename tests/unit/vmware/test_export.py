@@ -27,11 +27,6 @@ class PassThroughReader(object):
         self._body = body
         self.capacity = capacity
 
-    def readinto(self, view):
-        data = self._body.read(len(view))
-        view[:len(data)] = data
-        return len(data)
-
     def read(self, n=-1):
         return self._body.read(n)
 

@@ -135,7 +135,10 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
         args = export_disk.call_args[0]
         self.assertIs(backing, args[2])
         self.assertEqual(2 * units.Gi, args[3])
-        self.assertIs(vmdk_reader.StreamOptimizedReader, args[4])
+        with mock.patch.object(vmdk_reader, 'StreamOptimizedReader',
+                               autospec=True) as reader_class:
+            args[4]('body')
+        reader_class.assert_called_once_with('body', threads=mock.ANY)
         self.vops.get_backing.assert_called_once_with(self.volume.name,
                                                       self.volume.id)
 
@@ -302,6 +305,15 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
                                 self._image(b'c'), False)
         self.assertIn(self.backup.id, str(exc))
         self.vops.delete_backing.assert_called_once_with(moref('vm-temp'))
+
+    def test_codec_threads_inline_under_eventlet(self):
+        from eventlet import patcher
+        with mock.patch.object(patcher, 'is_monkey_patched', autospec=True,
+                               return_value=True):
+            self.assertEqual(1, vmdk._codec_threads(0))
+        with mock.patch.object(patcher, 'is_monkey_patched', autospec=True,
+                               return_value=False):
+            self.assertEqual(3, vmdk._codec_threads(3))
 
     def test_hw_version_number(self):
         self.assertEqual(13, vmdk._hw_version_number('vmx-13'))
