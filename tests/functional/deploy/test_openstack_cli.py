@@ -191,8 +191,7 @@ class _Scenario(object):
     def messages(self, *resource_ids):
         listed = self.osc('--os-volume-api-version', '3.3',
                           'volume', 'message', 'list')
-        return [m for m in listed if m.get('Resource ID') in resource_ids
-                or m.get('resource_uuid') in resource_ids]
+        return [m for m in listed if m.get('Resource UUID') in resource_ids]
 
     # -- the scenario -------------------------------------------------------
 
@@ -368,6 +367,12 @@ class PluginDeploymentTest(_Scenario, testtools.TestCase):
               self).test_backup_restore_with_openstack_client()
         # Only the changed blocks are stored by an incremental backup.
         self.assertLess(self.figures['incremental_to_full_stored'], 0.1)
+        deletes = {name: outcome for name, outcome in self.outcomes.items()
+                   if name.startswith('backup delete')}
+        self.assertEqual(3, len(deletes))
+        for name, outcome in deletes.items():
+            self.assertTrue(outcome.startswith('passed'),
+                            '%s: %s' % (name, outcome))
 
 
 class StockDeploymentTest(_Scenario, testtools.TestCase):
