@@ -169,6 +169,12 @@ class BackendDrivers(object):
         driver.do_setup(ctxt)
         driver.check_for_setup_error()
         driver.set_initialized()
+        try:
+            driver.remove_staging_leftovers()
+        except Exception:
+            LOG.exception('Could not clean the staging directory of backend '
+                          '%s; the backend is used all the same.',
+                          backend_host)
         return driver
 
     @staticmethod

@@ -69,6 +69,7 @@ handed to the backup service wrapped like that already.
 """
 
 import contextlib
+import fcntl
 import os
 import tempfile
 
@@ -212,12 +213,46 @@ class DriverOwnedBackupMixin(object):
         size_gb = backup.size or volume.size
         return int(size_gb) * units.Gi
 
+    def remove_staging_leftovers(self):
+        """Remove staging files of restores that were killed mid-way.
+
+        Only files with this module's prefix that no process holds locked
+        are removed, so a restore running in another process is safe.
+
+        :returns: the paths removed
+        """
+        directory = self.backup_staging_dir()
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return []
+        removed = []
+        for name in names:
+            if not name.startswith(STAGING_PREFIX):
+                continue
+            path = os.path.join(directory, name)
+            try:
+                with open(path, 'rb') as leftover:
+                    fcntl.flock(leftover, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    os.unlink(path)
+            except (BlockingIOError, FileNotFoundError):
+                continue
+            removed.append(path)
+        if removed:
+            LOG.warning('Removed %(count)d staging file(s) of interrupted '
+                        'restores from %(dir)s.',
+                        {'count': len(removed), 'dir': directory})
+        return removed
+
     @contextlib.contextmanager
     def _staging_file(self):
         """A private (0600) staging file, removed on every path."""
         directory = self.backup_staging_dir()
         os.makedirs(directory, mode=0o700, exist_ok=True)
         fd, path = tempfile.mkstemp(prefix=STAGING_PREFIX, dir=directory)
+        # Held while the file is in use: remove_staging_leftovers() takes
+        # only files nobody holds (a killed process holds nothing).
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             with os.fdopen(fd, 'r+b') as staging:
                 yield staging, path

@@ -254,3 +254,31 @@ class DriverOwnedBackupMixinTestCase(base.BaseTestCase):
             self.assertRaises(IOError, self.driver.restore_backup,
                               self.ctxt, _backup(), _volume(), self.service)
         self.assertEqual([], os.listdir(self.staging_dir))
+
+
+class StagingLeftoversTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super(StagingLeftoversTestCase, self).setUp()
+        self.staging_dir = self.useFixture(fixtures.TempDir()).path
+        self.driver = Driver(self.staging_dir)
+
+    def _file(self, name):
+        path = os.path.join(self.staging_dir, name)
+        with open(path, 'wb') as f:
+            f.write(b'x')
+        return path
+
+    def test_only_unheld_files_of_ours_are_removed(self):
+        leftover = self._file(driver_owned.STAGING_PREFIX + 'killed')
+        foreign = self._file('operator-notes')
+        with self.driver._staging_file() as (_staging, in_use):
+            removed = self.driver.remove_staging_leftovers()
+            self.assertTrue(os.path.exists(in_use))
+        self.assertEqual([leftover], removed)
+        self.assertEqual([os.path.basename(foreign)],
+                         os.listdir(self.staging_dir))
+
+    def test_missing_directory_is_nothing_to_clean(self):
+        driver = Driver(os.path.join(self.staging_dir, 'never-made'))
+        self.assertEqual([], driver.remove_staging_leftovers())
