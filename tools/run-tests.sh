@@ -38,7 +38,7 @@ run_suite() {
     local rc=$?
     "$VENV/bin/stestr" --test-path "$path" last --subunit \
         | "$VENV/bin/subunit2csv" > "$results/$name.csv"
-    if [ $rc -ne 0 ] && ! grep -q ',fail,' "$results/$name.csv"; then
+    if [ $rc -ne 0 ] && ! grep -qE ',(fail|failure|error),' "$results/$name.csv"; then
         # The runner failed without a failed test to show for it (a
         # timeout, a crash): count the suite itself as one failure.
         echo "$name suite: runner exited $rc (timeout after" \
