@@ -19,7 +19,9 @@ import and export over NFC) works against vcsim with real bytes.
 
 import hashlib
 import os
+import re
 import subprocess  # nosec B404: qemu-img, the reference codec
+import time
 
 from cinder import context
 from cinder.tests.unit import fake_constants as fake
@@ -310,12 +312,31 @@ class StockVmdkDriverTestCase(test.TestCase):
         images.add('image-1', vmdk, vmware_disktype='streamOptimized',
                    vmware_adaptertype='lsiLogic')
         volume = self._volume()
+        uploads = self._nfc_uploads_done()
         driver.copy_image_to_volume(self.ctxt, volume, images, 'image-1')
+        self._wait_for_nfc_uploads(uploads + 1)
         self.assertEqual(units.Gi, self._disk_size(driver, volume))
         got = self._read(driver, volume)
         self.assertEqual(units.Gi, len(got))
         self.assertEqual(digest(raw), digest(got[:len(raw)]))
         self.assertEqual(bytes(units.Gi - len(raw)), got[len(raw):])
+
+    def _nfc_uploads_done(self):
+        """NFC uploads vcsim has finished storing (its log says so)."""
+        return len(re.findall(r'nfc (?:PUT|POST) [^\n]*: ', self.vcsim.log()))
+
+    def _wait_for_nfc_uploads(self, count, timeout=60):
+        """Wait until vcsim has stored ``count`` NFC uploads.
+
+        oslo.vmware's VmdkWriteHandle.close() completes the lease before it
+        reads the upload's HTTP answer, so Cinder's driver can go on while
+        vcsim still decodes the upload into the disk file.
+        """
+        deadline = time.monotonic() + timeout
+        while self._nfc_uploads_done() < count:
+            if time.monotonic() > deadline:
+                self.fail('vcsim stored no NFC upload in %ss' % timeout)
+            time.sleep(0.05)
 
     def _image_to_volume(self, subformat, disktype):
         driver = self._driver()
