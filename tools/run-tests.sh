@@ -37,7 +37,8 @@ run_suite() {
         "$VENV/bin/stestr" --test-path "$path" run "$@"
     local rc=$?
     "$VENV/bin/stestr" --test-path "$path" last --subunit \
-        | "$VENV/bin/subunit2csv" > "$results/$name.csv"
+        > "$results/$name.subunit"
+    "$VENV/bin/subunit2csv" < "$results/$name.subunit" > "$results/$name.csv"
     if [ $rc -ne 0 ] && ! grep -qE ',(fail|failure|error),' "$results/$name.csv"; then
         # The runner failed without a failed test to show for it (a
         # timeout, a crash): count the suite itself as one failure.
@@ -59,6 +60,9 @@ if ! (source "$VENV/bin/activate" && flake8 && \
     rc=1
 fi
 
+subunit_args=()
+for f in "$results"/*.subunit; do subunit_args+=(--subunit "$f"); done
 "$VENV/bin/python" tools/lib/count_results.py "$results"/*.csv \
+    "${subunit_args[@]}" \
     --extra-passed $((1 - pep8_failed)) --extra-failed $pep8_failed || rc=1
 exit $rc
