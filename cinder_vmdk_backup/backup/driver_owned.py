@@ -62,10 +62,12 @@ A driver may instead implement ``backup_volume`` and ``restore_backup``
 itself, with the signatures above, and set ``driver_owned_backup = True``.
 
 Both entry points run in the cinder-backup thread that handles the request
-(a green thread under eventlet). The backup source is read by the backup
-service in that thread: a stream doing blocking native I/O should wrap its
-reads with :func:`cinder.utils.tpool_wrap`; the restore staging file is
-handed to the backup service wrapped like that already.
+(a green thread under eventlet). The backup source is read ahead of the
+backup service by a thread of its own (:mod:`.readahead`; green under
+eventlet): a stream doing blocking native I/O should wrap its reads with
+:func:`cinder.utils.tpool_wrap`, and CPU-heavy work belongs on
+:mod:`cinder_vmdk_backup.native_threads`. The restore staging file is
+handed to the backup service wrapped in ``tpool_wrap`` already.
 """
 
 import contextlib
@@ -78,6 +80,8 @@ from cinder import objects
 from cinder import utils
 from oslo_log import log as logging
 from oslo_utils import units
+
+from cinder_vmdk_backup.backup import readahead
 
 LOG = logging.getLogger(__name__)
 
@@ -151,9 +155,10 @@ class DriverOwnedBackupMixin(object):
                  {'backup': backup.id, 'kind': type(device).__name__,
                   'id': device.id})
         length = self._device_size_gb(device) * units.Gi
-        with self.open_backup_source(context, backup, device) as source:
+        with self.open_backup_source(context, backup, device) as source, \
+                readahead.ReadAhead(source, name=device.id) as ahead:
             result = backup_service.backup(
-                backup, ExactLengthReader(source, length, device.id))
+                backup, ExactLengthReader(ahead, length, device.id))
         if profile:
             metadata = dict(backup.metadata or {})
             metadata.update({PROFILE_KEY_PREFIX + key: str(value)

@@ -47,6 +47,7 @@ import sys
 
 from oslo_log import log as logging
 
+from cinder_vmdk_backup import native_threads
 from cinder_vmdk_backup.vmdk import compression
 from cinder_vmdk_backup.vmdk import errors
 from cinder_vmdk_backup.vmdk import format as fmt
@@ -483,7 +484,7 @@ class StreamOptimizedReader(io.RawIOBase):
         """
         pool = None
         if self._threads > 1:
-            pool = concurrent.futures.ThreadPoolExecutor(
+            pool = native_threads.executor(
                 self._threads, thread_name_prefix='vmdk-inflate')
         queue = collections.deque()
         try:

@@ -36,13 +36,13 @@ stream of the wrong length.
 
 import array
 import collections
-import concurrent.futures
 import os
 import sys
 import uuid
 
 from oslo_log import log as logging
 
+from cinder_vmdk_backup import native_threads
 from cinder_vmdk_backup.vmdk import compression
 from cinder_vmdk_backup.vmdk import errors
 from cinder_vmdk_backup.vmdk import extents
@@ -243,7 +243,7 @@ class StreamOptimizedWriter(object):
                 yield encode(job)
             return
         limit = self._threads * INFLIGHT_PER_THREAD
-        pool = concurrent.futures.ThreadPoolExecutor(
+        pool = native_threads.executor(
             self._threads, thread_name_prefix='vmdk-deflate')
         pending = collections.deque()
         try:

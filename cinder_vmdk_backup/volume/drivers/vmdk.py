@@ -87,22 +87,6 @@ def _process_identity():
     return '%s:%s' % (CONF.host, os.path.basename(sys.argv[0] or ''))
 
 
-def _codec_threads(configured):
-    """Threads for the codec: 1 (inline) under eventlet's monkey patching.
-
-    Patched ``threading`` makes the codec's pool green threads: no
-    parallelism, only switching between them and the transfer (measured
-    several times slower than inline on cinder-backup's hub).
-    """
-    try:
-        from eventlet import patcher
-        if patcher.is_monkey_patched('thread'):
-            return 1
-    except ImportError:  # pragma: no cover
-        pass
-    return configured
-
-
 def _hw_version_number(text, default=None):
     """'vmx-13' -> 13."""
     try:
@@ -237,8 +221,7 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
             yield export.ZeroStream(size)
             return
         try:
-            threads = _codec_threads(
-                self.configuration.vmware_backup_compression_threads)
+            threads = self.configuration.vmware_backup_compression_threads
 
             def reader(body):
                 return vmdk_reader.StreamOptimizedReader(body,
@@ -284,8 +267,7 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
                     image, size, adapter_type=adapter_type,
                     hw_version=hw_version,
                     compression_level=conf.vmware_backup_compression_level,
-                    threads=_codec_threads(
-                        conf.vmware_backup_compression_threads))
+                    threads=conf.vmware_backup_compression_threads)
                 backing = self.volumeops.get_backing(volume.name, volume.id)
                 if backing is None:
                     backing = self._import_new_backing(volume, writer, size,

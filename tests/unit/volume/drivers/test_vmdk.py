@@ -306,15 +306,6 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
         self.assertIn(self.backup.id, str(exc))
         self.vops.delete_backing.assert_called_once_with(moref('vm-temp'))
 
-    def test_codec_threads_inline_under_eventlet(self):
-        from eventlet import patcher
-        with mock.patch.object(patcher, 'is_monkey_patched', autospec=True,
-                               return_value=True):
-            self.assertEqual(1, vmdk._codec_threads(0))
-        with mock.patch.object(patcher, 'is_monkey_patched', autospec=True,
-                               return_value=False):
-            self.assertEqual(3, vmdk._codec_threads(3))
-
     def test_hw_version_number(self):
         self.assertEqual(13, vmdk._hw_version_number('vmx-13'))
         self.assertEqual(14, vmdk._hw_version_number('', 14))

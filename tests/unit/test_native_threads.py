@@ -1,0 +1,92 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+import concurrent.futures
+from unittest import mock
+
+from eventlet import patcher
+import testtools
+
+from cinder_vmdk_backup import native_threads
+
+# The unit tests run monkey-patched (tests/unit/vmware imports Cinder's
+# monkey_patch); these are the real OS-thread primitives.
+_os_threading = patcher.original('threading')
+
+
+class TpoolExecutorTestCase(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        if not native_threads.threading_is_green():
+            self.skipTest('threading is not monkey-patched in this run')
+        self.pool = native_threads.executor(2)
+        self.addCleanup(self.pool.shutdown)
+
+    def test_under_eventlet_jobs_get_a_tpool_executor(self):
+        self.assertIsInstance(self.pool, native_threads.TpoolExecutor)
+
+    def test_jobs_run_at_the_same_time_on_os_threads(self):
+        # Each job waits for the other at an OS-level barrier: jobs run
+        # one after the other on the hub would break it after the timeout.
+        barrier = _os_threading.Barrier(2, timeout=10)
+        main = _os_threading.get_ident()
+
+        def job():
+            barrier.wait()
+            return _os_threading.get_ident()
+
+        idents = [f.result(timeout=20) for f in
+                  [self.pool.submit(job), self.pool.submit(job)]]
+        self.assertNotIn(main, idents)
+        self.assertEqual(2, len(set(idents)))
+
+    def test_result_and_exception_reach_the_future(self):
+        self.assertEqual(5, self.pool.submit(lambda a, b: a + b, 2,
+                                             b=3).result())
+        future = self.pool.submit(int, 'not a number')
+        self.assertRaises(ValueError, future.result)
+
+    def test_submit_after_shutdown_is_refused(self):
+        self.pool.shutdown()
+        self.assertRaises(RuntimeError, self.pool.submit, int, '1')
+
+    def test_cancelled_job_never_runs(self):
+        ran = []
+        gate = _os_threading.Event()
+        self.addCleanup(gate.set)
+        pool = native_threads.executor(1)
+        self.addCleanup(pool.shutdown)
+        first = pool.submit(gate.wait, 10)
+        second = pool.submit(ran.append, 'ran')
+        self.assertTrue(second.cancel())
+        gate.set()
+        self.assertTrue(first.result(timeout=20))
+        pool.shutdown(wait=True)
+        self.assertEqual([], ran)
+
+
+class ExecutorChoiceTestCase(testtools.TestCase):
+
+    @mock.patch.object(native_threads, 'threading_is_green', autospec=True,
+                       return_value=False)
+    def test_plain_thread_pool_without_eventlet(self, _green):
+        pool = native_threads.executor(3, 'cvb-test')
+        self.addCleanup(pool.shutdown)
+        self.assertIsInstance(pool, concurrent.futures.ThreadPoolExecutor)
+        self.assertEqual(3, pool._max_workers)
+
+    @mock.patch.object(patcher, 'is_monkey_patched', autospec=True)
+    def test_green_means_thread_module_patched(self, is_patched):
+        is_patched.return_value = True
+        self.assertTrue(native_threads.threading_is_green())
+        is_patched.assert_called_once_with('thread')
