@@ -271,11 +271,30 @@ vcsim_up() {
     VCSIM_CLUSTER=DC0_C0
     mkdir -p "$dir/vcsim"
     # The simulated datastore LocalDS_0 is a directory under $TMPDIR.
-    TMPDIR=$dir/vcsim cvb_start "$dir/vcsim.pid" "$dir/vcsim.log" \
+    # VCSIM_WSDL_DIR: vcsim serves the WSDL under /sdk, as vCenter does.
+    # Cinder's services load it from vmware_wsdl_location, but os-brick's
+    # VmdkConnector (the stock backup path) opens its vSphere session
+    # without a WSDL location: oslo.vmware then fetches
+    # https://<vcenter>/sdk/vimService.wsdl.
+    TMPDIR=$dir/vcsim VCSIM_WSDL_DIR=$(dirname "$wsdl") \
+        cvb_start "$dir/vcsim.pid" "$dir/vcsim.log" \
         "$bin" -l "127.0.0.1:$VCSIM_PORT" -username "$VCSIM_USER" \
         -password "$VCSIM_PASSWORD" -vm 0
     cvb_wait_port "$VCSIM_PORT" 30 "$dir/vcsim.pid" \
         || cvb_die "vcsim did not start: $dir/vcsim.log"
+    python3 - "https://127.0.0.1:$VCSIM_PORT/sdk/vimService.wsdl" <<'PY' \
+        || cvb_die "vcsim serves no WSDL under /sdk: $dir/vcsim.log"
+import ssl
+import sys
+import urllib.request
+
+# vcsim's certificate is self-signed: no verification, local test peer.
+context = ssl._create_unverified_context()  # nosec B323
+with urllib.request.urlopen(sys.argv[1], timeout=10,  # nosec B310
+                            context=context) as answer:
+    if b'<definitions' not in answer.read(4096):
+        sys.exit('not a WSDL')
+PY
     umask 077
     cat >"$dir/vcsim.env" <<ENV
 VCSIM_PORT=$VCSIM_PORT
