@@ -114,6 +114,10 @@ CINDER_SERVICE_PASSWORD=$(cvb_secret)
 ENV
         umask 022
     fi
+    # Added later than the others: an older env file gets it appended.
+    if ! grep -q '^NOVA_SERVICE_PASSWORD=' "$infra/env"; then
+        echo "NOVA_SERVICE_PASSWORD=$(cvb_secret)" >>"$infra/env"
+    fi
     cvb_load_env "$infra/env"
 }
 
@@ -243,11 +247,32 @@ CMDS
     fi
 }
 
+keystone_nova_user() {
+    # A 'nova' service user (role 'service' in project 'service'), as a
+    # deployment with Nova has: what Nova does to a volume's attachments
+    # carries a service token of this user, and Cinder lets only such a
+    # request delete the attachment of a volume connected to an instance
+    # (Bug #2004555). The end-to-end tests attach volumes as Nova does.
+    local ks=$infra/keystone roles
+    [ -f "$ks/.nova-user" ] && return 0
+    openstack_admin >>"$infra/keystone-setup.log" 2>&1 <<CMDS || true
+user create --domain default --or-show nova
+user set --password $NOVA_SERVICE_PASSWORD nova
+role add --project service --user nova service
+CMDS
+    roles=$(openstack_admin role assignment list --user nova --project \
+            service --names -f value -c Role 2>/dev/null) || true
+    grep -qx service <<<"$roles" \
+        || cvb_die "no nova service user in Keystone: $infra/keystone-setup.log"
+    touch "$ks/.nova-user"
+}
+
 infra_up() {
     infra_env
     mariadb_up
     rabbitmq_up
     keystone_up
+    keystone_nova_user
 }
 
 # --- vcsim -------------------------------------------------------------------

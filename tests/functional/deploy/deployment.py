@@ -25,11 +25,14 @@ import fcntl
 import glob
 import json
 import os
+import queue
 import shlex
 import signal
 import subprocess  # nosec B404: the deployment scripts and the clients
 import sys
+import threading
 import time
+import uuid
 
 from oslo_vmware import vim_util
 
@@ -44,8 +47,11 @@ KEYSTONE_VENV = os.environ.get('CVB_KEYSTONE_VENV', '/opt/cvb-keystone')
 # RabbitMQ, MariaDB and Keystone: the two tests may run on two workers at
 # once); '%s' is the profile.
 DEPLOY_DIR = os.environ.get('CVB_TEST_DEPLOY_DIR', '/var/tmp/cvb-e2e-%s')
+ATTACHMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           'cinder_attachments.py')
 UP_TIMEOUT = 900
 CLI_TIMEOUT = 180
+POLL_INTERVAL = 0.5
 
 
 class DeploymentError(Exception):
@@ -170,6 +176,109 @@ class DeployedVcsim(vcsim_fixture.VcsimFixture):
         raise DeploymentError('no backing VM %s with a disk in vcsim' % name)
 
 
+class OpenStackShell(object):
+    """One ``openstack`` process in its interactive mode, for queries.
+
+    Every ``openstack`` command line spends about two seconds starting
+    (imports, plugin discovery, authentication) before its one request;
+    waiting for a status with a new process per poll made the scenario
+    several minutes longer. This runs the same client once, reading
+    commands from a pipe, as ``openstack`` with no command does (cliff's
+    interactive mode), and is used for the read-only ``show`` and ``list``
+    polls; commands that change something run as a process of their own,
+    with their exit status.
+
+    After each command a ``shell echo <marker>`` ends its output. Errors
+    go to stderr (a log file here): a query whose output is not JSON
+    failed, and the error is read from that file.
+
+    :param env: the environment (openrc) of the client
+    :param log_path: where the client's stderr goes
+    """
+
+    def __init__(self, env, log_path):
+        self.env = env
+        self.log_path = log_path
+        self._proc = None
+        self._lines = None
+        self._count = 0
+
+    def _start(self):
+        self._log = open(self.log_path, 'ab')
+        self._proc = subprocess.Popen(  # nosec B603
+            [os.path.join(OSC_VENV, 'bin', 'openstack')], env=self.env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+            start_new_session=True)
+        self._lines = queue.Queue()
+        reader = threading.Thread(target=self._read,
+                                  args=(self._proc.stdout, self._lines),
+                                  daemon=True)
+        reader.start()
+
+    @staticmethod
+    def _read(stream, lines):
+        for line in iter(stream.readline, b''):
+            lines.put(line.decode(errors='replace'))
+        lines.put(None)
+
+    def _error_text(self, offset):
+        with open(self.log_path, 'rb') as f:
+            f.seek(offset)
+            return f.read().decode(errors='replace').strip()[-2000:]
+
+    def query(self, *args):
+        """``openstack ARGS -f json`` in the shell; the parsed output.
+
+        :raises DeploymentError: when the command fails or the client
+            does not answer in time (the shell is then ended)
+        """
+        if self._proc is None or self._proc.poll() is not None:
+            self.close()
+            self._start()
+        self._count += 1
+        marker = '@@cvb-%d-%s@@' % (self._count, uuid.uuid4().hex)
+        command = shlex.join(list(args) + ['-f', 'json'])
+        offset = os.path.getsize(self.log_path)
+        self._proc.stdin.write(('%s\nshell echo %s\n'
+                                % (command, marker)).encode())
+        self._proc.stdin.flush()
+        out = []
+        deadline = time.monotonic() + CLI_TIMEOUT
+        while True:
+            try:
+                line = self._lines.get(
+                    timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                self.close()
+                raise DeploymentError('openstack %s: no answer in %ss'
+                                      % (command, CLI_TIMEOUT))
+            if line is None:
+                self.close()
+                raise DeploymentError('openstack %s: the client ended: %s'
+                                      % (command, self._error_text(offset)))
+            if line.strip() == marker:
+                break
+            out.append(line)
+        text = ''.join(out).strip()
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise DeploymentError('openstack %s failed: %s' % (
+                command, self._error_text(offset) or text[-2000:]))
+
+    def close(self):
+        if self._proc is None:
+            return
+        try:
+            self._proc.stdin.close()
+            self._proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+        self._proc = None
+        self._log.close()
+
+
 class Deployment(object):
     """One profile of tools/deploy/up.sh, started and stopped by PID."""
 
@@ -180,6 +289,7 @@ class Deployment(object):
         self._lock = None
         self.env = None
         self.vcsim = None
+        self.shell = None
         self.timings = {}
 
     def _script_env(self):
@@ -244,8 +354,12 @@ class Deployment(object):
         self.env['PATH'] = os.path.join(OSC_VENV, 'bin') + ':' + \
             os.environ.get('PATH', '')
         self.vcsim = DeployedVcsim(self.dir)
+        self.shell = OpenStackShell(
+            self.env, os.path.join(self.dir, 'log', 'openstack-shell.log'))
 
     def stop(self):
+        if self.shell is not None:
+            self.shell.close()
         if self.vcsim is not None:
             self.vcsim.stop()
         self._script('down.sh', 600)
@@ -257,9 +371,9 @@ class Deployment(object):
 
     # -- the clients ------------------------------------------------------
 
-    def _run(self, cmd, check=True):
+    def _run(self, cmd, check=True, env=None):
         proc = subprocess.run(  # nosec B603
-            cmd, env=self.env, stdin=subprocess.DEVNULL,
+            cmd, env=env or self.env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             timeout=CLI_TIMEOUT, check=False)
         out = proc.stdout.decode(errors='replace')
@@ -283,6 +397,15 @@ class Deployment(object):
         cmd = [os.path.join(OSC_VENV, 'bin', 'cinder')] + list(args)
         return self._run(cmd)[1]
 
+    def attachments(self, *args):
+        """Nova's attachment calls (cinder_attachments.py); its JSON."""
+        cmd = [os.path.join(OSC_VENV, 'bin', 'python'), ATTACHMENTS]
+        infra = _read_env(os.path.join(self.deploy_dir, 'infra', 'env'))
+        env = dict(self.env, CVB_NOVA_USERNAME='nova',
+                   CVB_NOVA_PASSWORD=infra['NOVA_SERVICE_PASSWORD'])
+        _rc, out = self._run(cmd + list(args), env=env)
+        return json.loads(out) if out.strip() else None
+
     def wait(self, kind, resource_id, statuses, timeout=300,
              failures=('error',)):
         """Poll ``openstack KIND show`` until its status is in statuses.
@@ -293,7 +416,7 @@ class Deployment(object):
         """
         deadline = time.monotonic() + timeout
         while True:
-            shown = self.openstack(*(kind.split() + ['show', resource_id]))
+            shown = self.shell.query(*(kind.split() + ['show', resource_id]))
             status = shown.get('status')
             if status in statuses:
                 return shown
@@ -303,15 +426,15 @@ class Deployment(object):
             if time.monotonic() > deadline:
                 raise DeploymentError('%s %s still %s after %ss' % (
                     kind, resource_id, status, timeout))
-            time.sleep(1)
+            time.sleep(POLL_INTERVAL)
 
     def wait_gone(self, kind, resource_id, timeout=300):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            listed = self.openstack(*(kind.split() + ['list']))
+            listed = self.shell.query(*(kind.split() + ['list']))
             if resource_id not in [item['ID'] for item in listed]:
                 return
-            time.sleep(1)
+            time.sleep(POLL_INTERVAL)
         raise DeploymentError('%s %s not deleted after %ss' % (
             kind, resource_id, timeout))
 
