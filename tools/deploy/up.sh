@@ -230,8 +230,9 @@ CONF
         "$infra/keystone.pid" \
         || cvb_die "Keystone did not start: $infra/keystone.log"
     if [ ! -f "$ks/.bootstrapped" ]; then
-        # Cinder's service user and the block-storage service; each
-        # profile adds its endpoint, in a region named after the profile.
+        # Cinder's and Nova's service users and the block-storage service;
+        # each profile adds its endpoint, in a region named after the
+        # profile.
         # (The client's interactive mode, one process for all commands,
         # exits 1 at the end of its input: the result is checked below.)
         openstack_admin >>"$infra/keystone-setup.log" 2>&1 <<CMDS || true
@@ -239,11 +240,13 @@ project create --domain default service
 user create --domain default --password $CINDER_SERVICE_PASSWORD cinder
 role add --project service --user cinder admin
 role add --project service --user cinder service
+user create --domain default --password $NOVA_SERVICE_PASSWORD nova
+role add --project service --user nova service
 service create --name cinderv3 block-storage
 CMDS
         openstack_admin service show block-storage >/dev/null 2>&1 \
             || cvb_die "Keystone set-up failed: $infra/keystone-setup.log"
-        touch "$ks/.bootstrapped"
+        touch "$ks/.bootstrapped" "$ks/.nova-user"
     fi
 }
 
@@ -253,6 +256,8 @@ keystone_nova_user() {
     # carries a service token of this user, and Cinder lets only such a
     # request delete the attachment of a volume connected to an instance
     # (Bug #2004555). The end-to-end tests attach volumes as Nova does.
+    # (Made with the other users when Keystone is set up; this adds it to
+    # a Keystone set up before.)
     local ks=$infra/keystone roles
     [ -f "$ks/.nova-user" ] && return 0
     openstack_admin >>"$infra/keystone-setup.log" 2>&1 <<CMDS || true

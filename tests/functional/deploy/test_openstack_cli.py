@@ -38,6 +38,7 @@ deployment directories.
 """
 
 import datetime
+import errno
 import hashlib
 import json
 import os
@@ -75,22 +76,90 @@ def pattern(seed, length):
 
 
 class Disk(object):
-    """The expected content of a volume: sparse regions over zeros."""
+    """The expected content of a volume: regions written over zeros.
 
-    def __init__(self, regions=None):
-        self.regions = dict(regions or {})
+    Compared with a disk's flat file extent by extent (SEEK_DATA /
+    SEEK_HOLE), a few MiB at a time: reading a whole 1 GiB file and
+    building its 1 GiB expected image took about 7 s per comparison here.
+    """
+
+    CHUNK = 4 * units.Mi
+
+    def __init__(self, writes=(), size=SIZE_GB * units.Gi):
+        self.writes = tuple(writes)  # (offset, data), in write order
+        self.size = size
 
     def write(self, offset, data):
-        new = Disk(self.regions)
-        new.regions[offset] = data
-        return new
+        return Disk(self.writes + ((offset, data),), self.size)
 
-    def image(self, size=SIZE_GB * units.Gi):
-        data = bytearray(size)
-        for offset in sorted(self.regions):
-            chunk = self.regions[offset]
-            data[offset:offset + len(chunk)] = chunk
-        return bytes(data)
+    def expected(self, start, length):
+        """The bytes expected in [start, start + length)."""
+        out = bytearray(length)
+        end = start + length
+        for offset, data in self.writes:
+            lo, hi = max(start, offset), min(end, offset + len(data))
+            if lo < hi:
+                out[lo - start:hi - start] = data[lo - offset:hi - offset]
+        return out
+
+    def _first_nonzero(self, start, end):
+        """First offset in [start, end) expected to hold a non-zero byte."""
+        spans = sorted((max(start, offset), min(end, offset + len(data)))
+                       for offset, data in self.writes
+                       if offset < end and offset + len(data) > start)
+        for lo, hi in spans:
+            for pos in range(lo, hi, self.CHUNK):
+                length = min(self.CHUNK, hi - pos)
+                chunk = self.expected(pos, length)
+                if chunk.count(0) != length:
+                    return pos + next(i for i, b in enumerate(chunk) if b)
+        return None
+
+    @staticmethod
+    def _first_difference(actual, expected):
+        block = 4096
+        for pos in range(0, len(actual), block):
+            got, want = actual[pos:pos + block], expected[pos:pos + block]
+            if got != want:
+                return pos + next(i for i, (a, b) in enumerate(zip(got, want))
+                                  if a != b)
+        return None
+
+    def first_difference(self, path):
+        """The first offset where the file differs from this disk, or None.
+
+        :raises StepFailed: when the file's size is not the disk's
+        """
+        with open(path, 'rb') as f:
+            fd = f.fileno()
+            size = os.fstat(fd).st_size
+            if size != self.size:
+                raise StepFailed('%s: %d bytes, %d expected'
+                                 % (path, size, self.size))
+            offset = 0
+            while offset < size:
+                try:
+                    data = os.lseek(fd, offset, os.SEEK_DATA)
+                except OSError as e:
+                    if e.errno != errno.ENXIO:
+                        raise
+                    data = size  # a hole up to the end
+                # A hole reads as zeros.
+                bad = self._first_nonzero(offset, data)
+                if bad is not None:
+                    return bad
+                if data >= size:
+                    return None
+                hole = os.lseek(fd, data, os.SEEK_HOLE)
+                for pos in range(data, hole, self.CHUNK):
+                    length = min(self.CHUNK, hole - pos)
+                    actual = os.pread(fd, length, pos)
+                    expected = self.expected(pos, length)
+                    if actual != expected:
+                        return pos + (self._first_difference(
+                            actual, expected) or 0)
+                offset = hole
+        return None
 
 
 class StepFailed(Exception):
@@ -244,15 +313,12 @@ class _Scenario(object):
 
     def assert_disk(self, volume_id, disk):
         path = self.vc.disk_path(volume_id)
-        actual = vcsim_fixture.read_disk(self.vc, path)
-        expected = disk.image()
-        if actual != expected:
-            first = next((i for i in range(min(len(actual), len(expected)))
-                          if actual[i] != expected[i]), None)
-            raise StepFailed('volume %s (%s): %d bytes, %d expected, first '
-                             'difference at %s' % (volume_id, path,
-                                                   len(actual), len(expected),
-                                                   first))
+        descriptor = self.vc.datastore_file(path)
+        flat = descriptor[:-len('.vmdk')] + '-flat.vmdk'
+        first = disk.first_difference(flat)
+        if first is not None:
+            raise StepFailed('volume %s (%s): first difference at byte %d'
+                             % (volume_id, path, first))
 
     def backup(self, name, volume_id, *extra):
         backup = self.osc('volume', 'backup', 'create', '--name', name,
