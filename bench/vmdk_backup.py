@@ -41,6 +41,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess  # nosec B404: runs the bench's own steps
 import sys
@@ -106,6 +107,14 @@ def _objects(ids):
                  for kind, i in ids]
 
 
+class _NullService(object):
+    """A backup service that reads the whole source and stores nothing."""
+
+    def backup(self, backup, volume_file):
+        while volume_file.read(32 * MIB):
+            pass
+
+
 # -- measurements -----------------------------------------------------------
 
 class DiskPeak(object):
@@ -149,13 +158,22 @@ class DiskPeak(object):
         self.peak = max(self.peak, self._usage())
 
 
+def _cpu_seconds():
+    """User + system CPU time of this process, all its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _worker(argv):
     """One step in its own process; prints a JSON result."""
     step, conf_path, tmp_dir, raw_path, ids = (
         argv[0], argv[1], argv[2], argv[3], json.loads(argv[4]))
     _cinder(conf_path)
+    if os.environ.get('CVB_BENCH_SWITCH_INTERVAL'):
+        sys.setswitchinterval(float(os.environ['CVB_BENCH_SWITCH_INTERVAL']))
     ctx, objs = _objects(ids)
     service = _service(ctx)
+    cpu_start = _cpu_seconds()
     with DiskPeak(tmp_dir) as peak:
         start = time.perf_counter()
         if step == 'local-backup':
@@ -165,12 +183,19 @@ def _worker(argv):
         elif step == 'plugin-backup':
             backup, = objs
             driver = _driver()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), _cpu_seconds()
             driver.backup_volume(ctx, backup, service)
+        elif step == 'plugin-read':
+            # The export and decoding alone: a backup service that only
+            # reads (what the plugin's full backup cannot beat).
+            backup, = objs
+            driver = _driver()
+            start, cpu_start = time.perf_counter(), _cpu_seconds()
+            driver.backup_volume(ctx, backup, _NullService())
         elif step == 'stock-backup':
             backup, volume = objs
             driver = _driver()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), _cpu_seconds()
             try:
                 _stock_backup(driver, service, backup, volume)
             except Exception as exc:
@@ -182,18 +207,20 @@ def _worker(argv):
         elif step == 'plugin-restore':
             backup, volume = objs
             driver = _driver()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), _cpu_seconds()
             driver.restore_backup(ctx, backup, volume, service,
                                   volume_is_new=True)
         elif step == 'stock-restore':
             backup, volume = objs
             driver = _driver()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), _cpu_seconds()
             _stock_restore(driver, service, backup, volume)
         else:
             raise SystemExit('unknown step %s' % step)
         seconds = time.perf_counter() - start
-    print(json.dumps({'seconds': seconds, 'tmp_peak': peak.peak}))
+    cpu = _cpu_seconds() - cpu_start
+    print(json.dumps({'seconds': seconds, 'tmp_peak': peak.peak,
+                      'cpu': cpu}))
     return 0
 
 
@@ -291,6 +318,12 @@ def _write_conf(path, workdir, vcsim, compression, chunk):
         'vmware_lazy_create': True,
         'vmware_task_poll_interval': 0.2,
     })
+    # Extra backend options, e.g. CVB_BENCH_BACKEND_OPTS=
+    # 'vmware_backup_compression_threads=1' (experiments).
+    for item in os.environ.get('CVB_BENCH_BACKEND_OPTS', '').split(','):
+        if item.strip():
+            key, _, value = item.partition('=')
+            options[key.strip()] = value.strip()
     with open(path, 'w') as conf:
         conf.write('[DEFAULT]\n'
                    'host = bench\n'
@@ -376,6 +409,9 @@ def main(argv=None):
     parser.add_argument('--change', type=float, default=0.01,
                         help='fraction changed before the incremental')
     parser.add_argument('--workdir', default=None)
+    parser.add_argument('--full-only', action='store_true',
+                        help='only the full backups (local, stock, plugin) '
+                             'and their ratios: a quick check')
     args = parser.parse_args(argv)
     size = vmdk_codec.parse_size(args.size)
     workdir = tempfile.mkdtemp(prefix='cvb-bench-', dir=args.workdir)
@@ -446,8 +482,9 @@ def _run_steps(args, size, workdir, raw, counts, vcsim, conf_path):
         if 'error' in results[name]:
             print('  %-16s failed: %s' % (name, results[name]['error']))
             return
-        print('  %-16s %7.2f s  peak tmp %8.1f MiB  peak RSS %6.1f MiB'
-              % (name, results[name]['seconds'],
+        print('  %-16s %7.2f s  CPU %6.2f s  peak tmp %8.1f MiB  '
+              'peak RSS %6.1f MiB'
+              % (name, results[name]['seconds'], results[name]['cpu'],
                  results[name]['tmp_peak'] / MIB, results[name]['rss'] / MIB),
               flush=True)
 
@@ -462,6 +499,14 @@ def _run_steps(args, size, workdir, raw, counts, vcsim, conf_path):
                                        ('volume', source.id)])
     plugin_full = backup_of(source)
     run('plugin full', 'plugin-backup', [('backup', plugin_full.id)])
+    if args.full_only:
+        run('plugin read', 'plugin-read', [('backup', backup_of(source).id)])
+        full = {name: results[name]['seconds']
+                for name in ('local full', 'stock full', 'plugin full')}
+        print('  full backup time, plugin/stock %.2f, plugin/local %.2f'
+              % (full['plugin full'] / full['stock full'],
+                 full['plugin full'] / full['local full']))
+        return 0
 
     _change(raw, args.change)
     seed()

@@ -62,10 +62,9 @@ A driver may instead implement ``backup_volume`` and ``restore_backup``
 itself, with the signatures above, and set ``driver_owned_backup = True``.
 
 Both entry points run in the cinder-backup thread that handles the request
-(a green thread under eventlet). The backup source is read ahead of the
-backup service by a thread of its own (:mod:`.readahead`; green under
-eventlet): a stream doing blocking native I/O should wrap its reads with
-:func:`cinder.utils.tpool_wrap`, and CPU-heavy work belongs on
+(a green thread under eventlet). The backup source is read by the backup
+service in that thread: a stream doing blocking native I/O should wrap its
+reads with :func:`cinder.utils.tpool_wrap`, and CPU-heavy work belongs on
 :mod:`cinder_vmdk_backup.native_threads`. The restore staging file is
 handed to the backup service wrapped in ``tpool_wrap`` already.
 """
@@ -80,8 +79,6 @@ from cinder import objects
 from cinder import utils
 from oslo_log import log as logging
 from oslo_utils import units
-
-from cinder_vmdk_backup.backup import readahead
 
 LOG = logging.getLogger(__name__)
 
@@ -155,10 +152,9 @@ class DriverOwnedBackupMixin(object):
                  {'backup': backup.id, 'kind': type(device).__name__,
                   'id': device.id})
         length = self._device_size_gb(device) * units.Gi
-        with self.open_backup_source(context, backup, device) as source, \
-                readahead.ReadAhead(source, name=device.id) as ahead:
+        with self.open_backup_source(context, backup, device) as source:
             result = backup_service.backup(
-                backup, ExactLengthReader(ahead, length, device.id))
+                backup, ExactLengthReader(source, length, device.id))
         if profile:
             metadata = dict(backup.metadata or {})
             metadata.update({PROFILE_KEY_PREFIX + key: str(value)
@@ -302,7 +298,9 @@ class ExactLengthReader(object):
                 break
             chunks.append(data)
             wanted -= len(data)
-        data = b''.join(chunks)
+        # One piece (the usual case) is handed on as it is: a copy of a
+        # backup driver's chunk (tens of MiB) costs time and memory.
+        data = chunks[0] if len(chunks) == 1 else b''.join(chunks)
         self._position += len(data)
         if self._position > self._length:
             raise exception.BackupDriverException(

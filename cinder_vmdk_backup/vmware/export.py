@@ -30,9 +30,6 @@ from cinder_vmdk_backup.vmware import nfc
 
 LOG = logging.getLogger(__name__)
 
-#: Largest piece asked of the decoder at once.
-_PIECE = 4 << 20
-
 #: Exceptions of a broken or stalled HTTP body read.
 _NETWORK_ERRORS = (OSError, http.client.HTTPException,
                    u3_exceptions.HTTPError)
@@ -101,40 +98,46 @@ class RawDiskStream(object):
         return self._pos
 
     def read(self, n=-1):
+        """Return exactly ``n`` bytes (fewer only at the end).
+
+        The result is one new ``bytearray`` the codec decodes straight
+        into: no piece is copied again, and only one read's worth of data
+        is held.
+        """
         if n is None or n < 0:
             n = self.size - self._pos
         n = min(n, self.size - self._pos)
         if n <= 0:
             self._check_end()
             return b''
-        # Pieces joined once: one copy of the result, nothing more held.
-        pieces = []
-        got = 0
-        disk_part = max(0, min(n, self._capacity - self._pos))
-        while got < disk_part:
-            piece = self._reader.read(min(disk_part - got, _PIECE))
-            if not piece:
-                raise errors.TransferError(
-                    reason='disk stream ended at %d of %d bytes' % (
-                        self._pos + got, self._capacity))
-            pieces.append(piece)
-            got += len(piece)
-        if got < n:
-            # Past the disk's capacity: zeros up to the volume's size.
-            pieces.append(bytes(n - got))
-        data = pieces[0] if len(pieces) == 1 else b''.join(pieces)
-        del pieces
+        buf = bytearray(n)
+        self.readinto(buf)
+        return buf
+
+    def readinto(self, b):
+        with memoryview(b) as target:
+            n = min(len(target), self.size - self._pos)
+            if n <= 0:
+                self._check_end()
+                return 0
+            disk_part = max(0, min(n, self._capacity - self._pos))
+            got = 0
+            while got < disk_part:
+                count = self._reader.readinto(target[got:disk_part])
+                if not count:
+                    raise errors.TransferError(
+                        reason='disk stream ended at %d of %d bytes' % (
+                            self._pos + got, self._capacity))
+                got += count
+            if got < n:
+                # Past the disk's capacity: zeros up to the volume's size.
+                target[got:n] = bytes(n - got)
         self._pos += n
         if self._lease is not None:
             self._lease.progress(self._pos * 100 // max(self.size, 1))
         if self._pos >= self.size:
             self._check_end()
-        return data
-
-    def readinto(self, b):
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
+        return n
 
     def _check_end(self):
         """At the end: the codec validates the VMDK's tail (footer, EOS)."""

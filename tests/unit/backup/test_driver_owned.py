@@ -104,6 +104,18 @@ class ExactLengthReaderTestCase(base.BaseTestCase):
         self.assertEqual(b'abcdef', reader.read())
         self.assertEqual(b'', reader.read())
 
+    def test_a_whole_piece_is_handed_on_without_a_copy(self):
+        piece = bytearray(b'y' * 4096)
+        pieces = iter([piece, b''])
+
+        class Source(object):
+            def read(self, n):
+                return next(pieces)
+
+        reader = driver_owned.ExactLengthReader(Source(), 4096, 'vol')
+        self.assertIs(piece, reader.read(4096))
+        self.assertEqual(b'', reader.read(4096))
+
     def test_stream_ending_early_is_an_error(self):
         reader = driver_owned.ExactLengthReader(
             TrickleStream(b'x' * 100, 30), 160, 'volume-1')

@@ -30,6 +30,11 @@ class PassThroughReader(object):
     def read(self, n=-1):
         return self._body.read(n)
 
+    def readinto(self, buf):
+        data = self._body.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
 
 class RecordingLease(object):
     def __init__(self):
