@@ -100,9 +100,9 @@ class RawDiskStream(object):
     def read(self, n=-1):
         """Return exactly ``n`` bytes (fewer only at the end).
 
-        The result is one new ``bytearray`` the codec decodes straight
-        into: no piece is copied again, and only one read's worth of data
-        is held.
+        The codec decodes straight into one buffer, copied once into the
+        ``bytes`` returned: backup drivers' compressors (python-zstd) take
+        read-only bytes only.
         """
         if n is None or n < 0:
             n = self.size - self._pos
@@ -112,7 +112,9 @@ class RawDiskStream(object):
             return b''
         buf = bytearray(n)
         self.readinto(buf)
-        return buf
+        data = bytes(buf)
+        del buf
+        return data
 
     def readinto(self, b):
         with memoryview(b) as target:

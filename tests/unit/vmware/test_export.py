@@ -74,6 +74,12 @@ class RawDiskStreamTestCase(testtools.TestCase):
         self.assertTrue(stream.at_end)
         self.assertEqual([40, 100], lease.percents)
 
+    def test_reads_are_read_only_bytes(self):
+        # python-zstd, one of Cinder's backup compressors, refuses a
+        # bytearray.
+        stream, _lease = self.stream(b'0123456789')
+        self.assertIs(bytes, type(stream.read(4)))
+
     def test_pads_zeros_up_to_volume_size(self):
         stream, _lease = self.stream(b'abc', size=8)
         self.assertEqual(b'abc\0\0\0\0\0', stream.read())
