@@ -186,20 +186,19 @@ class DeployedVcsim(vcsim_fixture.VcsimFixture):
 
 
 class OpenStackShell(object):
-    """One ``openstack`` process in its interactive mode, for queries.
+    """One ``openstack`` process in its interactive mode.
 
     Every ``openstack`` command line spends about two seconds starting
     (imports, plugin discovery, authentication) before its one request;
-    waiting for a status with a new process per poll made the scenario
+    a new process per command (and per status poll) made the scenario
     several minutes longer. This runs the same client once, reading
     commands from a pipe, as ``openstack`` with no command does (cliff's
-    interactive mode), and is used for the read-only ``show`` and ``list``
-    polls; commands that change something run as a process of their own,
-    with their exit status.
+    interactive mode), for every ``openstack`` command of the scenario.
 
     After each command a ``shell echo <marker>`` ends its output. Errors
-    go to stderr (a log file here): a query whose output is not JSON
-    failed, and the error is read from that file.
+    go to stderr (a log file here, read after each command): a command
+    with ``-f json`` whose output is not JSON failed, a command without
+    output that wrote to stderr failed.
 
     :param env: the environment (openrc) of the client
     :param log_path: where the client's stderr goes
@@ -235,21 +234,17 @@ class OpenStackShell(object):
             f.seek(offset)
             return f.read().decode(errors='replace').strip()[-2000:]
 
-    def query(self, *args):
-        """``openstack ARGS -f json`` in the shell; the parsed output.
+    def _exchange(self, command):
+        """Send a command line (or none), then the marker; its output.
 
-        :raises DeploymentError: when the command fails or the client
-            does not answer in time (the shell is then ended)
+        :returns: (stdout text, stderr text) of the command
         """
-        if self._proc is None or self._proc.poll() is not None:
-            self.close()
-            self._start()
         self._count += 1
         marker = '@@cvb-%d-%s@@' % (self._count, uuid.uuid4().hex)
-        command = shlex.join(list(args) + ['-f', 'json'])
         offset = os.path.getsize(self.log_path)
-        self._proc.stdin.write(('%s\nshell echo %s\n'
-                                % (command, marker)).encode())
+        lines = ('%s\n' % command if command else '') + \
+            'shell echo %s\n' % marker
+        self._proc.stdin.write(lines.encode())
         self._proc.stdin.flush()
         out = []
         deadline = time.monotonic() + CLI_TIMEOUT
@@ -268,12 +263,41 @@ class OpenStackShell(object):
             if line.strip() == marker:
                 break
             out.append(line)
-        text = ''.join(out).strip()
+        # The command wrote its errors before the marker's shell ran.
+        return ''.join(out).strip(), self._error_text(offset)
+
+    def run(self, *args, **kwargs):
+        """``openstack ARGS`` in the shell.
+
+        :param json: add ``-f json`` and return the parsed output (a
+            command that prints no JSON failed); otherwise return the text
+            output (a command that wrote to stderr failed)
+        :raises DeploymentError: when the command fails or the client
+            does not answer in time (the shell is then ended)
+        """
+        fmt = kwargs.pop('json', True)
+        if self._proc is None or self._proc.poll() is not None:
+            self.close()
+            self._start()
+            # Whatever the client writes while it starts (warnings) is
+            # nobody's error.
+            self._exchange(None)
+        command = shlex.join(list(args) + (['-f', 'json'] if fmt else []))
+        text, errors = self._exchange(command)
+        if not fmt:
+            if errors:
+                raise DeploymentError('openstack %s failed: %s'
+                                      % (command, errors))
+            return text
         try:
             return json.loads(text)
         except ValueError:
             raise DeploymentError('openstack %s failed: %s' % (
-                command, self._error_text(offset) or text[-2000:]))
+                command, errors or text[-2000:]))
+
+    def query(self, *args):
+        """``openstack ARGS -f json`` in the shell; the parsed output."""
+        return self.run(*args)
 
     def close(self):
         if self._proc is None:
@@ -393,8 +417,15 @@ class Deployment(object):
         return proc.returncode, out
 
     def openstack(self, *args, **kwargs):
-        """Run ``openstack ARGS -f json``; the parsed output (or None)."""
+        """``openstack ARGS -f json``; the parsed output (or None).
+
+        In the interactive client (OpenStackShell); a process of its own
+        when ARGS begin with global options (``--os-...``).
+        """
         fmt = kwargs.pop('json', True)
+        if not args[0].startswith('-'):
+            out = self.shell.run(*args, json=fmt)
+            return out if fmt or out else None
         cmd = [os.path.join(OSC_VENV, 'bin', 'openstack')] + list(args)
         if fmt:
             cmd += ['-f', 'json']
