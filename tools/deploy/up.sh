@@ -273,11 +273,20 @@ CMDS
 }
 
 infra_up() {
+    local rabbit
     infra_env
     mariadb_up
-    rabbitmq_up
+    # RabbitMQ takes about ten seconds to boot: it does while Keystone
+    # starts (which needs MariaDB only).
+    rabbitmq_up 2>"$infra/rabbitmq-up.log" &
+    rabbit=$!
     keystone_up
     keystone_nova_user
+    if ! wait "$rabbit"; then
+        cat "$infra/rabbitmq-up.log" >&2
+        cvb_die "RabbitMQ did not start: $infra/rabbitmq.log"
+    fi
+    cat "$infra/rabbitmq-up.log" >&2
 }
 
 # --- vcsim -------------------------------------------------------------------

@@ -119,17 +119,28 @@ class DeployedVcsim(vcsim_fixture.VcsimFixture):
             raise DeploymentError('no vcsim datastore directory in %s'
                                   % profile_dir)
         self.datastore_path = found[0]
+        self._session = None
 
     def _setUp(self):
         pass
 
     def session(self, **kwargs):
-        # vcsim's certificate is self-signed (vmware_insecure, as Cinder's
-        # services use it): one warning per request buries the test's
-        # output, every task poll being one.
-        warnings.filterwarnings('ignore', 'Unverified HTTPS request',
-                                module='urllib3.connectionpool')
-        return super(DeployedVcsim, self).session(**kwargs)
+        """One oslo.vmware session, made once and used for every call.
+
+        A new session costs seconds here (suds parses the WSDL for each);
+        the scenario looks disks up dozens of times.
+        """
+        if kwargs or self._session is None:
+            # vcsim's certificate is self-signed (vmware_insecure, as
+            # Cinder's services use it): one warning per request buries
+            # the test's output, every task poll being one.
+            warnings.filterwarnings('ignore', 'Unverified HTTPS request',
+                                    module='urllib3.connectionpool')
+            session = super(DeployedVcsim, self).session(**kwargs)
+            if kwargs:
+                return session
+            self._session = session
+        return self._session
 
     @property
     def pid(self):
@@ -155,6 +166,7 @@ class DeployedVcsim(vcsim_fixture.VcsimFixture):
             time.sleep(0.05)
 
     def stop(self):
+        self._session = None
         for session in self._sessions:
             try:
                 session.logout()
