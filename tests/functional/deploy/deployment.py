@@ -167,12 +167,16 @@ class DeployedVcsim(vcsim_fixture.VcsimFixture):
 
     def stop(self):
         self._session = None
-        for session in self._sessions:
+        # After the scenario killed vcsim there is nobody to log out from
+        # (oslo.vmware would log the failed Logout with its traceback).
+        sessions, self._sessions = self._sessions, []
+        if not self.running:
+            return
+        for session in sessions:
             try:
                 session.logout()
             except Exception:  # nosec B110: vcsim may be gone already
                 pass
-        self._sessions = []
 
     def disk_path(self, volume_id):
         """Datastore path of the disk of volume ``volume_id``'s backing."""
