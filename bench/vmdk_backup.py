@@ -169,8 +169,6 @@ def _worker(argv):
     step, conf_path, tmp_dir, raw_path, ids = (
         argv[0], argv[1], argv[2], argv[3], json.loads(argv[4]))
     _cinder(conf_path)
-    if os.environ.get('CVB_BENCH_SWITCH_INTERVAL'):
-        sys.setswitchinterval(float(os.environ['CVB_BENCH_SWITCH_INTERVAL']))
     ctx, objs = _objects(ids)
     service = _service(ctx)
     cpu_start = _cpu_seconds()
