@@ -466,8 +466,12 @@ RC
 
 wait_services() {
     # Until cinder-scheduler, cinder-volume and cinder-backup have reported
-    # to the database and the volume driver is initialised.
+    # to the database since now (rows of an earlier run of this profile
+    # stay in its database and must not count: cinder-api would find no
+    # backup service up) and the volume driver is initialised.
     local n s deadline=$((SECONDS + ${CVB_SERVICE_WAIT:-600}))
+    local since
+    since=$(date -u '+%Y-%m-%d %H:%M:%S')
     while [ "$SECONDS" -lt "$deadline" ]; do
         for s in "${services[@]}"; do
             cvb_pid_alive "$dir/$s.pid" \
@@ -478,7 +482,7 @@ wait_services() {
             cvb_die "the volume driver failed: $dir/log/cinder-volume.log"
         fi
         n=$(mariadb_client -N "cvb_$profile" -e "SELECT COUNT(DISTINCT \`binary\`)
-              FROM services WHERE deleted = 0 AND updated_at IS NOT NULL
+              FROM services WHERE deleted = 0 AND updated_at >= '$since'
               AND \`binary\` IN ('cinder-scheduler', 'cinder-volume',
                                  'cinder-backup')" 2>/dev/null) || n=0
         if [ "$n" = 3 ] && grep -q 'Driver initialization completed' \
