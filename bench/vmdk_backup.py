@@ -95,7 +95,27 @@ def _driver():
 
 def _service(context):
     from cinder.backup.drivers import posix
-    return posix.PosixBackupDriver(context)
+
+    class TimedPosix(posix.PosixBackupDriver):
+        """The posix driver, counting the seconds spent in it."""
+
+        seconds = 0.0
+
+        def backup(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return super(TimedPosix, self).backup(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        def restore(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return super(TimedPosix, self).restore(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+    return TimedPosix(context)
 
 
 def _objects(ids):
@@ -109,6 +129,8 @@ def _objects(ids):
 
 class _NullService(object):
     """A backup service that reads the whole source and stores nothing."""
+
+    seconds = 0.0
 
     def backup(self, backup, volume_file):
         while volume_file.read(32 * MIB):
@@ -218,7 +240,7 @@ def _worker(argv):
         seconds = time.perf_counter() - start
     cpu = _cpu_seconds() - cpu_start
     print(json.dumps({'seconds': seconds, 'tmp_peak': peak.peak,
-                      'cpu': cpu}))
+                      'cpu': cpu, 'service': service.seconds}))
     return 0
 
 
@@ -410,6 +432,9 @@ def main(argv=None):
     parser.add_argument('--full-only', action='store_true',
                         help='only the full backups (local, stock, plugin) '
                              'and their ratios: a quick check')
+    parser.add_argument('--restore-only', action='store_true',
+                        help='only the full backups of both paths and '
+                             'their restores: a quick check of restores')
     args = parser.parse_args(argv)
     size = vmdk_codec.parse_size(args.size)
     workdir = tempfile.mkdtemp(prefix='cvb-bench-', dir=args.workdir)
@@ -480,10 +505,11 @@ def _run_steps(args, size, workdir, raw, counts, vcsim, conf_path):
         if 'error' in results[name]:
             print('  %-16s failed: %s' % (name, results[name]['error']))
             return
-        print('  %-16s %7.2f s  CPU %6.2f s  peak tmp %8.1f MiB  '
-              'peak RSS %6.1f MiB'
-              % (name, results[name]['seconds'], results[name]['cpu'],
-                 results[name]['tmp_peak'] / MIB, results[name]['rss'] / MIB),
+        print('  %-16s %7.2f s (backup driver %6.2f s)  CPU %6.2f s  '
+              'peak tmp %8.1f MiB  peak RSS %6.1f MiB'
+              % (name, results[name]['seconds'], results[name]['service'],
+                 results[name]['cpu'], results[name]['tmp_peak'] / MIB,
+                 results[name]['rss'] / MIB),
               flush=True)
 
     print('disk: %s (%s); chunk %s, compression %s'
@@ -491,7 +517,8 @@ def _run_steps(args, size, workdir, raw, counts, vcsim, conf_path):
                                   for k, v in counts.items()),
              args.chunk, args.compression), flush=True)
     local = backup_of(source)
-    run('local full', 'local-backup', [('backup', local.id)])
+    if not args.restore_only:
+        run('local full', 'local-backup', [('backup', local.id)])
     stock_full = backup_of(source)
     run('stock full', 'stock-backup', [('backup', stock_full.id),
                                        ('volume', source.id)])
@@ -505,6 +532,10 @@ def _run_steps(args, size, workdir, raw, counts, vcsim, conf_path):
               % (full['plugin full'] / full['stock full'],
                  full['plugin full'] / full['local full']))
         return 0
+
+    if args.restore_only:
+        return _restores(run, results, driver, vcsim, new_volume, raw,
+                         gib, stock_full, plugin_full)
 
     _change(raw, args.change)
     seed()
@@ -525,12 +556,7 @@ def _run_steps(args, size, workdir, raw, counts, vcsim, conf_path):
     for backup in (stock_incr, plugin_incr):
         backup.status = 'restoring'
         backup.save()
-    stock_target = new_volume('available')
-    run('stock restore', 'stock-restore', [('backup', stock_incr.id),
-                                           ('volume', stock_target.id)])
-    plugin_target = new_volume('creating')
-    run('plugin restore', 'plugin-restore', [('backup', plugin_incr.id),
-                                             ('volume', plugin_target.id)])
+    targets = _run_restores(run, new_volume, stock_incr, plugin_incr)
 
     for backup in (stock_full, stock_incr, plugin_full, plugin_incr, local):
         backup.refresh()
@@ -538,10 +564,33 @@ def _run_steps(args, size, workdir, raw, counts, vcsim, conf_path):
         ('stock full', stock_full), ('stock incr', stock_incr),
         ('plugin full', plugin_full), ('plugin incr', plugin_incr),
         ('local full', local))}
+    same = _restored_same(driver, vcsim, raw, gib, targets)
+    for note in notes:
+        print('note: ' + note)
+    return _report(results, stored, same, conf)
+
+
+def _run_restores(run, new_volume, stock_backup, plugin_backup):
+    """Restore both backups onto new volumes; the volumes."""
+    for backup in (stock_backup, plugin_backup):
+        backup.status = 'restoring'
+        backup.save()
+    stock_target = new_volume('available')
+    run('stock restore', 'stock-restore', [('backup', stock_backup.id),
+                                           ('volume', stock_target.id)])
+    plugin_target = new_volume('creating')
+    run('plugin restore', 'plugin-restore', [('backup', plugin_backup.id),
+                                             ('volume', plugin_target.id)])
+    return {'stock': stock_target, 'plugin': plugin_target}
+
+
+def _restored_same(driver, vcsim, raw, gib, targets):
+    """Whether each restored volume's disk equals the source."""
+    from tests.functional import vcsim as vcsim_fixture
+
     want = _file_digest(raw, gib * GIB)
     same = {}
-    for name, volume in (('stock', stock_target), ('plugin',
-                                                   plugin_target)):
+    for name, volume in targets.items():
         volume.refresh()
         path = driver.volumeops.get_vmdk_path(
             driver.volumeops.get_backing(volume.name, volume.id))
@@ -549,9 +598,20 @@ def _run_steps(args, size, workdir, raw, counts, vcsim, conf_path):
         data += bytes(gib * GIB - len(data))
         same[name] = hashlib.sha256(data).hexdigest() == want
         del data
-    for note in notes:
-        print('note: ' + note)
-    return _report(results, stored, same, conf)
+    return same
+
+
+def _restores(run, results, driver, vcsim, new_volume, raw, gib,
+              stock_full, plugin_full):
+    """``--restore-only``: restore the two full backups, compare."""
+    targets = _run_restores(run, new_volume, stock_full, plugin_full)
+    same = _restored_same(driver, vcsim, raw, gib, targets)
+    print('restored disks identical to the source: plugin %s, stock %s'
+          % (same['plugin'], same['stock']))
+    print('  restore time, stock/plugin %.2f' % (
+        results['stock restore']['seconds'] /
+        results['plugin restore']['seconds']))
+    return 0 if all(same.values()) else 1
 
 
 def _report(results, stored, same, conf):

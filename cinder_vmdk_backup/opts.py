@@ -126,6 +126,15 @@ backup_manager_opts = [
                     'up the volume driver of a backend that failed to set '
                     'up. Until then, that backend\'s volumes take Cinder\'s '
                     'own backup path.'),
+    cfg.IntOpt('driver_owned_backup_read_ahead_mb',
+               default=32, min=0,
+               help='MiB a driver-owned backup reads from the volume '
+                    '(e.g. a vCenter export being decoded) ahead of the '
+                    'backup driver, so that reading and the backup '
+                    'driver\'s hashing and compression run at the same '
+                    'time. Costs this much memory per running backup, '
+                    'plus one piece of at most 32 MiB being read. 0 reads '
+                    'only when the backup driver asks.'),
 ]
 
 _OPT_GROUPS = (

@@ -71,16 +71,23 @@ handed to the backup service wrapped in ``tpool_wrap`` already.
 
 import contextlib
 import fcntl
+import io
 import os
 import tempfile
 
 from cinder import exception
 from cinder import objects
 from cinder import utils
+from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import units
 
+from cinder_vmdk_backup.backup import read_ahead
+from cinder_vmdk_backup import opts
+
 LOG = logging.getLogger(__name__)
+CONF = cfg.CONF
+CONF.register_opts(opts.backup_manager_opts)
 
 #: Prefix of the keys a driver's disk profile is stored under in
 #: ``backup.metadata`` (a dict of strings in Cinder's Backup object).
@@ -152,9 +159,10 @@ class DriverOwnedBackupMixin(object):
                  {'backup': backup.id, 'kind': type(device).__name__,
                   'id': device.id})
         length = self._device_size_gb(device) * units.Gi
-        with self.open_backup_source(context, backup, device) as source:
+        with self.open_backup_source(context, backup, device) as source, \
+                _read_ahead(source) as reader:
             result = backup_service.backup(
-                backup, ExactLengthReader(source, length, device.id))
+                backup, ExactLengthReader(reader, length, device.id))
         if profile:
             metadata = dict(backup.metadata or {})
             metadata.update({PROFILE_KEY_PREFIX + key: str(value)
@@ -178,7 +186,8 @@ class DriverOwnedBackupMixin(object):
         size = self._backup_size_bytes(backup, volume)
         with self._staging_file() as (staging, path):
             backup_service.restore(backup, volume.id,
-                                   utils.tpool_wrap(staging), True)
+                                   utils.tpool_wrap(StagingWriter(staging)),
+                                   True)
             staging.flush()
             os.ftruncate(staging.fileno(), size)
             staging.close()
@@ -260,6 +269,47 @@ class DriverOwnedBackupMixin(object):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+class StagingWriter(object):
+    """The staging file as a backup service restores into it, unsynced.
+
+    Cinder's backup drivers call ``fsync`` on the volume file after each
+    object they restore, when it has a ``fileno()``. A staging file needs
+    no durability: it is read once by the driver and deleted, and a restore
+    that crashed is started again from the backup. Without ``fileno()`` the
+    data stays in the page cache for the driver to read instead of being
+    forced to disk object by object.
+
+    :param staging: the staging file, open for writing
+    """
+
+    def __init__(self, staging):
+        self._staging = staging
+
+    def write(self, data):
+        return self._staging.write(data)
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        return self._staging.seek(offset, whence)
+
+    def tell(self):
+        return self._staging.tell()
+
+    def flush(self):
+        self._staging.flush()
+
+    def fileno(self):
+        raise io.UnsupportedOperation(
+            'a staging file is not synced object by object')
+
+
+def _read_ahead(source):
+    """``source`` read ahead of the backup service, unless turned off."""
+    limit = CONF.driver_owned_backup_read_ahead_mb * units.Mi
+    if not limit:
+        return contextlib.nullcontext(source)
+    return read_ahead.ReadAhead(source, limit)
 
 
 class ExactLengthReader(object):

@@ -24,10 +24,12 @@ from cinder.backup import driver as backup_driver  # noqa: E402
 from cinder import exception  # noqa: E402
 import ddt  # noqa: E402
 import fixtures  # noqa: E402
+from oslo_config import fixture as config_fixture  # noqa: E402
 from oslo_utils import units  # noqa: E402
 from oslotest import base  # noqa: E402
 
 from cinder_vmdk_backup.backup import driver_owned  # noqa: E402
+from cinder_vmdk_backup.backup import read_ahead  # noqa: E402
 
 
 class TrickleStream(object):
@@ -201,6 +203,26 @@ class DriverOwnedBackupMixinTestCase(base.BaseTestCase):
         expected = device.device_obj if device else volume
         self.assertIs(expected, opened[0])
 
+    @ddt.data(0, 1)
+    def test_backup_reads_ahead_unless_turned_off(self, read_ahead_mb):
+        self._small_gib()
+        self.useFixture(config_fixture.Config()).config(
+            driver_owned_backup_read_ahead_mb=read_ahead_mb)
+        self.driver.source = b'0123456789abcdef'
+        self._volume_in_db(_volume())
+        wrap = self.useFixture(fixtures.MockPatchObject(
+            driver_owned.read_ahead, 'ReadAhead', autospec=True,
+            side_effect=read_ahead.ReadAhead)).mock
+        read = []
+        self.service.backup.side_effect = (
+            lambda backup, volume_file: read.append(volume_file.read(16)))
+        self.driver.backup_volume(self.ctxt, _backup(), self.service)
+        self.assertEqual([b'0123456789abcdef'], read)
+        if read_ahead_mb:
+            wrap.assert_called_once_with(mock.ANY, units.Mi)
+        else:
+            wrap.assert_not_called()
+
     def test_backup_records_the_disk_profile(self):
         self._small_gib()
         self.driver.source = b'x' * 16
@@ -252,6 +274,27 @@ class DriverOwnedBackupMixinTestCase(base.BaseTestCase):
         self.assertTrue(os.path.basename(path).startswith(
             driver_owned.STAGING_PREFIX))
         self.assertEqual([], os.listdir(self.staging_dir))
+
+    def test_restore_writes_without_fsync(self):
+        calls = []
+
+        def restore(backup, volume_id, volume_file, is_new):
+            volume_file.write(b'data')
+            volume_file.flush()
+            # What Cinder's chunked drivers do after each object.
+            try:
+                fileno = volume_file.fileno()
+            except IOError:
+                calls.append('no fsync')
+            else:
+                calls.append(fileno)
+
+        self.service.restore.side_effect = restore
+        self.driver.restore_backup(self.ctxt, _backup(size=1),
+                                   _volume(size=1), self.service)
+        self.assertEqual(['no fsync'], calls)
+        [(path, size, mode, head)] = self.driver.images
+        self.assertEqual(b'data' + b'\0' * 12, head)
 
     def test_failed_backup_service_restore_leaves_nothing(self):
         self.service.restore.side_effect = IOError('object missing')
