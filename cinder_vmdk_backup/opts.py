@@ -135,6 +135,17 @@ backup_manager_opts = [
                     'time. Costs this much memory per running backup, '
                     'plus one piece of at most 32 MiB being read. 0 reads '
                     'only when the backup driver asks.'),
+    cfg.BoolOpt('driver_owned_backup_tune_malloc',
+                default=True,
+                help='On glibc, make cinder-backup give buffers of 1 MiB '
+                     'and more back to the system when they are freed, and '
+                     'use at most two malloc arenas (what the environment '
+                     'variables MALLOC_MMAP_THRESHOLD_=1048576 and '
+                     'MALLOC_ARENA_MAX=2 do; those, when set, win). With '
+                     'glibc\'s defaults, the tens of MiB a backup moves at '
+                     'a time stay in the process after use: the peak RSS '
+                     'of a 1 GiB backup measured 530-600 MiB instead of '
+                     '300 MiB.'),
 ]
 
 _OPT_GROUPS = (

@@ -68,6 +68,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from cinder_vmdk_backup.backup import driver_loader
+from cinder_vmdk_backup import malloc_tuning
 from cinder_vmdk_backup import opts
 
 LOG = logging.getLogger(__name__)
@@ -173,6 +174,8 @@ class BackupManager(manager.BackupManager):
         self._backend_drivers = driver_loader.BackendDrivers(
             CONF.driver_owned_backup_setup_retry_interval)
         _install_connector_probe_guard()
+        if CONF.driver_owned_backup_tune_malloc:
+            malloc_tuning.apply()
         if not CONF.driver_owned_backup_enabled:
             LOG.info('Driver-owned backup is disabled '
                      '(driver_owned_backup_enabled = False): every backup '

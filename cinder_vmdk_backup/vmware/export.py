@@ -82,6 +82,7 @@ class RawDiskStream(object):
         self.size = size
         self._pos = 0
         self._capacity = reader.capacity
+        self._buffer = None
         self.at_end = False
         if self._capacity > size:
             raise errors.TransferError(
@@ -100,20 +101,25 @@ class RawDiskStream(object):
     def read(self, n=-1):
         """Return exactly ``n`` bytes (fewer only at the end).
 
-        The codec decodes straight into one buffer, copied once into the
-        ``bytes`` returned: backup drivers' compressors (python-zstd) take
-        read-only bytes only.
+        The codec decodes straight into a buffer kept from one read to the
+        next (a new one would be zeroed and faulted in each time), copied
+        once into the ``bytes`` returned: backup drivers' compressors
+        (python-zstd) take read-only bytes only.
         """
         if n is None or n < 0:
             n = self.size - self._pos
         n = min(n, self.size - self._pos)
         if n <= 0:
+            self._buffer = None
             self._check_end()
             return b''
-        buf = bytearray(n)
-        self.readinto(buf)
-        data = bytes(buf)
-        del buf
+        if self._buffer is None or len(self._buffer) < n:
+            self._buffer = bytearray(n)
+        with memoryview(self._buffer) as whole, whole[:n] as target:
+            self.readinto(target)
+            data = bytes(target)
+        if self._pos >= self.size:
+            self._buffer = None
         return data
 
     def readinto(self, b):

@@ -35,6 +35,7 @@ from oslotest import base  # noqa: E402
 from cinder_vmdk_backup.backup import driver_loader  # noqa: E402
 from cinder_vmdk_backup.backup import driver_owned  # noqa: E402
 from cinder_vmdk_backup.backup import manager  # noqa: E402
+from cinder_vmdk_backup import malloc_tuning  # noqa: E402
 
 VOLUME_HOST = 'node1@fast#pool1'
 
@@ -83,6 +84,8 @@ class BackupManagerTestCase(base.BaseTestCase):
         self.driver_for = self._patch(driver_loader.BackendDrivers,
                                       'driver_for', return_value=None)
         self.driver = mock.create_autospec(ProtocolDriver, instance=True)
+        self.tune_malloc = self._patch(malloc_tuning, 'apply',
+                                       return_value=[])
         self.manager = manager.BackupManager()
         self.ctxt = mock.sentinel.context
         self.backup = objects.Backup(id='b0000000-0000-4000-8000-000000000001')
@@ -93,6 +96,13 @@ class BackupManagerTestCase(base.BaseTestCase):
         patcher = mock.patch.object(obj, name, autospec=True, **kwargs)
         self.addCleanup(patcher.stop)
         return patcher.start()
+
+    @ddt.data(True, False)
+    def test_malloc_tuned_unless_turned_off(self, tune):
+        self.conf.config(driver_owned_backup_tune_malloc=tune)
+        self.tune_malloc.reset_mock()
+        manager.BackupManager()
+        self.assertEqual(tune, self.tune_malloc.called)
 
     def _device(self, snapshot=False):
         device = objects.BackupDeviceInfo()
