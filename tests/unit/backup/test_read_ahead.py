@@ -12,6 +12,8 @@
 
 import io
 import os
+import subprocess  # nosec B404: runs this interpreter
+import sys
 import threading
 import time
 
@@ -160,3 +162,45 @@ class ReadAheadTestCase(base.BaseTestCase):
         with read_ahead.ReadAhead(RecordingSource(b'x'), 10) as reader:
             self.assertRaises(ValueError, reader.read)
             self.assertEqual(b'', reader.read(0))
+
+
+#: Under eventlet (as in cinder-backup), the read-ahead must progress while
+#: the backup driver's green thread waits for a native thread (its
+#: compression): that native job here waits until the source has been read
+#: again, which can only happen in the read-ahead's green thread.
+_EVENTLET_OVERLAP = """
+import eventlet
+eventlet.monkey_patch()
+from eventlet import patcher
+from eventlet import tpool
+
+from cinder_vmdk_backup.backup import read_ahead
+
+native_event = patcher.original('threading').Event()
+
+
+class Source(object):
+    reads = 0
+
+    def read(self, size):
+        self.reads += 1
+        if self.reads == 2:
+            native_event.set()
+        return b'x' * size if self.reads <= 3 else b''
+
+
+with read_ahead.ReadAhead(Source(), 10) as reader:
+    reader.read(10)
+    overlapped = tpool.execute(native_event.wait, 60)
+    rest = reader.read(100)
+print(overlapped, len(rest))
+"""
+
+
+class ReadAheadUnderEventletTestCase(base.BaseTestCase):
+
+    def test_reads_while_the_service_waits_on_a_native_thread(self):
+        out = subprocess.run(  # nosec B603
+            [sys.executable, '-c', _EVENTLET_OVERLAP], check=True,
+            stdout=subprocess.PIPE, text=True, timeout=120).stdout
+        self.assertEqual('True 20', out.split('\n')[-2])
