@@ -71,7 +71,6 @@ handed to the backup service wrapped in ``tpool_wrap`` already.
 
 import contextlib
 import fcntl
-import io
 import os
 import tempfile
 
@@ -83,6 +82,7 @@ from oslo_log import log as logging
 from oslo_utils import units
 
 from cinder_vmdk_backup.backup import read_ahead
+from cinder_vmdk_backup.backup import staging
 from cinder_vmdk_backup import opts
 
 LOG = logging.getLogger(__name__)
@@ -177,20 +177,20 @@ class DriverOwnedBackupMixin(object):
 
         The backup service writes into a private sparse staging file
         (incremental backups write at offsets); the file is then set to the
-        backed-up disk's exact size, because chunked backup drivers do not
-        write an all-zero tail, and handed to the driver. The staging file
-        is always new (it reads as zeros), so the backup service is told so
-        whatever ``volume_is_new`` says: it skips zero regions, and the file
-        stays sparse. ``volume_is_new`` is the driver's to act on.
+        backed-up disk's exact size, because nothing writes an all-zero
+        tail, and handed to the driver. The backup service writes every
+        byte (it is told the volume is not new);
+        :class:`~.staging.SparseStagingWriter` leaves out the zeros that
+        need no writing, so the file stays sparse. ``volume_is_new`` is the
+        driver's to act on.
         """
         size = self._backup_size_bytes(backup, volume)
-        with self._staging_file() as (staging, path):
+        with self._staging_file() as (staging_file, path):
+            writer = staging.SparseStagingWriter(staging_file.fileno())
             backup_service.restore(backup, volume.id,
-                                   utils.tpool_wrap(StagingWriter(staging)),
-                                   True)
-            staging.flush()
-            os.ftruncate(staging.fileno(), size)
-            staging.close()
+                                   utils.tpool_wrap(writer), False)
+            os.ftruncate(staging_file.fileno(), size)
+            staging_file.close()
             self.restore_raw_image(context, backup, volume, path,
                                    volume_is_new)
 
@@ -269,39 +269,6 @@ class DriverOwnedBackupMixin(object):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-
-
-class StagingWriter(object):
-    """The staging file as a backup service restores into it, unsynced.
-
-    Cinder's backup drivers call ``fsync`` on the volume file after each
-    object they restore, when it has a ``fileno()``. A staging file needs
-    no durability: it is read once by the driver and deleted, and a restore
-    that crashed is started again from the backup. Without ``fileno()`` the
-    data stays in the page cache for the driver to read instead of being
-    forced to disk object by object.
-
-    :param staging: the staging file, open for writing
-    """
-
-    def __init__(self, staging):
-        self._staging = staging
-
-    def write(self, data):
-        return self._staging.write(data)
-
-    def seek(self, offset, whence=io.SEEK_SET):
-        return self._staging.seek(offset, whence)
-
-    def tell(self):
-        return self._staging.tell()
-
-    def flush(self):
-        self._staging.flush()
-
-    def fileno(self):
-        raise io.UnsupportedOperation(
-            'a staging file is not synced object by object')
 
 
 def _read_ahead(source):

@@ -263,9 +263,10 @@ class DriverOwnedBackupMixinTestCase(base.BaseTestCase):
         self.driver.restore_backup(self.ctxt, backup, _volume(size=3),
                                    self.service,
                                    volume_is_new=volume_is_new)
-        # The staging file is new whatever the volume is: zeros skipped.
+        # The service writes every byte; the staging writer skips the
+        # zeros that need no writing, whatever the volume is.
         self.service.restore.assert_called_once_with(
-            backup, _volume().id, mock.ANY, True)
+            backup, _volume().id, mock.ANY, False)
         [(path, size, mode, head)] = self.driver.images
         self.assertEqual(2 * units.Gi, size)
         self.assertEqual(0o600, mode)
