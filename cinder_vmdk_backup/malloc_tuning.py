@@ -27,8 +27,8 @@ within the run-to-run noise.
 :func:`apply` sets the same as the ``MALLOC_MMAP_THRESHOLD_`` and
 ``MALLOC_ARENA_MAX`` environment variables would, from inside the process
 (cinder-backup is started by the operator's service manager, which this
-plugin does not control). Values the operator set in the environment are
-left as they are.
+plugin does not control). Values the operator set in the environment
+(those variables, or ``GLIBC_TUNABLES``) are left as they are.
 """
 
 import ctypes
@@ -49,9 +49,16 @@ MMAP_THRESHOLD = 1024 * 1024
 ARENA_MAX = 2
 
 _SETTINGS = (
-    ('MALLOC_MMAP_THRESHOLD_', M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-    ('MALLOC_ARENA_MAX', M_ARENA_MAX, ARENA_MAX),
+    ('MALLOC_MMAP_THRESHOLD_', 'glibc.malloc.mmap_threshold',
+     M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+    ('MALLOC_ARENA_MAX', 'glibc.malloc.arena_max', M_ARENA_MAX, ARENA_MAX),
 )
+
+
+def _set_by_operator(env_name, tunable):
+    """Whether the environment already sets this malloc parameter."""
+    return (env_name in os.environ or
+            tunable in os.environ.get('GLIBC_TUNABLES', ''))
 
 
 def _mallopt():
@@ -77,8 +84,8 @@ def apply():
         LOG.debug('Not glibc: malloc settings left as they are.')
         return []
     applied = []
-    for env_name, parameter, value in _SETTINGS:
-        if env_name in os.environ:
+    for env_name, tunable, parameter, value in _SETTINGS:
+        if _set_by_operator(env_name, tunable):
             continue
         if mallopt(parameter, value) == 1:
             applied.append(env_name)
@@ -88,6 +95,6 @@ def apply():
     if applied:
         LOG.info('malloc tuned for large buffers (%s).',
                  ', '.join('%s=%d' % (name, value)
-                           for name, _p, value in _SETTINGS
+                           for name, _t, _p, value in _SETTINGS
                            if name in applied))
     return applied

@@ -132,20 +132,22 @@ backup_manager_opts = [
                     '(e.g. a vCenter export being decoded) ahead of the '
                     'backup driver, so that reading and the backup '
                     'driver\'s hashing and compression run at the same '
-                    'time. Costs this much memory per running backup, '
-                    'plus one piece of at most 32 MiB being read. 0 reads '
-                    'only when the backup driver asks.'),
+                    'time. Costs up to this much memory per running '
+                    'backup (at least one piece of the backup driver\'s '
+                    'chunk, pieces being at most 32 MiB), plus the piece '
+                    'being read. 0 reads only when the backup driver '
+                    'asks.'),
     cfg.BoolOpt('driver_owned_backup_tune_malloc',
                 default=True,
                 help='On glibc, make cinder-backup give buffers of 1 MiB '
                      'and more back to the system when they are freed, and '
                      'use at most two malloc arenas (what the environment '
                      'variables MALLOC_MMAP_THRESHOLD_=1048576 and '
-                     'MALLOC_ARENA_MAX=2 do; those, when set, win). With '
-                     'glibc\'s defaults, the tens of MiB a backup moves at '
-                     'a time stay in the process after use: the peak RSS '
-                     'of a 1 GiB backup measured 530-600 MiB instead of '
-                     '300 MiB.'),
+                     'MALLOC_ARENA_MAX=2 do; those, or GLIBC_TUNABLES, '
+                     'when set, win). With glibc\'s defaults, the tens of '
+                     'MiB a backup moves at a time stay in the process '
+                     'after use: the peak RSS of a 1 GiB backup measured '
+                     '530-600 MiB instead of about 320 MiB.'),
 ]
 
 _OPT_GROUPS = (

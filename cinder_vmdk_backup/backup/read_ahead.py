@@ -36,28 +36,42 @@ __all__ = ['ReadAhead']
 MAX_PIECE = 32 * 1024 * 1024
 
 
+def piece_size(size):
+    """The piece a read of ``size`` bytes is read ahead in.
+
+    A read of at most :data:`MAX_PIECE` is one piece; a larger one is made
+    of equal pieces of at most that size, so that it takes whole pieces.
+    """
+    count = -(-size // MAX_PIECE)
+    return -(-size // count)
+
+
 class ReadAhead(object):
     """A file-like reader over ``source`` that reads ahead in a thread.
 
     ``read(n)`` returns what ``source.read`` would have (a short read only
-    at the end). The thread reads pieces of the size the caller asks for
-    (at most :data:`MAX_PIECE`), so a caller reading fixed-size chunks of
-    up to that size gets each chunk as the very object the source returned.
-    An error of the source is raised by the ``read`` that reaches it, after
-    the data before it was handed on.
+    at the end). The thread reads pieces sized for the caller's latest
+    read (:func:`piece_size`), so a caller reading fixed-size chunks of up
+    to :data:`MAX_PIECE` gets each chunk as the very object the source
+    returned. An error of the source is raised by the ``read`` that reaches
+    it, after the data before it was handed on.
+
+    Memory: at most ``limit`` bytes wait for the caller (at least one
+    piece, whatever the limit), plus the piece being read.
 
     Use it as a context manager: leaving stops the thread and waits for it
     (at most one piece, or the source's own timeout), so the source can be
     closed safely afterwards.
 
     :param source: object with ``read(n)``
-    :param limit: bytes read ahead at most (besides the piece in progress)
+    :param limit: bytes read ahead at most
     """
 
     def __init__(self, source, limit):
         self._source = source
         self._limit = max(1, limit)
         self._ready = collections.deque()
+        self._head = 0  # bytes of the first ready piece already taken
         self._buffered = 0
         self._piece = None
         self._error = None
@@ -83,8 +97,10 @@ class ReadAhead(object):
         pieces = []
         wanted = size
         with self._changed:
-            if self._piece is None:
-                self._piece = min(size, MAX_PIECE)
+            if self._stopping:
+                raise ValueError('read of a closed ReadAhead')
+            self._piece = piece_size(size)
+            if self._thread is None:
                 self._start()
             while wanted > 0:
                 while not self._ready and not (self._at_end or self._error):
@@ -93,16 +109,12 @@ class ReadAhead(object):
                     if self._error is not None and not pieces:
                         raise self._error
                     break
-                piece = self._ready.popleft()
-                if len(piece) > wanted:
-                    self._ready.appendleft(piece[wanted:])
-                    piece = piece[:wanted]
-                self._buffered -= len(piece)
+                piece = self._take(wanted)
+                pieces.append(piece)
+                wanted -= len(piece)
                 # Room for the thread: a read larger than the limit must
                 # let it go on while this read collects the pieces.
                 self._changed.notify_all()
-                pieces.append(piece)
-                wanted -= len(piece)
         if len(pieces) == 1:
             return pieces[0]
         return b''.join(pieces)
@@ -118,6 +130,26 @@ class ReadAhead(object):
             self._thread.join()
             self._thread = None
 
+    # -- helpers -----------------------------------------------------------
+
+    def _take(self, wanted):
+        """Up to ``wanted`` bytes of the first ready piece (lock held)."""
+        piece = self._ready[0]
+        rest = len(piece) - self._head
+        if self._head == 0 and rest <= wanted:
+            self._ready.popleft()
+            taken = piece
+        else:
+            count = min(rest, wanted)
+            with memoryview(piece) as view:
+                taken = view[self._head:self._head + count].tobytes()
+            self._head += count
+            if self._head == len(piece):
+                self._ready.popleft()
+                self._head = 0
+        self._buffered -= len(taken)
+        return taken
+
     def _start(self):
         self._thread = threading.Thread(target=self._fill,
                                         name='cvb-read-ahead', daemon=True)
@@ -126,18 +158,25 @@ class ReadAhead(object):
     def _fill(self):
         while True:
             with self._changed:
-                while (self._buffered >= self._limit and
+                while (self._buffered and
+                       self._buffered + self._piece > self._limit and
                        not self._stopping):
                     self._changed.wait()
                 if self._stopping:
                     return
+                piece = self._piece
             try:
-                data = self._source.read(self._piece)
-            except BaseException as exc:
-                with self._changed:
-                    self._error = exc
-                    self._changed.notify_all()
+                data = self._source.read(piece)
+            except Exception as exc:
+                self._finish(error=exc)
                 return
+            except BaseException as exc:
+                # The thread itself is being stopped (eventlet's
+                # GreenletExit, interpreter exit): the reader must not
+                # wait for it, nor get the signal meant for this thread.
+                self._finish(error=RuntimeError(
+                    'reading ahead stopped: %s' % type(exc).__name__))
+                raise
             with self._changed:
                 if self._stopping:
                     return
@@ -149,3 +188,8 @@ class ReadAhead(object):
                 self._changed.notify_all()
                 if not data:
                     return
+
+    def _finish(self, error):
+        with self._changed:
+            self._error = error
+            self._changed.notify_all()

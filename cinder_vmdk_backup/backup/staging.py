@@ -52,6 +52,7 @@ class SparseStagingWriter(object):
     def __init__(self, fd):
         self._fd = fd
         self._pos = 0
+        self._end = 0  # the end of what was written, zeros left out or not
         self._written = bytearray()
 
     # -- file interface ------------------------------------------------------
@@ -81,6 +82,7 @@ class SparseStagingWriter(object):
         for first, end in runs:
             self._mark_written(start + first, start + end)
         self._pos = start + size
+        self._end = max(self._end, self._pos)
         return size
 
     def seek(self, offset, whence=io.SEEK_SET):
@@ -89,7 +91,7 @@ class SparseStagingWriter(object):
         elif whence == io.SEEK_CUR:
             position = self._pos + offset
         elif whence == io.SEEK_END:
-            position = os.fstat(self._fd).st_size + offset
+            position = max(self._end, os.fstat(self._fd).st_size) + offset
         else:
             raise ValueError('invalid whence %r' % whence)
         if position < 0:

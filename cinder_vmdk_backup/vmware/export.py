@@ -30,6 +30,10 @@ from cinder_vmdk_backup.vmware import nfc
 
 LOG = logging.getLogger(__name__)
 
+#: Largest decode buffer kept from one read to the next (the read-ahead
+#: reads pieces of at most this size).
+MAX_KEPT_BUFFER = 32 * 1024 * 1024
+
 #: Exceptions of a broken or stalled HTTP body read.
 _NETWORK_ERRORS = (OSError, http.client.HTTPException,
                    u3_exceptions.HTTPError)
@@ -113,11 +117,20 @@ class RawDiskStream(object):
             self._buffer = None
             self._check_end()
             return b''
+        if n > MAX_KEPT_BUFFER:
+            # A backup driver's huge chunk: not kept between reads.
+            buf = bytearray(n)
+            self.readinto(buf)
+            return bytes(buf)
         if self._buffer is None or len(self._buffer) < n:
             self._buffer = bytearray(n)
-        with memoryview(self._buffer) as whole, whole[:n] as target:
-            self.readinto(target)
-            data = bytes(target)
+        try:
+            with memoryview(self._buffer) as whole, whole[:n] as target:
+                self.readinto(target)
+                data = bytes(target)
+        except BaseException:
+            self._buffer = None
+            raise
         if self._pos >= self.size:
             self._buffer = None
         return data

@@ -26,7 +26,8 @@ class MallocTuningTestCase(base.BaseTestCase):
 
     def setUp(self):
         super(MallocTuningTestCase, self).setUp()
-        for name in ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_ARENA_MAX'):
+        for name in ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_ARENA_MAX',
+                     'GLIBC_TUNABLES'):
             self.useFixture(fixtures.EnvironmentVariable(name))
 
     def _mallopt(self, result=1):
@@ -54,6 +55,13 @@ class MallocTuningTestCase(base.BaseTestCase):
         self.assertEqual(['MALLOC_MMAP_THRESHOLD_'], malloc_tuning.apply())
         self.assertEqual([(-3, 1024 * 1024)], calls)
 
+    def test_operator_glibc_tunables_win(self):
+        self.useFixture(fixtures.EnvironmentVariable(
+            'GLIBC_TUNABLES', 'glibc.malloc.mmap_threshold=4194304'))
+        calls = self._mallopt()
+        self.assertEqual(['MALLOC_ARENA_MAX'], malloc_tuning.apply())
+        self.assertEqual([(-8, 2)], calls)
+
     def test_refused_setting_is_not_reported(self):
         self._mallopt(result=0)
         self.assertEqual([], malloc_tuning.apply())
@@ -68,7 +76,7 @@ class MallocTuningTestCase(base.BaseTestCase):
             self.skipTest('needs glibc')
         # In a child: the settings are process-wide.
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith('MALLOC_')}
+               if not k.startswith('MALLOC_') and k != 'GLIBC_TUNABLES'}
         out = subprocess.run(  # nosec B603
             [sys.executable, '-c',
              'from cinder_vmdk_backup import malloc_tuning\n'

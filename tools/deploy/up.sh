@@ -438,9 +438,15 @@ SQL
         >"$dir/log/db-sync.log" 2>&1 \
         || cvb_die "cinder-manage db sync failed: $dir/log/db-sync.log"
 
+    local debug
     for s in "${services[@]}"; do
+        # The scheduler logs at DEBUG when it learns of a backup service:
+        # wait_services waits for that line.
+        debug=()
+        [ "$s" = cinder-scheduler ] && debug=(--debug)
         cvb_start "$dir/$s.pid" "$dir/log/$s.out" "$VENV/bin/$s" \
-            --config-file "$dir/cinder.conf" --log-file "$dir/log/$s.log"
+            --config-file "$dir/cinder.conf" --log-file "$dir/log/$s.log" \
+            "${debug[@]}"
     done
     register_endpoint
     umask 077
@@ -468,7 +474,9 @@ wait_services() {
     # Until cinder-scheduler, cinder-volume and cinder-backup have reported
     # to the database since now (rows of an earlier run of this profile
     # stay in its database and must not count: cinder-api would find no
-    # backup service up) and the volume driver is initialised.
+    # backup service up), the volume driver is initialised and the
+    # scheduler has heard from a working cinder-backup (it picks the
+    # backup host from those reports, not from the database).
     local n s deadline=$((SECONDS + ${CVB_SERVICE_WAIT:-600}))
     local since
     since=$(date -u '+%Y-%m-%d %H:%M:%S')
@@ -486,7 +494,9 @@ wait_services() {
               AND \`binary\` IN ('cinder-scheduler', 'cinder-volume',
                                  'cinder-backup')" 2>/dev/null) || n=0
         if [ "$n" = 3 ] && grep -q 'Driver initialization completed' \
-                "$dir/log/cinder-volume.log" 2>/dev/null; then
+                "$dir/log/cinder-volume.log" 2>/dev/null \
+            && grep -q "Received backup service update from .*'backend_state': True" \
+                "$dir/log/cinder-scheduler.log" 2>/dev/null; then
             return 0
         fi
         sleep 0.2

@@ -12,6 +12,7 @@
 
 import io
 import os
+import random
 import subprocess  # nosec B404: runs this interpreter
 import sys
 import threading
@@ -149,9 +150,37 @@ class ReadAheadTestCase(base.BaseTestCase):
         closer.join(5)
         self.assertFalse(closer.is_alive())
         source.closed = True
-        taken = source.taken
+        calls = source.calls
         time.sleep(0.05)
-        self.assertEqual(taken, source.taken)
+        # Not even an attempt to read the closed source.
+        self.assertEqual(calls, source.calls)
+        self.assertIsNone(reader._error)
+        self.assertRaises(ValueError, reader.read, 10)
+
+    def test_reads_of_changing_sizes(self):
+        rng = random.Random(3)
+        data = os.urandom(3 * 1000 * 1000 + 11)
+        source = RecordingSource(data, most=rng.choice((None, 5000)))
+        self.useFixture(fixtures.MonkeyPatch(
+            'cinder_vmdk_backup.backup.read_ahead.MAX_PIECE', 64 * 1024))
+        got = []
+        with read_ahead.ReadAhead(source, 100 * 1000) as reader:
+            while True:
+                size = rng.choice((1, 7, 4096, 65536, 100000, 250000))
+                piece = reader.read(size)
+                if not piece:
+                    break
+                self.assertEqual(min(size, len(data) - len(b''.join(got))),
+                                 len(piece))
+                got.append(piece)
+        self.assertEqual(data, b''.join(got))
+
+    @ddt.data((1, 1), (32, 32), (33, 17), (64, 32), (65, 22), (100, 25))
+    @ddt.unpack
+    def test_piece_size(self, size, piece):
+        self.useFixture(fixtures.MonkeyPatch(
+            'cinder_vmdk_backup.backup.read_ahead.MAX_PIECE', 32))
+        self.assertEqual(piece, read_ahead.piece_size(size))
 
     def test_close_without_reading_starts_nothing(self):
         source = RecordingSource(b'data')
@@ -181,12 +210,15 @@ native_event = patcher.original('threading').Event()
 
 class Source(object):
     reads = 0
+    left = 30
 
     def read(self, size):
         self.reads += 1
         if self.reads == 2:
             native_event.set()
-        return b'x' * size if self.reads <= 3 else b''
+        size = min(size, self.left)
+        self.left -= size
+        return b'x' * size
 
 
 with read_ahead.ReadAhead(Source(), 10) as reader:

@@ -12,6 +12,7 @@
 
 import types
 
+import fixtures
 import testtools
 
 from cinder_vmdk_backup.vmware import errors
@@ -79,6 +80,24 @@ class RawDiskStreamTestCase(testtools.TestCase):
         # bytearray.
         stream, _lease = self.stream(b'0123456789')
         self.assertIs(bytes, type(stream.read(4)))
+
+    def test_decode_buffer_is_kept_only_for_pieces(self):
+        self.useFixture(fixtures.MonkeyPatch(
+            'cinder_vmdk_backup.vmware.export.MAX_KEPT_BUFFER', 4))
+        stream, _lease = self.stream(b'0123456789abcdef')
+        self.assertEqual(b'0123', stream.read(4))
+        kept = stream._buffer
+        self.assertEqual(b'4567', stream.read(4))
+        self.assertIs(kept, stream._buffer)
+        self.assertEqual(b'89abcde', stream.read(7))
+        self.assertIs(kept, stream._buffer)
+        self.assertEqual(b'f', stream.read(1))
+        self.assertIsNone(stream._buffer)
+
+    def test_decode_buffer_is_dropped_on_error(self):
+        stream, _lease = self.stream(b'abc', capacity=6)
+        self.assertRaises(errors.TransferError, stream.read, 6)
+        self.assertIsNone(stream._buffer)
 
     def test_pads_zeros_up_to_volume_size(self):
         stream, _lease = self.stream(b'abc', size=8)
