@@ -44,6 +44,7 @@ the rest reads as zeros): a smoke run, the ratios are meant at 1 GiB.
 """
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -100,6 +101,20 @@ def _driver():
     return driver
 
 
+def _timed(method):
+    """Wrap a backup driver method to add its seconds to ``self.seconds``."""
+
+    @functools.wraps(method)
+    def timed(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    return timed
+
+
 def _service(context):
     from cinder.backup.drivers import posix
 
@@ -107,20 +122,8 @@ def _service(context):
         """The posix driver, counting the seconds spent in it."""
 
         seconds = 0.0
-
-        def backup(self, *args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return super(TimedPosix, self).backup(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - start
-
-        def restore(self, *args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return super(TimedPosix, self).restore(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - start
+        backup = _timed(posix.PosixBackupDriver.backup)
+        restore = _timed(posix.PosixBackupDriver.restore)
 
     return TimedPosix(context)
 
