@@ -36,10 +36,18 @@ vmdk_backup_opts = [
                     'Only the data of the restored volume is staged there; '
                     'a backup never stages data on local disk.'),
     cfg.IntOpt('vmware_backup_compression_level',
-               default=1, min=1, max=9,
+               default=0, min=0, max=9,
                help='Deflate level of the stream-optimized VMDK uploaded '
-                    'to vCenter on restore. 1 is fastest; higher levels '
-                    'trade CPU time for fewer bytes on the network.'),
+                    'to vCenter on restore. 0 sends the data uncompressed '
+                    '(deflate\'s stored blocks; zeros are still left out): '
+                    'no compression here, a plain copy on the ESXi host, '
+                    'no compressing pass to find the upload\'s length; '
+                    'like VMware\'s own NBD transport, which compresses '
+                    'only when asked. Levels 1 (fastest) to 9 send fewer '
+                    'bytes for CPU time on both sides (two compressing '
+                    'passes here, inflating on the ESXi host): worth it '
+                    'where the link to the ESXi hosts\' management '
+                    'network is slower than about 1 Gbit/s.'),
     cfg.IntOpt('vmware_backup_compression_threads',
                default=0, min=0,
                help='Number of threads compressing grains of the VMDK '
@@ -148,6 +156,29 @@ backup_manager_opts = [
                      'MiB a backup moves at a time stay in the process '
                      'after use: the peak RSS of a 1 GiB backup measured '
                      '530-600 MiB instead of about 320 MiB.'),
+    cfg.StrOpt('driver_owned_backup_zlib_implementation',
+               default='isal',
+               choices=[('isal', 'Intel ISA-L (python-isal), at '
+                                 'driver_owned_backup_isal_level'),
+                        ('zlib', "Python's zlib at its default level, "
+                                 'as Cinder does')],
+               help='What compresses and inflates the data of driver-owned '
+                    'backups and restores when backup_compression_algorithm '
+                    'is zlib (or gzip) and the backup driver is one of '
+                    'Cinder\'s chunked drivers (posix, swift, s3, nfs, '
+                    '...). Both write standard zlib streams, recorded as '
+                    'such, that any Cinder restores. ISA-L compresses 7-15x '
+                    'faster than zlib level 6 (log-like text about 20 % '
+                    'larger at level 2, random data the same) and inflates '
+                    'about twice as fast. Falls back to zlib when isal '
+                    'cannot be imported.'),
+    cfg.IntOpt('driver_owned_backup_isal_level',
+               default=2, min=0, max=3,
+               help='ISA-L compression level for '
+                    'driver_owned_backup_zlib_implementation = isal. '
+                    'Level 3 stores log-like text about 1 % smaller than '
+                    'level 2 at half the speed (a third on random data); '
+                    'level 0 is the fastest and compresses least.'),
 ]
 
 _OPT_GROUPS = (

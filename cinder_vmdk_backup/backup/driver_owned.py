@@ -27,8 +27,9 @@ extended by keyword arguments only::
 What a backup holds is the guest-visible **raw** disk data: the backup
 service reads it as a sequential stream, so Cinder's incremental backups and
 cross-backend restores work unchanged. The mixin owns the flow around the
-data (streaming into the backup service; on restore a private sparse staging
-file, its exact size, clean-up on every path); a driver fills three hooks:
+data (streaming into the backup service, read ahead of it, zlib done by
+ISA-L (:mod:`.fast_zlib`); on restore a private sparse staging file, its
+exact size, clean-up on every path); a driver fills three hooks:
 
 * :meth:`DriverOwnedBackupMixin.open_backup_source`: the device's data as a
   raw, readable stream;
@@ -81,6 +82,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import units
 
+from cinder_vmdk_backup.backup import fast_zlib
 from cinder_vmdk_backup.backup import read_ahead
 from cinder_vmdk_backup.backup import staging
 from cinder_vmdk_backup import opts
@@ -160,7 +162,8 @@ class DriverOwnedBackupMixin(object):
                   'id': device.id})
         length = self._device_size_gb(device) * units.Gi
         with self.open_backup_source(context, backup, device) as source, \
-                _read_ahead(source) as reader:
+                _read_ahead(source) as reader, \
+                fast_zlib.accelerated(backup_service):
             result = backup_service.backup(
                 backup, ExactLengthReader(reader, length, device.id))
         if profile:
@@ -187,8 +190,9 @@ class DriverOwnedBackupMixin(object):
         size = self._backup_size_bytes(backup, volume)
         with self._staging_file() as (staging_file, path):
             writer = staging.SparseStagingWriter(staging_file.fileno())
-            backup_service.restore(backup, volume.id,
-                                   utils.tpool_wrap(writer), False)
+            with fast_zlib.accelerated(backup_service):
+                backup_service.restore(backup, volume.id,
+                                       utils.tpool_wrap(writer), False)
             os.ftruncate(staging_file.fileno(), size)
             staging_file.close()
             self.restore_raw_image(context, backup, volume, path,

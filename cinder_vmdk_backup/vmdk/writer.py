@@ -77,7 +77,11 @@ class StreamOptimizedWriter(object):
     :param adapter_type: vSphere/Cinder adapter type (``lsiLogic``,
         ``busLogic``, ``lsiLogicsas``, ``paraVirtual``, ``ide``)
     :param hw_version: ``ddb.virtualHWVersion`` of the descriptor
-    :param compression_level: zlib-style deflate level, 1 (fastest) to 9
+    :param compression_level: zlib-style deflate level, 1 (fastest) to 9,
+        or 0: grains stored in deflate's uncompressed blocks, which costs
+        only a checksum here and a copy on the receiving side, and lets the
+        measuring pass skip compression (the stream is then as long as the
+        non-zero data, plus 0.1 %)
     :param threads: compression threads; 0 means one per CPU
     :param extent_name: file name in the descriptor's extent line
     :raises ValueError: for a bad capacity or adapter type
@@ -95,7 +99,9 @@ class StreamOptimizedWriter(object):
         self._capacity = self._capacity_sectors * fmt.SECTOR
         self._data_end = capacity
         self._grain_bytes = fmt.DEFAULT_GRAIN_SECTORS * fmt.SECTOR
-        self._level = compression.backend_level(compression_level)
+        self._store_only = compression_level == 0
+        self._level = (None if self._store_only
+                       else compression.backend_level(compression_level))
         self._threads = threads or os.cpu_count() or 1
         self._n_gt = fmt.gt_count(self._capacity_sectors)
         self._gd_sectors = fmt.sectors_for(self._n_gt * fmt.GTE_SIZE)
@@ -228,9 +234,10 @@ class StreamOptimizedWriter(object):
                         1 + self._gd_sectors + 2 + 1) * fmt.SECTOR
         self._gt_plan = plan
         LOG.debug('Stream-optimized VMDK of a %(capacity)d-byte disk will be '
-                  '%(length)d bytes (%(backend)s level %(level)d).',
+                  '%(length)d bytes (%(how)s).',
                   {'capacity': self._capacity, 'length': self._length,
-                   'backend': compression.BACKEND, 'level': self._level})
+                   'how': 'grains stored uncompressed' if self._store_only
+                   else '%s level %d' % (compression.BACKEND, self._level)})
 
     # -- reading and compressing -------------------------------------------
 
@@ -328,8 +335,11 @@ class StreamOptimizedWriter(object):
             data = self._padded(grain, data)
             if data == _ZERO_GRAIN[:len(data)]:
                 continue
-            size = len(compression.compress(data, self._level))
             limit = compression.stored_size(len(data))
+            if self._store_only:
+                out.append((grain, _payload_sectors(limit), True))
+                continue
+            size = len(compression.compress(data, self._level))
             is_stored = size >= limit
             out.append((grain,
                         _payload_sectors(limit if is_stored else size),
@@ -344,7 +354,9 @@ class StreamOptimizedWriter(object):
             data = self._padded(grain, data)
             if data == _ZERO_GRAIN[:len(data)]:
                 continue
-            if stored is not None:
+            if self._store_only:
+                body = compression.stored(data)
+            elif stored is not None:
                 if stored[grain >> 3] & (1 << (grain & 7)):
                     body = compression.stored(data)
                 else:

@@ -32,4 +32,4 @@ class ListOptsTestCase(testtools.TestCase):
             conf.register_opts(group_opts, group=group)
         conf([])
         self.assertEqual(
-            1, conf.backend_defaults.vmware_backup_compression_level)
+            0, conf.backend_defaults.vmware_backup_compression_level)

@@ -25,8 +25,10 @@ service is not running: its RPC methods are the boundary the tests play
 import hashlib
 import os
 from unittest import mock
+import zlib
 
 import ddt
+from isal import isal_zlib
 from os_brick.initiator import connector as brick_connector
 from oslo_service import loopingcall
 from oslo_utils import units
@@ -367,6 +369,69 @@ class DriverOwnedBackupManagerTestCase(test.TestCase):
         self.assertEqual(1, self.initialize_connection.call_count)
         self.assertEqual(_block_map(self._path(volume)),
                          _block_map(self._path(new)))
+
+    def _objects_by_offset(self, backup):
+        """The stored objects of ``backup``: offset -> (algorithm, bytes)."""
+        service = self.manager._backup_service_class(self.ctxt)
+        container = os.path.join(self.posix_dir, backup.container)
+        objects_ = {}
+        for entry in service._read_metadata(backup)['objects']:
+            for name, obj in entry.items():
+                with open(os.path.join(container, name), 'rb') as f:
+                    objects_[obj['offset']] = (obj['compression'], f.read())
+        return objects_
+
+    @ddt.data('isal', 'zlib')
+    def test_zlib_backups_are_read_by_any_cinder(self, implementation):
+        """zlib objects of driver-owned backups are plain zlib streams.
+
+        A driver-owned backup restores through Cinder's own path (Python's
+        zlib), a stock backup through the driver (ISA-L inflates it).
+        """
+        self.override_config('backup_compression_algorithm', 'zlib')
+        self.override_config('driver_owned_backup_zlib_implementation',
+                             implementation)
+        regions = ((0, 64 * units.Ki), (3 * units.Mi, 2 * units.Mi))
+        volume = self._volume(regions=regions)
+        with open(self._path(volume), 'r+b') as f:
+            f.seek(8 * units.Mi)
+            f.write(b'compressible text, ' * 50000)
+        backup = self._backup(volume)
+        self.assertEqual(fields.BackupStatus.AVAILABLE, backup.status)
+        stored = self._objects_by_offset(backup)
+        self.assertEqual({'zlib'}, {algorithm for algorithm, _data
+                                    in stored.values()})
+        data = stored[0][1]
+        with open(self._path(volume), 'rb') as f:
+            chunk = f.read(CONF.backup_file_size)
+        compress = {'isal': lambda raw: isal_zlib.compress(raw, 2),
+                    'zlib': zlib.compress}[implementation]
+        self.assertEqual(compress(chunk), data)
+        self.assertEqual(chunk, zlib.decompress(data))
+
+        # Restored by Cinder's own path onto a volume of another backend.
+        stock_volume = self._volume(host=STOCK_HOST, regions=(),
+                                    status='available')
+        self._restore(backup, stock_volume)
+        self.assertEqual('available', stock_volume.status)
+        self.initialize_connection.assert_called_once_with(
+            self.ctxt, mock.ANY, mock.ANY)
+        self.assertEqual(_block_map(self._path(volume)),
+                         _block_map(self._path(stock_volume)))
+
+        # A stock backup (Python's zlib) restored by the driver.
+        self._write(stock_volume, 20 * units.Mi, b'stock data' * 1000)
+        stock_backup = self._backup(stock_volume)
+        with open(self._path(stock_volume), 'rb') as f:
+            chunk = f.read(CONF.backup_file_size)
+        self.assertEqual(('zlib', zlib.compress(chunk)),
+                         self._objects_by_offset(stock_backup)[0])
+        new = self._new_volume()
+        self._restore(stock_backup, new)
+        self.assertEqual('available', new.status)
+        self.assertEqual(_block_map(self._path(stock_volume)),
+                         _block_map(self._path(new)))
+        self.assertEqual([], self._staging_files())
 
     def _assert_cinders_attach_was_used(self):
         """Cinder's path: its attach step ran (and failed, on purpose).

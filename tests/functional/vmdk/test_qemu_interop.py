@@ -146,13 +146,15 @@ class QemuInteropTestCase(base.BaseTestCase):
         self._assert_decodes_to(vmdk, back)
         self._assert_decodes_to(vmdk, source)
 
-    @ddt.data(*sorted(CASES))
-    def test_our_vmdk_passes_qemu_check_and_compare(self, name):
+    @ddt.data(*[(name, level) for name in sorted(CASES)
+                for level in (0, 1)])
+    @ddt.unpack
+    def test_our_vmdk_passes_qemu_check_and_compare(self, name, level):
         source, capacity = self._source(name)
         vmdk = self._path('ours.vmdk')
         with open(source, 'rb') as src, open(vmdk, 'wb') as sink:
-            encoder = writer.StreamOptimizedWriter(src, capacity,
-                                                   threads=2)
+            encoder = writer.StreamOptimizedWriter(
+                src, capacity, threads=2, compression_level=level)
             length = encoder.length
             self.assertEqual(length, encoder.write_to(sink))
         self.assertEqual(length, os.path.getsize(vmdk))

@@ -156,6 +156,31 @@ class WriterTestCase(base.BaseTestCase):
         self.assertEqual(compression.stored_size(GRAIN), size)
         self.assertEqual(b'\x78\x01', stream[offset + 12:offset + 14])
 
+    @ddt.data(1, 2)
+    def test_level_0_stores_every_grain_without_compressing(self, threads):
+        data = (_text(5) * 3 + bytes(GRAIN) + os.urandom(GRAIN + SECTOR))
+        with mock.patch.object(compression, 'compress',
+                               autospec=True) as compress:
+            stream = streams.encode(data, threads=threads,
+                                    compression_level=0)
+        compress.assert_not_called()
+        self.assertEqual(data, _decode(stream))
+        grains = [(offset, value) for offset, kind, value
+                  in streams.records(stream) if kind == 'grain']
+        # The zero grain is left out; every other one is stored blocks.
+        self.assertEqual([0, 128, 256, 512, 640],
+                         [lba for _offset, lba in grains])
+        for offset, lba in grains:
+            size = fmt.GRAIN_MARKER.unpack_from(stream, offset)[1]
+            body = stream[offset + 12:offset + 12 + size]
+            self.assertEqual(b'\x78\x01', body[:2])
+            start = lba * SECTOR
+            self.assertEqual(
+                compression.stored(data[start:start + GRAIN]), body)
+        vmdk = writer.StreamOptimizedWriter(io.BytesIO(data), len(data),
+                                            compression_level=0)
+        self.assertEqual(len(stream), vmdk.length)
+
     @ddt.data(('lsiLogic', 'lsilogic'), ('busLogic', 'buslogic'),
               ('lsiLogicsas', 'lsilogic'), ('paraVirtual', 'lsilogic'),
               ('ide', 'ide'))

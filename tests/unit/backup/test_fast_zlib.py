@@ -1,0 +1,154 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+import hashlib
+from unittest import mock
+import zlib
+
+from cinder.backup import driver as backup_driver
+from cinder.backup.drivers import posix
+import ddt
+import fixtures
+from isal import isal_zlib
+from oslo_config import fixture as config_fixture
+from oslotest import base
+
+from cinder_vmdk_backup.backup import fast_zlib
+
+
+def _text(size):
+    """Compressible data that zlib and ISA-L compress differently."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += b'%d %s ' % (counter, hashlib.md5(
+            b'%d' % (counter % 97), usedforsecurity=False).hexdigest()[:7]
+            .encode())
+        counter += 1
+    return bytes(out[:size])
+
+
+@ddt.ddt
+class AcceleratedTestCase(base.BaseTestCase):
+    """The context manager on Cinder's real posix backup driver."""
+
+    DATA = _text(256 * 1024)
+
+    def setUp(self):
+        super(AcceleratedTestCase, self).setUp()
+        self.conf = self.useFixture(config_fixture.Config(fast_zlib.CONF))
+        self.conf.config(
+            backup_posix_path=self.useFixture(fixtures.TempDir()).path,
+            backup_compression_algorithm='zlib')
+        # Cinder's backup drivers look at the database engine when built.
+        self.conf.config(connection='sqlite://', group='database')
+
+    def _service(self):
+        return posix.PosixBackupDriver(mock.sentinel.context)
+
+    def _stored(self, service):
+        """What the service stores for DATA, and under which algorithm."""
+        return service._prepare_output_data(self.DATA)
+
+    @ddt.data('zlib', 'gzip', 'ZLIB')
+    def test_backups_compress_with_isal(self, algorithm):
+        self.conf.config(backup_compression_algorithm=algorithm)
+        service = self._service()
+        with fast_zlib.accelerated(service) as same:
+            self.assertIs(service, same)
+            recorded, stored = self._stored(service)
+        self.assertEqual(algorithm.lower(), recorded)
+        self.assertEqual(isal_zlib.compress(self.DATA, 2), stored)
+        self.assertNotEqual(zlib.compress(self.DATA), stored)
+        # Any Cinder reads it back with Python's zlib.
+        self.assertEqual(self.DATA, zlib.decompress(stored))
+
+    @ddt.data(0, 1, 3)
+    def test_level(self, level):
+        self.conf.config(driver_owned_backup_isal_level=level)
+        service = self._service()
+        with fast_zlib.accelerated(service):
+            _, stored = self._stored(service)
+        self.assertEqual(isal_zlib.compress(self.DATA, level), stored)
+
+    def test_service_is_put_back_afterwards(self):
+        service = self._service()
+        compressor = service.compressor
+        with fast_zlib.accelerated(service):
+            self.assertIsNot(compressor, service.compressor)
+        self.assertIs(compressor, service.compressor)
+        self.assertNotIn('_get_compressor', vars(service))
+        self.assertEqual(zlib.compress(self.DATA), self._stored(service)[1])
+
+    def test_service_is_put_back_after_an_error(self):
+        service = self._service()
+        compressor = service.compressor
+
+        def fail():
+            with fast_zlib.accelerated(service):
+                raise ValueError('backup failed')
+
+        self.assertRaises(ValueError, fail)
+        self.assertIs(compressor, service.compressor)
+        self.assertNotIn('_get_compressor', vars(service))
+
+    @ddt.data('zlib', 'gzip')
+    def test_restores_inflate_with_isal(self, algorithm):
+        service = self._service()
+        with mock.patch.object(fast_zlib, 'isal_zlib',
+                               wraps=isal_zlib) as isal:
+            with fast_zlib.accelerated(service):
+                decompressor = service._get_compressor(algorithm)
+                self.assertEqual(self.DATA, decompressor.decompress(
+                    zlib.compress(self.DATA)))
+        isal.decompress.assert_called_once_with(mock.ANY)
+
+    def test_restore_of_other_algorithms_is_cinders(self):
+        self.conf.config(backup_compression_algorithm='zstd')
+        service = self._service()
+        compressor = service.compressor
+        with fast_zlib.accelerated(service):
+            self.assertIs(compressor, service.compressor)
+            bz2 = service._get_compressor('bz2')
+            self.assertIsNone(service._get_compressor('none'))
+            # A zlib object in a zstd-configured repository still gains.
+            self.assertIsInstance(
+                getattr(service._get_compressor('zlib'), '_obj',
+                        service._get_compressor('zlib')),
+                fast_zlib.IsalZlib)
+        self.assertEqual(b'x' * 9, bz2.decompress(bz2.compress(b'x' * 9)))
+
+    def test_zlib_implementation_keeps_cinders(self):
+        self.conf.config(driver_owned_backup_zlib_implementation='zlib')
+        service = self._service()
+        compressor = service.compressor
+        with fast_zlib.accelerated(service):
+            self.assertIs(compressor, service.compressor)
+            self.assertNotIn('_get_compressor', vars(service))
+            self.assertEqual(zlib.compress(self.DATA),
+                             self._stored(service)[1])
+
+    def test_without_isal_keeps_cinders(self):
+        self.patch(fast_zlib, 'isal_zlib', None)
+        service = self._service()
+        compressor = service.compressor
+        with fast_zlib.accelerated(service):
+            self.assertIs(compressor, service.compressor)
+            self.assertNotIn('_get_compressor', vars(service))
+
+    def test_other_backup_drivers_are_left_alone(self):
+        service = mock.create_autospec(backup_driver.BackupDriver,
+                                       instance=True)
+        with fast_zlib.accelerated(service) as same:
+            self.assertIs(service, same)
+        self.assertEqual([], service.method_calls)
+        self.assertNotIn('compressor', vars(service))
