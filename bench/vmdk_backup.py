@@ -348,14 +348,21 @@ _LAUNCHER = (
 
 def _step(step, conf_path, tmp_dir, raw_path, ids):
     """Run one step in its own process; its result with peak RSS."""
-    out = subprocess.run(
+    # The step's log (warnings, the faults oslo.vmware logs for expected
+    # answers) is shown only when the step fails.
+    run = subprocess.run(
         [sys.executable, '-S', '-c', _LAUNCHER, sys.executable, '-m',
          'bench.vmdk_backup', '--worker', step, conf_path, tmp_dir,
          raw_path, json.dumps(ids)],
-        stdout=subprocess.PIPE, check=True).stdout  # nosec B603
-    out, _, report = out.rstrip(b'\n').rpartition(b'\n')
-    maxrss, status = map(int, report.split())
-    if status:
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        check=False)  # nosec B603
+    out, _, report = run.stdout.rstrip(b'\n').rpartition(b'\n')
+    try:
+        maxrss, status = map(int, report.split()[:2])
+    except ValueError:
+        status = run.returncode or 1
+    if status or run.returncode:
+        sys.stderr.write(run.stderr.decode('utf-8', 'replace'))
         raise RuntimeError('step %s failed (%d)' % (step, status))
     result = json.loads(out.splitlines()[-1])
     result['rss'] = maxrss * 1024
@@ -377,9 +384,15 @@ def _write_conf(path, workdir, vcsim, args):
         if item.strip():
             key, _, value = item.partition('=')
             options[key.strip()] = value.strip()
+    # Extra [DEFAULT] options, e.g. CVB_BENCH_DEFAULT_OPTS=
+    # 'driver_owned_backup_read_ahead_mb=0' (experiments).
+    defaults = ''.join(
+        '%s = %s\n' % tuple(part.strip() for part in item.split('=', 1))
+        for item in os.environ.get('CVB_BENCH_DEFAULT_OPTS', '').split(',')
+        if item.strip())
     with open(path, 'w') as conf:
-        conf.write('[DEFAULT]\n'
-                   'host = bench\n'
+        conf.write('[DEFAULT]\n' + defaults)
+        conf.write('host = bench\n'
                    'enabled_backends = vmdk\n'
                    'backup_driver = cinder.backup.drivers.posix.'
                    'PosixBackupDriver\n'

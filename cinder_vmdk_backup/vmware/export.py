@@ -25,14 +25,11 @@ import socket
 from oslo_log import log as logging
 from urllib3 import exceptions as u3_exceptions
 
+from cinder_vmdk_backup import filled_bytes
 from cinder_vmdk_backup.vmware import errors
 from cinder_vmdk_backup.vmware import nfc
 
 LOG = logging.getLogger(__name__)
-
-#: Largest decode buffer kept from one read to the next (the read-ahead
-#: reads pieces of at most this size).
-MAX_KEPT_BUFFER = 32 * 1024 * 1024
 
 #: Exceptions of a broken or stalled HTTP body read.
 _NETWORK_ERRORS = (OSError, http.client.HTTPException,
@@ -86,7 +83,6 @@ class RawDiskStream(object):
         self.size = size
         self._pos = 0
         self._capacity = reader.capacity
-        self._buffer = None
         self.at_end = False
         if self._capacity > size:
             raise errors.TransferError(
@@ -105,35 +101,21 @@ class RawDiskStream(object):
     def read(self, n=-1):
         """Return exactly ``n`` bytes (fewer only at the end).
 
-        The codec decodes straight into a buffer kept from one read to the
-        next (a new one would be zeroed and faulted in each time), copied
-        once into the ``bytes`` returned: backup drivers' compressors
-        (python-zstd) take read-only bytes only.
+        The codec decodes straight into the ``bytes`` object returned
+        (:mod:`~cinder_vmdk_backup.filled_bytes`): backup drivers want
+        ``bytes``, and a backup driver's chunk is tens of MiB.
         """
         if n is None or n < 0:
             n = self.size - self._pos
         n = min(n, self.size - self._pos)
         if n <= 0:
-            self._buffer = None
             self._check_end()
             return b''
-        if n > MAX_KEPT_BUFFER:
-            # A backup driver's huge chunk: not kept between reads.
-            buf = bytearray(n)
-            self.readinto(buf)
-            return bytes(buf)
-        if self._buffer is None or len(self._buffer) < n:
-            self._buffer = bytearray(n)
-        try:
-            with memoryview(self._buffer) as whole, whole[:n] as target:
-                self.readinto(target)
-                data = bytes(target)
-        except BaseException:
-            self._buffer = None
-            raise
-        if self._pos >= self.size:
-            self._buffer = None
-        return data
+        return filled_bytes.filled(n, self._fill)
+
+    def _fill(self, view):
+        """Fill all of ``view`` (not at the end of the stream)."""
+        self.readinto(view)
 
     def readinto(self, b):
         with memoryview(b) as target:

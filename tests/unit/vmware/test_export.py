@@ -11,10 +11,11 @@
 # under the License.
 
 import types
+from unittest import mock
 
-import fixtures
 import testtools
 
+from cinder_vmdk_backup import filled_bytes
 from cinder_vmdk_backup.vmware import errors
 from cinder_vmdk_backup.vmware import export
 from cinder_vmdk_backup.vmware import nfc
@@ -81,23 +82,21 @@ class RawDiskStreamTestCase(testtools.TestCase):
         stream, _lease = self.stream(b'0123456789')
         self.assertIs(bytes, type(stream.read(4)))
 
-    def test_decode_buffer_is_kept_only_for_pieces(self):
-        self.useFixture(fixtures.MonkeyPatch(
-            'cinder_vmdk_backup.vmware.export.MAX_KEPT_BUFFER', 4))
-        stream, _lease = self.stream(b'0123456789abcdef')
-        self.assertEqual(b'0123', stream.read(4))
-        kept = stream._buffer
-        self.assertEqual(b'4567', stream.read(4))
-        self.assertIs(kept, stream._buffer)
-        self.assertEqual(b'89abcde', stream.read(7))
-        self.assertIs(kept, stream._buffer)
-        self.assertEqual(b'f', stream.read(1))
-        self.assertIsNone(stream._buffer)
+    def test_large_reads_are_decoded_into_the_bytes_returned(self):
+        data = bytes(range(256)) * 1024
+        stream, _lease = self.stream(data)
+        with mock.patch.object(export.filled_bytes, 'filled',
+                               autospec=True,
+                               side_effect=filled_bytes.filled) as fill:
+            piece = stream.read(len(data) - 5)
+        fill.assert_called_once_with(len(data) - 5, mock.ANY)
+        self.assertIs(bytes, type(piece))
+        self.assertEqual(data[:-5], piece)
+        self.assertEqual(data[-5:], stream.read(10))
 
-    def test_decode_buffer_is_dropped_on_error(self):
-        stream, _lease = self.stream(b'abc', capacity=6)
-        self.assertRaises(errors.TransferError, stream.read, 6)
-        self.assertIsNone(stream._buffer)
+    def test_error_while_decoding_gives_no_data(self):
+        stream, _lease = self.stream(b'abc' * 30000, capacity=100000)
+        self.assertRaises(errors.TransferError, stream.read, 100000)
 
     def test_pads_zeros_up_to_volume_size(self):
         stream, _lease = self.stream(b'abc', size=8)

@@ -1,0 +1,64 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""A ``bytes`` object of tens of MiB, filled in place by a decoder.
+
+Backup drivers must get ``bytes`` from ``read(n)``: python-zstd refuses
+anything else, Ceph's ``rbd.Image.write`` too. Python offers no way to
+build a ``bytes`` object from a writable buffer without copying it, so a
+decoder filling a ``bytearray`` costs a second buffer of the chunk's size
+and a copy of it for every chunk (32 MiB and more; it showed in the peak
+RSS of a backup).
+
+:func:`filled` does what C code does with the documented C API: create the
+object with ``PyBytes_FromStringAndSize(NULL, n)`` (its contents are then
+uninitialized), let the caller fill it through a writable view of its
+storage, and hand the object out only once it is full. Nothing else can
+see the object before that: it is not hashed, shared or interned. Where
+``ctypes.pythonapi`` is missing (not CPython), a ``bytearray`` is filled
+and copied.
+"""
+
+import ctypes
+
+try:
+    _new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+    _new_bytes.restype = ctypes.py_object
+    _new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+    _storage_of = ctypes.pythonapi.PyBytes_AsString
+    _storage_of.restype = ctypes.c_void_p
+    _storage_of.argtypes = (ctypes.py_object,)
+except (AttributeError, OSError):  # pragma: no cover - not CPython
+    _new_bytes = None
+
+#: Below this size a copy costs nothing worth the trick (and sizes 0 and
+#: 1 may give CPython's shared singletons).
+MIN_SIZE = 64 * 1024
+
+
+def filled(size, fill):
+    """Return a new ``bytes`` object of ``size`` bytes filled by ``fill``.
+
+    :param size: length of the object
+    :param fill: called with a writable memoryview (format ``B``) of
+        exactly ``size`` bytes; it must fill all of it, or raise (the
+        object is then dropped unseen)
+    """
+    if _new_bytes is None or size < MIN_SIZE:
+        buf = bytearray(size)
+        fill(memoryview(buf))
+        return bytes(buf)
+    obj = _new_bytes(None, size)
+    storage = (ctypes.c_ubyte * size).from_address(_storage_of(obj))
+    with memoryview(storage) as raw, raw.cast('B') as view:
+        fill(view)
+    return obj
