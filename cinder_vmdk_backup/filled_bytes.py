@@ -19,26 +19,22 @@ decoder filling a ``bytearray`` costs a second buffer of the chunk's size
 and a copy of it for every chunk (32 MiB and more; it showed in the peak
 RSS of a backup).
 
-:func:`filled` does what C code does with the documented C API: create the
-object with ``PyBytes_FromStringAndSize(NULL, n)`` (its contents are then
-uninitialized), let the caller fill it through a writable view of its
-storage, and hand the object out only once it is full. Nothing else can
-see the object before that: it is not hashed, shared or interned. Where
-``ctypes.pythonapi`` is missing (not CPython), a ``bytearray`` is filled
-and copied.
+:func:`filled` does what C code does with the C API: it creates a new
+object (``bytes(n)``, zeros), lets the caller fill it through a writable
+view of its storage (``PyBytes_AsString``), and hands the object out only
+once it is full. Nothing else can see the object before that: it is not
+hashed, shared or interned. Where ``ctypes.pythonapi`` is missing (not
+CPython), a ``bytearray`` is filled and copied.
 """
 
 import ctypes
 
 try:
-    _new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
-    _new_bytes.restype = ctypes.py_object
-    _new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
     _storage_of = ctypes.pythonapi.PyBytes_AsString
     _storage_of.restype = ctypes.c_void_p
     _storage_of.argtypes = (ctypes.py_object,)
 except (AttributeError, OSError):  # pragma: no cover - not CPython
-    _new_bytes = None
+    _storage_of = None
 
 #: Below this size a copy costs nothing worth the trick (and sizes 0 and
 #: 1 may give CPython's shared singletons).
@@ -50,14 +46,17 @@ def filled(size, fill):
 
     :param size: length of the object
     :param fill: called with a writable memoryview (format ``B``) of
-        exactly ``size`` bytes; it must fill all of it, or raise (the
-        object is then dropped unseen)
+        exactly ``size`` bytes that reads as zeros; it writes what is not
+        zero, or raises (the object is then dropped unseen)
     """
-    if _new_bytes is None or size < MIN_SIZE:
+    if _storage_of is None or size < MIN_SIZE:
         buf = bytearray(size)
         fill(memoryview(buf))
         return bytes(buf)
-    obj = _new_bytes(None, size)
+    # bytes(n) is calloc'd: zeros, in pages the kernel maps only when they
+    # are written (or as its shared zero page when read), so runs of zeros
+    # cost neither time nor memory.
+    obj = bytes(size)
     storage = (ctypes.c_ubyte * size).from_address(_storage_of(obj))
     with memoryview(storage) as raw, raw.cast('B') as view:
         fill(view)

@@ -257,8 +257,13 @@ class StreamOptimizedReader(io.RawIOBase):
                 return True
         return False
 
-    def readinto(self, buf):
-        """Fill buf with guest data; short only at the end of the disk."""
+    def readinto(self, buf, zeroed=False):
+        """Fill buf with guest data; short only at the end of the disk.
+
+        :param zeroed: buf reads as zeros already (e.g. fresh ``calloc``
+            memory): runs of zeros are skipped instead of written, which
+            leaves their pages untouched
+        """
         view = memoryview(buf).cast('B')
         want = len(view)
         done = 0
@@ -267,8 +272,9 @@ class StreamOptimizedReader(io.RawIOBase):
                 break
             n = min(want - done, self._cur_left)
             if self._cur_data is None:
-                n = min(n, len(_ZEROS))
-                view[done:done + n] = _ZEROS[:n]
+                if not zeroed:
+                    n = min(n, len(_ZEROS))
+                    view[done:done + n] = _ZEROS[:n]
             else:
                 view[done:done + n] = \
                     self._cur_data[self._cur_off:self._cur_off + n]

@@ -114,10 +114,11 @@ class RawDiskStream(object):
         return filled_bytes.filled(n, self._fill)
 
     def _fill(self, view):
-        """Fill all of ``view`` (not at the end of the stream)."""
-        self.readinto(view)
+        """Fill all of ``view``, which reads as zeros already."""
+        self.readinto(view, zeroed=True)
 
-    def readinto(self, b):
+    def readinto(self, b, zeroed=False):
+        """Fill ``b`` (exactly, up to the end); ``zeroed``: see the codec."""
         with memoryview(b) as target:
             n = min(len(target), self.size - self._pos)
             if n <= 0:
@@ -126,13 +127,14 @@ class RawDiskStream(object):
             disk_part = max(0, min(n, self._capacity - self._pos))
             got = 0
             while got < disk_part:
-                count = self._reader.readinto(target[got:disk_part])
+                count = self._reader.readinto(target[got:disk_part],
+                                              zeroed=zeroed)
                 if not count:
                     raise errors.TransferError(
                         reason='disk stream ended at %d of %d bytes' % (
                             self._pos + got, self._capacity))
                 got += count
-            if got < n:
+            if got < n and not zeroed:
                 # Past the disk's capacity: zeros up to the volume's size.
                 target[got:n] = bytes(n - got)
         self._pos += n

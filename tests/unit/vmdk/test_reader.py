@@ -116,6 +116,16 @@ class ReaderRoundTripTestCase(base.BaseTestCase):
         self.assertEqual(GRAIN + 10, vmdk.tell())
         self.assertEqual(GRAIN - 10, vmdk.readinto(buf))
 
+    def test_readinto_zeroed_buffer_skips_zero_runs(self):
+        data = _disk('r', 'z', 't')
+        vmdk = reader.StreamOptimizedReader(io.BytesIO(streams.encode(data)))
+        # A buffer that does not read as zeros shows what was skipped.
+        buf = bytearray(b'\xff' * len(data))
+        self.assertEqual(len(data), vmdk.readinto(buf, zeroed=True))
+        self.assertEqual(data[:GRAIN], buf[:GRAIN])
+        self.assertEqual(b'\xff' * GRAIN, buf[GRAIN:2 * GRAIN])
+        self.assertEqual(data[2 * GRAIN:], buf[2 * GRAIN:])
+
     def test_descriptor_is_parsed(self):
         vmdk = reader.StreamOptimizedReader(io.BytesIO(
             streams.encode(bytes(SECTOR), adapter_type='ide')))

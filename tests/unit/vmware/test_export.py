@@ -32,7 +32,7 @@ class PassThroughReader(object):
     def read(self, n=-1):
         return self._body.read(n)
 
-    def readinto(self, buf):
+    def readinto(self, buf, zeroed=False):
         data = self._body.read(len(buf))
         buf[:len(data)] = data
         return len(data)
