@@ -58,6 +58,9 @@ def filled(size, fill):
     # cost neither time nor memory.
     obj = bytes(size)
     storage = (ctypes.c_ubyte * size).from_address(_storage_of(obj))
+    # A view that outlives this call (held by a traceback, say) keeps the
+    # array, and through it the object whose memory it is, alive.
+    storage.owner = obj
     with memoryview(storage) as raw, raw.cast('B') as view:
         fill(view)
     return obj

@@ -53,6 +53,18 @@ class FilledTestCase(base.BaseTestCase):
         # Nobody else holds it: the caller's reference (and getrefcount's).
         self.assertEqual(2, sys.getrefcount(first))
 
+    def test_a_view_kept_by_the_filler_keeps_the_memory_alive(self):
+        size = filled_bytes.MIN_SIZE
+        kept = []
+
+        def fill(view):
+            kept.append(view[:10])
+            view[:] = b'y' * size
+            raise IOError('stream broke')
+
+        self.assertRaises(IOError, filled_bytes.filled, size, fill)
+        self.assertEqual(b'y' * 10, bytes(kept[0]))
+
     def test_no_object_when_filling_fails(self):
         def fill(view):
             view[:10] = b'x' * 10
