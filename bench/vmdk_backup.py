@@ -212,7 +212,8 @@ def _process_cpu_seconds(pid):
     """
     with open('/proc/%d/stat' % pid) as stat:
         fields = stat.read().rpartition(')')[2].split()
-    # utime and stime are fields 14 and 15 of stat(5); 12 and 13 here.
+    # utime and stime are fields 14 and 15 of stat(5) (counted from 1),
+    # indexes 11 and 12 of what follows the command name.
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
@@ -402,7 +403,7 @@ def _write_conf(path, workdir, vcsim, args):
     defaults = ''.join(
         '%s = %s\n' % tuple(part.strip() for part in item.split('=', 1))
         for item in os.environ.get('CVB_BENCH_DEFAULT_OPTS', '').split(',')
-        if item.strip())
+        if '=' in item)
     with open(path, 'w') as conf:
         conf.write('[DEFAULT]\n' + defaults)
         conf.write('host = bench\n'

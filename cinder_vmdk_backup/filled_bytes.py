@@ -53,9 +53,11 @@ def filled(size, fill):
         buf = bytearray(size)
         fill(memoryview(buf))
         return bytes(buf)
-    # bytes(n) is calloc'd: zeros, in pages the kernel maps only when they
-    # are written (or as its shared zero page when read), so runs of zeros
-    # cost neither time nor memory.
+    # bytes(n) is calloc'd: zeros. Served by mmap (pieces of 1 MiB and more
+    # with driver_owned_backup_tune_malloc, the default; above 32 MiB with
+    # glibc's defaults), they are pages the kernel maps only when written,
+    # so runs of zeros cost neither time nor memory; from the heap, calloc
+    # clears them, which is still correct.
     obj = bytes(size)
     storage = (ctypes.c_ubyte * size).from_address(_storage_of(obj))
     # A view that outlives this call (held by a traceback, say) keeps the

@@ -50,8 +50,9 @@ vmdk_backup_opts = [
                     'network is slower than about 1 Gbit/s.'),
     cfg.IntOpt('vmware_backup_compression_threads',
                default=0, min=0,
-               help='Number of threads compressing grains of the VMDK '
-                    'uploaded on restore; 0 means one per CPU.'),
+               help='Number of threads preparing (at levels 1-9 '
+                    'compressing) grains of the VMDK uploaded on restore; '
+                    '0 means one per CPU.'),
     cfg.IntOpt('vmware_backup_transfer_idle_timeout',
                default=600, min=10,
                help='Seconds a disk export or import may go without moving '

@@ -66,7 +66,8 @@ def compress(data, level):
 def stored(data):
     """Return data as a zlib stream of stored (uncompressed) blocks.
 
-    Used for grains the measuring pass found incompressible: the result is
+    Used for grains the measuring pass found incompressible, and for every
+    grain at level 0: the result is
     as small as deflate's own output for them and costs only a checksum.
     """
     parts = [_ZLIB_STORED_HEADER]

@@ -118,7 +118,12 @@ class RawDiskStream(object):
         self.readinto(view, zeroed=True)
 
     def readinto(self, b, zeroed=False):
-        """Fill ``b`` (exactly, up to the end); ``zeroed``: see the codec."""
+        """Fill ``b`` (exactly, up to the end).
+
+        :param zeroed: internal: only for a buffer that is new and reads
+            as zeros (runs of zeros are then left unwritten); a reused
+            buffer would keep stale data there
+        """
         with memoryview(b) as target:
             n = min(len(target), self.size - self._pos)
             if n <= 0:

@@ -386,7 +386,7 @@ class DriverOwnedBackupManagerTestCase(test.TestCase):
         """zlib objects of driver-owned backups are plain zlib streams.
 
         A driver-owned backup restores through Cinder's own path (Python's
-        zlib), a stock backup through the driver (ISA-L inflates it).
+        zlib), a stock backup through the driver.
         """
         self.override_config('backup_compression_algorithm', 'zlib')
         self.override_config('driver_owned_backup_zlib_implementation',
