@@ -43,7 +43,9 @@ with glibc's defaults, as under Cinder's own manager. Set
 With zlib compression, driver-owned backups and restores have the backup
 driver's zlib done by ISA-L (``driver_owned_backup_zlib_implementation``,
 :mod:`cinder_vmdk_backup.backup.fast_zlib`); so does the local-file step,
-which stands for the backup driver as the plugin runs it. The stock steps
+which stands for the backup driver as the plugin runs it (digests of
+zeros from a cache too, :mod:`cinder_vmdk_backup.backup.zero_hashing`).
+The stock steps
 use Python's zlib, as Cinder does. ``--zlib-implementation zlib`` runs the
 plugin and the local file with Python's zlib too.
 
@@ -240,11 +242,11 @@ def _worker(argv):
     with DiskPeak(tmp_dir) as peak:
         if step == 'local-backup':
             # The backup driver as driver-owned backups configure it (its
-            # zlib done by ISA-L unless the run says zlib).
-            from cinder_vmdk_backup.backup import fast_zlib
+            # zlib done by ISA-L unless the run says zlib, zeros not hashed).
+            from cinder_vmdk_backup.backup import driver_owned
             backup, = objs
             with open(raw_path, 'rb') as source, \
-                    fast_zlib.accelerated(service):
+                    driver_owned.tuned_for_raw_data(service):
                 service.backup(backup, source)
         elif step == 'plugin-backup':
             backup, = objs

@@ -34,6 +34,7 @@ from oslo_service import loopingcall
 from oslo_utils import units
 import zstd
 
+from cinder.backup import chunkeddriver
 from cinder.backup.drivers import posix  # noqa: F401 (its options)
 from cinder import context
 from cinder import exception
@@ -46,6 +47,7 @@ from cinder.tests.unit import utils as test_utils
 
 from cinder_vmdk_backup.backup import driver_owned
 from cinder_vmdk_backup.backup import manager
+from cinder_vmdk_backup.backup import zero_hashing
 from tests.functional.backup import file_driver
 
 CONF = manager.CONF
@@ -432,6 +434,51 @@ class DriverOwnedBackupManagerTestCase(test.TestCase):
         self.assertEqual(_block_map(self._path(stock_volume)),
                          _block_map(self._path(new)))
         self.assertEqual([], self._staging_files())
+
+    def _digests(self, backup):
+        """The SHA-256 map and the objects' MD5s Cinder recorded."""
+        service = self.manager._backup_service_class(self.ctxt)
+        md5s = [(obj['offset'], obj['md5'])
+                for entry in service._read_metadata(backup)['objects']
+                for obj in entry.values()]
+        return service._read_sha256file(backup)['sha256s'], md5s
+
+    def test_digests_are_the_stock_paths(self):
+        """Zeros are not hashed, yet the digests are Cinder's own.
+
+        The same mostly-empty disk through the driver and through Cinder's
+        path: the same SHA-256 map (incrementals of either build on it) and
+        the same MD5 per object; then an incremental of the driver's.
+        """
+        self.override_config('backup_file_size', 16 * units.Mi)
+        volume = self._volume()
+        stock_volume = self._volume(host=STOCK_HOST)
+        owned = self._backup(volume)
+        stock = self._backup(stock_volume)
+        self.initialize_connection.assert_called_once_with(
+            self.ctxt, mock.ANY, mock.ANY)
+        self.assertIsNot(zero_hashing.ZeroAwareHashlib,
+                         type(chunkeddriver.hashlib))
+        owned_shas, owned_md5s = self._digests(owned)
+        self.assertEqual(self._digests(stock), (owned_shas, owned_md5s))
+        zero_block = hashlib.sha256(
+            bytes(CONF.backup_sha_block_size_bytes)).hexdigest()
+        self.assertGreater(owned_shas.count(zero_block),
+                           len(owned_shas) * 9 // 10)
+        self.assertIn((16 * units.Mi, hashlib.md5(
+            bytes(16 * units.Mi), usedforsecurity=False).hexdigest()),
+            owned_md5s)
+
+        # Data over zeros, zeros over data: only those blocks are stored.
+        self._write(volume, 100 * units.Mi, b'z' * 10)
+        self._write(volume, 0, bytes(CONF.backup_sha_block_size_bytes))
+        incremental = self._backup(volume, parent=owned)
+        self.assertEqual(2 * CONF.backup_sha_block_size_bytes,
+                         self._stored_bytes(incremental))
+        new = self._new_volume()
+        self._restore(incremental, new)
+        self.assertEqual(_block_map(self._path(volume)),
+                         _block_map(self._path(new)))
 
     def _assert_cinders_attach_was_used(self):
         """Cinder's path: its attach step ran (and failed, on purpose).
