@@ -68,7 +68,8 @@ Both entry points run in the cinder-backup thread that handles the request
 service in that thread: a stream doing blocking native I/O should wrap its
 reads with :func:`cinder.utils.tpool_wrap`, and CPU-heavy work belongs on
 :mod:`cinder_vmdk_backup.native_threads`. The restore staging file is
-handed to the backup service wrapped in ``tpool_wrap`` already.
+written on a native thread already, behind the backup service
+(:mod:`.write_behind`).
 """
 
 import contextlib
@@ -78,7 +79,6 @@ import tempfile
 
 from cinder import exception
 from cinder import objects
-from cinder import utils
 from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import units
@@ -86,6 +86,7 @@ from oslo_utils import units
 from cinder_vmdk_backup.backup import fast_zlib
 from cinder_vmdk_backup.backup import read_ahead
 from cinder_vmdk_backup.backup import staging
+from cinder_vmdk_backup.backup import write_behind
 from cinder_vmdk_backup.backup import zero_hashing
 from cinder_vmdk_backup import opts
 
@@ -186,15 +187,17 @@ class DriverOwnedBackupMixin(object):
         tail, and handed to the driver. The backup service writes every
         byte (it is told the volume is not new);
         :class:`~.staging.SparseStagingWriter` leaves out the zeros that
-        need no writing, so the file stays sparse. ``volume_is_new`` is the
+        need no writing, so the file stays sparse; it writes one object
+        while the service reads and inflates the next
+        (:class:`~.write_behind.WriteBehind`). ``volume_is_new`` is the
         driver's to act on.
         """
         size = self._backup_size_bytes(backup, volume)
         with self._staging_file() as (staging_file, path):
             writer = staging.SparseStagingWriter(staging_file.fileno())
-            with fast_zlib.accelerated(backup_service):
-                backup_service.restore(backup, volume.id,
-                                       utils.tpool_wrap(writer), False)
+            with write_behind.WriteBehind(writer) as behind, \
+                    fast_zlib.accelerated(backup_service):
+                backup_service.restore(backup, volume.id, behind, False)
             os.ftruncate(staging_file.fileno(), size)
             staging_file.close()
             self.restore_raw_image(context, backup, volume, path,

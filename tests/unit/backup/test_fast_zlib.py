@@ -152,3 +152,69 @@ class AcceleratedTestCase(base.BaseTestCase):
             self.assertIs(service, same)
         self.assertEqual([], service.method_calls)
         self.assertNotIn('compressor', vars(service))
+
+
+@ddt.ddt
+class ZeroBodiesTestCase(base.BaseTestCase):
+    """Objects that inflate to zeros are inflated once per operation."""
+
+    def setUp(self):
+        super(ZeroBodiesTestCase, self).setUp()
+        self.isal = self.useFixture(fixtures.MockPatchObject(
+            fast_zlib, 'isal_zlib', autospec=True)).mock
+        self.isal.decompress.side_effect = isal_zlib.decompress
+        self.codec = fast_zlib.IsalZlib(2)
+
+    @ddt.data(zlib.compress, lambda data: isal_zlib.compress(data, 2),
+              lambda data: bytearray(zlib.compress(data, 9)))
+    def test_zero_body_inflated_once(self, compress):
+        body = compress(bytes(4 * 1024 * 1024))
+        first = self.codec.decompress(body)
+        second = self.codec.decompress(body)
+        self.assertEqual(bytes(4 * 1024 * 1024), first)
+        self.assertEqual(first, second)
+        self.assertIsInstance(second, bytes)
+        self.isal.decompress.assert_called_once_with(body)
+
+    @ddt.data(b'a', b'\x00' * 1023 + b'\x01')
+    def test_other_compressible_bodies_are_always_inflated(self, pattern):
+        data = pattern * (4 * 1024 * 1024 // len(pattern))
+        body = zlib.compress(data)
+        for _ in range(3):
+            self.assertEqual(data, self.codec.decompress(body))
+        self.assertEqual(3, self.isal.decompress.call_count)
+
+    def test_zeros_of_other_lengths_are_told_apart(self):
+        bodies = {n: zlib.compress(bytes(n))
+                  for n in (1024 * 1024, 2 * 1024 * 1024, 1024 * 1024 + 1)}
+        for _ in range(2):
+            for length, body in bodies.items():
+                self.assertEqual(bytes(length), self.codec.decompress(body))
+        self.assertEqual(3, self.isal.decompress.call_count)
+
+    def test_bodies_kept_are_bounded(self):
+        kept = fast_zlib.ZERO_BODIES_KEPT
+        bodies = [zlib.compress(bytes(1024 * 1024 + n))
+                  for n in range(kept + 1)]
+        for body in bodies:
+            self.codec.decompress(body)
+        self.codec.decompress(bodies[-1])
+        self.assertEqual(kept + 1, self.isal.decompress.call_count)
+        # The oldest was let go.
+        self.codec.decompress(bodies[0])
+        self.assertEqual(kept + 2, self.isal.decompress.call_count)
+
+    def test_large_bodies_are_not_kept(self):
+        self.useFixture(fixtures.MonkeyPatch(
+            'cinder_vmdk_backup.backup.fast_zlib.MAX_ZERO_BODY', 100))
+        body = zlib.compress(bytes(1024 * 1024))
+        self.assertGreater(len(body), 100)
+        for _ in range(2):
+            self.assertEqual(bytes(1024 * 1024), self.codec.decompress(body))
+        self.assertEqual(2, self.isal.decompress.call_count)
+
+    def test_corrupt_body_raises_as_zlib_does(self):
+        body = bytearray(zlib.compress(bytes(1024 * 1024)))
+        body[len(body) // 2] ^= 0xff
+        self.assertRaises(isal_zlib.error, self.codec.decompress,
+                          bytes(body))
