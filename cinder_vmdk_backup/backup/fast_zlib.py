@@ -57,6 +57,9 @@ CONF.register_opts(opts.backup_manager_opts)
 #: Names Cinder's chunked drivers map to Python's zlib module.
 ZLIB_ALGORITHMS = ('zlib', 'gzip')
 
+#: Attributes of the driver instance swapped while accelerated.
+_SWAPPED = ('compressor', '_get_compressor')
+
 
 #: Largest object body remembered as inflating to zeros. Deflate shrinks
 #: zeros about 1000 times, so this covers all-zero chunks of up to about
@@ -111,9 +114,22 @@ def _is_zlib(algorithm):
     return str(algorithm).lower() in ZLIB_ALGORITHMS
 
 
+_told_isal_missing = False
+
+
 def _wanted():
-    return (CONF.driver_owned_backup_zlib_implementation == 'isal'
-            and isal_zlib is not None)
+    global _told_isal_missing
+    if CONF.driver_owned_backup_zlib_implementation != 'isal':
+        return False
+    if isal_zlib is None:
+        if not _told_isal_missing:
+            _told_isal_missing = True
+            LOG.warning('driver_owned_backup_zlib_implementation is isal, '
+                        'but python-isal cannot be imported: driver-owned '
+                        'backups use Python\'s zlib, several times slower. '
+                        'Install isal (a requirement of this plugin).')
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -141,15 +157,16 @@ def accelerated(backup_service):
             return codec
         return get_compressor(algorithm)
 
-    saved = backup_service.__dict__.copy()
+    own = vars(backup_service)
+    saved = {name: own[name] for name in _SWAPPED if name in own}
     if _is_zlib(CONF.backup_compression_algorithm):
         backup_service.compressor = codec
     backup_service._get_compressor = isal_for_zlib
     try:
         yield backup_service
     finally:
-        for name in ('compressor', '_get_compressor'):
+        for name in _SWAPPED:
             if name in saved:
                 setattr(backup_service, name, saved[name])
             else:
-                backup_service.__dict__.pop(name, None)
+                own.pop(name, None)

@@ -137,13 +137,19 @@ class AcceleratedTestCase(base.BaseTestCase):
             self.assertEqual(zlib.compress(self.DATA),
                              self._stored(service)[1])
 
-    def test_without_isal_keeps_cinders(self):
+    def test_without_isal_keeps_cinders_and_says_so_once(self):
         self.patch(fast_zlib, 'isal_zlib', None)
+        self.patch(fast_zlib, '_told_isal_missing', False)
+        log = self.useFixture(fixtures.FakeLogger(
+            name=fast_zlib.__name__))
         service = self._service()
         compressor = service.compressor
-        with fast_zlib.accelerated(service):
-            self.assertIs(compressor, service.compressor)
-            self.assertNotIn('_get_compressor', vars(service))
+        for _ in range(2):
+            with fast_zlib.accelerated(service):
+                self.assertIs(compressor, service.compressor)
+                self.assertNotIn('_get_compressor', vars(service))
+        self.assertEqual(
+            1, log.output.count('python-isal cannot be imported'))
 
     def test_other_backup_drivers_are_left_alone(self):
         service = mock.create_autospec(backup_driver.BackupDriver,
