@@ -86,6 +86,7 @@ from oslo_utils import units
 from cinder_vmdk_backup.backup import fast_zlib
 from cinder_vmdk_backup.backup import read_ahead
 from cinder_vmdk_backup.backup import staging
+from cinder_vmdk_backup.backup import status_checks
 from cinder_vmdk_backup.backup import write_behind
 from cinder_vmdk_backup.backup import zero_hashing
 from cinder_vmdk_backup import opts
@@ -189,14 +190,17 @@ class DriverOwnedBackupMixin(object):
         :class:`~.staging.SparseStagingWriter` leaves out the zeros that
         need no writing, so the file stays sparse; it writes one object
         while the service reads and inflates the next
-        (:class:`~.write_behind.WriteBehind`). ``volume_is_new`` is the
-        driver's to act on.
+        (:class:`~.write_behind.WriteBehind`); it checks whether the restore
+        was cancelled at most once a second
+        (:func:`~.status_checks.throttled_refresh`). ``volume_is_new`` is
+        the driver's to act on.
         """
         size = self._backup_size_bytes(backup, volume)
         with self._staging_file() as (staging_file, path):
             writer = staging.SparseStagingWriter(staging_file.fileno())
             with write_behind.WriteBehind(writer) as behind, \
-                    fast_zlib.accelerated(backup_service):
+                    fast_zlib.accelerated(backup_service), \
+                    status_checks.throttled_refresh(backup):
                 backup_service.restore(backup, volume.id, behind, False)
             os.ftruncate(staging_file.fileno(), size)
             staging_file.close()

@@ -24,6 +24,7 @@ service is not running: its RPC methods are the boundary the tests play
 
 import hashlib
 import os
+import time
 from unittest import mock
 import zlib
 
@@ -47,6 +48,7 @@ from cinder.tests.unit import utils as test_utils
 
 from cinder_vmdk_backup.backup import driver_owned
 from cinder_vmdk_backup.backup import manager
+from cinder_vmdk_backup.backup import status_checks
 from cinder_vmdk_backup.backup import zero_hashing
 from tests.functional.backup import file_driver
 
@@ -558,6 +560,46 @@ class DriverOwnedBackupManagerTestCase(test.TestCase):
             if fault == 'driver':
                 os.unlink(self._path(target) + '.fault-' +
                           file_driver.FAULT_WRITE)
+
+    def test_cancelled_restore_stops_and_leaves_volume_intact(self):
+        """Status checks are throttled, cancellation still works.
+
+        The backup's status changes while its second object (of 16) is
+        read, and the checks' interval passes; the restore reads no object
+        after it, Cinder marks the volume in error, and the volume's data
+        is untouched.
+        """
+        interval = mock.patch.object(status_checks, 'STATUS_CHECK_INTERVAL',
+                                     0.2)
+        interval.start()
+        self.addCleanup(interval.stop)
+        volume = self._volume()
+        backup = self._backup(volume)
+        target = self._volume(seed=b'target')
+        before = _block_map(self._path(target))
+        read_object = posix.PosixBackupDriver.get_object_reader
+        data_objects = []
+
+        def cancel_at_the_second(service, container, object_name,
+                                 extra_metadata=None):
+            if not object_name.endswith('_metadata'):
+                data_objects.append(object_name)
+            if len(data_objects) == 2 and object_name == data_objects[-1]:
+                cancelled = objects.Backup.get_by_id(self.ctxt, backup.id)
+                cancelled.status = fields.BackupStatus.AVAILABLE
+                cancelled.save()
+                time.sleep(0.3)
+            return read_object(service, container, object_name,
+                               extra_metadata=extra_metadata)
+
+        self._patch(posix.PosixBackupDriver, 'get_object_reader',
+                    side_effect=cancel_at_the_second)
+        self._restore(backup, target)
+        self.assertEqual('error', target.status)
+        self.assertEqual(16, len(self._backup_objects(backup)))
+        self.assertEqual(2, len(data_objects))
+        self.assertEqual(before, _block_map(self._path(target)))
+        self.assertEqual([], self._staging_files())
 
     @staticmethod
     def _replace(path, data):
