@@ -188,12 +188,12 @@ class DriverOwnedBackupMixin(object):
         tail, and handed to the driver. The backup service writes every
         byte (it is told the volume is not new);
         :class:`~.staging.SparseStagingWriter` leaves out the zeros that
-        need no writing, so the file stays sparse; it writes one object
-        while the service reads and inflates the next
-        (:class:`~.write_behind.WriteBehind`); it checks whether the restore
-        was cancelled at most once a second
-        (:func:`~.status_checks.throttled_refresh`). ``volume_is_new`` is
-        the driver's to act on.
+        need no writing, so the file stays sparse.
+        :class:`~.write_behind.WriteBehind` writes one object while the
+        service reads and inflates the next, and
+        :func:`~.status_checks.throttled_refresh` lets the service check
+        for a cancelled restore at most once a second. ``volume_is_new``
+        is the driver's to act on.
         """
         size = self._backup_size_bytes(backup, volume)
         with self._staging_file() as (staging_file, path):

@@ -82,8 +82,10 @@ class IsalZlib(object):
     stored as the same small zlib stream; inflating one costs as much as
     copying its zeros (0.9 GB/s), and a restore would do it for every one.
     So a body seen to inflate to zeros is remembered, and the next identical
-    body is answered with a fresh ``bytes(n)``: zero pages from calloc,
-    nothing to compute and nothing resident until written elsewhere.
+    body is answered with a fresh ``bytes(n)``: zeroed memory from calloc,
+    nothing to compute (and nothing resident until written, where calloc
+    maps it: the backup manager's malloc tuning, or n above glibc's mmap
+    threshold).
 
     :param level: ISA-L compression level, 0 to 3
     """

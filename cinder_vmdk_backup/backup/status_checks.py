@@ -34,6 +34,8 @@ __all__ = ['throttled_refresh', 'STATUS_CHECK_INTERVAL']
 #: Seconds between two reloads of the backup during a restore.
 STATUS_CHECK_INTERVAL = 1.0
 
+_NOTHING = object()
+
 
 @contextlib.contextmanager
 def throttled_refresh(versioned_object, interval=None, clock=None):
@@ -64,8 +66,12 @@ def throttled_refresh(versioned_object, interval=None, clock=None):
         finally:
             vars(versioned_object)['refresh'] = refresh
 
+    had = vars(versioned_object).get('refresh', _NOTHING)
     vars(versioned_object)['refresh'] = refresh
     try:
         yield versioned_object
     finally:
-        vars(versioned_object).pop('refresh', None)
+        if had is _NOTHING:
+            vars(versioned_object).pop('refresh', None)
+        else:
+            vars(versioned_object)['refresh'] = had

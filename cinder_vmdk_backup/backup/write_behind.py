@@ -27,14 +27,21 @@ from cinder_vmdk_backup import native_threads
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ['WriteBehind']
+__all__ = ['WriteBehind', 'MAX_BEHIND']
+
+#: A larger write is waited for before ``write`` returns: objects of
+#: Cinder's default ``backup_file_size`` (1.86 GiB) would otherwise keep
+#: one more of them in memory.
+MAX_BEHIND = 64 * 1024 * 1024
 
 
 class WriteBehind(object):
     """A file-like writer that writes into ``target`` on a native thread.
 
     At most one write is in flight: its data stays referenced until it is
-    written (one object's worth of memory more than writing in place).
+    written, so the caller must not change it (one object's worth of
+    memory more than writing in place; a write of more than
+    :data:`MAX_BEHIND` bytes is waited for instead).
     Writes keep their order, and each lands where the position was when
     it was made. An error of a write is raised by the call that finds it:
     the next ``write``, ``seek`` or ``flush``, or :meth:`close`, which waits
@@ -42,8 +49,9 @@ class WriteBehind(object):
     target holds every byte written, or an error was raised.
 
     ``flush`` does not wait (Cinder's drivers call it after every object):
-    only :meth:`close` promises the data is in the target. There is no
-    ``fileno()``, as on the target.
+    only :meth:`close` promises the data is in the target. ``fileno()``
+    raises :class:`io.UnsupportedOperation` (an ``OSError``), as on the
+    target, so backup drivers skip their ``fsync`` per object.
 
     :param target: file-like object with ``seek``, ``write`` and ``tell``
         (a :class:`~.staging.SparseStagingWriter`)
@@ -75,6 +83,8 @@ class WriteBehind(object):
             size = view.nbytes
         self._pending = self._pool.submit(self._write_at, self._pos, data)
         self._pos += size
+        if size > MAX_BEHIND:
+            self._wait()
         return size
 
     def seek(self, offset, whence=io.SEEK_SET):
@@ -134,7 +144,7 @@ class WriteBehind(object):
         try:
             self.close()
         except Exception as exc:
-            LOG.debug('A restore write failed too: %s', exc)
+            LOG.warning('A restore write failed too: %s', exc)
 
     def _check_open(self):
         if self._closed:

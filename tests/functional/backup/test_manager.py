@@ -455,7 +455,12 @@ class DriverOwnedBackupManagerTestCase(test.TestCase):
         self.override_config('backup_file_size', 16 * units.Mi)
         volume = self._volume()
         stock_volume = self._volume(host=STOCK_HOST)
+        zero_hashing._hash_of_zeros.cache_clear()
         owned = self._backup(volume)
+        # Zeros were answered from the cache (the 16 MiB zero objects and
+        # the zero blocks: two entries, many hits).
+        self.assertGreater(zero_hashing._hash_of_zeros.cache_info().hits,
+                           1000)
         stock = self._backup(stock_volume)
         self.initialize_connection.assert_called_once_with(
             self.ctxt, mock.ANY, mock.ANY)

@@ -57,6 +57,8 @@ class BlockingTarget(object):
     def seek(self, offset, whence=io.SEEK_SET):
         if whence == io.SEEK_END:
             offset += max([p + len(d) for p, d in self.writes] or [0])
+        elif whence == io.SEEK_CUR:
+            offset += self.pos
         self.pos = offset
         return offset
 
@@ -147,6 +149,7 @@ class WriteBehindTestCase(base.BaseTestCase):
         target = BlockingTarget(fail_on=b'bad')
         target.release.set()
         behind = write_behind.WriteBehind(target)
+        self.addCleanup(behind._abandon)
         behind.write(b'bad')
         behind._pending.exception(timeout=30)
         self.assertRaises(OSError, behind.flush)
@@ -172,6 +175,27 @@ class WriteBehindTestCase(base.BaseTestCase):
                 raise KeyError('the restore failed')
 
         self.assertRaises(KeyError, restore)
+
+    def test_large_writes_are_waited_for(self):
+        self.patch(write_behind, 'MAX_BEHIND', 4)
+        target = BlockingTarget()
+        target.release.set()
+        behind = write_behind.WriteBehind(target)
+        behind.write(b'four')
+        self.assertIsNotNone(behind._pending)
+        behind.write(b'fives')
+        self.assertIsNone(behind._pending)
+        self.assertEqual([(0, b'four'), (4, b'fives')], target.writes)
+        behind.close()
+
+    def test_seek_relative_to_the_position(self):
+        target = BlockingTarget()
+        target.release.set()
+        with write_behind.WriteBehind(target) as behind:
+            behind.write(b'abcd')
+            self.assertEqual(2, behind.seek(-2, io.SEEK_CUR))
+            behind.write(b'XY')
+        self.assertEqual([(0, b'abcd'), (2, b'XY')], target.writes)
 
     def test_no_fileno(self):
         behind = write_behind.WriteBehind(BlockingTarget())

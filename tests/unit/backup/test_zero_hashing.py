@@ -11,6 +11,7 @@
 # under the License.
 
 import array
+import contextlib
 import hashlib
 import os
 import types
@@ -58,9 +59,10 @@ class ZeroAwareHashlibTestCase(base.BaseTestCase):
         ours, real = self._both(name, bytes(length))
         self.assertEqual(real, ours)
         getattr(self.real, name).assert_not_called()
-        # Again, from the cache: the same digest.
+        # Again, from the cache: the same digest, still nothing hashed.
         ours, _real = self._both(name, bytearray(length))
         self.assertEqual(real, ours)
+        getattr(self.real, name).assert_not_called()
 
     @ddt.data(0, 1, 256 * KIB - 1, 256 * KIB, 32 * KIB * 7 + 5, -1)
     def test_one_nonzero_byte_anywhere_is_hashed(self, position):
@@ -146,15 +148,14 @@ class ZeroAwareHashingTestCase(base.BaseTestCase):
 
     def test_overlapping_uses_keep_it_until_the_last_leaves(self):
         original = chunkeddriver.hashlib
-        first = zero_hashing.zero_aware_hashing()
-        second = zero_hashing.zero_aware_hashing()
-        first.__enter__()
-        installed = chunkeddriver.hashlib
-        second.__enter__()
-        self.assertIs(installed, chunkeddriver.hashlib)
-        first.__exit__(None, None, None)
-        self.assertIs(installed, chunkeddriver.hashlib)
-        second.__exit__(None, None, None)
+        with contextlib.ExitStack() as first:
+            first.enter_context(zero_hashing.zero_aware_hashing())
+            installed = chunkeddriver.hashlib
+            with contextlib.ExitStack() as second:
+                second.enter_context(zero_hashing.zero_aware_hashing())
+                self.assertIs(installed, chunkeddriver.hashlib)
+                first.close()
+                self.assertIs(installed, chunkeddriver.hashlib)
         self.assertIs(original, chunkeddriver.hashlib)
 
     def test_put_back_after_an_error(self):
