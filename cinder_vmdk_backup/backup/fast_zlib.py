@@ -92,23 +92,22 @@ class IsalZlib(object):
 
     def __init__(self, level):
         self.level = level
-        self._zero_bodies = collections.OrderedDict()
+        # (body, length of the zeros it inflates to), oldest first
+        self._zero_bodies = collections.deque(maxlen=ZERO_BODIES_KEPT)
 
     def compress(self, data):
         return isal_zlib.compress(data, self.level)
 
     def decompress(self, data):
-        small = len(data) <= MAX_ZERO_BODY
-        if small:
-            length = self._zero_bodies.get(bytes(data))
-            if length is not None:
+        for body, length in self._zero_bodies:
+            # Lengths first: a body of another length costs nothing.
+            if len(body) == len(data) and body == data:
                 return bytes(length)
         inflated = isal_zlib.decompress(data)
-        if (small and len(inflated) >= ZERO_CHECK_RATIO * len(data)
+        if (len(data) <= MAX_ZERO_BODY
+                and len(inflated) >= ZERO_CHECK_RATIO * len(data)
                 and zero_hashing.is_all_zero(memoryview(inflated))):
-            self._zero_bodies[bytes(data)] = len(inflated)
-            while len(self._zero_bodies) > ZERO_BODIES_KEPT:
-                self._zero_bodies.popitem(last=False)
+            self._zero_bodies.append((bytes(data), len(inflated)))
         return inflated
 
 
