@@ -54,13 +54,14 @@ def throttled_refresh(versioned_object, interval=None, clock=None):
         interval = STATUS_CHECK_INTERVAL
     clock = clock or time.monotonic
     reload_ = type(versioned_object).refresh
-    last = []
+    last_reload = None
 
     def refresh():
+        nonlocal last_reload
         now = clock()
-        if last and now - last[0] < interval:
+        if last_reload is not None and now - last_reload < interval:
             return
-        last[:] = [now]
+        last_reload = now
         try:
             reload_(versioned_object)
         finally:
