@@ -7,8 +7,9 @@
 # (`apt-get source`, needs a deb-src line: tools/vcsim/install.sh adds one).
 # The project's patch series tools/vcsim/patches/*.patch is applied in
 # order, then vcsim is built with Debian's Go in GOPATH mode
-# (GO111MODULE=off; github.com/google/uuid comes from Debian's
-# golang-github-google-uuid-dev).
+# (GO111MODULE=off; github.com/google/uuid and github.com/klauspost/compress
+# come from Debian's golang-github-google-uuid-dev and
+# golang-github-klauspost-compress-dev).
 #
 # Cache: $CVB_CACHE_DIR (default ~/.cache/cinder-vmdk-backup)/vcsim-<hash>/,
 # <hash> covering the patches and this script, so a changed patch means a
@@ -76,6 +77,8 @@ cp -a "$src" "$tree"
 rm -f "$tree/.complete"
 ln -s /usr/share/gocode/src/github.com/google/uuid \
     "$out/gopath/src/github.com/google/uuid"
+ln -s /usr/share/gocode/src/github.com/klauspost \
+    "$out/gopath/src/github.com/klauspost"
 for p in "$here"/patches/*.patch; do
     [ -f "$p" ] || continue
     echo "build.sh: applying $(basename "$p")" >&2

@@ -31,7 +31,8 @@ SRC
     updated=1
 fi
 
-packages=(golang-go golang-github-google-uuid-dev dpkg-dev patch xz-utils
+packages=(golang-go golang-github-google-uuid-dev
+          golang-github-klauspost-compress-dev dpkg-dev patch xz-utils
           qemu-utils)
 missing=()
 for p in "${packages[@]}"; do
