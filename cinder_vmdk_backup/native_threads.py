@@ -22,12 +22,16 @@ native thread pool (``eventlet.tpool``, sized by Cinder's
 plain thread pool otherwise. Waiting for a job's result only blocks the
 green thread that waits.
 
-Jobs must not do green I/O (sockets): they run outside the hub.
+A job runs outside the hub's thread: it must not start green threads nor
+wait on the hub thread's green primitives (events, locks, futures). It may
+read a socket that no other thread uses meanwhile: a green socket then
+waits on a hub of the job's own thread (eventlet's hubs are per thread),
+which is how :func:`call` reads a VMware export off the hub.
 """
 
 import concurrent.futures
 
-__all__ = ['executor', 'threading_is_green']
+__all__ = ['call', 'executor', 'threading_is_green']
 
 
 def threading_is_green():
@@ -37,6 +41,20 @@ def threading_is_green():
     except ImportError:  # pragma: no cover - eventlet comes with Cinder
         return False
     return patcher.is_monkey_patched('thread')
+
+
+def call(fn, /, *args, **kwargs):
+    """Run ``fn(*args, **kwargs)`` on a native thread; return its result.
+
+    Under eventlet only the calling green thread waits (on
+    ``eventlet.tpool``); the hub goes on with the others. Without eventlet
+    the caller's own thread is native already and runs ``fn`` itself.
+    Exceptions of ``fn`` are raised to the caller.
+    """
+    if threading_is_green():
+        from eventlet import tpool
+        return tpool.execute(fn, *args, **kwargs)
+    return fn(*args, **kwargs)
 
 
 class TpoolExecutor(concurrent.futures.Executor):

@@ -21,8 +21,9 @@ run at once.
 
 Under eventlet (cinder-backup), ``threading`` is patched and the reader is
 a green thread: it runs while the service's green thread waits on
-eventlet's native threads (its compression), and its own heavy work (the
-codec) runs on native threads as well.
+eventlet's native threads (its compression), and the sources themselves
+read on native threads (the VMware export with its HTTP body and codec,
+the qcow2 driver's files), so the hub's thread is left to the service.
 """
 
 import collections

@@ -90,3 +90,47 @@ class ExecutorChoiceTestCase(testtools.TestCase):
         is_patched.return_value = True
         self.assertTrue(native_threads.threading_is_green())
         is_patched.assert_called_once_with('thread')
+
+
+class CallTestCase(testtools.TestCase):
+
+    def test_under_eventlet_runs_on_another_os_thread(self):
+        if not native_threads.threading_is_green():
+            self.skipTest('threading is not monkey-patched in this run')
+        main = _os_threading.get_ident()
+        self.assertNotEqual(main, native_threads.call(
+            _os_threading.get_ident))
+
+    def test_under_eventlet_the_hub_runs_meanwhile(self):
+        # A green thread must get to run while call() waits: the job
+        # returns only once it has.
+        if not native_threads.threading_is_green():
+            self.skipTest('threading is not monkey-patched in this run')
+        import eventlet
+        ran = _os_threading.Event()
+        eventlet.spawn(ran.set)
+        self.assertTrue(native_threads.call(ran.wait, 10))
+
+    def test_green_socket_read_on_the_native_thread(self):
+        # A green socket read by a job waits on a hub of the job's thread
+        # (what the VMware export does), timeouts included.
+        if not native_threads.threading_is_green():
+            self.skipTest('threading is not monkey-patched in this run')
+        import socket
+        left, right = socket.socketpair()
+        self.addCleanup(left.close)
+        self.addCleanup(right.close)
+        left.settimeout(0.2)
+        self.assertRaises(TimeoutError, native_threads.call, left.recv, 10)
+        right.sendall(b'data')
+        self.assertEqual(b'data', native_threads.call(left.recv, 10))
+
+    def test_result_and_exception_reach_the_caller(self):
+        self.assertEqual(5, native_threads.call(lambda a, b: a + b, 2, b=3))
+        self.assertRaises(ValueError, native_threads.call, int, 'x')
+
+    @mock.patch.object(native_threads, 'threading_is_green', autospec=True,
+                       return_value=False)
+    def test_without_eventlet_runs_in_the_caller(self, _green):
+        self.assertEqual(_os_threading.get_ident(),
+                         native_threads.call(_os_threading.get_ident))

@@ -221,11 +221,12 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
             yield export.ZeroStream(size)
             return
         try:
-            threads = self.configuration.vmware_backup_compression_threads
-
             def reader(body):
-                return vmdk_reader.StreamOptimizedReader(body,
-                                                         threads=threads)
+                # Decoded on one native thread (export.RawDiskStream),
+                # where the codec's pool of green threads cannot run.
+                # Inflating inline there was measured faster than the pool
+                # on the hub: 1.11x against 1.17x the local file.
+                return vmdk_reader.StreamOptimizedReader(body, threads=1)
 
             with export.export_disk(self.session, self._transfer_settings(),
                                     backing, size, reader) as src:

@@ -13,13 +13,18 @@
 import types
 from unittest import mock
 
+from eventlet import patcher
 import testtools
 
 from cinder_vmdk_backup import filled_bytes
+from cinder_vmdk_backup import native_threads
 from cinder_vmdk_backup.vmware import errors
 from cinder_vmdk_backup.vmware import export
 from cinder_vmdk_backup.vmware import nfc
 from tests.unit.vmware import fakes
+
+# The real OS-thread primitives (these tests run monkey-patched).
+_os_threading = patcher.original('threading')
 
 
 class PassThroughReader(object):
@@ -93,6 +98,34 @@ class RawDiskStreamTestCase(testtools.TestCase):
         self.assertIs(bytes, type(piece))
         self.assertEqual(data[:-5], piece)
         self.assertEqual(data[-5:], stream.read(10))
+
+    def test_decoded_on_a_native_thread_progress_on_the_callers(self):
+        # Under eventlet the hub's thread belongs to the backup driver;
+        # the lease's SOAP calls are green I/O and stay on the caller's.
+        if not native_threads.threading_is_green():
+            self.skipTest('threading is not monkey-patched in this run')
+        idents = {}
+        stream, lease = self.stream(b'0123456789')
+        reader = stream._reader
+        readinto = reader.readinto
+        progress = lease.progress
+
+        def recording_readinto(buf, zeroed=False):
+            idents['decode'] = _os_threading.get_ident()
+            return readinto(buf, zeroed)
+
+        def recording_progress(percent):
+            idents['progress'] = _os_threading.get_ident()
+            progress(percent)
+
+        reader.readinto = recording_readinto
+        lease.progress = recording_progress
+        self.assertEqual(b'0123', stream.read(4))
+        self.assertNotEqual(_os_threading.get_ident(), idents['decode'])
+        self.assertEqual(_os_threading.get_ident(), idents['progress'])
+        del idents['decode']
+        self.assertEqual(4, stream.readinto(bytearray(4)))
+        self.assertNotEqual(_os_threading.get_ident(), idents['decode'])
 
     def test_error_while_decoding_gives_no_data(self):
         stream, _lease = self.stream(b'abc' * 30000, capacity=100000)
