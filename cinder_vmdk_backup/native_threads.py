@@ -26,7 +26,16 @@ A job runs outside the hub's thread: it must not start green threads nor
 wait on the hub thread's green primitives (events, locks, futures). It may
 read a socket that no other thread uses meanwhile: a green socket then
 waits on a hub of the job's own thread (eventlet's hubs are per thread),
-which is how :func:`call` reads a VMware export off the hub.
+which is how :func:`call` reads a VMware export off the hub. A job must not
+log either: logging's module lock is a green lock once ``threading`` is
+patched, and a job waiting for it while the hub's thread holds it (or the
+other way round) hangs both.
+
+A job holds one of eventlet's native threads until it returns, waits on
+the network included (``backend_native_threads_pool_size``, 20 by
+default, shared with Cinder's own blocking work); each of those threads
+that ran a green socket read keeps a hub of its own (one ``epoll`` file
+descriptor).
 """
 
 import concurrent.futures

@@ -45,14 +45,11 @@ import io
 import os
 import sys
 
-from oslo_log import log as logging
-
 from cinder_vmdk_backup import native_threads
 from cinder_vmdk_backup.vmdk import compression
 from cinder_vmdk_backup.vmdk import errors
 from cinder_vmdk_backup.vmdk import format as fmt
 
-LOG = logging.getLogger(__name__)
 
 #: largest capacity accepted: 64 TiB (VMDK's own limit is 62 TiB)
 MAX_CAPACITY_SECTORS = (64 << 40) // fmt.SECTOR
@@ -183,6 +180,10 @@ def _sniff(first):
 
 class StreamOptimizedReader(io.RawIOBase):
     """Raw guest data of a stream-optimized VMDK read from a stream.
+
+    The reader logs nothing: under eventlet it may run on a native thread
+    (the VMware export does), where taking logging's lock, a green lock
+    once eventlet monkey-patched ``threading``, can hang both threads.
 
     :param fileobj: object with ``read(n)``, e.g. an HTTP response
     :param threads: threads inflating grains (ahead of the reader, a few
@@ -565,9 +566,6 @@ class StreamOptimizedReader(io.RawIOBase):
             self._read_metadata(marker_type, lba, marker_off, state)
         batch.submit(pool)
         self._finish(state, eos)
-        LOG.debug('Stream-optimized VMDK of %(capacity)d bytes validated: '
-                  '%(length)d bytes read.',
-                  {'capacity': capacity, 'length': inp.offset})
         while queue:
             yield _resolved(queue.popleft())
         if emitted < capacity:

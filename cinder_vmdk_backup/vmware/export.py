@@ -228,6 +228,24 @@ def _complete_quietly(lease):
                     {'what': lease.what, 'exc': exc})
 
 
+def _close_connection(conn):
+    """Close the export's connection, cutting it off first.
+
+    A decoding job whose waiting green thread was killed (a service stop, a
+    timeout with read-ahead off) may still read the connection on its
+    native thread; ``close()`` would wait for the response's buffer lock,
+    natively, and so hold up the whole hub until that read ends, up to the
+    idle timeout. Shut down, the socket ends that read at once.
+    """
+    sock = getattr(conn, 'sock', None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # not connected any more: nothing to cut off
+    conn.close()
+
+
 @contextlib.contextmanager
 def export_disk(session, settings, vm_ref, size, reader_factory):
     """Export the disk of ``vm_ref`` as a :class:`RawDiskStream`.
@@ -280,5 +298,5 @@ def export_disk(session, settings, vm_ref, size, reader_factory):
                       'size': size})
     finally:
         if conn is not None:
-            conn.close()
+            _close_connection(conn)
         lease.abort()

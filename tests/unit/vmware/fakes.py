@@ -134,10 +134,12 @@ class NfcServer(object):
     :param stall_after: bytes sent (GET) or read (POST) before stalling
     :param stall_seconds: how long to stall
     :param cut_after: bytes sent before closing the connection (GET)
+    :param keep_alive: answer as HTTP/1.1, keeping the connection (as
+        vSphere does): the client's connection then owns the response
     """
 
     def __init__(self, get_body=b'', status=200, stall_after=None,
-                 stall_seconds=0, cut_after=None):
+                 stall_seconds=0, cut_after=None, keep_alive=False):
         self.get_body = get_body
         self.status = status
         self.stall_after = stall_after
@@ -148,6 +150,8 @@ class NfcServer(object):
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1' if keep_alive else 'HTTP/1.0'
+
             def log_message(self, *args):
                 pass
 

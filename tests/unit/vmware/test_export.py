@@ -10,6 +10,9 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
+import io
+import logging
+import time
 import types
 from unittest import mock
 
@@ -18,9 +21,11 @@ import testtools
 
 from cinder_vmdk_backup import filled_bytes
 from cinder_vmdk_backup import native_threads
+from cinder_vmdk_backup.vmdk import reader as vmdk_reader
 from cinder_vmdk_backup.vmware import errors
 from cinder_vmdk_backup.vmware import export
 from cinder_vmdk_backup.vmware import nfc
+from tests.unit.vmdk import streams
 from tests.unit.vmware import fakes
 
 # The real OS-thread primitives (these tests run monkey-patched).
@@ -118,7 +123,12 @@ class RawDiskStreamTestCase(testtools.TestCase):
             idents['progress'] = _os_threading.get_ident()
             progress(percent)
 
+        def recording_read(n=-1):
+            idents['tail'] = _os_threading.get_ident()
+            return reader._body.read(n)
+
         reader.readinto = recording_readinto
+        reader.read = recording_read
         lease.progress = recording_progress
         self.assertEqual(b'0123', stream.read(4))
         self.assertNotEqual(_os_threading.get_ident(), idents['decode'])
@@ -126,6 +136,33 @@ class RawDiskStreamTestCase(testtools.TestCase):
         del idents['decode']
         self.assertEqual(4, stream.readinto(bytearray(4)))
         self.assertNotEqual(_os_threading.get_ident(), idents['decode'])
+        self.assertEqual(b'89', stream.read(10))
+        # The check of the tail (grain tables, footer) is decoding too.
+        self.assertNotEqual(_os_threading.get_ident(), idents['tail'])
+
+    def test_real_decoding_logs_nothing_off_the_callers_thread(self):
+        # Logging's lock is green once eventlet patched threading: a
+        # native job taking it while the hub's thread holds it hangs both.
+        caller = _os_threading.get_ident()
+        logged_from = []
+        is_enabled_for = logging.Logger.isEnabledFor
+
+        def recording(logger, level):
+            if _os_threading.get_ident() != caller:
+                logged_from.append(logger.name)
+            return is_enabled_for(logger, level)
+
+        data = (b'text ' * 30000)[:2 * streams.GRAIN] + bytes(
+            streams.GRAIN) + bytes(range(256)) * 256
+        vmdk = vmdk_reader.StreamOptimizedReader(
+            io.BytesIO(streams.encode(data)), threads=1)
+        stream = export.RawDiskStream(vmdk, RecordingLease(), len(data))
+        with mock.patch.object(logging.Logger, 'isEnabledFor',
+                               autospec=True, side_effect=recording):
+            self.assertEqual(data, stream.read(len(data)))
+            self.assertEqual(b'', stream.read(1))
+        self.assertTrue(stream.at_end)
+        self.assertEqual([], logged_from)
 
     def test_error_while_decoding_gives_no_data(self):
         stream, _lease = self.stream(b'abc' * 30000, capacity=100000)
@@ -229,6 +266,31 @@ class ExportDiskTestCase(testtools.TestCase):
         server = fakes.NfcServer(get_body=b'x' * 5000, cut_after=1000)
         self.assertRaises(errors.TransferError, self.run_export, server,
                           5000)
+
+    def test_killed_reader_does_not_hold_up_the_hub(self):
+        # With read-ahead off, the backup's own green thread waits for the
+        # native decoding job; killed (service stop), it leaves the job
+        # reading. Leaving the export must not wait for that read.
+        if not native_threads.threading_is_green():
+            self.skipTest('threading is not monkey-patched in this run')
+        import eventlet
+        server = fakes.NfcServer(get_body=b'x' * 5000, stall_after=100,
+                                 stall_seconds=20, keep_alive=True)
+        server.start()
+        self.addCleanup(server.stop)
+        session = self.session_for(server)
+        settings = nfc.TransferSettings(host='127.0.0.1', port=server.port,
+                                        idle_timeout=15)
+        with export.export_disk(session, settings, fakes.moref('vm-1'),
+                                5000, lambda body: PassThroughReader(
+                                    body, 5000)) as stream:
+            waiter = eventlet.spawn(stream.read, 5000)
+            eventlet.sleep(0.5)  # the job now waits for the stalled body
+            waiter.kill()
+            left_at = time.monotonic()
+        # Without the cut-off, the close waits out the idle timeout.
+        self.assertLess(time.monotonic() - left_at, 10)
+        self.assertIn('HttpNfcLeaseAbort', session.methods())
 
     def test_complete_failure_after_full_read_is_not_fatal(self):
         server = fakes.NfcServer(get_body=b'x' * 100)
