@@ -2,6 +2,15 @@
 # CVB_VENV overrides its place (default: .venv in the source tree).
 VENV=${CVB_VENV:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/.venv}
 
+_venv_pip() {
+    # pip in the venv, its "WARNING: Location ..." lines left out; the exit
+    # status is pip's, with or without pipefail. (A bare `pip | grep -v`
+    # fails under pipefail when pip prints nothing at all, which stopped
+    # `set -e` callers such as demo.sh.)
+    "$VENV/bin/pip" "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }
+    return "${PIPESTATUS[0]}"
+}
+
 ensure_venv() {
     local top stamp want
     top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -12,10 +21,11 @@ ensure_venv() {
         return 0
     fi
     python3 -m venv "$VENV" || return 1
-    "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1
-    "$VENV/bin/pip" install -q -r "$top/requirements.txt" \
-        -r "$top/test-requirements.txt" 2>&1 | grep -v '^WARNING: Location' 
-    "$VENV/bin/pip" install -q -e "$top" 2>&1 | grep -v '^WARNING: Location'
+    # A newer pip is welcome, not needed.
+    "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
+    _venv_pip install -q -r "$top/requirements.txt" \
+        -r "$top/test-requirements.txt" || return 1
+    _venv_pip install -q -e "$top" || return 1
     "$VENV/bin/python" -c 'import cinder_vmdk_backup, cinder' || return 1
     echo "$want" > "$stamp"
 }
