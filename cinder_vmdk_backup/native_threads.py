@@ -26,12 +26,16 @@ A job runs outside the hub's thread: it must not start green threads nor
 wait on the hub thread's green primitives (events, locks, futures). It may
 read a socket that no other thread uses meanwhile: a green socket then
 waits on a hub of the job's own thread (eventlet's hubs are per thread),
-which is how :func:`call` reads a VMware export off the hub. A job must not
+which is how a VMware export is read off the hub. A job must not
 log either: logging's module lock is a green lock once ``threading`` is
 patched, and a job waiting for it while the hub's thread holds it (or the
 other way round) hangs both.
 
-A job holds one of eventlet's native threads until it returns, waits on
+:class:`LowPriorityThread` is one native thread of a caller's own, at a
+lower CPU priority, for a pipeline stage that works ahead of a slower one.
+
+A job holds one of eventlet's native threads until it returns (a job on a
+:class:`LowPriorityThread` holds one while its caller waits), waits on
 the network included (``backend_native_threads_pool_size``, 20 by
 default, shared with Cinder's own blocking work); each of those threads
 that ran a green socket read keeps a hub of its own (one ``epoll`` file
@@ -39,8 +43,10 @@ descriptor).
 """
 
 import concurrent.futures
+import importlib
+import os
 
-__all__ = ['call', 'executor', 'threading_is_green']
+__all__ = ['LowPriorityThread', 'call', 'executor', 'threading_is_green']
 
 
 def threading_is_green():
@@ -52,6 +58,23 @@ def threading_is_green():
     return patcher.is_monkey_patched('thread')
 
 
+#: Native idents of the running :class:`LowPriorityThread` threads.
+_own_threads = set()
+
+
+def _on_own_thread():
+    """Tell whether this is a :class:`LowPriorityThread`'s thread.
+
+    Such a thread is native: it runs jobs inline, as eventlet does on its
+    own pool's threads (the hub's green events cannot wake it).
+    """
+    return _original('threading').get_ident() in _own_threads
+
+
+def _waits_green():
+    return threading_is_green() and not _on_own_thread()
+
+
 def call(fn, /, *args, **kwargs):
     """Run ``fn(*args, **kwargs)`` on a native thread; return its result.
 
@@ -60,10 +83,142 @@ def call(fn, /, *args, **kwargs):
     the caller's own thread is native already and runs ``fn`` itself.
     Exceptions of ``fn`` are raised to the caller.
     """
-    if threading_is_green():
+    if _waits_green():
         from eventlet import tpool
         return tpool.execute(fn, *args, **kwargs)
     return fn(*args, **kwargs)
+
+
+def _original(module_name):
+    """``module_name`` as it was before eventlet patched it."""
+    if threading_is_green():
+        from eventlet import patcher
+        return patcher.original(module_name)
+    return importlib.import_module(module_name)
+
+
+def _wait_natively(fn, *args):
+    """Call the blocking ``fn``; under eventlet, on a native thread."""
+    if _waits_green():
+        from eventlet import tpool
+        return tpool.execute(fn, *args)
+    return fn(*args)
+
+
+class _Job(object):
+    """One call handed to a :class:`LowPriorityThread`, and its outcome."""
+
+    def __init__(self, fn, args, kwargs):
+        self._call = (fn, args, kwargs)
+        self._result = None
+        self._error = None
+        self.done = _original('threading').Event()
+
+    def run(self):
+        fn, args, kwargs = self._call
+        try:
+            self._result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._call = None
+            self.done.set()
+
+    def outcome(self):
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return self._result
+
+
+class LowPriorityThread(object):
+    """A native thread of one caller's own, below the process's CPU priority.
+
+    :func:`call` borrows any native thread for each job. This keeps one
+    thread for a stream of jobs of one caller and runs it ``niceness``
+    steps below the process's nice value (``setpriority(2)``; Linux gives
+    each thread its own). It is meant for a pipeline stage that works ahead
+    of a slower one through a buffer, such as decoding a VMware export
+    while the backup driver compresses and hashes: where both compete for
+    the CPU, the slower stage gets it first and the thread takes what that
+    stage leaves (no CPU goes unused: a lower priority only orders who
+    runs). The thread is never shared because the step cannot be undone:
+    an unprivileged process may lower a thread's priority, not raise it.
+
+    Jobs follow the rules of :func:`call`'s (no green threads, no
+    logging); :func:`call` and :func:`executor` run their jobs inline
+    there.
+    If the priority cannot be lowered, jobs run at the process's own and
+    :attr:`niceness_error` says why (for the caller to log) once the
+    constructor returned.
+
+    :param niceness: steps below the process's nice value (0 to 19;
+        0 keeps it)
+    :param name: the thread's name
+    """
+
+    def __init__(self, niceness, name):
+        self._niceness = niceness
+        self.niceness_error = None
+        self._jobs = _original('queue').SimpleQueue()
+        self._closed = False
+        threading = _original('threading')
+        started = threading.Event()
+        self._thread = threading.Thread(target=self._serve, args=(started,),
+                                        name=name, daemon=True)
+        self._thread.start()
+        _wait_natively(started.wait)
+
+    def _serve(self, started):
+        ident = _original('threading').get_ident()
+        _own_threads.add(ident)
+        try:
+            if self._niceness:
+                self._lower_priority()
+            started.set()
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                job.run()
+        finally:
+            _own_threads.discard(ident)
+
+    def _lower_priority(self):
+        tid = _original('threading').get_native_id()
+        try:
+            nice = os.getpriority(os.PRIO_PROCESS, tid) + self._niceness
+            os.setpriority(os.PRIO_PROCESS, tid, min(nice, 19))
+        except OSError as exc:
+            self.niceness_error = exc
+
+    def call(self, fn, /, *args, **kwargs):
+        """Run ``fn(*args, **kwargs)`` on the thread; return its result.
+
+        Under eventlet only the calling green thread waits. Exceptions of
+        ``fn`` are raised to the caller.
+        """
+        if self._closed:
+            raise RuntimeError('the thread was closed')
+        job = _Job(fn, args, kwargs)
+        self._jobs.put(job)
+        _wait_natively(job.done.wait)
+        return job.outcome()
+
+    def close(self):
+        """End the thread once its current job, if any, returned.
+
+        A caller killed while its job runs leaves the job running: make
+        the job return first (close the socket it reads), then close.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._jobs.put(None)
+        _wait_natively(self._thread.join)
+
+    def is_alive(self):
+        return self._thread.is_alive()
 
 
 class TpoolExecutor(concurrent.futures.Executor):
@@ -116,12 +271,30 @@ class TpoolExecutor(concurrent.futures.Executor):
                 thread.wait()
 
 
+class _InlineExecutor(concurrent.futures.Executor):
+    """Run each job at once, in the caller's thread."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
 def executor(max_workers, thread_name_prefix=''):
     """A pool of ``max_workers`` threads that run in parallel.
+
+    On a :class:`LowPriorityThread` the jobs run one after the other, in
+    that thread: a pool there could not hand results back.
 
     :param thread_name_prefix: names the native threads where there are
         threads of our own (no effect under eventlet)
     """
+    if _on_own_thread():
+        return _InlineExecutor()
     if threading_is_green():
         return TpoolExecutor(max_workers)
     return concurrent.futures.ThreadPoolExecutor(

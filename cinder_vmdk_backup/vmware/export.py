@@ -70,14 +70,15 @@ class RawDiskStream(object):
     would shift every later block and spoil incremental backups), ``tell()``
     gives the position. Reading keeps the lease alive and reports progress.
 
-    The HTTP body is read and decoded on a native thread
-    (:func:`~cinder_vmdk_backup.native_threads.call`). Under eventlet that
-    leaves the hub's thread, where the backup driver hashes every block,
-    to the backup driver: reading the export there cost about a fifth of a
-    full backup's time (``bench/vmdk_backup.py``). The reader must
-    therefore not start green threads of its own (the codec inflates
-    inline, ``threads=1``); the lease's progress calls (SOAP) stay on the
-    caller's thread.
+    The HTTP body is read and decoded on a native thread: ``thread`` (a
+    :class:`~cinder_vmdk_backup.native_threads.LowPriorityThread`) or,
+    without one, any (:func:`~cinder_vmdk_backup.native_threads.call`).
+    Under eventlet that leaves the hub's thread, where the backup driver
+    hashes every block, to the backup driver: reading the export there cost
+    about a fifth of a full backup's time (``bench/vmdk_backup.py``). The
+    reader must therefore not start green threads of its own (the codec
+    inflates inline, ``threads=1``); the lease's progress calls (SOAP) stay
+    on the caller's thread.
 
     A disk whose capacity is below ``size`` (a volume rounded up to whole
     GiB) reads as zeros up to ``size``.
@@ -85,10 +86,13 @@ class RawDiskStream(object):
     :param reader: the codec's ``StreamOptimizedReader``
     :param lease: the :class:`~.nfc.NfcLease` (or None: no progress)
     :param size: bytes to deliver
+    :param thread: the native thread to decode on, or None
     """
 
-    def __init__(self, reader, lease, size):
+    def __init__(self, reader, lease, size, thread=None):
         self._reader = reader
+        self._on_native_thread = (thread.call if thread is not None
+                                  else native_threads.call)
         self._lease = lease
         self.size = size
         self._pos = 0
@@ -121,7 +125,7 @@ class RawDiskStream(object):
         if n <= 0:
             self._check_end()
             return b''
-        data = native_threads.call(filled_bytes.filled, n, self._fill)
+        data = self._on_native_thread(filled_bytes.filled, n, self._fill)
         self._advance(n)
         return data
 
@@ -133,7 +137,7 @@ class RawDiskStream(object):
                 self._check_end()
                 return 0
             with view[:n] as target:
-                native_threads.call(self._decode_into, target, False)
+                self._on_native_thread(self._decode_into, target, False)
         self._advance(n)
         return n
 
@@ -180,7 +184,7 @@ class RawDiskStream(object):
             return
         if self._capacity >= self.size:
             # The tail holds the grain tables: up to tens of MiB to check.
-            rest = native_threads.call(self._reader.read, 1)
+            rest = self._on_native_thread(self._reader.read, 1)
             if rest:
                 raise errors.TransferError(
                     reason='disk stream longer than %d bytes' % self.size)
@@ -247,12 +251,14 @@ def _close_connection(conn):
 
 
 @contextlib.contextmanager
-def export_disk(session, settings, vm_ref, size, reader_factory):
+def export_disk(session, settings, vm_ref, size, reader_factory,
+                niceness=0):
     """Export the disk of ``vm_ref`` as a :class:`RawDiskStream`.
 
     The lease is completed when the caller read the whole disk and the
     VMDK's tail checked out, and aborted otherwise (an error, or a caller
-    that stopped early); the HTTP connection is always closed.
+    that stopped early); the HTTP connection and the decoding thread are
+    always closed.
 
     :param session: ``oslo_vmware.api.VMwareAPISession``
     :param settings: :class:`~.nfc.TransferSettings`
@@ -260,11 +266,15 @@ def export_disk(session, settings, vm_ref, size, reader_factory):
     :param size: bytes the stream delivers (the volume's size)
     :param reader_factory: builds the codec's reader from a file-like
         object (``StreamOptimizedReader``)
+    :param niceness: how far below the process's CPU priority the export
+        is read and decoded (a
+        :class:`~cinder_vmdk_backup.native_threads.LowPriorityThread`)
     :raises: :class:`~.errors.TransferError` and subclasses,
         the codec's ``VmdkError``, oslo.vmware's exceptions
     """
     lease = nfc.NfcLease.export_vm(session, settings, vm_ref)
     conn = None
+    thread = None
     try:
         url, thumbprint = lease.disk_url()
         headers = {'Cookie': nfc.session_cookie(session)}
@@ -284,7 +294,13 @@ def export_disk(session, settings, vm_ref, size, reader_factory):
                 reason='%s: HTTP %s %s' % (lease.what, response.status,
                                            response.reason))
         body = _ResponseBody(response, lease.what, settings.idle_timeout)
-        stream = RawDiskStream(reader_factory(body), lease, size)
+        thread = native_threads.LowPriorityThread(
+            niceness, name='export %s' % lease.what)
+        if thread.niceness_error is not None:
+            LOG.warning('%(what)s is decoded at the service\'s own CPU '
+                        'priority: %(err)s', {'what': lease.what,
+                                              'err': thread.niceness_error})
+        stream = RawDiskStream(reader_factory(body), lease, size, thread)
         LOG.debug('Exporting %(what)s: disk of %(cap)d bytes read as '
                   '%(size)d bytes.', {'what': lease.what,
                                       'cap': stream._capacity,
@@ -298,5 +314,8 @@ def export_disk(session, settings, vm_ref, size, reader_factory):
                       'size': size})
     finally:
         if conn is not None:
+            # First: a decoding job still reading the body then returns.
             _close_connection(conn)
+        if thread is not None:
+            thread.close()
         lease.abort()

@@ -11,6 +11,9 @@
 # under the License.
 
 import concurrent.futures
+import os
+import subprocess  # nosec B404: runs this interpreter
+import sys
 from unittest import mock
 
 from eventlet import patcher
@@ -134,3 +137,126 @@ class CallTestCase(testtools.TestCase):
     def test_without_eventlet_runs_in_the_caller(self, _green):
         self.assertEqual(_os_threading.get_ident(),
                          native_threads.call(_os_threading.get_ident))
+
+
+def _own_niceness():
+    """The nice value of the calling OS thread."""
+    return os.getpriority(os.PRIO_PROCESS, _os_threading.get_native_id())
+
+
+class LowPriorityThreadTestCase(testtools.TestCase):
+
+    def _thread(self, niceness=5):
+        thread = native_threads.LowPriorityThread(niceness, 'cvb-test')
+        self.addCleanup(thread.close)
+        return thread
+
+    def test_jobs_run_on_its_own_lowered_os_thread(self):
+        base = _own_niceness()
+        thread = self._thread(5)
+        ident, niceness = thread.call(
+            lambda: (_os_threading.get_ident(), _own_niceness()))
+        self.assertNotEqual(_os_threading.get_ident(), ident)
+        self.assertEqual(min(base + 5, 19), niceness)
+        self.assertIsNone(thread.niceness_error)
+        # Every job of the caller gets the same thread.
+        self.assertEqual(ident, thread.call(_os_threading.get_ident))
+        # The caller's own priority is untouched.
+        self.assertEqual(base, _own_niceness())
+
+    def test_zero_keeps_the_process_priority(self):
+        base = _own_niceness()
+        self.assertEqual(base, self._thread(0).call(_own_niceness))
+
+    def test_result_and_exception_reach_the_caller(self):
+        thread = self._thread()
+        self.assertEqual(5, thread.call(lambda a, b: a + b, 2, b=3))
+        self.assertRaises(ValueError, thread.call, int, 'x')
+        # The thread serves on after a job failed.
+        self.assertEqual(7, thread.call(int, '7'))
+
+    @mock.patch.object(os, 'setpriority', autospec=True,
+                       side_effect=PermissionError(1, 'Operation not '
+                                                   'permitted'))
+    def test_priority_that_cannot_be_lowered_is_reported(self, _setpriority):
+        thread = self._thread()
+        self.assertIsInstance(thread.niceness_error, PermissionError)
+        self.assertEqual(3, thread.call(int, '3'))
+
+    def test_close_ends_the_thread_and_refuses_more_jobs(self):
+        thread = self._thread()
+        thread.call(int, '1')
+        thread.close()
+        self.assertFalse(thread.is_alive())
+        self.assertRaises(RuntimeError, thread.call, int, '1')
+        thread.close()  # twice is harmless
+
+    def test_under_eventlet_the_hub_runs_meanwhile(self):
+        if not native_threads.threading_is_green():
+            self.skipTest('threading is not monkey-patched in this run')
+        import eventlet
+        ran = _os_threading.Event()
+        eventlet.spawn(ran.set)
+        self.assertTrue(self._thread().call(ran.wait, 10))
+
+    def test_green_socket_read_on_the_thread(self):
+        # What the VMware export does: the job reads a green socket, which
+        # waits on a hub of the thread's own; closing the socket from the
+        # caller's side ends a read that waits.
+        if not native_threads.threading_is_green():
+            self.skipTest('threading is not monkey-patched in this run')
+        import socket
+        left, right = socket.socketpair()
+        self.addCleanup(left.close)
+        self.addCleanup(right.close)
+        thread = self._thread()
+        right.sendall(b'data')
+        self.assertEqual(b'data', thread.call(left.recv, 10))
+        left.settimeout(0.2)
+        self.assertRaises(TimeoutError, thread.call, left.recv, 10)
+
+    def test_without_eventlet_in_a_fresh_interpreter(self):
+        # The unit tests' process is monkey-patched; threading mode (the
+        # benchmark's local steps, tools) gets the same thread.
+        script = (
+            'import os, threading\n'
+            'from cinder_vmdk_backup import native_threads as n\n'
+            'assert not n.threading_is_green()\n'
+            't = n.LowPriorityThread(3, "x")\n'
+            'me = threading.get_native_id\n'
+            'tid, nice = t.call(\n'
+            '    lambda: (me(), os.getpriority(os.PRIO_PROCESS, me())))\n'
+            'assert tid != me(), tid\n'
+            'assert nice == min(os.getpriority(os.PRIO_PROCESS, 0) + 3, 19)\n'
+            't.close()\n'
+            'assert not t.is_alive()\n'
+            'print("ok")\n')
+        result = subprocess.run(  # nosec B603: this interpreter
+            [sys.executable, '-c', script], capture_output=True, text=True,
+            timeout=60)
+        self.assertEqual('ok\n', result.stdout, result.stderr)
+
+    def test_pools_and_calls_inside_its_jobs_run_inline(self):
+        # The hub's green events cannot wake the thread: a job that asks
+        # for a pool (the codec's reader with threads > 1) or a native
+        # call gets its work done in the thread itself, not a hang.
+        thread = self._thread()
+
+        def job():
+            pool = native_threads.executor(4)
+            futures = [pool.submit(lambda i=i: (
+                i, _os_threading.get_ident())) for i in range(3)]
+            futures.append(pool.submit(int, 'x'))
+            pool.shutdown(wait=True)
+            return ([f.result() for f in futures[:3]],
+                    type(futures[3].exception()),
+                    native_threads.call(_os_threading.get_ident),
+                    _os_threading.get_ident())
+
+        results, error, called_in, own = thread.call(job)
+        self.assertEqual([(0, own), (1, own), (2, own)], results)
+        self.assertIs(ValueError, error)
+        self.assertEqual(own, called_in)
+        # Outside the thread, pools are pools again.
+        self.assertNotIsInstance(native_threads.executor(2),
+                                 native_threads._InlineExecutor)

@@ -12,11 +12,13 @@
 
 import io
 import logging
+import os
 import time
 import types
 from unittest import mock
 
 from eventlet import patcher
+import fixtures
 import testtools
 
 from cinder_vmdk_backup import filled_bytes
@@ -217,7 +219,26 @@ class ExportDiskTestCase(testtools.TestCase):
             {('lease-1', 'state'): ['ready'], ('lease-1', 'info'): info},
             {'ExportVm': lambda vm: lease})
 
-    def run_export(self, server, size, consume=None, idle_timeout=5):
+    def setUp(self):
+        super().setUp()
+        # The decoding threads the exports started, to check they ended.
+        self.threads = []
+        real = native_threads.LowPriorityThread
+
+        def recorded(*args, **kwargs):
+            thread = real(*args, **kwargs)
+            self.threads.append(thread)
+            return thread
+
+        self.useFixture(fixtures.MockPatchObject(
+            native_threads, 'LowPriorityThread', side_effect=recorded,
+            autospec=True))
+
+    def assertThreadsEnded(self):
+        self.assertFalse(any(t.is_alive() for t in self.threads))
+
+    def run_export(self, server, size, consume=None, idle_timeout=5,
+                   niceness=0, reader=PassThroughReader):
         server.start()
         self.addCleanup(server.stop)
         session = self.session_for(server)
@@ -225,12 +246,51 @@ class ExportDiskTestCase(testtools.TestCase):
                                         idle_timeout=idle_timeout)
 
         def factory(body):
-            return PassThroughReader(body, len(server.get_body))
+            return reader(body, len(server.get_body))
 
-        with export.export_disk(session, settings, fakes.moref('vm-1'),
-                                size, factory) as stream:
-            data = (consume or (lambda s: s.read()))(stream)
+        try:
+            with export.export_disk(session, settings, fakes.moref('vm-1'),
+                                    size, factory,
+                                    niceness=niceness) as stream:
+                data = (consume or (lambda s: s.read()))(stream)
+        finally:
+            self.assertThreadsEnded()
         return session, data
+
+    def test_decoded_below_the_services_priority(self):
+        seen = set()
+
+        class RecordingReader(PassThroughReader):
+            def readinto(self, b, zeroed=False):
+                seen.add((_os_threading.get_ident(), os.getpriority(
+                    os.PRIO_PROCESS, _os_threading.get_native_id())))
+                return super().readinto(b, zeroed)
+
+        server = fakes.NfcServer(get_body=b'x' * 5000)
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        _session, data = self.run_export(
+            server, 5000, consume=lambda s: s.read(1000) + s.read(),
+            niceness=4, reader=RecordingReader)
+        self.assertEqual(b'x' * 5000, data)
+        # One thread of its own for every read of the export, lowered.
+        self.assertEqual(1, len(seen))
+        ident, niceness = seen.pop()
+        self.assertNotEqual(_os_threading.get_ident(), ident)
+        self.assertEqual(min(base + 4, 19), niceness)
+        native_threads.LowPriorityThread.assert_called_once_with(
+            4, name=mock.ANY)
+
+    @mock.patch.object(os, 'setpriority', autospec=True,
+                       side_effect=PermissionError(1, 'Operation not '
+                                                   'permitted'))
+    def test_priority_not_lowered_is_logged_and_harmless(self, _setprio):
+        logged = self.useFixture(fixtures.FakeLogger(
+            name='cinder_vmdk_backup.vmware.export'))
+        server = fakes.NfcServer(get_body=b'x' * 500)
+        _session, data = self.run_export(server, 500, niceness=10)
+        self.assertEqual(b'x' * 500, data)
+        self.assertIn("service's own CPU priority", logged.output)
+        self.assertIn('Operation not permitted', logged.output)
 
     def test_whole_disk_read_completes_the_lease(self):
         server = fakes.NfcServer(get_body=b'x' * 5000)
@@ -291,6 +351,7 @@ class ExportDiskTestCase(testtools.TestCase):
         # Without the cut-off, the close waits out the idle timeout.
         self.assertLess(time.monotonic() - left_at, 10)
         self.assertIn('HttpNfcLeaseAbort', session.methods())
+        self.assertThreadsEnded()
 
     def test_complete_failure_after_full_read_is_not_fatal(self):
         server = fakes.NfcServer(get_body=b'x' * 100)
