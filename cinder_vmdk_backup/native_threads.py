@@ -105,6 +105,26 @@ def _wait_natively(fn, *args):
     return fn(*args)
 
 
+def _close_own_hub():
+    """Close the hub a green socket read made on this native thread.
+
+    Eventlet keeps it (and its ``epoll`` descriptor) in a thread-local
+    that is only freed by the garbage collector once the thread is gone.
+    """
+    if not threading_is_green():
+        return
+    from eventlet import hubs
+    hub = getattr(hubs._threadlocal, 'hub', None)
+    if hub is None:
+        return
+    del hubs._threadlocal.hub
+    poll = getattr(hub, 'poll', None)
+    try:
+        poll.close()
+    except Exception:  # nosec B110: best effort, the GC would close it
+        pass
+
+
 class _Job(object):
     """One call handed to a :class:`LowPriorityThread`, and its outcome."""
 
@@ -124,6 +144,11 @@ class _Job(object):
             self._call = None
             self.done.set()
 
+    def refuse(self, error):
+        self._call = None
+        self._error = error
+        self.done.set()
+
     def outcome(self):
         if self._error is not None:
             error, self._error = self._error, None
@@ -136,24 +161,25 @@ class LowPriorityThread(object):
 
     :func:`call` borrows any native thread for each job. This keeps one
     thread for a stream of jobs of one caller and runs it ``niceness``
-    steps below the process's nice value (``setpriority(2)``; Linux gives
-    each thread its own). It is meant for a pipeline stage that works ahead
-    of a slower one through a buffer, such as decoding a VMware export
-    while the backup driver compresses and hashes: where both compete for
-    the CPU, the slower stage gets it first and the thread takes what that
-    stage leaves (no CPU goes unused: a lower priority only orders who
-    runs). The thread is never shared because the step cannot be undone:
+    steps above its creator's nice value (``setpriority(2)``; Linux gives
+    each thread its own), that is at a lower priority. It is meant for a
+    pipeline stage that works ahead of a slower one through a buffer, such
+    as decoding a VMware export while the backup driver compresses and
+    hashes: where both compete for the CPU, the slower stage gets the
+    larger share (the kernel weighs nice 10 at about a tenth of nice 0),
+    and the thread still takes all the CPU that stage leaves, so none goes
+    unused. The thread is never shared because the step cannot be undone:
     an unprivileged process may lower a thread's priority, not raise it.
 
     Jobs follow the rules of :func:`call`'s (no green threads, no
     logging); :func:`call` and :func:`executor` run their jobs inline
     there.
-    If the priority cannot be lowered, jobs run at the process's own and
+    If the priority cannot be lowered, jobs run at the creator's and
     :attr:`niceness_error` says why (for the caller to log) once the
     constructor returned.
 
-    :param niceness: steps below the process's nice value (0 to 19;
-        0 keeps it)
+    :param niceness: steps below the creator's priority (0 to 19; 0 keeps
+        it)
     :param name: the thread's name
     """
 
@@ -167,22 +193,40 @@ class LowPriorityThread(object):
         self._thread = threading.Thread(target=self._serve, args=(started,),
                                         name=name, daemon=True)
         self._thread.start()
-        _wait_natively(started.wait)
+        try:
+            _wait_natively(started.wait)
+        except BaseException:
+            # The caller was killed meanwhile: nobody will close it.
+            self._closed = True
+            self._jobs.put(None)
+            raise
 
     def _serve(self, started):
         ident = _original('threading').get_ident()
         _own_threads.add(ident)
         try:
-            if self._niceness:
-                self._lower_priority()
-            started.set()
+            try:
+                if self._niceness:
+                    self._lower_priority()
+            finally:
+                started.set()
             while True:
                 job = self._jobs.get()
                 if job is None:
-                    return
+                    break
                 job.run()
+            self._refuse_left_jobs()
         finally:
             _own_threads.discard(ident)
+            _close_own_hub()
+
+    def _refuse_left_jobs(self):
+        # A job put after close() (a caller racing it on another native
+        # thread) must not wait forever.
+        while not self._jobs.empty():
+            job = self._jobs.get()
+            if job is not None:
+                job.refuse(RuntimeError('the thread was closed'))
 
     def _lower_priority(self):
         tid = _original('threading').get_native_id()

@@ -65,13 +65,15 @@ vmdk_backup_opts = [
     cfg.IntOpt('vmware_backup_export_niceness',
                default=10, min=0, max=19,
                help='How many steps below the service\'s own CPU priority '
-                    '(nice value) the thread that reads and decodes a '
-                    'disk export runs during a backup. The backup '
-                    'driver\'s compression and hashing, usually the slowest '
-                    'stage of a backup, then get the CPU first where the '
-                    'two compete for it; the export takes what is left and '
-                    'is read ahead of the backup driver, so no CPU goes '
-                    'unused. 0 runs it at the service\'s own priority.'),
+                    'the thread that reads and decodes a disk export runs '
+                    'during a backup (added to its nice value). Where the '
+                    'two compete for the CPU, the backup driver\'s '
+                    'compression and hashing, usually the slowest stage of '
+                    'a backup, then get the larger share (at 10, about '
+                    'ten times the export\'s); the export, read ahead of '
+                    'the backup driver, still gets all the CPU that is '
+                    'left, so none goes unused. 0 runs it at the '
+                    'service\'s own priority.'),
     cfg.BoolOpt('vmware_backup_restore_in_volume_service',
                 default=True,
                 help='Let cinder-volume create a volume from a backup by '

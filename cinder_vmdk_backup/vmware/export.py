@@ -313,9 +313,14 @@ def export_disk(session, settings, vm_ref, size, reader_factory,
                      {'what': lease.what, 'wire': body.bytes_read,
                       'size': size})
     finally:
-        if conn is not None:
-            # First: a decoding job still reading the body then returns.
-            _close_connection(conn)
-        if thread is not None:
-            thread.close()
-        lease.abort()
+        try:
+            try:
+                if conn is not None:
+                    # First: a decoding job still reading the body then
+                    # returns.
+                    _close_connection(conn)
+            finally:
+                if thread is not None:
+                    thread.close()
+        finally:
+            lease.abort()

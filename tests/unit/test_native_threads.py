@@ -14,9 +14,11 @@ import concurrent.futures
 import os
 import subprocess  # nosec B404: runs this interpreter
 import sys
+import time
 from unittest import mock
 
 from eventlet import patcher
+import fixtures
 import testtools
 
 from cinder_vmdk_backup import native_threads
@@ -214,6 +216,18 @@ class LowPriorityThreadTestCase(testtools.TestCase):
         self.assertEqual(b'data', thread.call(left.recv, 10))
         left.settimeout(0.2)
         self.assertRaises(TimeoutError, thread.call, left.recv, 10)
+        # A read left waiting by a killed caller ends when the socket is
+        # shut down; then the thread can be closed.
+        import eventlet
+        left.settimeout(30)
+        waiter = eventlet.spawn(thread.call, left.recv, 10)
+        eventlet.sleep(0.3)  # the job now waits in recv
+        waiter.kill()
+        started = time.monotonic()
+        left.shutdown(socket.SHUT_RDWR)
+        thread.close()
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertFalse(thread.is_alive())
 
     def test_without_eventlet_in_a_fresh_interpreter(self):
         # The unit tests' process is monkey-patched; threading mode (the
@@ -240,6 +254,7 @@ class LowPriorityThreadTestCase(testtools.TestCase):
         # The hub's green events cannot wake the thread: a job that asks
         # for a pool (the codec's reader with threads > 1) or a native
         # call gets its work done in the thread itself, not a hang.
+        self.useFixture(fixtures.Timeout(60, gentle=True))
         thread = self._thread()
 
         def job():
@@ -260,3 +275,40 @@ class LowPriorityThreadTestCase(testtools.TestCase):
         # Outside the thread, pools are pools again.
         self.assertNotIsInstance(native_threads.executor(2),
                                  native_threads._InlineExecutor)
+
+    def test_job_queued_behind_the_close_is_refused(self):
+        # A caller racing close() from another native thread gets an
+        # error, not a wait without end.
+        thread = self._thread()
+        gate = _os_threading.Event()
+        self.addCleanup(gate.set)
+        first = native_threads._Job(gate.wait, (10,), {})
+        thread._jobs.put(first)
+        thread._jobs.put(None)
+        late = native_threads._Job(int, ('1',), {})
+        thread._jobs.put(late)
+        gate.set()
+        self.assertTrue(late.done.wait(10))
+        self.assertRaises(RuntimeError, late.outcome)
+        self.assertTrue(first.outcome())
+
+    def test_the_hub_of_a_socket_read_is_closed_with_the_thread(self):
+        if not native_threads.threading_is_green():
+            self.skipTest('threading is not monkey-patched in this run')
+        import socket
+
+        from eventlet import hubs
+        left, right = socket.socketpair()
+        self.addCleanup(left.close)
+        self.addCleanup(right.close)
+        thread = self._thread()
+        right.sendall(b'x')
+
+        def read():
+            return left.recv(1), hubs.get_hub().poll
+
+        data, poll = thread.call(read)
+        self.assertEqual(b'x', data)
+        self.assertFalse(poll.closed)
+        thread.close()
+        self.assertTrue(poll.closed)

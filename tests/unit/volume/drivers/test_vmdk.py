@@ -135,6 +135,8 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
         args = export_disk.call_args[0]
         self.assertIs(backing, args[2])
         self.assertEqual(2 * units.Gi, args[3])
+        # The backend's option, its default here.
+        self.assertEqual(10, export_disk.call_args.kwargs['niceness'])
         with mock.patch.object(vmdk_reader, 'StreamOptimizedReader',
                                autospec=True) as reader_class:
             args[4]('body')
