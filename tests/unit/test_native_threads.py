@@ -153,6 +153,16 @@ class LowPriorityThreadTestCase(testtools.TestCase):
         self.addCleanup(thread.close)
         return thread
 
+    def _green_socketpair(self):
+        """Two connected green sockets (skips without eventlet)."""
+        if not native_threads.threading_is_green():
+            self.skipTest('threading is not monkey-patched in this run')
+        import socket
+        left, right = socket.socketpair()
+        self.addCleanup(left.close)
+        self.addCleanup(right.close)
+        return left, right
+
     def test_jobs_run_on_its_own_lowered_os_thread(self):
         base = _own_niceness()
         thread = self._thread(5)
@@ -205,12 +215,8 @@ class LowPriorityThreadTestCase(testtools.TestCase):
         # What the VMware export does: the job reads a green socket, which
         # waits on a hub of the thread's own; closing the socket from the
         # caller's side ends a read that waits.
-        if not native_threads.threading_is_green():
-            self.skipTest('threading is not monkey-patched in this run')
         import socket
-        left, right = socket.socketpair()
-        self.addCleanup(left.close)
-        self.addCleanup(right.close)
+        left, right = self._green_socketpair()
         thread = self._thread()
         right.sendall(b'data')
         self.assertEqual(b'data', thread.call(left.recv, 10))
@@ -293,14 +299,8 @@ class LowPriorityThreadTestCase(testtools.TestCase):
         self.assertTrue(first.outcome())
 
     def test_the_hub_of_a_socket_read_is_closed_with_the_thread(self):
-        if not native_threads.threading_is_green():
-            self.skipTest('threading is not monkey-patched in this run')
-        import socket
-
         from eventlet import hubs
-        left, right = socket.socketpair()
-        self.addCleanup(left.close)
-        self.addCleanup(right.close)
+        left, right = self._green_socketpair()
         thread = self._thread()
         right.sendall(b'x')
 
