@@ -51,7 +51,19 @@ class OnlineBackupTestCase(base.Qcow2FunctionalTestCase):
         os.unlink(boot)
         self.paths = [self.driver.local_path(v) for v in self.volumes]
         self.domain = self.libvirt.start_guest(self.paths, kvm=False)
+        self._wait_for_first_record()
         self._wait_for_writes()
+
+    def _wait_for_first_record(self, timeout=120):
+        # A TCG guest on a busy machine may take longer than a fixed wait
+        # to boot. Its first records land in disk 0's first cluster,
+        # which the boot sector's write allocated: readable from outside
+        # without a flush.
+        deadline = time.monotonic() + timeout
+        while max(guest.records(base.read_head(self.paths[0]))) == 0:
+            if time.monotonic() > deadline:
+                self.fail('the guest wrote nothing in %d s' % timeout)
+            time.sleep(0.5)
 
     def _wait_for_writes(self, seconds=2.0):
         # A running QEMU keeps qcow2 metadata in its cache: the files are
