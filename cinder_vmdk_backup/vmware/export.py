@@ -294,8 +294,7 @@ def export_disk(session, settings, vm_ref, size, reader_factory,
                 reason='%s: HTTP %s %s' % (lease.what, response.status,
                                            response.reason))
         body = _ResponseBody(response, lease.what, settings.idle_timeout)
-        thread = native_threads.LowPriorityThread(
-            niceness, name='export %s' % lease.what)
+        thread = native_threads.LowPriorityThread(niceness, lease.what)
         if thread.niceness_error is not None:
             LOG.warning('%(what)s is decoded at the service\'s own CPU '
                         'priority: %(err)s', {'what': lease.what,
