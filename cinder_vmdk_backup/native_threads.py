@@ -126,7 +126,12 @@ def _close_own_hub():
 
 
 class _Job(object):
-    """One call handed to a :class:`LowPriorityThread`, and its outcome."""
+    """One call handed to a :class:`LowPriorityThread`, and its outcome.
+
+    Not a :class:`concurrent.futures.Future`: once ``threading`` is
+    patched, a future's condition is green, and setting it from the native
+    thread could not wake a waiter reliably. ``done`` is a native event.
+    """
 
     def __init__(self, fn, args, kwargs):
         self._call = (fn, args, kwargs)
