@@ -64,12 +64,11 @@ A driver may instead implement ``backup_volume`` and ``restore_backup``
 itself, with the signatures above, and set ``driver_owned_backup = True``.
 
 Both entry points run in the cinder-backup thread that handles the request
-(a green thread under eventlet). The backup source is read by the backup
-service in that thread: a stream doing blocking native I/O should wrap its
-reads with :func:`cinder.utils.tpool_wrap`, and CPU-heavy work belongs on
-:mod:`cinder_vmdk_backup.native_threads`. The restore staging file is
-written on a native thread already, behind the backup service
-(:mod:`.write_behind`).
+(a green thread under eventlet, a native one without). The hooks are plain
+synchronous code: the data moves through :mod:`.transfer`, which owns every
+thread a transfer uses. The backup source is read on the transfer's
+producer thread (see :class:`~.transfer.BackupReader` for what a source
+offers), the restore staging file is written behind the backup service.
 """
 
 import contextlib
@@ -77,17 +76,15 @@ import fcntl
 import os
 import tempfile
 
-from cinder import exception
 from cinder import objects
 from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import units
 
 from cinder_vmdk_backup.backup import fast_zlib
-from cinder_vmdk_backup.backup import read_ahead
 from cinder_vmdk_backup.backup import staging
 from cinder_vmdk_backup.backup import status_checks
-from cinder_vmdk_backup.backup import write_behind
+from cinder_vmdk_backup.backup import transfer
 from cinder_vmdk_backup.backup import zero_hashing
 from cinder_vmdk_backup import opts
 
@@ -125,12 +122,23 @@ class DriverOwnedBackupMixin(object):
         :param device: the volume or snapshot object Cinder chose to back
             up (the volume itself, Cinder's temporary clone of an in-use
             volume, or the temporary volume of a backup from a snapshot)
-        :returns: a context manager giving a file-like object with
-            ``read(n)``, exactly the device's size long (``volume.size``
-            or ``snapshot.volume_size`` GiB); a stream ending early or
-            running past it fails the backup
+        :returns: a context manager giving a transfer source (see
+            :class:`~.transfer.BackupReader`: ``fill(view)`` or a file's
+            ``readinto``, optionally ``finish``, ``report``,
+            ``interrupt``) of exactly the device's size (``volume.size``
+            or ``snapshot.volume_size`` GiB); a source ending early fails
+            the backup
         """
         raise NotImplementedError()
+
+    def backup_read_niceness(self):
+        """How many steps below the service's CPU priority a source is read.
+
+        Where reading (decoding) the source competes for a core with the
+        backup driver's compression, the backup driver then gets the larger
+        share.
+        """
+        return 0
 
     def restore_raw_image(self, context, backup, volume, image_path,
                           volume_is_new):
@@ -165,11 +173,20 @@ class DriverOwnedBackupMixin(object):
                  {'backup': backup.id, 'kind': type(device).__name__,
                   'id': device.id})
         length = self._device_size_gb(device) * units.Gi
+        limit = CONF.driver_owned_backup_read_ahead_mb * units.Mi
         with self.open_backup_source(context, backup, device) as source, \
-                _read_ahead(source) as reader, \
+                transfer.BackupReader(
+                    source, length, limit, self.backup_read_niceness(),
+                    name='cvb-backup-%s' % backup.id[:8]) as reader, \
                 tuned_for_raw_data(backup_service):
-            result = backup_service.backup(
-                backup, ExactLengthReader(reader, length, device.id))
+            try:
+                result = backup_service.backup(backup, reader)
+            finally:
+                if reader.niceness_error is not None:
+                    LOG.warning('The data of backup %(backup)s was read at '
+                                'the service\'s own CPU priority: %(err)s',
+                                {'backup': backup.id,
+                                 'err': reader.niceness_error})
         if profile:
             metadata = dict(backup.metadata or {})
             metadata.update({PROFILE_KEY_PREFIX + key: str(value)
@@ -189,7 +206,7 @@ class DriverOwnedBackupMixin(object):
         byte (it is told the volume is not new);
         :class:`~.staging.SparseStagingWriter` leaves out the zeros that
         need no writing, so the file stays sparse.
-        :class:`~.write_behind.WriteBehind` writes one object while the
+        :class:`~.transfer.WriteBehind` writes one object while the
         service reads and inflates the next, and
         :func:`~.status_checks.throttled_refresh` lets the service check
         for a cancelled restore at most once a second. ``volume_is_new``
@@ -198,7 +215,7 @@ class DriverOwnedBackupMixin(object):
         size = self._backup_size_bytes(backup, volume)
         with self._staging_file() as (staging_file, path):
             writer = staging.SparseStagingWriter(staging_file.fileno())
-            with write_behind.WriteBehind(writer) as behind, \
+            with transfer.WriteBehind(writer) as behind, \
                     fast_zlib.accelerated(backup_service), \
                     status_checks.throttled_refresh(backup):
                 backup_service.restore(backup, volume.id, behind, False)
@@ -295,62 +312,3 @@ def tuned_for_raw_data(backup_service):
     with fast_zlib.accelerated(backup_service), \
             zero_hashing.zero_aware_hashing():
         yield backup_service
-
-
-def _read_ahead(source):
-    """``source`` read ahead of the backup service, unless turned off."""
-    limit = CONF.driver_owned_backup_read_ahead_mb * units.Mi
-    if not limit:
-        return contextlib.nullcontext(source)
-    return read_ahead.ReadAhead(source, limit)
-
-
-class ExactLengthReader(object):
-    """The volume file a backup service reads: full reads, ``tell()``.
-
-    Cinder's chunked backup drivers call ``tell()`` for each chunk's offset
-    and hash fixed-size blocks of what ``read(n)`` returns, so a short read
-    in the middle of the stream would shift the blocks an incremental
-    backup compares. A raw stream (an HTTP response, a decoder) offers
-    neither; this wrapper does, and refuses a stream that ends early or runs
-    past ``length``: a backup that silently lost the disk's tail would look
-    complete.
-
-    :param stream: object with ``read(n)``
-    :param length: exact number of bytes the stream must give
-    :param name: what the stream holds, for error messages
-    """
-
-    def __init__(self, stream, length, name):
-        self._stream = stream
-        self._length = length
-        self._name = name
-        self._position = 0
-
-    def tell(self):
-        return self._position
-
-    def read(self, size=-1):
-        if size is None or size < 0:
-            size = max(self._length - self._position, 1)
-        chunks = []
-        wanted = size
-        while wanted > 0:
-            data = self._stream.read(wanted)
-            if not data:
-                break
-            chunks.append(data)
-            wanted -= len(data)
-        # One piece (the usual case) is handed on as it is: a copy of a
-        # backup driver's chunk (tens of MiB) costs time and memory.
-        data = chunks[0] if len(chunks) == 1 else b''.join(chunks)
-        self._position += len(data)
-        if self._position > self._length:
-            raise exception.BackupDriverException(
-                reason='the data of %s is longer than its size of %d bytes'
-                       % (self._name, self._length))
-        if len(data) < size and self._position < self._length:
-            raise exception.BackupDriverException(
-                reason='the data of %s ended at byte %d of %d'
-                       % (self._name, self._position, self._length))
-        return data

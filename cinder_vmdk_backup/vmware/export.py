@@ -25,8 +25,6 @@ import socket
 from oslo_log import log as logging
 from urllib3 import exceptions as u3_exceptions
 
-from cinder_vmdk_backup import filled_bytes
-from cinder_vmdk_backup import native_threads
 from cinder_vmdk_backup.vmware import errors
 from cinder_vmdk_backup.vmware import nfc
 
@@ -63,22 +61,15 @@ class _ResponseBody(object):
 
 
 class RawDiskStream(object):
-    """Raw guest data of the exported disk, as the backup service reads it.
+    """Raw guest data of the exported disk, as a transfer source.
 
-    ``read(n)`` returns exactly ``n`` bytes until the end (Cinder's chunked
-    backup drivers hash fixed 32 KiB blocks of each read, so a short read
-    would shift every later block and spoil incremental backups), ``tell()``
-    gives the position. Reading keeps the lease alive and reports progress.
-
-    The HTTP body is read and decoded on a native thread: ``thread`` (a
-    :class:`~cinder_vmdk_backup.native_threads.LowPriorityThread`) or,
-    without one, any (:func:`~cinder_vmdk_backup.native_threads.call`).
-    Under eventlet that leaves the hub's thread, where the backup driver
-    hashes every block, to the backup driver: reading the export there cost
-    about a fifth of a full backup's time (``bench/vmdk_backup.py``). The
-    reader must therefore not start green threads of its own (the codec
-    inflates inline, ``threads=1``); the lease's progress calls (SOAP) stay
-    on the caller's thread.
+    Plain synchronous code for the backup pipeline
+    (:class:`~cinder_vmdk_backup.backup.transfer.BackupReader`): ``fill``
+    decodes the next bytes into a buffer that reads as zeros (runs of
+    zeros are left unwritten), ``finish`` checks the VMDK's tail once the
+    whole disk was read, ``report`` keeps the lease alive and reports
+    progress, ``interrupt`` cuts the connection off so that a ``fill``
+    blocked on the network returns.
 
     A disk whose capacity is below ``size`` (a volume rounded up to whole
     GiB) reads as zeros up to ``size``.
@@ -86,136 +77,84 @@ class RawDiskStream(object):
     :param reader: the codec's ``StreamOptimizedReader``
     :param lease: the :class:`~.nfc.NfcLease` (or None: no progress)
     :param size: bytes to deliver
-    :param thread: the native thread to decode on, or None
+    :param connection: the export's HTTP connection (or None)
     """
 
-    def __init__(self, reader, lease, size, thread=None):
+    def __init__(self, reader, lease, size, connection=None):
         self._reader = reader
-        self._on_native_thread = (thread.call if thread is not None
-                                  else native_threads.call)
+        self._extents = reader.iter_extents()
         self._lease = lease
+        self._connection = connection
         self.size = size
+        self.capacity = reader.capacity
         self._pos = 0
-        self._capacity = reader.capacity
+        # The rest of the extent being consumed: (bytes left, data or None).
+        self._left = 0
+        self._data = None
         self.at_end = False
-        if self._capacity > size:
+        if self.capacity > size:
             raise errors.TransferError(
                 reason='the disk holds %d bytes, more than the %d bytes of '
-                       'the volume' % (self._capacity, size))
+                       'the volume' % (self.capacity, size))
 
-    def readable(self):
-        return True
-
-    def seekable(self):
-        return False
-
-    def tell(self):
-        return self._pos
-
-    def read(self, n=-1):
-        """Return exactly ``n`` bytes (fewer only at the end).
-
-        The codec decodes straight into the ``bytes`` object returned
-        (:mod:`~cinder_vmdk_backup.filled_bytes`): backup drivers want
-        ``bytes``, and a backup driver's chunk is tens of MiB.
-        """
-        if n is None or n < 0:
-            n = self.size - self._pos
-        n = min(n, self.size - self._pos)
-        if n <= 0:
-            self._check_end()
-            return b''
-        data = self._on_native_thread(filled_bytes.filled, n, self._fill)
-        self._advance(n)
-        return data
-
-    def readinto(self, b):
-        """Fill ``b`` (exactly, up to the end); return the bytes filled."""
-        with memoryview(b) as view:
-            n = min(len(view), self.size - self._pos)
-            if n <= 0:
-                self._check_end()
-                return 0
-            with view[:n] as target:
-                self._on_native_thread(self._decode_into, target, False)
-        self._advance(n)
-        return n
-
-    def _fill(self, view):
-        """Fill all of ``view``, which reads as zeros already."""
-        self._decode_into(view, True)
-
-    def _decode_into(self, target, zeroed):
-        """Fill all of ``target`` with the data from the current position.
-
-        Runs on a native thread: it only reads the export and decodes, and
-        reports nothing to vCenter (see :meth:`_advance`).
-
-        :param zeroed: ``target`` is new and reads as zeros (runs of zeros
-            are then left unwritten); a reused buffer would keep stale data
-            there
-        """
-        n = len(target)
-        disk_part = max(0, min(n, self._capacity - self._pos))
-        got = 0
-        while got < disk_part:
-            count = self._reader.readinto(target[got:disk_part],
-                                          zeroed=zeroed)
-            if not count:
-                raise errors.TransferError(
-                    reason='disk stream ended at %d of %d bytes' % (
-                        self._pos + got, self._capacity))
-            got += count
-        if got < n and not zeroed:
-            # Past the disk's capacity: zeros up to the volume's size.
-            target[got:n] = bytes(n - got)
-
-    def _advance(self, n):
-        """Count ``n`` bytes delivered; keep the lease alive."""
+    def fill(self, view):
+        """Fill ``view`` (zeros already) with the next ``len(view)`` bytes."""
+        n = len(view)
+        disk_part = max(0, min(n, self.capacity - self._pos))
+        done = 0
+        while done < disk_part:
+            if not self._left:
+                self._next_extent(self._pos + done)
+            count = min(disk_part - done, self._left)
+            if self._data is not None:
+                start = len(self._data) - self._left
+                view[done:done + count] = self._data[start:start + count]
+            self._left -= count
+            done += count
+        # Past the disk's capacity: zeros up to the volume's size, as the
+        # buffer reads already.
         self._pos += n
-        if self._lease is not None:
-            self._lease.progress(self._pos * 100 // max(self.size, 1))
-        if self._pos >= self.size:
-            self._check_end()
 
-    def _check_end(self):
+    def _next_extent(self, position):
+        for _offset, length, data in self._extents:
+            if length:
+                self._left = length
+                self._data = memoryview(data) if data is not None else None
+                return
+        raise errors.TransferError(
+            reason='disk stream ended at %d of %d bytes' % (position,
+                                                            self.capacity))
+
+    def finish(self):
         """At the end: the codec validates the VMDK's tail (footer, EOS)."""
-        if self.at_end:
-            return
-        if self._capacity >= self.size:
-            # The tail holds the grain tables: up to tens of MiB to check.
-            rest = self._on_native_thread(self._reader.read, 1)
-            if rest:
-                raise errors.TransferError(
-                    reason='disk stream longer than %d bytes' % self.size)
+        if self._left or any(length for _o, length, _d in self._extents):
+            raise errors.TransferError(
+                reason='disk stream longer than %d bytes' % self.size)
         self.at_end = True
+
+    def report(self, position):
+        """Keep the lease alive; tell vCenter how far the export got."""
+        if self._lease is not None:
+            self._lease.progress(position * 100 // max(self.size, 1))
+
+    def interrupt(self):
+        """Make a ``fill`` blocked on the network return (with an error)."""
+        if self._connection is not None:
+            _shut_down(self._connection)
 
 
 class ZeroStream(object):
-    """``size`` zero bytes: the data of a volume that has no backing yet."""
+    """``size`` zero bytes: the data of a volume that has no backing yet.
+
+    A transfer source (see :class:`RawDiskStream`): the buffers it is
+    given read as zeros already.
+    """
 
     def __init__(self, size):
         self.size = size
-        self._pos = 0
-        self.at_end = size == 0
 
-    def readable(self):
-        return True
-
-    def seekable(self):
-        return False
-
-    def tell(self):
-        return self._pos
-
-    def read(self, n=-1):
-        if n is None or n < 0:
-            n = self.size - self._pos
-        n = max(0, min(n, self.size - self._pos))
-        self._pos += n
-        if self._pos >= self.size:
-            self.at_end = True
-        return bytes(n)
+    def fill(self, view):
+        """Nothing to write: ``view`` reads as zeros."""
 
 
 def _complete_quietly(lease):
@@ -232,14 +171,11 @@ def _complete_quietly(lease):
                     {'what': lease.what, 'exc': exc})
 
 
-def _close_connection(conn):
-    """Close the export's connection, cutting it off first.
+def _shut_down(conn):
+    """Cut the export's connection off: a read blocked on it returns.
 
-    A decoding job whose waiting green thread was killed (a service stop, a
-    timeout with read-ahead off) may still read the connection on its
-    native thread; ``close()`` would wait for the response's buffer lock,
-    natively, and so hold up the whole hub until that read ends, up to the
-    idle timeout. Shut down, the socket ends that read at once.
+    ``close()`` alone would wait for the response's buffer lock, which a
+    read on the producer thread holds until the idle timeout.
     """
     sock = getattr(conn, 'sock', None)
     if sock is not None:
@@ -247,18 +183,16 @@ def _close_connection(conn):
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass  # not connected any more: nothing to cut off
-    conn.close()
 
 
 @contextlib.contextmanager
-def export_disk(session, settings, vm_ref, size, reader_factory,
-                niceness=0):
+def export_disk(session, settings, vm_ref, size, reader_factory):
     """Export the disk of ``vm_ref`` as a :class:`RawDiskStream`.
 
-    The lease is completed when the caller read the whole disk and the
-    VMDK's tail checked out, and aborted otherwise (an error, or a caller
-    that stopped early); the HTTP connection and the decoding thread are
-    always closed.
+    The lease is completed when the whole disk was read and the VMDK's tail
+    checked out (:meth:`RawDiskStream.finish`), and aborted otherwise (an
+    error, or a caller that stopped early); the HTTP connection is always
+    closed.
 
     :param session: ``oslo_vmware.api.VMwareAPISession``
     :param settings: :class:`~.nfc.TransferSettings`
@@ -266,15 +200,11 @@ def export_disk(session, settings, vm_ref, size, reader_factory,
     :param size: bytes the stream delivers (the volume's size)
     :param reader_factory: builds the codec's reader from a file-like
         object (``StreamOptimizedReader``)
-    :param niceness: how far below the process's CPU priority the export
-        is read and decoded (a
-        :class:`~cinder_vmdk_backup.native_threads.LowPriorityThread`)
     :raises: :class:`~.errors.TransferError` and subclasses,
         the codec's ``VmdkError``, oslo.vmware's exceptions
     """
     lease = nfc.NfcLease.export_vm(session, settings, vm_ref)
     conn = None
-    thread = None
     try:
         url, thumbprint = lease.disk_url()
         headers = {'Cookie': nfc.session_cookie(session)}
@@ -294,15 +224,10 @@ def export_disk(session, settings, vm_ref, size, reader_factory,
                 reason='%s: HTTP %s %s' % (lease.what, response.status,
                                            response.reason))
         body = _ResponseBody(response, lease.what, settings.idle_timeout)
-        thread = native_threads.LowPriorityThread(niceness, lease.what)
-        if thread.niceness_error is not None:
-            LOG.warning('%(what)s is decoded at the service\'s own CPU '
-                        'priority: %(err)s', {'what': lease.what,
-                                              'err': thread.niceness_error})
-        stream = RawDiskStream(reader_factory(body), lease, size, thread)
+        stream = RawDiskStream(reader_factory(body), lease, size, conn)
         LOG.debug('Exporting %(what)s: disk of %(cap)d bytes read as '
                   '%(size)d bytes.', {'what': lease.what,
-                                      'cap': stream._capacity,
+                                      'cap': stream.capacity,
                                       'size': size})
         yield stream
         if stream.at_end:
@@ -313,13 +238,8 @@ def export_disk(session, settings, vm_ref, size, reader_factory,
                       'size': size})
     finally:
         try:
-            try:
-                if conn is not None:
-                    # First: a decoding job still reading the body then
-                    # returns.
-                    _close_connection(conn)
-            finally:
-                if thread is not None:
-                    thread.close()
+            if conn is not None:
+                _shut_down(conn)
+                conn.close()
         finally:
             lease.abort()

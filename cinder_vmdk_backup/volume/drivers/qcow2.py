@@ -331,7 +331,7 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
             reader = raw_reader.RawImageReader(read_path, staging, length,
                                                window)
             stack.callback(reader.close)
-            yield utils.tpool_wrap(reader)
+            yield reader
 
     def backup_volumes(self, context, requests):
         """Back up several volumes from one point in time.

@@ -21,7 +21,6 @@ from cinder import objects
 objects.register_all()
 
 from cinder.backup import driver as backup_driver  # noqa: E402
-from cinder import exception  # noqa: E402
 import ddt  # noqa: E402
 import fixtures  # noqa: E402
 from oslo_config import fixture as config_fixture  # noqa: E402
@@ -29,20 +28,7 @@ from oslo_utils import units  # noqa: E402
 from oslotest import base  # noqa: E402
 
 from cinder_vmdk_backup.backup import driver_owned  # noqa: E402
-from cinder_vmdk_backup.backup import read_ahead  # noqa: E402
-
-
-class TrickleStream(object):
-    """A raw stream giving at most ``piece`` bytes a read (like a socket)."""
-
-    def __init__(self, data, piece):
-        self._data = io.BytesIO(data)
-        self._piece = piece
-
-    def read(self, size=-1):
-        if size is None or size < 0:
-            size = self._piece
-        return self._data.read(min(size, self._piece))
+from cinder_vmdk_backup.backup import transfer  # noqa: E402
 
 
 class Driver(driver_owned.DriverOwnedBackupMixin):
@@ -83,56 +69,6 @@ def _backup(size=1, metadata=None):
 def _volume(size=1):
     return objects.Volume(id='a0000000-0000-4000-8000-00000000000a',
                           size=size)
-
-
-@ddt.ddt
-class ExactLengthReaderTestCase(base.BaseTestCase):
-
-    @ddt.data(1, 7, 4096, 10000)
-    def test_full_reads_and_tell(self, piece):
-        data = bytes(range(256)) * 40
-        reader = driver_owned.ExactLengthReader(TrickleStream(data, piece),
-                                                len(data), 'vol')
-        self.assertEqual(0, reader.tell())
-        self.assertEqual(data[:3000], reader.read(3000))
-        self.assertEqual(3000, reader.tell())
-        self.assertEqual(data[3000:], reader.read(10 ** 6))
-        self.assertEqual(len(data), reader.tell())
-        self.assertEqual(b'', reader.read(3000))
-
-    def test_read_all(self):
-        reader = driver_owned.ExactLengthReader(
-            TrickleStream(b'abcdef', 2), 6, 'vol')
-        self.assertEqual(b'abcdef', reader.read())
-        self.assertEqual(b'', reader.read())
-
-    def test_a_whole_piece_is_handed_on_without_a_copy(self):
-        piece = bytearray(b'y' * 4096)
-        pieces = iter([piece, b''])
-
-        class Source(object):
-            def read(self, n):
-                return next(pieces)
-
-        reader = driver_owned.ExactLengthReader(Source(), 4096, 'vol')
-        self.assertIs(piece, reader.read(4096))
-        self.assertEqual(b'', reader.read(4096))
-
-    def test_stream_ending_early_is_an_error(self):
-        reader = driver_owned.ExactLengthReader(
-            TrickleStream(b'x' * 100, 30), 160, 'volume-1')
-        self.assertEqual(b'x' * 64, reader.read(64))
-        error = self.assertRaises(exception.BackupDriverException,
-                                  reader.read, 64)
-        self.assertIn('volume-1 ended at byte 100 of 160', str(error))
-
-    def test_stream_longer_than_size_is_an_error(self):
-        reader = driver_owned.ExactLengthReader(
-            TrickleStream(b'x' * 100, 30), 64, 'volume-1')
-        self.assertEqual(b'x' * 64, reader.read(64))
-        error = self.assertRaises(exception.BackupDriverException,
-                                  reader.read, 64)
-        self.assertIn('longer than its size of 64 bytes', str(error))
 
 
 @ddt.ddt
@@ -204,24 +140,31 @@ class DriverOwnedBackupMixinTestCase(base.BaseTestCase):
         self.assertIs(expected, opened[0])
 
     @ddt.data(0, 1)
-    def test_backup_reads_ahead_unless_turned_off(self, read_ahead_mb):
+    def test_backup_reads_through_the_transfer_pipeline(self, read_ahead_mb):
         self._small_gib()
         self.useFixture(config_fixture.Config()).config(
             driver_owned_backup_read_ahead_mb=read_ahead_mb)
         self.driver.source = b'0123456789abcdef'
         self._volume_in_db(_volume())
         wrap = self.useFixture(fixtures.MockPatchObject(
-            driver_owned.read_ahead, 'ReadAhead', autospec=True,
-            side_effect=read_ahead.ReadAhead)).mock
+            driver_owned.transfer, 'BackupReader', autospec=True,
+            side_effect=transfer.BackupReader)).mock
         read = []
         self.service.backup.side_effect = (
             lambda backup, volume_file: read.append(volume_file.read(16)))
         self.driver.backup_volume(self.ctxt, _backup(), self.service)
         self.assertEqual([b'0123456789abcdef'], read)
-        if read_ahead_mb:
-            wrap.assert_called_once_with(mock.ANY, units.Mi)
-        else:
-            wrap.assert_not_called()
+        wrap.assert_called_once_with(mock.ANY, 16, read_ahead_mb * units.Mi,
+                                     0, name=mock.ANY)
+
+    def test_source_ending_early_fails_the_backup(self):
+        self._small_gib()
+        self.driver.source = b'x' * 10
+        self._volume_in_db(_volume())
+        self.service.backup.side_effect = (
+            lambda backup, volume_file: volume_file.read(16))
+        self.assertRaises(EOFError, self.driver.backup_volume, self.ctxt,
+                          _backup(), self.service)
 
     def test_backup_records_the_disk_profile(self):
         self._small_gib()

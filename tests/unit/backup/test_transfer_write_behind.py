@@ -24,7 +24,7 @@ import fixtures
 from oslotest import base
 
 from cinder_vmdk_backup.backup import staging
-from cinder_vmdk_backup.backup import write_behind
+from cinder_vmdk_backup.backup import transfer
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -92,7 +92,7 @@ class WriteBehindTestCase(base.BaseTestCase):
         size = 8 * MIB
         model = bytearray(size)
         target = staging.SparseStagingWriter(self.fd)
-        with write_behind.WriteBehind(target) as behind:
+        with transfer.WriteBehind(target) as behind:
             for _ in range(60):
                 offset = rng.randrange(0, size - 1)
                 length = rng.randrange(1, min(2 * MIB, size - offset))
@@ -113,7 +113,7 @@ class WriteBehindTestCase(base.BaseTestCase):
 
     def test_write_returns_before_the_target_wrote(self):
         target = BlockingTarget()
-        behind = write_behind.WriteBehind(target)
+        behind = transfer.WriteBehind(target)
         self.assertEqual(3, behind.write(b'one'))
         self.assertTrue(_until(target.entered))
         self.assertEqual([], target.writes)
@@ -126,7 +126,7 @@ class WriteBehindTestCase(base.BaseTestCase):
     def test_sequential_writes_continue_from_the_position(self):
         target = BlockingTarget()
         target.release.set()
-        with write_behind.WriteBehind(target) as behind:
+        with transfer.WriteBehind(target) as behind:
             behind.seek(10)
             behind.write(b'ab')
             behind.write(b'cd')
@@ -138,7 +138,7 @@ class WriteBehindTestCase(base.BaseTestCase):
     def test_an_error_is_raised_by_the_next_call(self):
         target = BlockingTarget(fail_on=b'bad')
         target.release.set()
-        behind = write_behind.WriteBehind(target)
+        behind = transfer.WriteBehind(target)
         behind.write(b'bad')
         error = self.assertRaises(OSError, behind.write, b'next')
         self.assertEqual(errno.ENOSPC, error.errno)
@@ -148,8 +148,8 @@ class WriteBehindTestCase(base.BaseTestCase):
     def test_flush_raises_a_finished_failure(self):
         target = BlockingTarget(fail_on=b'bad')
         target.release.set()
-        behind = write_behind.WriteBehind(target)
-        self.addCleanup(behind._abandon)
+        behind = transfer.WriteBehind(target)
+        self.addCleanup(lambda: behind.__exit__(Exception, None, None))
         behind.write(b'bad')
         behind._pending.exception(timeout=30)
         self.assertRaises(OSError, behind.flush)
@@ -157,7 +157,7 @@ class WriteBehindTestCase(base.BaseTestCase):
     def test_close_waits_and_raises_the_last_failure(self):
         target = BlockingTarget(fail_on=b'bad')
         target.release.set()
-        behind = write_behind.WriteBehind(target)
+        behind = transfer.WriteBehind(target)
         behind.write(b'good')
         behind.write(b'bad')
         self.assertRaises(OSError, behind.close)
@@ -170,17 +170,17 @@ class WriteBehindTestCase(base.BaseTestCase):
         target.release.set()
 
         def restore():
-            with write_behind.WriteBehind(target) as behind:
+            with transfer.WriteBehind(target) as behind:
                 behind.write(b'bad')
                 raise KeyError('the restore failed')
 
         self.assertRaises(KeyError, restore)
 
     def test_large_writes_are_waited_for(self):
-        self.patch(write_behind, 'MAX_BEHIND', 4)
+        self.patch(transfer, 'MAX_BEHIND', 4)
         target = BlockingTarget()
         target.release.set()
-        behind = write_behind.WriteBehind(target)
+        behind = transfer.WriteBehind(target)
         behind.write(b'four')
         self.assertIsNotNone(behind._pending)
         behind.write(b'fives')
@@ -191,19 +191,19 @@ class WriteBehindTestCase(base.BaseTestCase):
     def test_seek_relative_to_the_position(self):
         target = BlockingTarget()
         target.release.set()
-        with write_behind.WriteBehind(target) as behind:
+        with transfer.WriteBehind(target) as behind:
             behind.write(b'abcd')
             self.assertEqual(2, behind.seek(-2, io.SEEK_CUR))
             behind.write(b'XY')
         self.assertEqual([(0, b'abcd'), (2, b'XY')], target.writes)
 
     def test_no_fileno(self):
-        behind = write_behind.WriteBehind(BlockingTarget())
+        behind = transfer.WriteBehind(BlockingTarget())
         self.addCleanup(behind.close)
         self.assertRaises(io.UnsupportedOperation, behind.fileno)
 
     def test_negative_seek(self):
-        behind = write_behind.WriteBehind(BlockingTarget())
+        behind = transfer.WriteBehind(BlockingTarget())
         self.addCleanup(behind.close)
         self.assertRaises(ValueError, behind.seek, -1)
 
@@ -218,7 +218,7 @@ eventlet.monkey_patch()
 from eventlet import patcher
 from eventlet import tpool
 
-from cinder_vmdk_backup.backup import write_behind
+from cinder_vmdk_backup.backup import transfer
 
 inflating = patcher.original('threading').Event()
 written = []
@@ -235,7 +235,7 @@ class Target(object):
         written.append(inflating.wait(60))
 
 
-with write_behind.WriteBehind(Target()) as behind:
+with transfer.WriteBehind(Target()) as behind:
     behind.write(b'first object')
     eventlet.sleep(0)  # Cinder's cooperative yield after each object
     tpool.execute(inflating.set)
