@@ -94,13 +94,17 @@ def _native(module_name):
     return importlib.import_module(module_name)
 
 
-#: Native idents of the threads this module started.
-_own_threads = set()
-
-
 def _on_green_thread():
-    return (eventlet_patched() and
-            _native('threading').get_ident() not in _own_threads)
+    """Tell whether the caller is a green thread of eventlet's hub.
+
+    Under eventlet, cinder-backup's hub (and every green thread) runs in
+    the process's main thread. Any other thread is native: one of the
+    pipeline's, of ``eventlet.tpool``'s, or a caller's own.
+    """
+    if not eventlet_patched():
+        return False
+    threading = _native('threading')
+    return threading.get_ident() == threading.main_thread().ident
 
 
 def _wait(blocking_call, *args):
@@ -152,18 +156,14 @@ class _Thread(object):
         self._thread.start()
 
     def _run(self):
-        threading = _native('threading')
-        ident = threading.get_ident()
-        _own_threads.add(ident)
         try:
             if self._niceness:
-                self._lower_priority(threading.get_native_id())
+                self._lower_priority(_native('threading').get_native_id())
             self._target()
         except BaseException as exc:
             self.error = exc
         finally:
             self._target = None
-            _own_threads.discard(ident)
             _close_thread_hub()
 
     def _lower_priority(self, tid):

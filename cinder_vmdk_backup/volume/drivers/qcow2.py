@@ -35,7 +35,6 @@ from cinder import exception
 from cinder.i18n import _
 from cinder.image import image_utils
 from cinder import objects
-from cinder import utils
 from cinder.volume import driver
 from oslo_log import log as logging
 from oslo_utils import units

@@ -12,17 +12,14 @@
 
 import io
 import logging
-import os
 import time
 import types
 from unittest import mock
 
 from eventlet import patcher
-import fixtures
 import testtools
 
-from cinder_vmdk_backup import filled_bytes
-from cinder_vmdk_backup import native_threads
+from cinder_vmdk_backup.backup import transfer
 from cinder_vmdk_backup.vmdk import reader as vmdk_reader
 from cinder_vmdk_backup.vmware import errors
 from cinder_vmdk_backup.vmware import export
@@ -30,24 +27,28 @@ from cinder_vmdk_backup.vmware import nfc
 from tests.unit.vmdk import streams
 from tests.unit.vmware import fakes
 
-# The real OS-thread primitives (these tests run monkey-patched).
+# The real OS-thread primitives (these tests may run monkey-patched).
 _os_threading = patcher.original('threading')
 
 
 class PassThroughReader(object):
-    """Stands in for the codec's reader: the body is the raw data."""
+    """Stands in for the codec's reader: the body is the raw data.
+
+    Its extents are the body's reads; an all-zero read is a run of zeros.
+    """
 
     def __init__(self, body, capacity):
         self._body = body
         self.capacity = capacity
 
-    def read(self, n=-1):
-        return self._body.read(n)
-
-    def readinto(self, buf, zeroed=False):
-        data = self._body.read(len(buf))
-        buf[:len(data)] = data
-        return len(data)
+    def iter_extents(self):
+        offset = 0
+        while True:
+            data = self._body.read(4096)
+            if not data:
+                return
+            yield offset, len(data), (None if not any(data) else data)
+            offset += len(data)
 
 
 class RecordingLease(object):
@@ -71,6 +72,12 @@ class BytesBody(object):
         return data
 
 
+def _read_through_pipeline(stream, size, piece=None):
+    """Read ``stream`` as a backup does: through the transfer pipeline."""
+    with transfer.BackupReader(stream, size, 1024 * 1024) as reader:
+        return b''.join(iter(lambda: reader.read(piece or size), b''))
+
+
 class RawDiskStreamTestCase(testtools.TestCase):
 
     def stream(self, data, capacity=None, size=None):
@@ -79,72 +86,26 @@ class RawDiskStreamTestCase(testtools.TestCase):
         lease = RecordingLease()
         return export.RawDiskStream(reader, lease, size or capacity), lease
 
-    def test_reads_are_full_despite_short_reads_below(self):
+    def test_fills_the_view_and_reports_progress(self):
         stream, lease = self.stream(b'0123456789')
-        self.assertEqual(b'0123', stream.read(4))
-        self.assertEqual(4, stream.tell())
-        self.assertEqual(b'456789', stream.read(100))
-        self.assertEqual(b'', stream.read(4))
+        self.assertEqual(b'0123456789',
+                         _read_through_pipeline(stream, 10, piece=4))
         self.assertTrue(stream.at_end)
-        self.assertEqual([40, 100], lease.percents)
+        self.assertEqual([40, 80, 100], lease.percents)
 
-    def test_reads_are_read_only_bytes(self):
-        # python-zstd, one of Cinder's backup compressors, refuses a
-        # bytearray.
-        stream, _lease = self.stream(b'0123456789')
-        self.assertIs(bytes, type(stream.read(4)))
-
-    def test_large_reads_are_decoded_into_the_bytes_returned(self):
-        data = bytes(range(256)) * 1024
-        stream, _lease = self.stream(data)
-        with mock.patch.object(export.filled_bytes, 'filled',
-                               autospec=True,
-                               side_effect=filled_bytes.filled) as fill:
-            piece = stream.read(len(data) - 5)
-        fill.assert_called_once_with(len(data) - 5, mock.ANY)
-        self.assertIs(bytes, type(piece))
-        self.assertEqual(data[:-5], piece)
-        self.assertEqual(data[-5:], stream.read(10))
-
-    def test_decoded_on_a_native_thread_progress_on_the_callers(self):
-        # Under eventlet the hub's thread belongs to the backup driver;
-        # the lease's SOAP calls are green I/O and stay on the caller's.
-        if not native_threads.threading_is_green():
-            self.skipTest('threading is not monkey-patched in this run')
-        idents = {}
-        stream, lease = self.stream(b'0123456789')
-        reader = stream._reader
-        readinto = reader.readinto
-        progress = lease.progress
-
-        def recording_readinto(buf, zeroed=False):
-            idents['decode'] = _os_threading.get_ident()
-            return readinto(buf, zeroed)
-
-        def recording_progress(percent):
-            idents['progress'] = _os_threading.get_ident()
-            progress(percent)
-
-        def recording_read(n=-1):
-            idents['tail'] = _os_threading.get_ident()
-            return reader._body.read(n)
-
-        reader.readinto = recording_readinto
-        reader.read = recording_read
-        lease.progress = recording_progress
-        self.assertEqual(b'0123', stream.read(4))
-        self.assertNotEqual(_os_threading.get_ident(), idents['decode'])
-        self.assertEqual(_os_threading.get_ident(), idents['progress'])
-        del idents['decode']
-        self.assertEqual(4, stream.readinto(bytearray(4)))
-        self.assertNotEqual(_os_threading.get_ident(), idents['decode'])
-        self.assertEqual(b'89', stream.read(10))
-        # The check of the tail (grain tables, footer) is decoding too.
-        self.assertNotEqual(_os_threading.get_ident(), idents['tail'])
+    def test_runs_of_zeros_are_left_unwritten(self):
+        reader = PassThroughReader(io.BytesIO(bytes(8192) + b'ab'), 8194)
+        stream = export.RawDiskStream(reader, None, 8194)
+        view = memoryview(bytearray(b'\xff' * 8194))
+        stream.fill(view)
+        # The zeros were not written: the view is expected to read as
+        # zeros already (fresh calloc'd memory).
+        self.assertEqual(b'\xff' * 8192 + b'ab', bytes(view))
 
     def test_real_decoding_logs_nothing_off_the_callers_thread(self):
         # Logging's lock is green once eventlet patched threading: a
-        # native job taking it while the hub's thread holds it hangs both.
+        # native thread taking it while the hub's thread holds it hangs
+        # both. The source runs on the pipeline's producer thread.
         caller = _os_threading.get_ident()
         logged_from = []
         is_enabled_for = logging.Logger.isEnabledFor
@@ -157,39 +118,37 @@ class RawDiskStreamTestCase(testtools.TestCase):
         data = (b'text ' * 30000)[:2 * streams.GRAIN] + bytes(
             streams.GRAIN) + bytes(range(256)) * 256
         vmdk = vmdk_reader.StreamOptimizedReader(
-            io.BytesIO(streams.encode(data)), threads=1)
+            io.BytesIO(streams.encode(data)))
         stream = export.RawDiskStream(vmdk, RecordingLease(), len(data))
         with mock.patch.object(logging.Logger, 'isEnabledFor',
                                autospec=True, side_effect=recording):
-            self.assertEqual(data, stream.read(len(data)))
-            self.assertEqual(b'', stream.read(1))
+            self.assertEqual(data, _read_through_pipeline(stream, len(data)))
         self.assertTrue(stream.at_end)
         self.assertEqual([], logged_from)
 
     def test_error_while_decoding_gives_no_data(self):
         stream, _lease = self.stream(b'abc' * 30000, capacity=100000)
-        self.assertRaises(errors.TransferError, stream.read, 100000)
+        self.assertRaises(errors.TransferError, _read_through_pipeline,
+                          stream, 100000)
 
     def test_pads_zeros_up_to_volume_size(self):
         stream, _lease = self.stream(b'abc', size=8)
-        self.assertEqual(b'abc\0\0\0\0\0', stream.read())
+        self.assertEqual(b'abc\0\0\0\0\0', _read_through_pipeline(stream, 8))
         self.assertTrue(stream.at_end)
-
-    def test_readinto(self):
-        stream, _lease = self.stream(b'abcdef')
-        buf = bytearray(4)
-        self.assertEqual(4, stream.readinto(buf))
-        self.assertEqual(b'abcd', bytes(buf))
 
     def test_stream_ending_early_is_an_error(self):
         stream, _lease = self.stream(b'abc', capacity=6)
-        exc = self.assertRaises(errors.TransferError, stream.read, 6)
+        exc = self.assertRaises(errors.TransferError, _read_through_pipeline,
+                                stream, 6)
         self.assertIn('ended at 3 of 6', str(exc))
 
     def test_trailing_data_is_an_error(self):
         reader = PassThroughReader(BytesBody(b'abcdef'), 4)
         stream = export.RawDiskStream(reader, None, 4)
-        self.assertRaises(errors.TransferError, stream.read, 4)
+        exc = self.assertRaises(errors.TransferError, _read_through_pipeline,
+                                stream, 4)
+        self.assertIn('longer than 4 bytes', str(exc))
+        self.assertFalse(stream.at_end)
 
     def test_disk_larger_than_volume_is_refused(self):
         reader = PassThroughReader(BytesBody(b''), 10)
@@ -201,11 +160,7 @@ class ZeroStreamTestCase(testtools.TestCase):
 
     def test_zeros_of_size(self):
         stream = export.ZeroStream(10)
-        self.assertEqual(bytes(4), stream.read(4))
-        self.assertEqual(4, stream.tell())
-        self.assertEqual(bytes(6), stream.read(100))
-        self.assertEqual(b'', stream.read(1))
-        self.assertTrue(stream.at_end)
+        self.assertEqual(bytes(10), _read_through_pipeline(stream, 10, 4))
 
 
 class ExportDiskTestCase(testtools.TestCase):
@@ -219,26 +174,8 @@ class ExportDiskTestCase(testtools.TestCase):
             {('lease-1', 'state'): ['ready'], ('lease-1', 'info'): info},
             {'ExportVm': lambda vm: lease})
 
-    def setUp(self):
-        super().setUp()
-        # The decoding threads the exports started, to check they ended.
-        self.threads = []
-        real = native_threads.LowPriorityThread
-
-        def recorded(*args, **kwargs):
-            thread = real(*args, **kwargs)
-            self.threads.append(thread)
-            return thread
-
-        self.useFixture(fixtures.MockPatchObject(
-            native_threads, 'LowPriorityThread', side_effect=recorded,
-            autospec=True))
-
-    def assertThreadsEnded(self):
-        self.assertFalse(any(t.is_alive() for t in self.threads))
-
     def run_export(self, server, size, consume=None, idle_timeout=5,
-                   niceness=0, reader=PassThroughReader):
+                   reader=PassThroughReader):
         server.start()
         self.addCleanup(server.stop)
         session = self.session_for(server)
@@ -248,49 +185,11 @@ class ExportDiskTestCase(testtools.TestCase):
         def factory(body):
             return reader(body, len(server.get_body))
 
-        try:
-            with export.export_disk(session, settings, fakes.moref('vm-1'),
-                                    size, factory,
-                                    niceness=niceness) as stream:
-                data = (consume or (lambda s: s.read()))(stream)
-        finally:
-            self.assertThreadsEnded()
+        with export.export_disk(session, settings, fakes.moref('vm-1'),
+                                size, factory) as stream:
+            data = (consume or (lambda s: _read_through_pipeline(s, size))
+                    )(stream)
         return session, data
-
-    def test_decoded_below_the_services_priority(self):
-        seen = set()
-
-        class RecordingReader(PassThroughReader):
-            def readinto(self, b, zeroed=False):
-                seen.add((_os_threading.get_ident(), os.getpriority(
-                    os.PRIO_PROCESS, _os_threading.get_native_id())))
-                return super().readinto(b, zeroed)
-
-        server = fakes.NfcServer(get_body=b'x' * 5000)
-        base = os.getpriority(os.PRIO_PROCESS, 0)
-        _session, data = self.run_export(
-            server, 5000, consume=lambda s: s.read(1000) + s.read(),
-            niceness=4, reader=RecordingReader)
-        self.assertEqual(b'x' * 5000, data)
-        # One thread of its own for every read of the export, lowered.
-        self.assertEqual(1, len(seen))
-        ident, niceness = seen.pop()
-        self.assertNotEqual(_os_threading.get_ident(), ident)
-        self.assertEqual(min(base + 4, 19), niceness)
-        native_threads.LowPriorityThread.assert_called_once_with(
-            4, name=mock.ANY)
-
-    @mock.patch.object(os, 'setpriority', autospec=True,
-                       side_effect=PermissionError(1, 'Operation not '
-                                                   'permitted'))
-    def test_priority_not_lowered_is_logged_and_harmless(self, _setprio):
-        logged = self.useFixture(fixtures.FakeLogger(
-            name='cinder_vmdk_backup.vmware.export'))
-        server = fakes.NfcServer(get_body=b'x' * 500)
-        _session, data = self.run_export(server, 500, niceness=10)
-        self.assertEqual(b'x' * 500, data)
-        self.assertIn("service's own CPU priority", logged.output)
-        self.assertIn('Operation not permitted', logged.output)
 
     def test_whole_disk_read_completes_the_lease(self):
         server = fakes.NfcServer(get_body=b'x' * 5000)
@@ -304,8 +203,12 @@ class ExportDiskTestCase(testtools.TestCase):
 
     def test_partial_read_aborts_the_lease(self):
         server = fakes.NfcServer(get_body=b'x' * 5000)
-        session, _data = self.run_export(server, 5000,
-                                         consume=lambda s: s.read(10))
+
+        def ten_bytes(stream):
+            with transfer.BackupReader(stream, 5000, 10) as reader:
+                return reader.read(10)
+
+        session, _data = self.run_export(server, 5000, consume=ten_bytes)
         self.assertIn('HttpNfcLeaseAbort', session.methods())
         self.assertNotIn('HttpNfcLeaseComplete', session.methods())
 
@@ -327,31 +230,41 @@ class ExportDiskTestCase(testtools.TestCase):
         self.assertRaises(errors.TransferError, self.run_export, server,
                           5000)
 
-    def test_killed_reader_does_not_hold_up_the_hub(self):
-        # With read-ahead off, the backup's own green thread waits for the
-        # native decoding job; killed (service stop), it leaves the job
-        # reading. Leaving the export must not wait for that read.
-        if not native_threads.threading_is_green():
-            self.skipTest('threading is not monkey-patched in this run')
-        import eventlet
+    def test_a_stopped_backup_does_not_wait_for_a_stalled_export(self):
+        # The backup stops early (an error of the backup driver, a service
+        # stop) while the producer waits for a stalled body: closing the
+        # pipeline cuts the connection off instead of waiting out the
+        # idle timeout, and the producer thread is gone afterwards.
         server = fakes.NfcServer(get_body=b'x' * 5000, stall_after=100,
                                  stall_seconds=20, keep_alive=True)
-        server.start()
-        self.addCleanup(server.stop)
-        session = self.session_for(server)
-        settings = nfc.TransferSettings(host='127.0.0.1', port=server.port,
-                                        idle_timeout=15)
-        with export.export_disk(session, settings, fakes.moref('vm-1'),
-                                5000, lambda body: PassThroughReader(
-                                    body, 5000)) as stream:
-            waiter = eventlet.spawn(stream.read, 5000)
-            eventlet.sleep(0.5)  # the job now waits for the stalled body
-            waiter.kill()
-            left_at = time.monotonic()
-        # Without the cut-off, the close waits out the idle timeout.
+
+        def stop_early(stream):
+            reader = transfer.BackupReader(stream, 5000, 5000)
+            failures = []
+
+            def consume():
+                try:
+                    reader.read(5000)
+                except Exception as exc:
+                    failures.append(exc)
+
+            # The backup driver reads on a thread of its own; the stop
+            # comes from the service's (green, under eventlet) thread.
+            consumer = _os_threading.Thread(target=consume)
+            consumer.start()
+            time.sleep(0.5)  # the producer now waits for the stalled body
+            reader.close()
+            consumer.join(5)
+            self.assertFalse(consumer.is_alive())
+            self.assertIsInstance(failures[0],
+                                  (errors.TransferError, ValueError))
+            self.assertFalse(reader._thread.is_alive())
+            return time.monotonic()
+
+        session, left_at = self.run_export(server, 5000, consume=stop_early,
+                                           idle_timeout=15)
         self.assertLess(time.monotonic() - left_at, 10)
         self.assertIn('HttpNfcLeaseAbort', session.methods())
-        self.assertThreadsEnded()
 
     def test_complete_failure_after_full_read_is_not_fatal(self):
         server = fakes.NfcServer(get_body=b'x' * 100)
@@ -363,5 +276,5 @@ class ExportDiskTestCase(testtools.TestCase):
         with export.export_disk(session, settings, fakes.moref('vm-1'), 100,
                                 lambda body: PassThroughReader(body, 100)
                                 ) as stream:
-            self.assertEqual(b'x' * 100, stream.read())
+            self.assertEqual(b'x' * 100, _read_through_pipeline(stream, 100))
         self.assertIn('HttpNfcLeaseComplete', session.methods())
