@@ -77,7 +77,7 @@ class RawDiskStream(object):
     hashes every block, to the backup driver: reading the export there cost
     about a fifth of a full backup's time (``bench/vmdk_backup.py``). The
     reader must therefore not start green threads of its own (the codec
-    inflates inline, ``threads=1``); the lease's progress calls (SOAP) stay
+    inflates inline, no executor); the lease's progress calls (SOAP) stay
     on the caller's thread.
 
     A disk whose capacity is below ``size`` (a volume rounded up to whole
@@ -151,16 +151,15 @@ class RawDiskStream(object):
         Runs on a native thread: it only reads the export and decodes, and
         reports nothing to vCenter (see :meth:`_advance`).
 
-        :param zeroed: ``target`` is new and reads as zeros (runs of zeros
-            are then left unwritten); a reused buffer would keep stale data
-            there
+        :param zeroed: ``target`` is new and reads as zeros (its part past
+            the disk's capacity is then left unwritten); a reused buffer
+            would keep stale data there
         """
         n = len(target)
         disk_part = max(0, min(n, self._capacity - self._pos))
         got = 0
         while got < disk_part:
-            count = self._reader.readinto(target[got:disk_part],
-                                          zeroed=zeroed)
+            count = self._reader.readinto(target[got:disk_part])
             if not count:
                 raise errors.TransferError(
                     reason='disk stream ended at %d of %d bytes' % (

@@ -30,6 +30,7 @@ driver-owned backup protocol (:mod:`cinder_vmdk_backup.backup.driver_owned`):
   corrupted. Template snapshots are separate VMs and are not affected.
 """
 
+import concurrent.futures
 import contextlib
 import os
 import sys
@@ -223,11 +224,9 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         try:
             def reader(body):
                 # Decoded on one native thread of its own
-                # (export.RawDiskStream), where the codec's pool of green
-                # threads cannot run.
-                # Inflating inline there was measured faster than the pool
-                # on the hub: 1.11x against 1.17x the local file.
-                return vmdk_reader.StreamOptimizedReader(body, threads=1)
+                # (export.RawDiskStream), inline: measured faster than a
+                # pool on the hub (1.11x against 1.17x the local file).
+                return vmdk_reader.StreamOptimizedReader(body, executor=None)
 
             with export.export_disk(
                     self.session, self._transfer_settings(), backing, size,
@@ -267,12 +266,15 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         hw_version = _hw_version_number(profile.get('hw_version'), 14)
         conf = self.configuration
         try:
-            with open(image_path, 'rb') as image:
+            with open(image_path, 'rb') as image, \
+                    concurrent.futures.ThreadPoolExecutor(
+                        conf.vmware_backup_compression_threads or
+                        os.cpu_count()) as deflate_pool:
                 writer = vmdk_writer.StreamOptimizedWriter(
                     image, size, adapter_type=adapter_type,
                     hw_version=hw_version,
                     compression_level=conf.vmware_backup_compression_level,
-                    threads=conf.vmware_backup_compression_threads)
+                    executor=deflate_pool)
                 backing = self.volumeops.get_backing(volume.name, volume.id)
                 if backing is None:
                     backing = self._import_new_backing(volume, writer, size,

@@ -157,7 +157,7 @@ class RawDiskStreamTestCase(testtools.TestCase):
         data = (b'text ' * 30000)[:2 * streams.GRAIN] + bytes(
             streams.GRAIN) + bytes(range(256)) * 256
         vmdk = vmdk_reader.StreamOptimizedReader(
-            io.BytesIO(streams.encode(data)), threads=1)
+            io.BytesIO(streams.encode(data)))
         stream = export.RawDiskStream(vmdk, RecordingLease(), len(data))
         with mock.patch.object(logging.Logger, 'isEnabledFor',
                                autospec=True, side_effect=recording):
