@@ -197,8 +197,6 @@ def _missing_stream_flags(flags):
 
 def _sniff(first):
     """Name what a stream that does not start with KDMV is."""
-    if not first:
-        return 'an empty stream, not a VMDK'
     if first.startswith(b'COWD'):
         return 'an ESX vmfsSparse (COWD) extent, not a streamOptimized VMDK'
     if first.startswith(b'QFI\xfb'):
@@ -379,8 +377,10 @@ class StreamOptimizedReader(io.RawIOBase):
 
     def _read_header(self):
         first = self._in.read(fmt.SECTOR)
-        if first and len(first) < len(fmt.MAGIC) and \
-                fmt.MAGIC.startswith(first):
+        if not first:
+            raise errors.VmdkTruncated(
+                'stream is empty: no VMDK header arrived', 0)
+        if len(first) < len(fmt.MAGIC) and fmt.MAGIC.startswith(first):
             raise errors.VmdkTruncated(
                 'stream ends inside the sparse extent header', 0)
         if not first.startswith(fmt.MAGIC):
@@ -497,7 +497,33 @@ class StreamOptimizedReader(io.RawIOBase):
             self._check_descriptor(raw, start)
         if h.gd_offset != fmt.GD_AT_END:
             self._read_front_tables(h)
-        inp.skip_to(h.overhead * fmt.SECTOR, 'header area')
+        self._skip_padding(h.overhead * fmt.SECTOR)
+
+    def _skip_padding(self, end):
+        """Skip the rest of the header area, up to the first grain.
+
+        A stream that ends there was cut, unless the padding held data:
+        then the grains start before where the header's overhead says.
+        """
+        inp = self._in
+        data_at = None
+        while inp.offset < end:
+            start = inp.offset
+            want = min(end - start, _READ_CHUNK)
+            chunk = inp.read(want)
+            if data_at is None and chunk != _ZEROS[:len(chunk)]:
+                data_at = start + len(chunk) - len(chunk.lstrip(b'\0'))
+            if len(chunk) < want:
+                if data_at is not None:
+                    raise errors.VmdkCorrupt(
+                        'overhead of %d sectors puts the first grain past '
+                        'the end of the stream at byte %d, but data starts '
+                        'at byte %d: the overhead is corrupt'
+                        % (self.header.overhead, inp.offset, data_at), 64)
+                raise errors.VmdkTruncated(
+                    'stream ends inside the header area, %d bytes before '
+                    'its end at byte %d' % (end - inp.offset, end),
+                    inp.offset)
 
     def _check_descriptor(self, raw, offset):
         text = raw.split(b'\0', 1)[0].decode('utf-8', 'replace')
@@ -1070,19 +1096,21 @@ class _TableState(object):
         """Compare the grain tables of the header area with the grains.
 
         :param spans: ``(firsts, lasts)``: the sector of the first and last
-            grain each table lists; with end_sector, the one table that
-            lists grains on both sides of end_sector is left out (the
-            stream was cut inside it)
+            grain each table lists. With end_sector (where a cut stream
+            ended), the tables that list grains past it are left out: the
+            one the cut went through, and those after it if none of their
+            grains was seen.
         """
         self._close_until(self._n_gt)
         expected = self._expected
         if spans is not None:
             firsts, lasts = spans
+            expected = expected.copy()
             for k, first in _nonzero(firsts):
-                if first < end_sector <= lasts[k]:
-                    expected = self._expected.copy()
+                if lasts[k] < end_sector:
+                    continue
+                if first < end_sector or expected[k] == _EMPTY_DIGEST:
                     expected[k] = stored_digests[k]
-                    break
         k = expected.first_difference(stored_digests)
         if k is not None:
             start, end = self._gt_bytes(k)
