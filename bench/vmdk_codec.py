@@ -29,6 +29,7 @@ the deflate bindings (zlib, ISA-L, libdeflate) on grains of the disk.
 """
 
 import argparse
+import concurrent.futures
 import json
 import os
 import random
@@ -145,6 +146,10 @@ def _worker(argv):
     from cinder_vmdk_backup.vmdk import writer
 
     mode, src, dst, threads, level = argv
+    threads = int(threads) or os.cpu_count() or 1
+    # the caller's pool, as the service hands one in; 1: inline
+    pool = (concurrent.futures.ThreadPoolExecutor(threads) if threads > 1
+            else None)
     start = time.perf_counter()
     measured = 0.0
     if mode == 'start-up':
@@ -152,7 +157,7 @@ def _worker(argv):
     elif mode == 'write':
         with open(src, 'rb') as source, open(dst, 'wb') as sink:
             vmdk = writer.StreamOptimizedWriter(
-                source, os.path.getsize(src), threads=int(threads),
+                source, os.path.getsize(src), executor=pool,
                 compression_level=int(level))
             measured = time.perf_counter()
             length = vmdk.length
@@ -161,14 +166,15 @@ def _worker(argv):
             assert written == length, (written, length)
     else:
         with open(src, 'rb') as source, open(dst, 'wb') as sink:
-            disk = reader.StreamOptimizedReader(source,
-                                                threads=int(threads))
+            disk = reader.StreamOptimizedReader(source, executor=pool)
             for offset, length, data in disk.iter_extents():
                 if data is not None:
                     os.pwrite(sink.fileno(), data, offset)
             sink.truncate(disk.capacity)
     print(json.dumps({'seconds': time.perf_counter() - start,
                       'measure_seconds': measured}))
+    if pool is not None:
+        pool.shutdown()
     return 0
 
 
@@ -236,7 +242,8 @@ def main(argv=None):
     parser.add_argument('--size', default='1G',
                         help='disk size, e.g. 1G, 256M (default 1G)')
     parser.add_argument('--threads', type=int, default=0,
-                        help='writer threads (0: one per CPU)')
+                        help='threads of the pool handed to the writer '
+                             'and reader (0: one per CPU, 1: inline)')
     parser.add_argument('--level', type=int, default=1,
                         help='writer compression level (default 1)')
     parser.add_argument('--workdir', default=None,

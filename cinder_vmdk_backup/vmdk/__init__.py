@@ -15,12 +15,23 @@
 :class:`StreamOptimizedReader` decodes a VMDK arriving on a forward-only
 stream into raw disk data; :class:`StreamOptimizedWriter` encodes raw data
 into a VMDK written sequentially, with its exact length known up front.
-Both raise :class:`VmdkError` subclasses naming what is wrong and where.
+Both raise :class:`VmdkError` subclasses naming what is wrong and where:
+:class:`VmdkTruncated` (the data ended early), :class:`VmdkCorrupt` (the
+structures disagree), :class:`VmdkUnsupported` (another kind of file),
+:class:`VmdkSourceChanged` (the writer's source changed under it).
+
+The codec is plain synchronous code: it starts no threads and logs
+nothing. Where inflating or deflating gains from several cores, the caller
+hands it a :class:`concurrent.futures.Executor`.
 """
 
+from cinder_vmdk_backup.vmdk.errors import VmdkCorrupt  # noqa: F401
 from cinder_vmdk_backup.vmdk.errors import VmdkError  # noqa: F401
 from cinder_vmdk_backup.vmdk.errors import VmdkFormatError  # noqa: F401
+from cinder_vmdk_backup.vmdk.errors import VmdkSourceChanged  # noqa: F401
+from cinder_vmdk_backup.vmdk.errors import VmdkTruncated  # noqa: F401
 from cinder_vmdk_backup.vmdk.errors import VmdkTruncatedError  # noqa: F401
+from cinder_vmdk_backup.vmdk.errors import VmdkUnsupported  # noqa: F401
 from cinder_vmdk_backup.vmdk.errors import VmdkUnsupportedError  # noqa: F401
 from cinder_vmdk_backup.vmdk.reader import StreamOptimizedReader  # noqa: F401
 from cinder_vmdk_backup.vmdk.writer import StreamOptimizedWriter  # noqa: F401

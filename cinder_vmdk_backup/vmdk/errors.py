@@ -14,8 +14,22 @@
 
 Every error carries the byte offset in the VMDK stream where the offending
 structure starts (``None`` where no single offset applies) and a reason
-that names what is wrong, so that an operator can tell a truncated
-transfer from a corrupt or foreign file.
+that names what is wrong. Its class says which kind of fault it is, so that
+a caller (and an operator reading the message) can tell them apart:
+
+* :class:`VmdkTruncated`: the data ended early, what a broken transfer
+  does; the same file read again in full may well be fine.
+* :class:`VmdkCorrupt`: the bytes are there but the structures disagree
+  (bad magic or flags, a marker or grain out of place, grain tables that do
+  not match the grains, a bad footer, compressed data that does not
+  inflate); reading it again will not help.
+* :class:`VmdkUnsupported`: a valid file of another kind (another VMDK
+  variant, qcow2, a raw image, ...).
+* :class:`VmdkSourceChanged`: the writer's raw source changed between the
+  pass that measured the VMDK's length and the pass that wrote it.
+
+The names of earlier releases (``VmdkFormatError``, ``VmdkTruncatedError``,
+``VmdkUnsupportedError``) remain as aliases.
 """
 
 
@@ -36,13 +50,27 @@ class VmdkError(ValueError):
         super().__init__(message)
 
 
-class VmdkFormatError(VmdkError):
+class VmdkTruncated(VmdkError):
+    """The data ends before the structure it was in the middle of.
+
+    The reader raises it when the VMDK stream ends early; the writer when
+    its raw source is shorter than the capacity it was given.
+    """
+
+
+class VmdkCorrupt(VmdkError):
     """The stream breaks the stream-optimized VMDK format."""
 
 
-class VmdkTruncatedError(VmdkError):
-    """The stream ends before the structure it was in the middle of."""
-
-
-class VmdkUnsupportedError(VmdkError):
+class VmdkUnsupported(VmdkError):
     """The input is something else: another VMDK kind, raw data, ..."""
+
+
+class VmdkSourceChanged(VmdkError):
+    """The writer's source changed while it was being encoded."""
+
+
+#: names of earlier releases
+VmdkFormatError = VmdkCorrupt
+VmdkTruncatedError = VmdkTruncated
+VmdkUnsupportedError = VmdkUnsupported

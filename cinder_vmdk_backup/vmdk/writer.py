@@ -19,9 +19,11 @@ each run of grains it covers, the grain directory, the footer and the
 end-of-stream marker. It never seeks in its output.
 
 Holes of a sparse source file are skipped without reading them, and grains
-that read as zeros are not stored. Grains are deflated in batches on a
-thread pool with at most a few batches in flight; results are consumed in
-submission order, so the output does not depend on thread timing.
+that read as zeros are not stored. Grains are deflated in batches, in the
+caller's thread or on an executor the caller hands in (with at most a few
+batches in flight); results are consumed in submission order, so the output
+does not depend on thread timing. The writer itself starts no threads and
+logs nothing.
 
 The exact output length (oslo.vmware aborts an upload that ends below the
 size it was told) is found by a measuring pass that compresses every grain
@@ -31,25 +33,22 @@ deterministic, so the writing pass produces the same sizes again. The pass
 also records, one bit per grain, which grains did not compress; the writing
 pass stores those without compressing them, so incompressible data costs one
 compression, not two. Should the source change between the passes, the
-writer notices at the next grain table and raises instead of sending a
-stream of the wrong length.
+writer notices at the next grain table and raises
+:class:`~.errors.VmdkSourceChanged` instead of sending a stream of the
+wrong length.
 """
 
 import array
 import collections
+import concurrent.futures
 import os
 import sys
 import uuid
 
-from oslo_log import log as logging
-
-from cinder_vmdk_backup import native_threads
 from cinder_vmdk_backup.vmdk import compression
 from cinder_vmdk_backup.vmdk import errors
 from cinder_vmdk_backup.vmdk import extents
 from cinder_vmdk_backup.vmdk import format as fmt
-
-LOG = logging.getLogger(__name__)
 
 #: sectors before the first grain: header, descriptor, padding to 64 KiB
 OVERHEAD_SECTORS = 128
@@ -62,7 +61,7 @@ MAX_CAPACITY = 64 << 40
 MAX_STORED_BITS = 1 << 28
 #: grains per compression task
 BATCH_GRAINS = 16
-#: batches in flight per thread
+#: batches in flight per CPU (with an executor)
 INFLIGHT_PER_THREAD = 3
 
 
@@ -83,13 +82,15 @@ class StreamOptimizedWriter(object):
         only a checksum here and a copy on the receiving side, and lets the
         measuring pass skip compression (the stream is then as long as the
         non-zero data, plus about 0.8 %: 129 sectors a grain)
-    :param threads: compression threads; 0 means one per CPU
+    :param executor: a :class:`concurrent.futures.Executor` to deflate
+        batches of grains on, a few per CPU in flight; it is borrowed, never
+        shut down. None (the default) deflates in the caller's thread.
     :param extent_name: file name in the descriptor's extent line
     :raises ValueError: for a bad capacity or adapter type
     """
 
     def __init__(self, source, capacity, adapter_type='lsiLogic',
-                 hw_version=14, compression_level=1, threads=0,
+                 hw_version=14, compression_level=1, executor=None,
                  extent_name='disk.vmdk'):
         if capacity < 0 or capacity > MAX_CAPACITY:
             raise ValueError('capacity of %d bytes is out of range'
@@ -103,7 +104,7 @@ class StreamOptimizedWriter(object):
         self._store_only = compression_level == 0
         self._level = (None if self._store_only
                        else compression.backend_level(compression_level))
-        self._threads = threads or os.cpu_count() or 1
+        self._executor = executor
         self._n_gt = fmt.gt_count(self._capacity_sectors)
         self._gd_sectors = fmt.sectors_for(self._n_gt * fmt.GTE_SIZE)
         adapter = fmt.descriptor_adapter_type(adapter_type)
@@ -132,8 +133,10 @@ class StreamOptimizedWriter(object):
         """Exact length in bytes of the VMDK stream.
 
         The first access runs the measuring pass (a full compression of the
-        data, at level 0 only a look for zero grains;
-        data); it needs a source that is a regular file or seekable.
+        data, at level 0 only a look for zero grains); it needs a source
+        that is a regular file or seekable.
+
+        :raises VmdkError: for a source that can be read only once
         """
         if self._length is None:
             self._measure()
@@ -142,8 +145,12 @@ class StreamOptimizedWriter(object):
     def iter_chunks(self):
         """Yield the VMDK stream as bytes objects of up to about 1 MiB.
 
-        :raises VmdkError: when the source changed after :attr:`length`
-            was measured, or a sequential source ends early
+        :raises VmdkSourceChanged: when the source changed after
+            :attr:`length` was measured
+        :raises VmdkTruncated: when a sequential source ends before the
+            capacity
+        :raises VmdkError: when the source cannot be read twice (see
+            :attr:`length`)
         """
         yield self._prologue
         sector = OVERHEAD_SECTORS
@@ -177,7 +184,7 @@ class StreamOptimizedWriter(object):
         chunk = b''.join(parts)
         total += len(chunk)
         if self._length is not None and total != self._length:
-            raise errors.VmdkError(
+            raise errors.VmdkSourceChanged(
                 'the VMDK stream came out %d bytes long instead of the %d '
                 'measured: the source changed while it was being encoded'
                 % (total, self._length), total)
@@ -203,7 +210,7 @@ class StreamOptimizedWriter(object):
         if self._gt_plan is not None:
             planned = self._gt_plan[table.k]
             if planned != sector - table.first_sector:
-                raise errors.VmdkError(
+                raise errors.VmdkSourceChanged(
                     'grain table %d covers %s sectors of grains instead of '
                     'the %s measured: the source changed while it was being '
                     'encoded' % (table.k, sector - table.first_sector,
@@ -235,25 +242,24 @@ class StreamOptimizedWriter(object):
         self._length = (OVERHEAD_SECTORS + grain_sectors + tables +
                         1 + self._gd_sectors + 2 + 1) * fmt.SECTOR
         self._gt_plan = plan
-        LOG.debug('Stream-optimized VMDK of a %(capacity)d-byte disk will be '
-                  '%(length)d bytes (%(how)s).',
-                  {'capacity': self._capacity, 'length': self._length,
-                   'how': 'grains stored uncompressed' if self._store_only
-                   else '%s level %d' % (compression.BACKEND, self._level)})
 
     # -- reading and compressing -------------------------------------------
 
     def _encoded_batches(self, measure):
-        """Yield lists of encoded grains, in order, from a thread pool."""
+        """Yield lists of encoded grains, in order.
+
+        With an executor, a few batches per CPU are in flight; batches not
+        started when the caller stops are cancelled, and those running are
+        waited for, so no job outlives the iteration.
+        """
         encode = self._measure_batch if measure else self._encode_batch
         jobs = self._jobs(measure)
-        if self._threads <= 1:
+        pool = self._executor
+        if pool is None:
             for job in jobs:
                 yield encode(job)
             return
-        limit = self._threads * INFLIGHT_PER_THREAD
-        pool = native_threads.executor(
-            self._threads, thread_name_prefix='vmdk-deflate')
+        limit = (os.cpu_count() or 1) * INFLIGHT_PER_THREAD
         pending = collections.deque()
         try:
             for job in jobs:
@@ -265,7 +271,7 @@ class StreamOptimizedWriter(object):
         finally:
             for future in pending:
                 future.cancel()
-            pool.shutdown(wait=True)
+            concurrent.futures.wait(pending)
 
     def _jobs(self, measure):
         """Yield batches: lists of grain indexes (file) or (grain, data)."""
@@ -307,7 +313,7 @@ class StreamOptimizedWriter(object):
         while got < want:
             data = self._source.read(want - got)
             if not data:
-                raise errors.VmdkError(
+                raise errors.VmdkTruncated(
                     'the source ended at byte %d, before the capacity of %d '
                     'bytes' % (start + got, self._data_end))
             parts.append(data)

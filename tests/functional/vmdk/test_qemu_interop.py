@@ -19,14 +19,19 @@ exercises the other side's parser. Sources are sparse files; the big case
 is a 5 GiB sparse disk with data beyond 4 GiB.
 """
 
+import concurrent.futures
+import io
 import os
 import shutil
+import struct
 import subprocess
 
 import ddt
 import fixtures
 from oslotest import base
 
+from cinder_vmdk_backup.vmdk import errors
+from cinder_vmdk_backup.vmdk import format as fmt
 from cinder_vmdk_backup.vmdk import reader
 from cinder_vmdk_backup.vmdk import writer
 
@@ -101,11 +106,12 @@ class QemuInteropTestCase(base.BaseTestCase):
                 f.write(data)
         return path, capacity
 
-    def _assert_decodes_to(self, vmdk_path, raw_path):
+    def _assert_decodes_to(self, vmdk_path, raw_path, executor=None):
         """Decode with our reader, forwards only; compare with raw_path."""
         with open(vmdk_path, 'rb') as stream, \
                 open(raw_path, 'rb') as expected:
-            disk = reader.StreamOptimizedReader(_ForwardOnly(stream))
+            disk = reader.StreamOptimizedReader(_ForwardOnly(stream),
+                                                executor=executor)
             self.assertEqual(os.path.getsize(raw_path), disk.capacity)
             fd = expected.fileno()
             covered = 0
@@ -153,10 +159,11 @@ class QemuInteropTestCase(base.BaseTestCase):
         source, capacity = self._source(name)
         vmdk = self._path('ours.vmdk')
         with open(source, 'rb') as src, open(vmdk, 'wb') as sink:
-            encoder = writer.StreamOptimizedWriter(
-                src, capacity, threads=2, compression_level=level)
-            length = encoder.length
-            self.assertEqual(length, encoder.write_to(sink))
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                encoder = writer.StreamOptimizedWriter(
+                    src, capacity, executor=pool, compression_level=level)
+                length = encoder.length
+                self.assertEqual(length, encoder.write_to(sink))
         self.assertEqual(length, os.path.getsize(vmdk))
         result = _run('check', vmdk)
         self.assertEqual(0, result.returncode, result.stdout + result.stderr)
@@ -167,6 +174,82 @@ class QemuInteropTestCase(base.BaseTestCase):
         info = _run('info', '--output=json', vmdk)
         self.assertIn('"virtual-size": %d' % capacity, info.stdout)
         self._assert_decodes_to(vmdk, source)
+
+    def _qemu_vmdk(self, name):
+        source, _capacity = self._source(name)
+        vmdk = self._path('qemu.vmdk')
+        result = _run('convert', '-f', 'raw', '-O', 'vmdk', '-o',
+                      'subformat=streamOptimized', source, vmdk)
+        self.assertEqual(0, result.returncode, result.stderr)
+        return source, vmdk
+
+    def test_qemu_vmdk_decodes_on_an_executor(self):
+        source, vmdk = self._qemu_vmdk('two_grain_tables')
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            self._assert_decodes_to(vmdk, source, executor=pool)
+
+    def _fault(self, stream):
+        try:
+            disk = reader.StreamOptimizedReader(io.BytesIO(bytes(stream)))
+            for _extent in disk.iter_extents():
+                pass
+        except errors.VmdkError as exc:
+            return exc
+        self.fail('the damaged VMDK decoded')
+
+    @staticmethod
+    def _end_of_grains(stream):
+        """Offset of the first sector after qemu's grains (its EOS)."""
+        offset = fmt.unpack_header(stream)[1].overhead * fmt.SECTOR
+        while True:
+            _lba, size = fmt.GRAIN_MARKER.unpack_from(stream, offset)
+            if not size:
+                return offset
+            offset += fmt.sectors_for(12 + size) * fmt.SECTOR
+
+    @ddt.data(True, False)
+    def test_damaged_grain_table_of_qemu_is_corrupt(self, with_eos):
+        _source, vmdk = self._qemu_vmdk('two_grain_tables')
+        with open(vmdk, 'rb') as f:
+            stream = bytearray(f.read())
+        if not with_eos:
+            del stream[self._end_of_grains(stream):]
+        gd_offset = fmt.unpack_header(stream)[1].gd_offset * fmt.SECTOR
+        k = 1  # the disk's second and last grain table
+        table = struct.unpack_from('<I', stream, gd_offset + 4 * k)[0]
+        table *= fmt.SECTOR
+        last = max(i for i in range(512) if struct.unpack_from(
+            '<I', stream, table + 4 * i)[0])
+        # The disk's last grain listed past the end of the file, as a
+        # damaged entry can: corrupt, not "stream ends before the grain".
+        struct.pack_into('<I', stream, table + 4 * last, 1 << 24)
+        exc = self._fault(stream)
+        self.assertIsInstance(exc, errors.VmdkCorrupt)
+        self.assertIn('grain table %d' % k, str(exc))
+        self.assertNotIn('stream ends', str(exc))
+
+    def test_damaged_flags_of_qemu_are_corrupt(self):
+        _source, vmdk = self._qemu_vmdk('one_sector')
+        with open(vmdk, 'rb') as f:
+            stream = bytearray(f.read())
+        stream[10] = 0  # compressed grains and markers gone
+        exc = self._fault(stream)
+        self.assertIsInstance(exc, errors.VmdkCorrupt)
+        self.assertIn('flags', str(exc))
+        self.assertIn('corrupt', str(exc))
+        self.assertNotIn('not streamOptimized', str(exc))
+        self.assertEqual(8, exc.offset)
+
+    def test_cut_qemu_vmdk_is_truncated(self):
+        _source, vmdk = self._qemu_vmdk('two_grain_tables')
+        with open(vmdk, 'rb') as f:
+            stream = f.read()
+        overhead = fmt.unpack_header(stream)[1].overhead * fmt.SECTOR
+        end = self._end_of_grains(stream)
+        for cut in (0, 100, fmt.SECTOR + 7, overhead - 1, overhead + 5,
+                    (overhead + end) // 2, end - 7):
+            exc = self._fault(stream[:cut])
+            self.assertIsInstance(exc, errors.VmdkTruncated, (cut, exc))
 
     def test_zero_size_disk(self):
         """A zero-size disk round-trips through our codec.

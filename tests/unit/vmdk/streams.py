@@ -12,6 +12,8 @@
 
 """Builders of VMDK streams, good and bad, for the codec's tests."""
 
+import concurrent.futures
+import contextlib
 import io
 import struct
 import zlib
@@ -24,15 +26,40 @@ OVERHEAD = writer.OVERHEAD_SECTORS
 EOS = fmt.meta_marker(0, fmt.MARKER_EOS)
 
 
-def encode(data, capacity=None, measure=True, **kwargs):
-    """Return our writer's VMDK of data (one thread unless told)."""
-    kwargs.setdefault('threads', 1)
-    vmdk = writer.StreamOptimizedWriter(
-        io.BytesIO(data), len(data) if capacity is None else capacity,
-        **kwargs)
-    if measure:
-        vmdk.length
-    return b''.join(vmdk.iter_chunks())
+def executor(workers):
+    """A context of a thread pool of workers, or of None (inline) for 0."""
+    if not workers:
+        return contextlib.nullcontext()
+    return concurrent.futures.ThreadPoolExecutor(workers)
+
+
+def encode(data, capacity=None, measure=True, workers=0, **kwargs):
+    """Return our writer's VMDK of data (inline unless given workers)."""
+    with executor(workers) as pool:
+        vmdk = writer.StreamOptimizedWriter(
+            io.BytesIO(data), len(data) if capacity is None else capacity,
+            executor=pool, **kwargs)
+        if measure:
+            vmdk.length
+        return b''.join(vmdk.iter_chunks())
+
+
+class RecordingExecutor(concurrent.futures.Executor):
+    """A thread pool that keeps every future it hands out."""
+
+    def __init__(self, workers=2):
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers)
+        self.futures = []
+        self.shut_down = False
+
+    def submit(self, fn, *args, **kwargs):
+        future = self._pool.submit(fn, *args, **kwargs)
+        self.futures.append(future)
+        return future
+
+    def shutdown(self, wait=True, **kwargs):
+        self.shut_down = True
+        self._pool.shutdown(wait=wait, **kwargs)
 
 
 def records(stream):
@@ -79,10 +106,13 @@ def grain(lba, data=None, body=None, csize=None):
     return raw + bytes(-len(raw) % fmt.SECTOR)
 
 
-def front_layout(capacity_sectors, grains, eos=True, padding=0):
+def front_layout(capacity_sectors, grains, eos=True, padding=0,
+                 descriptor=False):
     """A qemu-style stream: directory and tables in the header area.
 
     :param grains: list of (lba, data)
+    :param descriptor: embed a streamOptimized descriptor in sectors 1-20
+        (as qemu does)
     """
     n_gt = fmt.gt_count(capacity_sectors)
     gd_sector = 21
@@ -99,7 +129,16 @@ def front_layout(capacity_sectors, grains, eos=True, padding=0):
         sector += len(raw) // fmt.SECTOR
         body += raw
     area = bytearray(OVERHEAD * fmt.SECTOR)
-    area[0:fmt.SECTOR] = header(capacity_sectors, gd_offset=gd_sector)
+    if descriptor:
+        text = ('# Disk DescriptorFile\nversion=1\ncreateType='
+                '"streamOptimized"\nRW %d SPARSE "disk.vmdk"\n'
+                % capacity_sectors).encode()
+        area[fmt.SECTOR:fmt.SECTOR + len(text)] = text
+        area[0:fmt.SECTOR] = header(capacity_sectors, gd_offset=gd_sector,
+                                    descriptor_offset=1,
+                                    descriptor_size=gd_sector - 1)
+    else:
+        area[0:fmt.SECTOR] = header(capacity_sectors, gd_offset=gd_sector)
     area[gd_sector * fmt.SECTOR:gd_sector * fmt.SECTOR + 4 * n_gt] = \
         struct.pack('<%dI' % n_gt, *gd)
     for k, table in enumerate(tables):

@@ -15,6 +15,7 @@ import os
 import struct
 import threading
 import tracemalloc
+from unittest import mock
 import zlib
 
 import ddt
@@ -70,23 +71,41 @@ class ReaderRoundTripTestCase(base.BaseTestCase):
         self.assertEqual(b'', vmdk.read(10))
 
     @ddt.data(1, 2, 3)
-    def test_any_number_of_inflate_threads(self, threads):
+    def test_inflates_on_the_executor_it_is_given(self, workers):
         data = b''.join(_disk('t', 'r', 'z') for _ in range(12))
+        pool = streams.RecordingExecutor(workers)
+        self.addCleanup(pool.shutdown)
         vmdk = reader.StreamOptimizedReader(
-            io.BytesIO(streams.encode(data)), threads=threads)
+            io.BytesIO(streams.encode(data)), executor=pool)
         self.assertEqual(data, vmdk.read())
+        # 24 data grains, 8 a batch
+        self.assertEqual(3, len(pool.futures))
+        vmdk.close()
+        self.assertFalse(pool.shut_down)
 
-    def test_abandoned_reader_stops_its_threads(self):
+    def test_without_executor_starts_no_thread(self):
+        data = b''.join(_disk('t', 'r', 'z') for _ in range(12))
+        stream = streams.encode(data)
+        with mock.patch.object(threading.Thread, 'start',
+                               autospec=True) as start:
+            vmdk = reader.StreamOptimizedReader(io.BytesIO(stream))
+            self.assertEqual(data, vmdk.read())
+        start.assert_not_called()
+
+    def test_abandoned_reader_leaves_no_job_behind(self):
         data = b''.join(_disk('t', 'r') for _ in range(30))
-        before = threading.active_count()
+        pool = streams.RecordingExecutor(2)
+        self.addCleanup(pool.shutdown)
         vmdk = reader.StreamOptimizedReader(
-            io.BytesIO(streams.encode(data)), threads=2)
+            io.BytesIO(streams.encode(data)), executor=pool)
         extents = vmdk.iter_extents()
         next(extents)
         extents.close()
         vmdk.close()
         self.assertTrue(vmdk.closed)
-        self.assertEqual(before, threading.active_count())
+        self.assertTrue(pool.futures)
+        self.assertTrue(all(f.done() for f in pool.futures))
+        self.assertFalse(pool.shut_down)
 
     def test_extents_cover_the_disk_with_zero_runs(self):
         data = _disk('z', 't', 'z', 'z', 'r', 'z')
@@ -116,15 +135,56 @@ class ReaderRoundTripTestCase(base.BaseTestCase):
         self.assertEqual(GRAIN + 10, vmdk.tell())
         self.assertEqual(GRAIN - 10, vmdk.readinto(buf))
 
-    def test_readinto_zeroed_buffer_skips_zero_runs(self):
+    def test_readinto_writes_zero_runs(self):
         data = _disk('r', 'z', 't')
         vmdk = reader.StreamOptimizedReader(io.BytesIO(streams.encode(data)))
-        # A buffer that does not read as zeros shows what was skipped.
         buf = bytearray(b'\xff' * len(data))
-        self.assertEqual(len(data), vmdk.readinto(buf, zeroed=True))
-        self.assertEqual(data[:GRAIN], buf[:GRAIN])
-        self.assertEqual(b'\xff' * GRAIN, buf[GRAIN:2 * GRAIN])
-        self.assertEqual(data[2 * GRAIN:], buf[2 * GRAIN:])
+        self.assertEqual(len(data), vmdk.readinto(buf))
+        self.assertEqual(data, buf)
+
+    def test_extents_of_a_huge_sparse_disk_hold_no_zeros(self):
+        capacity = 62 << 40
+        stream = (streams.prologue(capacity // SECTOR) +
+                  streams.grain(1 << 30, _disk('t')))
+        stream += fmt.meta_marker(4, fmt.MARKER_GT) + (
+            struct.pack('<I', streams.OVERHEAD) + bytes(2044))
+        n_gt = fmt.gt_count(capacity // SECTOR)
+        gd_sector = len(stream) // SECTOR + 1
+        gd = bytearray(fmt.sectors_for(4 * n_gt) * SECTOR)
+        struct.pack_into('<I', gd, 4 * ((1 << 30) // 128 // 512),
+                         streams.OVERHEAD + 2)
+        stream += fmt.meta_marker(len(gd) // SECTOR, fmt.MARKER_GD) + gd
+        stream += fmt.meta_marker(1, fmt.MARKER_FOOTER) + streams.header(
+            capacity // SECTOR, gd_offset=gd_sector) + streams.EOS
+        tracemalloc.start()
+        try:
+            vmdk = reader.StreamOptimizedReader(io.BytesIO(stream))
+            extents = [(o, n, d is None) for o, n, d in vmdk.iter_extents()]
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        start = (1 << 30) * SECTOR
+        self.assertEqual([(0, start, True), (start, GRAIN, False),
+                          (start + GRAIN, capacity - start - GRAIN, True)],
+                         extents)
+        self.assertLess(peak, 64 << 20)
+
+    def test_extents_end_only_after_the_tail_is_checked(self):
+        data = _disk('t', 'r')
+        stream = bytearray(streams.encode(data))
+        footer = [r for r in streams.records(bytes(stream))
+                  if r[1] == fmt.MARKER_FOOTER][0][0]
+        stream[footer + SECTOR + 12] ^= 1  # the footer's capacity
+        vmdk = reader.StreamOptimizedReader(io.BytesIO(bytes(stream)))
+        seen = []
+        extents = vmdk.iter_extents()
+        exc = self.assertRaises(errors.VmdkCorrupt, lambda: [
+            seen.append(e[:2]) for e in extents])
+        self.assertIn('footer capacity', str(exc))
+        # No grain came out before the tail was checked (the reader holds
+        # back the last grains), and none after the fault.
+        self.assertEqual([], seen)
+        self.assertRaises(errors.VmdkCorrupt, vmdk.read, 1)
 
     def test_descriptor_is_parsed(self):
         vmdk = reader.StreamOptimizedReader(io.BytesIO(
@@ -180,8 +240,7 @@ class ReaderHeaderTestCase(base.BaseTestCase):
         self.assertIsInstance(exc, cls)
         return exc
 
-    @ddt.data((b'', 'empty stream'),
-              (os.urandom(4096), 'raw disk image'),
+    @ddt.data((os.urandom(4096), 'raw disk image'),
               (bytes(4096), 'raw disk image'),
               (b'QFI\xfb' + bytes(508), 'qcow2'),
               (b'COWD' + bytes(508), 'vmfsSparse'),
@@ -202,18 +261,87 @@ class ReaderHeaderTestCase(base.BaseTestCase):
         exc = self._error(stream, errors.VmdkUnsupportedError)
         self.assertIn('monolithicSparse', str(exc))
 
-    def test_truncated_header(self):
-        exc = self._error(fmt.MAGIC + bytes(100), errors.VmdkTruncatedError)
+    @ddt.data(b'', b'KD', fmt.MAGIC + bytes(100))
+    def test_truncated_header(self, stream):
+        exc = self._error(stream, errors.VmdkTruncated)
         self.assertEqual(0, exc.offset)
+        self.assertIn('header', str(exc))
+
+    @ddt.data(b'KDMX', b'\0\0\0\0', b'kdmv')
+    def test_damaged_magic_is_corrupt(self, magic):
+        stream = streams.encode(bytes(SECTOR))
+        exc = self._error(magic + stream[4:], errors.VmdkCorrupt)
+        self.assertIn('magic %r' % magic, str(exc))
+        self.assertIn('corrupt', str(exc))
+        self.assertEqual(0, exc.offset)
+
+    @ddt.data(fmt.FLAG_NL_DETECT | fmt.FLAG_COMPRESSED,
+              fmt.FLAG_NL_DETECT | fmt.FLAG_MARKERS,
+              fmt.FLAG_NL_DETECT | fmt.FLAG_RGD, 0)
+    def test_damaged_flags_of_a_stream_optimized_vmdk(self, flags):
+        # The descriptor says streamOptimized: the flags are wrong, the
+        # file is not "a streamOptimized VMDK, not streamOptimized".
+        stream = bytearray(streams.encode(_disk('t')))
+        stream[8:12] = flags.to_bytes(4, 'little')
+        exc = self._error(bytes(stream), errors.VmdkCorrupt)
+        self.assertIn('flags 0x%x are corrupt' % flags, str(exc))
+        self.assertIn('createType=streamOptimized', str(exc))
+        self.assertNotIn('not streamOptimized', str(exc))
+        self.assertEqual(8, exc.offset)
+
+    @ddt.data(fmt.FLAG_COMPRESSED, fmt.FLAG_MARKERS | fmt.FLAG_RGD)
+    def test_half_stream_flags_without_descriptor(self, flags):
+        exc = self._error(streams.prologue(2048, flags=flags) + streams.EOS,
+                          errors.VmdkCorrupt)
+        self.assertIn('no VMDK variant has only one', str(exc))
+
+    def test_hosted_sparse_without_descriptor_is_unsupported(self):
+        exc = self._error(streams.prologue(2048, flags=fmt.FLAG_RGD),
+                          errors.VmdkUnsupported)
+        self.assertIn('hosted sparse VMDK', str(exc))
+
+    def test_unknown_flag_bits_are_corrupt(self):
+        stream = bytearray(streams.encode(_disk('t')))
+        stream[11] = 0x80
+        exc = self._error(bytes(stream), errors.VmdkCorrupt)
+        self.assertIn('0x80000000 have no meaning', str(exc))
+        self.assertEqual(8, exc.offset)
+
+    def test_grain_size_beyond_what_is_supported(self):
+        exc = self._error(streams.prologue(2048, grain_size=4096) +
+                          streams.EOS, errors.VmdkUnsupported)
+        self.assertIn('grain size of 4096 sectors', str(exc))
+        self.assertEqual(20, exc.offset)
+
+    @ddt.data(('version=1\nRW 2048 SPARSE "a.vmdk"\n', 'no createType'),
+              ('createType="streamOptimizeX"\n', 'no VMDK variant'))
+    @ddt.unpack
+    def test_descriptor_without_a_known_create_type(self, text, words):
+        exc = self._error(streams.prologue(2048, text) + streams.EOS,
+                          errors.VmdkCorrupt)
+        self.assertIn(words, str(exc))
+        self.assertEqual(SECTOR, exc.offset)
+
+    def test_overhead_past_the_end_of_a_stream_with_grains(self):
+        stream = bytearray(streams.encode(_disk('t', 'r')))
+        stream[64:72] = (1000).to_bytes(8, 'little')
+        exc = self._error(bytes(stream), errors.VmdkCorrupt)
+        self.assertIn('overhead of 1000 sectors', str(exc))
+        self.assertEqual(64, exc.offset)
+
+    def test_stream_cut_in_the_header_area(self):
+        stream = streams.encode(_disk('t', 'r'))
+        exc = self._error(stream[:100 * SECTOR], errors.VmdkTruncated)
+        self.assertIn('header area', str(exc))
 
     @ddt.data(({'version': 1}, 4, 'version 1'),
               ({'version': 4}, 4, 'version 4'),
-              ({'flags': fmt.STREAM_FLAGS | 1 << 5}, 8, 'unknown header flag'),
+              ({'flags': fmt.STREAM_FLAGS | 1 << 5}, 8, 'flags 0x30021 are '
+               'invalid'),
               ({'nl_chars': b'\n \n\n'}, 73, 'newline'),
               ({'compression': 2}, 77, 'compression algorithm 2'),
               ({'grain_size': 100}, 20, 'grain size'),
               ({'grain_size': 4}, 20, 'grain size'),
-              ({'grain_size': 4096}, 20, 'grain size'),
               ({'gtes_per_gt': 256}, 44, 'entries per grain table'),
               ({'capacity': 1 << 50}, 12, 'capacity'),
               ({'overhead': 0}, 64, 'overhead'),
@@ -264,6 +392,9 @@ class ReaderBadStreamTestCase(base.BaseTestCase):
         self.assertIsInstance(exc, cls)
         self.assertLess(got, len(self.data))
         return exc
+
+    def _last_grain(self):
+        return [r for r in self.records if r[1] == 'grain'][-1]
 
     def _first(self, kind):
         return next(r for r in self.records if r[1] == kind)
@@ -452,6 +583,89 @@ class ReaderBadStreamTestCase(base.BaseTestCase):
         exc = self._error(stream[:second], errors.VmdkTruncatedError)
         self.assertIn('grain tables list', str(exc))
         self.assertEqual(second, exc.offset)
+
+    def _front(self, eos=True, second_table=False):
+        data = _disk('t', 'r')
+        grains = [(0, data[:GRAIN]), (128, data[GRAIN:])]
+        cap = 256
+        if second_table:
+            grains.append((512 * 128, data[:GRAIN]))
+            cap = 513 * 128
+        return bytearray(streams.front_layout(cap, grains, eos=eos))
+
+    @ddt.data(True, False)
+    def test_front_layout_entry_past_the_end_is_corrupt(self, eos):
+        # Every grain the tables list is in the stream, but one entry
+        # points past its end: corrupt, not "stream ends before the grain".
+        stream = self._front(eos=eos)
+        struct.pack_into('<I', stream, 22 * SECTOR + 4, 1 << 20)
+        exc = self._error(bytes(stream), errors.VmdkCorrupt)
+        self.assertIn('grain table 0', str(exc))
+        self.assertIn('does not match the grains', str(exc))
+        self.assertNotIn('stream ends', str(exc))
+        self.assertEqual(21 * SECTOR, exc.offset)
+
+    def test_front_layout_entries_out_of_guest_order(self):
+        stream = self._front()
+        first = struct.unpack_from('<I', stream, 22 * SECTOR)[0]
+        struct.pack_into('<I', stream, 22 * SECTOR + 4, first)
+        exc = self._error(bytes(stream), errors.VmdkCorrupt)
+        self.assertIn('grain table 0 entry 1 points to sector %d, not after '
+                      'sector %d of entry 0' % (first, first), str(exc))
+        self.assertEqual(22 * SECTOR + 4, exc.offset)
+
+    def test_front_layout_tables_out_of_guest_order(self):
+        stream = self._front(second_table=True)
+        gd = struct.unpack_from('<2I', stream, 21 * SECTOR)
+        # table 1's grain moved before table 0's last grain
+        struct.pack_into('<I', stream, gd[1] * SECTOR, streams.OVERHEAD + 1)
+        exc = self._error(bytes(stream), errors.VmdkCorrupt)
+        self.assertIn('grain table 1 lists its first grain at sector %d'
+                      % (streams.OVERHEAD + 1), str(exc))
+        self.assertEqual(21 * SECTOR + 4, exc.offset)
+
+    def test_front_layout_cut_after_a_table_that_does_not_match(self):
+        stream = self._front(eos=False, second_table=True)
+        records = streams.records(bytes(stream))
+        gd = struct.unpack_from('<2I', stream, 21 * SECTOR)
+        # grain 1's entry moved by one sector: still in order
+        entry = gd[0] * SECTOR + 4
+        struct.pack_into('<I', stream, entry,
+                         struct.unpack_from('<I', stream, entry)[0] + 1)
+        exc = self._error(bytes(stream[:records[2][0]]), errors.VmdkCorrupt)
+        self.assertIn('grain table 0', str(exc))
+
+    def test_front_layout_cut_between_tables(self):
+        stream = self._front(eos=False, second_table=True)
+        records = streams.records(bytes(stream))
+        exc = self._error(bytes(stream[:records[2][0]]),
+                          errors.VmdkTruncated)
+        self.assertIn('2 of their 3 grains present', str(exc))
+        self.assertEqual(records[2][0], exc.offset)
+
+    def test_grain_size_field_past_the_end_is_corrupt(self):
+        stream = bytearray(self.stream)
+        offset, _kind, lba = self._last_grain()
+        size = fmt.GRAIN_MARKER.unpack_from(stream, offset)[1]
+        struct.pack_into('<I', stream, offset + 8, size + 20000)
+        exc = self._error(bytes(stream), errors.VmdkCorrupt)
+        self.assertIn('grain marker of LBA %d gives a compressed size of %d '
+                      'bytes' % (lba, size + 20000), str(exc))
+        self.assertIn('ends after %d bytes' % size, str(exc))
+        self.assertEqual(offset, exc.offset)
+
+    def test_grain_data_cut_is_truncated(self):
+        offset = self._last_grain()[0]
+        exc = self._error(self.stream[:offset + 100], errors.VmdkTruncated)
+        self.assertIn('compressed grain data', str(exc))
+        self.assertEqual(offset + 12, exc.offset)
+
+    def test_end_of_stream_marker_with_sectors(self):
+        stream = bytearray(self.stream)
+        struct.pack_into('<Q', stream, len(stream) - SECTOR, 2)
+        exc = self._error(bytes(stream), errors.VmdkCorrupt)
+        self.assertIn('end-of-stream marker spans 2 sectors instead of 0',
+                      str(exc))
 
     def test_front_layout_table_inside_the_header(self):
         stream = bytearray(streams.front_layout(256, []))

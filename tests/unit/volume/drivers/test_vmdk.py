@@ -141,7 +141,7 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
                                autospec=True) as reader_class:
             args[4]('body')
         # Inflates inline: it runs on a native thread, off the hub.
-        reader_class.assert_called_once_with('body', threads=1)
+        reader_class.assert_called_once_with('body', executor=None)
         self.vops.get_backing.assert_called_once_with(self.volume.name,
                                                       self.volume.id)
 
