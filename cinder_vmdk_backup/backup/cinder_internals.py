@@ -295,7 +295,7 @@ def usable(group):
     """Whether every target of ``group`` matched (checked once if needed)."""
     if _checked is None:
         check_and_report()
-    return not any(target.group == group for target in _checked)
+    return not any(target.group == group for target in _checked or ())
 
 
 # -- the operation marker ----------------------------------------------
