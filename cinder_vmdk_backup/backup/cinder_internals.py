@@ -268,18 +268,26 @@ def check(targets=None):
     return list(problems.values())
 
 
-def error_message(problems):
+#: What the plugin does when targets do not match, by who checked.
+MANAGER_FALLBACK = ('Driver-owned backup is disabled: every backup and '
+                    'restore takes Cinder\'s own path')
+PARTS_LEFT_ALONE = ('Driver-owned operations leave the mismatched parts of '
+                    'Cinder alone (slower, same data)')
+
+
+def error_message(problems, consequence=MANAGER_FALLBACK):
     """The one error logged when targets do not match."""
-    return ('Driver-owned backup is disabled: this Cinder does not match '
-            'what cinder-vmdk-backup hooks into (it supports Cinder %s). '
-            'Every backup and restore takes Cinder\'s own path until the '
-            'plugin is updated. Mismatched: %s.'
-            % (SUPPORTED_CINDER, '; '.join(problems)))
+    return ('%s until cinder-vmdk-backup is updated: this Cinder does not '
+            'match what the plugin hooks into (it supports Cinder %s). '
+            'Mismatched: %s.'
+            % (consequence, SUPPORTED_CINDER, '; '.join(problems)))
 
 
-def check_and_report():
+def check_and_report(consequence=MANAGER_FALLBACK):
     """Run :func:`check` and log its error once per process.
 
+    :param consequence: what the caller does about a mismatch, for the
+        message
     :returns: True when every target matches
     """
     global _reported
@@ -287,14 +295,18 @@ def check_and_report():
     with _check_lock:
         if problems and not _reported:
             _reported = True
-            LOG.error(error_message(problems))
+            LOG.error(error_message(problems, consequence))
     return not problems
 
 
 def usable(group):
-    """Whether every target of ``group`` matched (checked once if needed)."""
+    """Whether every target of ``group`` matched (checked once if needed).
+
+    Where no manager checked them (cinder-volume restores directly), the
+    first call checks and logs the error.
+    """
     if _checked is None:
-        check_and_report()
+        check_and_report(PARTS_LEFT_ALONE)
     return not any(target.group == group for target in _checked or ())
 
 

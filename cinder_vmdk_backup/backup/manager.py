@@ -57,7 +57,8 @@ LOG = logging.getLogger(__name__)
 CONF = cfg.CONF
 CONF.register_opts(opts.backup_manager_opts)
 
-#: Cinder's placeholder for the device, kept here for callers of this module.
+#: The placeholder Cinder's code gets as the device (defined with the rest
+#: of what touches Cinder's internals).
 DriverOwnedDevice = cinder_internals.DriverOwnedDevice
 
 

@@ -167,7 +167,10 @@ class CheckTestCase(base.BaseTestCase):
         self.assertFalse(cinder_internals.usable('zlib'))
         self.assertTrue(cinder_internals.usable('refresh'))
         self.assertEqual(1, self.log.output.count(
-            'Driver-owned backup is disabled'))
+            'Driver-owned operations leave the mismatched parts of Cinder '
+            'alone'), self.log.output)
+        self.assertIn('ChunkedBackupDriver._get_compressor has parameters',
+                      self.log.output)
 
 
 class ModuleAttributeTestCase(base.BaseTestCase):
