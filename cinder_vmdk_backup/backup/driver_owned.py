@@ -310,5 +310,5 @@ def tuned_for_raw_data(backup_service):
     same, the raw disk costs less to get there.
     """
     with fast_zlib.accelerated(backup_service), \
-            zero_hashing.zero_aware_hashing():
+            zero_hashing.zero_aware_hashing(backup_service):
         yield backup_service

@@ -36,7 +36,6 @@ left alone.
 import collections
 import contextlib
 
-from cinder.backup import chunkeddriver
 from cinder import utils
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -47,6 +46,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the installation
     isal_zlib = None
 
+from cinder_vmdk_backup.backup import cinder_internals
 from cinder_vmdk_backup.backup import zero_hashing
 from cinder_vmdk_backup import opts
 
@@ -56,10 +56,6 @@ CONF.register_opts(opts.backup_manager_opts)
 
 #: Names Cinder's chunked drivers map to Python's zlib module.
 ZLIB_ALGORITHMS = ('zlib', 'gzip')
-
-#: Attributes of the driver instance swapped while accelerated.
-_SWAPPED = ('compressor', '_get_compressor')
-
 
 #: Largest object body remembered as inflating to zeros. Deflate shrinks
 #: zeros about 1000 times, so this covers all-zero chunks of up to about
@@ -139,35 +135,18 @@ def accelerated(backup_service):
 
     For a Cinder chunked backup driver instance only, until the block ends:
     its ``compressor`` (used by backups) when the configured algorithm is
-    zlib, and the zlib decompressor its restores look up per object. The
-    instance is put back as it was afterwards.
+    zlib, and the zlib decompressor its restores look up per object
+    (:func:`~.cinder_internals.compressor_replaced`). The instance is put
+    back as it was afterwards.
 
     :param backup_service: the backup driver instance of this operation
     """
-    if (not _wanted()
-            or not isinstance(backup_service,
-                              chunkeddriver.ChunkedBackupDriver)):
+    if not _wanted():
         yield backup_service
         return
     codec = utils.tpool_wrap(
         IsalZlib(CONF.driver_owned_backup_isal_level))
-    get_compressor = backup_service._get_compressor
-
-    def isal_for_zlib(algorithm):
-        if _is_zlib(algorithm):
-            return codec
-        return get_compressor(algorithm)
-
-    own = vars(backup_service)
-    saved = {name: own[name] for name in _SWAPPED if name in own}
-    if _is_zlib(CONF.backup_compression_algorithm):
-        backup_service.compressor = codec
-    backup_service._get_compressor = isal_for_zlib
-    try:
+    with cinder_internals.compressor_replaced(
+            backup_service, codec, ZLIB_ALGORITHMS,
+            compress=_is_zlib(CONF.backup_compression_algorithm)):
         yield backup_service
-    finally:
-        for name in _SWAPPED:
-            if name in saved:
-                setattr(backup_service, name, saved[name])
-            else:
-                own.pop(name, None)

@@ -25,48 +25,30 @@ left to Cinder, and ``driver_owned_backup_enabled`` to switch it off).
 
 Where Cinder is re-wired
 ------------------------
-Cinder's ``continue_backup`` and ``_run_restore`` do their data moving in
-three steps: ``_attach_device`` (an RPC to the volume service and an
-os-brick connector), ``backup_service.backup(backup, device_file)`` or
-``backup_service.restore(backup, volume_id, device_file, volume_is_new)``,
-and ``_detach_device``. Everything around them (status checks and changes,
-user messages, notifications, encryption key housekeeping, clean-up of the
-temporary volume or snapshot, ``_finish_backup``) is the same for any
-device. So this manager overrides exactly those three steps, and only while
-it runs one of those two methods for a driver-owned volume:
+Cinder's ``continue_backup`` and ``_run_restore`` stay Cinder's code; only
+their data-moving steps (attach, ``backup_service.backup()`` or
+``restore()``, detach) are handed to the volume driver, for a driver-owned
+volume and inside that one operation. How, and every other private part of
+Cinder the plugin relies on, is in
+:mod:`cinder_vmdk_backup.backup.cinder_internals`. This manager only decides
+which operations are driver-owned and gives Cinder's code a backup service
+(:class:`DriverOwnedBackupService`) whose ``backup()`` calls the driver's
+``backup_volume()`` with the device Cinder chose (volume, temporary clone or
+snapshot) and the real backup service, and whose ``restore()`` calls the
+driver's ``restore_backup()``. A driver failure raises where a failed copy
+would, with the same user message (``BACKUP_CREATE_DRIVER_ERROR``,
+``BACKUP_RESTORE_ERROR``) and status changes. ``init_host``'s clean-up of
+interrupted operations is not touched.
 
-* ``_attach_device`` returns a placeholder device without calling the volume
-  service or os-brick, and ``_detach_device`` does nothing for it;
-* the backup service handed to Cinder's code (``self.service(context)``) is
-  wrapped: its ``backup()`` calls the driver's ``backup_volume()`` with the
-  device Cinder chose (volume, temporary clone or snapshot) and the real
-  backup service, its ``restore()`` the driver's ``restore_backup()``; every
-  other attribute is the real service's.
-
-One more step of Cinder's code is useless for a driver-owned operation and
-would need privileges: ``volume_utils.brick_get_connector_properties``, the
-os-brick probe of this host's initiators (privsep, ``iscsiadm``, ``nvme``)
-whose result only ``_attach_device`` and ``_detach_device`` use. The manager
-wraps that module function once: inside a driver-owned operation, until the
-driver is called, it returns ``{}``; everywhere else it is Cinder's.
-
-``continue_backup`` and ``_run_restore`` are then Cinder's own code: a driver
-failure raises where a failed copy would, with the same user message
-(``BACKUP_CREATE_DRIVER_ERROR``, ``BACKUP_RESTORE_ERROR``) and status
-changes. ``init_host``'s clean-up of interrupted operations is not touched.
-The driver-owned state of a request lives in a context variable, so that
-concurrent requests (green or native threads) do not see each other's.
+At start the manager checks those internals against the installed Cinder
+(:func:`~.cinder_internals.check`). If one is missing or changed, it logs
+one error naming them and every backup and restore takes Cinder's own path.
 """
 
-import contextlib
-import contextvars
-import functools
-
-from cinder.backup import manager
-from cinder.volume import volume_utils
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from cinder_vmdk_backup.backup import cinder_internals
 from cinder_vmdk_backup.backup import driver_loader
 from cinder_vmdk_backup import malloc_tuning
 from cinder_vmdk_backup import opts
@@ -75,59 +57,23 @@ LOG = logging.getLogger(__name__)
 CONF = cfg.CONF
 CONF.register_opts(opts.backup_manager_opts)
 
-#: The driver-owned operation the current thread is running, if any.
-_current_job = contextvars.ContextVar('cinder_vmdk_backup_job',
-                                      default=None)
+#: The placeholder Cinder's code gets as the device (defined with the rest
+#: of what touches Cinder's internals).
+DriverOwnedDevice = cinder_internals.DriverOwnedDevice
 
 
-class _Job(object):
+class _Job(cinder_internals.DriverOwnedOperation):
     """One driver-owned backup or restore in progress."""
 
     def __init__(self, driver, context, backup_device=None, volume=None):
+        super(_Job, self).__init__()
         self.driver = driver
         self.context = context
         self.backup_device = backup_device
         self.volume = volume
-        #: Set once the driver has been handed the operation.
-        self.driver_called = False
 
-
-def _skip_connector_probe(probe):
-    """Wrap os-brick's connector probe: skipped where nothing attaches."""
-
-    @functools.wraps(probe)
-    def guarded(*args, **kwargs):
-        job = _current_job.get()
-        if job is not None and not job.driver_called:
-            return {}
-        return probe(*args, **kwargs)
-
-    guarded.cvb_guarded = True
-    return guarded
-
-
-def _install_connector_probe_guard():
-    probe = volume_utils.brick_get_connector_properties
-    if not getattr(probe, 'cvb_guarded', False):
-        volume_utils.brick_get_connector_properties = (
-            _skip_connector_probe(probe))
-
-
-class DriverOwnedDevice(object):
-    """Placeholder for the device Cinder would have attached.
-
-    Cinder's code hands it to the (wrapped) backup service, which ignores
-    it; nothing may read or write it.
-    """
-
-    def __init__(self, device):
-        self.device = device
-
-    def _refuse(self, *args, **kwargs):
-        raise IOError('the device of a driver-owned backup is moved by its '
-                      'volume driver and cannot be read or written directly')
-
-    read = write = seek = tell = fileno = _refuse
+    def backup_service(self, service):
+        return DriverOwnedBackupService(service, self)
 
 
 class DriverOwnedBackupService(object):
@@ -164,22 +110,24 @@ class DriverOwnedBackupService(object):
         return getattr(self._service, name)
 
 
-class BackupManager(manager.BackupManager):
+class BackupManager(cinder_internals.RewiredBackupManager):
     """Cinder's BackupManager; volume drivers that own backups move data."""
 
     def __init__(self, *args, **kwargs):
         super(BackupManager, self).__init__(*args, **kwargs)
-        self._backup_service_class = self.service
-        self.service = self._backup_service
         self._backend_drivers = driver_loader.BackendDrivers(
             CONF.driver_owned_backup_setup_retry_interval)
-        _install_connector_probe_guard()
         if CONF.driver_owned_backup_tune_malloc:
             malloc_tuning.apply()
         if not CONF.driver_owned_backup_enabled:
             LOG.info('Driver-owned backup is disabled '
                      '(driver_owned_backup_enabled = False): every backup '
                      'and restore takes Cinder\'s path.')
+        # Checked (and its one error logged) whether enabled or not: a
+        # mismatch is worth knowing before the option is turned on.
+        self._cinder_matches = cinder_internals.check_and_report()
+        if self._cinder_matches:
+            self.hook_into_cinder()
 
     # -- routing -----------------------------------------------------------
 
@@ -188,7 +136,7 @@ class BackupManager(manager.BackupManager):
 
         Any failure to decide falls back to Cinder's path.
         """
-        if not CONF.driver_owned_backup_enabled:
+        if not (CONF.driver_owned_backup_enabled and self._cinder_matches):
             return None
         try:
             return self._backend_drivers.driver_for(volume)
@@ -204,63 +152,14 @@ class BackupManager(manager.BackupManager):
         device = backup_device.device_obj
         return device.volume if backup_device.is_snapshot else device
 
-    @contextlib.contextmanager
-    def _driver_owned(self, job):
-        token = _current_job.set(job)
-        try:
-            yield
-        finally:
-            _current_job.reset(token)
-
-    # -- Cinder's entry points ---------------------------------------------
-
-    def continue_backup(self, context, backup, backup_device):
-        """Cinder's ``continue_backup``; the driver may move the data.
-
-        Not decorated with ``utils.limit_operations`` again: Cinder's method
-        takes the semaphore.
-        """
+    def driver_owned_backup(self, context, backup, backup_device):
         driver = self._driver_for(self._volume_of(backup_device))
         if driver is None:
-            return super(BackupManager, self).continue_backup(
-                context, backup, backup_device)
-        job = _Job(driver, context, backup_device=backup_device)
-        with self._driver_owned(job):
-            return super(BackupManager, self).continue_backup(
-                context, backup, backup_device)
+            return None
+        return _Job(driver, context, backup_device=backup_device)
 
-    def _run_restore(self, context, backup, volume, volume_is_new):
+    def driver_owned_restore(self, context, backup, volume, volume_is_new):
         driver = self._driver_for(volume)
         if driver is None:
-            return super(BackupManager, self)._run_restore(
-                context, backup, volume, volume_is_new)
-        job = _Job(driver, context, volume=volume)
-        with self._driver_owned(job):
-            return super(BackupManager, self)._run_restore(
-                context, backup, volume, volume_is_new)
-
-    # -- the re-wired data-moving steps ---------------------------------------
-
-    def _backup_service(self, *args, **kwargs):
-        """``self.service(context)``: the backup service Cinder's code uses."""
-        service = self._backup_service_class(*args, **kwargs)
-        job = _current_job.get()
-        if job is None:
-            return service
-        return DriverOwnedBackupService(service, job)
-
-    def _attach_device(self, ctxt, backup_device, properties,
-                       is_snapshot=False):
-        if _current_job.get() is None:
-            return super(BackupManager, self)._attach_device(
-                ctxt, backup_device, properties, is_snapshot)
-        return {'conn': None, 'connector': None, 'driver_owned': True,
-                'device': {'path': DriverOwnedDevice(backup_device)}}
-
-    def _detach_device(self, ctxt, attach_info, device, properties,
-                       is_snapshot=False, force=False, ignore_errors=False):
-        if attach_info.get('driver_owned') is True:
-            return
-        return super(BackupManager, self)._detach_device(
-            ctxt, attach_info, device, properties, is_snapshot=is_snapshot,
-            force=force, ignore_errors=ignore_errors)
+            return None
+        return _Job(driver, context, volume=volume)

@@ -29,12 +29,12 @@ object) later.
 import contextlib
 import time
 
+from cinder_vmdk_backup.backup import cinder_internals
+
 __all__ = ['throttled_refresh', 'STATUS_CHECK_INTERVAL']
 
 #: Seconds between two reloads of the backup during a restore.
 STATUS_CHECK_INTERVAL = 1.0
-
-_NOTHING = object()
 
 
 @contextlib.contextmanager
@@ -42,37 +42,26 @@ def throttled_refresh(versioned_object, interval=None, clock=None):
     """Make ``versioned_object.refresh()`` reload at most once per interval.
 
     Calls in between return at once and leave the object as it was last
-    loaded. Only this instance is affected, and only inside the block.
+    loaded. Only this instance is affected, and only inside the block
+    (:func:`~.cinder_internals.refresh_replaced`, which leaves Cinder's
+    ``refresh`` alone where it does not match what it was checked against).
 
-    :param versioned_object: a Cinder persistent object (``refresh()``
-        replaces its instance dictionary with the loaded object's, so the
-        throttled method puts itself back after each reload)
+    :param versioned_object: a Cinder persistent object
     :param interval: seconds (default :data:`STATUS_CHECK_INTERVAL`)
     :param clock: monotonic clock (default :func:`time.monotonic`)
     """
     if interval is None:
         interval = STATUS_CHECK_INTERVAL
     clock = clock or time.monotonic
-    reload_ = type(versioned_object).refresh
     last_reload = None
 
-    def refresh():
+    def refresh(reload_):
         nonlocal last_reload
         now = clock()
         if last_reload is not None and now - last_reload < interval:
             return
         last_reload = now
-        try:
-            reload_(versioned_object)
-        finally:
-            vars(versioned_object)['refresh'] = refresh
+        reload_()
 
-    had = vars(versioned_object).get('refresh', _NOTHING)
-    vars(versioned_object)['refresh'] = refresh
-    try:
+    with cinder_internals.refresh_replaced(versioned_object, refresh):
         yield versioned_object
-    finally:
-        if had is _NOTHING:
-            vars(versioned_object).pop('refresh', None)
-        else:
-            vars(versioned_object)['refresh'] = had

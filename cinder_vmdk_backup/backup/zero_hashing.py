@@ -21,24 +21,22 @@ alone (3.1 measured here: SHA-256 ~0.9 GB/s with SHA-NI, MD5 ~0.55 GB/s),
 more than compressing them. The digest of ``n`` zero bytes never changes,
 and finding that a buffer is all zeros runs at memory speed (~10 GB/s).
 
-:func:`zero_aware_hashing` puts a stand-in for the ``hashlib`` module into
-:mod:`cinder.backup.chunkeddriver` while driver-owned backups run: for
-all-zero data it returns a copy of the hash object of that many zeros,
-computed once and kept; everything else goes to :mod:`hashlib`. The digests
-are the very ones hashing would give, so backups, their incrementals and
-every reader of their metadata are unchanged. The stand-in is module-wide
-(the MD5 call is not reachable through the driver instance), so it is
-installed while at least one such backup runs and removed after the last;
-a stock backup running meanwhile in the same process gets the same digests
-a little sooner.
+:func:`zero_aware_hashing` has one chunked driver instance, the one of a
+driver-owned backup, take its digests from a stand-in for the ``hashlib``
+module: for all-zero data it returns a copy of the hash object of that many
+zeros, computed once and kept; everything else goes to :mod:`hashlib`. The
+digests are the very ones hashing would give, so backups, their
+incrementals and every reader of their metadata are unchanged. How the
+stand-in reaches Cinder's code for that instance only, while stock backups
+in the same process keep hashing with :mod:`hashlib` itself, is
+:func:`cinder_vmdk_backup.backup.cinder_internals.hashlib_replaced`.
 """
 
 import contextlib
 import functools
 import hashlib
-import threading
 
-from cinder.backup import chunkeddriver
+from cinder_vmdk_backup.backup import cinder_internals
 
 __all__ = ['zero_aware_hashing', 'ZeroAwareHashlib', 'is_all_zero']
 
@@ -118,29 +116,21 @@ class ZeroAwareHashlib(object):
         return getattr(self._real, name)(data, **options)
 
 
-#: The module Cinder's chunked drivers imported, put back by the last user.
-_ORIGINAL = chunkeddriver.hashlib
-_users = 0
-_users_lock = threading.Lock()
+#: The stand-in every driver-owned backup uses (it keeps no state but the
+#: digests of zeros, shared by all).
+_STANDIN = ZeroAwareHashlib(hashlib)
 
 
 @contextlib.contextmanager
-def zero_aware_hashing():
-    """Answer Cinder's chunked drivers' hashes of zeros from a cache.
+def zero_aware_hashing(backup_service):
+    """Answer a chunked backup driver's hashes of zeros from a cache.
 
-    Nests and overlaps, in green or native threads: the stand-in is
-    installed by the first block entered and :mod:`hashlib` put back by
-    the last one left.
+    Only ``backup_service``'s digests, in green or native threads, until
+    the block ends (:func:`~.cinder_internals.hashlib_replaced`); other
+    backup services, and a Cinder whose targets do not match, hash as
+    Cinder does. Nests and overlaps.
+
+    :param backup_service: the backup driver instance of this operation
     """
-    global _users
-    with _users_lock:
-        if _users == 0:
-            chunkeddriver.hashlib = ZeroAwareHashlib(_ORIGINAL)
-        _users += 1
-    try:
-        yield
-    finally:
-        with _users_lock:
-            _users -= 1
-            if _users == 0:
-                chunkeddriver.hashlib = _ORIGINAL
+    with cinder_internals.hashlib_replaced(backup_service, _STANDIN):
+        yield backup_service

@@ -33,8 +33,9 @@ as it is because, for a backup of any size:
   pins the certificate, else ``vmware_ca_file``/``vmware_insecure`` apply
   as for the SOAP session, and an upload is complete only on a 2xx answer.
 
-What is reused: the lease's URL clean-up for ESX hosts
-(``VmdkHandle._fix_esx_url``) and the vSphere calls through the session.
+What is reused: the vSphere calls through the session. (The host an ESX
+host leaves out of a lease's URL is filled in here, :func:`lease_url`, not
+by oslo.vmware's private ``VmdkHandle._fix_esx_url``.)
 """
 
 import dataclasses
@@ -43,6 +44,7 @@ import time
 import urllib.parse
 
 from oslo_log import log as logging
+from oslo_utils import netutils
 from oslo_vmware import exceptions as vexc
 from oslo_vmware import rw_handles
 from oslo_vmware import vim_util
@@ -55,6 +57,24 @@ LOG = logging.getLogger(__name__)
 #: Seconds between two HttpNfcLeaseProgress calls; vCenter expires a lease
 #: after about five minutes without one.
 PROGRESS_INTERVAL = 60
+
+
+def lease_url(url, host, port):
+    """The URL of a lease's disk, with the host filled in where it is ``*``.
+
+    An ESX host managed without vCenter puts ``*`` where the host belongs in
+    the URLs of its leases: the client is to use the address it reached the
+    host at. vCenter's leases name their host and are returned unchanged.
+
+    :param url: a ``deviceUrl.url`` of the lease
+    :param host: the vSphere address of the session (name, IPv4 or IPv6)
+    :param port: its HTTPS port
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc != '*':
+        return url
+    netloc = '%s:%d' % (netutils.escape_ipv6(host), port)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 @dataclasses.dataclass
@@ -193,8 +213,8 @@ class NfcLease(object):
         """
         for device_url in getattr(self.info, 'deviceUrl', None) or []:
             if getattr(device_url, 'disk', False):
-                url = rw_handles.VmdkHandle._fix_esx_url(
-                    device_url.url, self._settings.host, self._settings.port)
+                url = lease_url(device_url.url, self._settings.host,
+                                self._settings.port)
                 return url, getattr(device_url, 'sslThumbprint', None)
         raise errors.TransferError(
             reason='the %s lease offers no disk URL' % self.what)

@@ -23,12 +23,16 @@ service is not running: its RPC methods are the boundary the tests play
 """
 
 import hashlib
+import json
+import logging
 import os
+import threading
 import time
 from unittest import mock
 import zlib
 
 import ddt
+import fixtures
 from isal import isal_zlib
 from os_brick.initiator import connector as brick_connector
 from oslo_service import loopingcall
@@ -36,7 +40,7 @@ from oslo_utils import units
 import zstd
 
 from cinder.backup import chunkeddriver
-from cinder.backup.drivers import posix  # noqa: F401 (its options)
+from cinder.backup.drivers import posix
 from cinder import context
 from cinder import exception
 from cinder.message import message_field
@@ -45,7 +49,9 @@ from cinder.objects import fields
 from cinder.tests.unit import fake_constants as fake
 from cinder.tests.unit import test
 from cinder.tests.unit import utils as test_utils
+from cinder.volume import volume_utils
 
+from cinder_vmdk_backup.backup import cinder_internals
 from cinder_vmdk_backup.backup import driver_owned
 from cinder_vmdk_backup.backup import manager
 from cinder_vmdk_backup.backup import status_checks
@@ -102,13 +108,20 @@ class DriverOwnedBackupManagerTestCase(test.TestCase):
 
         self.ctxt = context.RequestContext(fake.USER_ID, fake.PROJECT_ID,
                                            is_admin=True)
-        self.manager = manager.BackupManager(host='backup-node')
-        self.assertRaises(loopingcall.LoopingCallDone,
-                          self.manager._setup_backup_driver, self.ctxt)
         # os-brick's host probing runs privileged commands (privsep): the
         # stock path's; driver-owned operations must not probe.
         self.probe = self._patch(brick_connector, 'get_connector_properties',
                                  return_value={'host': 'backup-node'})
+        self._start_manager()
+        file_driver.SETUP_CALLS.clear()
+
+    # -- fixtures ----------------------------------------------------------
+
+    def _start_manager(self, manager_class=manager.BackupManager):
+        """Start a manager; its volume service's side is played here."""
+        self.manager = manager_class(host='backup-node')
+        self.assertRaises(loopingcall.LoopingCallDone,
+                          self.manager._setup_backup_driver, self.ctxt)
         rpcapi = self.manager.volume_rpcapi
         # The volume service's side of the RPC boundary.
         self.get_backup_device = self._patch(rpcapi, 'get_backup_device')
@@ -122,9 +135,6 @@ class DriverOwnedBackupManagerTestCase(test.TestCase):
                                                 'terminate_connection')
         self.remove_export = self._patch(rpcapi, 'remove_export')
         self.delete_volume = self._patch(rpcapi, 'delete_volume')
-        file_driver.SETUP_CALLS.clear()
-
-    # -- fixtures ----------------------------------------------------------
 
     def _load_config(self, owned_extra=''):
         """Give this node a cinder.conf with two backend sections.
@@ -144,7 +154,7 @@ class DriverOwnedBackupManagerTestCase(test.TestCase):
 
     def useFixture_tempdir(self, name):
         path = os.path.join(self.useFixture(
-            __import__('fixtures').TempDir()).path, name)
+            fixtures.TempDir()).path, name)
         os.makedirs(path)
         return path
 
@@ -486,6 +496,120 @@ class DriverOwnedBackupManagerTestCase(test.TestCase):
         self._restore(incremental, new)
         self.assertEqual(_block_map(self._path(volume)),
                          _block_map(self._path(new)))
+
+    def _records(self, backup):
+        """What Cinder recorded for ``backup``, less its id and times.
+
+        Its metadata (objects by position, not name; the volume's record
+        without its ``updated_at``), its SHA-256 file and a digest of every
+        object it stored.
+        """
+        service = posix.PosixBackupDriver(self.ctxt)
+        metadata = service._read_metadata(backup)
+        sha256file = service._read_sha256file(backup)
+        container = os.path.join(self.posix_dir, backup.container)
+        stored = []
+        for entry in metadata.pop('objects'):
+            (name, obj), = entry.items()
+            with open(os.path.join(container, name), 'rb') as f:
+                stored.append((obj, hashlib.sha256(f.read()).hexdigest()))
+        for record in (metadata, sha256file):
+            del record['backup_id'], record['created_at']
+        # The volume's own record, changed by the backups themselves.
+        volume_meta = json.loads(metadata.pop('volume_meta'))
+        del volume_meta['volume-base-metadata']['updated_at']
+        return metadata, volume_meta, sha256file, stored
+
+    def test_stock_backup_beside_a_driver_owned_one_is_cinders(self):
+        """A stock backup while a driver-owned one has Cinder patched.
+
+        The stock volume's backup made by Cinder's own manager, without the
+        plugin, is the reference. Then a driver-owned backup is held in the
+        middle of its data (its ISA-L compressor, zero digests and connector
+        probe in place, Cinder's module attributes replaced) while the same
+        stock backup runs in another green thread: it writes the same
+        records and objects (zlib's, not ISA-L's; no digest from the zero
+        cache) and probes the host as Cinder does.
+        """
+        self.override_config('backup_compression_algorithm', 'zlib')
+        self.override_config('backup_file_size', 16 * units.Mi)
+        stock_volume = self._volume(host=STOCK_HOST)
+        owned_volume = self._volume()
+        self._start_manager(cinder_internals.manager.BackupManager)
+        reference = self._backup(stock_volume)
+        self.assertEqual(fields.BackupStatus.AVAILABLE, reference.status)
+        self.assertIs(hashlib, chunkeddriver.hashlib)
+
+        self._start_manager()
+        inside = threading.Event()
+        resume = threading.Event()
+        backup_chunk = chunkeddriver.ChunkedBackupDriver._backup_chunk
+
+        def held_in_the_middle(service, *args):
+            if (cinder_internals.current_operation() is not None
+                    and not inside.is_set()):
+                inside.set()
+                self.assertTrue(resume.wait(120))
+            return backup_chunk(service, *args)
+
+        self._patch(chunkeddriver.ChunkedBackupDriver, '_backup_chunk',
+                    side_effect=held_in_the_middle)
+        owned = []
+        worker = threading.Thread(
+            target=lambda: owned.append(self._backup(owned_volume)))
+        worker.start()
+        try:
+            self.assertTrue(inside.wait(120))
+            self.assertIsInstance(chunkeddriver.hashlib,
+                                  cinder_internals._HashlibDispatcher)
+            probe = volume_utils.brick_get_connector_properties
+            self.assertTrue(hasattr(probe, '__wrapped__'))
+            zero_digests = zero_hashing._hash_of_zeros.cache_info()
+            self.probe.reset_mock()
+            stock = self._backup(stock_volume)
+            self.assertEqual(zero_digests,
+                             zero_hashing._hash_of_zeros.cache_info())
+        finally:
+            resume.set()
+            worker.join(120)
+        self.assertEqual(fields.BackupStatus.AVAILABLE, stock.status)
+        self.probe.assert_called_once()
+        self.initialize_connection.assert_called_once_with(
+            self.ctxt, mock.ANY, {'host': 'backup-node'})
+        self.assertEqual(self._records(reference), self._records(stock))
+        # The driver-owned backup went on and is complete.
+        self.assertEqual(fields.BackupStatus.AVAILABLE, owned[0].status)
+        self.assertIs(hashlib, chunkeddriver.hashlib)
+        new = self._new_volume()
+        self._restore(owned[0], new)
+        self.assertEqual(_block_map(self._path(owned_volume)),
+                         _block_map(self._path(new)))
+
+    def test_mismatched_cinder_takes_cinders_path(self):
+        """A Cinder whose internals changed: one error, Cinder's path."""
+        cinder_manager = cinder_internals.manager.BackupManager
+        attach_device = cinder_manager._attach_device
+
+        def changed(mgr, ctxt, backup_device, properties, is_snapshot=False,
+                    timeout=None):
+            return attach_device(mgr, ctxt, backup_device, properties,
+                                 is_snapshot)
+
+        self.useFixture(fixtures.MockPatchObject(
+            cinder_manager, '_attach_device', changed))
+        for name, value in (('_checked', None), ('_reported', False)):
+            self.useFixture(fixtures.MonkeyPatch(
+                cinder_internals.__name__ + '.' + name, value))
+        log = self.useFixture(fixtures.FakeLogger(
+            name=cinder_internals.__name__, level=logging.ERROR))
+        self._start_manager()
+        self._start_manager()
+        self.assertEqual(1, log.output.count('Driver-owned backup is '
+                                             'disabled'), log.output)
+        self.assertIn('BackupManager._attach_device has parameters',
+                      log.output)
+        self._assert_cinders_attach_was_used()
+        self.assertEqual({}, file_driver.SETUP_CALLS)
 
     def _assert_cinders_attach_was_used(self):
         """Cinder's path: its attach step ran (and failed, on purpose).

@@ -22,6 +22,7 @@ from isal import isal_zlib
 from oslo_config import fixture as config_fixture
 from oslotest import base
 
+from cinder_vmdk_backup.backup import cinder_internals
 from cinder_vmdk_backup.backup import fast_zlib
 
 
@@ -150,6 +151,18 @@ class AcceleratedTestCase(base.BaseTestCase):
                 self.assertNotIn('_get_compressor', vars(service))
         self.assertEqual(
             1, log.output.count('python-isal cannot be imported'))
+
+    def test_cinders_compressor_where_cinder_changed(self):
+        self.useFixture(fixtures.MockPatchObject(
+            cinder_internals, 'usable', autospec=True, return_value=False))
+        service = self._service()
+        compressor = service.compressor
+        with fast_zlib.accelerated(service):
+            self.assertIs(compressor, service.compressor)
+            self.assertNotIn('_get_compressor', vars(service))
+            self.assertEqual(zlib.compress(self.DATA),
+                             self._stored(service)[1])
+        cinder_internals.usable.assert_called_with('zlib')
 
     def test_other_backup_drivers_are_left_alone(self):
         service = mock.create_autospec(backup_driver.BackupDriver,

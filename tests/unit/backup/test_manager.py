@@ -18,6 +18,7 @@ run: the backup service ``self.service(context)`` builds, what
 ``_attach_device`` returns, what ``_detach_device`` does.
 """
 
+import logging
 import threading
 from unittest import mock
 
@@ -26,12 +27,12 @@ from cinder import objects
 objects.register_all()
 
 from cinder.backup import manager as cinder_manager  # noqa: E402
-from cinder.volume import volume_utils  # noqa: E402
 import ddt  # noqa: E402
 import fixtures  # noqa: E402
 from oslo_config import fixture as config_fixture  # noqa: E402
 from oslotest import base  # noqa: E402
 
+from cinder_vmdk_backup.backup import cinder_internals  # noqa: E402
 from cinder_vmdk_backup.backup import driver_loader  # noqa: E402
 from cinder_vmdk_backup.backup import driver_owned  # noqa: E402
 from cinder_vmdk_backup.backup import manager  # noqa: E402
@@ -86,6 +87,10 @@ class BackupManagerTestCase(base.BaseTestCase):
         self.driver = mock.create_autospec(ProtocolDriver, instance=True)
         self.tune_malloc = self._patch(malloc_tuning, 'apply',
                                        return_value=[])
+        # Cinder's methods are mocks here: the check of the real ones is
+        # cinder_internals' test.
+        self.check = self._patch(cinder_internals, 'check_and_report',
+                                 return_value=True)
         self.manager = manager.BackupManager()
         self.ctxt = mock.sentinel.context
         self.backup = objects.Backup(id='b0000000-0000-4000-8000-000000000001')
@@ -191,7 +196,7 @@ class BackupManagerTestCase(base.BaseTestCase):
         self.base_continue.side_effect = IOError('copy failed')
         self.assertRaises(IOError, self.manager.continue_backup,
                           self.ctxt, self.backup, self._device())
-        self.assertIsNone(manager._current_job.get())
+        self.assertIsNone(cinder_internals.current_operation())
         self.assertIsInstance(self.manager.service(self.ctxt),
                               FakeBackupService)
 
@@ -263,50 +268,101 @@ class BackupManagerTestCase(base.BaseTestCase):
         self.assertIsInstance(seen['owned'],
                               manager.DriverOwnedBackupService)
 
+    def test_service_wrapper_marks_the_driver_called(self):
+        job = manager._Job(self.driver, self.ctxt)
+        service = manager.DriverOwnedBackupService(
+            FakeBackupService(self.ctxt), job)
+        self.assertFalse(job.driver_called)
+        service.restore(self.backup, 'vol', mock.sentinel.file, False)
+        self.assertTrue(job.driver_called)
 
-class ConnectorProbeGuardTestCase(base.BaseTestCase):
-    """os-brick's probe of the host is skipped where nothing attaches."""
+    # -- a Cinder that does not match ----------------------------------------
+
+    def _mismatched_manager(self):
+        self.check.return_value = False
+        self.driver_for.return_value = self.driver
+        return manager.BackupManager()
+
+    def test_mismatched_cinder_backups_take_cinders_path(self):
+        mgr = self._mismatched_manager()
+        self.assertIs(FakeBackupService, mgr.service)
+        seen = self._seen_by_cinder(self.base_continue)
+        device = self._device()
+        mgr.continue_backup(self.ctxt, self.backup, device)
+        self.base_continue.assert_called_once_with(
+            mgr, self.ctxt, self.backup, device)
+        self.driver_for.assert_not_called()
+        self.assertIsInstance(seen['service'], FakeBackupService)
+        self.assertIs(self.base_attach.return_value, seen['attach'])
+        self.base_detach.assert_called_once()
+        self.driver.backup_volume.assert_not_called()
+
+    def test_mismatched_cinder_restores_take_cinders_path(self):
+        mgr = self._mismatched_manager()
+        seen = self._seen_by_cinder(self.base_run_restore)
+        mgr._run_restore(self.ctxt, self.backup, self.volume, True)
+        self.base_run_restore.assert_called_once_with(
+            mgr, self.ctxt, self.backup, self.volume, True)
+        self.driver_for.assert_not_called()
+        self.assertIsInstance(seen['service'], FakeBackupService)
+        self.base_attach.assert_called_once()
+
+    def test_mismatched_cinder_arguments_pass_through(self):
+        """A Cinder whose signatures changed still runs its own path."""
+        calls = []
+
+        def continue_backup(mgr, context, backup, backup_device,
+                            new_argument=None):
+            calls.append((context, backup, backup_device, new_argument))
+
+        self.useFixture(fixtures.MockPatchObject(
+            cinder_manager.BackupManager, 'continue_backup',
+            continue_backup))
+        mgr = self._mismatched_manager()
+        device = self._device()
+        mgr.continue_backup(self.ctxt, self.backup, device, new_argument=1)
+        self.assertEqual([(self.ctxt, self.backup, device, 1)], calls)
+
+
+class StartupCheckTestCase(base.BaseTestCase):
+    """The manager checks Cinder's internals once and says so once."""
 
     def setUp(self):
-        super(ConnectorProbeGuardTestCase, self).setUp()
-        self.probe = mock.create_autospec(
-            volume_utils.brick_get_connector_properties,
-            return_value={'initiator': 'iqn'})
-        self.guarded = manager._skip_connector_probe(self.probe)
-
-    def _in_job(self, driver_called):
-        job = manager._Job(mock.sentinel.driver, mock.sentinel.context)
-        job.driver_called = driver_called
-        token = manager._current_job.set(job)
-        self.addCleanup(manager._current_job.reset, token)
-
-    def test_probe_outside_driver_owned_operations(self):
-        self.assertEqual({'initiator': 'iqn'}, self.guarded(True, False))
-        self.probe.assert_called_once_with(True, False)
-
-    def test_no_probe_before_the_driver_is_called(self):
-        self._in_job(driver_called=False)
-        self.assertEqual({}, self.guarded(True, False))
-        self.probe.assert_not_called()
-
-    def test_probe_for_the_driver_itself(self):
-        self._in_job(driver_called=True)
-        self.assertEqual({'initiator': 'iqn'}, self.guarded())
-
-    def test_installed_once(self):
+        super(StartupCheckTestCase, self).setUp()
+        for name, value in (('_checked', None), ('_reported', False)):
+            self.useFixture(fixtures.MonkeyPatch(
+                cinder_internals.__name__ + '.' + name, value))
+        patcher = mock.patch.object(cinder_manager.BackupManager, '__init__',
+                                    autospec=True,
+                                    side_effect=_fake_base_init)
+        patcher.start()
+        self.addCleanup(patcher.stop)
         self.useFixture(fixtures.MockPatchObject(
-            volume_utils, 'brick_get_connector_properties', self.probe))
-        manager._install_connector_probe_guard()
-        manager._install_connector_probe_guard()
-        installed = volume_utils.brick_get_connector_properties
-        self.assertTrue(installed.cvb_guarded)
-        self.assertIs(self.probe, installed.__wrapped__)
+            malloc_tuning, 'apply', autospec=True, return_value=[]))
+        self.log = self.useFixture(fixtures.FakeLogger(level=logging.ERROR))
 
-    def test_service_wrapper_marks_the_driver_called(self):
-        driver = mock.create_autospec(ProtocolDriver, instance=True)
-        job = manager._Job(driver, mock.sentinel.context)
-        service = manager.DriverOwnedBackupService(
-            FakeBackupService(mock.sentinel.context), job)
-        backup = objects.Backup(id='b0000000-0000-4000-8000-00000000000b')
-        service.restore(backup, 'vol', mock.sentinel.file, False)
-        self.assertTrue(job.driver_called)
+    def _check(self, problems):
+        # Cinder's __init__ is a mock here: the check of the real one is
+        # cinder_internals' test.
+        self.useFixture(fixtures.MockPatchObject(
+            cinder_internals, 'check', autospec=True,
+            return_value=problems))
+
+    def test_matching_cinder_is_hooked_silently(self):
+        self._check([])
+        mgr = manager.BackupManager()
+        self.assertEqual('', self.log.output)
+        self.assertIsNot(FakeBackupService, mgr.service)
+        self.assertIs(FakeBackupService, mgr._backup_service_class)
+
+    def test_renamed_target_one_error_and_cinders_path(self):
+        self._check(['cinder.backup.manager.BackupManager._attach_device '
+                     'is missing'])
+        managers = [manager.BackupManager() for _ in range(2)]
+        self.assertEqual(1, self.log.output.count('\n'), self.log.output)
+        self.assertIn('Driver-owned backup is disabled', self.log.output)
+        self.assertIn('BackupManager._attach_device is missing',
+                      self.log.output)
+        for mgr in managers:
+            self.assertIs(FakeBackupService, mgr.service)
+            self.assertIsNone(mgr._driver_for(mock.sentinel.volume))

@@ -10,8 +10,10 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
+import fixtures
 from oslotest import base
 
+from cinder_vmdk_backup.backup import cinder_internals
 from cinder_vmdk_backup.backup import status_checks
 
 
@@ -112,3 +114,14 @@ class ThrottledRefreshTestCase(base.BaseTestCase):
             self.backup.refresh()
             self.backup.refresh()
         self.assertEqual(2, self.row['reloads'])
+
+    def test_cinders_refresh_where_cinder_changed(self):
+        """Cinder's restore no longer reloads as checked: left alone."""
+        self.useFixture(fixtures.MockPatchObject(
+            cinder_internals, 'usable', autospec=True, return_value=False))
+        with self._throttled():
+            self.assertNotIn('refresh', vars(self.backup))
+            for _ in range(3):
+                self.backup.refresh()
+        self.assertEqual(3, self.row['reloads'])
+        cinder_internals.usable.assert_called_with('refresh')

@@ -18,7 +18,11 @@ import types
 from unittest import mock
 
 from cinder.backup import chunkeddriver
+from cinder.backup.drivers import posix
 import ddt
+import fixtures
+from oslo_config import cfg
+from oslo_config import fixture as config_fixture
 from oslotest import base
 
 from cinder_vmdk_backup.backup import zero_hashing
@@ -134,48 +138,71 @@ class IsAllZeroTestCase(base.BaseTestCase):
 
 
 class ZeroAwareHashingTestCase(base.BaseTestCase):
-    """The stand-in is in Cinder's chunked driver module while in use."""
+    """The stand-in serves one chunked driver instance while in use."""
 
-    def test_installed_while_in_use(self):
-        original = chunkeddriver.hashlib
-        with zero_hashing.zero_aware_hashing():
-            self.assertIsInstance(chunkeddriver.hashlib,
-                                  zero_hashing.ZeroAwareHashlib)
-            self.assertEqual(
-                hashlib.sha256(bytes(32 * KIB)).hexdigest(),
-                chunkeddriver.hashlib.sha256(bytes(32 * KIB)).hexdigest())
-        self.assertIs(original, chunkeddriver.hashlib)
+    def setUp(self):
+        super(ZeroAwareHashingTestCase, self).setUp()
+        conf = self.useFixture(config_fixture.Config(cfg.CONF))
+        conf.config(backup_posix_path=self.useFixture(
+            fixtures.TempDir()).path)
+        conf.config(connection='sqlite://', group='database')
+        self.service = posix.PosixBackupDriver(mock.sentinel.context)
+        self.stock = posix.PosixBackupDriver(mock.sentinel.context)
+        zero_hashing._hash_of_zeros.cache_clear()
 
-    def test_overlapping_uses_keep_it_until_the_last_leaves(self):
+    def _zero_hits(self):
+        return zero_hashing._hash_of_zeros.cache_info().hits
+
+    def test_this_service_only(self):
+        zeros = bytes(256 * KIB)
+        expected = self.stock._calculate_sha(zeros)
+        with zero_hashing.zero_aware_hashing(self.service) as same:
+            self.assertIs(self.service, same)
+            self.assertEqual(expected, self.service._calculate_sha(zeros))
+            hits = self._zero_hits()
+            self.assertEqual(7, hits)  # 8 blocks, the first computed
+            # A stock backup meanwhile hashes with hashlib.
+            self.assertEqual(expected, self.stock._calculate_sha(zeros))
+            self.assertEqual(hits, self._zero_hits())
+            self.assertIs(hashlib.sha256, chunkeddriver.hashlib.sha256)
+        self.assertIs(hashlib, chunkeddriver.hashlib)
+
+    def test_overlapping_uses(self):
         original = chunkeddriver.hashlib
         with contextlib.ExitStack() as first:
-            first.enter_context(zero_hashing.zero_aware_hashing())
+            first.enter_context(zero_hashing.zero_aware_hashing(
+                self.service))
             installed = chunkeddriver.hashlib
+            self.assertIsNot(original, installed)
             with contextlib.ExitStack() as second:
-                second.enter_context(zero_hashing.zero_aware_hashing())
+                second.enter_context(zero_hashing.zero_aware_hashing(
+                    self.stock))
                 self.assertIs(installed, chunkeddriver.hashlib)
                 first.close()
                 self.assertIs(installed, chunkeddriver.hashlib)
+                self.stock._calculate_sha(bytes(64 * KIB))
+                self.assertEqual(1, self._zero_hits())
         self.assertIs(original, chunkeddriver.hashlib)
 
     def test_put_back_after_an_error(self):
         original = chunkeddriver.hashlib
 
         def fail():
-            with zero_hashing.zero_aware_hashing():
+            with zero_hashing.zero_aware_hashing(self.service):
                 raise ValueError('backup failed')
 
         self.assertRaises(ValueError, fail)
         self.assertIs(original, chunkeddriver.hashlib)
+        self.assertNotIn('_calculate_sha', vars(self.service))
 
     def test_cinders_sha_list_is_unchanged(self):
         """Cinder's own _calculate_sha, zeros and data mixed."""
-        service = types.SimpleNamespace(sha_block_size_bytes=32 * KIB)
+        self.service.sha_block_size_bytes = 32 * KIB
         chunk = (bytes(96 * KIB) + os.urandom(40 * KIB) + bytes(100 * KIB)
                  + _with_byte(32 * KIB, 31 * KIB) + bytes(1000))
-        calculate = chunkeddriver.ChunkedBackupDriver._calculate_sha
-        expected = calculate(service, chunk)
-        with zero_hashing.zero_aware_hashing():
-            self.assertEqual(expected, calculate(service, chunk))
+        expected = self.stock._calculate_sha(chunk)
+        with zero_hashing.zero_aware_hashing(self.service):
+            self.assertEqual(expected, self.service._calculate_sha(chunk))
+        self.assertGreater(self._zero_hits(), 0)
         self.assertEqual(hashlib.sha256(bytes(32 * KIB)).hexdigest(),
                          expected[0])

@@ -101,6 +101,22 @@ class NfcLeaseTestCase(testtools.TestCase):
                          url)
         self.assertIsNone(thumbprint)
 
+    @ddt.data(
+        ('https://*/nfc/52ab/disk-0.vmdk', 'esx1.example.org', 443,
+         'https://esx1.example.org:443/nfc/52ab/disk-0.vmdk'),
+        ('https://*/nfc/52ab/disk-0.vmdk?x=1', '192.0.2.7', 8443,
+         'https://192.0.2.7:8443/nfc/52ab/disk-0.vmdk?x=1'),
+        ('https://*/nfc/52ab/disk-0.vmdk', '2001:db8::7', 443,
+         'https://[2001:db8::7]:443/nfc/52ab/disk-0.vmdk'),
+        # vCenter names the host: kept, even where the session's differs.
+        ('https://esx2.example.org/nfc/52ab/disk-0.vmdk', 'vc', 443,
+         'https://esx2.example.org/nfc/52ab/disk-0.vmdk'),
+        ('https://esx2.example.org:902/nfc/1/d.vmdk', 'vc', 443,
+         'https://esx2.example.org:902/nfc/1/d.vmdk'))
+    @ddt.unpack
+    def test_lease_url(self, url, host, port, expected):
+        self.assertEqual(expected, nfc.lease_url(url, host, port))
+
     def test_disk_url_missing(self):
         session = session_with_lease(['ready'], info=lease_info(disk=False))
         lease = nfc.NfcLease.export_vm(session, settings(),
