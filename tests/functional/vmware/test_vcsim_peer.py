@@ -15,6 +15,9 @@
 import http.client
 import io
 import os
+import socket
+import ssl
+import stat
 
 from oslo_utils import units
 from oslo_vmware import exceptions as vexc
@@ -77,6 +80,42 @@ class VcsimPeerTestCase(testtools.TestCase):
         about = session.vim.service_content.about
         self.assertEqual('VirtualCenter', about.apiType)
 
+    def _handshake(self, context, server_hostname):
+        with socket.create_connection((self.vcsim.host, self.vcsim.port),
+                                      10) as sock:
+            with context.wrap_socket(sock,
+                                     server_hostname=server_hostname) as tls:
+                return tls.getpeercert()
+
+    def test_certificate_verified_against_the_fixtures_ca(self):
+        # 127.0.0.1 (what Cinder is configured with) and localhost are in
+        # the certificate; the system's CAs do not know it.
+        for name in ('127.0.0.1', 'localhost'):
+            cert = self._handshake(self.vcsim.ssl_context(), name)
+            self.assertIn(('IP Address', '127.0.0.1'),
+                          cert['subjectAltName'])
+            self.assertIn(('DNS', 'localhost'), cert['subjectAltName'])
+        self.assertRaises(ssl.SSLCertVerificationError, self._handshake,
+                          ssl.create_default_context(), '127.0.0.1')
+        self.assertRaises(ssl.SSLCertVerificationError, self._handshake,
+                          self.vcsim.ssl_context(), 'vcenter.example.org')
+
+    def test_private_keys_and_password_not_readable_by_others(self):
+        tls = os.path.dirname(self.vcsim.ca_file)
+        for name in ('ca-key.pem', 'vcsim-key.pem'):
+            self.assertEqual(0o600, stat.S_IMODE(
+                os.stat(os.path.join(tls, name)).st_mode))
+        self.assertEqual(0o600, stat.S_IMODE(
+            os.stat(self.vcsim.log_path).st_mode))
+        # vcsim announces its URL (user and password in it) at start;
+        # neither its output nor its command line (which every user can
+        # read) holds the password.
+        self.assertNotIn(self.vcsim.password, self.vcsim.log())
+        with open('/proc/%d/cmdline' % self.vcsim.pid, 'rb') as f:
+            cmdline = f.read().decode()
+        self.assertIn('-tlscert', cmdline)
+        self.assertNotIn(self.vcsim.password, cmdline)
+
     def test_method_fault_once(self):
         vm, _path = self._vm(1)
         self.vcsim.set_method_fault('ExportVm', 'InvalidState', count=1)
@@ -104,16 +143,12 @@ class VcsimPeerTestCase(testtools.TestCase):
                           self.session.vim, 'HttpNfcLeaseComplete', lease)
 
     def _export_with_lease(self, lease, sink):
-        import ssl
         import urllib.request
         info = self.session.invoke_api(vim_util, 'get_object_property',
                                        self.session.vim, lease, 'info')
         url = info.deviceUrl[0].url.replace(
             '*', '%s:%d' % (self.vcsim.host, self.vcsim.port))
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        with urllib.request.urlopen(url, context=context,  # nosec B310
+        with urllib.request.urlopen(url, context=self.vcsim.ssl_context(),  # nosec B310
                                     timeout=30) as response:
             sink.write(response.read())
 
