@@ -148,7 +148,8 @@ class VcsimPeerTestCase(testtools.TestCase):
                                        self.session.vim, lease, 'info')
         url = info.deviceUrl[0].url.replace(
             '*', '%s:%d' % (self.vcsim.host, self.vcsim.port))
-        with urllib.request.urlopen(url, context=self.vcsim.ssl_context(),  # nosec B310
+        context = self.vcsim.ssl_context()
+        with urllib.request.urlopen(url, context=context,  # nosec B310
                                     timeout=30) as response:
             sink.write(response.read())
 
