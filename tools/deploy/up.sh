@@ -366,12 +366,20 @@ ENV
 
 render_conf() {
     # render_conf TEMPLATE OUTPUT KEY=VALUE...: fill in @KEY@ placeholders.
-    "$VENV/bin/python" - "$@" <<'PY'
+    # The values (passwords among them) reach Python in its environment,
+    # not on its command line, which every user can read (ps).
+    local template=$1 output=$2 pair
+    shift 2
+    (for pair in "$@"; do export "CVB_CONF_${pair%%=*}=${pair#*=}"; done
+     "$VENV/bin/python" - "$template" "$output" <<'PY'
+import os
 import re
 import sys
 
-template, output, pairs = sys.argv[1], sys.argv[2], sys.argv[3:]
-values = dict(pair.split('=', 1) for pair in pairs)
+template, output = sys.argv[1], sys.argv[2]
+values = {key[len('CVB_CONF_'):]: value
+          for key, value in os.environ.items()
+          if key.startswith('CVB_CONF_')}
 with open(template) as f:
     text = f.read()
 missing = set(re.findall(r'@([A-Z_]+)@', text)) - set(values)
@@ -381,6 +389,7 @@ text = re.sub(r'@([A-Z_]+)@', lambda m: values[m.group(1)], text)
 with open(output, 'w') as f:
     f.write(text)
 PY
+    )
 }
 
 profile_running() {
