@@ -224,7 +224,9 @@ class OpenStackShell(object):
         self._count = 0
 
     def _start(self):
-        self._log = open(self.log_path, 'ab')
+        # Private, as everything in the deployment's directory.
+        self._log = open(os.open(self.log_path, os.O_WRONLY | os.O_CREAT |
+                                 os.O_APPEND, 0o600), 'ab')
         self._proc = subprocess.Popen(  # nosec B603
             [os.path.join(OSC_VENV, 'bin', 'openstack')], env=self.env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
