@@ -24,6 +24,7 @@ from oslo_vmware import exceptions as vexc
 from oslo_vmware import vim_util
 import testtools
 
+from cinder_vmdk_backup.vmware import nfc
 from tests.functional import vcsim as vcsim_fixture
 
 #: What a broken NFC transfer raises on the client side.
@@ -99,6 +100,37 @@ class VcsimPeerTestCase(testtools.TestCase):
                           ssl.create_default_context(), '127.0.0.1')
         self.assertRaises(ssl.SSLCertVerificationError, self._handshake,
                           self.vcsim.ssl_context(), 'vcenter.example.org')
+
+    def test_nfc_connections_verify_the_certificate(self):
+        # The plugin's own NFC transfers (vmware/nfc.py) verify vCenter's
+        # certificate with vmware_ca_file, as the SOAP session does; with
+        # neither a CA bundle nor insecure, the system's CAs, which do not
+        # know the test CA.
+        vm, _path = self._vm(0)
+        verified = nfc.TransferSettings(host=self.vcsim.host,
+                                        port=self.vcsim.port,
+                                        ca_file=self.vcsim.ca_file,
+                                        idle_timeout=30)
+        system_cas = nfc.TransferSettings(host=self.vcsim.host,
+                                          port=self.vcsim.port,
+                                          idle_timeout=30)
+        lease = nfc.NfcLease.export_vm(self.session, verified, vm)
+        try:
+            url, thumbprint = lease.disk_url()
+            self.assertIsNone(thumbprint)
+            headers = {'Cookie': nfc.session_cookie(self.session)}
+            self.assertRaises(ssl.SSLCertVerificationError,
+                              nfc.open_connection, url, 'GET', headers,
+                              system_cas)
+            conn = nfc.open_connection(url, 'GET', headers, verified)
+            try:
+                response = conn.getresponse()
+                self.assertEqual(200, response.status)
+                self.assertTrue(response.read(512))
+            finally:
+                conn.close()
+        finally:
+            lease.abort()
 
     def test_private_keys_and_password_not_readable_by_others(self):
         tls = os.path.dirname(self.vcsim.ca_file)
