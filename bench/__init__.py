@@ -15,3 +15,10 @@
 ``python -m bench NAME [args]`` runs ``bench.NAME.main(args)``;
 ``python -m bench`` runs every benchmark module with its defaults.
 """
+
+# Every benchmark process (workers included: ``python -m bench.NAME``)
+# imports this package first: eventlet's deprecation banner is silenced
+# there before Cinder imports eventlet (see tests/__init__.py).
+from tests import ignore_eventlet_banner  # noqa: E402
+
+ignore_eventlet_banner()

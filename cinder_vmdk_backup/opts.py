@@ -79,7 +79,11 @@ vmdk_backup_opts = [
                 help='Let cinder-volume create a volume from a backup by '
                      'importing the backup straight into the new backing, '
                      'when this node\'s [DEFAULT] backup_driver is the one '
-                     'that made the backup and it can be set up here. When '
+                     'that made the backup and it can be set up here. '
+                     'cinder-volume then reads the backup repository '
+                     'itself (the posix directory or NFS share mounted, '
+                     'the Swift or S3 credentials set on this node) and '
+                     'stages the data in vmware_backup_staging_dir. When '
                      'false, or when that is not possible or fails, '
                      'Cinder\'s own path is taken (an empty volume, then '
                      'a restore through cinder-backup).'),

@@ -22,18 +22,16 @@ import hashlib
 import os
 import sys
 import time
-import warnings
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, TOP)
 os.environ.setdefault('CVB_TEST_DEPLOY_DIR', '/var/tmp/cvb-demo-%s')
-# vcsim's certificate is self-signed (the simulator only; the plugin
-# verifies TLS unless vmware_insecure is set), and eventlet announces its
-# deprecation: neither is news to whoever runs the demo.
-warnings.simplefilter('ignore')
 
 from oslo_utils import units  # noqa: E402
 
+# (The tests package silences eventlet's deprecation banner when imported,
+# before anything imports eventlet; vcsim's certificate is verified against
+# the deployment's own CA, so no request warns of an unverified one.)
 from tests.functional.deploy import deployment  # noqa: E402
 from tests.functional import vcsim as vcsim_fixture  # noqa: E402
 

@@ -164,14 +164,19 @@ def create(path, size_bytes=None, backing=None, backing_format='qcow2'):
 
 
 def convert(source, dest, source_format, dest_format='qcow2',
-            sparse=True):
+            sparse=True, cluster_size=None):
     """Copy the guest data of ``source`` into a new image ``dest``.
 
     Zero regions of the source are not written (the new image is sparse).
+
+    :param cluster_size: the new qcow2 image's cluster size in bytes
+        (qemu-img's default, 64 KiB, when None)
     """
     args = ['convert', '-q', '-f', source_format, '-O', dest_format]
     if not sparse:
         args += ['-S', '0']
+    if cluster_size:
+        args += ['-o', 'cluster_size=%d' % int(cluster_size)]
     args += [source, dest]
     _run(dest, *args)
 

@@ -21,6 +21,13 @@ a text descriptor ``<name>.vmdk`` and a raw, sparse ``<name>-flat.vmdk`` of
 exactly the disk's capacity; NFC exports give a stream-optimized VMDK of
 that, imports are converted to it.
 
+TLS is verified as with a real vCenter: each fixture makes a private CA and
+a certificate for 127.0.0.1/localhost (``tools/vcsim/tls.sh``, keys 0600 in
+the fixture's private directory) that vcsim serves (``-tlscert``); clients
+trust ``ca_file`` (``vmware_ca_file``), never ``insecure``. The password
+reaches vcsim in a 0600 file, not on its command line, and vcsim's output
+(a 0600 file) does not carry it.
+
 Usage::
 
     vc = self.useFixture(vcsim.VcsimFixture())
@@ -111,13 +118,35 @@ class VcsimError(Exception):
     pass
 
 
+def _private_file(path, text):
+    """Write text into a new file only its owner can read; its path."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(fd, 'w') as f:
+        f.write(text)
+    return path
+
+
+def make_tls(directory):
+    """A private CA and vcsim's certificate, made by tools/vcsim/tls.sh.
+
+    :returns: dict of ``ca_file``, ``cert_file`` and ``key_file`` paths
+    """
+    subprocess.run(['bash', os.path.join(TOOLS, 'tls.sh'),  # nosec
+                    directory], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.PIPE, timeout=60)
+    return {'ca_file': os.path.join(directory, 'ca.pem'),
+            'cert_file': os.path.join(directory, 'vcsim.pem'),
+            'key_file': os.path.join(directory, 'vcsim-key.pem')}
+
+
 class VcsimFixture(fixtures.Fixture):
     """One patched vcsim on 127.0.0.1, stopped by PID on cleanUp.
 
     Attributes: ``host``, ``port``, ``username``, ``password``,
     ``wsdl_url``, ``pid``, ``datastore_name``, ``datastore_path`` (the
     datastore's directory), ``datacenter_name``, ``cluster_name``,
-    ``log_path`` (vcsim's output).
+    ``log_path`` (vcsim's output), ``ca_file`` (the CA that signed vcsim's
+    certificate).
     """
 
     def __init__(self, vms=0, extra_args=()):
@@ -132,6 +161,7 @@ class VcsimFixture(fixtures.Fixture):
         self.datacenter_name = DATACENTER
         self.cluster_name = CLUSTER
         self.datastore_path = None
+        self.ca_file = None
         self.process = None
         self._sessions = []
 
@@ -144,6 +174,11 @@ class VcsimFixture(fixtures.Fixture):
         self.wsdl_url = 'file://' + wsdl_path()
         self.tmp = self.useFixture(fixtures.TempDir()).path
         self.password = 'pw-' + os.urandom(8).hex()
+        self._password_file = _private_file(
+            os.path.join(self.tmp, 'password'), self.password)
+        tls = make_tls(os.path.join(self.tmp, 'tls'))
+        self.ca_file = tls['ca_file']
+        self._tls = tls
         self.log_path = os.path.join(self.tmp, 'vcsim.log')
         self.addCleanup(self.stop)
         for _attempt in range(3):
@@ -165,10 +200,17 @@ class VcsimFixture(fixtures.Fixture):
         # without a WSDL location of their own, e.g. os-brick).
         env = dict(os.environ, TMPDIR=self.tmp,
                    VCSIM_WSDL_DIR=os.path.dirname(self.wsdl_url[7:]))
+        # -password names a file (vcsim reads a secret from a file of that
+        # name): not in the command line every user can read. -E: vcsim's
+        # "export GOVC_URL=..." line holds the password; it is not logged.
         cmd = [binary, '-l', '%s:%d' % (self.host, self.port),
-               '-username', self.username, '-password', self.password,
+               '-username', self.username, '-password', self._password_file,
+               '-tlscert', self._tls['cert_file'],
+               '-tlskey', self._tls['key_file'], '-E', os.devnull,
                '-vm', str(self.vms)] + list(self.extra_args)
-        with open(self.log_path, 'ab') as log:
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                     0o600)
+        with open(fd, 'ab') as log:
             self.process = subprocess.Popen(  # nosec B603
                 cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                 stdin=subprocess.DEVNULL, cwd=self.tmp)
@@ -248,7 +290,8 @@ class VcsimFixture(fixtures.Fixture):
         """
         from oslo_vmware import api
         args = dict(api_retry_count=1, task_poll_interval=0.1,
-                    port=self.port, wsdl_loc=self.wsdl_url, insecure=True)
+                    port=self.port, wsdl_loc=self.wsdl_url,
+                    cacert=self.ca_file, insecure=False)
         args.update(kwargs)
         session = api.VMwareAPISession(self.host, self.username,
                                        self.password, **args)
@@ -262,13 +305,18 @@ class VcsimFixture(fixtures.Fixture):
             'vmware_host_port': self.port,
             'vmware_host_username': self.username,
             'vmware_host_password': self.password,
-            'vmware_insecure': True,
+            'vmware_ca_file': self.ca_file,
+            'vmware_insecure': False,
             'vmware_cluster_name': [self.cluster_name],
             'vmware_wsdl_location': self.wsdl_url,
             'vmware_api_retry_count': 1,
             'vmware_task_poll_interval': 0.1,
             'vmware_tmp_dir': self.tmp,
         }
+
+    def ssl_context(self):
+        """A client TLS context that verifies vcsim against its CA."""
+        return ssl.create_default_context(cafile=self.ca_file)
 
     def datastore_file(self, ds_path):
         """Local path of a datastore path such as '[LocalDS_0] a/b.vmdk'."""
@@ -284,9 +332,7 @@ class VcsimFixture(fixtures.Fixture):
     # -- fault injection ----------------------------------------------------
 
     def _faults(self, method, body=None):
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE  # vcsim's self-signed cert
+        context = self.ssl_context()
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(
             'https://%s:%d/cvb/faults' % (self.host, self.port),
@@ -407,9 +453,7 @@ def export_vmdk(fixture, session, vm_ref, sink):
                               lease, 'info')
     url = next(d.url for d in info.deviceUrl if d.disk)
     url = url.replace('*', '%s:%d' % (fixture.host, fixture.port))
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # vcsim's self-signed cert
+    context = fixture.ssl_context()
     total = 0
     try:
         with urllib.request.urlopen(url, context=context,  # nosec B310

@@ -25,8 +25,16 @@
 # client (source it, then run `openstack volume list`). Stop with
 # tools/deploy/down.sh. Install the prerequisites with
 # tools/deploy/install.sh; see tools/deploy/lib.sh for the environment.
+#
+# Secured as a production deployment must be: vcsim serves a certificate
+# from a CA this script makes (tools/vcsim/tls.sh, keys in the profile's
+# private tls/ directory) and Cinder verifies it (vmware_ca_file); the
+# deployment directory is the owner's alone (0700) and every file written
+# here or by the services started here is created 0600 (umask 077), so no
+# password in a configuration file or log is readable by another user.
 set -eu -o pipefail
 source "$(dirname "$0")/lib.sh"
+umask 077
 
 profile=${1:-plugin}
 case "$profile" in
@@ -97,7 +105,6 @@ infra_env() {
     mkdir -p "$infra"
     chmod 0700 "$infra"
     if [ ! -f "$infra/env" ]; then
-        umask 077
         cat >"$infra/env" <<ENV
 EPMD_PORT=$(cvb_free_port)
 RABBIT_PORT=$(cvb_free_port)
@@ -112,7 +119,6 @@ KEYSTONE_DB_PASSWORD=$(cvb_secret)
 ADMIN_PASSWORD=$(cvb_secret)
 CINDER_SERVICE_PASSWORD=$(cvb_secret)
 ENV
-        umask 022
     fi
     # Added later than the others: an older env file gets it appended.
     if ! grep -q '^NOVA_SERVICE_PASSWORD=' "$infra/env"; then
@@ -177,7 +183,6 @@ keystone_up() {
     cvb_pid_alive "$infra/keystone.pid" && return 0
     cvb_log "starting Keystone on 127.0.0.1:$KEYSTONE_PORT"
     mkdir -p "$ks"
-    umask 077
     cat >"$conf" <<CONF
 [DEFAULT]
 use_stderr = true
@@ -196,7 +201,6 @@ key_repository = $ks/fernet-keys
 [credential]
 key_repository = $ks/credential-keys
 CONF
-    umask 022
     if [ ! -f "$ks/.bootstrapped" ]; then
         (set -e
          "$KEYSTONE_VENV/bin/keystone-manage" --config-file "$conf" db_sync
@@ -204,9 +208,10 @@ CONF
              fernet_setup --keystone-user root --keystone-group root
          "$KEYSTONE_VENV/bin/keystone-manage" --config-file "$conf" \
              credential_setup --keystone-user root --keystone-group root
+         # The password in the environment, not in the command line.
+         OS_BOOTSTRAP_PASSWORD=$ADMIN_PASSWORD \
          "$KEYSTONE_VENV/bin/keystone-manage" --config-file "$conf" \
-             bootstrap --bootstrap-password "$ADMIN_PASSWORD" \
-             --bootstrap-region-id RegionOne \
+             bootstrap --bootstrap-region-id RegionOne \
              --bootstrap-public-url "http://127.0.0.1:$KEYSTONE_PORT/v3"
         ) >"$infra/keystone-setup.log" 2>&1 \
             || cvb_die "Keystone set-up failed: $infra/keystone-setup.log"
@@ -292,7 +297,7 @@ infra_up() {
 # --- vcsim -------------------------------------------------------------------
 
 vcsim_up() {
-    local bin wsdl
+    local bin wsdl tls
     bin=${CVB_VCSIM:-}
     if [ -z "$bin" ]; then
         [ -f "$CVB_TOP/tools/vcsim/build.sh" ] \
@@ -309,52 +314,72 @@ vcsim_up() {
     VCSIM_PASSWORD=$(cvb_secret)
     VCSIM_CLUSTER=DC0_C0
     mkdir -p "$dir/vcsim"
+    # A CA of this profile's own and vcsim's certificate signed by it
+    # (127.0.0.1 and localhost): Cinder verifies vcsim with vmware_ca_file.
+    tls=$(bash "$CVB_TOP/tools/vcsim/tls.sh" "$dir/tls" | tail -n 1) \
+        || cvb_die "could not make vcsim's certificate in $dir/tls"
+    VCSIM_CA_FILE=$tls/ca.pem
+    # vcsim reads its password from the file -password names: it stays
+    # out of the command line, which every user can read (ps).
+    echo "$VCSIM_PASSWORD" >"$dir/vcsim.password"
     # The simulated datastore LocalDS_0 is a directory under $TMPDIR.
     # VCSIM_WSDL_DIR: vcsim serves the WSDL under /sdk, as vCenter does.
     # Cinder's services load it from vmware_wsdl_location, but os-brick's
     # VmdkConnector (the stock backup path) opens its vSphere session
     # without a WSDL location: oslo.vmware then fetches
     # https://<vcenter>/sdk/vimService.wsdl.
-    TMPDIR=$dir/vcsim VCSIM_WSDL_DIR=$(dirname "$wsdl") \
+    # -E /dev/null: vcsim's "export GOVC_URL=https://user:password@..."
+    # line is not written to its log. Started in its own directory: vcsim
+    # takes a -username naming a file there for a file holding the name.
+    (cd "$dir/vcsim" && TMPDIR=$dir/vcsim VCSIM_WSDL_DIR=$(dirname "$wsdl") \
         cvb_start "$dir/vcsim.pid" "$dir/vcsim.log" \
         "$bin" -l "127.0.0.1:$VCSIM_PORT" -username "$VCSIM_USER" \
-        -password "$VCSIM_PASSWORD" -vm 0
+        -password "$dir/vcsim.password" -tlscert "$tls/vcsim.pem" \
+        -tlskey "$tls/vcsim-key.pem" -E /dev/null -vm 0)
     cvb_wait_port "$VCSIM_PORT" 30 "$dir/vcsim.pid" \
         || cvb_die "vcsim did not start: $dir/vcsim.log"
-    python3 - "https://127.0.0.1:$VCSIM_PORT/sdk/vimService.wsdl" <<'PY' \
+    python3 - "https://127.0.0.1:$VCSIM_PORT/sdk/vimService.wsdl" \
+        "$VCSIM_CA_FILE" <<'PY' \
         || cvb_die "vcsim serves no WSDL under /sdk: $dir/vcsim.log"
 import ssl
 import sys
 import urllib.request
 
-# vcsim's certificate is self-signed: no verification, local test peer.
-context = ssl._create_unverified_context()  # nosec B323
+# Verified as Cinder verifies it: against the deployment's CA.
+context = ssl.create_default_context(cafile=sys.argv[2])
 with urllib.request.urlopen(sys.argv[1], timeout=10,  # nosec B310
                             context=context) as answer:
     if b'<definitions' not in answer.read(4096):
         sys.exit('not a WSDL')
 PY
-    umask 077
     cat >"$dir/vcsim.env" <<ENV
 VCSIM_PORT=$VCSIM_PORT
 VCSIM_USER=$VCSIM_USER
 VCSIM_PASSWORD=$VCSIM_PASSWORD
 VCSIM_WSDL=$VCSIM_WSDL
 VCSIM_CLUSTER=$VCSIM_CLUSTER
+VCSIM_CA_FILE=$VCSIM_CA_FILE
 ENV
-    umask 022
 }
 
 # --- Cinder --------------------------------------------------------------------
 
 render_conf() {
     # render_conf TEMPLATE OUTPUT KEY=VALUE...: fill in @KEY@ placeholders.
-    "$VENV/bin/python" - "$@" <<'PY'
+    # The values (passwords among them) reach Python in its environment,
+    # not on its command line, which every user can read (ps).
+    local template=$1 output=$2 pair
+    shift 2
+    (for pair in "$@"; do export "CVB_CONF_${pair%%=*}=${pair#*=}"; done
+     "$VENV/bin/python" - "$template" "$output" <<'PY'
+import os
 import re
 import sys
 
-template, output, pairs = sys.argv[1], sys.argv[2], sys.argv[3:]
-values = dict(pair.split('=', 1) for pair in pairs)
+template, output = sys.argv[1], sys.argv[2]
+values = {key[len('CVB_CONF_'):]: value
+          for key, value in os.environ.items()
+          if key.startswith('CVB_CONF_')}
 with open(template) as f:
     text = f.read()
 missing = set(re.findall(r'@([A-Z_]+)@', text)) - set(values)
@@ -364,6 +389,7 @@ text = re.sub(r'@([A-Z_]+)@', lambda m: values[m.group(1)], text)
 with open(output, 'w') as f:
     f.write(text)
 PY
+    )
 }
 
 profile_running() {
@@ -408,7 +434,6 @@ cinder_up() {
         "$dir/log"
     py=$("$VENV/bin/python" -c 'import sys; print(sys.prefix)')
     cp "$py/etc/cinder/api-paste.ini" "$dir/api-paste.ini"
-    umask 077
     render_conf "$CVB_TOP/tools/deploy/cinder.conf.in" "$dir/cinder.conf" \
         HOST="cvb-$profile" STATE_DIR="$dir" VENV="$py" API_PORT="$API_PORT" \
         RABBIT_USER="$RABBIT_USER" RABBIT_PASSWORD="$RABBIT_PASSWORD" \
@@ -419,8 +444,8 @@ cinder_up() {
         BACKUP_MANAGER_LINE="$backup_manager_line" \
         VOLUME_DRIVER_LINE="$volume_driver_line" VCSIM_PORT="$VCSIM_PORT" \
         VCSIM_USER="$VCSIM_USER" VCSIM_PASSWORD="$VCSIM_PASSWORD" \
-        VCSIM_CLUSTER="$VCSIM_CLUSTER" VCSIM_WSDL="$VCSIM_WSDL"
-    umask 022
+        VCSIM_CLUSTER="$VCSIM_CLUSTER" VCSIM_WSDL="$VCSIM_WSDL" \
+        VCSIM_CA_FILE="$VCSIM_CA_FILE"
 
     # A fresh database and message queue vhost for this profile.
     mariadb_client <<SQL
@@ -449,7 +474,6 @@ SQL
             "${debug[@]}"
     done
     register_endpoint
-    umask 077
     cat >"$dir/openrc" <<RC
 # The OpenStack client against the '$profile' deployment of
 # tools/deploy/up.sh: source this file, then run e.g. openstack volume list.
@@ -464,7 +488,6 @@ export OS_PROJECT_DOMAIN_NAME=Default
 export OS_REGION_NAME=$profile
 export OS_VOLUME_API_VERSION=3.70
 RC
-    umask 022
     cvb_wait_port "$API_PORT" 60 "$dir/cinder-api.pid" \
         || cvb_die "cinder-api did not start: $dir/log/cinder-api.log"
     wait_services
@@ -511,6 +534,8 @@ main() {
     # then starts outside it, announced by its up.pid (down.sh leaves the
     # shared part running while a profile starts or runs).
     mkdir -p "$CVB_DEPLOY_DIR"
+    # (A directory made by an older version of this script may be 0755.)
+    chmod 0700 "$CVB_DEPLOY_DIR"
     exec 7>"$CVB_DEPLOY_DIR/.lock"
     flock 7
     if profile_running; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the patched vcsim (govmomi's vSphere API simulator) needs on a
-# Debian 12 machine, as root, then build it (tools/vcsim/build.sh).
+# Debian 12 machine, as root, then build it (tools/vcsim/build.sh);
+# openssl makes the CA and certificate a vcsim serves (tools/vcsim/tls.sh).
 #
 # Debian ships govmomi 0.24.2; its binary package leaves vcsim out, so the
 # simulator is built from the Debian *source* package with Debian's Go. The
@@ -33,7 +34,7 @@ fi
 
 packages=(golang-go golang-github-google-uuid-dev
           golang-github-klauspost-compress-dev dpkg-dev patch xz-utils
-          qemu-utils)
+          qemu-utils openssl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' \

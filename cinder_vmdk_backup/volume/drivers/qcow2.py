@@ -292,12 +292,26 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                 or os.path.join(self._dir, '.cvb-staging'))
 
     def get_disk_profile(self, context, device):
+        """The image's cluster size, which a restore's new image gets."""
         path, _length = self._device_image(device)
         with _translated():
             data = qemu_img.info(path)
-        return {'format': 'qcow2',
-                'virtual_size': int(data['virtual-size']),
-                'cluster_size': int(data.get('cluster-size') or 0)}
+        return {'cluster_size': int(data.get('cluster-size') or 0)}
+
+    @classmethod
+    def _restore_cluster_size(cls, backup):
+        """The backed-up image's cluster size, or None (qemu's default).
+
+        None for a backup of another backend's volume (no such key) and
+        for a value qcow2 cannot have (a power of two, 512 B to 2 MiB).
+        """
+        try:
+            size = int(cls.disk_profile_of(backup).get('cluster_size', 0))
+        except (TypeError, ValueError):
+            return None
+        if 512 <= size <= 2 * units.Mi and size & (size - 1) == 0:
+            return size
+        return None
 
     def _device_image(self, device):
         """Return ``(image path, bytes to stream)`` of a volume/snapshot."""
@@ -392,6 +406,9 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                           volume_is_new):
         """Write a new image beside the volume's, swap it in by rename.
 
+        The new image has the backed-up image's cluster size (recorded in
+        the backup's disk profile), else qemu-img's default.
+
         :raises InvalidVolume: a running domain uses the volume
         """
         path = self.local_path(volume)
@@ -402,7 +419,9 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
             new = naming.transient_path(path, naming.RESTORE,
                                         naming.new_token())
             try:
-                qemu_img.convert(image_path, new, 'raw')
+                qemu_img.convert(image_path, new, 'raw',
+                                 cluster_size=self._restore_cluster_size(
+                                     backup))
                 if qemu_img.virtual_size(new) < size:
                     qemu_img.resize(new, size)
                 if os.path.exists(path):

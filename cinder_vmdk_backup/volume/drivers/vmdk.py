@@ -27,7 +27,13 @@ driver-owned backup protocol (:mod:`cinder_vmdk_backup.backup.driver_owned`):
   is larger than the backup;
 * a backing with VM snapshots (``vmware_snapshot_format = COW``) is never
   restored into: the snapshots share its disk chain and would be dropped or
-  corrupted. Template snapshots are separate VMs and are not affected.
+  corrupted. Template snapshots are separate VMs and are not affected;
+* the backup records the disk's shape (:meth:`get_disk_profile`: adapter
+  type, provisioning type, virtual hardware version). A restore that
+  creates a new backing gives its disk that adapter and provisioning type
+  unless the new volume's type sets ``vmware:adapter_type`` or
+  ``vmware:vmdk_type``; a restore into an existing backing keeps the
+  backing's own.
 """
 
 import contextlib
@@ -190,15 +196,19 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         return device
 
     def get_disk_profile(self, context, device):
-        """What re-creating the disk needs, recorded with the backup."""
+        """The disk's shape, recorded with the backup for its restores.
+
+        ``adapter_type`` and ``disk_type`` (what the backing's disk has, or
+        what its volume type would give it when it has no backing yet) shape
+        the disk of a new backing a restore creates (see
+        :meth:`_new_disk_shape`); ``hw_version`` (the backing VM's, e.g.
+        ``vmx-13``) goes into the uploaded VMDK's descriptor.
+        """
         volume = self._device_volume(device)
         profile = {
-            'capacity_bytes': int(volume.size) * units.Gi,
             'adapter_type': self._get_adapter_type(volume),
             'disk_type': self._get_disk_type(volume),
-            'storage_profile': self._get_storage_profile(volume) or '',
             'hw_version': '',
-            'backing': 'none',
         }
         backing = self.volumeops.get_backing(volume.name, volume.id)
         if backing is None:
@@ -213,17 +223,43 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         else:
             disk_type = vmdk.THICK_VMDK_TYPE
         profile.update({
-            'capacity_bytes': int(disk.capacityInKB) * units.Ki,
             'disk_type': disk_type,
             'hw_version': self.session.invoke_api(
                 vim_util, 'get_object_property', self.session.vim, backing,
                 'config.version') or '',
-            'backing': 'present',
         })
         if controller is not None:
             profile['adapter_type'] = _CONTROLLER_ADAPTERS.get(
                 controller.__class__.__name__, profile['adapter_type'])
         return profile
+
+    def _new_disk_shape(self, volume, profile):
+        """Adapter and disk type of a new backing's disk on restore.
+
+        The new volume's type decides where it sets ``vmware:adapter_type``
+        or ``vmware:vmdk_type``, as for any volume of that type; otherwise
+        the backed-up disk's, from the backup's disk profile (a paravirtual,
+        eager-zeroed disk comes back as one, not as the backend's default
+        ``vmware_adapter_type`` and thin). A backup without a profile (of
+        another backend, or by Cinder's own path) or with a value Cinder
+        does not know gets the defaults.
+
+        :returns: ``(adapter_type, disk_type)``
+        """
+        type_id = volume.volume_type_id
+        adapter_type = vmdk._get_volume_type_extra_spec(type_id,
+                                                        'adapter_type')
+        if not adapter_type:
+            recorded = profile.get('adapter_type')
+            adapter_type = (
+                recorded if volumeops.VirtualDiskAdapterType.is_valid(
+                    recorded or '') else self._get_adapter_type(volume))
+        disk_type = vmdk._get_volume_type_extra_spec(type_id, 'vmdk_type')
+        if not disk_type:
+            recorded = profile.get('disk_type')
+            disk_type = (recorded if volumeops.VirtualDiskType.is_valid(
+                recorded or '') else self._get_disk_type(volume))
+        return adapter_type, disk_type
 
     @contextlib.contextmanager
     def open_backup_source(self, context, backup, device):
@@ -268,11 +304,16 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
                           volume_is_new):
         """Import the raw image as the volume's disk."""
         size = os.path.getsize(image_path)
-        adapter_type = self._get_adapter_type(volume)
         profile = self.disk_profile_of(backup)
         hw_version = _hw_version_number(profile.get('hw_version'), 14)
         conf = self.configuration
         try:
+            backing = self.volumeops.get_backing(volume.name, volume.id)
+            if backing is None:
+                adapter_type, disk_type = self._new_disk_shape(volume,
+                                                               profile)
+            else:
+                adapter_type = self._get_adapter_type(volume)
             with open(image_path, 'rb') as image, \
                     self._encoder_pool() as pool:
                 writer = vmdk_writer.StreamOptimizedWriter(
@@ -286,11 +327,9 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
                                     name='cvb-encode-%s' % volume.id[:8]
                                     ) as chunks:
                     vmdk = _EncodedDisk(length, chunks)
-                    backing = self.volumeops.get_backing(volume.name,
-                                                         volume.id)
                     if backing is None:
                         backing = self._import_new_backing(
-                            volume, vmdk, size, adapter_type)
+                            volume, vmdk, size, adapter_type, disk_type)
                     else:
                         self._check_restorable(volume, backing)
                         self._import_and_swap(volume, backing, vmdk, size,
@@ -329,12 +368,13 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         import_spec.configSpec = create_spec
         return import_spec
 
-    def _import_new_backing(self, volume, writer, size, adapter_type):
+    def _import_new_backing(self, volume, writer, size, adapter_type,
+                            disk_type):
         """Import the disk as the volume's new backing VM."""
         host, resource_pool, folder, summary = self._select_ds_for_volume(
             volume)
         import_spec = self._import_spec(
-            volume.name, size, self._get_disk_type(volume), summary.name,
+            volume.name, size, disk_type, summary.name,
             self._get_storage_profile_id(volume), adapter_type,
             self._get_extra_config(volume))
         backing = upload.import_disk(self.session, self._transfer_settings(),

@@ -33,7 +33,6 @@ import sys
 import threading
 import time
 import uuid
-import warnings
 
 from oslo_vmware import vim_util
 
@@ -82,7 +81,8 @@ def missing_prerequisites():
     return missing
 
 
-def _read_env(path):
+def read_env(path):
+    """KEY=VALUE lines of an env or openrc file, as a dict."""
     values = {}
     with open(path) as f:
         for line in f:
@@ -104,12 +104,13 @@ class DeployedVcsim(vcsim_fixture.VcsimFixture):
 
     def __init__(self, profile_dir):
         super(DeployedVcsim, self).__init__()
-        env = _read_env(os.path.join(profile_dir, 'vcsim.env'))
+        env = read_env(os.path.join(profile_dir, 'vcsim.env'))
         self.port = int(env['VCSIM_PORT'])
         self.username = env['VCSIM_USER']
         self.password = env['VCSIM_PASSWORD']
         self.wsdl_url = env['VCSIM_WSDL']
         self.cluster_name = env['VCSIM_CLUSTER']
+        self.ca_file = env['VCSIM_CA_FILE']
         self.pid_file = os.path.join(profile_dir, 'vcsim.pid')
         self.log_path = os.path.join(profile_dir, 'vcsim.log')
         found = glob.glob(os.path.join(profile_dir, 'vcsim', 'govcsim-%s-%s-*'
@@ -131,11 +132,6 @@ class DeployedVcsim(vcsim_fixture.VcsimFixture):
         the scenario looks disks up dozens of times.
         """
         if kwargs or self._session is None:
-            # vcsim's certificate is self-signed (vmware_insecure, as
-            # Cinder's services use it): one warning per request buries
-            # the test's output, every task poll being one.
-            warnings.filterwarnings('ignore', 'Unverified HTTPS request',
-                                    module='urllib3.connectionpool')
             session = super(DeployedVcsim, self).session(**kwargs)
             if kwargs:
                 return session
@@ -228,7 +224,9 @@ class OpenStackShell(object):
         self._count = 0
 
     def _start(self):
-        self._log = open(self.log_path, 'ab')
+        # Private, as everything in the deployment's directory.
+        self._log = open(os.open(self.log_path, os.O_WRONLY | os.O_CREAT |
+                                 os.O_APPEND, 0o600), 'ab')
         self._proc = subprocess.Popen(  # nosec B603
             [os.path.join(OSC_VENV, 'bin', 'openstack')], env=self.env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
@@ -399,7 +397,7 @@ class Deployment(object):
         self.timings['up'] = time.monotonic() - started
         openrc = output.strip().splitlines()[-1]
         self.env = dict(os.environ)
-        self.env.update(_read_env(openrc))
+        self.env.update(read_env(openrc))
         self.env['PATH'] = os.path.join(OSC_VENV, 'bin') + ':' + \
             os.environ.get('PATH', '')
         self.vcsim = DeployedVcsim(self.dir)
@@ -456,7 +454,7 @@ class Deployment(object):
     def attachments(self, *args):
         """Nova's attachment calls (cinder_attachments.py); its JSON."""
         cmd = [os.path.join(OSC_VENV, 'bin', 'python'), ATTACHMENTS]
-        infra = _read_env(os.path.join(self.deploy_dir, 'infra', 'env'))
+        infra = read_env(os.path.join(self.deploy_dir, 'infra', 'env'))
         env = dict(self.env, CVB_NOVA_USERNAME='nova',
                    CVB_NOVA_PASSWORD=infra['NOVA_SERVICE_PASSWORD'])
         _rc, out = self._run(cmd + list(args), env=env)

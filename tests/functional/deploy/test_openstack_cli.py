@@ -400,7 +400,12 @@ class _Scenario(object):
         self.step('backup failing mid-transfer', self._nfc_failure, vol, disk)
         self.step('backup create --force (attached volume)',
                   self._in_use_backup)
+        # (While vcsim still runs: its command line is looked at.)
+        self.step('no secret readable by other users',
+                  self._secrets_private)
         self.step('vcsim killed mid-backup', self._vcsim_killed, vol)
+        self.step('TLS verified: no InsecureRequestWarning logged',
+                  self._no_insecure_requests)
 
         self._check_required()
 
@@ -547,6 +552,62 @@ class _Scenario(object):
         if self.vc.running:
             raise StepFailed('vcsim was not killed during the backup')
 
+    def _no_insecure_requests(self):
+        # Cinder verifies vcsim's certificate (vmware_ca_file, the
+        # deployment's CA): urllib3 warns of no unverified request in any
+        # service's log or output.
+        found = []
+        for path in self._files(os.path.join(self.dep.dir, 'log')):
+            with open(path, 'rb') as f:
+                count = f.read().count(b'InsecureRequestWarning')
+            if count:
+                found.append('%s: %d' % (path, count))
+        if found:
+            raise StepFailed('InsecureRequestWarning in %s' % found)
+
+    def _secrets_private(self):
+        # Every password of the deployment (vcsim's, the database's,
+        # RabbitMQ's, Keystone's users') is only in files no other user
+        # can read, in a directory only the owner can enter.
+        secrets = {}
+        for env_file in (os.path.join(self.dep.deploy_dir, 'infra', 'env'),
+                         os.path.join(self.dep.dir, 'vcsim.env')):
+            for key, value in deployment.read_env(env_file).items():
+                if 'PASSWORD' in key:
+                    secrets[key] = value.encode()
+        if 'VCSIM_PASSWORD' not in secrets or len(secrets) < 4:
+            raise StepFailed('passwords not found: %s' % sorted(secrets))
+        mode = os.stat(self.dep.deploy_dir).st_mode & 0o777
+        if mode & 0o077:
+            raise StepFailed('%s is mode %o' % (self.dep.deploy_dir, mode))
+        exposed = []
+        # (Not the volumes' data: the backups and vcsim's datastore.)
+        for path in self._files(self.dep.deploy_dir,
+                                skip=('backups', 'vcsim')):
+            try:
+                if not os.stat(path).st_mode & 0o044:
+                    continue
+                with open(path, 'rb') as f:
+                    data = f.read()
+            except OSError:
+                continue  # a file that went away, a socket
+            exposed += ['%s in %s' % (key, path)
+                        for key, value in secrets.items() if value in data]
+        with open('/proc/%d/cmdline' % self.vc.pid, 'rb') as f:
+            if secrets['VCSIM_PASSWORD'] in f.read():
+                exposed.append("VCSIM_PASSWORD in vcsim's command line")
+        if exposed:
+            raise StepFailed('readable by others: %s' % exposed)
+
+    @staticmethod
+    def _files(top, skip=()):
+        for root, dirs, names in os.walk(top):
+            dirs[:] = [d for d in dirs if d not in skip]
+            for name in names:
+                path = os.path.join(root, name)
+                if os.path.isfile(path) and not os.path.islink(path):
+                    yield path
+
 
 REQUIRED = (
     'volume create', 'backup create (full)',
@@ -555,7 +616,9 @@ REQUIRED = (
     'volume create --backup', 'restore of the snapshot backup',
     'backup delete (full)', 'backup delete (snapshot)',
     'backup failing mid-transfer',
-    'backup create --force (attached volume)', 'vcsim killed mid-backup')
+    'backup create --force (attached volume)', 'vcsim killed mid-backup',
+    'TLS verified: no InsecureRequestWarning logged',
+    'no secret readable by other users')
 
 
 class PluginDeploymentTest(_Scenario, testtools.TestCase):

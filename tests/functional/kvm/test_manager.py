@@ -19,6 +19,7 @@ boundary the test plays, as in tests/functional/backup/test_manager.py.
 """
 
 import os
+import subprocess  # nosec B404: makes a test image
 from unittest import mock
 
 from oslo_utils import units
@@ -87,16 +88,23 @@ class ManagerQcow2TestCase(test.TestCase):
         patcher.start()
         self.addCleanup(patcher.stop)
 
-    def _volume(self, size=1, status='available'):
+    def _volume(self, size=1, status='available', cluster_size=None):
         volume = test_utils.create_volume(self.ctxt, host=HOST, size=size,
                                           status=status,
                                           previous_status='available')
-        qemu_img.create(os.path.join(self.volume_dir, volume.name),
-                        size * units.Gi)
+        path = os.path.join(self.volume_dir, volume.name)
+        if cluster_size:
+            # (An image made elsewhere: the driver makes qemu's default.)
+            subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2',  # nosec
+                            '-o', 'cluster_size=%d' % cluster_size, path,
+                            str(size * units.Gi)], check=True)
+        else:
+            qemu_img.create(path, size * units.Gi)
         return volume
 
     def test_backup_and_restore_through_the_manager(self):
-        volume = self._volume()
+        # A 16 KiB cluster image comes back as one (qemu's default: 64 KiB).
+        volume = self._volume(cluster_size=16 * units.Ki)
         path = os.path.join(self.volume_dir, volume.name)
         base.qemu_io(path, 'write -P 0x5a 1M 2M', 'write -P 0xa5 1023M 1M')
         digest = base.raw_digest(path)
@@ -111,7 +119,9 @@ class ManagerQcow2TestCase(test.TestCase):
         self.manager.continue_backup(self.ctxt, backup, device)
         backup.refresh()
         self.assertEqual(fields.BackupStatus.AVAILABLE, backup.status)
-        self.assertEqual('qcow2', backup.metadata.get('disk_profile:format'))
+        self.assertEqual({'disk_profile:cluster_size': '16384'},
+                         {k: v for k, v in backup.metadata.items()
+                          if k.startswith('disk_profile:')})
 
         target = self._volume(size=2, status='creating')
         backup.status = fields.BackupStatus.RESTORING
@@ -123,6 +133,8 @@ class ManagerQcow2TestCase(test.TestCase):
         self.assertEqual(fields.BackupStatus.AVAILABLE, backup.status)
         target_path = os.path.join(self.volume_dir, target.name)
         self.assertEqual(2 * units.Gi, qemu_img.virtual_size(target_path))
+        self.assertEqual(16 * units.Ki,
+                         qemu_img.info(target_path)['cluster-size'])
         self.assertEqual(digest, base.raw_digest(target_path, units.Gi))
         self.assertEqual([], [n for n in os.listdir(self.volume_dir)
                               if '.cvb-' in n and n != '.cvb-locks'

@@ -249,18 +249,20 @@ class VmdkBackupTestBase(test.TestCase):
     # -- volumes -----------------------------------------------------------
 
     def _vmdk_volume(self, size=1, disk=None, backing=True,
-                     status='available'):
+                     status='available', volume_type=None):
         volume = self._create_volume(host=VMDK_HOST, size=size,
                                      status=status,
-                                     previous_status='available')
+                                     previous_status='available',
+                                     volume_type=volume_type)
         if backing:
             self.driver._create_backing(volume)
             self._seed(volume, disk or Disk(size * units.Gi))
         return volume
 
-    def _create_volume(self, **kwargs):
+    def _create_volume(self, volume_type=None, **kwargs):
         return test_utils.create_volume(
-            self.ctxt, volume_type_id=self.volume_type.id, **kwargs)
+            self.ctxt, volume_type_id=(volume_type or self.volume_type).id,
+            **kwargs)
 
     def _backing(self, volume):
         return self.driver.volumeops.get_backing(volume.name, volume.id)
@@ -393,10 +395,10 @@ class BackupFlowsTestCase(VmdkBackupTestBase):
         self.assertEqual(fields.BackupStatus.AVAILABLE, full.status)
         self.assertEqual('available', volume.status)
         profile = driver_owned.DriverOwnedBackupMixin.disk_profile_of(full)
-        self.assertEqual(str(units.Gi), profile['capacity_bytes'])
+        self.assertEqual({'adapter_type', 'disk_type', 'hw_version'},
+                         set(profile))
         self.assertEqual('lsiLogic', profile['adapter_type'])
         self.assertEqual('thin', profile['disk_type'])
-        self.assertEqual('present', profile['backing'])
         self.assertTrue(profile['hw_version'].startswith('vmx-'))
         self.assertEqual(files_before, self._vmdk_files())
 
@@ -460,13 +462,64 @@ class BackupFlowsTestCase(VmdkBackupTestBase):
         self._assert_data(disk.resized(2 * units.Gi), bigger)
         self._assert_nothing_left()
 
+    def _volume_type(self, **specs):
+        return test_utils.create_volume_type(
+            self.ctxt, name='shape-%s' % os.urandom(4).hex(),
+            extra_specs={'vmware:%s' % k: v for k, v in specs.items()})
+
+    def _disk_shape(self, volume):
+        """(controller class, provisioning) of the backing's disk."""
+        backing = self._backing(volume)
+        disk = diskswap.disk_of(self.session, backing)
+        controller = diskswap.controller_of(self.session, backing, disk)
+        if getattr(disk.backing, 'thinProvisioned', False):
+            provisioning = 'thin'
+        elif getattr(disk.backing, 'eagerlyScrub', False):
+            provisioning = 'eagerZeroedThick'
+        else:
+            provisioning = 'thick'
+        return controller.__class__.__name__, provisioning
+
+    def test_new_backing_shaped_like_the_backed_up_disk(self):
+        disk = Disk(regions=((4096, 64 * units.Ki),))
+        volume = self._vmdk_volume(disk=disk, volume_type=self._volume_type(
+            adapter_type='paraVirtual', vmdk_type='eagerZeroedThick'))
+        self.assertEqual(('ParaVirtualSCSIController', 'eagerZeroedThick'),
+                         self._disk_shape(volume))
+        backup = self._backup(volume)
+        self.assertEqual(fields.BackupStatus.AVAILABLE, backup.status)
+
+        # A new volume whose type says nothing of the disk: the disk comes
+        # back as it was backed up, not as the backend's default.
+        plain = self._vmdk_volume(backing=False, status='creating')
+        self._restore(backup, plain)
+        self.assertEqual('available', plain.status)
+        self._assert_data(disk, plain)
+        self.assertEqual(('ParaVirtualSCSIController', 'eagerZeroedThick'),
+                         self._disk_shape(plain))
+
+        # A new volume whose type sets the adapter: the type's adapter,
+        # the backed-up disk's provisioning.
+        sas = self._vmdk_volume(backing=False, status='creating',
+                                volume_type=self._volume_type(
+                                    adapter_type='lsiLogicsas'))
+        self._restore(backup, sas)
+        self.assertEqual('available', sas.status)
+        self._assert_data(disk, sas)
+        self.assertEqual(('VirtualLsiLogicSASController', 'eagerZeroedThick'),
+                         self._disk_shape(sas))
+        self._assert_nothing_left()
+
     def test_volume_without_backing_backs_up_as_zeros(self):
         lazy = self._vmdk_volume(backing=False)
         backup = self._backup(lazy)
         self.assertEqual(fields.BackupStatus.AVAILABLE, backup.status)
         self.assertIsNone(self._backing(lazy))
-        self.assertEqual('none', driver_owned.DriverOwnedBackupMixin
-                         .disk_profile_of(backup)['backing'])
+        # No disk to look at: what the volume type would give it.
+        self.assertEqual({'adapter_type': 'lsiLogic', 'disk_type': 'thin',
+                          'hw_version': ''},
+                         driver_owned.DriverOwnedBackupMixin
+                         .disk_profile_of(backup))
         target = self._vmdk_volume(disk=Disk(seed=b'c'))
         self._restore(backup, target)
         self._assert_data(Disk(regions=()), target)

@@ -15,12 +15,16 @@
 import http.client
 import io
 import os
+import socket
+import ssl
+import stat
 
 from oslo_utils import units
 from oslo_vmware import exceptions as vexc
 from oslo_vmware import vim_util
 import testtools
 
+from cinder_vmdk_backup.vmware import nfc
 from tests.functional import vcsim as vcsim_fixture
 
 #: What a broken NFC transfer raises on the client side.
@@ -77,6 +81,73 @@ class VcsimPeerTestCase(testtools.TestCase):
         about = session.vim.service_content.about
         self.assertEqual('VirtualCenter', about.apiType)
 
+    def _handshake(self, context, server_hostname):
+        with socket.create_connection((self.vcsim.host, self.vcsim.port),
+                                      10) as sock:
+            with context.wrap_socket(sock,
+                                     server_hostname=server_hostname) as tls:
+                return tls.getpeercert()
+
+    def test_certificate_verified_against_the_fixtures_ca(self):
+        # 127.0.0.1 (what Cinder is configured with) and localhost are in
+        # the certificate; the system's CAs do not know it.
+        for name in ('127.0.0.1', 'localhost'):
+            cert = self._handshake(self.vcsim.ssl_context(), name)
+            self.assertIn(('IP Address', '127.0.0.1'),
+                          cert['subjectAltName'])
+            self.assertIn(('DNS', 'localhost'), cert['subjectAltName'])
+        self.assertRaises(ssl.SSLCertVerificationError, self._handshake,
+                          ssl.create_default_context(), '127.0.0.1')
+        self.assertRaises(ssl.SSLCertVerificationError, self._handshake,
+                          self.vcsim.ssl_context(), 'vcenter.example.org')
+
+    def test_nfc_connections_verify_the_certificate(self):
+        # The plugin's own NFC transfers (vmware/nfc.py) verify vCenter's
+        # certificate with vmware_ca_file, as the SOAP session does; with
+        # neither a CA bundle nor insecure, the system's CAs, which do not
+        # know the test CA.
+        vm, _path = self._vm(0)
+        verified = nfc.TransferSettings(host=self.vcsim.host,
+                                        port=self.vcsim.port,
+                                        ca_file=self.vcsim.ca_file,
+                                        idle_timeout=30)
+        system_cas = nfc.TransferSettings(host=self.vcsim.host,
+                                          port=self.vcsim.port,
+                                          idle_timeout=30)
+        lease = nfc.NfcLease.export_vm(self.session, verified, vm)
+        try:
+            url, thumbprint = lease.disk_url()
+            self.assertIsNone(thumbprint)
+            headers = {'Cookie': nfc.session_cookie(self.session)}
+            self.assertRaises(ssl.SSLCertVerificationError,
+                              nfc.open_connection, url, 'GET', headers,
+                              system_cas)
+            conn = nfc.open_connection(url, 'GET', headers, verified)
+            try:
+                response = conn.getresponse()
+                self.assertEqual(200, response.status)
+                self.assertTrue(response.read(512))
+            finally:
+                conn.close()
+        finally:
+            lease.abort()
+
+    def test_private_keys_and_password_not_readable_by_others(self):
+        tls = os.path.dirname(self.vcsim.ca_file)
+        for name in ('ca-key.pem', 'vcsim-key.pem'):
+            self.assertEqual(0o600, stat.S_IMODE(
+                os.stat(os.path.join(tls, name)).st_mode))
+        self.assertEqual(0o600, stat.S_IMODE(
+            os.stat(self.vcsim.log_path).st_mode))
+        # vcsim announces its URL (user and password in it) at start;
+        # neither its output nor its command line (which every user can
+        # read) holds the password.
+        self.assertNotIn(self.vcsim.password, self.vcsim.log())
+        with open('/proc/%d/cmdline' % self.vcsim.pid, 'rb') as f:
+            cmdline = f.read().decode()
+        self.assertIn('-tlscert', cmdline)
+        self.assertNotIn(self.vcsim.password, cmdline)
+
     def test_method_fault_once(self):
         vm, _path = self._vm(1)
         self.vcsim.set_method_fault('ExportVm', 'InvalidState', count=1)
@@ -104,15 +175,12 @@ class VcsimPeerTestCase(testtools.TestCase):
                           self.session.vim, 'HttpNfcLeaseComplete', lease)
 
     def _export_with_lease(self, lease, sink):
-        import ssl
         import urllib.request
         info = self.session.invoke_api(vim_util, 'get_object_property',
                                        self.session.vim, lease, 'info')
         url = info.deviceUrl[0].url.replace(
             '*', '%s:%d' % (self.vcsim.host, self.vcsim.port))
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+        context = self.vcsim.ssl_context()
         with urllib.request.urlopen(url, context=context,  # nosec B310
                                     timeout=30) as response:
             sink.write(response.read())

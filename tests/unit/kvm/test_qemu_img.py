@@ -54,6 +54,16 @@ class QemuImgTestCase(base.BaseTestCase):
                           'b', '-F', 'qcow2', '/v/o'),
                          execute.call_args[0])
 
+    @mock.patch.object(processutils, 'execute', autospec=True)
+    def test_convert_sets_the_cluster_size_when_given(self, execute):
+        execute.return_value = ('', '')
+        qemu_img.convert('/s/raw', '/v/new', 'raw')
+        self.assertNotIn('-o', execute.call_args[0])
+        qemu_img.convert('/s/raw', '/v/new', 'raw', cluster_size=16384)
+        args = execute.call_args[0]
+        self.assertEqual('cluster_size=16384', args[args.index('-o') + 1])
+        self.assertEqual(('/s/raw', '/v/new'), args[-2:])
+
     @mock.patch.object(qemu_img, '_PRLIMIT', '/usr/bin/prlimit')
     @mock.patch.object(processutils, 'execute', autospec=True)
     def test_header_parsing_runs_under_limits(self, execute):

@@ -53,19 +53,21 @@ class EnsureVenvTestCase(base.BaseTestCase):
         bin_dir = os.path.join(self.tmp, 'bin')
         os.makedirs(bin_dir)
         # python3 -m venv DIR: only makes DIR/bin; the "installed"
-        # interpreter imports nothing and succeeds.
+        # interpreter imports nothing and does what the test says.
         _script(os.path.join(bin_dir, 'python3'),
                 'mkdir -p "$3/bin"\n'
-                'printf \'#!/bin/bash\\nexit 0\\n\' > "$3/bin/python"\n'
-                'chmod +x "$3/bin/python"\n'
+                'cp "$CVB_TEST_PYTHON" "$3/bin/python"\n'
                 'cp "$CVB_TEST_PIP" "$3/bin/pip"')
         self.pip = os.path.join(self.tmp, 'pip')
+        self.python = os.path.join(self.tmp, 'python')
+        _script(self.python, 'exit 0')
         self.path = bin_dir + os.pathsep + os.environ['PATH']
 
     def _ensure_venv(self, pip_body, caller=DEMO):
         _script(self.pip, pip_body)
         env = dict(os.environ, PATH=self.path, CVB_VENV=self.venv,
-                   CVB_TEST_PIP=self.pip)
+                   CVB_TEST_PIP=self.pip, CVB_TEST_PYTHON=self.python)
+        env.pop('PYTHONWARNINGS', None)
         return subprocess.run(  # nosec B603 B607: fixed arguments
             ['bash', '-c', caller % VENV_SH],
             env=env, capture_output=True, text=True, timeout=60)
@@ -88,6 +90,33 @@ class EnsureVenvTestCase(base.BaseTestCase):
 
         self.assertEqual(0, result.returncode, result.stderr)
         self.assertEqual('kept\nkept\nREADY\n', result.stdout)
+
+    def test_only_the_editable_install_warning_is_silenced(self):
+        # The requirements' install gets no filter; the editable install
+        # of the tree only setuptools' "Editable installation" warning's.
+        result = self._ensure_venv('echo "$* PW=${PYTHONWARNINGS:-none}"')
+
+        self.assertEqual(0, result.returncode, result.stderr)
+        lines = result.stdout.splitlines()
+        self.assertIn('-r', lines[0])
+        self.assertTrue(lines[0].endswith(' PW=none'), lines[0])
+        self.assertIn(' -e ', lines[1])
+        self.assertTrue(lines[1].endswith(
+            ' PW=ignore:Editable installation::'
+            'setuptools.command.editable_wheel'), lines[1])
+
+    @ddt.data(0, 1)
+    def test_import_check_output_shown_only_when_it_fails(self, status):
+        # Cinder's import prints eventlet's deprecation banner: noise when
+        # the check passes, the story when it fails.
+        _script(self.python, 'echo "banner or traceback" >&2; exit %d'
+                % status)
+        result = self._ensure_venv('exit 0')
+
+        self.assertEqual(status, result.returncode)
+        self.assertEqual(bool(status),
+                         'banner or traceback' in result.stderr)
+        self.assertEqual(not status, self._stamp_written())
 
     @ddt.data(DEMO, RUN_TESTS)
     def test_failing_pip_fails_and_writes_no_stamp(self, caller):

@@ -12,6 +12,7 @@
 
 from unittest import mock
 
+import ddt
 import fixtures
 
 from cinder import exception
@@ -28,6 +29,7 @@ from cinder_vmdk_backup import opts
 from cinder_vmdk_backup.volume.drivers import qcow2
 
 
+@ddt.ddt
 class Qcow2DriverTestCase(test.TestCase):
 
     def setUp(self):
@@ -81,6 +83,37 @@ class Qcow2DriverTestCase(test.TestCase):
         self.assertIn('instance-1', str(exc))
         self.assertIn('shut them down', str(exc))
         convert.assert_not_called()
+
+    @mock.patch.object(qemu_img, 'info', autospec=True)
+    def test_disk_profile_is_the_cluster_size(self, info):
+        info.return_value = {'virtual-size': units.Gi, 'format': 'qcow2',
+                             'cluster-size': 16384}
+        self.assertEqual({'cluster_size': 16384},
+                         self.driver.get_disk_profile(self.ctxt, self.volume))
+
+    @ddt.data(({'disk_profile:cluster_size': '16384'}, 16384),
+              ({'disk_profile:cluster_size': '2097152'}, 2 * units.Mi),
+              ({}, None),                                   # another backend
+              ({'disk_profile:adapter_type': 'lsiLogic'}, None),  # VMDK's
+              ({'disk_profile:cluster_size': '0'}, None),
+              ({'disk_profile:cluster_size': '12288'}, None),  # not 2**n
+              ({'disk_profile:cluster_size': '4194304'}, None),  # > 2 MiB
+              ({'disk_profile:cluster_size': 'x'}, None))
+    @ddt.unpack
+    @mock.patch.object(qemu_img, 'virtual_size', autospec=True,
+                       return_value=units.Gi)
+    @mock.patch.object(qemu_img, 'convert', autospec=True)
+    def test_restore_writes_the_backed_up_cluster_size(
+            self, metadata, expected, convert, virtual_size):
+        backup = mock.Mock(id='b1', metadata=metadata)
+        image = self.dir + '/staging'
+        with open(image, 'wb') as f:
+            f.truncate(units.Gi)
+        with mock.patch.object(qcow2, '_fsync', autospec=True), \
+                mock.patch('os.rename', autospec=True):
+            self.driver.restore_raw_image(self.ctxt, backup, self.volume,
+                                          image, True)
+        self.assertEqual(expected, convert.call_args[1]['cluster_size'])
 
     def test_helper_errors_become_cinder_errors(self):
         with mock.patch.object(qemu_img, 'resize', autospec=True,

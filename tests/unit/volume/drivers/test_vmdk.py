@@ -24,6 +24,7 @@ objects.register_all()
 from cinder import context  # noqa: E402
 from cinder.tests.unit.backup import fake_backup  # noqa: E402
 from cinder.tests.unit import fake_volume  # noqa: E402
+from cinder.volume.drivers.vmware import vmdk as cinder_vmdk  # noqa: E402
 from cinder.volume.drivers.vmware import volumeops  # noqa: E402
 import ddt  # noqa: E402
 import fixtures  # noqa: E402
@@ -169,10 +170,9 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
     def test_disk_profile_without_backing(self):
         self.vops.get_backing.return_value = None
         profile = self.driver.get_disk_profile(self.ctx, self.volume)
-        self.assertEqual({'capacity_bytes': 2 * units.Gi,
-                          'adapter_type': 'lsiLogic', 'disk_type': 'thin',
-                          'storage_profile': '', 'hw_version': '',
-                          'backing': 'none'}, profile)
+        # What the volume type would give the disk (here: no type).
+        self.assertEqual({'adapter_type': 'lsiLogic', 'disk_type': 'thin',
+                          'hw_version': ''}, profile)
 
     @mock.patch.object(diskswap, 'controller_of', autospec=True)
     @mock.patch.object(diskswap, 'disk_of', autospec=True)
@@ -186,10 +186,38 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
                                           (object,), {})()
         self.driver.session.invoke_api.return_value = 'vmx-13'
         profile = self.driver.get_disk_profile(self.ctx, self.volume)
-        self.assertEqual(units.Gi, profile['capacity_bytes'])
-        self.assertEqual('paraVirtual', profile['adapter_type'])
-        self.assertEqual('eagerZeroedThick', profile['disk_type'])
-        self.assertEqual('vmx-13', profile['hw_version'])
+        # Only what a restore reads (_new_disk_shape, the VMDK descriptor).
+        self.assertEqual({'adapter_type': 'paraVirtual',
+                          'disk_type': 'eagerZeroedThick',
+                          'hw_version': 'vmx-13'}, profile)
+
+    @ddt.data(
+        # (volume type's extra specs, recorded profile, expected shape)
+        ({}, {}, ('lsiLogic', 'thin')),
+        ({}, {'adapter_type': 'paraVirtual',
+              'disk_type': 'eagerZeroedThick'},
+         ('paraVirtual', 'eagerZeroedThick')),
+        ({'adapter_type': 'lsiLogicsas', 'vmdk_type': 'thin'},
+         {'adapter_type': 'paraVirtual', 'disk_type': 'eagerZeroedThick'},
+         ('lsiLogicsas', 'thin')),
+        ({'vmdk_type': 'thick'}, {'adapter_type': 'busLogic',
+                                  'disk_type': 'thin'},
+         ('busLogic', 'thick')),
+        # A backup of a qcow2 volume, or a value Cinder does not know.
+        ({}, {'format': 'qcow2'}, ('lsiLogic', 'thin')),
+        ({}, {'adapter_type': 'nvme', 'disk_type': 'sparse'},
+         ('lsiLogic', 'thin')),
+    )
+    @ddt.unpack
+    @mock.patch.object(cinder_vmdk, '_get_volume_type_extra_spec',
+                       autospec=True)
+    def test_new_disk_shape(self, specs, profile, expected, extra_spec):
+        def spec(type_id, key, possible_values=None, default_value=None):
+            return specs.get(key, default_value)
+
+        extra_spec.side_effect = spec
+        self.assertEqual(expected,
+                         self.driver._new_disk_shape(self.volume, profile))
 
     # -- restore -----------------------------------------------------------
 
@@ -228,6 +256,8 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
             return new_backing
 
         import_disk.side_effect = record
+        self.backup.metadata = {'disk_profile:adapter_type': 'paraVirtual',
+                                'disk_profile:disk_type': 'thick'}
         self.driver.restore_raw_image(self.ctx, self.backup, self.volume,
                                       self._image(b'a' * 65536), True)
         self.assertEqual(1, len(lengths))
@@ -238,7 +268,10 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
         create = self.vops.get_create_spec.call_args
         self.assertEqual(self.volume.name, create[0][0])
         self.assertEqual(64, create[0][1])
+        # The new backing's disk is shaped like the backed-up one.
+        self.assertEqual('thick', create[0][2])
         self.assertEqual('ds1', create[0][3])
+        self.assertEqual('paraVirtual', create[1]['adapter_type'])
         self.assertEqual(self.volume.id,
                          create[1]['extra_config']['instanceUuid'])
         self.vops.update_backing_disk_uuid.assert_called_once_with(
