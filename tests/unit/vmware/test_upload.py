@@ -110,6 +110,7 @@ class CodecRoundTripTestCase(testtools.TestCase):
         import io
         import os
 
+        from cinder_vmdk_backup.backup import transfer
         from cinder_vmdk_backup.vmdk import reader
         from cinder_vmdk_backup.vmdk import writer
         from cinder_vmdk_backup.vmware import export
@@ -139,6 +140,8 @@ class CodecRoundTripTestCase(testtools.TestCase):
         with export.export_disk(session, settings, fakes.moref('vm-7'),
                                 size + 65536,
                                 reader.StreamOptimizedReader) as stream:
-            back = stream.read(100000) + stream.read()
+            with transfer.BackupReader(stream, size + 65536,
+                                       1024 * 1024) as piped:
+                back = piped.read(100000) + piped.read()
         self.assertEqual(bytes(data) + bytes(65536), back)
         self.assertEqual(2, session.methods().count('HttpNfcLeaseComplete'))

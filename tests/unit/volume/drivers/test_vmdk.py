@@ -120,7 +120,9 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
         self.vops.get_backing.return_value = None
         with self.driver.open_backup_source(self.ctx, self.backup,
                                             self.volume) as source:
-            self.assertEqual(bytes(1000), source.read(1000))
+            view = memoryview(bytearray(1000))
+            source.fill(view)  # a fresh buffer reads as zeros: untouched
+            self.assertEqual(bytes(1000), view)
             self.assertEqual(2 * units.Gi, source.size)
         export_disk.assert_not_called()
         self.vops.create_backing.assert_not_called()
@@ -136,13 +138,11 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
         args = export_disk.call_args[0]
         self.assertIs(backing, args[2])
         self.assertEqual(2 * units.Gi, args[3])
-        # The backend's option, its default here.
-        self.assertEqual(10, export_disk.call_args.kwargs['niceness'])
-        with mock.patch.object(vmdk_reader, 'StreamOptimizedReader',
-                               autospec=True) as reader_class:
-            args[4]('body')
-        # Inflates inline: it runs on a native thread, off the hub.
-        reader_class.assert_called_once_with('body', executor=None)
+        # Inflated inline, on the transfer pipeline's producer thread.
+        self.assertIs(vmdk_reader.StreamOptimizedReader, args[4])
+        # Read below the service's CPU priority: the backend's option, its
+        # default here.
+        self.assertEqual(10, self.driver.backup_read_niceness())
         self.vops.get_backing.assert_called_once_with(self.volume.name,
                                                       self.volume.id)
 
