@@ -9,3 +9,10 @@
 # WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
 # License for the specific language governing permissions and limitations
 # under the License.
+
+# Every unit test process runs in one mode from its start, as a Cinder
+# service does: monkey-patched by eventlet (the default), or with native
+# threads only (OS_CINDER_DISABLE_EVENTLET_PATCHING=1). Cinder's own test
+# modules patch on import; doing it first keeps the mode from depending on
+# which test module happens to be imported first.
+from cinder import monkey_patch; monkey_patch.patch()  # noqa: E402,E702
