@@ -53,7 +53,13 @@ driver is called, it returns ``{}``; everywhere else it is Cinder's.
 ``continue_backup`` and ``_run_restore`` are then Cinder's own code: a driver
 failure raises where a failed copy would, with the same user message
 (``BACKUP_CREATE_DRIVER_ERROR``, ``BACKUP_RESTORE_ERROR``) and status
-changes. ``init_host``'s clean-up of interrupted operations is not touched.
+changes. ``init_host``'s clean-up of interrupted operations is Cinder's;
+the manager adds two things to it: the driver of every driver-owned backend
+configured is set up at once, so that its ``do_setup`` removes what killed
+processes left (:meth:`BackupManager.init_host`), and a restore that a
+killed process interrupted, which Cinder sets to ``error_restoring``, is
+logged and told to the user as one that left the volume's data intact
+(:meth:`BackupManager._cleanup_one_backup`).
 The driver-owned state of a request lives in a context variable, so that
 concurrent requests (green or native threads) do not see each other's.
 """
@@ -63,6 +69,10 @@ import contextvars
 import functools
 
 from cinder.backup import manager
+from cinder import context as cinder_context
+from cinder.message import message_field
+from cinder import objects
+from cinder.objects import fields
 from cinder.volume import volume_utils
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -180,6 +190,75 @@ class BackupManager(manager.BackupManager):
             LOG.info('Driver-owned backup is disabled '
                      '(driver_owned_backup_enabled = False): every backup '
                      'and restore takes Cinder\'s path.')
+
+    # -- start ---------------------------------------------------------------
+
+    def init_host(self, **kwargs):
+        """Cinder's start, then every driver-owned backend set up.
+
+        Setting a driver up removes what killed processes of this host left
+        (temporary VMs, staging files, NFC leases, qcow2 overlays), when
+        the service starts rather than at the next request of the backend.
+        """
+        super(BackupManager, self).init_host(**kwargs)
+        if not CONF.driver_owned_backup_enabled:
+            return
+        try:
+            loaded = self._backend_drivers.load_configured(
+                CONF.host, cluster_name=getattr(CONF, 'cluster', None))
+        except Exception:
+            LOG.exception('Could not set up the driver-owned backends at '
+                          'start; each is set up at its first request.')
+            return
+        if loaded:
+            LOG.info('Driver-owned backends set up at start: %s.',
+                     ', '.join(loaded))
+
+    def _cleanup_one_backup(self, ctxt, backup):
+        """Cinder's clean-up; says so when a restore left the data intact.
+
+        A restore interrupted by the end of cinder-backup leaves its volume
+        in ``error_restoring`` (Cinder's clean-up). A driver-owned restore
+        changes the volume's data only once the restored image is complete
+        (``restore_raw_image``), so the volume still holds its former data:
+        the log says so, naming the way back, and the user gets Cinder's
+        restore-failed message on the volume (Cinder's message API has only
+        fixed texts; none says "data intact").
+        """
+        volume_id = (backup.restore_volume_id
+                     if backup.status == fields.BackupStatus.RESTORING
+                     else None)
+        super(BackupManager, self)._cleanup_one_backup(ctxt, backup)
+        if volume_id:
+            self._report_interrupted_restore(ctxt, backup, volume_id)
+
+    def _report_interrupted_restore(self, ctxt, backup, volume_id):
+        try:
+            volume = objects.Volume.get_by_id(ctxt, volume_id)
+        except Exception:
+            return
+        if volume.status != 'error_restoring' or (
+                self._driver_for(volume) is None):
+            return
+        LOG.warning('The restore of backup %(backup)s into volume '
+                    '%(volume)s was interrupted by the end of '
+                    'cinder-backup. The volume\'s data is intact (its '
+                    'driver changes it only once the restored data is '
+                    'complete); its status is error_restoring. Reset it '
+                    'with "cinder reset-state --state available %(volume)s" '
+                    'and restore again.',
+                    {'backup': backup.id, 'volume': volume_id})
+        try:
+            user_context = cinder_context.RequestContext(
+                user_id=volume.user_id, project_id=volume.project_id,
+                is_admin=False)
+            self.message_api.create(
+                user_context, message_field.Action.BACKUP_RESTORE,
+                resource_uuid=volume_id,
+                detail=message_field.Detail.BACKUP_RESTORE_ERROR)
+        except Exception:
+            LOG.exception('Could not tell the user of volume %s that its '
+                          'restore was interrupted.', volume_id)
 
     # -- routing -----------------------------------------------------------
 
