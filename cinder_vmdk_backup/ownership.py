@@ -97,21 +97,24 @@ def _digest(*parts):
     return hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]
 
 
-def boot_id(proc=PROC):
+def boot_id(proc=None):
+    proc = proc or PROC
     with open(os.path.join(proc, 'sys', 'kernel', 'random', 'boot_id')) as f:
         return f.read().strip()
 
 
-def pid_namespace(pid='self', proc=PROC):
+def pid_namespace(pid='self', proc=None):
+    proc = proc or PROC
     return os.readlink(os.path.join(proc, str(pid), 'ns', 'pid'))
 
 
-def start_time(pid, proc=PROC):
+def start_time(pid, proc=None):
     """Start time of process ``pid`` in clock ticks after boot, or None.
 
     None when no such process runs (a zombie counts as gone: it runs no
     code and holds nothing any more).
     """
+    proc = proc or PROC
     try:
         with open(os.path.join(proc, str(int(pid)), 'stat'), 'rb') as f:
             stat = f.read().decode('ascii', 'replace')
@@ -125,7 +128,7 @@ def start_time(pid, proc=PROC):
     return int(fields[19])
 
 
-def current(proc=PROC):
+def current(proc=None):
     """The :class:`Owner` identity of the calling process.
 
     Read again after a fork (``backup_workers`` start as forks of one
@@ -145,7 +148,7 @@ def current(proc=PROC):
 _current = {}
 
 
-def owner_gone(owner, here=None, proc=PROC):
+def owner_gone(owner, here=None, proc=None):
     """Tell whether ``owner`` provably no longer runs.
 
     :param owner: an :class:`Owner`
@@ -178,7 +181,7 @@ NAME_PART_RE = (r'(?P<place>[0-9a-f]{8})-(?P<pid>[0-9]{1,10})-'
                 r'(?P<tag>[0-9a-f]{8})')
 
 
-def named_owner_gone(place, pid, tag, here=None, proc=PROC):
+def named_owner_gone(place, pid, tag, here=None, proc=None):
     """:func:`owner_gone` for an owner known by its :func:`name_part`.
 
     :returns: True when the owner ran here (same host and pid namespace)
@@ -196,7 +199,7 @@ def named_owner_gone(place, pid, tag, here=None, proc=PROC):
     return now.tag() != tag
 
 
-def named_owner_running(place, pid, tag, here=None, proc=PROC):
+def named_owner_running(place, pid, tag, here=None, proc=None):
     """Whether the owner named by a :func:`name_part` runs now, here."""
     here = here or current(proc)
     return (place == here.place_tag() and
@@ -290,7 +293,7 @@ class StaleRecord(object):
             self._fd = None
 
 
-def stale_records(directory, kind, here=None, proc=PROC):
+def stale_records(directory, kind, here=None, proc=None):
     """Yield a :class:`StaleRecord` for each ``kind`` record of a gone owner.
 
     A record is stale when its lock is free, or when its owner is provably

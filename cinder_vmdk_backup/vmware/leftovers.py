@@ -144,8 +144,8 @@ def abort_leases(session, directory, here=None):
     :returns: the ``what`` of each lease aborted
     """
     aborted = []
-    for record in ownership.stale_records(directory,
-                                           nfc.LEASE_RECORD_KIND, here):
+    stale = ownership.stale_records(directory, nfc.LEASE_RECORD_KIND, here)
+    for record in stale:
         data = record.data
         ref = vim_util.get_moref(data.get('value'),
                                  data.get('type') or 'HttpNfcLease')
