@@ -153,7 +153,8 @@ def abort_leases(session, directory, here=None):
         try:
             session.invoke_api(session.vim, 'HttpNfcLeaseAbort', ref)
         except vexc.ManagedObjectNotFoundException:
-            LOG.debug('The NFC lease of the %s is gone already.', what)
+            LOG.info('The NFC lease of the %s, left open by a process that '
+                     'ended during the transfer, is gone already.', what)
         except vexc.VimException as exc:
             if not _lease_finished(exc):
                 LOG.warning('Could not abort the NFC lease of the %(what)s '

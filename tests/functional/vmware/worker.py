@@ -18,7 +18,8 @@ does, the configuration file, the plugin's ``BackupManager`` with its
 ``process_number``, ``init_host``), then runs one request of the spec:
 
 * ``start``: nothing more;
-* ``restore``: ``restore_backup(backup_id, volume_id)``;
+* ``restore``: the statuses the API sets, then
+  ``restore_backup(backup_id, volume_id)``;
 * ``backup``: ``create_backup`` + ``continue_backup`` of ``backup_id``.
 
 The database is an sqlite file the test wrote (a copy of its own); the
@@ -57,8 +58,9 @@ def _configure(spec):
     lockutils.set_defaults(spec['lock_path'])
     logging.basicConfig(filename=spec['log'], level=logging.DEBUG,
                         format='%(asctime)s %(process)d %(name)s '
-                               '%(levelname)s %(message)s')
-    for name in ('suds', 'oslo_vmware.service', 'sqlalchemy', 'alembic'):
+                               '%(levelname)s %(message)s', force=True)
+    for name in ('suds', 'oslo_vmware.service', 'sqlalchemy', 'alembic',
+                 'urllib3', 'oslo.service', 'oslo_vmware.api'):
         logging.getLogger(name).setLevel(logging.INFO)
     from cinder import rpc
     rpc.init(conf)
@@ -87,7 +89,8 @@ def main(spec_path):
     from oslo_service import loopingcall
 
     mgr = _manager(spec)
-    ctxt = context.get_admin_context()
+    ctxt = context.RequestContext(spec['user_id'], spec['project_id'],
+                                  is_admin=True)
     mgr.init_host()
     if not mgr.is_initialized:
         try:
@@ -97,8 +100,15 @@ def main(spec_path):
     print('started', flush=True)
     try:
         if spec['role'] == 'restore':
+            # What the API does before it casts the request.
             backup = objects.Backup.get_by_id(ctxt, spec['backup_id'])
-            mgr.restore_backup(ctxt, backup, spec['volume_id'], False)
+            volume = objects.Volume.get_by_id(ctxt, spec['volume_id'])
+            volume.status = 'restoring-backup'
+            volume.save()
+            backup.status = 'restoring'
+            backup.restore_volume_id = volume.id
+            backup.save()
+            mgr.restore_backup(ctxt, backup, volume.id, False)
         elif spec['role'] == 'backup':
             backup = objects.Backup.get_by_id(ctxt, spec['backup_id'])
             volume = objects.Volume.get_by_id(ctxt, spec['volume_id'])
