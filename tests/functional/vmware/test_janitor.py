@@ -26,6 +26,7 @@ and an open import lease:
   removes all three, and tells that the volume's data is intact.
 """
 
+import dataclasses
 import glob
 import json
 import os
@@ -36,14 +37,17 @@ import sqlite3
 import subprocess  # nosec B404: the worker processes
 import sys
 import threading
+import uuid
 
 from cinder.db import api as db_api
 from cinder.objects import fields
 from cinder.tests.unit import utils as test_utils
 from oslo_utils import units
+from oslo_vmware import vim_util
 from testtools import content
 
 from cinder_vmdk_backup.backup import staging_files
+from cinder_vmdk_backup import ownership
 from cinder_vmdk_backup.vmware import leftovers
 from cinder_vmdk_backup.vmware import nfc
 from tests.functional.vmware import test_backup_faults as faults
@@ -217,6 +221,25 @@ class JanitorTestCase(flows.VmdkBackupTestBase):
         # managed objects of their own.
         return record['data']['value']
 
+    def _foreign_temp_vm(self):
+        """A temporary VM of a restore of another host (a dead pid here)."""
+        owner = dataclasses.replace(ownership.current(),
+                                    host='other-host.example.org',
+                                    pid=4194000, start_time=1)
+        name = leftovers.temp_vm_name(str(uuid.uuid4()), owner)
+        vops = self.driver.volumeops
+        backing = self._backing(self.target)
+        resource_pool = self.session.invoke_api(
+            vim_util, 'get_object_property', self.session.vim, backing,
+            'resourcePool')
+        folder = self.session.invoke_api(
+            vim_util, 'get_object_property', self.session.vim, backing,
+            'parent')
+        ds_name = vops.get_summary(vops.get_datastore(backing)).name
+        vops.create_backing(name, units.Mi // units.Ki, 'thin', folder,
+                            resource_pool, vops.get_host(backing), ds_name)
+        return name
+
     # -- the tests -----------------------------------------------------------
 
     def test_second_worker_starts_and_backs_up_during_a_restore(self):
@@ -275,10 +298,14 @@ class JanitorTestCase(flows.VmdkBackupTestBase):
         self.assertEqual([temp_vm], self._temp_vms())
         self.assertEqual(2, len(os.listdir(self.staging_dir)))
 
+        # Another host's restore, in the same vCenter: never this host's to
+        # remove, whatever its pid means here.
+        foreign = self._foreign_temp_vm()
+
         start = self._worker('next-start', 'start', db)
         self.assertEqual('done', start.next_line())
         log = start.log_text()
-        self.assertEqual([], self._temp_vms(), log[-3000:])
+        self.assertEqual([foreign], self._temp_vms(), log[-3000:])
         self.assertEqual([], os.listdir(self.staging_dir))
         # The lease was ended (vCenter) or is unreachable from a new
         # session (vcsim): either way its record is gone.
