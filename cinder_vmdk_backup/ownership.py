@@ -17,7 +17,9 @@ qcow2 overlays) removes a thing only when its owner is **provably gone**,
 never because it is old:
 
 * its **lock is free**: the owner holds an exclusive ``flock`` on a file for
-  the thing's whole life, and a killed process holds no lock; or
+  the thing's whole life, and a killed process holds no lock (a staging
+  file also names its owner, so that the instant between its creation and
+  its lock is not mistaken for a free lock); or
 * its **owner process is gone**: the owner is recorded as an
   :class:`Owner` (host name, boot id, pid namespace, pid and the process's
   start time in clock ticks after boot), and on the same host, in the same
@@ -26,7 +28,10 @@ never because it is old:
   that rebooted has another boot id.
 
 An owner on another host, or in another pid namespace (another container),
-can never be proved gone from here: its leftovers are left to it. That is
+can never be proved gone from here: its leftovers are left to it. (A
+restarted container has a pid namespace of its own: the temporary VMs of
+its former instance are then left for the operator; its staging files and
+lease records, found by their free lock, are not.) That is
 what makes the rule hold with several ``backup_workers``, several
 cinder-backup and cinder-volume processes on one host, and several hosts
 on one vCenter.

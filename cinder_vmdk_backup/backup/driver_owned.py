@@ -44,7 +44,9 @@ re-creating the disk faithfully needs, kept in the backup's metadata.
 Implementing the protocol
 -------------------------
 A driver class mixes in :class:`DriverOwnedBackupMixin` (before its volume
-driver base class) and fills the hooks; nothing else is needed. The plugin's
+driver base class) and fills the hooks; nothing else is needed (a driver
+that overrides ``do_setup`` calls the mixin's, which removes what killed
+processes left: :meth:`DriverOwnedBackupMixin.remove_leftovers`). The plugin's
 manager then, for a volume whose ``volume.host`` names a backend section of
 cinder-backup's ``cinder.conf`` with that ``volume_driver``:
 
