@@ -150,11 +150,19 @@ class NfcLease(object):
         """
         if not self._settings.state_dir:
             return
-        self._record = ownership.Record(
-            self._settings.state_dir, LEASE_RECORD_KIND,
-            {'type': getattr(self.ref, '_type', 'HttpNfcLease'),
-             'value': vim_util.get_moref_value(self.ref),
-             'what': self.what})
+        try:
+            self._record = ownership.Record(
+                self._settings.state_dir, LEASE_RECORD_KIND,
+                {'type': getattr(self.ref, '_type', 'HttpNfcLease'),
+                 'value': vim_util.get_moref_value(self.ref),
+                 'what': self.what})
+        except OSError as exc:
+            # A backup needs no local disk otherwise; it goes on, and
+            # vCenter expires the lease if this process is killed.
+            LOG.warning('Could not record the NFC lease of the %(what)s in '
+                        '%(dir)s: %(exc)s', {'what': self.what,
+                                             'dir': self._settings.state_dir,
+                                             'exc': exc})
 
     def _drop_record(self):
         if self._record is not None:

@@ -190,6 +190,16 @@ class NfcLeaseTestCase(testtools.TestCase):
         self.assertRaises(RuntimeError, lease.complete)
         self.assertEqual([], self._records(state))
 
+    def test_unwritable_state_dir_does_not_stop_the_transfer(self):
+        state = os.path.join(self.useFixture(fixtures.TempDir()).path, 'f')
+        open(state, 'w').close()  # a file where the directory should be
+        session = session_with_lease(['ready'])
+        lease = nfc.NfcLease.export_vm(session, settings(state_dir=state),
+                                       fakes.moref('vm-1'))
+        self.assertIsNone(lease._record)
+        lease.complete()
+        self.assertIn('HttpNfcLeaseComplete', session.methods())
+
     def test_no_state_dir_no_record(self):
         session = session_with_lease(['ready'])
         lease = nfc.NfcLease.export_vm(session, settings(),
