@@ -12,15 +12,18 @@
 
 """Restore staging files: made locked, and their janitor.
 
-A staging file is named ``cvb-restore-<owner>-<random>`` (``<owner>`` is
-:func:`~cinder_vmdk_backup.ownership.name_part` of the process that made
-it), created 0600 and locked (``flock``) by its owner from the moment it
-exists until it is removed, through the driver's ``restore_raw_image``.
-:func:`remove_leftovers` removes a staging file only when its owner is gone
-(:mod:`cinder_vmdk_backup.ownership`): its lock is free, and the process
-its name names is not running (the instant between ``mkstemp`` and
-``flock`` of a live owner). Files of an older release, whose name names no
-owner, are removed when their lock is free.
+A staging file is created 0600 under a hidden name
+(``.cvb-restore-<owner>-<random>``, ``<owner>`` being
+:func:`~cinder_vmdk_backup.ownership.name_part` of the process that makes
+it), locked (``flock``), and only then renamed to its visible name
+``cvb-restore-<owner>-<random>``; its owner holds the lock until the file
+is removed, through the driver's ``restore_raw_image``.
+:func:`remove_leftovers` removes a visible staging file only when its lock
+is free (its owner is gone; files of an older release too), and a hidden
+one, which a process killed between ``mkstemp`` and ``rename`` may leave,
+only when its lock is free and the process its name names is provably
+gone (:mod:`cinder_vmdk_backup.ownership`): a janitor never takes a file
+in the instant between its creation and its lock.
 """
 
 import contextlib
@@ -38,8 +41,11 @@ LOG = logging.getLogger(__name__)
 #: Prefix of every staging file, so that leftovers are recognisably ours.
 PREFIX = 'cvb-restore-'
 
-_OWNER_RE = re.compile(r'^%s%s-' % (re.escape(PREFIX),
-                                    ownership.NAME_PART_RE))
+#: Prefix of a staging file not locked yet.
+_NEW_PREFIX = '.' + PREFIX
+
+_NEW_RE = re.compile(r'^%s%s-' % (re.escape(_NEW_PREFIX),
+                                  ownership.NAME_PART_RE))
 
 
 @contextlib.contextmanager
@@ -51,12 +57,16 @@ def staging_file(directory):
     """
     os.makedirs(directory, mode=0o700, exist_ok=True)
     fd, path = tempfile.mkstemp(
-        prefix='%s%s-' % (PREFIX, ownership.name_part()), dir=directory)
-    # A second open file of the same file holds the lock, so that closing
-    # the caller's file object does not drop it.
-    lock_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        prefix='%s%s-' % (_NEW_PREFIX, ownership.name_part()), dir=directory)
+    lock_fd = None
     try:
+        # A second open file of the same file holds the lock, so that
+        # closing the caller's file object does not drop it.
+        lock_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        visible = os.path.join(directory, os.path.basename(path)[1:])
+        os.rename(path, visible)
+        path = visible
         with os.fdopen(fd, 'r+b') as staging:
             fd = None
             yield staging, path
@@ -65,7 +75,8 @@ def staging_file(directory):
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        os.close(lock_fd)
+        if lock_fd is not None:
+            os.close(lock_fd)
 
 
 def remove_leftovers(directory):
@@ -79,7 +90,7 @@ def remove_leftovers(directory):
         return []
     removed = []
     for name in names:
-        if not name.startswith(PREFIX):
+        if not name.startswith((PREFIX, _NEW_PREFIX)):
             continue
         path = os.path.join(directory, name)
         try:
@@ -106,11 +117,12 @@ def _remove_if_gone(path, name):
     try:
         if not ownership.try_lock(fd):
             return False  # its owner holds it
-        match = _OWNER_RE.match(name)
-        if match and ownership.named_owner_running(
-                match.group('place'), int(match.group('pid')),
-                match.group('tag')):
-            return False  # made an instant ago, not locked yet
+        if name.startswith(_NEW_PREFIX):
+            match = _NEW_RE.match(name)
+            if not (match and ownership.named_owner_gone(
+                    match.group('place'), int(match.group('pid')),
+                    match.group('tag'))):
+                return False  # perhaps about to be locked by its owner
         if os.fstat(fd).st_nlink == 0:
             return False  # removed by its owner meanwhile
         os.unlink(path)

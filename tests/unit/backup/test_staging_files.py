@@ -12,6 +12,7 @@
 
 """Staging files: locked for their whole life, removed once owners die."""
 
+import dataclasses
 import os
 import signal
 import stat
@@ -58,6 +59,9 @@ class StagingFilesTestCase(testtools.TestCase):
             self.assertEqual(0o600, stat.S_IMODE(os.stat(path).st_mode))
             self.assertTrue(os.path.basename(path).startswith(
                 staging_files.PREFIX + ownership.name_part() + '-'))
+            # Visible under its name once locked; the hidden one is gone.
+            self.assertEqual([os.path.basename(path)],
+                             os.listdir(os.path.dirname(path)))
             staging.write(b'x')
         self.assertFalse(os.path.exists(path))
 
@@ -80,13 +84,24 @@ class StagingFilesTestCase(testtools.TestCase):
         self.assertEqual([], os.listdir(self.dir))
         self.assertIn(os.path.basename(path), logs.output)
 
-    def test_file_not_locked_yet_by_its_live_owner_is_kept(self):
-        # The instant between mkstemp and flock: the name says who owns it.
-        path = os.path.join(self.dir, '%s%s-abc' % (
-            staging_files.PREFIX, ownership.name_part()))
-        open(path, 'w').close()
-        self.assertEqual([], staging_files.remove_leftovers(self.dir))
-        self.assertTrue(os.path.exists(path))
+    def test_file_not_locked_yet(self):
+        # The instant between mkstemp and flock: a hidden name that says
+        # who owns it; removed only once that process is provably gone.
+        me = ownership.current()
+        owners = {
+            'live': me,
+            'dead': dataclasses.replace(me, pid=999999999),
+            'other-host': dataclasses.replace(me, host='other',
+                                              pid=999999999)}
+        paths = {}
+        for key, owner in owners.items():
+            paths[key] = os.path.join(self.dir, '.%s%s-abc' % (
+                staging_files.PREFIX, ownership.name_part(owner)))
+            open(paths[key], 'w').close()
+        self.assertEqual([paths['dead']],
+                         staging_files.remove_leftovers(self.dir))
+        self.assertTrue(os.path.exists(paths['live']))
+        self.assertTrue(os.path.exists(paths['other-host']))
 
     def test_free_file_of_an_older_release_is_removed(self):
         old = os.path.join(self.dir, staging_files.PREFIX + 'q1w2e3')
