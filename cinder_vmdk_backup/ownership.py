@@ -51,7 +51,7 @@ import socket
 import uuid
 
 __all__ = ['Owner', 'Record', 'current', 'name_part', 'named_owner_gone',
-           'named_owner_running', 'owner_gone', 'stale_records', 'try_lock']
+           'owner_gone', 'stale_records', 'try_lock']
 
 PROC = '/proc'
 
@@ -202,13 +202,6 @@ def named_owner_gone(place, pid, tag, here=None, proc=None):
     now = Owner(host=here.host, boot_id=here.boot_id, pid_ns=here.pid_ns,
                 pid=int(pid), start_time=started)
     return now.tag() != tag
-
-
-def named_owner_running(place, pid, tag, here=None, proc=None):
-    """Whether the owner named by a :func:`name_part` runs now, here."""
-    here = here or current(proc)
-    return (place == here.place_tag() and
-            not named_owner_gone(place, pid, tag, here, proc))
 
 
 def try_lock(fd):

@@ -127,8 +127,6 @@ class OwnerGoneTestCase(testtools.TestCase):
                                               self.here, self.proc.path)
 
         self.assertFalse(gone())
-        self.assertTrue(ownership.named_owner_running(
-            place, int(pid), tag, self.here, self.proc.path))
         self.proc.add(4242, 1001)  # reused pid
         self.assertTrue(gone())
         self.proc.remove(4242)     # dead pid
@@ -140,8 +138,6 @@ class OwnerGoneTestCase(testtools.TestCase):
         other = dataclasses.replace(self.here, host='host-b').place_tag()
         self.assertFalse(ownership.named_owner_gone(
             other, 99999999, tag, self.here, self.proc.path))
-        self.assertFalse(ownership.named_owner_running(
-            other, 4242, tag, self.here, self.proc.path))
 
 
 class CurrentTestCase(testtools.TestCase):
