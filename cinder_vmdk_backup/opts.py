@@ -34,7 +34,10 @@ vmdk_backup_opts = [
                     'restore writes the backup into before it is encoded '
                     'and uploaded to vCenter. Defaults to vmware_tmp_dir. '
                     'Only the data of the restored volume is staged there; '
-                    'a backup never stages data on local disk.'),
+                    'a backup never stages data on local disk. It also '
+                    'holds a small private record of each NFC lease open, '
+                    'so that the next start of the service aborts the '
+                    'leases of a killed process.'),
     cfg.IntOpt('vmware_backup_compression_level',
                default=0, min=0, max=9,
                help='Deflate level of the stream-optimized VMDK uploaded '

@@ -130,6 +130,8 @@ TARGETS = (
             'is_snapshot', 'force', 'ignore_errors'),
            read_by=(_MANAGER + '.continue_backup',
                     _MANAGER + '._run_restore')),
+    Target(_MANAGER, '_cleanup_one_backup', ('self', 'ctxt', 'backup'),
+           read_by=(_MANAGER + '._cleanup_incomplete_backup_operations',)),
     Target(_MANAGER, 'service',
            set_by=(_MANAGER + '.__init__',),
            read_by=(_MANAGER + '.continue_backup',
@@ -501,7 +503,29 @@ class RewiredBackupManager(manager.BackupManager):
         """A :class:`DriverOwnedOperation` for this restore, or None."""
         return None
 
+    def interrupted_restore_cleaned_up(self, context, backup, volume_id):
+        """Hook: Cinder's start-up clean-up ended an interrupted restore.
+
+        The end of a previous cinder-backup interrupted the restore of
+        ``backup`` into ``volume_id``, which Cinder's clean-up just set to
+        ``error_restoring``.
+        """
+
     # -- Cinder's methods ----------------------------------------------------
+
+    def _cleanup_one_backup(self, *args, **kwargs):
+        """Cinder's clean-up of one interrupted operation, at start."""
+        if not self._hooked:
+            return super(RewiredBackupManager, self)._cleanup_one_backup(
+                *args, **kwargs)
+        return self._cleanup_and_report(*args, **kwargs)
+
+    def _cleanup_and_report(self, ctxt, backup):
+        volume_id = (backup.restore_volume_id
+                     if backup.status == 'restoring' else None)
+        super(RewiredBackupManager, self)._cleanup_one_backup(ctxt, backup)
+        if volume_id:
+            self.interrupted_restore_cleaned_up(ctxt, backup, volume_id)
 
     def _service_of_operation(self, *args, **kwargs):
         service = self._backup_service_class(*args, **kwargs)

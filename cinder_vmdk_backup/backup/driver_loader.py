@@ -95,6 +95,56 @@ class BackendDrivers(object):
             self._load(entry, backend_host, volume)
             return entry.driver
 
+    def load_configured(self, host, cluster_name=None):
+        """Set up now the driver of every driver-owned backend configured.
+
+        Called when the service starts: each driver's ``do_setup`` removes
+        what killed processes left (temporary VMs, staging files, leases,
+        overlays), so that they do not wait for the next request of their
+        backend. The backends are the sections named in
+        ``enabled_backends``, or, when it is not set (cinder-backup nodes
+        often have no volume service), every section whose
+        ``volume_driver`` implements the driver-owned backup protocol. A
+        backend whose set-up fails is tried again at its next request.
+
+        :param host: the volume service host of the backends (``[DEFAULT]
+            host``, or the section's ``backend_host``)
+        :returns: the ``host@backend`` names of the drivers set up
+        """
+        loaded = []
+        for backend in self._configured_backends():
+            config = configuration.Configuration(
+                volume_manager.volume_backend_opts, config_group=backend)
+            backend_host = '%s@%s' % (config.safe_get('backend_host') or host,
+                                      backend)
+            volume = _Placeholder(backend_host, cluster_name)
+            if self.driver_for(volume) is not None:
+                loaded.append(backend_host)
+        return loaded
+
+    def _configured_backends(self):
+        enabled = getattr(CONF, 'enabled_backends', None)
+        sections = enabled or [name for name in CONF.list_all_sections()
+                               if name != 'DEFAULT']
+        for backend in sections:
+            if backend not in CONF.list_all_sections():
+                continue
+            try:
+                config = configuration.Configuration(
+                    volume_manager.volume_backend_opts,
+                    config_group=backend)
+                path = volume_manager.MAPPING.get(config.volume_driver,
+                                                  config.volume_driver)
+                if not enabled and path == _default_volume_driver():
+                    continue  # a section of another service
+                driver_class = importutils.import_class(path)
+            except Exception:
+                LOG.debug('Section [%s] names no usable volume driver.',
+                          backend)
+                continue
+            if driver_owned.implements_protocol(driver_class):
+                yield backend
+
     def _entry(self, backend_host):
         with self._entries_lock:
             return self._entries.setdefault(backend_host, _Entry())
@@ -169,12 +219,6 @@ class BackendDrivers(object):
         driver.do_setup(ctxt)
         driver.check_for_setup_error()
         driver.set_initialized()
-        try:
-            driver.remove_staging_leftovers()
-        except Exception:
-            LOG.exception('Could not clean the staging directory of backend '
-                          '%s; the backend is used all the same.',
-                          backend_host)
         return driver
 
     @staticmethod
@@ -190,6 +234,22 @@ class BackendDrivers(object):
         except exception.ServiceNotFound:
             return None
         return service.active_backend_id
+
+
+class _Placeholder(object):
+    """What :meth:`BackendDrivers.driver_for` reads of a volume."""
+
+    def __init__(self, host, cluster_name):
+        self.id = '-'
+        self.host = host
+        self.cluster_name = cluster_name
+
+
+def _default_volume_driver():
+    for opt in volume_manager.volume_backend_opts:
+        if opt.name == 'volume_driver':
+            return opt.default
+    return None
 
 
 class _Unsuitable(Exception):

@@ -44,7 +44,9 @@ re-creating the disk faithfully needs, kept in the backup's metadata.
 Implementing the protocol
 -------------------------
 A driver class mixes in :class:`DriverOwnedBackupMixin` (before its volume
-driver base class) and fills the hooks; nothing else is needed. The plugin's
+driver base class) and fills the hooks; nothing else is needed (a driver
+that overrides ``do_setup`` calls the mixin's, which removes what killed
+processes left: :meth:`DriverOwnedBackupMixin.remove_leftovers`). The plugin's
 manager then, for a volume whose ``volume.host`` names a backend section of
 cinder-backup's ``cinder.conf`` with that ``volume_driver``:
 
@@ -72,9 +74,7 @@ offers), the restore staging file is written behind the backup service.
 """
 
 import contextlib
-import fcntl
 import os
-import tempfile
 
 from cinder import objects
 from oslo_config import cfg
@@ -83,6 +83,7 @@ from oslo_utils import units
 
 from cinder_vmdk_backup.backup import fast_zlib
 from cinder_vmdk_backup.backup import staging
+from cinder_vmdk_backup.backup import staging_files
 from cinder_vmdk_backup.backup import status_checks
 from cinder_vmdk_backup.backup import transfer
 from cinder_vmdk_backup.backup import zero_hashing
@@ -97,7 +98,7 @@ CONF.register_opts(opts.backup_manager_opts)
 PROFILE_KEY_PREFIX = 'disk_profile:'
 
 #: Prefix of every staging file, so that leftovers are recognisably ours.
-STAGING_PREFIX = 'cvb-restore-'
+STAGING_PREFIX = staging_files.PREFIX
 
 
 def implements_protocol(driver_class):
@@ -220,7 +221,6 @@ class DriverOwnedBackupMixin(object):
                     status_checks.throttled_refresh(backup):
                 backup_service.restore(backup, volume.id, behind, False)
             os.ftruncate(staging_file.fileno(), size)
-            staging_file.close()
             self.restore_raw_image(context, backup, volume, path,
                                    volume_is_new)
 
@@ -253,52 +253,48 @@ class DriverOwnedBackupMixin(object):
         size_gb = backup.size or volume.size
         return int(size_gb) * units.Gi
 
-    def remove_staging_leftovers(self):
-        """Remove staging files of restores that were killed mid-way.
+    # -- leftovers ---------------------------------------------------------
 
-        Only files with this module's prefix that no process holds locked
-        are removed, so a restore running in another process is safe.
+    def do_setup(self, context):
+        """The driver's set-up, then :meth:`remove_leftovers`.
+
+        ``do_setup`` runs when cinder-volume starts and when the plugin's
+        backup manager starts (``init_host``), so what a killed process
+        left is removed at the next start of either service, not at the
+        next backup or restore.
+        """
+        super(DriverOwnedBackupMixin, self).do_setup(context)
+        try:
+            self.remove_leftovers()
+        except Exception:
+            LOG.exception('Could not clean up the leftovers of interrupted '
+                          'backups and restores; the driver is used all '
+                          'the same.')
+
+    def remove_leftovers(self):
+        """Remove what killed processes left; drivers add their kinds.
+
+        Only what provably belongs to a process that is gone is removed
+        (:mod:`cinder_vmdk_backup.ownership`). The mixin removes staging
+        files.
+        """
+        self.remove_staging_leftovers()
+
+    def remove_staging_leftovers(self):
+        """Remove staging files of restores whose process is gone.
 
         :returns: the paths removed
         """
-        directory = self.backup_staging_dir()
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            return []
-        removed = []
-        for name in names:
-            if not name.startswith(STAGING_PREFIX):
-                continue
-            path = os.path.join(directory, name)
-            try:
-                with open(path, 'rb') as leftover:
-                    fcntl.flock(leftover, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    os.unlink(path)
-            except (BlockingIOError, FileNotFoundError):
-                continue
-            removed.append(path)
-        if removed:
-            LOG.warning('Removed %(count)d staging file(s) of interrupted '
-                        'restores from %(dir)s.',
-                        {'count': len(removed), 'dir': directory})
-        return removed
+        return staging_files.remove_leftovers(self.backup_staging_dir())
 
-    @contextlib.contextmanager
     def _staging_file(self):
-        """A private (0600) staging file, removed on every path."""
-        directory = self.backup_staging_dir()
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd, path = tempfile.mkstemp(prefix=STAGING_PREFIX, dir=directory)
-        # Held while the file is in use: remove_staging_leftovers() takes
-        # only files nobody holds (a killed process holds nothing).
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            with os.fdopen(fd, 'r+b') as staging:
-                yield staging, path
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        """A private (0600) staging file, locked and removed on every path.
+
+        The lock is held until the file is removed, through
+        :meth:`restore_raw_image`: :meth:`remove_staging_leftovers` of
+        another process never takes a file in use.
+        """
+        return staging_files.staging_file(self.backup_staging_dir())
 
 
 @contextlib.contextmanager

@@ -40,11 +40,21 @@ would, with the same user message (``BACKUP_CREATE_DRIVER_ERROR``,
 ``BACKUP_RESTORE_ERROR``) and status changes. ``init_host``'s clean-up of
 interrupted operations is not touched.
 
+At start the manager also sets up the driver of every driver-owned backend
+configured, so that its ``do_setup`` removes what killed processes left
+(:meth:`BackupManager.init_host`), and reports a restore that a killed
+process interrupted, which Cinder's clean-up sets to ``error_restoring``, as
+one that left the volume's data intact
+(:meth:`BackupManager.interrupted_restore_cleaned_up`).
+
 At start the manager checks those internals against the installed Cinder
 (:func:`~.cinder_internals.check`). If one is missing or changed, it logs
 one error naming them and every backup and restore takes Cinder's own path.
 """
 
+from cinder import context as cinder_context
+from cinder.message import message_field
+from cinder import objects
 from oslo_config import cfg
 from oslo_log import log as logging
 
@@ -128,6 +138,67 @@ class BackupManager(cinder_internals.RewiredBackupManager):
         self._cinder_matches = cinder_internals.check_and_report()
         if self._cinder_matches:
             self.hook_into_cinder()
+
+    # -- start ---------------------------------------------------------------
+
+    def init_host(self, **kwargs):
+        """Cinder's start, then every driver-owned backend set up.
+
+        Setting a driver up removes what killed processes of this host left
+        (temporary VMs, staging files, NFC leases, qcow2 overlays), when
+        the service starts rather than at the next request of the backend.
+        """
+        super(BackupManager, self).init_host(**kwargs)
+        if not (CONF.driver_owned_backup_enabled and self._cinder_matches):
+            return
+        try:
+            loaded = self._backend_drivers.load_configured(
+                CONF.host, cluster_name=getattr(CONF, 'cluster', None))
+        except Exception:
+            LOG.exception('Could not set up the driver-owned backends at '
+                          'start; each is set up at its first request.')
+            return
+        if loaded:
+            LOG.info('Driver-owned backends set up at start: %s.',
+                     ', '.join(loaded))
+
+    def interrupted_restore_cleaned_up(self, context, backup, volume_id):
+        """Say that a driver-owned restore left the volume's data intact.
+
+        A restore interrupted by the end of cinder-backup leaves its volume
+        in ``error_restoring`` (Cinder's clean-up). A driver-owned restore
+        changes the volume's data only once the restored image is complete
+        (``restore_raw_image``), so the volume still holds its former data:
+        the log says so, naming the way back, and the user gets Cinder's
+        restore-failed message on the volume (Cinder's message API has only
+        fixed texts; none says "data intact").
+        """
+        try:
+            volume = objects.Volume.get_by_id(context, volume_id)
+        except Exception:
+            return
+        if volume.status != 'error_restoring' or (
+                self._driver_for(volume) is None):
+            return
+        LOG.warning('The restore of backup %(backup)s into volume '
+                    '%(volume)s was interrupted by the end of '
+                    'cinder-backup. The volume\'s data is intact (its '
+                    'driver changes it only once the restored data is '
+                    'complete); its status is error_restoring. Reset it '
+                    'with "cinder reset-state --state available %(volume)s" '
+                    'and restore again.',
+                    {'backup': backup.id, 'volume': volume_id})
+        try:
+            user_context = cinder_context.RequestContext(
+                user_id=volume.user_id, project_id=volume.project_id,
+                is_admin=False)
+            self.message_api.create(
+                user_context, message_field.Action.BACKUP_RESTORE,
+                resource_uuid=volume_id,
+                detail=message_field.Detail.BACKUP_RESTORE_ERROR)
+        except Exception:
+            LOG.exception('Could not tell the user of volume %s that its '
+                          'restore was interrupted.', volume_id)
 
     # -- routing -----------------------------------------------------------
 

@@ -10,58 +10,73 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""Names of our temporary VMs, and removal of those a crash left behind.
+"""The janitors of vCenter: temporary VMs and NFC leases of gone processes.
 
-A temporary VM is named ``cvb-tmp-<node>-<epoch>-<volume id>``: ``node``
-is a short hash of the name of the node that created it, ``epoch`` the
-second it was created. Several cinder-backup processes (other nodes, or
-``backup_workers`` on one node) share one vCenter, so a process removes
-only VMs of its own node created *before* it started: those belong to a
-process that no longer runs. Everything else is left alone.
+A temporary VM is named ``cvb-tmp-<owner>-<volume id>``, ``<owner>`` being
+:func:`~cinder_vmdk_backup.ownership.name_part` of the process that imports
+it (its host and pid namespace, pid, and a tag of its boot and start
+time). Several cinder-backup and cinder-volume processes (``backup_workers``
+of one node, other services, other hosts) share one vCenter:
+:func:`remove_temp_vms` destroys only the temporary VMs whose owner is
+provably gone (:func:`~cinder_vmdk_backup.ownership.named_owner_gone`): made
+on this host and in this pid namespace by a process that no longer runs.
+Another host's are left to that host. Names of an older release
+(``cvb-tmp-<node>-<epoch>-<volume id>``) name no process: they are listed
+in a warning and left for the operator.
+
+An NFC lease (export or import) opened by a process is recorded in a
+private file of the staging directory while it is open (an
+:class:`~cinder_vmdk_backup.ownership.Record` of kind
+:data:`~.nfc.LEASE_RECORD_KIND`, written by :class:`~.nfc.NfcLease`);
+:func:`abort_leases` aborts the leases whose owner is gone. vCenter expires
+a lease only after minutes without progress, and vcsim never does; until
+then the lease's VM stays busy (an export) or half-imported (an import).
 """
 
-import hashlib
 import re
-import time
 
 from oslo_log import log as logging
 from oslo_vmware import exceptions as vexc
 from oslo_vmware import vim_util
 
+from cinder_vmdk_backup import ownership
+from cinder_vmdk_backup.vmware import nfc
+
 LOG = logging.getLogger(__name__)
 
 TEMP_VM_PREFIX = 'cvb-tmp-'
 
-_NAME_RE = re.compile(r'^%s(?P<node>[0-9a-f]{8})-(?P<epoch>[0-9]{9,12})-'
-                      % re.escape(TEMP_VM_PREFIX))
+_UUID = r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
+_NAME_RE = re.compile(r'^%s%s-(?P<volume>%s)$' % (
+    re.escape(TEMP_VM_PREFIX), ownership.NAME_PART_RE, _UUID))
+_OLD_NAME_RE = re.compile(r'^%s[0-9a-f]{8}-[0-9]{9,12}-' %
+                          re.escape(TEMP_VM_PREFIX))
 
 
-def node_tag(node_name):
-    """Return the 8 hex digits that stand for a node in temp VM names."""
-    return hashlib.sha256(node_name.encode('utf-8')).hexdigest()[:8]
+def temp_vm_name(volume_id, owner=None):
+    """Return the name of a temporary VM for work on ``volume_id``.
 
-
-def temp_vm_name(node, volume_id, now=None):
-    """Return a temporary VM name for work on ``volume_id``.
-
-    :param node: :func:`node_tag` of this node
+    :param owner: the owning :class:`~cinder_vmdk_backup.ownership.Owner`
+        (default: this process)
     """
-    epoch = int(time.time() if now is None else now)
-    return '%s%s-%d-%s' % (TEMP_VM_PREFIX, node, epoch, volume_id)
+    return '%s%s-%s' % (TEMP_VM_PREFIX, ownership.name_part(owner),
+                        volume_id)
 
 
 def parse_temp_vm_name(name):
-    """Return ``(node, epoch)`` of a temporary VM name, or None."""
+    """Return ``(place, pid, tag, volume id)`` of a temp VM name, or None."""
     match = _NAME_RE.match(name or '')
     if not match:
         return None
-    return match.group('node'), int(match.group('epoch'))
+    return (match.group('place'), int(match.group('pid')),
+            match.group('tag'), match.group('volume'))
 
 
-def is_leftover(name, node, started_at):
-    """Tell whether ``name`` is a temp VM a dead process of ``node`` left."""
+def is_leftover(name, here=None):
+    """Tell whether ``name`` is a temp VM of a provably gone process."""
     parsed = parse_temp_vm_name(name)
-    return bool(parsed and parsed[0] == node and parsed[1] < started_at)
+    return bool(parsed and ownership.named_owner_gone(*parsed[:3],
+                                                      here=here))
 
 
 def _vm_names(session, max_objects):
@@ -79,14 +94,24 @@ def _vm_names(session, max_objects):
                                     session.vim, result)
 
 
-def find_leftovers(session, node, started_at, max_objects=100):
-    """List ``(name, vm_ref)`` of temp VMs left by dead processes of node."""
-    return [(name, ref) for name, ref in _vm_names(session, max_objects)
-            if is_leftover(name, node, started_at)]
+def find_leftovers(session, max_objects=100, here=None):
+    """List ``(name, vm_ref)`` of temp VMs of provably gone processes."""
+    found, old = [], []
+    for name, ref in _vm_names(session, max_objects):
+        if is_leftover(name, here):
+            found.append((name, ref))
+        elif _OLD_NAME_RE.match(name or ''):
+            old.append(name)
+    if old:
+        LOG.warning('Temporary VMs of an older release of the plugin '
+                    'exist: %s. Their owner cannot be known; remove them '
+                    'once no restore of that release runs any more.',
+                    ', '.join(sorted(old)))
+    return found
 
 
-def remove_leftovers(session, node, started_at, max_objects=100):
-    """Destroy temp VMs (and their disks) left by dead processes of node.
+def remove_temp_vms(session, max_objects=100, here=None):
+    """Destroy temp VMs (and their disks) of provably gone processes.
 
     Failures are logged and skipped: a leftover must not stop a service
     from starting.
@@ -94,8 +119,7 @@ def remove_leftovers(session, node, started_at, max_objects=100):
     :returns: names of the VMs removed
     """
     removed = []
-    for name, ref in find_leftovers(session, node, started_at,
-                                    max_objects):
+    for name, ref in find_leftovers(session, max_objects, here):
         try:
             task = session.invoke_api(session.vim, 'Destroy_Task', ref)
             session.wait_for_task(task)
@@ -105,7 +129,49 @@ def remove_leftovers(session, node, started_at, max_objects=100):
             LOG.warning('Could not remove leftover temporary VM %(name)s: '
                         '%(exc)s', {'name': name, 'exc': exc})
             continue
-        LOG.info('Removed leftover temporary VM %s of an interrupted '
-                 'backup operation.', name)
+        LOG.warning('Removed temporary VM %s of a restore interrupted by '
+                    'the end of its process.', name)
         removed.append(name)
     return removed
+
+
+def abort_leases(session, directory, here=None):
+    """Abort the NFC leases recorded in ``directory`` by gone processes.
+
+    A lease vCenter no longer knows (completed, expired, its VM gone) needs
+    nothing more; its record is removed all the same.
+
+    :returns: the ``what`` of each lease aborted
+    """
+    aborted = []
+    stale = ownership.stale_records(directory, nfc.LEASE_RECORD_KIND, here)
+    for record in stale:
+        data = record.data
+        ref = vim_util.get_moref(data.get('value'),
+                                 data.get('type') or 'HttpNfcLease')
+        what = data.get('what') or data.get('value')
+        try:
+            session.invoke_api(session.vim, 'HttpNfcLeaseAbort', ref)
+        except vexc.ManagedObjectNotFoundException:
+            LOG.info('The NFC lease of the %s, left open by a process that '
+                     'ended during the transfer, is gone already.', what)
+        except vexc.VimException as exc:
+            if not _lease_finished(exc):
+                LOG.warning('Could not abort the NFC lease of the %(what)s '
+                            'left by a gone process: %(exc)s',
+                            {'what': what, 'exc': exc})
+                record.close()
+                continue
+        else:
+            LOG.warning('Aborted the NFC lease of the %s, left open by a '
+                        'process that ended during the transfer.', what)
+            aborted.append(what)
+        record.remove()
+    return aborted
+
+
+def _lease_finished(exc):
+    """Whether ``exc`` says the lease is done already (nothing to abort)."""
+    names = getattr(exc, 'fault_list', None) or []
+    return any(name in ('ManagedObjectNotFound', 'InvalidState')
+               for name in names)

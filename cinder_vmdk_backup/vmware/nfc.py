@@ -50,6 +50,7 @@ from oslo_vmware import rw_handles
 from oslo_vmware import vim_util
 from urllib3 import connection as u3_connection
 
+from cinder_vmdk_backup import ownership
 from cinder_vmdk_backup.vmware import errors
 
 LOG = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ LOG = logging.getLogger(__name__)
 #: Seconds between two HttpNfcLeaseProgress calls; vCenter expires a lease
 #: after about five minutes without one.
 PROGRESS_INTERVAL = 60
+
+#: Kind of the ownership records of open leases (see :mod:`.leftovers`).
+LEASE_RECORD_KIND = 'nfc-lease'
 
 
 def lease_url(url, host, port):
@@ -89,6 +93,8 @@ class TransferSettings(object):
         abandoned; there is no limit on the whole transfer
     :param lease_ready_timeout: seconds to wait for a lease to be ready
     :param poll_interval: seconds between two polls of a lease's state
+    :param state_dir: directory where each open lease is recorded for the
+        janitor of the next start (:mod:`.leftovers`), or None
     """
 
     host: str
@@ -98,6 +104,7 @@ class TransferSettings(object):
     idle_timeout: float = 600
     lease_ready_timeout: float = 300
     poll_interval: float = 0.5
+    state_dir: str = None
 
 
 def session_cookie(session):
@@ -124,6 +131,7 @@ class NfcLease(object):
         self._info = None
         self._last_progress = None
         self.done = False
+        self._record = None
 
     @classmethod
     def export_vm(cls, session, settings, vm_ref):
@@ -147,11 +155,39 @@ class NfcLease(object):
 
     def _ready(self):
         try:
+            self._record_open()
             self.wait_ready()
         except Exception:
             self.abort()
             raise
         return self
+
+    def _record_open(self):
+        """Record the open lease for the janitor of the next start.
+
+        Held (locked) until the lease is completed or aborted: a process
+        killed meanwhile leaves it, and the next start aborts the lease.
+        """
+        if not self._settings.state_dir:
+            return
+        try:
+            self._record = ownership.Record(
+                self._settings.state_dir, LEASE_RECORD_KIND,
+                {'type': getattr(self.ref, '_type', 'HttpNfcLease'),
+                 'value': vim_util.get_moref_value(self.ref),
+                 'what': self.what})
+        except OSError as exc:
+            # A backup needs no local disk otherwise; it goes on, and
+            # vCenter expires the lease if this process is killed.
+            LOG.warning('Could not record the NFC lease of the %(what)s in '
+                        '%(dir)s: %(exc)s', {'what': self.what,
+                                             'dir': self._settings.state_dir,
+                                             'exc': exc})
+
+    def _drop_record(self):
+        if self._record is not None:
+            self._record.release()
+            self._record = None
 
     def _state(self):
         return self._session.invoke_api(
@@ -236,15 +272,20 @@ class NfcLease(object):
 
     def complete(self):
         """Release the lease as successful."""
-        self.progress(100, force=True)
-        self._session.invoke_api(self._session.vim, 'HttpNfcLeaseComplete',
-                                 self.ref)
+        try:
+            self.progress(100, force=True)
+            self._session.invoke_api(self._session.vim,
+                                     'HttpNfcLeaseComplete', self.ref)
+        finally:
+            # Not completed: the caller aborts it, or vCenter expires it.
+            self._drop_record()
         self.done = True
         LOG.debug('NFC lease for %s completed.', self.what)
 
     def abort(self):
         """Release the lease as failed; never raises."""
         if self.done:
+            self._drop_record()
             return
         self.done = True
         try:
@@ -257,6 +298,8 @@ class NfcLease(object):
             LOG.warning('Could not abort the NFC lease for %(what)s: '
                         '%(exc)s', {'what': self.what,
                                     'exc': type(exc).__name__})
+        finally:
+            self._drop_record()
 
 
 def _tls_arguments(settings, thumbprint):

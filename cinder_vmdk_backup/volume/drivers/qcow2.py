@@ -93,6 +93,17 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
         if not os.path.isdir(self._dir):
             raise Qcow2DriverError(reason=_(
                 'qcow2_volumes_dir %s is not a directory') % self._dir)
+        # Then remove_leftovers() (DriverOwnedBackupMixin.do_setup).
+        super().do_setup(context)
+
+    def remove_leftovers(self):
+        """Staging files, and overlays, frozen and restored images.
+
+        Each only when no operation holds its lock (:mod:`.kvm.leftovers`
+        for the images: the lock of the image, held from freeze to merge by
+        whichever process on whichever host does it).
+        """
+        super().remove_leftovers()
         if self.configuration.qcow2_merge_leftovers_at_start:
             self.clean_leftovers()
 

@@ -38,7 +38,6 @@ driver-owned backup protocol (:mod:`cinder_vmdk_backup.backup.driver_owned`):
 
 import contextlib
 import os
-import sys
 import time
 
 from cinder import context as cinder_context
@@ -89,11 +88,6 @@ _TRANSFER_ERRORS = (transfer_errors.TransferError,
                     vexc.VimException)
 
 
-def _process_identity():
-    """This node and service, as temp VM names tell them apart."""
-    return '%s:%s' % (CONF.host, os.path.basename(sys.argv[0] or ''))
-
-
 def _hw_version_number(text, default=None):
     """'vmx-13' -> 13."""
     try:
@@ -124,49 +118,36 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
     def __init__(self, *args, **kwargs):
         super(VMwareVcVmdkBackupDriver, self).__init__(*args, **kwargs)
         self.configuration.append_config_values(opts.vmdk_backup_opts)
-        self._started_at = time.time()
-        self._node = leftovers.node_tag(_process_identity())
 
     @staticmethod
     def get_driver_options():
         return vmdk.vmdk_opts + opts.vmdk_backup_opts
 
-    def do_setup(self, context):
-        super(VMwareVcVmdkBackupDriver, self).do_setup(context)
-        self.remove_leftovers()
-
     # -- leftovers ---------------------------------------------------------
 
     def remove_leftovers(self):
-        """Remove what crashed operations of this node's service left.
+        """Remove what killed processes left: leases, temp VMs, staging.
 
-        Temporary VMs in vCenter and staging files older than this process
-        (see :mod:`cinder_vmdk_backup.vmware.leftovers`); never another
-        process's, never anything not named by the plugin. Failures are
-        logged: they must not stop the service from starting.
+        Run by ``do_setup`` (:class:`~.driver_owned.DriverOwnedBackupMixin`),
+        in cinder-volume and in cinder-backup. Only what provably belongs
+        to a process that is gone is removed
+        (:mod:`cinder_vmdk_backup.vmware.leftovers`), never another live
+        process's, never another host's. Leases first: a VM under an
+        import lease cannot be destroyed. Failures are logged: they must
+        not stop the service from starting.
         """
         try:
-            leftovers.remove_leftovers(
-                self.session, self._node, self._started_at,
+            leftovers.abort_leases(self.session, self.backup_staging_dir())
+        except Exception as exc:
+            LOG.warning('Could not look for NFC leases of interrupted '
+                        'transfers: %s', exc)
+        try:
+            leftovers.remove_temp_vms(
+                self.session,
                 self.configuration.vmware_max_objects_retrieval)
         except Exception as exc:
             LOG.warning('Could not look for leftover temporary VMs: %s', exc)
-        directory = self.backup_staging_dir()
-        try:
-            names = os.listdir(directory)
-        except OSError:
-            return
-        for name in names:
-            if not name.startswith(driver_owned.STAGING_PREFIX):
-                continue
-            path = os.path.join(directory, name)
-            try:
-                if os.stat(path).st_mtime < self._started_at:
-                    os.unlink(path)
-                    LOG.info('Removed leftover staging file %s.', path)
-            except OSError as exc:
-                LOG.warning('Could not remove leftover staging file '
-                            '%(path)s: %(exc)s', {'path': path, 'exc': exc})
+        super(VMwareVcVmdkBackupDriver, self).remove_leftovers()
 
     # -- protocol hooks ----------------------------------------------------
 
@@ -183,7 +164,8 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
             insecure=conf.vmware_insecure,
             idle_timeout=conf.vmware_backup_transfer_idle_timeout,
             lease_ready_timeout=conf.vmware_backup_lease_ready_timeout,
-            poll_interval=min(conf.vmware_task_poll_interval, 1.0))
+            poll_interval=min(conf.vmware_task_poll_interval, 1.0),
+            state_dir=self.backup_staging_dir())
 
     @staticmethod
     def _device_volume(device):
@@ -400,7 +382,7 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         folder = session.invoke_api(vim_util, 'get_object_property',
                                     session.vim, backing, 'parent')
         profile_id = self._get_storage_profile_id(volume)
-        temp_name = leftovers.temp_vm_name(self._node, volume.id)
+        temp_name = leftovers.temp_vm_name(volume.id)
         import_spec = self._import_spec(
             temp_name, size, self._get_disk_type(volume), ds_name,
             profile_id, adapter_type, None)

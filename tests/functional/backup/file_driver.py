@@ -118,6 +118,8 @@ class FileVolumeDriver(driver_owned.DriverOwnedBackupMixin, driver.BaseVD):
     def do_setup(self, context):
         with _SETUP_LOCK:
             SETUP_CALLS[self.host] = SETUP_CALLS.get(self.host, 0) + 1
+        # The mixin's: what killed processes left is removed.
+        super().do_setup(context)
 
     def check_for_setup_error(self):
         if self.configuration.file_volume_fail_setup:

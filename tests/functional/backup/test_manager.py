@@ -738,8 +738,16 @@ class DriverOwnedBackupManagerTestCase(test.TestCase):
     def test_startup_cleanup_of_interrupted_operations(self):
         """Cinder's init_host resets what a crash interrupted, as before.
 
-        No volume driver is loaded for it.
+        The plugin adds: every driver-owned backend is set up at start,
+        and its do_setup removes the staging file a killed restore left;
+        the user is told about the interrupted restore.
         """
+        staging = os.path.join(self.volume_dir, 'staging')
+        os.makedirs(staging)
+        leftover = os.path.join(staging, driver_owned.STAGING_PREFIX +
+                                'killed-restore')
+        with open(leftover, 'wb') as f:
+            f.write(b'data of a killed restore')
         volume = self._volume(status='backing-up')
         creating = test_utils.create_backup(
             self.ctxt, volume.id, status=fields.BackupStatus.CREATING,
@@ -755,4 +763,8 @@ class DriverOwnedBackupManagerTestCase(test.TestCase):
         self.assertEqual('available', volume.status)
         self.assertEqual(fields.BackupStatus.AVAILABLE, restoring.status)
         self.assertEqual('error_restoring', target.status)
-        self.assertEqual({}, file_driver.SETUP_CALLS)
+        self.assertEqual(1, file_driver.SETUP_CALLS['%s@owned' % CONF.host])
+        self.assertEqual([], self._staging_files())
+        self.assertEqual([message_field.Detail.BACKUP_RESTORE_ERROR[0]],
+                         self._messages(target.id))
+        self.assertEqual([], self._messages(volume.id))

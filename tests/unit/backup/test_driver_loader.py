@@ -21,6 +21,7 @@ objects.register_all()
 from cinder import exception  # noqa: E402
 from cinder.volume import configuration  # noqa: E402
 import ddt  # noqa: E402
+from oslo_config import fixture as config_fixture  # noqa: E402
 from oslotest import base  # noqa: E402
 
 from cinder_vmdk_backup.backup import driver_loader  # noqa: E402
@@ -204,3 +205,75 @@ class BackendDriversTestCase(base.BaseTestCase):
         self.assertEqual(1, len(set(map(id, results))))
         self.assertIsInstance(results[0], ProtocolDriver)
         self.assertEqual(1, self.do_setup.call_count)
+
+
+class LoadConfiguredTestCase(base.BaseTestCase):
+    """Every driver-owned backend set up when the service starts."""
+
+    def setUp(self):
+        super(LoadConfiguredTestCase, self).setUp()
+        self.conf = self.useFixture(config_fixture.Config(driver_loader.CONF))
+        self.drivers = driver_loader.BackendDrivers(60)
+        self.sections = mock.patch.object(
+            driver_loader.CONF, 'list_all_sections', autospec=True,
+            return_value=['DEFAULT', 'fast', 'stock', 'database']).start()
+        self.addCleanup(mock.patch.stopall)
+        paths = {'fast': DRIVER_PATH, 'stock': 'stock.Driver',
+                 'database': driver_loader._default_volume_driver()}
+        classes = {DRIVER_PATH: ProtocolDriver, 'stock.Driver': StockDriver}
+
+        def new_configuration(opts, config_group):
+            config = mock.Mock(volume_driver=paths[config_group])
+            config.safe_get.return_value = None
+            return config
+
+        self.configuration = mock.patch.object(
+            configuration, 'Configuration', autospec=True,
+            side_effect=new_configuration).start()
+        self.import_class = mock.patch.object(
+            driver_loader.importutils, 'import_class', autospec=True,
+            side_effect=lambda path: classes[path]).start()
+        mock.patch.object(
+            objects.Service, 'get_by_args', autospec=True,
+            side_effect=exception.ServiceNotFound(service_id='x')).start()
+        self.do_setup = mock.patch.object(ProtocolDriver, 'do_setup',
+                                          autospec=True).start()
+
+    def test_sections_with_a_protocol_driver(self):
+        loaded = self.drivers.load_configured('node1', cluster_name='c1')
+        self.assertEqual(['node1@fast'], loaded)
+        self.assertEqual(1, self.do_setup.call_count)
+        driver = self.do_setup.call_args[0][0]
+        self.assertEqual(('node1@fast', 'c1'),
+                         (driver.host, driver.cluster_name))
+        # The default LVM driver of a section of another service is not
+        # even imported.
+        self.assertNotIn(mock.call(driver_loader._default_volume_driver()),
+                         self.import_class.call_args_list)
+        # Later requests of the backend reuse the driver set up at start.
+        self.assertIs(driver, self.drivers.driver_for(_volume()))
+        self.assertEqual(1, self.do_setup.call_count)
+
+    def test_enabled_backends_when_set(self):
+        from cinder.common import config  # noqa: F401 (enabled_backends)
+        self.conf.config(enabled_backends=['stock'])
+        self.assertEqual([], self.drivers.load_configured('node1'))
+        self.do_setup.assert_not_called()
+
+    def test_backend_host_override(self):
+        def with_backend_host(opts, config_group):
+            config = mock.Mock(volume_driver=DRIVER_PATH)
+            config.safe_get.side_effect = (
+                lambda name: 'shared' if name == 'backend_host' else None)
+            return config
+
+        self.sections.return_value = ['fast']
+        self.configuration.side_effect = with_backend_host
+        self.assertEqual(['shared@fast'],
+                         self.drivers.load_configured('node1'))
+
+    def test_failed_setup_is_retried_at_the_first_request(self):
+        self.do_setup.side_effect = [RuntimeError('vc down'), None]
+        self.assertEqual([], self.drivers.load_configured('node1'))
+        self.drivers._clock = lambda: time.monotonic() + 3600
+        self.assertIsNotNone(self.drivers.driver_for(_volume()))

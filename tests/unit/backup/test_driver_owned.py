@@ -11,6 +11,7 @@
 # under the License.
 
 import contextlib
+import dataclasses
 import io
 import os
 import stat
@@ -28,7 +29,9 @@ from oslo_utils import units  # noqa: E402
 from oslotest import base  # noqa: E402
 
 from cinder_vmdk_backup.backup import driver_owned  # noqa: E402
+from cinder_vmdk_backup.backup import staging_files  # noqa: E402
 from cinder_vmdk_backup.backup import transfer  # noqa: E402
+from cinder_vmdk_backup import ownership  # noqa: E402
 
 
 class Driver(driver_owned.DriverOwnedBackupMixin):
@@ -281,3 +284,48 @@ class StagingLeftoversTestCase(base.BaseTestCase):
     def test_missing_directory_is_nothing_to_clean(self):
         driver = Driver(os.path.join(self.staging_dir, 'never-made'))
         self.assertEqual([], driver.remove_staging_leftovers())
+
+    def test_staging_file_stays_locked_through_restore_raw_image(self):
+        # A janitor of another host (a shared staging directory) runs
+        # while this process hands the image to its volume driver: only
+        # the lock tells it the file is in use.
+        seen = []
+        elsewhere = dataclasses.replace(ownership.current(), host='other')
+
+        def restore_raw_image(driver, context, backup, volume, image_path,
+                              volume_is_new):
+            with mock.patch.object(ownership, 'current', autospec=True,
+                                   return_value=elsewhere):
+                seen.append(staging_files.remove_leftovers(
+                    self.staging_dir))
+            with open(image_path, 'rb') as image:
+                seen.append(image.read(4))
+
+        service = mock.Mock()
+        service.restore.side_effect = (
+            lambda backup, volume_id, volume_file, is_new:
+            volume_file.write(b'data'))
+        with mock.patch.object(Driver, 'restore_raw_image', autospec=True,
+                               side_effect=restore_raw_image):
+            self.driver.restore_backup(mock.sentinel.ctxt, _backup(),
+                                       _volume(), service)
+        self.assertEqual([[], b'data'], seen)
+        self.assertEqual([], os.listdir(self.staging_dir))
+
+    def test_do_setup_removes_leftovers_and_survives_failures(self):
+        class Base(object):
+            def do_setup(self, context):
+                self.setup_done = context
+
+        class SetUpDriver(Driver, Base):
+            pass
+
+        driver = SetUpDriver(self.staging_dir)
+        leftover = self._file(driver_owned.STAGING_PREFIX + 'killed')
+        driver.do_setup('ctxt')
+        self.assertEqual('ctxt', driver.setup_done)
+        self.assertFalse(os.path.exists(leftover))
+        with mock.patch.object(SetUpDriver, 'remove_leftovers',
+                               autospec=True, side_effect=OSError('ro')):
+            driver.do_setup('ctxt2')
+        self.assertEqual('ctxt2', driver.setup_done)

@@ -366,3 +366,92 @@ class StartupCheckTestCase(base.BaseTestCase):
         for mgr in managers:
             self.assertIs(FakeBackupService, mgr.service)
             self.assertIsNone(mgr._driver_for(mock.sentinel.volume))
+
+
+@ddt.ddt
+class StartTestCase(base.BaseTestCase):
+    """init_host: leftovers at start, interrupted restores told."""
+
+    def setUp(self):
+        super(StartTestCase, self).setUp()
+        self.conf = self.useFixture(config_fixture.Config(manager.CONF))
+        self.addCleanup(mock.patch.stopall)
+        mock.patch.object(cinder_manager.BackupManager, '__init__',
+                          autospec=True, side_effect=_fake_base_init).start()
+        self.base_init_host = mock.patch.object(
+            cinder_manager.BackupManager, 'init_host', autospec=True).start()
+        self.base_cleanup = mock.patch.object(
+            cinder_manager.BackupManager, '_cleanup_one_backup',
+            autospec=True).start()
+        self.load = mock.patch.object(
+            driver_loader.BackendDrivers, 'load_configured', autospec=True,
+            return_value=['node1@fast']).start()
+        self.driver_for = mock.patch.object(
+            driver_loader.BackendDrivers, 'driver_for', autospec=True,
+            return_value=mock.sentinel.driver).start()
+        mock.patch.object(malloc_tuning, 'apply', autospec=True).start()
+        mock.patch.object(cinder_internals, 'check_and_report',
+                          autospec=True, return_value=True).start()
+        self.manager = manager.BackupManager()
+        self.manager.message_api = mock.Mock()
+        self.logs = self.useFixture(fixtures.FakeLogger())
+
+    def test_init_host_sets_up_every_driver_owned_backend(self):
+        self.conf.config(host='node1')
+        self.manager.init_host(added_to_cluster=None)
+        self.base_init_host.assert_called_once_with(self.manager,
+                                                    added_to_cluster=None)
+        self.load.assert_called_once_with(self.manager._backend_drivers,
+                                          'node1', cluster_name=None)
+        self.assertIn('node1@fast', self.logs.output)
+
+    def test_init_host_when_disabled(self):
+        self.conf.config(driver_owned_backup_enabled=False)
+        self.manager.init_host()
+        self.base_init_host.assert_called_once_with(self.manager)
+        self.load.assert_not_called()
+
+    def test_init_host_survives_a_failure(self):
+        self.load.side_effect = RuntimeError('boom')
+        self.manager.init_host()
+        self.assertIn('boom', self.logs.output)
+
+    def _restoring(self, volume_status='error_restoring'):
+        backup = objects.Backup(id='b0000000-0000-4000-8000-000000000001',
+                                status='restoring',
+                                restore_volume_id='a0000000-0000-4000-8000-'
+                                                  '00000000000a')
+        volume = objects.Volume(id=backup.restore_volume_id,
+                                host=VOLUME_HOST, status=volume_status,
+                                user_id='u1', project_id='p1')
+        mock.patch.object(objects.Volume, 'get_by_id', autospec=True,
+                          return_value=volume).start()
+        return backup, volume
+
+    def test_interrupted_driver_owned_restore_is_told(self):
+        backup, volume = self._restoring()
+        self.manager._cleanup_one_backup(mock.sentinel.ctxt, backup)
+        self.base_cleanup.assert_called_once_with(
+            self.manager, mock.sentinel.ctxt, backup)
+        self.assertIn("The volume's data is intact", self.logs.output)
+        self.assertIn(volume.id, self.logs.output)
+        create = self.manager.message_api.create
+        create.assert_called_once_with(
+            mock.ANY, manager.message_field.Action.BACKUP_RESTORE,
+            resource_uuid=volume.id,
+            detail=manager.message_field.Detail.BACKUP_RESTORE_ERROR)
+        user_context = create.call_args[0][0]
+        self.assertEqual(('u1', 'p1'), (user_context.user_id,
+                                        user_context.project_id))
+
+    @ddt.data('stock', 'not-reset', 'creating')
+    def test_nothing_told_otherwise(self, case):
+        backup, volume = self._restoring(
+            'restoring-backup' if case == 'not-reset' else 'error_restoring')
+        if case == 'stock':
+            self.driver_for.return_value = None
+        if case == 'creating':
+            backup.status = 'creating'
+        self.manager._cleanup_one_backup(mock.sentinel.ctxt, backup)
+        self.manager.message_api.create.assert_not_called()
+        self.assertNotIn('intact', self.logs.output)

@@ -10,12 +10,18 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
+import json
+import os
 import ssl
+import stat
 import types
 from unittest import mock
 
 import ddt
+import fixtures
 import testtools
+
+from cinder_vmdk_backup import ownership
 
 from cinder_vmdk_backup.vmware import errors
 from cinder_vmdk_backup.vmware import nfc
@@ -152,6 +158,70 @@ class NfcLeaseTestCase(testtools.TestCase):
                                        fakes.moref('vm-1'))
         lease.abort()
         self.assertTrue(lease.done)
+
+    # -- records for the janitor of the next start -------------------------
+
+    def _records(self, directory):
+        return sorted(os.listdir(directory)) if os.path.isdir(
+            directory) else []
+
+    @ddt.data('complete', 'abort')
+    def test_open_lease_is_recorded_until_released(self, end):
+        state = self.useFixture(fixtures.TempDir()).path
+        session = session_with_lease(['ready'])
+        lease = nfc.NfcLease.export_vm(session, settings(state_dir=state),
+                                       fakes.moref('vm-1'))
+        names = self._records(state)
+        self.assertEqual(1, len(names))
+        path = os.path.join(state, names[0])
+        self.assertEqual(0o600, stat.S_IMODE(os.stat(path).st_mode))
+        with open(path) as f:
+            record = json.load(f)
+        self.assertEqual({'type': 'HttpNfcLease', 'value': 'lease-1',
+                          'what': 'export of vm-1'}, record['data'])
+        self.assertEqual(ownership.current().to_dict(), record['owner'])
+        # Its owner runs: no janitor takes it.
+        self.assertEqual([], list(ownership.stale_records(
+            state, nfc.LEASE_RECORD_KIND)))
+        getattr(lease, end)()
+        self.assertEqual([], self._records(state))
+
+    def test_lease_never_ready_leaves_no_record(self):
+        state = self.useFixture(fixtures.TempDir()).path
+        session = session_with_lease(['error'])
+        self.assertRaises(errors.LeaseNotReady, nfc.NfcLease.import_vapp,
+                          session, settings(state_dir=state),
+                          fakes.moref('rp-1', 'ResourcePool'),
+                          types.SimpleNamespace(configSpec=None),
+                          fakes.moref('folder-1', 'Folder'))
+        self.assertIn('HttpNfcLeaseAbort', session.methods())
+        self.assertEqual([], self._records(state))
+
+    def test_failed_complete_drops_the_record(self):
+        state = self.useFixture(fixtures.TempDir()).path
+        session = session_with_lease(
+            ['ready'], HttpNfcLeaseComplete=RuntimeError('vc gone'))
+        lease = nfc.NfcLease.export_vm(session, settings(state_dir=state),
+                                       fakes.moref('vm-1'))
+        self.assertRaises(RuntimeError, lease.complete)
+        self.assertEqual([], self._records(state))
+
+    def test_unwritable_state_dir_does_not_stop_the_transfer(self):
+        state = os.path.join(self.useFixture(fixtures.TempDir()).path, 'f')
+        open(state, 'w').close()  # a file where the directory should be
+        session = session_with_lease(['ready'])
+        lease = nfc.NfcLease.export_vm(session, settings(state_dir=state),
+                                       fakes.moref('vm-1'))
+        self.assertIsNone(lease._record)
+        lease.complete()
+        self.assertIn('HttpNfcLeaseComplete', session.methods())
+
+    def test_no_state_dir_no_record(self):
+        session = session_with_lease(['ready'])
+        lease = nfc.NfcLease.export_vm(session, settings(),
+                                       fakes.moref('vm-1'))
+        self.assertIsNone(lease._record)
+        lease.complete()
 
     @ddt.data(
         (dict(), 'AA:BB', {'cert_reqs': ssl.CERT_NONE,

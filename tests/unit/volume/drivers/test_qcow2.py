@@ -10,6 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
+import os
 from unittest import mock
 
 import ddt
@@ -21,9 +22,11 @@ from cinder.tests.unit import test
 from cinder.volume import configuration
 from oslo_utils import units
 
+from cinder_vmdk_backup.backup import staging_files
 from cinder_vmdk_backup.kvm import domains
 from cinder_vmdk_backup.kvm import errors
 from cinder_vmdk_backup.kvm import freezer
+from cinder_vmdk_backup.kvm import leftovers
 from cinder_vmdk_backup.kvm import qemu_img
 from cinder_vmdk_backup import opts
 from cinder_vmdk_backup.volume.drivers import qcow2
@@ -53,6 +56,23 @@ class Qcow2DriverTestCase(test.TestCase):
         names = {o.name for o in opts.qcow2_opts}
         self.assertIn('qcow2_volumes_dir', names)
         self.assertTrue(all(n.startswith('qcow2_') for n in names))
+
+    @ddt.data(True, False)
+    def test_do_setup_removes_leftovers(self, merge):
+        self.driver.configuration.qcow2_merge_leftovers_at_start = merge
+        staging = os.path.join(self.dir, '.cvb-staging')
+        os.makedirs(staging)
+        leftover = os.path.join(staging, staging_files.PREFIX + 'killed')
+        open(leftover, 'w').close()
+        with mock.patch.object(leftovers, 'clean', autospec=True,
+                               return_value=(['merged'], [])) as clean:
+            self.driver.do_setup(self.ctxt)
+        self.assertFalse(os.path.exists(leftover))
+        if merge:
+            clean.assert_called_once_with(self.dir, None, commit_timeout=60)
+            self.assertEqual((['merged'], []), self.driver.leftovers_report)
+        else:
+            clean.assert_not_called()
 
     def test_connection_info_is_a_qcow2_file(self):
         info = self.driver.initialize_connection(self.volume, {})

@@ -13,7 +13,6 @@
 import contextlib
 import os
 import tempfile
-import time
 import types
 from unittest import mock
 
@@ -316,9 +315,9 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
         self.driver.restore_raw_image(self.ctx, self.backup, self.volume,
                                       self._image(b'b' * 4096), False)
         name = self.vops.get_create_spec.call_args[0][0]
-        node, epoch = leftovers.parse_temp_vm_name(name)
-        self.assertEqual(self.driver._node, node)
-        self.assertTrue(name.endswith(self.volume.id))
+        _place, pid, _tag, volume_id = leftovers.parse_temp_vm_name(name)
+        self.assertEqual((os.getpid(), self.volume.id), (pid, volume_id))
+        self.assertFalse(leftovers.is_leftover(name))
         self.assertIsNone(
             self.vops.get_create_spec.call_args[1]['extra_config'])
         args = swap.call_args[0]
@@ -406,29 +405,43 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
 
     # -- leftovers -----------------------------------------------------------
 
-    @mock.patch.object(leftovers, 'remove_leftovers', autospec=True)
-    def test_remove_leftovers(self, remove):
-        old = os.path.join(self.tmp, driver_owned.STAGING_PREFIX + 'old')
-        new = os.path.join(self.tmp, driver_owned.STAGING_PREFIX + 'new')
-        other = os.path.join(self.tmp, 'not-ours')
-        for path in (old, new, other):
-            open(path, 'w').close()
-        past = self.driver._started_at - 100
-        os.utime(old, (past, past))
-        os.utime(other, (past, past))
-        future = time.time() + 100
-        os.utime(new, (future, future))
+    @mock.patch.object(driver_owned.staging_files, 'remove_leftovers',
+                       autospec=True)
+    @mock.patch.object(leftovers, 'remove_temp_vms', autospec=True)
+    @mock.patch.object(leftovers, 'abort_leases', autospec=True)
+    def test_remove_leftovers(self, abort, remove_vms, remove_staging):
+        calls = []
+        abort.side_effect = lambda *a: calls.append('leases')
+        remove_vms.side_effect = lambda *a: calls.append('vms')
+        remove_staging.side_effect = lambda *a: calls.append('staging')
         self.driver.remove_leftovers()
-        self.assertEqual(sorted([os.path.basename(new), 'not-ours']),
-                         sorted(os.listdir(self.tmp)))
-        remove.assert_called_once_with(self.driver.session,
-                                       self.driver._node,
-                                       self.driver._started_at, 100)
+        # Leases first: a VM under an import lease cannot be destroyed.
+        self.assertEqual(['leases', 'vms', 'staging'], calls)
+        abort.assert_called_once_with(self.driver.session, self.tmp)
+        remove_vms.assert_called_once_with(self.driver.session, 100)
+        remove_staging.assert_called_once_with(self.tmp)
 
-    @mock.patch.object(leftovers, 'remove_leftovers', autospec=True)
-    def test_leftover_failure_does_not_stop_setup(self, remove):
+    @mock.patch.object(leftovers, 'remove_temp_vms', autospec=True)
+    @mock.patch.object(leftovers, 'abort_leases', autospec=True)
+    def test_leftover_failure_does_not_stop_setup(self, abort, remove):
+        abort.side_effect = errors.TransferError(reason='vc gone')
         remove.side_effect = errors.TransferError(reason='vc down')
         self.config.vmware_backup_staging_dir = os.path.join(
             tempfile.gettempdir(), 'does-not-exist-cvb')
         self.driver.remove_leftovers()
         self.assertIn('vc down', self.logs.output)
+        self.assertIn('vc gone', self.logs.output)
+
+    @mock.patch.object(vmdk.vmdk.VMwareVcVmdkDriver, 'do_setup',
+                       autospec=True)
+    @mock.patch.object(vmdk.VMwareVcVmdkBackupDriver, 'remove_leftovers',
+                       autospec=True)
+    def test_do_setup_removes_leftovers(self, remove, setup):
+        remove.side_effect = RuntimeError('boom')
+        self.driver.do_setup(self.ctx)
+        setup.assert_called_once_with(self.driver, self.ctx)
+        remove.assert_called_once_with(self.driver)
+        self.assertIn('boom', self.logs.output)
+
+    def test_transfer_settings_record_leases_in_the_staging_dir(self):
+        self.assertEqual(self.tmp, self.driver._transfer_settings().state_dir)
