@@ -328,12 +328,19 @@ def piece_size(size):
     return -(-size // count)
 
 
-def _fill_by_readinto(fileobj):
-    """A ``fill`` for a file-like source that only has ``readinto``."""
+def _fill_from_file(fileobj):
+    """A ``fill`` for a file-like source: ``readinto``, else ``read``."""
+    readinto = getattr(fileobj, 'readinto', None)
+
+    def read_into(view):
+        data = fileobj.read(len(view))
+        view[:len(data)] = data
+        return len(data)
+
     def fill(view):
         done = 0
         while done < len(view):
-            count = fileobj.readinto(view[done:])
+            count = (readinto or read_into)(view[done:])
             if not count:
                 raise EOFError('the source ended %d bytes early'
                                % (len(view) - done))
@@ -352,10 +359,11 @@ class BackupReader(object):
     The source is plain synchronous code, called on the producer thread
     only, except where noted:
 
-    * ``fill(view)`` (or a file's ``readinto``): fill all of ``view`` with
-      the next ``len(view)`` bytes. ``view`` is new memory that reads as
-      zeros, so a source may leave runs of zeros unwritten: their pages
-      are then never touched (a thin disk costs no memory for its holes).
+    * ``fill(view)`` (or a file's ``readinto`` or ``read``): fill all of
+      ``view`` with the next ``len(view)`` bytes. ``view`` is new memory
+      that reads as zeros, so a source may leave runs of zeros unwritten:
+      their pages are then never touched (a thin disk costs no memory for
+      its holes).
     * ``finish()``, optional: called once every byte was filled; checks
       the source's tail (a VMDK's footer) and raises if it is wrong.
     * ``report(position)``, optional: called on the *consumer's* thread
@@ -385,7 +393,7 @@ class BackupReader(object):
     def __init__(self, source, size, limit, niceness=0, name='cvb-backup'):
         self._source = source
         self._fill = (getattr(source, 'fill', None) or
-                      _fill_by_readinto(source))
+                      _fill_from_file(source))
         self.size = size
         self._limit = max(0, limit)
         self._niceness = niceness
