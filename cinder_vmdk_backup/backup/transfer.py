@@ -177,7 +177,18 @@ class _Thread(object):
         return self._thread.is_alive()
 
     def join(self):
-        _wait(self._thread.join)
+        """Wait for the thread to end, whatever happens to the waiter.
+
+        A green thread killed while it waits (a service stop) still waits,
+        natively: the thread uses resources (file descriptors, a socket)
+        that its owner releases once it returns, and it ends soon once its
+        source or sink is closed or interrupted.
+        """
+        try:
+            _wait(self._thread.join)
+        except BaseException:
+            self._thread.join()
+            raise
 
 
 def run(fn, /, *args, name='cvb-call', **kwargs):
@@ -305,8 +316,12 @@ class NativeExecutor(object):
             return
         self._shut_down = True
         if cancel_futures:
-            while not self._jobs.empty():
-                job = self._jobs.get()
+            queue = _native('queue')
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
                 if job is not None:
                     job.cancel()
         for _thread in self._threads:
@@ -540,8 +555,7 @@ class BackupReader(object):
             _wait(self._wait_for_piece)
         with self._changed:
             if self._error is not None:
-                error, self._error = self._error, None
-                raise error
+                raise self._error
 
     # -- producer side -------------------------------------------------------
 
@@ -737,8 +751,7 @@ class Ahead(object):
                     item = self._ready.popleft()
                     self._changed.notify_all()
                 elif self._error is not None:
-                    error, self._error = self._error, None
-                    raise error
+                    raise self._error
                 else:
                     return
             yield item

@@ -44,16 +44,24 @@ _CORRUPT_MARKERS = ('corrupt', 'Image is not in qcow2 format',
                     'Could not read L1 table', 'Could not read snapshots')
 
 
-def _run(path, *args, limits=None):
+#: processutils' log level for commands that must not log: below every
+#: level a service logs at.
+_UNLOGGED = 1
+
+
+def _run(path, *args, limits=None, quiet=False):
     """Run ``qemu-img *args`` and return its standard output.
 
     :param path: the image the command is about, named in errors
+    :param quiet: log nothing (for a command run on the transfer
+        pipeline's producer thread, which must not log)
     :raises ImageCorruptError: qemu-img refuses the image's metadata
     :raises QemuImgError: any other failure
     """
     cmd = (QEMU_IMG,) + tuple(str(a) for a in args)
     try:
-        out, _err = _execute(cmd, limits)
+        out, _err = _execute(cmd, limits,
+                             loglevel=_UNLOGGED if quiet else None)
     except processutils.ProcessExecutionError as exc:
         raise _error(path, args[0], exc.stderr or exc.stdout or str(exc),
                      exc.exit_code)
@@ -64,13 +72,14 @@ def _run(path, *args, limits=None):
     return out
 
 
-def _execute(cmd, limits, check_exit_code=0):
+def _execute(cmd, limits, check_exit_code=0, loglevel=None):
     if limits is not None and _PRLIMIT:
         cmd = (_PRLIMIT, '--as=%d' % limits.address_space,
                '--cpu=%d' % limits.cpu_time) + tuple(cmd)
         limits = None
+    kwargs = {} if loglevel is None else {'loglevel': loglevel}
     return processutils.execute(*cmd, prlimit=limits,
-                                check_exit_code=check_exit_code)
+                                check_exit_code=check_exit_code, **kwargs)
 
 
 def _error(path, command, text, exit_code=None):
@@ -192,7 +201,7 @@ def convert_window(source, source_format, offset, length, dest):
             'file': {'driver': source_format,
                      'file': {'driver': 'file', 'filename': source}}}
     _run(source, 'convert', '-q', '-U', '-O', 'raw', '-n',
-         'json:' + jsonutils.dumps(spec), dest)
+         'json:' + jsonutils.dumps(spec), dest, quiet=True)
 
 
 def commit(path):

@@ -166,6 +166,36 @@ class RawImageReader(io.RawIOBase):
                 self._index += 1
         return filled
 
+    def fill(self, view):
+        """Fill all of ``view``, which reads as zeros, from the position.
+
+        The transfer pipeline's way in: zero regions are left unwritten, so
+        the fresh buffer's pages behind them are never touched.
+
+        :raises ImageCorruptError: the image ends before the view is full
+        """
+        view = memoryview(view).cast('B')
+        filled = 0
+        while filled < len(view) and self._index < len(self._extents):
+            ext = self._extents[self._index]
+            inside = self._pos - ext.start
+            count = min(len(view) - filled, ext.length - inside)
+            target = view[filled:filled + count]
+            if ext.kind == 'file':
+                self._pread_exact(self._layer_fd(ext.layer), target,
+                                  ext.offset + inside)
+            elif ext.kind != 'zero':
+                self._decode_into(target, self._pos, ext)
+            filled += count
+            self._pos += count
+            if self._pos == ext.start + ext.length:
+                self._index += 1
+        if filled < len(view):
+            raise errors.ImageCorruptError(
+                'Image %s ends at guest offset %d, before %d bytes'
+                % (self.path, self._pos, self._pos + len(view) - filled),
+                path=self.path)
+
     def read(self, size=-1):
         """Return up to ``size`` bytes (all that is left when negative).
 

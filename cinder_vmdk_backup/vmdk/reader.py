@@ -892,7 +892,12 @@ class _Batch(object):
     def wait(self):
         """Wait until a batch the executor runs has finished."""
         if self._future is not None and not self._future.cancelled():
-            concurrent.futures.wait([self._future])
+            # Any executor's futures have result(); its error was (or will
+            # be) raised where the batch is used.
+            try:
+                self._future.result()
+            except Exception:  # nosec B110: only waiting
+                pass
 
 
 class _NoBatch(object):

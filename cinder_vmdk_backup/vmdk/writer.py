@@ -40,7 +40,6 @@ wrong length.
 
 import array
 import collections
-import concurrent.futures
 import os
 import sys
 import uuid
@@ -271,7 +270,14 @@ class StreamOptimizedWriter(object):
         finally:
             for future in pending:
                 future.cancel()
-            concurrent.futures.wait(pending)
+            # Wait for the jobs that run (not concurrent.futures.wait: any
+            # executor's futures have result(), not all a condition).
+            for future in pending:
+                if not future.cancelled():
+                    try:
+                        future.result()
+                    except Exception:  # nosec B110: only waiting
+                        pass
 
     def _jobs(self, measure):
         """Yield batches: lists of grain indexes (file) or (grain, data)."""

@@ -77,21 +77,22 @@ class RawDiskStream(object):
     :param reader: the codec's ``StreamOptimizedReader``
     :param lease: the :class:`~.nfc.NfcLease` (or None: no progress)
     :param size: bytes to deliver
-    :param connection: the export's HTTP connection (or None)
+    :param sock: the export's socket (or None)
     """
 
-    def __init__(self, reader, lease, size, connection=None):
+    def __init__(self, reader, lease, size, sock=None):
         self._reader = reader
         self._extents = reader.iter_extents()
         self._lease = lease
-        self._connection = connection
+        self._sock = sock
         self.size = size
         self.capacity = reader.capacity
         self._pos = 0
         # The rest of the extent being consumed: (bytes left, data or None).
         self._left = 0
         self._data = None
-        self.at_end = False
+        self._checked = False
+        self._delivered = 0
         if self.capacity > size:
             raise errors.TransferError(
                 reason='the disk holds %d bytes, more than the %d bytes of '
@@ -130,17 +131,26 @@ class RawDiskStream(object):
         if self._left or any(length for _o, length, _d in self._extents):
             raise errors.TransferError(
                 reason='disk stream longer than %d bytes' % self.size)
-        self.at_end = True
+        self._checked = True
+
+    @property
+    def at_end(self):
+        """Whether the whole disk was checked *and* handed to the caller.
+
+        The producer checks the tail ahead of the caller: a caller that
+        stopped early (a cancelled backup) did not get everything.
+        """
+        return self._checked and self._delivered >= self.size
 
     def report(self, position):
         """Keep the lease alive; tell vCenter how far the export got."""
+        self._delivered = position
         if self._lease is not None:
             self._lease.progress(position * 100 // max(self.size, 1))
 
     def interrupt(self):
         """Make a ``fill`` blocked on the network return (with an error)."""
-        if self._connection is not None:
-            _shut_down(self._connection)
+        _shut_down(self._sock)
 
 
 class ZeroStream(object):
@@ -171,13 +181,14 @@ def _complete_quietly(lease):
                     {'what': lease.what, 'exc': exc})
 
 
-def _shut_down(conn):
-    """Cut the export's connection off: a read blocked on it returns.
+def _shut_down(sock):
+    """Cut the export's socket off: a read blocked on it returns.
 
     ``close()`` alone would wait for the response's buffer lock, which a
-    read on the producer thread holds until the idle timeout.
+    read on the producer thread holds until the idle timeout. The socket
+    is the one the connection opened: ``http.client`` forgets it once a
+    response that closes the connection began.
     """
-    sock = getattr(conn, 'sock', None)
     if sock is not None:
         try:
             sock.shutdown(socket.SHUT_RDWR)
@@ -204,13 +215,14 @@ def export_disk(session, settings, vm_ref, size, reader_factory):
         the codec's ``VmdkError``, oslo.vmware's exceptions
     """
     lease = nfc.NfcLease.export_vm(session, settings, vm_ref)
-    conn = None
+    conn = sock = None
     try:
         url, thumbprint = lease.disk_url()
         headers = {'Cookie': nfc.session_cookie(session)}
         try:
             conn = nfc.open_connection(url, 'GET', headers, settings,
                                        thumbprint)
+            sock = conn.sock
             response = conn.getresponse()
         except (socket.timeout, TimeoutError, u3_exceptions.TimeoutError):
             raise errors.TransferStalled(what=lease.what,
@@ -224,7 +236,7 @@ def export_disk(session, settings, vm_ref, size, reader_factory):
                 reason='%s: HTTP %s %s' % (lease.what, response.status,
                                            response.reason))
         body = _ResponseBody(response, lease.what, settings.idle_timeout)
-        stream = RawDiskStream(reader_factory(body), lease, size, conn)
+        stream = RawDiskStream(reader_factory(body), lease, size, sock)
         LOG.debug('Exporting %(what)s: disk of %(cap)d bytes read as '
                   '%(size)d bytes.', {'what': lease.what,
                                       'cap': stream.capacity,
@@ -239,7 +251,7 @@ def export_disk(session, settings, vm_ref, size, reader_factory):
     finally:
         try:
             if conn is not None:
-                _shut_down(conn)
+                _shut_down(sock)
                 conn.close()
         finally:
             lease.abort()

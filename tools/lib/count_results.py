@@ -20,6 +20,7 @@ why a test failed, not only which.
 
 import argparse
 import csv
+import os
 import sys
 
 TRACEBACK_TAIL_LINES = 25
@@ -64,6 +65,7 @@ def main():
         print_failure_tracebacks(args.subunit)
     passed, failed, skipped = args.extra_passed, args.extra_failed, 0
     for name in args.csv_files:
+        suite = os.path.splitext(os.path.basename(name))[0]
         with open(name, newline='') as f:
             for row in csv.DictReader(f):
                 status = row.get('status')
@@ -73,7 +75,8 @@ def main():
                     skipped += 1
                 elif status:
                     failed += 1
-                    print('FAILED: %s (%s)' % (row.get('test'), status))
+                    print('FAILED [%s]: %s (%s)' % (suite, row.get('test'),
+                                                    status))
     print('%d passed, %d failed, %d skipped' % (passed, failed, skipped))
     return 1 if failed or not passed else 0
 

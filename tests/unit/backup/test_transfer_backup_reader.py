@@ -226,6 +226,12 @@ class BackupReaderTestCase(base.BaseTestCase):
             error = self.assertRaises(IOError, reader.read, 500)
             self.assertIn('export broke at 2500', str(error))
 
+    def test_an_error_stays(self):
+        source = FillSource(bytes(2000), finish_error=ValueError('footer'))
+        with transfer.BackupReader(source, 2000, 2000) as reader:
+            self.assertRaises(ValueError, reader.read, 2000)
+            self.assertRaises(ValueError, reader.read, 2000)
+
     def test_a_source_ending_early_is_an_error(self):
         source = RecordingSource(bytes(1500))
         with transfer.BackupReader(source, 3000, 1000) as reader:
@@ -378,6 +384,14 @@ class NativeExecutorTestCase(base.BaseTestCase):
         self.assertTrue(second.cancelled())
         self.assertRaises(RuntimeError, second.result)
         self.assertRaises(RuntimeError, pool.submit, int)
+
+    def test_shutdown_cancels_while_workers_take_jobs(self):
+        # Draining the queue must not wait for a job a worker took.
+        for _ in range(200):
+            pool = transfer.NativeExecutor(4)
+            jobs = [pool.submit(len, 'x') for _ in range(20)]
+            pool.shutdown(cancel_futures=True)
+            self.assertTrue(all(job.done() for job in jobs))
 
     def test_map(self):
         with transfer.NativeExecutor(2) as pool:

@@ -10,6 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
+import logging
 from unittest import mock
 
 from oslo_concurrency import processutils
@@ -73,3 +74,13 @@ class QemuImgTestCase(base.BaseTestCase):
         self.assertEqual(('/usr/bin/prlimit', '--as=%d' % (2 * 1024 ** 3),
                           '--cpu=60', 'qemu-img', 'info'), cmd[:5])
         self.assertIsNone(execute.call_args[1]['prlimit'])
+
+    @mock.patch.object(processutils, 'execute', autospec=True,
+                       return_value=('', ''))
+    def test_window_conversion_logs_nothing(self, execute):
+        # It runs on the transfer pipeline's producer thread.
+        qemu_img.convert_window('/v/img', 'qcow2', 0, 4096, '/dev/fd/9')
+        self.assertLess(execute.call_args.kwargs['loglevel'],
+                        logging.DEBUG)
+        qemu_img.resize('/v/img', 4096)
+        self.assertNotIn('loglevel', execute.call_args.kwargs)

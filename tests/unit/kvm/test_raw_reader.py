@@ -67,6 +67,26 @@ class RawReaderTestCase(base.BaseTestCase):
         self.assertEqual(12288, reader.readinto(buf))
         self.assertEqual(b'A' * 4096 + b'B' * 4096 + bytes(4096), buf)
 
+    def test_fill_leaves_zero_regions_unwritten(self):
+        reader = self._reader([
+            {'start': 0, 'length': 4096, 'data': True, 'zero': False,
+             'offset': 100, 'depth': 0},
+            {'start': 4096, 'length': 4096, 'data': False, 'zero': True},
+            {'start': 8192, 'length': 4096, 'data': True, 'zero': False,
+             'offset': 4196, 'depth': 0}])
+        # The pipeline hands fresh zeroed memory; a marker shows what was
+        # written.
+        buf = bytearray(b'\xee' * 12288)
+        reader.fill(memoryview(buf))
+        self.assertEqual(b'A' * 4096 + b'\xee' * 4096 + b'B' * 4096, buf)
+
+    def test_fill_past_the_image_is_corruption(self):
+        reader = self._reader([
+            {'start': 0, 'length': 4096, 'data': False, 'zero': True}],
+            size=4096)
+        self.assertRaises(errors.ImageCorruptError, reader.fill,
+                          memoryview(bytearray(8192)))
+
     def test_gap_in_map_is_corruption(self):
         self.assertRaises(errors.ImageCorruptError, self._reader, [
             {'start': 0, 'length': 4096, 'data': False, 'zero': True},

@@ -150,6 +150,18 @@ class RawDiskStreamTestCase(testtools.TestCase):
         self.assertIn('longer than 4 bytes', str(exc))
         self.assertFalse(stream.at_end)
 
+    def test_not_at_end_until_the_caller_had_everything(self):
+        # The producer checks the tail ahead of the caller: a caller that
+        # stopped early must not complete the lease.
+        stream, _lease = self.stream(b'0123456789')
+        stream.fill(memoryview(bytearray(10)))
+        stream.finish()
+        self.assertFalse(stream.at_end)
+        stream.report(4)
+        self.assertFalse(stream.at_end)
+        stream.report(10)
+        self.assertTrue(stream.at_end)
+
     def test_disk_larger_than_volume_is_refused(self):
         reader = PassThroughReader(BytesBody(b''), 10)
         self.assertRaises(errors.TransferError, export.RawDiskStream,
