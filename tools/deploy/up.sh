@@ -469,7 +469,14 @@ SQL
         # wait_services waits for that line.
         debug=()
         [ "$s" = cinder-scheduler ] && debug=(--debug)
-        cvb_start "$dir/$s.pid" "$dir/log/$s.out" "$VENV/bin/$s" \
+        # OS_CINDER_DISABLE_EVENTLET_PATCHING=1 in the environment runs the
+        # services with native threads, except cinder-api: Cinder 29's
+        # built-in API server (oslo.service's wsgi.Server) refuses the
+        # threading backend; a production one runs under a WSGI server.
+        mode=()
+        [ "$s" = cinder-api ] && mode=(env -u OS_CINDER_DISABLE_EVENTLET_PATCHING)
+        cvb_start "$dir/$s.pid" "$dir/log/$s.out" "${mode[@]}" \
+            "$VENV/bin/$s" \
             --config-file "$dir/cinder.conf" --log-file "$dir/log/$s.log" \
             "${debug[@]}"
     done
