@@ -141,8 +141,7 @@ class DriverOwnedBackupMixin(object):
         """
         return 0
 
-    def restore_raw_image(self, context, backup, volume, image_path,
-                          volume_is_new):
+    def restore_raw_image(self, context, backup, volume, image_path):
         """Make the raw image at ``image_path`` the volume's data.
 
         The image is exactly the backed-up disk's size; the volume may be
@@ -211,7 +210,7 @@ class DriverOwnedBackupMixin(object):
         service reads and inflates the next, and
         :func:`~.status_checks.throttled_refresh` lets the service check
         for a cancelled restore at most once a second. ``volume_is_new``
-        is the driver's to act on.
+        changes nothing: the staging file is always written whole.
         """
         size = self._backup_size_bytes(backup, volume)
         with self._staging_file() as (staging_file, path):
@@ -221,8 +220,7 @@ class DriverOwnedBackupMixin(object):
                     status_checks.throttled_refresh(backup):
                 backup_service.restore(backup, volume.id, behind, False)
             os.ftruncate(staging_file.fileno(), size)
-            self.restore_raw_image(context, backup, volume, path,
-                                   volume_is_new)
+            self.restore_raw_image(context, backup, volume, path)
 
     # -- helpers -----------------------------------------------------------
 

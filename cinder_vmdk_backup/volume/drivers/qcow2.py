@@ -413,8 +413,7 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                         left.merge()
         return results
 
-    def restore_raw_image(self, context, backup, volume, image_path,
-                          volume_is_new):
+    def restore_raw_image(self, context, backup, volume, image_path):
         """Write a new image beside the volume's, swap it in by rename.
 
         The new image has the backed-up image's cluster size (recorded in

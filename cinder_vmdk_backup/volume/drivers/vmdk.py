@@ -282,8 +282,7 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
                 'Delete the snapshots or restore to a new volume.') %
                 volume.id)
 
-    def restore_raw_image(self, context, backup, volume, image_path,
-                          volume_is_new):
+    def restore_raw_image(self, context, backup, volume, image_path):
         """Import the raw image as the volume's disk."""
         size = os.path.getsize(image_path)
         profile = self.disk_profile_of(backup)

@@ -168,8 +168,7 @@ class FileVolumeDriver(driver_owned.DriverOwnedBackupMixin, driver.BaseVD):
             else:
                 yield source
 
-    def restore_raw_image(self, context, backup, volume, image_path,
-                          volume_is_new):
+    def restore_raw_image(self, context, backup, volume, image_path):
         """Write the image into a new file, then replace the volume's."""
         path = self._path(volume)
         new_path = path + '.restoring'

@@ -47,8 +47,7 @@ class Driver(driver_owned.DriverOwnedBackupMixin):
     def open_backup_source(self, context, backup, device):
         yield io.BytesIO(self.source)
 
-    def restore_raw_image(self, context, backup, volume, image_path,
-                          volume_is_new):
+    def restore_raw_image(self, context, backup, volume, image_path):
         st = os.stat(image_path)
         with open(image_path, 'rb') as image:
             head = image.read(16)
@@ -292,8 +291,7 @@ class StagingLeftoversTestCase(base.BaseTestCase):
         seen = []
         elsewhere = dataclasses.replace(ownership.current(), host='other')
 
-        def restore_raw_image(driver, context, backup, volume, image_path,
-                              volume_is_new):
+        def restore_raw_image(driver, context, backup, volume, image_path):
             with mock.patch.object(ownership, 'current', autospec=True,
                                    return_value=elsewhere):
                 seen.append(staging_files.remove_leftovers(

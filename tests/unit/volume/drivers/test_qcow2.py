@@ -99,7 +99,7 @@ class Qcow2DriverTestCase(test.TestCase):
                                   autospec=True) as convert:
             exc = self.assertRaises(
                 exception.InvalidVolume, self.driver.restore_raw_image,
-                self.ctxt, mock.Mock(), self.volume, __file__, False)
+                self.ctxt, mock.Mock(), self.volume, __file__)
         self.assertIn('instance-1', str(exc))
         self.assertIn('shut them down', str(exc))
         convert.assert_not_called()
@@ -132,7 +132,7 @@ class Qcow2DriverTestCase(test.TestCase):
         with mock.patch.object(qcow2, '_fsync', autospec=True), \
                 mock.patch('os.rename', autospec=True):
             self.driver.restore_raw_image(self.ctxt, backup, self.volume,
-                                          image, True)
+                                          image)
         self.assertEqual(expected, convert.call_args[1]['cluster_size'])
 
     def test_helper_errors_become_cinder_errors(self):

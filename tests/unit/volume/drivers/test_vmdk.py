@@ -258,7 +258,7 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
         self.backup.metadata = {'disk_profile:adapter_type': 'paraVirtual',
                                 'disk_profile:disk_type': 'thick'}
         self.driver.restore_raw_image(self.ctx, self.backup, self.volume,
-                                      self._image(b'a' * 65536), True)
+                                      self._image(b'a' * 65536))
         self.assertEqual(1, len(lengths))
         self.assertGreater(lengths[0], 512)
         args, kwargs = import_disk.call_args
@@ -290,7 +290,7 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
             errors.TransferError(reason='x'))
         self.assertRaises(exception.VmdkBackupError,
                           self.driver.restore_raw_image, self.ctx,
-                          self.backup, self.volume, self._image(b'a'), True)
+                          self.backup, self.volume, self._image(b'a'))
         self.vops.delete_backing.assert_called_once_with(moref('vm-new'))
 
     def _existing_backing(self):
@@ -313,7 +313,7 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
         temp_vm = moref('vm-temp')
         import_disk.return_value = temp_vm
         self.driver.restore_raw_image(self.ctx, self.backup, self.volume,
-                                      self._image(b'b' * 4096), False)
+                                      self._image(b'b' * 4096))
         name = self.vops.get_create_spec.call_args[0][0]
         _place, pid, _tag, volume_id = leftovers.parse_temp_vm_name(name)
         self.assertEqual((os.getpid(), self.volume.id), (pid, volume_id))
@@ -337,7 +337,7 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
         exc = self.assertRaises(exception.VmdkBackupError,
                                 self.driver.restore_raw_image, self.ctx,
                                 self.backup, self.volume,
-                                self._image(b'c'), False)
+                                self._image(b'c'))
         self.assertIn(self.backup.id, str(exc))
         self.vops.delete_backing.assert_called_once_with(moref('vm-temp'))
 
