@@ -76,6 +76,8 @@ offers), the restore staging file is written behind the backup service.
 import contextlib
 import os
 
+from cinder import exception
+from cinder.i18n import _
 from cinder import objects
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -181,6 +183,15 @@ class DriverOwnedBackupMixin(object):
                 tuned_for_raw_data(backup_service):
             try:
                 result = backup_service.backup(backup, reader)
+            except EOFError as exc:
+                # A source shorter than the device: a backup that silently
+                # lost the disk's tail would look complete.
+                raise exception.BackupDriverException(reason=_(
+                    'the data of %(kind)s %(id)s ended before its size of '
+                    '%(size)d bytes: %(err)s') % {
+                        'kind': type(device).__name__.lower(),
+                        'id': device.id, 'size': length, 'err': exc}
+                ) from exc
             finally:
                 if reader.niceness_error is not None:
                     LOG.warning('The data of backup %(backup)s was read at '

@@ -22,6 +22,7 @@ from cinder import objects
 objects.register_all()
 
 from cinder.backup import driver as backup_driver  # noqa: E402
+from cinder import exception  # noqa: E402
 import ddt  # noqa: E402
 import fixtures  # noqa: E402
 from oslo_config import fixture as config_fixture  # noqa: E402
@@ -165,8 +166,11 @@ class DriverOwnedBackupMixinTestCase(base.BaseTestCase):
         self._volume_in_db(_volume())
         self.service.backup.side_effect = (
             lambda backup, volume_file: volume_file.read(16))
-        self.assertRaises(EOFError, self.driver.backup_volume, self.ctxt,
-                          _backup(), self.service)
+        error = self.assertRaises(exception.BackupDriverException,
+                                  self.driver.backup_volume, self.ctxt,
+                                  _backup(), self.service)
+        self.assertIn('volume a0000000-0000-4000-8000-00000000000a ended '
+                      'before its size of 16 bytes', str(error))
 
     def test_backup_records_the_disk_profile(self):
         self._small_gib()

@@ -16,7 +16,7 @@ import sys
 import ddt
 from oslotest import base
 
-from cinder_vmdk_backup import filled_bytes
+from cinder_vmdk_backup.backup import filled_bytes
 
 
 @ddt.ddt
