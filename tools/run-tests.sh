@@ -58,7 +58,7 @@ run_suite unit ./tests/unit || rc=1
 # Left out with native threads: the unit tests that talk to the fake NFC
 # server of tests/unit/vmware/fakes.py. After some other tests in the same
 # process, its ThreadingHTTPServer accepts a connection and never serves
-# it (not root-caused; see the release note of the transfer pipeline).
+# it (not root-caused yet; noted on issue 16).
 # The same export and import paths run against vcsim with native threads
 # in the functional suite below.
 OS_CINDER_DISABLE_EVENTLET_PATCHING=1 \

@@ -896,7 +896,7 @@ class _Batch(object):
             # be) raised where the batch is used.
             try:
                 self._future.result()
-            except Exception:  # nosec B110: only waiting
+            except Exception:  # nosec B110
                 pass
 
 

@@ -276,7 +276,7 @@ class StreamOptimizedWriter(object):
                 if not future.cancelled():
                     try:
                         future.result()
-                    except Exception:  # nosec B110: only waiting
+                    except Exception:  # nosec B110
                         pass
 
     def _jobs(self, measure):
