@@ -146,25 +146,7 @@ class RawImageReader(io.RawIOBase):
         return self._pos
 
     def readinto(self, buf):
-        view = memoryview(buf).cast('B')
-        filled = 0
-        while filled < len(view) and self._index < len(self._extents):
-            ext = self._extents[self._index]
-            inside = self._pos - ext.start
-            count = min(len(view) - filled, ext.length - inside)
-            target = view[filled:filled + count]
-            if ext.kind == 'zero':
-                self._fill_zeros(target)
-            elif ext.kind == 'file':
-                self._pread_exact(self._layer_fd(ext.layer), target,
-                                  ext.offset + inside)
-            else:
-                self._decode_into(target, self._pos, ext)
-            filled += count
-            self._pos += count
-            if self._pos == ext.start + ext.length:
-                self._index += 1
-        return filled
+        return self._copy_into(memoryview(buf).cast('B'), write_zeros=True)
 
     def fill(self, view):
         """Fill all of ``view``, which reads as zeros, from the position.
@@ -175,26 +157,34 @@ class RawImageReader(io.RawIOBase):
         :raises ImageCorruptError: the image ends before the view is full
         """
         view = memoryview(view).cast('B')
+        filled = self._copy_into(view, write_zeros=False)
+        if filled < len(view):
+            raise errors.ImageCorruptError(
+                'Image %s ends at guest offset %d, before %d bytes'
+                % (self.path, self._pos, self._pos + len(view) - filled),
+                path=self.path)
+
+    def _copy_into(self, view, write_zeros):
+        """Copy guest data into ``view`` from the position; return bytes."""
         filled = 0
         while filled < len(view) and self._index < len(self._extents):
             ext = self._extents[self._index]
             inside = self._pos - ext.start
             count = min(len(view) - filled, ext.length - inside)
             target = view[filled:filled + count]
-            if ext.kind == 'file':
+            if ext.kind == 'zero':
+                if write_zeros:
+                    self._fill_zeros(target)
+            elif ext.kind == 'file':
                 self._pread_exact(self._layer_fd(ext.layer), target,
                                   ext.offset + inside)
-            elif ext.kind != 'zero':
+            else:
                 self._decode_into(target, self._pos, ext)
             filled += count
             self._pos += count
             if self._pos == ext.start + ext.length:
                 self._index += 1
-        if filled < len(view):
-            raise errors.ImageCorruptError(
-                'Image %s ends at guest offset %d, before %d bytes'
-                % (self.path, self._pos, self._pos + len(view) - filled),
-                path=self.path)
+        return filled
 
     def read(self, size=-1):
         """Return up to ``size`` bytes (all that is left when negative).
