@@ -23,3 +23,33 @@ from cinder.i18n import _
 
 class VmdkBackupError(exception.VolumeBackendAPIException):
     message = _("VMDK backup or restore failed: %(reason)s")
+
+
+class InstanceGroupNotFound(exception.NotFound):
+    message = _("Instance group %(group_id)s could not be found.")
+
+
+class BackupSetNotFound(exception.NotFound):
+    message = _("Backup set %(name)s of instance group %(group_id)s could "
+                "not be found.")
+
+
+class InstanceGroupInvalid(exception.Invalid):
+    message = _("Invalid instance group request: %(reason)s")
+
+
+class InstanceGroupBusy(exception.CinderException):
+    message = _("Instance group %(group_id)s is busy with another "
+                "operation (%(status)s); try again when it has ended.")
+    code = 409
+    safe = True
+
+
+class InstanceNotShutDown(exception.Invalid):
+    message = _("Instance %(instance_id)s is not shut down (%(state)s, as "
+                "%(who)s reports); stop it before restoring its volumes.")
+
+
+class GroupFreezeError(exception.VolumeBackendAPIException):
+    message = _("Could not take one point in time for all volumes of the "
+                "set: %(reason)s")
