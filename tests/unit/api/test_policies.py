@@ -14,7 +14,7 @@
 
 import configparser
 import os
-import subprocess  # nosec: runs oslo.policy's own generator
+import subprocess
 import sys
 
 from cinder import context
@@ -164,7 +164,7 @@ class PoliciesTestCase(test.TestCase):
         out = os.path.join(site, 'policy.yaml.sample')
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([site, ROOT]),
                    HOME=site)
-        proc = subprocess.run(  # nosec: fixed arguments
+        proc = subprocess.run(
             [sys.executable, '-c',
              'from oslo_policy import generator; generator.generate_sample()',
              '--namespace', 'cinder_vmdk_backup', '--output-file', out],
