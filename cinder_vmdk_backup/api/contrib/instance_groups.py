@@ -63,6 +63,11 @@ LOG = logging.getLogger(__name__)
 GROUP_API_CLASS = 'cinder_vmdk_backup.group.api.API'
 
 
+def load_group_api():
+    """The controller's only dependency, imported on first use."""
+    return importutils.import_object(GROUP_API_CLASS)
+
+
 @contextlib.contextmanager
 def _http_errors():
     """Turn group.api's exceptions into HTTP answers carrying their text."""
@@ -125,7 +130,7 @@ class InstanceGroupsController(wsgi.Controller):
         # Made on first use: loading the extension (every cinder-api start,
         # and the extension list) does not import the service side.
         if self._group_api is None:
-            self._group_api = importutils.import_object(GROUP_API_CLASS)
+            self._group_api = load_group_api()
         return self._group_api
 
     def _group(self, context, group_id, rule, instance_id=None):

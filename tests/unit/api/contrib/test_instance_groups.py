@@ -163,10 +163,9 @@ class RouterTestCase(test.TestCase):
         self.api = mock.create_autospec(StubGroupAPI, instance=True,
                                         spec_set=True)
         self.api.get.side_effect = self._get
-        import_object = self.patch(
-            'cinder_vmdk_backup.api.contrib.instance_groups.importutils.'
-            'import_object', autospec=True, return_value=self.api)
-        self.import_object = import_object
+        self.load_group_api = self.patch(
+            'cinder_vmdk_backup.api.contrib.instance_groups.load_group_api',
+            autospec=True, return_value=self.api)
 
     def write_policy(self, text):
         with open(self.policy_file, 'w') as f:
@@ -217,8 +216,7 @@ class InstanceGroupsRoutesTestCase(RouterTestCase):
             {'instance_groups': [views.ViewBuilder().group(group_dict())]},
             jsonutils.loads(res.body))
         self.api.get_all.assert_called_once_with(mock.ANY, instance_id=None)
-        self.import_object.assert_called_once_with(
-            instance_groups.GROUP_API_CLASS)
+        self.load_group_api.assert_called_once_with()
 
     def test_index_by_instance(self):
         self.api.get_all.return_value = []
@@ -790,8 +788,16 @@ class ImportTestCase(test.TestCase):
         # The controller's only dependency, named as the contract says.
         self.assertEqual('cinder_vmdk_backup.group.api.API',
                          instance_groups.GROUP_API_CLASS)
-        self.assertIs(importutils.import_object,
-                      instance_groups.importutils.import_object)
+
+    def test_group_api_loaded_once_on_first_use(self):
+        api = mock.create_autospec(StubGroupAPI, instance=True)
+        with mock.patch.object(instance_groups.importutils, 'import_object',
+                               autospec=True, return_value=api) as load:
+            controller = instance_groups.InstanceGroupsController()
+            load.assert_not_called()
+            self.assertIs(api, controller.group_api)
+            self.assertIs(api, controller.group_api)
+        load.assert_called_once_with(instance_groups.GROUP_API_CLASS)
 
     def test_stub_has_the_signatures_of_group_api(self):
         # The stub stands for group.api.API in these tests: once that
