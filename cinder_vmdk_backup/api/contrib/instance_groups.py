@@ -41,6 +41,7 @@ dependency.
 """
 
 import contextlib
+import functools
 from http import HTTPStatus
 
 from cinder.api import extensions
@@ -88,6 +89,17 @@ def _http_errors():
     except exception.QuotaError as exc:
         raise webob.exc.HTTPRequestEntityTooLarge(
             explanation=str(exc), headers={'Retry-After': '0'})
+
+
+def _body_required(func):
+    """400 for a request without a body (Cinder's schema check needs one)."""
+    @functools.wraps(func)
+    def wrapper(self, req, *args, **kwargs):
+        if kwargs.get('body') is None:
+            raise webob.exc.HTTPBadRequest(explanation=_(
+                "The request needs a JSON object as its body."))
+        return func(self, req, *args, **kwargs)
+    return wrapper
 
 
 def _wait(body):
@@ -172,6 +184,7 @@ class InstanceGroupsController(wsgi.Controller):
         return self._view_builder.detail_list(groups)
 
     @wsgi.response(HTTPStatus.CREATED)
+    @_body_required
     @validation.schema(schema.create)
     def create(self, req, body):
         """Make the instance group of an instance."""
@@ -205,6 +218,7 @@ class InstanceGroupsController(wsgi.Controller):
         return None
 
     @wsgi.response(HTTPStatus.CREATED)
+    @_body_required
     @validation.schema(schema.backup)
     def backup(self, req, id, body):
         """Back up every volume of the group as one set."""
@@ -220,6 +234,7 @@ class InstanceGroupsController(wsgi.Controller):
         return _operation_answer(result)
 
     @wsgi.response(HTTPStatus.CREATED)
+    @_body_required
     @validation.schema(schema.restore)
     def restore(self, req, id, body):
         """Restore a set onto the group's volumes (instance shut down)."""
@@ -238,6 +253,7 @@ class InstanceGroupsController(wsgi.Controller):
         return _operation_answer(result)
 
     @wsgi.response(HTTPStatus.CREATED)
+    @_body_required
     @validation.schema(schema.restore_new)
     def restore_new(self, req, id, body):
         """Restore a set to new volumes, and a new server if asked."""
@@ -259,6 +275,7 @@ class InstanceGroupsController(wsgi.Controller):
         return _operation_answer(result)
 
     @wsgi.response(HTTPStatus.CREATED)
+    @_body_required
     @validation.schema(schema.delete_backup)
     def delete_backup(self, req, id, body):
         """Delete a backup set (never breaking a newer one)."""
@@ -274,6 +291,7 @@ class InstanceGroupsController(wsgi.Controller):
                 group_snapshot_id=group_snapshot_id, name=name)
         return _operation_answer(result)
 
+    @_body_required
     @validation.schema(schema.update_members)
     def members(self, req, id, body):
         """Add or remove volumes; neither: re-read the attachments."""

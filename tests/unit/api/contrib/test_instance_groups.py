@@ -694,6 +694,30 @@ class InstanceGroupsRoutesTestCase(RouterTestCase):
         res = self.members({'instance_id': INSTANCE_ID}, roles=('reader',))
         self.assertFault(res, 403, policies.UPDATE_MEMBERS)
 
+    # -- bodies that are not JSON objects -------------------------------
+
+    @ddt.data(('POST', '/%s/backup' % GROUP_ID),
+              ('PUT', '/%s/restore' % GROUP_ID),
+              ('PUT', '/%s/restore_new' % GROUP_ID),
+              ('PUT', '/%s/delete_backup' % GROUP_ID),
+              ('PUT', '/%s/members' % GROUP_ID),
+              ('POST', ''))
+    @ddt.unpack
+    def test_no_body(self, method, path):
+        self.assertFault(self.request(method, path), 400, 'JSON object')
+        self.assertEqual([], [c for c in self.api.method_calls
+                              if c[0] != 'get'])
+
+    def test_not_json(self):
+        url = '/%s/instance-groups/%s/backup' % (PROJECT, GROUP_ID)
+        req = wsgi.Request.blank(url, method='POST')
+        req.body = b'{"instance_id": '
+        req.content_type = 'application/json'
+        req.environ['cinder.context'] = context.RequestContext(
+            USER, PROJECT, roles=['member'], is_admin=False)
+        res = req.get_response(self.router)
+        self.assertFault(res, 400, 'Malformed request body')
+
     # -- routes that do not exist ---------------------------------------
 
     @ddt.data(('GET', '/%s/backup' % GROUP_ID),
