@@ -77,6 +77,10 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
 
     VERSION = '1.0.0'
     CI_WIKI_NAME = 'cinder-vmdk-backup'
+    #: Seconds an all-or-nothing set waits for a busy member's lock: a
+    #: member busy with another backup or restore is usually busy for
+    #: longer, and the whole set fails anyway.
+    GROUP_LOCK_TIMEOUT = 10
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -404,6 +408,8 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
             try:
                 frozen = freezer.freeze_all(
                     paths, conn, self._commit_timeout,
+                    lock_timeout=(self.GROUP_LOCK_TIMEOUT if all_or_nothing
+                                  else 60),
                     all_or_nothing=all_or_nothing, facts=facts)
             except errors.GroupFreezeFailed as exc:
                 raise cvb_exception.GroupFreezeError(
