@@ -55,18 +55,8 @@ run_suite() {
 # OS_CINDER_DISABLE_EVENTLET_PATCHING=1 (OpenStack is removing eventlet).
 rc=0
 run_suite unit ./tests/unit || rc=1
-# Left out with native threads: the unit tests that talk to the fake NFC
-# server of tests/unit/vmware/fakes.py. After some other tests in the same
-# process, its ThreadingHTTPServer accepts a connection and never serves
-# it, even for a plain GET that involves no code of the pipeline
-# (test_nfc's open_connection test); not root-caused yet, noted on
-# issue 16.
-# The same export and import paths run against vcsim with native threads
-# in the functional suite below.
 OS_CINDER_DISABLE_EVENTLET_PATCHING=1 \
-    run_suite unit-threads ./tests/unit \
-    --exclude-regex 'tests\.unit\.vmware\.(test_upload|test_export|test_nfc\.NfcLeaseTestCase\.test_open_connection)' \
-    || rc=1
+    run_suite unit-threads ./tests/unit || rc=1
 run_suite functional ./tests/functional --concurrency 2 || rc=1
 OS_CINDER_DISABLE_EVENTLET_PATCHING=1 \
     run_suite functional-threads ./tests/functional --concurrency 2 || rc=1

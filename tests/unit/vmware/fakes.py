@@ -19,11 +19,19 @@ NFC disk URL: it serves a body for GET, takes a body for POST, and can stall
 or cut the connection, so sockets, timeouts and headers are real.
 """
 
-import http.server
+import importlib
 import select
 import threading
 import time
 import types
+
+# The standard library's http.server, whatever imported it before: once
+# eventlet.wsgi is imported (Cinder's test modules do), the attribute
+# ``server`` of the ``http`` package is eventlet's green copy of the module
+# (eventlet puts back only ``sys.modules['http.server']``), so ``import
+# http.server`` would hand over servers that wait in eventlet's hub, which
+# nothing runs when the tests use native threads.
+http_server = importlib.import_module('http.server')
 
 
 def moref(value, type_='VirtualMachine'):
@@ -91,7 +99,7 @@ class FakeSession(object):
                 if call[0] not in ('get_object_property', 'wait_for_task')]
 
 
-class _QuietServer(http.server.ThreadingHTTPServer):
+class _QuietServer(http_server.ThreadingHTTPServer):
     """A threading HTTP server that also serves under eventlet.
 
     ``socketserver`` binds its selector class when it is imported; where
@@ -149,7 +157,7 @@ class NfcServer(object):
         self.posted = b''
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(http_server.BaseHTTPRequestHandler):
             protocol_version = 'HTTP/1.1' if keep_alive else 'HTTP/1.0'
 
             def log_message(self, *args):
