@@ -115,6 +115,8 @@ class KvmDeploymentTest(testtools.TestCase):
         self.dep.start()
         self.figures['up_seconds'] = round(self.dep.timings['up'], 1)
         import libvirt
+        # libvirt prints every error to stderr besides raising it.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         self.conn = libvirt.open(kvm_instance.URI)
         self.addCleanup(self.conn.close)
         self.tmp = self.useFixture(fixtures.TempDir()).path
