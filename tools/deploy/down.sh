@@ -4,9 +4,10 @@
 #   tools/deploy/down.sh [plugin|stock|kvm|all] [--keep-infra]
 #
 # plugin / stock / kvm: that profile's Cinder services and vcsim (kvm: the
-#   libvirtd up.sh started for it, if it did, once no libvirt domain is left
-#   defined); then Keystone, RabbitMQ and MariaDB too when no other profile
-#   is running any more (unless --keep-infra).
+#   libvirtd up.sh started for it, if it did, once no libvirt domain is
+#   left defined and no other client is connected to it); then Keystone,
+#   RabbitMQ and MariaDB too when no other profile is running any more
+#   (unless --keep-infra).
 # all (default): every profile, then Keystone, RabbitMQ and MariaDB.
 # Data and logs stay in CVB_DEPLOY_DIR for inspection; up.sh starts afresh.
 set -eu -o pipefail
@@ -27,12 +28,19 @@ libvirt_down() {
     # in DIR (tools/libvirt/stop.sh, by its pid file there), unless a
     # domain is still defined: whoever made it (a test's stand-in instance,
     # or another user of this libvirtd) removes it first.
-    local piddir=$1/libvirt domains
+    local piddir=$1/libvirt domains clients
     cvb_pid_alive "$piddir/libvirtd.pid" || return 0
     domains=$(timeout 10 virsh -q -c qemu:///system list --all --name \
               2>/dev/null | grep -v '^$' || true)
     if [ -n "$domains" ]; then
         cvb_log "libvirtd left running: domains defined:" $domains
+        return 0
+    fi
+    # Someone else (a KVM test on another worker) connected to it.
+    clients=$(timeout 10 virt-admin -q -c libvirtd:///system client-list \
+              libvirtd 2>/dev/null | grep -cE '^ *[0-9]+ ' || true)
+    if [ "${clients:-0}" != 0 ]; then
+        cvb_log "libvirtd left running: $clients client(s) connected"
         return 0
     fi
     CVB_LIBVIRT_PIDDIR=$piddir bash "$CVB_TOP/tools/libvirt/stop.sh"

@@ -477,7 +477,9 @@ api_extension_lines() {
         return 0
     fi
     echo 'osapi_volume_extension = cinder.api.contrib.standard_extensions'
-    if "$VENV/bin/python" -c "from $ext import Instance_groups" \
+    # -P: not from the current directory (python -c would import the
+    # package from there first; the services do not).
+    if "$VENV/bin/python" -P -c "from $ext import Instance_groups" \
             >/dev/null 2>&1; then
         cvb_log "cinder-api loads the instance-group extension ($ext)"
         echo "osapi_volume_extension = $ext.Instance_groups"
