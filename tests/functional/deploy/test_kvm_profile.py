@@ -231,6 +231,12 @@ class KvmDeploymentTest(testtools.TestCase):
         # The guest goes on writing on the merged image.
         self.wait_for_records(instance, data, above=after_backup)
         self.assert_no_overlay(data)
+        # ... and the running domain was pivoted back onto the volume's
+        # file (not left on a freeze overlay).
+        live = instance.domain.XMLDesc(0)
+        for vol in (boot, data):
+            self.assertIn("<source file='%s'" % self.dep.volume_path(vol),
+                          live)
         self.dep.wait('volume', data, ('in-use',))
 
         self.timed('instance_stop', instance.stop)
