@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Stop what tools/deploy/up.sh started, by the PIDs it recorded.
 #
-#   tools/deploy/down.sh [plugin|stock|all] [--keep-infra]
+#   tools/deploy/down.sh [plugin|stock|kvm|all] [--keep-infra]
 #
-# plugin / stock: that profile's Cinder services and vcsim; then Keystone,
+# plugin / stock / kvm: that profile's Cinder services and vcsim (kvm: the
+#   libvirtd up.sh started for it, if it did, once no libvirt domain is
+#   left defined and no other client is connected to it); then Keystone,
 #   RabbitMQ and MariaDB too when no other profile is running any more
 #   (unless --keep-infra).
-# all (default): both profiles, then Keystone, RabbitMQ and MariaDB.
+# all (default): every profile, then Keystone, RabbitMQ and MariaDB.
 # Data and logs stay in CVB_DEPLOY_DIR for inspection; up.sh starts afresh.
 set -eu -o pipefail
 source "$(dirname "$0")/lib.sh"
@@ -15,11 +17,35 @@ what=${1:-all}
 keep_infra=0
 [ "${2:-}" = --keep-infra ] && keep_infra=1
 case "$what" in
-    plugin|stock) profiles=("$what") ;;
+    plugin|stock|kvm) profiles=("$what") ;;
     all) profiles=("${CVB_PROFILES[@]}") ;;
-    *) cvb_die "unknown argument '$what' (plugin, stock or all)" ;;
+    *) cvb_die "unknown argument '$what' (plugin, stock, kvm or all)" ;;
 esac
 [ -d "$CVB_DEPLOY_DIR" ] || exit 0
+
+libvirt_down() {
+    # libvirt_down DIR: stop the libvirtd up.sh started for the kvm profile
+    # in DIR (tools/libvirt/stop.sh, by its pid file there), unless a
+    # domain is still defined: whoever made it (a test's stand-in instance,
+    # or another user of this libvirtd) removes it first.
+    local piddir=$1/libvirt domains clients
+    cvb_pid_alive "$piddir/libvirtd.pid" || return 0
+    domains=$(timeout 10 virsh -q -c qemu:///system list --all --name \
+              2>/dev/null | grep -v '^$' || true)
+    if [ -n "$domains" ]; then
+        cvb_log "libvirtd left running: domains defined:" $domains
+        return 0
+    fi
+    # Someone else (a KVM test on another worker) connected to it.
+    clients=$(timeout 10 virt-admin -q -c libvirtd:///system client-list \
+              libvirtd 2>/dev/null | grep -cE '^ *[0-9]+ ' || true)
+    if [ "${clients:-0}" != 0 ]; then
+        cvb_log "libvirtd left running: $clients client(s) connected"
+        return 0
+    fi
+    CVB_LIBVIRT_PIDDIR=$piddir bash "$CVB_TOP/tools/libvirt/stop.sh"
+    cvb_log "stopped libvirtd"
+}
 
 if [ "${CVB_DEPLOY_LOCKED:-0}" != 1 ]; then
     exec 7>"$CVB_DEPLOY_DIR/.lock"
@@ -37,6 +63,7 @@ for profile in "${profiles[@]}"; do
         cvb_stop_all 30 "${pidfiles[@]}"
         cvb_log "stopped profile '$profile'"
     fi
+    libvirt_down "$dir"
 done
 
 [ "$keep_infra" = 1 ] && exit 0

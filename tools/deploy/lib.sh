@@ -17,7 +17,7 @@ source "$CVB_TOP/tools/lib/venv.sh"
 CVB_DEPLOY_DIR=${CVB_DEPLOY_DIR:-/var/tmp/cvb-deploy}
 CVB_OSC_VENV=${CVB_OSC_VENV:-/opt/cvb-openstackclient}
 KEYSTONE_VENV=${CVB_KEYSTONE_VENV:-/opt/cvb-keystone}
-CVB_PROFILES=(plugin stock)
+CVB_PROFILES=(plugin stock kvm)
 
 cvb_log() {
     echo "cvb-deploy [${SECONDS}s]: $*" >&2

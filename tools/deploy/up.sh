@@ -3,7 +3,8 @@
 # systemd: RabbitMQ, MariaDB and Keystone (shared by the profiles, private
 # instances on free ports), then for the PROFILE a vcsim (a simulated
 # vCenter), cinder-api, cinder-scheduler, cinder-volume (VMDK driver against
-# that vcsim) and cinder-backup (posix backup driver).
+# that vcsim) and cinder-backup (posix backup driver); the kvm profile has
+# libvirtd and the qcow2 driver instead of vcsim and the VMDK driver.
 #
 # Why Keystone and not Cinder's noauth mode: the OpenStack client finds the
 # volume API's microversions by an unauthenticated version discovery GET on
@@ -11,13 +12,23 @@
 # a token with an empty 204, so every `openstack volume ...` command fails
 # ("Unable to find a version discovery document").
 #
-#   tools/deploy/up.sh [plugin|stock]
+#   tools/deploy/up.sh [plugin|stock|kvm]
 #
 # plugin (default): cinder.conf enables cinder-vmdk-backup the way its README
 #   tells an operator: the backend's volume_driver is
 #   VMwareVcVmdkBackupDriver and [DEFAULT] backup_manager is the plugin's.
 # stock: the same deployment with Cinder's own VMwareVcVmdkDriver and backup
 #   manager, for comparison.
+# kvm: no vcsim; the backend is the plugin's companion driver
+#   Qcow2VolumeDriver (volumes are qcow2 files in the profile's qcow2/
+#   directory), libvirtd (qemu:///system, tools/libvirt/start.sh) runs for
+#   it, the backup manager is the plugin's. Until the deployment has Nova,
+#   tests/functional/deploy/kvm_instance.py stands in for Nova's libvirt
+#   driver (attachments through Cinder's API, a libvirt domain per
+#   instance).
+#
+# plugin and kvm also load the plugin's instance-group API extension
+# (osapi_volume_extension) when the virtualenv has it (the log says which).
 #
 # A profile that is already running is left as it is. Otherwise it starts
 # afresh (new database, message queue vhost, vcsim and backup directory).
@@ -38,8 +49,8 @@ umask 077
 
 profile=${1:-plugin}
 case "$profile" in
-    plugin|stock) ;;
-    *) cvb_die "unknown profile '$profile' (plugin or stock)" ;;
+    plugin|stock|kvm) ;;
+    *) cvb_die "unknown profile '$profile' (plugin, stock or kvm)" ;;
 esac
 
 infra=$CVB_DEPLOY_DIR/infra
@@ -58,6 +69,13 @@ check_prerequisites() {
     [ -x "$KEYSTONE_VENV/bin/keystone-manage" ] \
         && [ -x "$KEYSTONE_VENV/bin/gunicorn" ] \
         || missing+=("Keystone and gunicorn in $KEYSTONE_VENV")
+    if [ "$profile" = kvm ]; then
+        command -v qemu-img >/dev/null || missing+=(qemu-utils)
+        command -v libvirtd >/dev/null && command -v virsh >/dev/null \
+            || missing+=("libvirt (tools/libvirt/install.sh)")
+        "$VENV/bin/python" -c 'import libvirt' 2>/dev/null \
+            || missing+=("libvirt-python in $VENV")
+    fi
     if [ ${#missing[@]} -gt 0 ]; then
         cvb_die "missing: ${missing[*]} (run tools/deploy/install.sh;" \
             "CVB_VENV, CVB_OSC_VENV, CVB_KEYSTONE_VENV name the virtualenvs)"
@@ -362,6 +380,29 @@ VCSIM_CA_FILE=$VCSIM_CA_FILE
 ENV
 }
 
+# --- libvirtd (kvm profile) -------------------------------------------------
+
+libvirt_up() {
+    # libvirtd through tools/libvirt/start.sh, its pid file in this
+    # profile's directory: down.sh stops it only if this profile started it
+    # (a libvirtd that answers already, another's, is used as it is).
+    local pidfile
+    LIBVIRT_URI=qemu:///system
+    pidfile=$(CVB_LIBVIRT_PIDDIR=$dir/libvirt \
+              bash "$CVB_TOP/tools/libvirt/start.sh" | tail -n 1) \
+        || cvb_die "libvirtd did not start (/var/log/libvirt/cvb-libvirtd.log)"
+    if cvb_pid_alive "$pidfile"; then
+        cvb_log "started libvirtd ($(cat "$pidfile")) for $LIBVIRT_URI"
+    else
+        cvb_log "using the libvirtd that answers on $LIBVIRT_URI already"
+    fi
+    mkdir -p "$dir/qcow2"
+}
+
+libvirt_answers() {
+    timeout 10 virsh -q -c qemu:///system uri >/dev/null 2>&1
+}
+
 # --- Cinder --------------------------------------------------------------------
 
 render_conf() {
@@ -394,9 +435,14 @@ PY
 
 profile_running() {
     local s
-    for s in "${services[@]}" vcsim; do
+    for s in "${services[@]}"; do
         cvb_pid_alive "$dir/$s.pid" || return 1
     done
+    if [ "$profile" = kvm ]; then
+        libvirt_answers || return 1
+    else
+        cvb_pid_alive "$dir/vcsim.pid" || return 1
+    fi
     [ -f "$dir/openrc" ]
 }
 
@@ -420,20 +466,58 @@ register_endpoint() {
         || cvb_die "no endpoint in Keystone: $dir/log/keystone-endpoint.log"
 }
 
+api_extension_lines() {
+    # The osapi_volume_extension lines of the plugin and kvm profiles:
+    # Cinder's standard extensions and, when the virtualenv has it, the
+    # plugin's instance-group extension (cinder-api does not start when an
+    # extension named here cannot be loaded).
+    local ext=cinder_vmdk_backup.api.contrib.instance_groups
+    if [ "$profile" = stock ]; then
+        echo '# osapi_volume_extension: Cinder'"'"'s default'
+        return 0
+    fi
+    echo 'osapi_volume_extension = cinder.api.contrib.standard_extensions'
+    # -P: not from the current directory (python -c would import the
+    # package from there first; the services do not).
+    if "$VENV/bin/python" -P -c "from $ext import Instance_groups" \
+            >/dev/null 2>&1; then
+        cvb_log "cinder-api loads the instance-group extension ($ext)"
+        echo "osapi_volume_extension = $ext.Instance_groups"
+    else
+        cvb_log "no instance-group extension in $VENV ($ext does not" \
+            "import): cinder-api runs without it"
+        echo "# osapi_volume_extension = $ext.Instance_groups: not installed"
+    fi
+}
+
 cinder_up() {
     local backup_manager_line volume_driver_line db=cvb_$profile s py
-    if [ "$profile" = plugin ]; then
-        backup_manager_line='backup_manager = cinder_vmdk_backup.backup.manager.BackupManager'
-        volume_driver_line='volume_driver = cinder_vmdk_backup.volume.drivers.vmdk.VMwareVcVmdkBackupDriver'
-    else
+    local backend_args backend extension_lines
+    if [ "$profile" = stock ]; then
         backup_manager_line='# backup_manager: Cinder'"'"'s default'
         volume_driver_line='volume_driver = cinder.volume.drivers.vmware.vmdk.VMwareVcVmdkDriver'
+    else
+        backup_manager_line='backup_manager = cinder_vmdk_backup.backup.manager.BackupManager'
+        volume_driver_line='volume_driver = cinder_vmdk_backup.volume.drivers.vmdk.VMwareVcVmdkBackupDriver'
     fi
+    if [ "$profile" = kvm ]; then
+        backend=qcow2
+        backend_args=(LIBVIRT_URI="$LIBVIRT_URI")
+    else
+        backend=vmware
+        backend_args=(VOLUME_DRIVER_LINE="$volume_driver_line"
+                      VCSIM_PORT="$VCSIM_PORT" VCSIM_USER="$VCSIM_USER"
+                      VCSIM_PASSWORD="$VCSIM_PASSWORD"
+                      VCSIM_CLUSTER="$VCSIM_CLUSTER" VCSIM_WSDL="$VCSIM_WSDL"
+                      VCSIM_CA_FILE="$VCSIM_CA_FILE")
+    fi
+    extension_lines=$(api_extension_lines)
     API_PORT=$(cvb_free_port)
     mkdir -p "$dir/state" "$dir/lock" "$dir/backups" "$dir/vmware-tmp" \
         "$dir/log"
     py=$("$VENV/bin/python" -c 'import sys; print(sys.prefix)')
     cp "$py/etc/cinder/api-paste.ini" "$dir/api-paste.ini"
+    # cinder.conf.in, then the backend's section.
     render_conf "$CVB_TOP/tools/deploy/cinder.conf.in" "$dir/cinder.conf" \
         HOST="cvb-$profile" STATE_DIR="$dir" VENV="$py" API_PORT="$API_PORT" \
         RABBIT_USER="$RABBIT_USER" RABBIT_PASSWORD="$RABBIT_PASSWORD" \
@@ -441,11 +525,12 @@ cinder_up() {
         DB_USER="$DB_USER" DB_PASSWORD="$DB_PASSWORD" DB_PORT="$DB_PORT" \
         DB_NAME="$db" KEYSTONE_PORT="$KEYSTONE_PORT" \
         CINDER_SERVICE_PASSWORD="$CINDER_SERVICE_PASSWORD" \
-        BACKUP_MANAGER_LINE="$backup_manager_line" \
-        VOLUME_DRIVER_LINE="$volume_driver_line" VCSIM_PORT="$VCSIM_PORT" \
-        VCSIM_USER="$VCSIM_USER" VCSIM_PASSWORD="$VCSIM_PASSWORD" \
-        VCSIM_CLUSTER="$VCSIM_CLUSTER" VCSIM_WSDL="$VCSIM_WSDL" \
-        VCSIM_CA_FILE="$VCSIM_CA_FILE"
+        BACKUP_MANAGER_LINE="$backup_manager_line" BACKEND="$backend" \
+        API_EXTENSION_LINES="$extension_lines"
+    render_conf "$CVB_TOP/tools/deploy/backend-$backend.conf.in" \
+        "$dir/cinder.conf.$backend" STATE_DIR="$dir" "${backend_args[@]}"
+    cat "$dir/cinder.conf.$backend" >>"$dir/cinder.conf"
+    rm -f "$dir/cinder.conf.$backend"
 
     # A fresh database and message queue vhost for this profile.
     mariadb_client <<SQL
@@ -500,6 +585,16 @@ RC
     wait_services
 }
 
+volume_heard() {
+    # kvm: the scheduler has the volume service's capabilities (else a
+    # volume create right after up.sh fails with "No weighed backend": the
+    # qcow2 driver starts within a second and its first report can reach
+    # the scheduler before it listens; the next comes a minute later).
+    [ "$profile" != kvm ] && return 0
+    grep -q "Received volume service update from .*cvb-$profile@" \
+        "$dir/log/cinder-scheduler.log" 2>/dev/null
+}
+
 wait_services() {
     # Until cinder-scheduler, cinder-volume and cinder-backup have reported
     # to the database since now (rows of an earlier run of this profile
@@ -526,7 +621,8 @@ wait_services() {
         if [ "$n" = 3 ] && grep -q 'Driver initialization completed' \
                 "$dir/log/cinder-volume.log" 2>/dev/null \
             && grep -q "Received backup service update from .*'backend_state': True" \
-                "$dir/log/cinder-scheduler.log" 2>/dev/null; then
+                "$dir/log/cinder-scheduler.log" 2>/dev/null \
+            && volume_heard; then
             return 0
         fi
         sleep 0.2
@@ -558,7 +654,11 @@ main() {
     trap 'rm -f "$dir/up.pid"' EXIT
     infra_up
     exec 7>&-
-    vcsim_up
+    if [ "$profile" = kvm ]; then
+        libvirt_up
+    else
+        vcsim_up
+    fi
     cinder_up
     cvb_log "profile '$profile' is up (cinder-api http://127.0.0.1:$API_PORT)"
     echo "$dir/openrc"

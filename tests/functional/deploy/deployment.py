@@ -12,13 +12,14 @@
 
 """A deployment of tools/deploy/up.sh, driven by the OpenStack client.
 
-``Deployment(profile)`` starts one profile (``plugin`` or ``stock``) of the
-one-machine Cinder deployment with ``tools/deploy/up.sh`` and stops it with
-``tools/deploy/down.sh``; ``openstack(...)`` and ``cinder(...)`` run the
-real command-line clients against it (subprocess, JSON output);
-``vcsim`` is a :class:`tests.functional.vcsim.VcsimFixture` attached to the
-vcsim the deployment started, so the fixture's disk helpers and fault
-injection work on it.
+``Deployment(profile)`` starts one profile (``plugin``, ``stock`` or
+``kvm``) of the one-machine Cinder deployment with ``tools/deploy/up.sh``
+and stops it with ``tools/deploy/down.sh``; ``openstack(...)`` and
+``cinder(...)`` run the real command-line clients against it (subprocess,
+JSON output); ``vcsim`` is a :class:`tests.functional.vcsim.VcsimFixture`
+attached to the vcsim the deployment started, so the fixture's disk
+helpers and fault injection work on it (None in the kvm profile, which has
+libvirtd and qcow2 files instead: ``volume_path``).
 """
 
 import fcntl
@@ -326,6 +327,23 @@ class OpenStackShell(object):
         self._log.close()
 
 
+def missing_kvm_prerequisites():
+    """What the kvm profile needs besides the others' prerequisites."""
+    missing = []
+    for path, what in (('/usr/bin/qemu-img', 'qemu-utils'),
+                       ('/usr/bin/qemu-io', 'qemu-utils'),
+                       ('/usr/bin/qemu-system-x86_64', 'qemu-system-x86'),
+                       ('/usr/sbin/libvirtd', 'libvirt-daemon'),
+                       ('/usr/bin/virsh', 'libvirt-clients')):
+        if not os.path.exists(path):
+            missing.append('%s (tools/libvirt/install.sh)' % what)
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        missing.append('libvirt-python in %s' % sys.prefix)
+    return missing
+
+
 class Deployment(object):
     """One profile of tools/deploy/up.sh, started and stopped by PID."""
 
@@ -400,7 +418,8 @@ class Deployment(object):
         self.env.update(read_env(openrc))
         self.env['PATH'] = os.path.join(OSC_VENV, 'bin') + ':' + \
             os.environ.get('PATH', '')
-        self.vcsim = DeployedVcsim(self.dir)
+        if self.profile != 'kvm':
+            self.vcsim = DeployedVcsim(self.dir)
         self.shell = OpenStackShell(
             self.env, os.path.join(self.dir, 'log', 'openstack-shell.log'))
 
@@ -493,6 +512,10 @@ class Deployment(object):
             kind, resource_id, timeout))
 
     # -- data ----------------------------------------------------------------
+
+    def volume_path(self, volume_id):
+        """The qcow2 file of a volume of the kvm profile."""
+        return os.path.join(self.dir, 'qcow2', 'volume-%s' % volume_id)
 
     def backup_files(self, backup_id):
         """The posix backup driver's files of one backup."""
