@@ -53,6 +53,25 @@ if [ ! -x "$CVB_OSC_VENV/bin/openstack" ] || [ ! -x "$CVB_OSC_VENV/bin/cinder" ]
     touch "$CVB_OSC_VENV/.cvb-complete"
 fi
 
+# The plugin's `openstack volume instance group ...` commands in the
+# client's virtualenv: this tree, editable, without its run-time
+# requirements (Cinder and libvirt-python are the services', not the
+# client's). Installed again when setup.cfg (its entry points) changes.
+osc_stamp=$CVB_OSC_VENV/.cvb-plugin
+osc_want=$(sha256sum "$CVB_TOP/setup.cfg" | cut -d' ' -f1):$CVB_TOP
+if [ ! -f "$osc_stamp" ] || [ "$(cat "$osc_stamp")" != "$osc_want" ] \
+        || ! "$CVB_OSC_VENV/bin/python" -c \
+            'import cinder_vmdk_backup.osc.plugin' 2>/dev/null; then
+    # (pip's build back-end warns about editable installs on every run:
+    # its output goes to a log, shown only when the install fails.)
+    "$CVB_OSC_VENV/bin/pip" install -q --no-deps -e "$CVB_TOP" \
+        >"$CVB_OSC_VENV/cvb-plugin-install.log" 2>&1 \
+        || { cat "$CVB_OSC_VENV/cvb-plugin-install.log" >&2; exit 1; }
+    "$CVB_OSC_VENV/bin/openstack" volume instance group list --help \
+        >/dev/null
+    echo "$osc_want" >"$osc_stamp"
+fi
+
 # Keystone, in a virtualenv of its own for the same reason, served by
 # gunicorn (Keystone ships only a WSGI application).
 if [ ! -x "$KEYSTONE_VENV/bin/keystone-manage" ] \
