@@ -37,9 +37,11 @@ from cinder.image import image_utils
 from cinder import objects
 from cinder.volume import driver
 from oslo_log import log as logging
+from oslo_utils import timeutils
 from oslo_utils import units
 
 from cinder_vmdk_backup.backup import driver_owned
+from cinder_vmdk_backup import exception as cvb_exception
 from cinder_vmdk_backup.kvm import domains
 from cinder_vmdk_backup.kvm import errors
 from cinder_vmdk_backup.kvm import freezer
@@ -357,7 +359,8 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
             stack.callback(reader.close)
             yield reader
 
-    def backup_volumes(self, context, requests):
+    def backup_volumes(self, context, requests, all_or_nothing=False,
+                       facts=None):
         """Back up several volumes from one point in time.
 
         All of them are frozen first, as close together as possible (one
@@ -367,9 +370,14 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
 
         :param requests: ``[(backup, backup_service, backup_device)]``,
             ``backup_device`` may be None (the backup's volume)
+        :param all_or_nothing: when a freeze fails, undo every freeze and
+            raise :class:`GroupFreezeError` (nothing is backed up)
+        :param facts: a dict filled with ``consistency`` and ``frozen_at``
         :returns: ``{backup.id: the backup service's result, or the
             exception that failed that backup}``
         """
+        # NOTE(g22-service): minimal contract signature so the service
+        # part can call it; the kvm part's version replaces this.
         devices = []
         for backup, service, dev in requests:
             if dev is None:
@@ -385,6 +393,20 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
             frozen = freezer.freeze_all(paths, conn, self._commit_timeout)
         failed = {path: result for path, result in frozen.items()
                   if isinstance(result, Exception)}
+        if facts is not None:
+            facts['frozen_at'] = timeutils.utcnow()
+            online = any(getattr(result, 'online', False)
+                         for result in frozen.values())
+            facts['consistency'] = ('crash-consistent' if online
+                                    else 'not-running')
+        if failed and all_or_nothing:
+            for result in frozen.values():
+                if not isinstance(result, Exception):
+                    with contextlib.suppress(errors.KvmError):
+                        result.merge()
+            raise cvb_exception.GroupFreezeError(reason='; '.join(
+                '%s: %s' % (path, exc) for path, exc in sorted(
+                    failed.items())))
         self._frozen_ahead.update({path: result for path, result
                                    in frozen.items() if path not in failed})
         results = {}
