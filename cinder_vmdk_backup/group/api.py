@@ -31,7 +31,7 @@ import uuid
 
 from cinder.common import constants
 from cinder import context as cinder_context
-from cinder import db
+from cinder.db import api as db
 from cinder import exception
 from cinder.i18n import _
 from cinder import objects
@@ -42,7 +42,6 @@ from cinder.policies import group_snapshots as group_snapshot_policy
 from cinder.policies import groups as group_policy
 from cinder import quota
 from cinder import quota_utils
-from cinder import utils
 from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import excutils
@@ -169,13 +168,33 @@ class API(object):
         parents = self._parents(context, group, found)
         host = self._backup_host(context, group.availability_zone,
                                  [p.host for p in parents.values() if p])
-        self._lock(group)
+        # Cinder makes a group snapshot only of a group that is not
+        # 'updating': the set's row comes first, then the lock (a refused
+        # lock removes it again).
+        group_snapshot = objects.GroupSnapshot(
+            context=context, group_id=group.id,
+            user_id=context.user_id, project_id=context.project_id,
+            name=name, description=description,
+            status=fields.GroupSnapshotStatus.CREATING,
+            group_type_id=group.group_type_id)
         try:
-            group_snapshot, backups = self._record_set(
-                context, group, found, parents, instance_id, name,
-                description, host)
+            group_snapshot.create()
+        except exception.InvalidGroup:
+            group.refresh()
+            raise cvb_exception.InstanceGroupBusy(group_id=group.id,
+                                                  status=group.status)
+        try:
+            self._lock(group)
         except Exception:
             with excutils.save_and_reraise_exception():
+                group_snapshot.destroy()
+        try:
+            backups = self._record_set(
+                context, group, group_snapshot, found, parents,
+                instance_id, name, description, host)
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                group_snapshot.destroy()
                 records.unlock_group(context, group.id)
         self._cast(context, group, group_snapshot, lambda: (
             self.rpcapi.backup_set(context, host, group_snapshot.id)))
@@ -424,7 +443,7 @@ class API(object):
         up = [s.host for s in services
               if (not availability_zone
                   or s.availability_zone == availability_zone)
-              and utils.service_is_up(s)]
+              and s.is_up]
         if not up:
             raise exception.ServiceNotFound(service_id='cinder-backup')
         for host in preferred:
@@ -467,8 +486,8 @@ class API(object):
                 default=None)
         return parents
 
-    def _record_set(self, context, group, found, parents, instance_id, name,
-                    description, host):
+    def _record_set(self, context, group, group_snapshot, found, parents,
+                    instance_id, name, description, host):
         total = sum(m['volume'].size for m in found)
         try:
             reservations = QUOTAS.reserve(context, backups=len(found),
@@ -479,14 +498,6 @@ class API(object):
         made = []
         changed_volumes = []
         try:
-            group_snapshot = objects.GroupSnapshot(
-                context=context, group_id=group.id,
-                user_id=context.user_id, project_id=context.project_id,
-                name=name, description=description,
-                status=fields.GroupSnapshotStatus.CREATING,
-                group_type_id=group.group_type_id)
-            group_snapshot.create()
-            made.append(group_snapshot)
             backups = []
             for member in found:
                 volume = member['volume']
@@ -543,7 +554,7 @@ class API(object):
                     except Exception:
                         LOG.exception('Could not remove %s.', record)
                 QUOTAS.rollback(context, reservations)
-        return group_snapshot, backups
+        return backups
 
     @staticmethod
     def _start_restore(context, backups, by_volume, host, operation_id):

@@ -20,7 +20,7 @@ whether it is the boot volume. The group's instance is the one its members
 name; an instance's group is the instance group whose members name it.
 """
 
-from cinder import db
+from cinder.db import api as db
 from cinder import exception
 from cinder.i18n import _
 from cinder import objects
@@ -120,11 +120,10 @@ def mark(context, volume, instance_id, mountpoint, boot):
 
 def unmark(context, volume_id):
     admin = _admin(context)
+    present = db.volume_admin_metadata_get(admin, volume_id)
     for key in ADMIN_KEYS:
-        try:
+        if key in present:
             db.volume_admin_metadata_delete(admin, volume_id, key)
-        except exception.VolumeAdminMetadataNotFound:
-            pass
 
 
 def members(context, group):

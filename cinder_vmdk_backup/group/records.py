@@ -24,7 +24,7 @@ its host left running.
 
 from oslo_utils import timeutils
 
-from cinder import db
+from cinder.db import api as db
 from cinder import objects
 
 GROUP_KEY = 'instance_group_id'
