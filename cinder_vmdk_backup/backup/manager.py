@@ -141,6 +141,9 @@ class BackupManager(cinder_internals.RewiredBackupManager):
             self.hook_into_cinder()
         #: Instance-group sets run here (RPC namespace instance_groups).
         self.group_endpoint = group_manager.InstanceGroupEndpoint(self)
+        # (Cinder's Manager.__init__ makes the list.)
+        if getattr(self, 'additional_endpoints', None) is None:
+            self.additional_endpoints = []
         self.additional_endpoints.append(self.group_endpoint)
 
     # -- start ---------------------------------------------------------------
