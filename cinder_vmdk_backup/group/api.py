@@ -319,6 +319,10 @@ class API(object):
         try:
             group_snapshot.status = fields.GroupSnapshotStatus.DELETING
             group_snapshot.save()
+            for backup in backups:
+                # The host that deletes (its janitor finds the set again).
+                backup.host = host
+                backup.save()
         except Exception:
             with excutils.save_and_reraise_exception():
                 records.unlock_group(context, group.id)

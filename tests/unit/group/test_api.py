@@ -41,7 +41,7 @@ OTHER_INSTANCE = 'b0a4b4f2-6f0d-4f43-8f7e-0a5f4c3b2a19'
 HOST = 'node1@qcow2#qcow2'
 
 
-class GroupApiTestCase(test.TestCase):
+class GroupApiBase(test.TestCase):
 
     def setUp(self):
         super().setUp()
@@ -109,6 +109,9 @@ class GroupApiTestCase(test.TestCase):
 
         self.rpc.backup_set.side_effect = finish
         return self.api.backup(self.ctxt, self.group['id'], INSTANCE, name)
+
+
+class GroupApiTestCase(GroupApiBase):
 
     # -- groups -------------------------------------------------------------
 
@@ -377,3 +380,40 @@ class ChainTestCase(test.TestCase):
         self.endpoint.delete_or_retire(self.ctxt, self.incr)
         self.assertEqual(self.full.id, objects.Backup.get_by_id(
             self.ctxt, self.full.id).id)
+
+
+class MembersTestCase(GroupApiBase):
+
+    def test_follow_attachments(self):
+        third = self._volume('/dev/vdc')
+        group = self.api.update_members(self.ctxt, self.group['id'],
+                                        INSTANCE)
+        self.assertEqual([v.id for v in self.vols] + [third.id],
+                         [v['id'] for v in group['volumes']])
+        self.assertEqual('available', group['status'])
+        group = self.api.update_members(self.ctxt, self.group['id'],
+                                        INSTANCE, remove_volumes=[third.id])
+        self.assertEqual([v.id for v in self.vols],
+                         [v['id'] for v in group['volumes']])
+        third.refresh()
+        self.assertIsNone(third.group_id)
+        self.assertNotIn('instance_group_instance_id',
+                         objects.Volume.get_by_id(
+                             self.ctxt, third.id).admin_metadata)
+
+    def test_unattached_volume_refused(self):
+        loose = test_utils.create_volume(self.ctxt, host=HOST,
+                                         availability_zone='az1')
+        before = self._state()
+        self.assertRaises(cvb_exception.InstanceGroupInvalid,
+                          self.api.update_members, self.ctxt,
+                          self.group['id'], INSTANCE,
+                          add_volumes=[loose.id])
+        self.assertEqual(before, self._state())
+
+    def test_last_member_cannot_leave(self):
+        self.assertRaises(cvb_exception.InstanceGroupInvalid,
+                          self.api.update_members, self.ctxt,
+                          self.group['id'], INSTANCE,
+                          remove_volumes=[v.id for v in self.vols])
+        self.assertEqual('available', self._state()[0])

@@ -279,3 +279,67 @@ class EndpointTestCase(test.TestCase):
             volume.save()
         records.unlock_group(self.ctxt, self.group['id'])
         return backups
+
+    def test_restore_to_new_volumes_and_server(self):
+        backups = self._available_set()
+        made = []
+
+        def create(ctxt, size, name, description, backup=None,
+                   volume_type=None, availability_zone=None):
+            volume = test_utils.create_volume(
+                ctxt, host=HOST, size=size, status='available',
+                display_name=name, availability_zone=availability_zone)
+            made.append((volume.id, backup.id, volume_type,
+                         availability_zone))
+            return volume
+
+        self.rpc.restore_set_new.side_effect = (
+            lambda ctxt, host, group_id, group_snapshot_id, operation_id,
+            volumes, server=None: self.endpoint.restore_set_new(
+                ctxt, group_id, group_snapshot_id, operation_id, volumes,
+                server=server))
+        with mock.patch.object(group_manager.volume_api, 'API',
+                               autospec=True) as volume_api, \
+                mock.patch.object(nova, 'boot', autospec=True,
+                                  return_value=fake.INSTANCE_ID) as boot:
+            volume_api.return_value.create.side_effect = create
+            answer = self.api.restore_new(
+                self.ctxt, self.group['id'], INSTANCE, name='one',
+                availability_zone='az1',
+                volumes={self.vols[1].id: {'availability_zone': 'az2'}},
+                server={'name': 'copy', 'flavor': 'm1.small'})
+        self.assertTrue(answer['success'], answer)
+        self.assertEqual('restore_new', answer['operation'])
+        self.assertEqual([m[0] for m in made], answer['new_volume_id'])
+        self.assertEqual([b.id for b in backups], [m[1] for m in made])
+        self.assertEqual(['az1', 'az2'], [m[3] for m in made])
+        self.assertEqual(fake.INSTANCE_ID, answer['server_id'])
+        (_c, server, boot_backups, new_volumes), _kw = boot.call_args
+        self.assertEqual({'name': 'copy', 'flavor': 'm1.small'}, server)
+        self.assertEqual({b.id: m[0] for b, m in zip(backups, made)},
+                         {k: v.id for k, v in new_volumes.items()})
+        self.assertEqual('available', objects.Group.get_by_id(
+            self.ctxt, self.group['id']).status)
+
+    def test_restore_to_new_volume_in_error_fails(self):
+        self._available_set()
+
+        def create(ctxt, size, name, description, backup=None,
+                   volume_type=None, availability_zone=None):
+            return test_utils.create_volume(ctxt, host=HOST, size=size,
+                                            status='error')
+
+        self.rpc.restore_set_new.side_effect = (
+            lambda ctxt, host, group_id, group_snapshot_id, operation_id,
+            volumes, server=None: self.endpoint.restore_set_new(
+                ctxt, group_id, group_snapshot_id, operation_id, volumes,
+                server=server))
+        with mock.patch.object(group_manager.volume_api, 'API',
+                               autospec=True) as volume_api:
+            volume_api.return_value.create.side_effect = create
+            answer = self.api.restore_new(self.ctxt, self.group['id'],
+                                          INSTANCE, name='one')
+        self.assertFalse(answer['success'])
+        self.assertIn('error', answer['msg'])
+        self.assertEqual('available', objects.Group.get_by_id(
+            self.ctxt, self.group['id']).status)
