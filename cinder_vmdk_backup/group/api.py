@@ -415,8 +415,20 @@ class API(object):
         return backups
 
     def _check_shut_down(self, context, host, instance_id, volume_ids):
-        state, who = self.rpcapi.instance_power_state(
-            context, host, instance_id, volume_ids)
+        """Refuse unless cinder-backup on ``host`` says it is shut down.
+
+        No answer is no proof: it refuses too.
+        """
+        try:
+            state, who = self.rpcapi.instance_power_state(
+                context, host, instance_id, volume_ids)
+        except Exception as exc:
+            LOG.warning('cinder-backup on %(host)s could not tell whether '
+                        'instance %(instance)s is shut down: %(exc)s',
+                        {'host': host, 'instance': instance_id,
+                         'exc': type(exc).__name__})
+            state, who = 'unknown', 'nobody (cinder-backup on %s did not ' \
+                'answer)' % host
         LOG.info('Instance %(instance)s is %(state)s (%(who)s).',
                  {'instance': instance_id, 'state': state, 'who': who})
         if state != SHUT_DOWN:
