@@ -281,6 +281,10 @@ class API(object):
         self._lock(group)
         operation_id = str(uuid.uuid4())
         try:
+            for backup in backups:
+                # Outcomes of an earlier restore to new volumes.
+                records.clear_metadata(backup, records.NEW_VOLUME_KEY,
+                                       records.SERVER_KEY)
             records.mark_operation(backups, operation_id, records.RUNNING,
                                    host)
         except Exception:
