@@ -177,6 +177,8 @@ class InstanceGroupSetsTestCase(test.TestCase):
     # -- tests --------------------------------------------------------------
 
     def test_group_made_from_attachments(self):
+        self.assertIn(self.manager.group_endpoint,
+                      self.manager.additional_endpoints)
         group = self._group()
         self.assertEqual(INSTANCE, group['instance_id'])
         self.assertEqual('instance-%s' % INSTANCE, group['name'])
