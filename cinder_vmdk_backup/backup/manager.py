@@ -47,6 +47,12 @@ process interrupted, which Cinder's clean-up sets to ``error_restoring``, as
 one that left the volume's data intact
 (:meth:`BackupManager.interrupted_restore_cleaned_up`).
 
+The manager also runs instance-group backup sets: it registers
+:class:`~cinder_vmdk_backup.group.manager.InstanceGroupEndpoint` as an extra
+RPC endpoint (namespace ``instance_groups``), runs its janitor at start,
+and deletes retired backups of older sets with their last dependent
+(:meth:`BackupManager.delete_backup`).
+
 At start the manager checks those internals against the installed Cinder
 (:func:`~.cinder_internals.check`). If one is missing or changed, it logs
 one error naming them and every backup and restore takes Cinder's own path.
@@ -60,6 +66,7 @@ from oslo_log import log as logging
 
 from cinder_vmdk_backup.backup import cinder_internals
 from cinder_vmdk_backup.backup import driver_loader
+from cinder_vmdk_backup.group import manager as group_manager
 from cinder_vmdk_backup import malloc_tuning
 from cinder_vmdk_backup import opts
 
@@ -138,6 +145,12 @@ class BackupManager(cinder_internals.RewiredBackupManager):
         self._cinder_matches = cinder_internals.check_and_report()
         if self._cinder_matches:
             self.hook_into_cinder()
+        #: Instance-group sets run here (RPC namespace instance_groups).
+        self.group_endpoint = group_manager.InstanceGroupEndpoint(self)
+        # (Cinder's Manager.__init__ makes the list.)
+        if getattr(self, 'additional_endpoints', None) is None:
+            self.additional_endpoints = []
+        self.additional_endpoints.append(self.group_endpoint)
 
     # -- start ---------------------------------------------------------------
 
@@ -149,8 +162,15 @@ class BackupManager(cinder_internals.RewiredBackupManager):
         the service starts rather than at the next request of the backend.
         """
         super(BackupManager, self).init_host(**kwargs)
-        if not (CONF.driver_owned_backup_enabled and self._cinder_matches):
-            return
+        if CONF.driver_owned_backup_enabled and self._cinder_matches:
+            self._set_up_backends()
+        try:
+            self.group_endpoint.init_host(cinder_context.get_admin_context())
+        except Exception:
+            LOG.exception('Could not clean up the instance-group operations '
+                          'this host left running.')
+
+    def _set_up_backends(self):
         try:
             loaded = self._backend_drivers.load_configured(
                 CONF.host, cluster_name=getattr(CONF, 'cluster', None))
@@ -199,6 +219,23 @@ class BackupManager(cinder_internals.RewiredBackupManager):
         except Exception:
             LOG.exception('Could not tell the user of volume %s that its '
                           'restore was interrupted.', volume_id)
+
+    def delete_backup(self, context, backup, retired_parents=True):
+        """Cinder's delete; then retired ancestors nothing needs any more.
+
+        A backup of an instance-group set that a newer backup depends on is
+        retired rather than deleted (see :mod:`cinder_vmdk_backup.group`);
+        it goes with its last dependent, whoever deletes that one.
+        """
+        parent_id = backup.parent_id
+        super(BackupManager, self).delete_backup(context, backup)
+        if retired_parents and parent_id:
+            try:
+                self.group_endpoint.delete_retired_parents(context,
+                                                           parent_id)
+            except Exception:
+                LOG.exception('Could not delete the retired parents of '
+                              'backup %s.', backup.id)
 
     # -- routing -----------------------------------------------------------
 
