@@ -123,7 +123,10 @@ class API(object):
         group = self._get_group(context, group_id)
         context.authorize(group_action_policy.DELETE_POLICY,
                           target_obj=group)
-        if (objects.GroupSnapshotList.get_all_by_group(context, group.id)
+        # Cinder's DB call requires an admin context; the group itself was
+        # looked up in the caller's scope above.
+        if (objects.GroupSnapshotList.get_all_by_group(context.elevated(),
+                                                       group.id)
                 or records.group_backups(context, group.id)):
             raise cvb_exception.InstanceGroupInvalid(reason=_(
                 'instance group %s still has backup sets (retired backups '
@@ -371,7 +374,10 @@ class API(object):
 
     @staticmethod
     def _sets(context, group):
-        sets = objects.GroupSnapshotList.get_all_by_group(context, group.id)
+        # (Admin context for Cinder's DB call; ``group`` was found in the
+        # caller's scope.)
+        sets = objects.GroupSnapshotList.get_all_by_group(context.elevated(),
+                                                          group.id)
         return sorted(sets, key=lambda s: s.created_at)
 
     def _select_set(self, context, group, group_snapshot_id, name,
