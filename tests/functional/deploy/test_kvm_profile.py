@@ -91,13 +91,13 @@ def _first_difference(a, b, skip=None):
             offset += len(x)
 
 
-class KvmDeploymentTest(testtools.TestCase):
-    """The kvm profile's scenario (one deployment for all of it)."""
+class KvmDeploymentBase(testtools.TestCase):
+    """A test on the kvm profile (one deployment for all of it)."""
 
     profile = 'kvm'
 
     def setUp(self):
-        super(KvmDeploymentTest, self).setUp()
+        super(KvmDeploymentBase, self).setUp()
         missing = (deployment.missing_prerequisites() +
                    deployment.missing_kvm_prerequisites())
         if missing:
@@ -188,7 +188,9 @@ class KvmDeploymentTest(testtools.TestCase):
         self.assertNotIn('backing-filename', info,
                          'volume %s still has an overlay chain' % volume_id)
 
-    # -- the scenario -----------------------------------------------------
+
+class KvmDeploymentTest(KvmDeploymentBase):
+    """The kvm profile's scenario."""
 
     def test_backup_restore_of_a_running_instance(self):
         import libvirt

@@ -1,0 +1,219 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""End to end: instance-group backups of a running KVM instance.
+
+The kvm profile of tools/deploy (real cinder-api with the plugin's
+extension, scheduler, volume and backup services, RabbitMQ, MariaDB,
+Keystone, libvirt and QEMU), driven by the plugin's OpenStack client
+commands (``openstack volume instance group ...``) as a user would:
+
+- an instance (kvm_instance.py, a stand-in for Nova until it is in the
+  deployment) with a boot volume and two data volumes, each with its own
+  data, the tiny guest writing numbered records to all three disks;
+- its instance group created from its attachments;
+- a backup set while it runs (synchronous), the data changed, a second,
+  incremental set (asynchronous, followed in the list);
+- a restore refused while the instance runs; the instance stopped, the
+  first set restored: every disk as the instance sees it (the domain's
+  disk files) holds the first set's data, and the guest's records on the
+  three disks show one cut; the instance boots from the restored disk;
+- the sets deleted oldest first (the newer one, incremental on it, still
+  restores byte for byte), the group delete refused while a set exists,
+  then the group deleted with the volumes and the instance still there.
+"""
+
+import os
+import subprocess  # nosec B404: qemu-io
+import time
+
+from tests.functional.deploy import deployment
+from tests.functional.deploy import kvm_instance
+from tests.functional.deploy import test_kvm_profile
+from tests.functional.kvm import guest
+
+RING = 2048
+#: Each volume's own data, away from the guest's ring.
+REGION = test_kvm_profile.REGION
+SET_TIMEOUT = 600
+
+
+class InstanceGroupDeploymentTest(test_kvm_profile.KvmDeploymentBase):
+    """The instance-group scenario on the kvm profile."""
+
+    def group(self, *args, **kwargs):
+        return self.osc('volume', 'instance', 'group', *args, **kwargs)
+
+    def refused(self, *args):
+        """The command fails; its error text."""
+        try:
+            self.group(*args)
+        except deployment.DeploymentError as exc:
+            return str(exc)
+        self.fail('openstack volume instance group %s was not refused'
+                  % ' '.join(args))
+
+    def wait_set(self, group_id, name, statuses=('available',)):
+        deadline = time.monotonic() + SET_TIMEOUT
+        while True:
+            sets = {s['Name']: s for s in
+                    self.group('backup', 'list', '--long', group_id)}
+            found = sets.get(name)
+            if found and found['Status'] in statuses:
+                return found
+            if found and found['Status'] == 'error':
+                self.fail('backup set %s failed: %s' % (name, found))
+            if time.monotonic() > deadline:
+                self.fail('backup set %s not %s after %ss: %s'
+                          % (name, statuses, SET_TIMEOUT, found))
+            time.sleep(2)
+
+    def region(self, volume_id):
+        with open(self.raw(volume_id, '%s.raw' % volume_id), 'rb') as f:
+            f.seek(REGION[0])
+            return f.read(REGION[1])
+
+    def write_region(self, volume_id, seed):
+        subprocess.run(  # nosec B603 B607
+            ['qemu-io', '-f', 'qcow2', '-c',
+             'write -P %d %d %d' % ((seed, ) + REGION),
+             self.dep.volume_path(volume_id)],
+            check=True, stdout=subprocess.DEVNULL)
+
+    def one_cut(self, instance, volumes):
+        """The newest records on the disks, checked to be one cut.
+
+        The guest writes record N to vda, then vdb, then vdc: a point in
+        time holds (a, b, c) with a >= b >= c >= a - 1.
+        """
+        newest = [guest.consistent_run(instance.records(v)) for v in volumes]
+        self.assertTrue(newest[0] >= newest[1] >= newest[2] >= newest[0] - 1,
+                        'not one point in time across the disks: %s'
+                        % newest)
+        return newest
+
+    def test_instance_group_backup_and_restore(self):
+        vols = [self.create_volume(name)
+                for name in ('ig-boot', 'ig-data1', 'ig-data2')]
+        seeds1 = (0x11, 0x22, 0x33)
+        seeds2 = (0x44, 0x55, 0x66)
+        for vol, seed in zip(vols, seeds1):
+            self.write_region(vol, seed)
+        kvm_instance.install_guest(self.dep.volume_path(vols[0]), disks=3,
+                                   ring=RING)
+        instance = kvm_instance.KvmInstance(self.dep, self.conn)
+        self.addCleanup(instance.cleanup)
+        for vol in vols:
+            instance.attach(vol)
+        instance.define()
+
+        group = self.group('create', '--name', 'ig-test', instance.id)
+        group_id = group['ID']
+        self.assertEqual(instance.id, group['Instance ID'])
+        members = {m['id']: m for m in group['Volumes']}
+        self.assertEqual(set(vols), set(members))
+        self.assertEqual('/dev/vda', members[vols[0]]['mountpoint'])
+        self.assertTrue(members[vols[0]]['boot'])
+        found = self.group('list', '--instance', instance.id)
+        self.assertEqual([group_id], [g['ID'] for g in found])
+
+        instance.start()
+        for vol in vols:
+            self.wait_for_records(instance, vol)
+
+        # A set while the instance runs (synchronous answer).
+        first = self.timed('set1_backup', self.group, 'backup', 'create',
+                           group_id, '--instance', instance.id,
+                           '--name', 'set1')
+        self.assertTrue(first['Success'], first)
+        self.assertEqual(3, len(first['Backup IDs']))
+        self.assertEqual(sorted(vols), sorted(first['Volume IDs']))
+        self.assertTrue(instance.running)
+        self.wait_set(group_id, 'set1')
+        for vol in vols:
+            self.assert_no_overlay(vol)
+
+        # Change every disk (instance stopped for qemu-io), run again and
+        # take an incremental set, asynchronously.
+        instance.stop()
+        for vol, seed in zip(vols, seeds2):
+            self.write_region(vol, seed)
+        instance.start()
+        self.wait_for_records(instance, vols[0])
+        submitted = self.group('backup', 'create', group_id, '--instance',
+                               instance.id, '--name', 'set2', '--async')
+        self.assertIn('submitted', submitted['Message'])
+        second = self.wait_set(group_id, 'set2')
+        backups = {b: self.osc('volume', 'backup', 'show', b)
+                   for b in second['Backup IDs']}
+        self.assertEqual(set(first['Backup IDs']),
+                         {b.get('parent_id') for b in backups.values()},
+                         'the second set is not incremental on the first')
+        for b in backups.values():
+            self.assertTrue(b['is_incremental'], b)
+
+        # No restore while the instance runs; nothing changed.
+        error = self.refused('backup', 'restore', group_id, '--instance',
+                             instance.id, '--name', 'set1')
+        self.assertIn('shut down', error)
+        self.assertTrue(instance.running)
+
+        # Stopped: the first set back onto the instance's own volumes.
+        instance.stop()
+        restored = self.timed('set1_restore', self.group, 'backup',
+                              'restore', group_id, '--instance', instance.id,
+                              '--set', first['Backup Set ID'])
+        self.assertTrue(restored['Success'], restored)
+        for vol, seed in zip(vols, seeds1):
+            shown = self.dep.wait('volume', vol, ('in-use',))
+            self.assertEqual([instance.id],
+                             [a.get('server_id')
+                              for a in shown.get('attachments') or []])
+            # The domain's own disk file, as the instance sees it.
+            self.assertIn("<source file='%s'" % self.dep.volume_path(vol),
+                          instance.domain.XMLDesc(0))
+            self.assertEqual(bytes([seed]) * REGION[1], self.region(vol),
+                             'volume %s does not hold the first set' % vol)
+        cut = self.one_cut(instance, vols)
+        self.figures['set1_cut'] = cut
+        # It boots from the restored boot disk and writes on from there.
+        instance.start()
+        self.wait_for_records(instance, vols[0], above=cut[0])
+        instance.stop()
+
+        # Oldest set first: the newer, incremental one still restores.
+        deleted = self.group('backup', 'delete', group_id, '--instance',
+                             instance.id, '--name', 'set1')
+        self.assertTrue(deleted['Success'], deleted)
+        self.assertEqual(['set2'], [s['Name'] for s in self.group(
+            'backup', 'list', group_id)])
+        restored = self.group('backup', 'restore', group_id, '--instance',
+                              instance.id, '--name', 'set2')
+        self.assertTrue(restored['Success'], restored)
+        for vol, seed in zip(vols, seeds2):
+            self.dep.wait('volume', vol, ('in-use',))
+            self.assertEqual(bytes([seed]) * REGION[1], self.region(vol))
+        self.one_cut(instance, vols)
+
+        # The group stays while it has a set; then it goes, alone.
+        error = self.refused('delete', group_id)
+        self.assertIn('backup sets', error)
+        self.group('backup', 'delete', group_id, '--instance', instance.id,
+                   '--name', 'set2')
+        self.group('delete', group_id, json=False)
+        self.assertEqual([], self.group('list', '--instance', instance.id))
+        for vol in vols:
+            self.dep.wait('volume', vol, ('in-use',))
+        self.assertTrue(os.path.exists(self.dep.volume_path(vols[0])))
+        self.assertEqual(instance.id,
+                         self.conn.lookupByUUIDString(instance.id)
+                         .UUIDString())
