@@ -44,3 +44,25 @@ class ImageInUseError(KvmError):
 
 class MergeError(KvmError):
     """Merging an overlay back failed; the chain is left usable."""
+
+
+class GroupFreezeFailed(KvmError):
+    """Some images of an all-or-nothing set could not be frozen.
+
+    Every image of the set was left (or put back) as it was.
+
+    :ivar failures: ``{path: the exception that failed it}``
+    :ivar undo_failures: ``{path: MergeError}`` of images whose freeze
+        could not be undone now (the leftover cleaner merges them)
+    """
+
+    def __init__(self, failures, undo_failures=None):
+        self.failures = failures
+        self.undo_failures = undo_failures or {}
+        message = 'Could not freeze %s' % '; '.join(
+            '%s: %s' % (path, exc) for path, exc in sorted(failures.items()))
+        if self.undo_failures:
+            message += '; undoing the freeze failed for %s' % '; '.join(
+                '%s: %s' % (path, exc)
+                for path, exc in sorted(self.undo_failures.items()))
+        super().__init__(message)

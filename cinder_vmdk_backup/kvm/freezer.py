@@ -14,13 +14,17 @@
 
 An image a running libvirt domain uses is frozen online: one atomic
 disk-only external snapshot per domain covers all of that domain's images
-in the set, and the merge is an active block commit with pivot. Any other
-image is frozen offline with qemu-img (:mod:`.offline`). Each image's lock
-is held from its freeze until its merge.
+in the set (quiesced through the guest agent when one answers), and the
+merge is an active block commit with pivot. Any other image is frozen
+offline with qemu-img (:mod:`.offline`). Each image's lock is held from
+its freeze until its merge. A set may be all-or-nothing: then one image
+that cannot be frozen undoes the freeze of all the others.
 """
 
 import contextlib
+import datetime
 import os
+import time
 
 from oslo_log import log as logging
 
@@ -79,16 +83,95 @@ class FrozenImage(object):
             self._lock.close()
 
 
-def freeze_all(paths, conn=None, commit_timeout=600.0, lock_timeout=60):
+#: Consistency of a set's point in time, weakest first.
+CRASH_CONSISTENT = 'crash-consistent'
+QUIESCED = 'quiesced'
+NOT_RUNNING = 'not-running'
+_STRENGTH = {CRASH_CONSISTENT: 0, QUIESCED: 1, NOT_RUNNING: 2}
+
+
+def freeze_all(paths, conn=None, commit_timeout=600.0, lock_timeout=60,
+               all_or_nothing=False, facts=None, quiesce=True):
     """Freeze each of ``paths``; return ``{path: FrozenImage or error}``.
 
     :param conn: a libvirt connection, or None when no domain runs on this
         host (then every image is frozen offline)
-    An image whose freeze failed is reported with its exception and left
-    as it was; the others are frozen.
+    :param all_or_nothing: when one image cannot be frozen, none is: the
+        images frozen already are merged back, every lock is released and
+        :class:`GroupFreezeFailed` is raised. Every lock is taken and every
+        image's use checked before the first freeze, so that the usual
+        failures (busy, in use oddly) never disturb a running guest.
+    :param facts: a dict filled with ``consistency`` (``quiesced``,
+        ``crash-consistent``: the weakest of the domains' snapshots;
+        ``not-running`` when no running domain uses the images),
+        ``pause_ms`` (the longest snapshot call, see
+        :func:`.domains.snapshot_disks`; absent without one) and
+        ``frozen_at`` (UTC datetime of the first freeze)
+    :param quiesce: quiesce through the guest agent where one answers
+    Without ``all_or_nothing``, an image whose freeze failed is reported
+    with its exception and left as it was; the others are frozen.
     """
+    facts = {} if facts is None else facts
     results = {}
     locks = {}
+    try:
+        _lock_all(paths, locks, results, lock_timeout)
+        if all_or_nothing and results:
+            raise errors.GroupFreezeFailed(dict(results))
+        try:
+            in_use = (domains.users(conn, list(locks))
+                      if conn is not None else {})
+        except errors.KvmError as exc:
+            for path in list(locks):
+                locks.pop(path).close()
+                results[path] = exc
+            if all_or_nothing:
+                raise errors.GroupFreezeFailed(dict(results))
+            return results
+        by_domain = _group_by_domain(locks, in_use, results)
+        if all_or_nothing and results:
+            raise errors.GroupFreezeFailed(dict(results))
+
+        consistency = []
+        pauses = []
+        for members in by_domain.values():
+            snapshot = _freeze_online(members, locks, results,
+                                      commit_timeout, quiesce)
+            if snapshot is None:
+                if all_or_nothing:
+                    _undo_and_raise(results)
+                continue
+            if 'frozen_at' not in facts:
+                facts['frozen_at'] = _utc(snapshot.taken_at)
+            consistency.append(QUIESCED if snapshot.quiesced
+                               else CRASH_CONSISTENT)
+            pauses.append(snapshot.seconds * 1000.0)
+
+        for path in list(locks):
+            lock = locks.pop(path)
+            token = naming.new_token()
+            taken_at = time.time()
+            try:
+                frozen_path = offline.freeze(path, token)
+            except Exception as exc:
+                lock.close()
+                results[path] = exc
+                if all_or_nothing:
+                    _undo_and_raise(results)
+                continue
+            facts.setdefault('frozen_at', _utc(taken_at))
+            results[path] = FrozenImage(path, frozen_path, token, lock)
+    finally:
+        for lock in locks.values():
+            lock.close()
+    facts['consistency'] = min(consistency or [NOT_RUNNING],
+                               key=_STRENGTH.get)
+    if pauses:
+        facts['pause_ms'] = max(pauses)
+    return results
+
+
+def _lock_all(paths, locks, results, lock_timeout):
     for path in paths:
         lock = contextlib.ExitStack()
         try:
@@ -104,16 +187,12 @@ def freeze_all(paths, conn=None, commit_timeout=600.0, lock_timeout=60):
                 % path, path=path)
             continue
         locks[path] = lock
-    try:
-        in_use = domains.users(conn, list(locks)) if conn is not None else {}
-    except errors.KvmError as exc:
-        for path, lock in locks.items():
-            lock.close()
-            results[path] = exc
-        return results
 
+
+def _group_by_domain(locks, in_use, results):
+    """``{domain UUID: [(path, DiskUse)]}``; odd uses go to ``results``."""
     by_domain = {}
-    for path in locks:
+    for path in list(locks):
         uses = in_use.get(path)
         if not uses:
             continue
@@ -126,38 +205,55 @@ def freeze_all(paths, conn=None, commit_timeout=600.0, lock_timeout=60):
             continue
         by_domain.setdefault(uses[0].domain.UUIDString(), []).append(
             (path, uses[0]))
+    return by_domain
 
-    for members in by_domain.values():
-        domain = members[0][1].domain
-        token = naming.new_token()
-        overlays = {use.target: naming.transient_path(path, naming.OVERLAY,
-                                                      token)
-                    for path, use in members}
-        try:
-            domains.snapshot_disks(domain, overlays)
-        except errors.KvmError as exc:
-            for path, _use in members:
-                locks.pop(path).close()
-                results[path] = exc
-            continue
-        for path, use in members:
-            results[path] = FrozenImage(path, path, token, locks.pop(path),
-                                        use=use,
-                                        commit_timeout=commit_timeout)
 
-    for path in list(locks):
-        lock = locks.pop(path)
-        if path in results:
-            continue
-        token = naming.new_token()
-        try:
-            frozen = offline.freeze(path, token)
-        except Exception as exc:
-            lock.close()
+def _freeze_online(members, locks, results, commit_timeout, quiesce):
+    """One atomic snapshot of a domain's members; None when it failed."""
+    domain = members[0][1].domain
+    token = naming.new_token()
+    overlays = {use.target: naming.transient_path(path, naming.OVERLAY,
+                                                  token)
+                for path, use in members}
+    try:
+        snapshot = domains.snapshot_disks(domain, overlays, quiesce=quiesce)
+    except errors.KvmError as exc:
+        for path, _use in members:
+            locks.pop(path).close()
             results[path] = exc
+        return None
+    LOG.info('Froze disk(s) %(disks)s of domain %(domain)s in one atomic '
+             'snapshot (%(kind)s) in %(ms).1f ms.',
+             {'disks': ', '.join(sorted(overlays)),
+              'domain': members[0][1].domain_name,
+              'kind': QUIESCED if snapshot.quiesced else CRASH_CONSISTENT,
+              'ms': snapshot.seconds * 1000.0})
+    for path, use in members:
+        results[path] = FrozenImage(path, path, token, locks.pop(path),
+                                    use=use, commit_timeout=commit_timeout)
+    return snapshot
+
+
+def _undo_and_raise(results):
+    """Merge back every image frozen so far; raise GroupFreezeFailed."""
+    failures = {}
+    undo_failures = {}
+    for path, result in results.items():
+        if isinstance(result, Exception):
+            failures[path] = result
             continue
-        results[path] = FrozenImage(path, frozen, token, lock)
-    return results
+        try:
+            result.merge()
+        except Exception as exc:
+            undo_failures[path] = exc
+            continue
+        LOG.info('Undid the freeze of %s (another image of the set could '
+                 'not be frozen).', path)
+    raise errors.GroupFreezeFailed(failures, undo_failures)
+
+
+def _utc(seconds):
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
 
 
 @contextlib.contextmanager

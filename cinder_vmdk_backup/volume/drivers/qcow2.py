@@ -23,8 +23,12 @@ with qemu-img; online, for a volume a running domain on this host uses,
 with one atomic disk-only external snapshot per domain), stream the frozen
 image's data without reading its holes, merge the overlay back (qemu-img
 commit; online an active block commit with pivot, the guest never stops).
-Restore writes a new image beside the volume's and swaps it in by rename;
-it is refused while a running domain uses the volume.
+Restore writes a new image beside the volume's and swaps it in by rename
+(a shut-off domain defined on the volume's path then runs on the restored
+data); it is refused while a running domain uses the volume. Several
+volumes can be backed up from one point in time, all or nothing
+(:meth:`Qcow2VolumeDriver.backup_volumes`), and the power state of the
+instance using them asked of libvirt.
 """
 
 import contextlib
@@ -37,9 +41,11 @@ from cinder.image import image_utils
 from cinder import objects
 from cinder.volume import driver
 from oslo_log import log as logging
+from oslo_utils import timeutils
 from oslo_utils import units
 
 from cinder_vmdk_backup.backup import driver_owned
+from cinder_vmdk_backup import exception as cvb_exception
 from cinder_vmdk_backup.kvm import domains
 from cinder_vmdk_backup.kvm import errors
 from cinder_vmdk_backup.kvm import freezer
@@ -71,6 +77,10 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
 
     VERSION = '1.0.0'
     CI_WIKI_NAME = 'cinder-vmdk-backup'
+    #: Seconds an all-or-nothing set waits for a busy member's lock: a
+    #: member busy with another backup or restore is usually busy for
+    #: longer, and the whole set fails anyway.
+    GROUP_LOCK_TIMEOUT = 10
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -357,19 +367,30 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
             stack.callback(reader.close)
             yield reader
 
-    def backup_volumes(self, context, requests):
+    def backup_volumes(self, context, requests, all_or_nothing=False,
+                       facts=None):
         """Back up several volumes from one point in time.
 
         All of them are frozen first, as close together as possible (one
-        atomic snapshot per running domain), then each is retained and
-        merged. A volume whose freeze failed is neither retained nor
-        merged; the others go on.
+        atomic snapshot per running domain, quiesced through the guest
+        agent when one answers), then each is retained and merged. A
+        volume whose freeze failed is neither retained nor merged; the
+        others go on, unless ``all_or_nothing``.
 
         :param requests: ``[(backup, backup_service, backup_device)]``,
             ``backup_device`` may be None (the backup's volume)
+        :param all_or_nothing: when any volume cannot be frozen, none is
+            (those frozen are merged back), nothing is retained and
+            :class:`~cinder_vmdk_backup.exception.GroupFreezeError` names
+            the volumes and why
+        :param facts: a dict filled with ``consistency`` (``quiesced``,
+            ``crash-consistent`` or ``not-running``), ``pause_ms`` (how
+            long the snapshot held the guest's disks, when a running
+            domain was snapshotted) and ``frozen_at`` (UTC datetime)
         :returns: ``{backup.id: the backup service's result, or the
             exception that failed that backup}``
         """
+        facts = {} if facts is None else facts
         devices = []
         for backup, service, dev in requests:
             if dev is None:
@@ -379,10 +400,21 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
             devices.append((backup, service, dev,
                             self._resolve_backup_device(context, backup,
                                                         dev)))
-        paths = [self.local_path(device) for _b, _s, _d, device in devices
-                 if not hasattr(device, 'volume_size')]
+        owners = {self.local_path(device): device.id
+                  for _b, _s, _d, device in devices
+                  if not hasattr(device, 'volume_size')}
+        paths = list(owners)
         with self._libvirt() as conn:
-            frozen = freezer.freeze_all(paths, conn, self._commit_timeout)
+            try:
+                frozen = freezer.freeze_all(
+                    paths, conn, self._commit_timeout,
+                    lock_timeout=(self.GROUP_LOCK_TIMEOUT if all_or_nothing
+                                  else 60),
+                    all_or_nothing=all_or_nothing, facts=facts)
+            except errors.GroupFreezeFailed as exc:
+                raise cvb_exception.GroupFreezeError(
+                    reason=_group_freeze_reason(exc, owners)) from exc
+        facts.setdefault('frozen_at', timeutils.utcnow(with_timezone=True))
         failed = {path: result for path, result in frozen.items()
                   if isinstance(result, Exception)}
         self._frozen_ahead.update({path: result for path, result
@@ -413,6 +445,44 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                         left.merge()
         return results
 
+    def instance_power_state(self, context, instance_id, volumes):
+        """Whether the instance using ``volumes`` runs, as libvirt says.
+
+        Nova's libvirt driver gives a domain its instance's UUID: that
+        domain answers when this host's libvirt has it. Else the domains
+        (running or defined) whose disks are the volumes' images answer:
+        ``running`` when one of them runs.
+
+        :returns: ``(state, who)``, state ``running``, ``shutoff`` or
+            ``unknown``; who names the domain(s) that answered
+        """
+        with _translated(), self._libvirt() as conn:
+            if conn is None:
+                return 'unknown', _('no libvirt connection '
+                                    '(qcow2_libvirt_uri is empty)')
+            domain = _domain_by_uuid(conn, instance_id)
+            if domain is not None:
+                return (domains.power_state(domain),
+                        'libvirt domain %s' % domain.name())
+            paths = [self.local_path(v) for v in volumes]
+            uses = domains.users(conn, paths, active_only=False)
+            found = {}
+            for use in (u for us in uses.values() for u in us):
+                found[use.domain.UUIDString()] = use.domain
+            if not found:
+                return 'unknown', _('no libvirt domain named %(id)s or '
+                                    'using volume(s) %(vols)s') % {
+                    'id': instance_id,
+                    'vols': ', '.join(v.id for v in volumes)}
+            states = {}
+            for domain in found.values():
+                states.setdefault(domains.power_state(domain), []).append(
+                    domain.name())
+            state = 'running' if 'running' in states else 'shutoff'
+            names = sorted(states[state])
+            return state, 'libvirt domain%s %s' % (
+                's' if len(names) > 1 else '', ', '.join(names))
+
     def restore_raw_image(self, context, backup, volume, image_path):
         """Write a new image beside the volume's, swap it in by rename.
 
@@ -435,7 +505,7 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                 if qemu_img.virtual_size(new) < size:
                     qemu_img.resize(new, size)
                 if os.path.exists(path):
-                    os.chmod(new, os.stat(path).st_mode & 0o7777)
+                    _same_owner_and_mode(path, new)
                 _fsync(new)
                 os.rename(new, path)
             except BaseException:
@@ -459,6 +529,32 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                 % {'action': action, 'id': volume.id, 'names': names})
 
 
+def _group_freeze_reason(exc, owners):
+    """The volumes that could not be frozen, and why, by volume id."""
+    def name(path):
+        return _('volume %(id)s (%(path)s)') % {'id': owners.get(path, '?'),
+                                                'path': path}
+    reason = '; '.join('%s: %s' % (name(path), failure)
+                       for path, failure in sorted(exc.failures.items()))
+    reason += _('. No volume of the set was frozen.')
+    if exc.undo_failures:
+        reason += _(' Merging back %s failed; the driver merges them when '
+                    'it starts.') % ', '.join(
+            name(path) for path in sorted(exc.undo_failures))
+    return reason
+
+
+def _domain_by_uuid(conn, uuid):
+    try:
+        return conn.lookupByUUIDString(uuid)
+    except domains.libvirt.libvirtError as exc:
+        if exc.get_error_code() in (domains.libvirt.VIR_ERR_NO_DOMAIN,
+                                    domains.libvirt.VIR_ERR_INVALID_ARG):
+            return None
+        raise errors.DomainError('Cannot look up libvirt domain %s: %s'
+                                 % (uuid, exc))
+
+
 @contextlib.contextmanager
 def _merging(frozen):
     """Merge ``frozen`` after the block, keeping the block's own error."""
@@ -472,6 +568,23 @@ def _merging(frozen):
                           frozen.path)
         raise
     frozen.merge()
+
+
+def _same_owner_and_mode(old, new):
+    """Give ``new`` the mode and, where allowed, the owner of ``old``.
+
+    A domain defined on the volume's path (shut off, say) opens the
+    restored image as it opened the old one: libvirt without
+    ``dynamic_ownership`` does not change the file's owner itself.
+    """
+    st = os.stat(old)
+    os.chmod(new, st.st_mode & 0o7777)
+    if os.stat(new).st_uid != st.st_uid or os.stat(new).st_gid != st.st_gid:
+        try:
+            os.chown(new, st.st_uid, st.st_gid)
+        except PermissionError:
+            LOG.debug('Cannot give %(new)s the owner of %(old)s.',
+                      {'new': new, 'old': old})
 
 
 def _fsync(path):

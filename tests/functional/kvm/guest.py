@@ -203,8 +203,15 @@ def consistent_run(counters):
     return newest
 
 
-def domain_xml(name, disks, kvm=False, memory_mib=16, bus='sata'):
-    """XML of a transient domain booting from the first of ``disks``."""
+def domain_xml(name, disks, kvm=False, memory_mib=16, bus='sata',
+               domain_uuid=None, agent_channel=False):
+    """XML of a domain booting from the first of ``disks``.
+
+    :param domain_uuid: the domain's UUID (Nova's: the instance's), else
+        a new one
+    :param agent_channel: give it a QEMU guest agent channel; nothing in
+        this guest answers on it (libvirt says ``disconnected``)
+    """
     disk_xml = ''.join(
         "<disk type='file' device='disk'>"
         "<driver name='qemu' type='qcow2' cache='writeback'/>"
@@ -213,14 +220,35 @@ def domain_xml(name, disks, kvm=False, memory_mib=16, bus='sata'):
            else 'hd', chr(ord('a') + i), bus,
            "<boot order='%d'/>" % (i + 1))
         for i, path in enumerate(disks))
+    if agent_channel:
+        disk_xml += ("<channel type='unix'><source mode='bind'/>"
+                     "<target type='virtio' name='org.qemu.guest_agent.0'/>"
+                     "</channel>")
     return ("<domain type='%s'><name>%s</name><uuid>%s</uuid>"
             "<memory unit='MiB'>%d</memory><vcpu>1</vcpu>"
             "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
             "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>%s"
             "<video><model type='none'/></video>"
             "<memballoon model='none'/></devices></domain>"
-            % ('kvm' if kvm else 'qemu', name, uuid.uuid4(), memory_mib,
-               disk_xml))
+            % ('kvm' if kvm else 'qemu', name, domain_uuid or uuid.uuid4(),
+               memory_mib, disk_xml))
+
+
+def tsc_mhz():
+    """The host's TSC rate (MHz), which a TCG guest's ``rdtsc`` counts.
+
+    Under TCG QEMU answers ``rdtsc`` with the host's TSC (plus an offset)
+    while the vCPUs run. The CPU's ``constant_tsc`` flag makes the
+    ``cpu MHz`` line its rate; None when /proc/cpuinfo does not say.
+    """
+    with open('/proc/cpuinfo') as f:
+        text = f.read()
+    if 'constant_tsc' not in text:
+        return None
+    for line in text.splitlines():
+        if line.startswith('cpu MHz'):
+            return float(line.split(':')[1])
+    return None
 
 
 def kvm_usable():
@@ -249,17 +277,30 @@ class LibvirtFixture(fixtures.Fixture):
         self.conn = libvirt.open(self.URI)
         self.addCleanup(self.conn.close)
 
-    def start_guest(self, disks, kvm=None):
-        """Start a transient writing guest on ``disks``; destroyed after."""
-        import libvirt
+    def start_guest(self, disks, kvm=None, domain_uuid=None,
+                    agent_channel=False, persistent=False):
+        """Start a writing guest on ``disks``; destroyed after.
+
+        :param persistent: define it first (it stays defined when shut
+            off, as Nova's domains do); undefined after
+        """
         name = 'cvb-test-%s' % uuid.uuid4().hex[:8]
         use_kvm = kvm_usable() if kvm is None else kvm
-        domain = self.conn.createXML(domain_xml(name, disks, use_kvm), 0)
-
-        def destroy():
-            try:
-                domain.destroy()
-            except libvirt.libvirtError:
-                pass
-        self.addCleanup(destroy)
+        xml = domain_xml(name, disks, use_kvm, domain_uuid=domain_uuid,
+                         agent_channel=agent_channel)
+        if persistent:
+            domain = self.conn.defineXML(xml)
+            self.addCleanup(_quietly, domain.undefine)
+            domain.create()
+        else:
+            domain = self.conn.createXML(xml, 0)
+        self.addCleanup(_quietly, domain.destroy)
         return domain
+
+
+def _quietly(call):
+    import libvirt
+    try:
+        call()
+    except libvirt.libvirtError:
+        pass
