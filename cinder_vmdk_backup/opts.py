@@ -201,10 +201,37 @@ backup_manager_opts = [
                     'level 0 is the fastest and compresses least.'),
 ]
 
+#: Options of instance-group backups (cinder-api and cinder-backup), in
+#: ``[instance_groups]``.
+instance_group_opts = [
+    cfg.IntOpt('sync_timeout',
+               default=3600, min=1,
+               help='Seconds a synchronous instance-group request (backup, '
+                    'restore, restore to new volumes, delete of a backup '
+                    'set) waits in cinder-api for the operation to end. '
+                    'When it has not ended by then the answer says it is '
+                    'still running; the operation goes on and its outcome '
+                    'shows in the list of backup sets.'),
+    cfg.FloatOpt('poll_interval',
+                 default=1.0, min=0.05,
+                 help='Seconds between two reads of the database while a '
+                      'synchronous instance-group request waits.'),
+    cfg.IntOpt('power_state_timeout',
+               default=60, min=1,
+               help='Seconds cinder-api waits for cinder-backup to say '
+                    'whether an instance is shut down before a restore.'),
+    cfg.IntOpt('restore_new_timeout',
+               default=3600, min=1,
+               help='Seconds cinder-backup waits for the new volumes of a '
+                    'restore to new volumes to become available before it '
+                    'gives up (and boots no server).'),
+]
+
 _OPT_GROUPS = (
     ('backend_defaults', vmdk_backup_opts),
     ('DEFAULT', backup_manager_opts),
     ('backend_defaults', qcow2_opts),
+    ('instance_groups', instance_group_opts),
 )
 
 

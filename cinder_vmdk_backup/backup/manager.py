@@ -60,6 +60,7 @@ from oslo_log import log as logging
 
 from cinder_vmdk_backup.backup import cinder_internals
 from cinder_vmdk_backup.backup import driver_loader
+from cinder_vmdk_backup.group import manager as group_manager
 from cinder_vmdk_backup import malloc_tuning
 from cinder_vmdk_backup import opts
 
@@ -138,6 +139,12 @@ class BackupManager(cinder_internals.RewiredBackupManager):
         self._cinder_matches = cinder_internals.check_and_report()
         if self._cinder_matches:
             self.hook_into_cinder()
+        #: Instance-group sets run here (RPC namespace instance_groups).
+        self.group_endpoint = group_manager.InstanceGroupEndpoint(self)
+        # (Cinder's Manager.__init__ makes the list.)
+        if getattr(self, 'additional_endpoints', None) is None:
+            self.additional_endpoints = []
+        self.additional_endpoints.append(self.group_endpoint)
 
     # -- start ---------------------------------------------------------------
 
@@ -149,8 +156,15 @@ class BackupManager(cinder_internals.RewiredBackupManager):
         the service starts rather than at the next request of the backend.
         """
         super(BackupManager, self).init_host(**kwargs)
-        if not (CONF.driver_owned_backup_enabled and self._cinder_matches):
-            return
+        if CONF.driver_owned_backup_enabled and self._cinder_matches:
+            self._set_up_backends()
+        try:
+            self.group_endpoint.init_host(cinder_context.get_admin_context())
+        except Exception:
+            LOG.exception('Could not clean up the instance-group operations '
+                          'this host left running.')
+
+    def _set_up_backends(self):
         try:
             loaded = self._backend_drivers.load_configured(
                 CONF.host, cluster_name=getattr(CONF, 'cluster', None))
@@ -199,6 +213,23 @@ class BackupManager(cinder_internals.RewiredBackupManager):
         except Exception:
             LOG.exception('Could not tell the user of volume %s that its '
                           'restore was interrupted.', volume_id)
+
+    def delete_backup(self, context, backup, retired_parents=True):
+        """Cinder's delete; then retired ancestors nothing needs any more.
+
+        A backup of an instance-group set that a newer backup depends on is
+        retired rather than deleted (see :mod:`cinder_vmdk_backup.group`);
+        it goes with its last dependent, whoever deletes that one.
+        """
+        parent_id = backup.parent_id
+        super(BackupManager, self).delete_backup(context, backup)
+        if retired_parents and parent_id:
+            try:
+                self.group_endpoint.delete_retired_parents(context,
+                                                           parent_id)
+            except Exception:
+                LOG.exception('Could not delete the retired parents of '
+                              'backup %s.', backup.id)
 
     # -- routing -----------------------------------------------------------
 

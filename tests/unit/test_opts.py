@@ -25,6 +25,7 @@ class ListOptsTestCase(testtools.TestCase):
         self.assertEqual(len(listed), len(set(listed)))
         self.assertIn(('backend_defaults', 'vmware_backup_staging_dir'),
                       listed)
+        self.assertIn(('instance_groups', 'sync_timeout'), listed)
 
     def test_options_register_on_a_config(self):
         conf = cfg.ConfigOpts()
