@@ -56,7 +56,6 @@ import subprocess  # nosec B404: runs the bench's own steps and qemu-img
 import sys
 import tempfile
 import time
-import uuid
 
 from bench import qcow2_backup
 from bench import vmdk_backup
@@ -66,6 +65,8 @@ MIB = 1 << 20
 HOST = 'bench@qcow2#qcow2'
 BACKUP_HOST = 'bench-backup'
 INSTANCE = 'b3c4d5e6-0f1a-4b2c-9d3e-4f5a6b7c8d9e'
+USER = 'c0ffee00-0000-4000-8000-00000000b001'
+PROJECT = 'c0ffee00-0000-4000-8000-00000000b002'
 #: Records around the cut whose gaps count as "at the snapshot".
 AROUND = 50
 #: Share of each volume holding data (the rest is never written).
@@ -223,11 +224,14 @@ def _worker(argv):
     from cinder.objects import fields
 
     ctx, manager = _manager()
-    calls = _record_freezes((ring, ring_out) if step == 'group' else None)
-    backups = [objects.Backup.get_by_id(ctx, i) for i in backup_ids]
+    calls = _record_freezes(None if step == 'singles' else (ring, ring_out))
+    backups = ([] if step == 'set' else
+               [objects.Backup.get_by_id(ctx, i) for i in backup_ids])
     result = {}
     start = time.perf_counter()
-    if step == 'group':
+    if step == 'set':
+        _backup_set(ctx, manager, backup_ids[0], result)
+    elif step == 'group':
         volume = objects.Volume.get_by_id(ctx, backups[0].volume_id)
         driver = manager._driver_for(volume)
         service = manager.service(ctx)
@@ -243,7 +247,7 @@ def _worker(argv):
         if failed:
             raise SystemExit('group backup failed: %s' % failed)
         result['facts'] = {
-            'frozen_at': facts['frozen_at'].timestamp(),
+            'frozen_at': facts['frozen_at'].timestamp(), 'data_spread': 0.0,
             'pause_ms': facts.get('pause_ms'),
             'consistency': facts.get('consistency')}
     elif step == 'singles':
@@ -263,10 +267,50 @@ def _worker(argv):
     else:
         raise SystemExit('unknown step %s' % step)
     seconds = time.perf_counter() - start
+    if calls and 'facts' in result and result['facts']['pause_ms'] is None:
+        # (The endpoint keeps the driver's facts: the freeze's own.)
+        result['facts']['pause_ms'] = calls[0]['pause_ms']
     result.update(seconds=seconds - sum(c['copy_s'] for c in calls),
                   freezes=calls)
     print(json.dumps(result))
     return 0
+
+
+class _DirectRpc(object):
+    """The group RPC client calling this process's endpoint (no broker)."""
+
+    def __init__(self, endpoint):
+        self.endpoint = endpoint
+
+    def backup_set(self, ctxt, host, group_snapshot_id):
+        self.endpoint.backup_set(ctxt, group_snapshot_id)
+
+    def instance_power_state(self, ctxt, host, instance_id, volume_ids):
+        return self.endpoint.instance_power_state(ctxt, instance_id,
+                                                  volume_ids)
+
+
+def _backup_set(ctx, manager, group_id, result):
+    """A backup set through group.api and the cinder-backup endpoint."""
+    from cinder import context
+    from cinder import objects
+
+    from cinder_vmdk_backup.group import api as group_api
+
+    user = context.RequestContext(USER, PROJECT, is_admin=True)
+    api = group_api.API(rpcapi=_DirectRpc(manager.group_endpoint))
+    answer = api.backup(user, group_id, INSTANCE,
+                        'bench-%d' % time.time_ns(), wait=True)
+    if not answer.get('success'):
+        raise SystemExit('backup set failed: %s' % answer)
+    backups = [objects.Backup.get_by_id(ctx, i)
+               for i in answer['backup_id']]
+    stamps = [b.data_timestamp.timestamp() for b in backups]
+    result['backup_ids'] = [b.id for b in backups]
+    result['facts'] = {
+        'frozen_at': min(stamps), 'data_spread': max(stamps) - min(stamps),
+        'pause_ms': None,
+        'consistency': backups[0].metadata.get('consistency')}
 
 
 def _step(step, conf_path, backup_ids, ring, ring_out):
@@ -303,7 +347,12 @@ def _write_conf(path, workdir):
                    'backup_posix_path = %s\n'
                    'backup_file_size = %d\n'
                    'backup_enable_progress_timer = false\n'
+                   'service_down_time = 3600\n'
+                   'quota_backups = -1\n'
+                   'quota_backup_gigabytes = -1\n'
                    'state_path = %s\n'
+                   '[instance_groups]\n'
+                   'poll_interval = 0.05\n'
                    '[database]\n'
                    'connection = sqlite:///%s\n'
                    '[qcow2]\n'
@@ -333,6 +382,11 @@ def main(argv=None):
     parser.add_argument('--quick', action='store_true',
                         help='64 MiB volumes, one pair: checks that the '
                              'bench works (its figures mean little)')
+    parser.add_argument('--via', choices=('set', 'driver'), default='set',
+                        help='group backup as a backup set through '
+                             "group.api and the cinder-backup endpoint "
+                             '(default), or one backup_volumes call of the '
+                             'qcow2 driver')
     parser.add_argument('--workdir', default=None)
     args = parser.parse_args(argv)
     if args.quick:
@@ -360,22 +414,27 @@ def _bench(args, workdir):
     _cinder(conf_path)
     from cinder import context
     from cinder.db import migration
+    from cinder import objects
     from cinder.objects import fields
     from cinder.tests.unit import utils as test_utils
 
     migration.db_sync()
-    ctx = context.get_admin_context()
+    ctx = context.RequestContext(USER, PROJECT, is_admin=True)
     gib = -(-size // (1 << 30))
+    volume_type = test_utils.create_volume_type(ctx.elevated(),
+                                                name='qcow2-bench')
     volumes = []
     for index in range(3):
         volume = test_utils.create_volume(ctx, host=HOST, size=gib,
-                                          status='in-use')
+                                          status='in-use',
+                                          volume_type_id=volume_type.id)
         path = os.path.join(workdir, 'volumes', volume.name)
         _make_volume(path, size, ring, seed=index + 1)
         test_utils.attach_volume(ctx, volume.id, INSTANCE, 'bench',
                                  '/dev/vd%s' % 'abc'[index])
         volumes.append((volume, path))
     paths = [path for _v, path in volumes]
+    group_id = _group(ctx) if args.via == 'set' else None
     print('group_backup: 3 qcow2 volumes of %d MiB (%d%% data: random and '
           'text; rest unallocated) on one running TCG domain; %d pair(s)'
           % (args.size_mib, DATA * 100, args.pairs), flush=True)
@@ -418,7 +477,18 @@ def _bench(args, workdir):
         for _pair in range(args.pairs):
             for step in ('group', 'singles'):
                 cut_copy = os.path.join(workdir, 'cut.raw')
-                result = _step(step, conf_path, backups(), ring, cut_copy)
+                if step == 'singles':
+                    ids, kind = backups(), step
+                elif args.via == 'set':
+                    ids, kind = [group_id], 'set'
+                else:
+                    ids, kind = backups(), step
+                result = _step(kind, conf_path, ids, ring, cut_copy)
+                if kind == 'set':
+                    # The next set is a full backup too, as the singles
+                    # are: this set's backups are no parents.
+                    for backup_id in result['backup_ids']:
+                        objects.Backup.get_by_id(ctx, backup_id).destroy()
                 if step == 'group':
                     live = _read_ring(paths[0], ring, scratch)
                     pauses.append(_pause(live, cut_copy, ring, hz,
@@ -433,6 +503,27 @@ def _bench(args, workdir):
         domain.destroyFlags(domains.libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
         conn.close()
     return _report(runs, pauses)
+
+
+def _group(ctx):
+    """The instance group of the volumes; a cinder-backup service row."""
+    from cinder.backup import rpcapi as backup_rpcapi
+    from cinder import objects
+    from cinder.objects import base as objects_base
+    from oslo_utils import timeutils
+
+    from cinder_vmdk_backup.group import api as group_api
+
+    # (Versions as a running cinder-backup reports them.)
+    service = objects.Service(
+        ctx, host=BACKUP_HOST, binary='cinder-backup', topic='cinder-backup',
+        availability_zone='fake_az', report_count=1, disabled=False,
+        rpc_current_version=backup_rpcapi.BackupAPI.RPC_API_VERSION,
+        object_current_version=objects_base.OBJ_VERSIONS.get_current())
+    service.create()
+    service.updated_at = timeutils.utcnow()
+    service.save()
+    return group_api.API().create(ctx, INSTANCE)['id']
 
 
 def _pause(live, cut_copy, ring, hz, result):
@@ -469,8 +560,8 @@ def _print_step(step, result, pauses):
                                   result['rss'] / MIB)
     if step == 'group':
         p = pauses[-1]
-        line += '\n           guest gaps: at snapshot %s, rest of backup %s, ' \
-                'before %s; driver pause_ms %s (%s)' % (
+        line += ('\n           guest gaps: at snapshot %s, rest of backup '
+                 '%s, before %s; driver pause_ms %s (%s)') % (
                     _ms(p['at']), _ms(p['after']), _ms(p['before']),
                     _ms(p['pause_ms']), result['facts']['consistency'])
     print(line, flush=True)
