@@ -47,6 +47,12 @@ process interrupted, which Cinder's clean-up sets to ``error_restoring``, as
 one that left the volume's data intact
 (:meth:`BackupManager.interrupted_restore_cleaned_up`).
 
+The manager also runs instance-group backup sets: it registers
+:class:`~cinder_vmdk_backup.group.manager.InstanceGroupEndpoint` as an extra
+RPC endpoint (namespace ``instance_groups``), runs its janitor at start,
+and deletes retired backups of older sets with their last dependent
+(:meth:`BackupManager.delete_backup`).
+
 At start the manager checks those internals against the installed Cinder
 (:func:`~.cinder_internals.check`). If one is missing or changed, it logs
 one error naming them and every backup and restore takes Cinder's own path.

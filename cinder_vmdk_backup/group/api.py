@@ -281,6 +281,10 @@ class API(object):
         self._lock(group)
         operation_id = str(uuid.uuid4())
         try:
+            for backup in backups:
+                # Outcomes of an earlier restore to new volumes.
+                records.clear_metadata(backup, records.NEW_VOLUME_KEY,
+                                       records.SERVER_KEY)
             records.mark_operation(backups, operation_id, records.RUNNING,
                                    host)
         except Exception:
@@ -415,8 +419,20 @@ class API(object):
         return backups
 
     def _check_shut_down(self, context, host, instance_id, volume_ids):
-        state, who = self.rpcapi.instance_power_state(
-            context, host, instance_id, volume_ids)
+        """Refuse unless cinder-backup on ``host`` says it is shut down.
+
+        No answer is no proof: it refuses too.
+        """
+        try:
+            state, who = self.rpcapi.instance_power_state(
+                context, host, instance_id, volume_ids)
+        except Exception as exc:
+            LOG.warning('cinder-backup on %(host)s could not tell whether '
+                        'instance %(instance)s is shut down: %(exc)s',
+                        {'host': host, 'instance': instance_id,
+                         'exc': type(exc).__name__})
+            state, who = 'unknown', 'nobody (cinder-backup on %s did not ' \
+                'answer)' % host
         LOG.info('Instance %(instance)s is %(state)s (%(who)s).',
                  {'instance': instance_id, 'state': state, 'who': who})
         if state != SHUT_DOWN:

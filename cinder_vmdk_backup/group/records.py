@@ -79,6 +79,16 @@ def set_metadata(backup, **values):
     backup.save()
 
 
+def clear_metadata(backup, *keys):
+    """Remove keys from a backup's metadata (saved, deletes included)."""
+    metadata = dict(backup.metadata or {})
+    if any(key in metadata for key in keys):
+        for key in keys:
+            metadata.pop(key, None)
+        backup.metadata = metadata
+        backup.save()
+
+
 def mark_operation(backups, operation_id, state, host, reason=None):
     for backup in backups:
         values = {OPERATION_KEY: '%s %s %s' % (operation_id, state, host)}

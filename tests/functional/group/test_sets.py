@@ -177,6 +177,8 @@ class InstanceGroupSetsTestCase(test.TestCase):
     # -- tests --------------------------------------------------------------
 
     def test_group_made_from_attachments(self):
+        self.assertIn(self.manager.group_endpoint,
+                      self.manager.additional_endpoints)
         group = self._group()
         self.assertEqual(INSTANCE, group['instance_id'])
         self.assertEqual('instance-%s' % INSTANCE, group['name'])
@@ -348,6 +350,46 @@ class InstanceGroupSetsTestCase(test.TestCase):
             self.assertEqual('in-use', volume.status)
             self.assertNotIn('backing-filename',
                              qemu_img.info(self.path(volume)))
+
+    def test_janitor_after_a_killed_backup(self):
+        group = self._group()
+        gid = group['id']
+        before = self.digests()
+        endpoint = self.manager.group_endpoint
+        stored = []
+
+        def killed_midway(ctxt, host, group_snapshot_id):
+            # The first member's data reaches the store, then the process
+            # is gone: nothing else of the set happens.
+            first = records.set_backups(ctxt, group_snapshot_id)[0]
+            first.service = self.manager.driver_name
+            first.save()
+            volume = objects.Volume.get_by_id(ctxt, first.volume_id)
+            driver = endpoint._driver_of(volume)
+            driver.backup_volume(ctxt, first, self.manager.service(ctxt))
+            stored.extend(self._stored_objects())
+
+        self.rpc.backup_set = killed_midway
+        answer = self.api.backup(self.ctxt, gid, INSTANCE, 'killed',
+                                 wait=False)
+        self.assertEqual({'msg': 'Backup request submitted'}, answer)
+        self.assertNotEqual([], stored)
+        self.assertEqual('updating',
+                         objects.Group.get_by_id(self.ctxt, gid).status)
+        # The next start of this host's cinder-backup.
+        self.manager.init_host()
+        sets = self.api.list_sets(self.ctxt, gid)
+        self.assertEqual(['error'], [s['status'] for s in sets])
+        self.assertIn('interrupted', sets[0]['description'])
+        self.assertEqual([], records.group_backups(self.ctxt, gid))
+        self.assertEqual([], self._stored_objects())
+        self.assertEqual(0, self._quota_in_use('backups'))
+        self.assert_unlocked(gid)
+        for volume in self.vols:
+            volume.refresh()
+            self.assertEqual('in-use', volume.status)
+        self.assertEqual([], self.transient_files())
+        self.assertEqual(before, self.digests())
 
     def test_busy_group_refused(self):
         group = self._group()

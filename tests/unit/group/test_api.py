@@ -417,3 +417,17 @@ class MembersTestCase(GroupApiBase):
                           self.group['id'], INSTANCE,
                           remove_volumes=[v.id for v in self.vols])
         self.assertEqual('available', self._state()[0])
+
+
+class PowerStateUnknownTestCase(GroupApiBase):
+
+    def test_no_answer_refuses(self):
+        one = self._backup('one')
+        self.rpc.instance_power_state.side_effect = RuntimeError('timeout')
+        before = self._state()
+        error = self.assertRaises(
+            cvb_exception.InstanceNotShutDown, self.api.restore, self.ctxt,
+            self.group['id'], INSTANCE,
+            group_snapshot_id=one['group_snapshot_id'])
+        self.assertIn('did not answer', str(error))
+        self.assertEqual(before, self._state())

@@ -343,3 +343,18 @@ class EndpointTestCase(test.TestCase):
         self.assertIn('error', answer['msg'])
         self.assertEqual('available', objects.Group.get_by_id(
             self.ctxt, self.group['id']).status)
+
+    def test_restore_new_forgets_an_earlier_outcome(self):
+        backups = self._available_set()
+        for backup in backups:
+            records.set_metadata(backup, **{records.NEW_VOLUME_KEY: 'old',
+                                            records.SERVER_KEY: 'old'})
+        answer = self.api.restore_new(self.ctxt, self.group['id'],
+                                      INSTANCE, name='one', wait=False)
+        self.assertEqual({'msg': 'Restore request submitted'}, answer)
+        for backup in records.set_backups(
+                self.ctxt, backups[0].metadata['group_snapshot_id']):
+            self.assertNotIn(records.NEW_VOLUME_KEY, backup.metadata)
+            self.assertNotIn(records.SERVER_KEY, backup.metadata)
+            self.assertEqual(records.RUNNING,
+                             records.operation_of(backup)[1])
