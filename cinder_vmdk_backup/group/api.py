@@ -245,9 +245,18 @@ class API(object):
         except Exception:
             with excutils.save_and_reraise_exception():
                 records.unlock_group(context, group.id)
-        self._cast(context, group, None, lambda: self.rpcapi.restore_set(
-            context, host, group.id, group_snapshot.id, operation_id),
-            backups=backups, operation_id=operation_id, host=host)
+        try:
+            self._cast(context, group, None, lambda: self.rpcapi.restore_set(
+                context, host, group.id, group_snapshot.id, operation_id),
+                backups=backups, operation_id=operation_id, host=host)
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                for backup in backups:
+                    backup.status = fields.BackupStatus.AVAILABLE
+                    backup.save()
+                    volume = by_volume[backup.volume_id]
+                    db.volume_update(context, volume.id,
+                                     {'status': volume.previous_status})
         if not wait:
             return {'msg': 'Restore request submitted'}
         return self._wait(lambda: self._operation_result(

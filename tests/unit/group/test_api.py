@@ -334,6 +334,16 @@ class GroupApiTestCase(GroupApiBase):
         self.assertEqual('restore', answer['operation'])
         self.assertEqual(one['backup_id'], answer['backup_id'])
 
+    def test_restore_cast_failure_puts_everything_back(self):
+        one = self._backup('one')
+        self.rpc.instance_power_state.return_value = ['shutoff', 'Nova']
+        self.rpc.restore_set.side_effect = RuntimeError('no broker')
+        before = self._state()
+        self.assertRaises(RuntimeError, self.api.restore, self.ctxt,
+                          self.group['id'], INSTANCE,
+                          group_snapshot_id=one['group_snapshot_id'])
+        self.assertEqual(before, self._state())
+
 
 class ChainTestCase(test.TestCase):
     """Retirement of parents (the endpoint's delete of a set)."""
