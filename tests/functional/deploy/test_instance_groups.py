@@ -56,7 +56,7 @@ class InstanceGroupDeploymentTest(test_kvm_profile.KvmDeploymentBase):
     def refused(self, *args):
         """The command fails; its error text."""
         try:
-            self.group(*args)
+            self.group(*args, json=False)
         except deployment.DeploymentError as exc:
             return str(exc)
         self.fail('openstack volume instance group %s was not refused'
