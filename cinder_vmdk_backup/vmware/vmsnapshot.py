@@ -154,15 +154,22 @@ class FrozenVM(object):
         return 'quiesced' if self.quiesced else 'crash-consistent'
 
     def freeze(self, description=''):
-        """Take the snapshot (memory not included).
+        """Take the snapshot (memory not included) of a running VM.
 
-        A running VM with VMware Tools running is quiesced; when the
+        A VM that is not powered on gets none. A running VM with VMware Tools running is quiesced; when the
         quiesced snapshot fails (the guest could not quiesce in time), a
         crash-consistent one is taken instead, as backup products do.
         """
         session = self._session
         self.name, self.power_state, tools = vm_state(session, self.vm_ref)
-        quiesce = self.running and tools == TOOLS_RUNNING
+        if not self.running:
+            # Nothing writes to its disks: they are read as they are.
+            self.frozen_at = timeutils.utcnow()
+            LOG.info('VM %(vm)s (%(what)s) is %(state)s: no snapshot '
+                     'needed.', {'vm': self.name, 'what': self.label,
+                                 'state': self.power_state})
+            return self
+        quiesce = tools == TOOLS_RUNNING
         name = snapshot_name()
         try:
             self.snapshot = self._create(name, description, quiesce)
