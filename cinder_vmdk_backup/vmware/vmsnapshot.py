@@ -156,9 +156,10 @@ class FrozenVM(object):
     def freeze(self, description=''):
         """Take the snapshot (memory not included) of a running VM.
 
-        A VM that is not powered on gets none. A running VM with VMware Tools running is quiesced; when the
-        quiesced snapshot fails (the guest could not quiesce in time), a
-        crash-consistent one is taken instead, as backup products do.
+        A VM that is not powered on gets none (nothing writes to its
+        disks). A running VM with VMware Tools running is quiesced; when
+        the quiesced snapshot fails (the guest could not quiesce in time),
+        a crash-consistent one is taken instead, as backup products do.
         """
         session = self._session
         self.name, self.power_state, tools = vm_state(session, self.vm_ref)
