@@ -245,6 +245,22 @@ class VcsimPeerTestCase(testtools.TestCase):
         self.assertEqual([], [n for n in os.listdir(vm_dir)
                               if snap.value in n])
 
+    def test_remove_with_children_drops_their_copies(self):
+        vm, path = self._vm(3)
+        vm_dir = os.path.dirname(self.vcsim.datastore_file(path))
+        first = self._task('CreateSnapshot_Task', vm, name='p',
+                           memory=False, quiesce=False)
+        child = self._task('CreateSnapshot_Task', vm, name='c',
+                           memory=False, quiesce=False)
+        self.assertEqual(2, len([n for n in os.listdir(vm_dir)
+                                 if child.value in n]))
+        self._task('RemoveSnapshot_Task', first, removeChildren=True)
+        self.assertEqual([], [n for n in os.listdir(vm_dir)
+                              if first.value in n or child.value in n])
+        self.assertIsNone(self.session.invoke_api(
+            vim_util, 'get_object_property', self.session.vim, vm,
+            'snapshot'))
+
     def test_quiesced_snapshot_needs_vmware_tools(self):
         vm, _path = self._vm(3)
         self._task('PowerOnVM_Task', vm)
