@@ -155,7 +155,7 @@ def delete_disk_quietly(session, datacenter, path):
 
 
 def swap_disk(session, backing, temp_vm, datacenter, dest_path, disk_uuid,
-              profile_id=None, fault_hook=None):
+              profile_id=None, fault_hook=None, repoint=None):
     """Make the temporary VM's disk the disk of ``backing``.
 
     :param session: ``oslo_vmware.api.VMwareAPISession``
@@ -168,6 +168,11 @@ def swap_disk(session, backing, temp_vm, datacenter, dest_path, disk_uuid,
     :param profile_id: storage policy of the disk, if any
     :param fault_hook: test hook called with the step's name before each
         step
+    :param repoint: called with ``(old path, new path)`` once the backing
+        has the new disk, before the old file is deleted: other VMs that
+        have the disk file attached (an instance's VM) are pointed at the
+        new file. Undone with the rest when it raises; it undoes its own
+        partial work.
     :returns: the datastore path of the new disk
     :raises: :class:`~.errors.DiskSwapError`; the backing then still has
         its old disk and no new file is left behind
@@ -195,6 +200,9 @@ def swap_disk(session, backing, temp_vm, datacenter, dest_path, disk_uuid,
         attached = True
         hook('uuid')
         _set_uuid(session, backing, disk_uuid)
+        if repoint is not None:
+            hook('repoint')
+            repoint(old_path, dest_path)
     except Exception as exc:
         LOG.error('Swapping the restored disk into backing %(vm)s failed '
                   'at %(path)s: %(exc)s; undoing.',
@@ -234,3 +242,29 @@ def _reattach_old(session, backing, old_disk):
                                     'path': old_disk.backing.fileName,
                                     'exc': exc})
         raise
+
+
+def repoint_disk(session, vm_ref, old_path, new_path):
+    """Point the VM's disk devices on ``old_path`` at ``new_path``.
+
+    One reconfiguration removes each such device (its file stays) and adds
+    the file ``new_path`` on the same controller and unit with the same
+    disk UUID, as Nova's detach and attach of a volume would.
+
+    :returns: whether the VM had such a disk
+    """
+    changes = []
+    for device in _devices(session, vm_ref):
+        if device.__class__.__name__ != 'VirtualDisk' or getattr(
+                device.backing, 'fileName', None) != old_path:
+            continue
+        changes.append(_remove_spec(session, device))
+        changes.append(_add_existing_spec(
+            session, device, new_path, device.controllerKey,
+            device.unitNumber, getattr(device.backing, 'uuid', None)))
+    if not changes:
+        return False
+    _reconfigure(session, vm_ref, changes)
+    LOG.info('VM %(vm)s now uses disk %(path)s.',
+             {'vm': vim_util.get_moref_value(vm_ref), 'path': new_path})
+    return True

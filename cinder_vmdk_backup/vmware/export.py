@@ -215,9 +215,31 @@ def export_disk(session, settings, vm_ref, size, reader_factory):
         the codec's ``VmdkError``, oslo.vmware's exceptions
     """
     lease = nfc.NfcLease.export_vm(session, settings, vm_ref)
-    conn = sock = None
     try:
         url, thumbprint = lease.disk_url()
+        with read_disk_url(session, settings, lease, url, thumbprint, size,
+                           reader_factory) as stream:
+            yield stream
+            if stream.at_end:
+                _complete_quietly(lease)
+    finally:
+        lease.abort()
+
+
+@contextlib.contextmanager
+def read_disk_url(session, settings, lease, url, thumbprint, size,
+                  reader_factory, progress=None):
+    """One disk URL of an export lease, as a :class:`RawDiskStream`.
+
+    The lease is neither completed nor aborted here (a lease may serve
+    several disks); the HTTP connection is always closed.
+
+    :param lease: the :class:`~.nfc.NfcLease` the URL belongs to
+    :param progress: what :meth:`RawDiskStream.report` tells of the
+        progress (an object with ``progress(percent)``; default: the lease)
+    """
+    conn = sock = None
+    try:
         headers = {'Cookie': nfc.session_cookie(session)}
         try:
             conn = nfc.open_connection(url, 'GET', headers, settings,
@@ -236,22 +258,20 @@ def export_disk(session, settings, vm_ref, size, reader_factory):
                 reason='%s: HTTP %s %s' % (lease.what, response.status,
                                            response.reason))
         body = _ResponseBody(response, lease.what, settings.idle_timeout)
-        stream = RawDiskStream(reader_factory(body), lease, size, sock)
+        stream = RawDiskStream(reader_factory(body),
+                               lease if progress is None else progress,
+                               size, sock)
         LOG.debug('Exporting %(what)s: disk of %(cap)d bytes read as '
                   '%(size)d bytes.', {'what': lease.what,
                                       'cap': stream.capacity,
                                       'size': size})
         yield stream
         if stream.at_end:
-            _complete_quietly(lease)
             LOG.info('%(what)s done: %(wire)d bytes on the wire for '
                      '%(size)d bytes of disk.',
                      {'what': lease.what, 'wire': body.bytes_read,
                       'size': size})
     finally:
-        try:
-            if conn is not None:
-                _shut_down(sock)
-                conn.close()
-        finally:
-            lease.abort()
+        if conn is not None:
+            _shut_down(sock)
+            conn.close()

@@ -41,6 +41,7 @@ from oslo_vmware import vim_util
 
 from cinder_vmdk_backup import ownership
 from cinder_vmdk_backup.vmware import nfc
+from cinder_vmdk_backup.vmware import vmsnapshot
 
 LOG = logging.getLogger(__name__)
 
@@ -175,3 +176,57 @@ def _lease_finished(exc):
     names = getattr(exc, 'fault_list', None) or []
     return any(name in ('ManagedObjectNotFound', 'InvalidState')
                for name in names)
+
+
+def _snapshot_trees(session, max_objects):
+    """Yield ``(vm name, snapshot tree node)`` of every VM's snapshots."""
+    result = session.invoke_api(vim_util, 'get_objects', session.vim,
+                                'VirtualMachine', max_objects,
+                                properties_to_collect=['name', 'snapshot'])
+    while result:
+        for obj in result.objects:
+            props = {p.name: p.val for p in getattr(obj, 'propSet', None)
+                     or []}
+            info = props.get('snapshot')
+            pending = list(getattr(info, 'rootSnapshotList', None) or [])
+            while pending:
+                node = pending.pop()
+                pending.extend(getattr(node, 'childSnapshotList', None)
+                               or [])
+                yield props.get('name'), node
+        result = session.invoke_api(vim_util, 'continue_retrieval',
+                                    session.vim, result)
+
+
+def remove_snapshots(session, max_objects=100, here=None):
+    """Remove VM snapshots of group backups of provably gone processes.
+
+    A group backup snapshots an instance's VM
+    (:mod:`~cinder_vmdk_backup.vmware.vmsnapshot`) and removes the
+    snapshot at its end; one whose process was killed meanwhile stays, and
+    the instance's disks keep growing a delta chain on vSphere. Only
+    snapshots named by a process of this host and pid namespace that no
+    longer runs are removed (children kept, data consolidated); failures
+    are logged and skipped.
+
+    :returns: ``[(vm name, snapshot name)]`` removed
+    """
+    removed = []
+    for vm_name, node in list(_snapshot_trees(session, max_objects)):
+        parsed = vmsnapshot.parse_snapshot_name(getattr(node, 'name', None))
+        if not parsed or not ownership.named_owner_gone(*parsed, here=here):
+            continue
+        try:
+            vmsnapshot.remove_snapshot(session, node.snapshot)
+        except vexc.ManagedObjectNotFoundException:
+            continue
+        except vexc.VimException as exc:
+            LOG.warning('Could not remove leftover snapshot %(snap)s of VM '
+                        '%(vm)s: %(exc)s', {'snap': node.name, 'vm': vm_name,
+                                            'exc': exc})
+            continue
+        LOG.warning('Removed snapshot %(snap)s of VM %(vm)s, left by a group '
+                    'backup interrupted by the end of its process.',
+                    {'snap': node.name, 'vm': vm_name})
+        removed.append((vm_name, node.name))
+    return removed

@@ -141,6 +141,20 @@ class NfcLease(object):
         return cls(session, lease, settings, what)._ready()
 
     @classmethod
+    def export_snapshot(cls, session, settings, snapshot_ref, vm_name=None):
+        """Open and ready an export lease of a VM snapshot's disks.
+
+        ``VirtualMachineSnapshot.ExportSnapshot``: each disk's data as of
+        the snapshot, also while the VM runs and writes.
+        """
+        what = 'export of snapshot %s%s' % (
+            vim_util.get_moref_value(snapshot_ref),
+            ' of VM %s' % vm_name if vm_name else '')
+        lease = session.invoke_api(session.vim, 'ExportSnapshot',
+                                   snapshot_ref)
+        return cls(session, lease, settings, what)._ready()
+
+    @classmethod
     def import_vapp(cls, session, settings, resource_pool, import_spec,
                     folder, host=None):
         """Open and ready an import lease (``ImportVApp``)."""
@@ -254,6 +268,14 @@ class NfcLease(object):
                 return url, getattr(device_url, 'sslThumbprint', None)
         raise errors.TransferError(
             reason='the %s lease offers no disk URL' % self.what)
+
+    def disk_urls(self):
+        """Return ``[(device key, url, ssl_thumbprint)]`` of its disks."""
+        return [(getattr(d, 'key', None),
+                 lease_url(d.url, self._settings.host, self._settings.port),
+                 getattr(d, 'sslThumbprint', None))
+                for d in getattr(self.info, 'deviceUrl', None) or []
+                if getattr(d, 'disk', False)]
 
     def progress(self, percent, force=False):
         """Tell vCenter how far the transfer is; keeps the lease alive.

@@ -37,12 +37,14 @@ driver-owned backup protocol (:mod:`cinder_vmdk_backup.backup.driver_owned`):
 """
 
 import contextlib
+import functools
 import os
 import time
 
 from cinder import context as cinder_context
 from cinder import exception as cinder_exception
 from cinder.i18n import _
+from cinder import objects
 from cinder.objects import fields
 from cinder.volume.drivers.vmware import vmdk
 from cinder.volume.drivers.vmware import volumeops
@@ -50,6 +52,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import excutils
 from oslo_utils import importutils
+from oslo_utils import timeutils
 from oslo_utils import units
 from oslo_vmware import exceptions as vexc
 from oslo_vmware import vim_util
@@ -67,6 +70,7 @@ from cinder_vmdk_backup.vmware import export
 from cinder_vmdk_backup.vmware import leftovers
 from cinder_vmdk_backup.vmware import nfc
 from cinder_vmdk_backup.vmware import upload
+from cinder_vmdk_backup.vmware import vmsnapshot
 
 LOG = logging.getLogger(__name__)
 CONF = cfg.CONF
@@ -118,6 +122,9 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
     def __init__(self, *args, **kwargs):
         super(VMwareVcVmdkBackupDriver, self).__init__(*args, **kwargs)
         self.configuration.append_config_values(opts.vmdk_backup_opts)
+        # Volume id -> the FrozenVM (snapshot of its instance's VM) that
+        # backup_volumes took for it: open_backup_source reads from it.
+        self._snapshot_sources = {}
 
     @staticmethod
     def get_driver_options():
@@ -147,6 +154,13 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
                 self.configuration.vmware_max_objects_retrieval)
         except Exception as exc:
             LOG.warning('Could not look for leftover temporary VMs: %s', exc)
+        try:
+            leftovers.remove_snapshots(
+                self.session,
+                self.configuration.vmware_max_objects_retrieval)
+        except Exception as exc:
+            LOG.warning('Could not look for leftover snapshots of group '
+                        'backups: %s', exc)
         super(VMwareVcVmdkBackupDriver, self).remove_leftovers()
 
     # -- protocol hooks ----------------------------------------------------
@@ -249,6 +263,23 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         volume = self._device_volume(device)
         size = int(volume.size) * units.Gi
         backing = self.volumeops.get_backing(volume.name, volume.id)
+        frozen = self._snapshot_sources.get(volume.id)
+        if frozen is not None:
+            vmdk_path = (self.volumeops.get_vmdk_path(backing)
+                         if backing is not None else None)
+            try:
+                disk = frozen.disk_of(volume.id, vmdk_path)
+                with frozen.read_disk(
+                        disk, size,
+                        vmdk_reader.StreamOptimizedReader) as src:
+                    yield src
+            except _TRANSFER_ERRORS as exc:
+                raise exception.VmdkBackupError(reason=_(
+                    'reading the disk of volume %(vol)s from the snapshot '
+                    'of %(vm)s failed: %(err)s') % {
+                        'vol': volume.id, 'vm': frozen.label, 'err': exc}
+                ) from exc
+            return
         if backing is None:
             LOG.info('Volume %s has no backing yet: backed up as %d bytes '
                      'of zeros, no backing created.', volume.id, size)
@@ -264,15 +295,219 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
                 'reading the disk of volume %(vol)s from vCenter failed: '
                 '%(err)s') % {'vol': volume.id, 'err': exc}) from exc
 
+    # -- instance groups ---------------------------------------------------
+
+    @staticmethod
+    def _attached_instances(volume):
+        """Instance UUIDs the volume is attached to (attachment order)."""
+        found = []
+        for attachment in volume.volume_attachment or []:
+            uuid = attachment.instance_uuid
+            if (uuid and attachment.attach_status ==
+                    fields.VolumeAttachStatus.ATTACHED and
+                    uuid not in found):
+                found.append(uuid)
+        return found
+
+    def _instance_vms(self, volume):
+        """``[(instance uuid, VM ref)]`` of the volume's instances' VMs."""
+        found = []
+        for instance in self._attached_instances(volume):
+            vm_ref = vmsnapshot.find_instance_vm(self.session, instance)
+            if vm_ref is not None:
+                found.append((instance, vm_ref))
+        return found
+
+    def instance_power_state(self, context, instance_id, volumes):
+        """Whether the instance's VM runs, as vCenter says.
+
+        :returns: ``(state, who)``: ``running`` (powered on, or suspended:
+            its memory holds the guest's state of the disks), ``shutoff``
+            (powered off) or ``unknown`` (no VM of that instance UUID,
+            vCenter not answering); ``who`` names the VM for the log
+        """
+        try:
+            vm_ref = vmsnapshot.find_instance_vm(self.session, instance_id)
+            if vm_ref is None:
+                return 'unknown', 'vCenter (no VM of instance %s)' % (
+                    instance_id)
+            name, state, _tools = vmsnapshot.vm_state(self.session, vm_ref)
+        except vexc.VimException as exc:
+            return 'unknown', 'vCenter (%s)' % type(exc).__name__
+        who = 'vCenter VM %s' % name
+        if state == 'suspended':
+            return 'running', who + ' (suspended)'
+        return {'poweredOn': 'running',
+                'poweredOff': 'shutoff'}.get(state, 'unknown'), who
+
+    def backup_volumes(self, context, requests, all_or_nothing=False,
+                       facts=None):
+        """Back up several volumes from one point in time.
+
+        The volumes are grouped by the instance they are attached to; the
+        VM of each running instance is snapshotted once (memory not
+        included, quiesced when VMware Tools run in the guest), all
+        snapshots first, then each volume's disk is read from its VM's
+        snapshot (``ExportSnapshot``) and the snapshots are removed, on
+        every path. Volumes not attached to a running instance are read
+        as by :meth:`backup_volume` (their data does not change).
+
+        :param requests: ``[(backup, backup_service, backup_device)]``,
+            ``backup_device`` may be None (the backup's volume)
+        :param all_or_nothing: when a snapshot fails, remove the others
+            and raise :class:`~cinder_vmdk_backup.exception.GroupFreezeError`
+            before any data is read
+        :param facts: dict filled with ``consistency`` and ``frozen_at``
+        :returns: ``{backup.id: the backup service's result, or the
+            exception that failed that backup}``
+        """
+        facts = {} if facts is None else facts
+        entries = []
+        for backup, service, dev in requests:
+            if dev is None:
+                dev = objects.BackupDeviceInfo()
+                dev.volume = objects.Volume.get_by_id(context,
+                                                      backup.volume_id)
+            device = self._resolve_backup_device(context, backup, dev)
+            instances = []
+            if (device.obj_name() == 'Volume' and
+                    device.id == backup.volume_id):
+                # The volume itself (not Cinder's temporary clone of it).
+                instances = self._attached_instances(device)
+            entries.append((backup, service, dev, device,
+                            instances[0] if instances else None))
+        frozen, failed = self._freeze_instances(entries)
+        if failed and all_or_nothing:
+            for vm in frozen.values():
+                vm.release()
+            raise exception.GroupFreezeError(reason='; '.join(
+                '%s (volumes %s)' % (exc, ', '.join(
+                    d.id for _b, _s, _v, d, i in entries if i == instance))
+                for instance, exc in failed.items()))
+        self._group_facts(facts, frozen.values())
+        results = {}
+        try:
+            for backup, service, dev, device, instance in entries:
+                if instance in failed:
+                    results[backup.id] = failed[instance]
+                    continue
+                vm = frozen.get(instance)
+                if vm is not None and vm.snapshot is not None:
+                    self._snapshot_sources[device.id] = vm
+                try:
+                    results[backup.id] = self.backup_volume(
+                        context, backup, service, backup_device=dev)
+                except Exception as exc:
+                    LOG.error('Backup %(backup)s of volume %(vol)s failed: '
+                              '%(exc)s', {'backup': backup.id,
+                                          'vol': device.id, 'exc': exc})
+                    results[backup.id] = exc
+                finally:
+                    self._snapshot_sources.pop(device.id, None)
+        finally:
+            for vm in frozen.values():
+                vm.release()
+        return results
+
+    def _freeze_instances(self, entries):
+        """Snapshot the VM of each running instance of the entries.
+
+        :returns: ``({instance: FrozenVM}, {instance: exception})``; a
+            powered-off VM is not snapshotted (its FrozenVM has none)
+        """
+        frozen, failed = {}, {}
+        for _b, _s, _d, device, instance in entries:
+            if instance is None or instance in frozen or instance in failed:
+                continue
+            label = 'instance %s' % instance
+            try:
+                vm_ref = vmsnapshot.find_instance_vm(self.session, instance)
+                if vm_ref is None:
+                    raise exception.VmdkBackupError(reason=_(
+                        'no VM of instance %s in vCenter') % instance)
+                vm = vmsnapshot.FrozenVM(self.session,
+                                         self._transfer_settings(), vm_ref,
+                                         label)
+                vm.freeze(description='cinder-vmdk-backup: point in time '
+                          'of a group backup of %s' % label)
+                frozen[instance] = vm
+            except exception.VmdkBackupError as exc:
+                failed[instance] = exc
+            except Exception as exc:
+                LOG.error('Could not snapshot the VM of %(what)s: %(exc)s',
+                          {'what': label, 'exc': exc})
+                failed[instance] = exception.VmdkBackupError(reason=_(
+                    'could not snapshot the VM of %(what)s: %(err)s') % {
+                        'what': label, 'err': exc})
+        return frozen, failed
+
+    @staticmethod
+    def _group_facts(facts, frozen):
+        running = [vm for vm in frozen if vm.running]
+        if not running:
+            facts['consistency'] = 'not-running'
+        elif all(vm.quiesced for vm in running):
+            facts['consistency'] = 'quiesced'
+        else:
+            facts['consistency'] = 'crash-consistent'
+        times = [vm.frozen_at for vm in frozen if vm.frozen_at]
+        facts['frozen_at'] = min(times) if times else timeutils.utcnow()
+
+    # -- restore -----------------------------------------------------------
+
     def restore_backup(self, context, backup, volume, backup_service,
                        volume_is_new=False):
         """Refuse unsafe restores before any data moves, then restore."""
         backing = self.volumeops.get_backing(volume.name, volume.id)
         if backing is not None:
             self._check_restorable(volume, backing)
+            self._check_instances_stopped(volume)
         return super(VMwareVcVmdkBackupDriver, self).restore_backup(
             context, backup, volume, backup_service,
             volume_is_new=volume_is_new)
+
+    def _check_instances_stopped(self, volume):
+        """Refuse a restore under a running (or snapshotted) instance VM.
+
+        The instance's VM has the volume's disk file attached: its guest
+        would see the disk change under it, and a VM with snapshots uses a
+        delta chain over the file that a new file would break.
+        """
+        for instance, vm_ref in self._instance_vms(volume):
+            name, state, _tools = vmsnapshot.vm_state(self.session, vm_ref)
+            if state != 'poweredOff':
+                raise exception.VmdkBackupError(reason=_(
+                    'volume %(vol)s is attached to instance %(inst)s whose '
+                    'VM %(vm)s is %(state)s; shut the instance down before '
+                    'restoring into the volume') % {
+                        'vol': volume.id, 'inst': instance, 'vm': name,
+                        'state': state})
+            if self.volumeops.snapshot_exists(vm_ref):
+                raise exception.VmdkBackupError(reason=_(
+                    'volume %(vol)s is attached to instance %(inst)s whose '
+                    'VM %(vm)s has snapshots sharing the volume\'s disk; '
+                    'delete them before restoring into the volume') % {
+                        'vol': volume.id, 'inst': instance, 'vm': name})
+
+    def _repoint_instances(self, instances, old_path, new_path):
+        """Point the instances' VMs at the restored disk file."""
+        done = []
+        try:
+            for _instance, vm_ref in instances:
+                if diskswap.repoint_disk(self.session, vm_ref, old_path,
+                                         new_path):
+                    done.append(vm_ref)
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                for vm_ref in done:
+                    try:
+                        diskswap.repoint_disk(self.session, vm_ref,
+                                              new_path, old_path)
+                    except Exception as exc:
+                        LOG.error('Could not point VM %(vm)s back at disk '
+                                  '%(path)s: %(exc)s',
+                                  {'vm': vim_util.get_moref_value(vm_ref),
+                                   'path': old_path, 'exc': exc})
 
     def _check_restorable(self, volume, backing):
         if self.volumeops.snapshot_exists(backing):
@@ -395,9 +630,17 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
             dest = volumeops.VirtualDiskPath(
                 ds_name, folder_path,
                 '%s-r%d' % (volume.name, int(time.time())))
-            diskswap.swap_disk(session, backing, temp_vm, datacenter,
-                               dest.get_descriptor_ds_file_path(), volume.id,
-                               profile_id=profile_id)
+            # An attached volume's instance VM (powered off: checked before
+            # the data moved, and again here) follows the new disk file.
+            self._check_instances_stopped(volume)
+            instances = self._instance_vms(volume)
+            diskswap.swap_disk(
+                session, backing, temp_vm, datacenter,
+                dest.get_descriptor_ds_file_path(), volume.id,
+                profile_id=profile_id,
+                repoint=(functools.partial(self._repoint_instances,
+                                           instances)
+                         if instances else None))
         finally:
             self._destroy_temp_vm(temp_vm, temp_name)
 

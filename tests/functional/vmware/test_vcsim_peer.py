@@ -174,6 +174,109 @@ class VcsimPeerTestCase(testtools.TestCase):
         self.assertRaises(vexc.VimFaultException, self.session.invoke_api,
                           self.session.vim, 'HttpNfcLeaseComplete', lease)
 
+    def _task(self, method, ref, **kwargs):
+        task = self.session.invoke_api(self.session.vim, method, ref,
+                                       **kwargs)
+        return getattr(self.session.wait_for_task(task), 'result', None)
+
+    def _raw_of_lease(self, lease):
+        """The lease's first disk, decoded with qemu-img."""
+        import subprocess  # nosec B404
+        import tempfile
+        with tempfile.TemporaryDirectory(dir=self.vcsim.tmp) as tmp:
+            vmdk, raw = os.path.join(tmp, 'x.vmdk'), os.path.join(tmp, 'x')
+            with open(vmdk, 'wb') as sink:
+                self._export_with_lease(lease, sink)
+            self.session.invoke_api(self.session.vim,
+                                    'HttpNfcLeaseComplete', lease)
+            subprocess.run(['qemu-img', 'convert', '-f', 'vmdk', '-O',
+                            'raw', vmdk, raw], check=True,  # nosec
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            with open(raw, 'rb') as f:
+                return f.read()
+
+    def test_snapshot_freezes_the_disk(self):
+        vm, path = self._vm(3)
+        before = os.urandom(64 * units.Ki)
+        after = os.urandom(32 * units.Ki)
+        vcsim_fixture.seed_disk(self.vcsim, path, before, offset=8192)
+        snap = self._task('CreateSnapshot_Task', vm, name='s1',
+                          memory=False, quiesce=False)
+        vcsim_fixture.seed_disk(self.vcsim, path, after, offset=8192)
+        current = vcsim_fixture.read_disk(self.vcsim, path)
+        self.assertEqual(after, current[8192:8192 + len(after)])
+
+        # ExportSnapshot: the disk as of the snapshot, key as vSphere's.
+        lease = self.session.invoke_api(self.session.vim, 'ExportSnapshot',
+                                        snap)
+        info = self.session.invoke_api(vim_util, 'get_object_property',
+                                       self.session.vim, lease, 'info')
+        self.assertRegex(info.deviceUrl[0].key,
+                         r'^/vm-\d+/\w+Controller\d+:\d+$')
+        frozen = self._raw_of_lease(lease)
+        self.assertEqual(units.Mi, len(frozen))
+        self.assertEqual(before, frozen[8192:8192 + len(before)])
+
+        # A clone of the snapshot gets its data; the VM's disk stays.
+        folder = self.session.invoke_api(
+            vim_util, 'get_object_property', self.session.vim, vm, 'parent')
+        spec = self.session.vim.client.factory.create(
+            'ns0:VirtualMachineCloneSpec')
+        spec.location = self.session.vim.client.factory.create(
+            'ns0:VirtualMachineRelocateSpec')
+        spec.snapshot = snap
+        spec.powerOn = False
+        spec.template = False
+        clone = self._task('CloneVM_Task', vm, folder=folder,
+                           name='snap-clone', spec=spec)
+        self.addCleanup(self._task, 'Destroy_Task', clone)
+        clone_raw = vcsim_fixture.read_disk_nfc(self.vcsim, self.session,
+                                                clone)
+        self.assertEqual(frozen, clone_raw)
+        self.assertEqual(current, vcsim_fixture.read_disk(self.vcsim, path))
+
+        # Revert copies the snapshot's data back; remove drops the copy.
+        self._task('RevertToSnapshot_Task', snap)
+        self.assertEqual(frozen, vcsim_fixture.read_disk(self.vcsim, path))
+        vm_dir = os.path.dirname(self.vcsim.datastore_file(path))
+        copies = [n for n in os.listdir(vm_dir) if snap.value in n]
+        self.assertEqual(2, len(copies))  # descriptor and flat file
+        self._task('RemoveSnapshot_Task', snap, removeChildren=False)
+        self.assertEqual([], [n for n in os.listdir(vm_dir)
+                              if snap.value in n])
+
+    def test_remove_with_children_drops_their_copies(self):
+        vm, path = self._vm(3)
+        vm_dir = os.path.dirname(self.vcsim.datastore_file(path))
+        first = self._task('CreateSnapshot_Task', vm, name='p',
+                           memory=False, quiesce=False)
+        child = self._task('CreateSnapshot_Task', vm, name='c',
+                           memory=False, quiesce=False)
+        self.assertEqual(2, len([n for n in os.listdir(vm_dir)
+                                 if child.value in n]))
+        self._task('RemoveSnapshot_Task', first, removeChildren=True)
+        self.assertEqual([], [n for n in os.listdir(vm_dir)
+                              if first.value in n or child.value in n])
+        self.assertIsNone(self.session.invoke_api(
+            vim_util, 'get_object_property', self.session.vim, vm,
+            'snapshot'))
+
+    def test_quiesced_snapshot_needs_vmware_tools(self):
+        vm, _path = self._vm(3)
+        self._task('PowerOnVM_Task', vm)
+        self.addCleanup(self._task, 'PowerOffVM_Task', vm)
+        exc = self.assertRaises(vexc.VimFaultException, self._task,
+                                'CreateSnapshot_Task', vm, name='q',
+                                memory=False, quiesce=True)
+        self.assertIn('ToolsUnavailable', '%r %s' % (exc.fault_list, exc))
+        snapshot = self.session.invoke_api(vim_util, 'get_object_property',
+                                           self.session.vim, vm, 'snapshot')
+        self.assertIsNone(snapshot)
+        # Not quiesced: taken while the VM runs.
+        snap = self._task('CreateSnapshot_Task', vm, name='c',
+                          memory=False, quiesce=False)
+        self._task('RemoveSnapshot_Task', snap, removeChildren=False)
+
     def _export_with_lease(self, lease, sink):
         import urllib.request
         info = self.session.invoke_api(vim_util, 'get_object_property',
