@@ -484,7 +484,8 @@ class API(object):
         for host in preferred:
             if host in up:
                 return host
-        return random.choice(up)  # nosec B311: spreads load, no secret
+        # (Spreads the load; not a secret.)
+        return random.choice(up)  # nosec B311
 
     def _cast(self, context, group, group_snapshot, cast, backups=(),
               operation_id=None, host=None):
