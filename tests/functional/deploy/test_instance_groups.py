@@ -205,6 +205,27 @@ class InstanceGroupDeploymentTest(test_kvm_profile.KvmDeploymentBase):
             self.assertEqual(bytes([seed]) * REGION[1], self.region(vol))
         self.one_cut(instance, vols)
 
+        # The same set onto new volumes: the original volumes untouched.
+        made = self.timed('set2_restore_new', self.group, 'backup',
+                          'restore', 'new', group_id, '--instance',
+                          instance.id, '--name', 'set2')
+        self.assertTrue(made['Success'], made)
+        self.assertEqual(3, len(made['New Volume IDs']), made)
+        news = dict(zip(made['Volume IDs'], made['New Volume IDs']))
+        self.assertEqual(set(vols), set(news))
+        for vol, seed in zip(vols, seeds2):
+            shown = self.dep.wait('volume', news[vol], ('available',))
+            self.assertFalse(shown.get('attachments'), shown)
+            self.assertEqual(bytes([seed]) * REGION[1],
+                             self.region(news[vol]))
+            self.assertEqual(
+                guest.consistent_run(instance.records(vol)),
+                guest.consistent_run(kvm_instance.read_records(
+                    self.dep.volume_path(news[vol]))))
+            self.dep.wait('volume', vol, ('in-use',))
+        for new in news.values():
+            self.osc('volume', 'delete', new, json=False)
+
         # The group stays while it has a set; then it goes, alone.
         error = self.refused('delete', group_id)
         self.assertIn('backup sets', error)
