@@ -250,6 +250,27 @@ class DriverOwnedBackupMixin(object):
         # Backup objects carry the volume's id only.
         return objects.Volume.get_by_id(context, backup.volume_id)
 
+    @classmethod
+    def _resolve_requests(cls, context, requests):
+        """The requests of ``backup_volumes``, each with its device.
+
+        :param requests: ``[(backup, backup_service, backup_device)]``,
+            ``backup_device`` None for the backup's volume
+        :returns: ``[(backup, backup_service, backup_device, device)]``,
+            ``backup_device`` filled in, ``device`` the volume or snapshot
+            whose data the backup holds
+        """
+        resolved = []
+        for backup, service, backup_device in requests:
+            if backup_device is None:
+                backup_device = objects.BackupDeviceInfo()
+                backup_device.volume = objects.Volume.get_by_id(
+                    context, backup.volume_id)
+            resolved.append((backup, service, backup_device,
+                             cls._resolve_backup_device(context, backup,
+                                                        backup_device)))
+        return resolved
+
     @staticmethod
     def _device_size_gb(device):
         """Size in GiB of a volume, or of the volume a snapshot is of."""

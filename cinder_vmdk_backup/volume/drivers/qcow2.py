@@ -38,7 +38,6 @@ import shutil
 from cinder import exception
 from cinder.i18n import _
 from cinder.image import image_utils
-from cinder import objects
 from cinder.volume import driver
 from oslo_log import log as logging
 from oslo_utils import timeutils
@@ -391,15 +390,7 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
             exception that failed that backup}``
         """
         facts = {} if facts is None else facts
-        devices = []
-        for backup, service, dev in requests:
-            if dev is None:
-                dev = objects.BackupDeviceInfo()
-                dev.volume = objects.Volume.get_by_id(context,
-                                                      backup.volume_id)
-            devices.append((backup, service, dev,
-                            self._resolve_backup_device(context, backup,
-                                                        dev)))
+        devices = self._resolve_requests(context, requests)
         owners = {self.local_path(device): device.id
                   for _b, _s, _d, device in devices
                   if not hasattr(device, 'volume_size')}

@@ -44,7 +44,6 @@ import time
 from cinder import context as cinder_context
 from cinder import exception as cinder_exception
 from cinder.i18n import _
-from cinder import objects
 from cinder.objects import fields
 from cinder.volume.drivers.vmware import vmdk
 from cinder.volume.drivers.vmware import volumeops
@@ -363,12 +362,8 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         """
         facts = {} if facts is None else facts
         entries = []
-        for backup, service, dev in requests:
-            if dev is None:
-                dev = objects.BackupDeviceInfo()
-                dev.volume = objects.Volume.get_by_id(context,
-                                                      backup.volume_id)
-            device = self._resolve_backup_device(context, backup, dev)
+        for backup, service, dev, device in self._resolve_requests(
+                context, requests):
             instances = []
             if (device.obj_name() == 'Volume' and
                     device.id == backup.volume_id):
