@@ -358,6 +358,20 @@ class VmwareInstanceGroupDeploymentTest(GroupCommands,
         self.assertEqual(sorted(vols), sorted(first['Volume IDs']))
         self.assertEqual('poweredOn', instance.power_state)
         self.wait_set(group_id, 'set1')
+        # Read from one snapshot of the running VM (no VMware Tools in
+        # vcsim's VM: crash-consistent), each backup saying where it was.
+        for b in first['Backup IDs']:
+            shown = self.osc('volume', 'backup', 'show', b)
+            meta, vol = shown['metadata'], shown['volume_id']
+            self.assertEqual(
+                {'instance_group_id': group_id,
+                 'instance_id': instance.uuid,
+                 'mountpoint': members[vol]['mountpoint'],
+                 'boot_volume': str(members[vol]['boot']),
+                 'consistency': 'crash-consistent'},
+                {k: meta.get(k) for k in (
+                    'instance_group_id', 'instance_id', 'mountpoint',
+                    'boot_volume', 'consistency')}, b)
 
         # The data changes; an incremental set, asynchronously.
         disks2 = {}
