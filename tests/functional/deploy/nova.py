@@ -285,9 +285,15 @@ class InstanceVM(object):
         self._set_volume_option(volume_id, '')
 
     def destroy(self):
-        """Destroy_Task; detach every volume first (it deletes all disks)."""
+        """Destroy_Task; detach every volume first (it deletes all disks).
+
+        A powered-on VM is powered off first, as Nova's destroy does
+        (vSphere refuses to destroy a running VM).
+        """
         if self.ref is None:
             return
+        if self.power_state != 'poweredOff':
+            self.power_off()
         task = self.session.invoke_api(self.session.vim, 'Destroy_Task',
                                        self.ref)
         self.session.wait_for_task(task)
