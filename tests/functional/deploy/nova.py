@@ -152,11 +152,56 @@ class InstanceVM(object):
         self.ref = self.session.wait_for_task(task).result
         return self.ref
 
-    def connector(self):
-        """The volume connector Nova's VMware driver sends to Cinder."""
-        return {'ip': '127.0.0.1', 'host': '127.0.0.1',
-                'initiator': 'iqn.2026-01.org.openstack:e2e',
-                'instance': vim_util.get_moref_value(self.ref)}
+    def connector(self, mountpoint=None):
+        """The volume connector Nova's VMware driver sends to Cinder.
+
+        :param mountpoint: the device name Nova adds to the connector on
+            the attachment update (``/dev/sdb``); Cinder records it as the
+            attachment's mountpoint
+        """
+        connector = {'ip': '127.0.0.1', 'host': '127.0.0.1',
+                     'initiator': 'iqn.2026-01.org.openstack:e2e',
+                     'instance': vim_util.get_moref_value(self.ref)}
+        if mountpoint:
+            connector['mountpoint'] = mountpoint
+        return connector
+
+    def _power(self, method):
+        task = self.session.invoke_api(self.session.vim, method, self.ref)
+        self.session.wait_for_task(task)
+
+    def power_on(self):
+        """PowerOnVM_Task, as Nova's power_on."""
+        self._power('PowerOnVM_Task')
+
+    def power_off(self):
+        """PowerOffVM_Task, as Nova's power_off (a hard stop)."""
+        self._power('PowerOffVM_Task')
+
+    @property
+    def power_state(self):
+        """``poweredOn``, ``poweredOff`` or ``suspended``."""
+        return self.session.invoke_api(
+            vim_util, 'get_object_property', self.session.vim, self.ref,
+            'runtime.powerState')
+
+    def disk_path(self, volume_id):
+        """Datastore path of the disk file the VM has for the volume.
+
+        Found as Nova finds the volume's disk: the device whose UUID the
+        VM's extraConfig ``volume-<id>`` names.
+        """
+        option = self.session.invoke_api(
+            vim_util, 'get_object_property', self.session.vim, self.ref,
+            'config.extraConfig["volume-%s"]' % volume_id)
+        device_uuid = getattr(option, 'value', None)
+        paths = [d.backing.fileName for d in _devices(self.session, self.ref)
+                 if _type_name(d) == 'VirtualDisk' and device_uuid and
+                 getattr(d.backing, 'uuid', None) == device_uuid]
+        if len(paths) != 1:
+            raise InstanceError('instance %s: %d disks of volume %s'
+                                % (self.uuid, len(paths), volume_id))
+        return paths[0]
 
     def attach_volume(self, connection_info):
         """Attach the volume's disk file, as Nova's _attach_volume_vmdk.
@@ -240,9 +285,15 @@ class InstanceVM(object):
         self._set_volume_option(volume_id, '')
 
     def destroy(self):
-        """Destroy_Task; detach every volume first (it deletes all disks)."""
+        """Destroy_Task; detach every volume first (it deletes all disks).
+
+        A powered-on VM is powered off first, as Nova's destroy does
+        (vSphere refuses to destroy a running VM).
+        """
         if self.ref is None:
             return
+        if self.power_state != 'poweredOff':
+            self.power_off()
         task = self.session.invoke_api(self.session.vim, 'Destroy_Task',
                                        self.ref)
         self.session.wait_for_task(task)

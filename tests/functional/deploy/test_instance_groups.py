@@ -10,7 +10,11 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""End to end: instance-group backups of a running KVM instance.
+"""End to end: instance-group backups of a running instance.
+
+Two profiles: kvm (below) and plugin (VMware, vcsim: see
+:class:`VmwareInstanceGroupDeploymentTest`, the same scenario with the
+instance a vCenter VM as Nova's VMware driver makes it).
 
 The kvm profile of tools/deploy (real cinder-api with the plugin's
 extension, scheduler, volume and backup services, RabbitMQ, MariaDB,
@@ -32,23 +36,37 @@ commands (``openstack volume instance group ...``) as a user would:
   delete refused while a set exists, then the group deleted with the volumes and the instance still there.
 """
 
+import json
 import os
 import subprocess  # nosec B404: qemu-io
 import time
+import uuid
+
+from oslo_utils import units
+import testtools
 
 from tests.functional.deploy import deployment
 from tests.functional.deploy import kvm_instance
+from tests.functional.deploy import nova
 from tests.functional.deploy import test_kvm_profile
+from tests.functional.deploy import test_openstack_cli as cli
 from tests.functional.kvm import guest
+from tests.functional import vcsim as vcsim_fixture
 
 RING = 2048
 #: Each volume's own data, away from the guest's ring.
 REGION = test_kvm_profile.REGION
 SET_TIMEOUT = 600
+#: VMware: (offset, length) written into each 1 GiB volume before the
+#: first set, and what changes before the second.
+VMDK_REGIONS = ((0, units.Mi), (300 * units.Mi, units.Mi),
+                (units.Gi - units.Mi, units.Mi))
+VMDK_CHANGES = ((300 * units.Mi + 64 * units.Ki, 64 * units.Ki),
+                (600 * units.Mi, 64 * units.Ki))
 
 
-class InstanceGroupDeploymentTest(test_kvm_profile.KvmDeploymentBase):
-    """The instance-group scenario on the kvm profile."""
+class GroupCommands(object):
+    """``openstack volume instance group ...`` for a deployment test."""
 
     def group(self, *args, **kwargs):
         return self.osc('volume', 'instance', 'group', *args, **kwargs)
@@ -76,6 +94,11 @@ class InstanceGroupDeploymentTest(test_kvm_profile.KvmDeploymentBase):
                 self.fail('backup set %s not %s after %ss: %s'
                           % (name, statuses, SET_TIMEOUT, found))
             time.sleep(2)
+
+
+class InstanceGroupDeploymentTest(GroupCommands,
+                                  test_kvm_profile.KvmDeploymentBase):
+    """The instance-group scenario on the kvm profile."""
 
     def region(self, volume_id):
         with open(self.raw(volume_id, '%s.raw' % volume_id), 'rb') as f:
@@ -239,3 +262,205 @@ class InstanceGroupDeploymentTest(test_kvm_profile.KvmDeploymentBase):
         self.assertEqual(instance.id,
                          self.conn.lookupByUUIDString(instance.id)
                          .UUIDString())
+
+
+class VmwareInstanceGroupDeploymentTest(GroupCommands,
+                                        cli.DeploymentBase,
+                                        testtools.TestCase):
+    """The instance-group scenario on the plugin (VMware, vcsim) profile.
+
+    The instance is a VM in vcsim made as Nova's VMware driver makes it
+    (nova.InstanceVM), its two volumes attached through Cinder's
+    attachment API as Nova attaches them (boot at /dev/sda, data at
+    /dev/sdb). Its disks are written through vcsim's datastore (as the
+    guest would); a set is taken while the VM is powered on (the plugin
+    snapshots the VM once and reads every disk from that snapshot), then,
+    the data changed, an incremental set, asynchronously. Restores are
+    refused while the VM runs; with it powered off the plugin restores
+    into new disk files and re-points the instance VM's disks at them:
+    what is compared byte for byte is the file of each of the instance
+    VM's disk devices, as the instance sees it.
+    """
+
+    profile = 'plugin'
+
+    def setUp(self):
+        super(VmwareInstanceGroupDeploymentTest, self).setUp()
+        self.figures['up_seconds'] = self.seconds['deployment up (up.sh)']
+
+    def _summary(self):
+        # Figures only: summary.json and the profiles' comparison belong
+        # to test_openstack_cli's scenario.
+        text = json.dumps(self.figures, indent=2, sort_keys=True)
+        self.addDetail('figures', testtools.content.text_content(text))
+        print('\nplugin profile instance-group figures: %s' % text)
+
+    def timed(self, name, func, *args):
+        started = time.monotonic()
+        result = func(*args)
+        self.figures['%s_seconds' % name] = round(
+            time.monotonic() - started, 1)
+        return result
+
+    def instance_vm(self):
+        instance = nova.InstanceVM(self.vc.session(), str(uuid.uuid4()),
+                                   self.vc.datastore_name)
+        instance.create()
+        self.addCleanup(instance.destroy)
+        return instance
+
+    def attach(self, instance, volume_id, mountpoint):
+        """Attach as Nova does; undone (in reverse) when the test ends."""
+        attachment = self.dep.attachments(
+            'reserve', volume_id, instance.uuid)['id']
+        self.addCleanup(self.dep.attachments, 'delete', attachment)
+        connection = self.dep.attachments(
+            'update', attachment, json.dumps(instance.connector(mountpoint)))
+        instance.attach_volume(connection['connection_info'])
+        self.addCleanup(instance.detach_volume, volume_id)
+        self.dep.attachments('complete', attachment)
+        shown = self.dep.wait('volume', volume_id, ('in-use',))
+        self.assertEqual([instance.uuid],
+                         [a.get('server_id')
+                          for a in shown.get('attachments') or []])
+        self.assertEqual(mountpoint, shown['attachments'][0].get('device'))
+
+    def write_disk(self, instance, volume_id, disk, offset, data):
+        """Write into the disk the instance VM has for the volume."""
+        vcsim_fixture.seed_disk(self.vc, instance.disk_path(volume_id), data,
+                                offset=offset)
+        return disk.write(offset, data)
+
+    def assert_instance_disks(self, instance, expected):
+        """Each volume's disk, as the instance VM sees it, and attached."""
+        for vol, disk in expected.items():
+            shown = self.dep.wait('volume', vol, ('in-use',))
+            self.assertEqual([instance.uuid],
+                             [a.get('server_id')
+                              for a in shown.get('attachments') or []])
+            path = instance.disk_path(vol)
+            # The volume's backing and the instance use the same file.
+            self.assertEqual(self.vc.disk_path(vol), path)
+            self.assert_disk(vol, disk, path=path)
+
+    def test_instance_group_backup_and_restore(self):
+        vols = [self.create_volume(name) for name in ('ig-boot', 'ig-data')]
+        instance = self.instance_vm()
+        for vol, mountpoint in zip(vols, ('/dev/sda', '/dev/sdb')):
+            self.attach(instance, vol, mountpoint)
+        disks1 = {}
+        for vol, seed in zip(vols, (b'boot', b'data')):
+            disk = cli.Disk()
+            for i, (offset, length) in enumerate(VMDK_REGIONS):
+                disk = self.write_disk(instance, vol, disk, offset,
+                                       cli.pattern(b'%s1-%d' % (seed, i),
+                                                   length))
+            disks1[vol] = disk
+
+        group = self.group('create', '--name', 'ig-vmware', instance.uuid)
+        group_id = group['ID']
+        self.assertEqual(instance.uuid, group['Instance ID'])
+        members = {m['id']: m for m in group['Volumes']}
+        self.assertEqual(set(vols), set(members))
+        self.assertEqual('/dev/sda', members[vols[0]]['mountpoint'])
+        self.assertTrue(members[vols[0]]['boot'])
+        self.assertEqual('/dev/sdb', members[vols[1]]['mountpoint'])
+        self.assertFalse(members[vols[1]]['boot'])
+        found = self.group('list', '--instance', instance.uuid)
+        self.assertEqual([group_id], [g['ID'] for g in found])
+
+        instance.power_on()
+        # A set while the VM runs (synchronous answer).
+        first = self.timed('set1_backup', self.group, 'backup', 'create',
+                           group_id, '--instance', instance.uuid,
+                           '--name', 'set1')
+        self.assertTrue(first['Success'], first)
+        self.assertEqual(2, len(first['Backup IDs']))
+        self.assertEqual(sorted(vols), sorted(first['Volume IDs']))
+        self.assertEqual('poweredOn', instance.power_state)
+        self.wait_set(group_id, 'set1')
+        # Read from one snapshot of the running VM (no VMware Tools in
+        # vcsim's VM: crash-consistent), each backup saying where it was.
+        for b in first['Backup IDs']:
+            shown = self.osc('volume', 'backup', 'show', b)
+            meta, vol = shown['metadata'], shown['volume_id']
+            self.assertEqual(
+                {'instance_group_id': group_id,
+                 'instance_id': instance.uuid,
+                 'mountpoint': members[vol]['mountpoint'],
+                 'boot_volume': str(members[vol]['boot']),
+                 'consistency': 'crash-consistent'},
+                {k: meta.get(k) for k in (
+                    'instance_group_id', 'instance_id', 'mountpoint',
+                    'boot_volume', 'consistency')}, b)
+
+        # The data changes; an incremental set, asynchronously.
+        disks2 = {}
+        for vol, seed in zip(vols, (b'boot', b'data')):
+            disk = disks1[vol]
+            for i, (offset, length) in enumerate(VMDK_CHANGES):
+                disk = self.write_disk(instance, vol, disk, offset,
+                                       cli.pattern(b'%s2-%d' % (seed, i),
+                                                   length))
+            disks2[vol] = disk
+        started = time.monotonic()
+        submitted = self.group('backup', 'create', group_id, '--instance',
+                               instance.uuid, '--name', 'set2', '--async')
+        self.assertIn('submitted', submitted['Message'])
+        second = self.wait_set(group_id, 'set2')
+        self.figures['set2_backup_async_seconds'] = round(
+            time.monotonic() - started, 1)
+        self.assertEqual(2, len(second['Backup IDs']))
+        for b in second['Backup IDs']:
+            self.assertTrue(self.osc('volume', 'backup', 'show',
+                                     b)['is_incremental'], b)
+        for b in first['Backup IDs']:
+            self.assertTrue(self.osc('volume', 'backup', 'show',
+                                     b)['has_dependent_backups'], b)
+        self.figures['set1_stored_bytes'] = sum(
+            self.dep.stored_bytes(b) for b in first['Backup IDs'])
+        self.figures['set2_stored_bytes'] = sum(
+            self.dep.stored_bytes(b) for b in second['Backup IDs'])
+
+        # No restore while the VM runs; nothing changed.
+        error = self.refused('backup', 'restore', group_id, '--instance',
+                             instance.uuid, '--name', 'set1')
+        self.assertIn('shut down', error)
+        self.assertEqual('poweredOn', instance.power_state)
+        self.assert_instance_disks(instance, disks2)
+
+        # Powered off: the first set back onto the instance's volumes.
+        instance.power_off()
+        paths = {vol: instance.disk_path(vol) for vol in vols}
+        restored = self.timed('set1_restore', self.group, 'backup',
+                              'restore', group_id, '--instance',
+                              instance.uuid, '--set', first['Backup Set ID'])
+        self.assertTrue(restored['Success'], restored)
+        self.assert_instance_disks(instance, disks1)
+        # Restored into new files; the instance VM was re-pointed.
+        for vol in vols:
+            self.assertNotEqual(paths[vol], instance.disk_path(vol))
+
+        # Oldest set first: the newer, incremental one still restores.
+        deleted = self.group('backup', 'delete', group_id, '--instance',
+                             instance.uuid, '--name', 'set1')
+        self.assertTrue(deleted['Success'], deleted)
+        self.assertEqual(['set2'], [s['Name'] for s in self.group(
+            'backup', 'list', group_id)])
+        restored = self.timed('set2_restore', self.group, 'backup',
+                              'restore', group_id, '--instance',
+                              instance.uuid, '--name', 'set2')
+        self.assertTrue(restored['Success'], restored)
+        self.assert_instance_disks(instance, disks2)
+
+        # The group stays while it has a set; then it goes, alone.
+        error = self.refused('delete', group_id)
+        self.assertIn('backup sets', error)
+        self.group('backup', 'delete', group_id, '--instance', instance.uuid,
+                   '--name', 'set2')
+        self.group('delete', group_id, json=False)
+        self.assertEqual([], self.group('list', '--instance', instance.uuid))
+        for b in first['Backup IDs'] + second['Backup IDs']:
+            self.dep.wait_gone('volume backup', b)
+        self.assertEqual('poweredOff', instance.power_state)
+        self.assert_instance_disks(instance, disks2)

@@ -211,8 +211,11 @@ def comparison_table(summaries):
     return '\n'.join(lines) + '\n'
 
 
-class _Scenario(object):
-    """The scenario; the test classes name the profile."""
+class DeploymentBase(object):
+    """A profile's deployment started for a test, and the user's helpers.
+
+    Mixed into a testtools.TestCase whose ``profile`` names the profile.
+    """
 
     profile = None
     # Steps the profile must pass (or end as Expected); any other outcome
@@ -220,7 +223,7 @@ class _Scenario(object):
     required = ()
 
     def setUp(self):
-        super(_Scenario, self).setUp()  # testtools.TestCase's
+        super(DeploymentBase, self).setUp()  # testtools.TestCase's
         missing = deployment.missing_prerequisites()
         if missing:
             self.skipTest('the deployment needs %s (tools/deploy/install.sh '
@@ -311,8 +314,13 @@ class _Scenario(object):
         vcsim_fixture.seed_disk(self.vc, path, data, offset=offset)
         return disk.write(offset, data)
 
-    def assert_disk(self, volume_id, disk):
-        path = self.vc.disk_path(volume_id)
+    def assert_disk(self, volume_id, disk, path=None):
+        """The volume's disk holds ``disk``, byte for byte.
+
+        :param path: the disk's datastore path (default: the disk of the
+            volume's backing)
+        """
+        path = path or self.vc.disk_path(volume_id)
         descriptor = self.vc.datastore_file(path)
         flat = descriptor[:-len('.vmdk')] + '-flat.vmdk'
         first = disk.first_difference(flat)
@@ -344,6 +352,10 @@ class _Scenario(object):
         # Messages need microversion 3.3; openrc asks for 3.70.
         listed = self.osc('volume', 'message', 'list')
         return [m for m in listed if m.get('Resource UUID') in resource_ids]
+
+
+class _Scenario(DeploymentBase):
+    """The scenario; the test classes name the profile."""
 
     # -- the scenario -------------------------------------------------------
 
