@@ -607,14 +607,18 @@ def _report(runs, pauses, via):
     before = [p['before'] for p in pauses if p['before'] is not None]
     singles_pause = [c['pause_ms'] for r in runs['singles']
                      for c in r['freezes'] if c['pause_ms'] is not None]
-    print('  guest-visible pause of the group: %s at the snapshot, %s in '
-          'the rest of the backup (largest of %d); driver pause_ms %s  '
-          'target < 100 ms'
-          % (_ms(max(at) if at else None), _ms(max(after) if after else None),
-             len(pauses), _ms(max(driver) if driver else None)))
-    print('    (the guest\'s largest gap before the snapshot, this '
-          'machine\'s jitter: %s; singles\' driver pause_ms: largest %s)'
-          % (_ms(max(before) if before else None),
+    print('  guest-visible pause of the group at the snapshot: median %s, '
+          'largest %s of %d; in the rest of the backup: largest %s; '
+          'driver pause_ms: median %s, largest %s  target < 100 ms'
+          % (_ms(median(at) if at else None), _ms(max(at) if at else None),
+             len(pauses), _ms(max(after) if after else None),
+             _ms(median(driver) if driver else None),
+             _ms(max(driver) if driver else None)))
+    print('    (the guest\'s own gaps before the snapshot, this machine\'s '
+          'jitter: median %s, largest %s; singles\' driver pause_ms: '
+          'largest %s)'
+          % (_ms(median(before) if before else None),
+             _ms(max(before) if before else None),
              _ms(max(singles_pause) if singles_pause else None)))
     print('  peak RSS of the backup process: group %.0f MiB, singles %.0f '
           'MiB  target < 300 MB (%.0f MiB)'
