@@ -626,7 +626,14 @@ class API(object):
 
     @staticmethod
     def _wait(check):
+        """Poll ``check`` until it answers or the sync timeout passes.
+
+        The first reads come quickly (an operation may end within a
+        second), then every ``poll_interval`` seconds: waiting a whole
+        interval after an end costs a synchronous request up to that long.
+        """
         deadline = time.monotonic() + CONF.instance_groups.sync_timeout
+        interval = min(0.1, CONF.instance_groups.poll_interval)
         while True:
             result = check()
             if result is not None:
@@ -635,7 +642,8 @@ class API(object):
                 return {'still_running': True,
                         'msg': _('The operation is still running; see the '
                                  'list of backup sets for its outcome.')}
-            time.sleep(CONF.instance_groups.poll_interval)
+            time.sleep(interval)
+            interval = min(interval * 2, CONF.instance_groups.poll_interval)
 
     @staticmethod
     def _answer(operation, success, instance_id, group, group_snapshot_id,
