@@ -172,6 +172,14 @@ TARGETS = (
     Target(_VMDK, '_extend_if_needed', ('self', 'volume', 'backing'),
            group='vmdk'),
     Target(_VMDK, '_delete_volume', ('self', 'volume'), group='vmdk'),
+    # The end of a backup as Cinder's manager writes it, for each member
+    # of an instance-group backup set (group/manager.py).
+    Target(_MANAGER, '_finish_backup',
+           ('self', 'context', 'backup', 'volume', 'updates'),
+           group='groups'),
+    Target(_MANAGER, '_notify_about_backup_usage',
+           ('self', 'context', 'backup', 'event_suffix',
+            'extra_usage_info'), group='groups'),
 )
 
 #: What each group of targets is for, for the error message.
@@ -181,6 +189,7 @@ GROUPS = {
     'hashing': 'digests of zeros from a cache',
     'refresh': 'throttled status checks of restores',
     'vmdk': 'the VMDK driver-owned backup',
+    'groups': 'instance-group backup sets',
 }
 
 

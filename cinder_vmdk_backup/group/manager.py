@@ -50,6 +50,7 @@ from oslo_log import log as logging
 import oslo_messaging as messaging
 from oslo_utils import timeutils
 
+from cinder_vmdk_backup.backup import cinder_internals
 from cinder_vmdk_backup import exception as cvb_exception
 from cinder_vmdk_backup.group import members as group_members
 from cinder_vmdk_backup.group import nova
@@ -112,6 +113,10 @@ class InstanceGroupEndpoint(object):
         if not backups:
             raise cvb_exception.InstanceGroupInvalid(reason=_(
                 'the set has no backup'))
+        if not cinder_internals.usable('groups'):
+            raise cvb_exception.InstanceGroupInvalid(reason=_(
+                'this Cinder\'s backup manager is not the one the plugin '
+                'was made for (see the log of cinder-backup\'s start)'))
         if not self.manager.is_working():
             raise cvb_exception.InstanceGroupInvalid(reason=_(
                 'the backup service of this host is down'))

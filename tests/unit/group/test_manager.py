@@ -151,6 +151,15 @@ class EndpointTestCase(test.TestCase):
         self._assert_failed_and_clean(set_id, 'driver-owned')
         self.driver.backup_volumes.assert_not_called()
 
+    def test_a_changed_cinder_fails_the_set_before_any_data(self):
+        set_id = self._submit()
+        with mock.patch.object(group_manager.cinder_internals, 'usable',
+                               autospec=True, return_value=False) as usable:
+            self.endpoint.backup_set(self.ctxt, set_id)
+        usable.assert_called_once_with('groups')
+        self._assert_failed_and_clean(set_id, 'made for')
+        self.driver.backup_volumes.assert_not_called()
+
     def test_success_finishes_each_backup_with_cinders_step(self):
         set_id = self._submit()
         backups = records.set_backups(self.ctxt, set_id)
