@@ -33,7 +33,8 @@ commands (``openstack volume instance group ...``) as a user would:
   three disks show one cut; the instance boots from the restored disk;
 - the sets deleted oldest first (the newer one, incremental on it, still
   restores byte for byte, in place and onto new volumes), the group
-  delete refused while a set exists, then the group deleted with the volumes and the instance still there.
+  delete refused while a set exists, then the group deleted with the
+  volumes and the instance still there.
 """
 
 import json
