@@ -90,6 +90,15 @@ vmdk_backup_opts = [
                      'false, or when that is not possible or fails, '
                      'Cinder\'s own path is taken (an empty volume, then '
                      'a restore through cinder-backup).'),
+    cfg.BoolOpt('vmware_backup_restore_streaming',
+                default=True,
+                help='Restore a backup made by Cinder\'s chunked backup '
+                     'drivers onto a VMware volume without staging its '
+                     'data in a local file: the chain of backups is '
+                     'resolved from their metadata and each object read '
+                     'once, in disk order, straight into the VMDK stream. '
+                     'When false, or for other backup drivers, the data '
+                     'is staged in vmware_backup_staging_dir first.'),
 ]
 
 #: Options of the KVM/qcow2 volume driver (a backend section).
@@ -137,6 +146,22 @@ qcow2_opts = [
                      'files that interrupted backups and restores left in '
                      'qcow2_volumes_dir (only the driver\'s own, by name, '
                      'and only when no operation holds their lock).'),
+    cfg.BoolOpt('qcow2_dirty_bitmaps',
+                default=True,
+                help='Leave a persistent dirty bitmap in a volume\'s qcow2 '
+                     'image with each backup, named after the backup and '
+                     'created at its point in time, so that the next '
+                     'incremental backup reads only the areas written '
+                     'since. Any doubt about a bitmap (missing, marked '
+                     'inconsistent, the volume resized or restored since) '
+                     'makes that backup read the whole image, with the '
+                     'reason in the log.'),
+    cfg.IntOpt('qcow2_dirty_bitmaps_kept',
+               default=2, min=1,
+               help='How many of the newest backups of a volume keep their '
+                    'dirty bitmap in its image. An incremental backup '
+                    'whose parent\'s bitmap is gone (the parent is older, '
+                    'or was made another way) reads the whole image.'),
 ]
 
 #: Options of the backup manager (``[DEFAULT]`` of cinder-backup nodes).
@@ -199,6 +224,42 @@ backup_manager_opts = [
                     'Level 3 stores log-like text about 1 % smaller than '
                     'level 2 at half the speed (a third on random data); '
                     'level 0 is the fastest and compresses least.'),
+    cfg.BoolOpt('driver_owned_backup_extent_handoff',
+                default=True,
+                help='Write a driver-owned backup into Cinder\'s chunked '
+                     'backup drivers (posix, nfs, swift, s3, gcs) by '
+                     'extents: only the areas that may have changed since '
+                     'the parent backup are read (those a dirty bitmap or '
+                     'changed-block tracking reports), holes are never '
+                     'read, objects are at most '
+                     'driver_owned_backup_object_mb, and the list of '
+                     'digests streams instead of being held in memory. The '
+                     'objects, metadata and sha256 file are in Cinder\'s '
+                     'own format: any Cinder restores them. When false, '
+                     'or for other backup drivers, the whole volume is '
+                     'streamed through the backup driver\'s own backup().'),
+    cfg.IntOpt('driver_owned_backup_object_mb',
+               default=32, min=1,
+               help='Largest object, in MiB of data before compression, '
+                    'that the extent hand-off writes (rounded down to a '
+                    'multiple of the hash block). It bounds the memory of a '
+                    'backup and of any restore of it, whatever '
+                    'backup_file_size or the driver\'s object size is; '
+                    'runs of zeros are written as larger objects of '
+                    'compressed zeros.'),
+    cfg.IntOpt('driver_owned_backup_hash_block_kb',
+               default=1024, min=0,
+               help='Size in KiB of the block each SHA-256 digest of a '
+                    'full driver-owned backup covers (the "chunk_size" of '
+                    'its sha256 file; an incremental keeps its parent\'s). '
+                    'Cinder\'s drivers use 32 KiB: one digest per 32 KiB '
+                    'is about 2.3 GB of digests per TiB, rewritten with '
+                    'every incremental. Larger blocks keep that list '
+                    'small; Cinder restores such backups as any other, '
+                    'but Cinder\'s own (non driver-owned) incremental on '
+                    'top of one refuses with "Hash block size has '
+                    'changed". 0 uses the backup driver\'s own size. Must '
+                    'be a multiple of 4 KiB.'),
 ]
 
 #: Options of instance-group backups (cinder-api and cinder-backup), in
