@@ -45,6 +45,7 @@ from cinder import quota_utils
 from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import excutils
+from oslo_utils import timeutils
 
 from cinder_vmdk_backup import exception as cvb_exception
 from cinder_vmdk_backup.group import members as group_members
@@ -58,6 +59,15 @@ CONF.register_opts(opts.instance_group_opts, group='instance_groups')
 QUOTAS = quota.QUOTAS
 
 SHUT_DOWN = 'shutoff'
+
+#: Seconds after which a group's lock that no operation holds is released
+#: (see :meth:`API._release_stale_lock`): far longer than cinder-api needs
+#: between taking a lock and handing the work to cinder-backup.
+STALE_LOCK_SECONDS = 300
+_SET_BUSY = (fields.GroupSnapshotStatus.CREATING,
+             fields.GroupSnapshotStatus.DELETING)
+_BACKUP_BUSY = (fields.BackupStatus.CREATING, fields.BackupStatus.RESTORING,
+                fields.BackupStatus.DELETING)
 BUSY_STATUSES = ('available', 'in-use')
 
 _BACKUP_FIELDS = (
@@ -180,12 +190,7 @@ class API(object):
             name=name, description=description,
             status=fields.GroupSnapshotStatus.CREATING,
             group_type_id=group.group_type_id)
-        try:
-            group_snapshot.create()
-        except exception.InvalidGroup:
-            group.refresh()
-            raise cvb_exception.InstanceGroupBusy(group_id=group.id,
-                                                  status=group.status)
+        self._create_set(group, group_snapshot)
         try:
             self._lock(group)
         except Exception:
@@ -456,14 +461,89 @@ class API(object):
 
     # -- lock, host, hand-over ---------------------------------------------
 
-    @staticmethod
-    def _lock(group):
-        if not group.conditional_update(
-                {'status': fields.GroupStatus.UPDATING},
-                {'status': fields.GroupStatus.AVAILABLE}):
+    @classmethod
+    def _create_set(cls, group, group_snapshot):
+        """Create the set's row; Cinder refuses it while a lock is held."""
+        for attempt in (1, 2):
+            try:
+                group_snapshot.create()
+                return
+            except exception.InvalidGroup:
+                group.refresh()
+                if attempt == 2 or not cls._release_stale_lock(group):
+                    raise cvb_exception.InstanceGroupBusy(
+                        group_id=group.id, status=group.status)
+                group.refresh()
+
+    @classmethod
+    def _lock(cls, group):
+        """Take the group's lock, or raise :class:`InstanceGroupBusy`.
+
+        A lock that nothing holds any more (the cinder-api that took it
+        died before it handed the work over) is released first: see
+        :meth:`_release_stale_lock`.
+        """
+        for attempt in (1, 2):
+            if group.conditional_update(
+                    {'status': fields.GroupStatus.UPDATING,
+                     'updated_at': timeutils.utcnow()},
+                    {'status': fields.GroupStatus.AVAILABLE}):
+                return
             group.refresh()
-            raise cvb_exception.InstanceGroupBusy(group_id=group.id,
-                                                  status=group.status)
+            if attempt == 2 or not cls._release_stale_lock(group):
+                raise cvb_exception.InstanceGroupBusy(group_id=group.id,
+                                                      status=group.status)
+            group.refresh()
+
+    @staticmethod
+    def _release_stale_lock(group):
+        """Unlock a group whose lock no operation holds; tell if it was.
+
+        A lock is stale when the group has been ``updating`` for more than
+        :data:`STALE_LOCK_SECONDS` while no set is being made or deleted by
+        a cinder-backup (a set ``creating`` or ``deleting`` with member
+        backups), no member backup is ``creating``, ``restoring`` or
+        ``deleting`` and no operation is recorded as running on one: what
+        a cinder-api that died between taking the lock and handing the
+        work to cinder-backup leaves. (A cinder-backup that dies releases
+        its own locks when it starts again.) Sets left ``creating``
+        without any backup are removed with it. The release is a
+        compare-and-swap on the lock's time, so two requests that find
+        the same stale lock release it once.
+        """
+        if group.status != fields.GroupStatus.UPDATING:
+            return False
+        locked_at = (timeutils.normalize_time(group.updated_at)
+                     if group.updated_at else None)
+        if locked_at and not timeutils.is_older_than(locked_at,
+                                                     STALE_LOCK_SECONDS):
+            return False
+        admin = records.admin(group._context)
+        orphans = []
+        for group_snapshot in objects.GroupSnapshotList.get_all_by_group(
+                admin, group.id):
+            if group_snapshot.status not in _SET_BUSY:
+                continue
+            if records.set_backups(admin, group_snapshot.id):
+                return False
+            orphans.append(group_snapshot)
+        for backup in records.group_backups(admin, group.id):
+            if (backup.status in _BACKUP_BUSY or
+                    records.operation_of(backup)[1] == records.RUNNING):
+                return False
+        if not group.conditional_update(
+                {'status': fields.GroupStatus.AVAILABLE},
+                {'status': fields.GroupStatus.UPDATING,
+                 'updated_at': locked_at}):
+            return False
+        for group_snapshot in orphans:
+            group_snapshot.destroy()
+        LOG.warning('Instance group %(group)s had been locked since '
+                    '%(since)s by an operation that no service runs any '
+                    'more; lock released (%(sets)d empty backup set(s) '
+                    'removed).', {'group': group.id, 'since': locked_at,
+                                  'sets': len(orphans)})
+        return True
 
     @staticmethod
     def _backup_host(context, availability_zone, preferred=()):

@@ -16,11 +16,13 @@ Every refused request must leave the records as they were: the tests
 compare the group, its volumes and its sets before and after.
 """
 
+import datetime
 from unittest import mock
 
 from oslo_utils import timeutils
 
 from cinder import context
+from cinder.db import api as db
 from cinder import exception
 from cinder import objects
 from cinder.objects import fields
@@ -197,6 +199,65 @@ class GroupApiTestCase(GroupApiBase):
             self.assertRaises(cvb_exception.InstanceGroupBusy,
                               self.api.backup, self.ctxt, self.group['id'],
                               INSTANCE, 'x')
+        self.assertEqual(before, self._state())
+
+    def _lock_left_behind(self, seconds_ago, empty_set=False):
+        """The group as a cinder-api that died after locking leaves it."""
+        group = objects.Group.get_by_id(self.ctxt, self.group['id'])
+        if empty_set:
+            objects.GroupSnapshot(
+                context=self.ctxt, group_id=group.id,
+                user_id=self.ctxt.user_id, project_id=self.ctxt.project_id,
+                name='orphan', status='creating',
+                group_type_id=group.group_type_id).create()
+        db.group_update(self.ctxt, group.id, {
+            'status': 'updating',
+            'updated_at': timeutils.utcnow() - datetime.timedelta(
+                seconds=seconds_ago)})
+
+    def test_stale_lock_released_and_request_accepted(self):
+        self._lock_left_behind(group_api.STALE_LOCK_SECONDS + 60,
+                               empty_set=True)
+        self.rpc.backup_set.side_effect = None
+        answer = self.api.backup(self.ctxt, self.group['id'], INSTANCE, 'x',
+                                 wait=False)
+        self.assertEqual({'msg': 'Backup request submitted'}, answer)
+        status, _vols, sets, backups = self._state()
+        # Locked again, by this request; the orphan set is gone.
+        self.assertEqual('updating', status)
+        self.assertEqual(1, len(sets))
+        self.assertEqual(2, len(backups))
+        self.rpc.backup_set.assert_called_once()
+
+    def test_recent_lock_is_not_stale(self):
+        self._lock_left_behind(group_api.STALE_LOCK_SECONDS - 60)
+        before = self._state()
+        self.assertRaises(cvb_exception.InstanceGroupBusy,
+                          self.api.backup, self.ctxt, self.group['id'],
+                          INSTANCE, 'x')
+        self.assertEqual(before, self._state())
+
+    def test_old_lock_of_a_running_operation_is_kept(self):
+        self.rpc.backup_set.side_effect = None
+        self._backup('one')
+        backup = records.group_backups(self.ctxt, self.group['id'])[0]
+        records.mark_operation([backup], 'op-1', records.RUNNING, 'backup-a')
+        self._lock_left_behind(group_api.STALE_LOCK_SECONDS + 60)
+        before = self._state()
+        self.assertRaises(cvb_exception.InstanceGroupBusy,
+                          self.api.update_members, self.ctxt,
+                          self.group['id'], INSTANCE)
+        self.assertEqual(before, self._state())
+
+    def test_old_lock_of_a_set_in_the_making_is_kept(self):
+        self.rpc.backup_set.side_effect = None
+        self.api.backup(self.ctxt, self.group['id'], INSTANCE, 'x',
+                        wait=False)
+        self._lock_left_behind(group_api.STALE_LOCK_SECONDS + 60)
+        before = self._state()
+        self.assertRaises(cvb_exception.InstanceGroupBusy,
+                          self.api.update_members, self.ctxt,
+                          self.group['id'], INSTANCE)
         self.assertEqual(before, self._state())
 
     def test_over_quota_changes_nothing(self):
