@@ -49,46 +49,74 @@ _CORRUPT_MARKERS = ('corrupt', 'Image is not in qcow2 format',
 _UNLOGGED = 1
 
 
-def _run(path, *args, limits=None, quiet=False):
+def _run(path, *args, limits=None, quiet=False, cwd=None,
+         program=QEMU_IMG):
     """Run ``qemu-img *args`` and return its standard output.
 
     :param path: the image the command is about, named in errors
     :param quiet: log nothing (for a command run on the transfer
         pipeline's producer thread, which must not log)
+    :param cwd: the directory to run it in
+    :param program: another program of qemu-utils (``qemu-nbd``)
     :raises ImageCorruptError: qemu-img refuses the image's metadata
     :raises QemuImgError: any other failure
     """
-    cmd = (QEMU_IMG,) + tuple(str(a) for a in args)
+    cmd = (program,) + tuple(str(a) for a in args)
+    name = args[0] if program == QEMU_IMG else program
     try:
         out, _err = _execute(cmd, limits,
-                             loglevel=_UNLOGGED if quiet else None)
+                             loglevel=_UNLOGGED if quiet else None, cwd=cwd)
     except processutils.ProcessExecutionError as exc:
-        raise _error(path, args[0], exc.stderr or exc.stdout or str(exc),
-                     exc.exit_code)
+        raise _error(path, name, exc.stderr or exc.stdout or str(exc),
+                     exc.exit_code, program)
     except OSError as exc:
         raise errors.QemuImgError(
-            'qemu-img %s of %s could not run: %s' % (args[0], path, exc),
+            '%s %s of %s could not run: %s' % (program, name, path, exc),
             path=path)
     return out
 
 
-def _execute(cmd, limits, check_exit_code=0, loglevel=None):
+def _execute(cmd, limits, check_exit_code=0, loglevel=None, cwd=None):
     if limits is not None and _PRLIMIT:
         cmd = (_PRLIMIT, '--as=%d' % limits.address_space,
                '--cpu=%d' % limits.cpu_time) + tuple(cmd)
         limits = None
     kwargs = {} if loglevel is None else {'loglevel': loglevel}
+    if cwd is not None:
+        kwargs['cwd'] = cwd
     return processutils.execute(*cmd, prlimit=limits,
                                 check_exit_code=check_exit_code, **kwargs)
 
 
-def _error(path, command, text, exit_code=None):
+def limited(cmd):
+    """``cmd`` under the metadata-parsing limits (for a long-running one).
+
+    :raises QemuImgError: util-linux's prlimit is missing
+    """
+    if not _PRLIMIT:
+        raise errors.QemuImgError('prlimit (util-linux) is missing; it is '
+                                  'needed to run %s' % cmd[0])
+    limits = _PARSE_LIMITS
+    return [_PRLIMIT, '--as=%d' % limits.address_space,
+            '--cpu=%d' % limits.cpu_time] + list(cmd)
+
+
+def run_in(path, cwd, *args):
+    """Run ``qemu-img *args`` in directory ``cwd``; return its output.
+
+    Under the metadata-parsing limits; for commands that name a unix
+    socket relative to ``cwd``.
+    """
+    return _run(path, *args, limits=_PARSE_LIMITS, cwd=cwd)
+
+
+def _error(path, command, text, exit_code=None, program=QEMU_IMG):
     text = ' '.join((text or '').split()) or 'exit code %s' % exit_code
     cls = errors.QemuImgError
     if any(marker.lower() in text.lower() for marker in _CORRUPT_MARKERS):
         cls = errors.ImageCorruptError
-    return cls('qemu-img %s of %s failed: %s' % (command, path, text),
-               path=path)
+    what = program if command == program else '%s %s' % (program, command)
+    return cls('%s of %s failed: %s' % (what, path, text), path=path)
 
 
 def info(path, backing_chain=False):
@@ -210,5 +238,52 @@ def commit(path):
 
 
 def resize(path, size_bytes):
-    """Grow the image at ``path`` to ``size_bytes`` guest bytes."""
+    """Grow the image at ``path`` to ``size_bytes`` guest bytes.
+
+    QEMU refuses to resize an image that holds an inconsistent persistent
+    dirty bitmap. Such a bitmap of the driver's (``cvb-`` prefix) is of
+    no use any more (a backup would read everything anyway), so it is
+    removed and the resize retried; anybody else's is left, and the
+    error raised.
+    """
+    try:
+        _run(path, 'resize', '-q', '-f', 'qcow2', path, int(size_bytes))
+        return
+    except errors.QemuImgError as exc:
+        if 'inconsistent' not in str(exc):
+            raise
+        ours = [b['name'] for b in bitmaps(path)
+                if b['name'].startswith(OUR_BITMAP_PREFIX)
+                and 'in-use' in b.get('flags', ())]
+        if not ours:
+            raise
+    for name in ours:
+        bitmap_remove(path, name)
     _run(path, 'resize', '-q', '-f', 'qcow2', path, int(size_bytes))
+
+
+#: Names of the persistent dirty bitmaps the driver makes start with it.
+OUR_BITMAP_PREFIX = 'cvb-'
+
+
+def bitmaps(path):
+    """Return the image's persistent dirty bitmaps as ``qemu-img info``.
+
+    Each a dict with ``name``, ``granularity`` and ``flags`` (``auto``:
+    enabled, records writes; ``in-use``: loaded for writing by a program
+    that has not stored it back (a running QEMU), or inconsistent when
+    nobody has the image open). A non-qcow2 image has none.
+    """
+    data = info(path).get('format-specific') or {}
+    return list((data.get('data') or {}).get('bitmaps') or [])
+
+
+def bitmap_add(path, name, granularity):
+    """Add an enabled persistent dirty bitmap to the (unused) image."""
+    _run(path, 'bitmap', '--add', '-g', int(granularity), '-f', 'qcow2',
+         path, name)
+
+
+def bitmap_remove(path, name):
+    """Remove a persistent dirty bitmap from the (unused) image."""
+    _run(path, 'bitmap', '--remove', '-f', 'qcow2', path, name)
