@@ -165,8 +165,9 @@ def dirty_ranges(frozen_read_path, name, size):
                              path=frozen_read_path)
     if 'in-use' in found[0].get('flags', ()):
         raise BitmapUnusable(
-            'the dirty bitmap %s is inconsistent (the image was written '
-            'by a program that did not store the bitmap back)' % name,
+            'the dirty bitmap %s is marked in use: inconsistent (the '
+            'image was written by a program that did not store the bitmap '
+            'back), or loaded by a QEMU that runs the image' % name,
             path=frozen_read_path)
     if 'auto' not in found[0].get('flags', ()):
         raise BitmapUnusable('the dirty bitmap %s is disabled' % name,
@@ -179,15 +180,51 @@ def dirty_ranges(frozen_read_path, name, size):
             path=frozen_read_path)
     try:
         with _nbd_server(frozen_read_path, name) as (directory, socket):
-            extents = jsonutils.loads(qemu_img.run_in(
-                frozen_read_path, directory, 'map', '--output=json',
-                '--image-opts',
-                'driver=nbd,server.type=unix,server.path=%s,'
-                'x-dirty-bitmap=qemu:dirty-bitmap:%s' % (socket, name)))
-    except (errors.KvmError, ValueError) as exc:
+            return _ranges(_map_extents(frozen_read_path, directory, socket,
+                                        name),
+                           int(size), name, frozen_read_path)
+    except BitmapUnusable:
+        raise
+    except (errors.KvmError, ValueError, KeyError, TypeError) as exc:
         raise BitmapUnusable('reading the dirty bitmap %s failed: %s'
                              % (name, exc), path=frozen_read_path)
-    return _ranges(extents, int(size), name, frozen_read_path)
+
+
+def _map_extents(path, directory, socket, name):
+    """Yield the extents ``qemu-img map`` reports, one dict each.
+
+    qemu-img prints one extent a line; they are parsed as they come, so
+    that a bitmap of millions of extents never sits in memory as text.
+    """
+    cmd = qemu_img.limited([
+        qemu_img.QEMU_IMG, 'map', '--output=json', '--image-opts',
+        'driver=nbd,server.type=unix,server.path=%s,'
+        'x-dirty-bitmap=qemu:dirty-bitmap:%s' % (socket, name)])
+    with open(os.path.join(directory, 'map-stderr'), 'w+b') as err:
+        try:
+            proc = subprocess.Popen(  # nosec B603 - no shell
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=err, cwd=directory)
+        except OSError as exc:
+            raise errors.QemuImgError('qemu-img map of %s could not run: '
+                                      '%s' % (path, exc), path=path)
+        try:
+            for line in proc.stdout:
+                text = line.strip().lstrip(b'[').rstrip(b',').rstrip(b']')
+                if text:
+                    yield jsonutils.loads(text)
+            if proc.wait() != 0:
+                err.seek(0)
+                raise errors.QemuImgError('qemu-img map of %s failed: %s' % (
+                    path, ' '.join(err.read().decode(errors='replace')
+                                   .split()) or proc.returncode), path=path)
+        finally:
+            _stop_child(proc)
+            proc.stdout.close()
+
+
+#: More separate dirty ranges than this: read everything (memory bound).
+MAX_RANGES = 1 << 18
 
 
 def _ranges(extents, size, name, path):
@@ -203,6 +240,10 @@ def _ranges(extents, size, name, path):
             continue        # clean
         if out and out[-1][0] + out[-1][1] == start:
             out[-1] = (out[-1][0], out[-1][1] + length)
+        elif len(out) >= MAX_RANGES:
+            raise BitmapUnusable('the dirty bitmap %s has more than %d '
+                                 'separate dirty ranges' % (name, MAX_RANGES),
+                                 path=path)
         else:
             out.append((start, length))
     if at < size:

@@ -49,43 +49,46 @@ _CORRUPT_MARKERS = ('corrupt', 'Image is not in qcow2 format',
 _UNLOGGED = 1
 
 
-def _run(path, *args, limits=None, quiet=False, cwd=None,
-         program=QEMU_IMG):
+def _run(path, *args, limits=None, quiet=False):
     """Run ``qemu-img *args`` and return its standard output.
 
     :param path: the image the command is about, named in errors
     :param quiet: log nothing (for a command run on the transfer
         pipeline's producer thread, which must not log)
-    :param cwd: the directory to run it in
-    :param program: another program of qemu-utils (``qemu-nbd``)
     :raises ImageCorruptError: qemu-img refuses the image's metadata
     :raises QemuImgError: any other failure
     """
-    cmd = (program,) + tuple(str(a) for a in args)
-    name = args[0] if program == QEMU_IMG else program
+    cmd = (QEMU_IMG,) + tuple(str(a) for a in args)
     try:
         out, _err = _execute(cmd, limits,
-                             loglevel=_UNLOGGED if quiet else None, cwd=cwd)
+                             loglevel=_UNLOGGED if quiet else None)
     except processutils.ProcessExecutionError as exc:
-        raise _error(path, name, exc.stderr or exc.stdout or str(exc),
-                     exc.exit_code, program)
+        raise _error(path, args[0], exc.stderr or exc.stdout or str(exc),
+                     exc.exit_code)
     except OSError as exc:
         raise errors.QemuImgError(
-            '%s %s of %s could not run: %s' % (program, name, path, exc),
+            'qemu-img %s of %s could not run: %s' % (args[0], path, exc),
             path=path)
     return out
 
 
-def _execute(cmd, limits, check_exit_code=0, loglevel=None, cwd=None):
+def _execute(cmd, limits, check_exit_code=0, loglevel=None):
     if limits is not None and _PRLIMIT:
         cmd = (_PRLIMIT, '--as=%d' % limits.address_space,
                '--cpu=%d' % limits.cpu_time) + tuple(cmd)
         limits = None
     kwargs = {} if loglevel is None else {'loglevel': loglevel}
-    if cwd is not None:
-        kwargs['cwd'] = cwd
     return processutils.execute(*cmd, prlimit=limits,
                                 check_exit_code=check_exit_code, **kwargs)
+
+
+def _error(path, command, text, exit_code=None):
+    text = ' '.join((text or '').split()) or 'exit code %s' % exit_code
+    cls = errors.QemuImgError
+    if any(marker.lower() in text.lower() for marker in _CORRUPT_MARKERS):
+        cls = errors.ImageCorruptError
+    return cls('qemu-img %s of %s failed: %s' % (command, path, text),
+               path=path)
 
 
 def limited(cmd):
@@ -99,24 +102,6 @@ def limited(cmd):
     limits = _PARSE_LIMITS
     return [_PRLIMIT, '--as=%d' % limits.address_space,
             '--cpu=%d' % limits.cpu_time] + list(cmd)
-
-
-def run_in(path, cwd, *args):
-    """Run ``qemu-img *args`` in directory ``cwd``; return its output.
-
-    Under the metadata-parsing limits; for commands that name a unix
-    socket relative to ``cwd``.
-    """
-    return _run(path, *args, limits=_PARSE_LIMITS, cwd=cwd)
-
-
-def _error(path, command, text, exit_code=None, program=QEMU_IMG):
-    text = ' '.join((text or '').split()) or 'exit code %s' % exit_code
-    cls = errors.QemuImgError
-    if any(marker.lower() in text.lower() for marker in _CORRUPT_MARKERS):
-        cls = errors.ImageCorruptError
-    what = program if command == program else '%s %s' % (program, command)
-    return cls('%s of %s failed: %s' % (what, path, text), path=path)
 
 
 def info(path, backing_chain=False):

@@ -59,8 +59,8 @@ class DirtyRangesTestCase(testtools.TestCase):
         self.server = self.useFixture(fixtures.MockPatchObject(
             bitmaps, '_nbd_server', autospec=True)).mock
         self.server.return_value.__enter__.return_value = ('/d', '/d/sock')
-        self.run = self.useFixture(fixtures.MockPatchObject(
-            qemu_img, 'run_in', autospec=True)).mock
+        self.map = self.useFixture(fixtures.MockPatchObject(
+            bitmaps, '_map_extents', autospec=True)).mock
 
     def _map(self, *extents):
         at = 0
@@ -70,8 +70,7 @@ class DirtyRangesTestCase(testtools.TestCase):
                         'present': not dirty, 'zero': False,
                         'data': not dirty})
             at += length
-        self.run.return_value = repr(out).replace("'", '"').replace(
-            'True', 'true').replace('False', 'false')
+        self.map.return_value = iter(out)
 
     def test_name(self):
         self.assertEqual('cvb-1234', bitmaps.name_for('1234'))
@@ -84,11 +83,17 @@ class DirtyRangesTestCase(testtools.TestCase):
                                           + 512)],
                          bitmaps.dirty_ranges('/v/x', 'cvb-a', 3 * MIB + 512))
         self.server.assert_called_once_with('/v/x', 'cvb-a')
-        args = self.run.call_args[0]
-        self.assertEqual(('/v/x', '/d', 'map', '--output=json',
-                          '--image-opts'), args[:5])
-        self.assertIn('server.path=/d/sock,', args[5])
-        self.assertIn('x-dirty-bitmap=qemu:dirty-bitmap:cvb-a', args[5])
+        self.map.assert_called_once_with('/v/x', '/d', '/d/sock', 'cvb-a')
+
+    def test_too_many_ranges_is_a_doubt(self):
+        self.info.return_value = _info(bitmaps_=[_bitmap('cvb-a')])
+        self.useFixture(fixtures.MockPatch(
+            'cinder_vmdk_backup.kvm.bitmaps.MAX_RANGES', 2))
+        self._map((65536, True), (65536, False), (65536, True),
+                  (65536, False), (64 * MIB - 4 * 65536, True))
+        exc = self.assertRaises(bitmaps.BitmapUnusable, bitmaps.dirty_ranges,
+                                '/v/x', 'cvb-a', 64 * MIB)
+        self.assertIn('more than 2 separate', exc.reason)
 
     def test_doubts(self):
         cases = [
@@ -110,12 +115,15 @@ class DirtyRangesTestCase(testtools.TestCase):
 
     def test_reader_failures_are_doubts(self):
         self.info.return_value = _info(bitmaps_=[_bitmap('cvb-a')])
-        self.run.side_effect = errors.QemuImgError('qemu-img map failed')
+        self.map.side_effect = errors.QemuImgError('qemu-img map failed')
         exc = self.assertRaises(bitmaps.BitmapUnusable, bitmaps.dirty_ranges,
                                 '/v/x', 'cvb-a', 64 * MIB)
         self.assertIn('qemu-img map failed', exc.reason)
-        self.run.side_effect = None
-        self.run.return_value = 'not json'
+        self.map.side_effect = ValueError('not json')
+        self.assertRaises(bitmaps.BitmapUnusable, bitmaps.dirty_ranges,
+                          '/v/x', 'cvb-a', 64 * MIB)
+        self.map.side_effect = None
+        self.server.side_effect = errors.QemuImgError('qemu-nbd failed')
         self.assertRaises(bitmaps.BitmapUnusable, bitmaps.dirty_ranges,
                           '/v/x', 'cvb-a', 64 * MIB)
         self.info.side_effect = errors.ImageCorruptError('corrupt')
@@ -124,9 +132,9 @@ class DirtyRangesTestCase(testtools.TestCase):
 
     def test_a_map_with_a_gap_or_short_is_a_doubt(self):
         self.info.return_value = _info(bitmaps_=[_bitmap('cvb-a')])
-        self.run.return_value = ('[{"start": 0, "length": 65536, "data": '
-                                 'false}, {"start": 131072, "length": '
-                                 '65536, "data": true}]')
+        self.map.return_value = iter([
+            {'start': 0, 'length': 65536, 'data': False},
+            {'start': 131072, 'length': 65536, 'data': True}])
         exc = self.assertRaises(bitmaps.BitmapUnusable, bitmaps.dirty_ranges,
                                 '/v/x', 'cvb-a', 64 * MIB)
         self.assertIn('gap', exc.reason)
