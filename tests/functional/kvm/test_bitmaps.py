@@ -356,3 +356,52 @@ class OnlineBitmapTestCase(testtools.TestCase):
                                     bitmaps={self.path: 'cvb-x'})[self.path]
         self.assertIsInstance(result, Exception)
         self.assertEqual([], domains.node_bitmaps(self.domain, self.path))
+
+    def test_killed_qemu_leaves_an_inconsistent_bitmap(self):
+        frozen = self._freeze('cvb-1')
+        frozen.merge()
+        self.assertEqual([('cvb-1', ['in-use', 'auto'])], [
+            (b['name'], b['flags']) for b in qemu_img.bitmaps(self.path)])
+        # A host crash: QEMU dies without storing the bitmap back.
+        with open('/run/libvirt/qemu/%s.pid' % self.domain.name()) as f:
+            os.kill(int(f.read().strip()), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while self.domain.UUIDString() in [
+                d.UUIDString() for d in self.conn.listAllDomains(
+                    domains.libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)]:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.1)
+        exc = self.assertRaises(bitmaps.BitmapUnusable, bitmaps.dirty_ranges,
+                                self.path, 'cvb-1', SIZE)
+        self.assertIn('inconsistent', exc.reason)
+        self.assertEqual(['cvb-1'], bitmaps.prune(self.path, [], self.conn))
+
+    def test_overlay_left_by_a_killed_backup_is_merged_with_the_bitmap(self):
+        script = textwrap.dedent('''
+            import os, signal, sys
+            from cinder_vmdk_backup.kvm import domains, freezer
+            conn = domains.connect(sys.argv[1])
+            frozen = freezer.freeze_all([sys.argv[2]], conn,
+                                        bitmaps={sys.argv[2]: 'cvb-1'})
+            assert frozen[sys.argv[2]].bitmap == 'cvb-1', frozen
+            os.kill(os.getpid(), signal.SIGKILL)
+            ''')
+        proc = subprocess.run([sys.executable, '-c', script,
+                               guest.LibvirtFixture.URI, self.path])
+        self.assertEqual(-signal.SIGKILL, proc.returncode)
+        scratch = os.path.join(self.dir, 'scratch.raw')
+        before = raw_copy(self.path, scratch)
+        time.sleep(1.5)
+        done, failed = leftovers.clean(self.dir, self.conn,
+                                       commit_timeout=60)
+        self.assertEqual(([], 1), (failed, len(done)), done)
+        time.sleep(1)
+        frozen = self._freeze('cvb-2')
+        try:
+            ranges = bitmaps.dirty_ranges(frozen.read_path, 'cvb-1', SIZE)
+            after = raw_copy(frozen.read_path, scratch)
+        finally:
+            frozen.merge()
+        changed = changed_sectors(before, after)
+        self.assertGreater(len(changed), 2 * CLUSTER // SECTOR)
+        self.assertEqual([], uncovered(changed, ranges))
