@@ -302,6 +302,7 @@ def _undo_and_raise(results):
         except Exception as exc:
             undo_failures[path] = exc
             continue
+        _remove_bitmap(path, result.bitmap, result.use)
         LOG.info('Undid the freeze of %s (another image of the set could '
                  'not be frozen).', path)
     raise errors.GroupFreezeFailed(failures, undo_failures)

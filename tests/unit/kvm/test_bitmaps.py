@@ -334,6 +334,18 @@ class FreezeWithBitmapsTestCase(testtools.TestCase):
         self.qmp_remove.assert_called_once_with(use.domain, self.paths[0],
                                                 'cvb-1')
 
+    def test_undone_freezes_remove_their_bitmaps(self):
+        use = _use(self.paths[0])
+        self.users.return_value = {self.paths[0]: [use]}
+        self.freeze.side_effect = errors.QemuImgError('no space')
+        with mock.patch.object(domains, 'active_commit', autospec=True):
+            self.assertRaises(errors.GroupFreezeFailed, freezer.freeze_all,
+                              self.paths, self.conn, all_or_nothing=True,
+                              bitmaps={p: 'cvb-1' for p in self.paths})
+        self.qmp_remove.assert_called_once_with(use.domain, self.paths[0],
+                                                'cvb-1')
+        self.remove.assert_called_once_with(self.paths[1], 'cvb-1')
+
     def test_frozen_passes_one_bitmap(self):
         with mock.patch.object(offline, 'merge', autospec=True):
             with freezer.frozen(self.paths[0], None, bitmap='cvb-9') as f:
