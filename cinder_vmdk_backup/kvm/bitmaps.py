@@ -40,17 +40,22 @@ Online (a running libvirt domain; disk-only external snapshot, then
     node, via ``qemuMonitorCommand``; libvirt marks the domain tainted
     ``custom-monitor`` in its log, nothing else) just *before* the
     snapshot: the writes between the two are marked too (a superset).
-    At the snapshot libvirt 9.0 itself creates a same-named, enabled
-    bitmap in the new overlay; the base becomes a read-only backing node,
-    QEMU stores the bitmap into the file (flags ``auto``, not ``in-use``),
-    and it stops changing. The active commit reopens the base read-write
-    (its bitmaps record again), copies every cluster of the overlay into
-    it and mirrors new guest writes into it until the pivot; after the
-    pivot the guest writes the base directly. Measured: a TCG guest
-    writing without pause through the whole cycle; every sector that
-    differs between the frozen image and the merged one lies in the
-    bitmap's dirty ranges. While QEMU runs the image its bitmaps carry
-    ``in-use`` (loaded for writing); a graceful stop clears it.
+    At the snapshot libvirt 9.0 itself creates a same-named bitmap in the
+    new overlay (``query-named-block-nodes`` shows it there, recording);
+    the base becomes a read-only backing node, QEMU stores the bitmap into
+    the file (flags ``auto``, not ``in-use``), and it stops changing. The
+    active commit reopens the base read-write, copies every cluster of
+    the overlay into it and mirrors new guest writes into it until the
+    pivot; after the pivot the guest writes the base directly, and the
+    base's bitmap records it all (whether through the commit's own writes
+    or libvirt merging the overlay's bitmap, the result is the same and
+    is what is tested). Measured: a TCG guest writing without pause
+    through two cycles; every sector that differs between the image
+    frozen at one backup and the image frozen at the next lies in the
+    first bitmap's dirty ranges, also when the overlay of a killed
+    backup is merged by the leftover cleaner. While QEMU runs the image
+    its bitmaps carry ``in-use`` (loaded for writing); a graceful stop
+    clears it, a killed QEMU leaves it (inconsistent, see below).
 
 Reading the dirty ranges (:func:`dirty_ranges`)
     ``qemu-nbd --read-only --bitmap NAME`` exports the frozen image with
@@ -64,7 +69,10 @@ Reading the dirty ranges (:func:`dirty_ranges`)
     shares reading of a backing node). This needs nothing but qemu-utils
     (libvirt's backup API in pull mode would need a running domain and
     libvirt's checkpoints, and would not cover offline volumes), and it
-    reads only the bitmap's metadata, a few MiB for a TiB.
+    reads only the bitmap's metadata, a few MiB for a TiB: 0.2-0.3 s for
+    a 1 TiB image with 201 dirty extents, qemu-nbd's start included.
+    qemu-img's output is parsed line by line (one extent a line); more
+    than :data:`MAX_RANGES` separate ranges is a doubt (memory bound).
 
 Inconsistent bitmaps, resize, granularity
     A program that loaded a bitmap for writing and died without storing it
