@@ -188,9 +188,11 @@ def dirty_ranges(frozen_read_path, name, size):
             path=frozen_read_path)
     try:
         with _nbd_server(frozen_read_path, name) as (directory, socket):
-            return _ranges(_map_extents(frozen_read_path, directory, socket,
-                                        name),
-                           int(size), name, frozen_read_path)
+            # closing(): qemu-img map is stopped before qemu-nbd also when
+            # the ranges are refused half-way.
+            with contextlib.closing(_map_extents(
+                    frozen_read_path, directory, socket, name)) as extents:
+                return _ranges(extents, int(size), name, frozen_read_path)
     except BitmapUnusable:
         raise
     except (errors.KvmError, ValueError, KeyError, TypeError) as exc:

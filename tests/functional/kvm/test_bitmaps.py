@@ -167,6 +167,17 @@ class OfflineBitmapTestCase(testtools.TestCase):
                                 self.path, 'cvb-nope', SIZE)
         self.assertIn('no dirty bitmap cvb-nope', exc.reason)
 
+    def test_too_fragmented_bitmap_stops_its_readers(self):
+        bitmaps.add(self.path, 'cvb-1')
+        qemu_io(self.path, 'write 0 64k', 'write 1M 64k', 'write 2M 64k')
+        self.useFixture(fixtures.MockPatchObject(bitmaps, 'MAX_RANGES', 2))
+        exc = self.assertRaises(bitmaps.BitmapUnusable, bitmaps.dirty_ranges,
+                                self.path, 'cvb-1', SIZE)
+        self.assertIn('more than 2', exc.reason)
+        self.assertEqual([], [n for n in os.listdir(os.path.join(
+            self.dir, '.cvb-locks')) if n.startswith('cvb-nbd-')])
+        # (tearDown: no qemu-nbd left running)
+
     def test_prune_leaves_bitmaps_of_others(self):
         subprocess.run(['qemu-img', 'bitmap', '--add', self.path, 'theirs'],
                        check=True)

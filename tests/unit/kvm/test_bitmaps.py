@@ -70,7 +70,7 @@ class DirtyRangesTestCase(testtools.TestCase):
                         'present': not dirty, 'zero': False,
                         'data': not dirty})
             at += length
-        self.map.return_value = iter(out)
+        self.map.return_value = (e for e in out)
 
     def test_name(self):
         self.assertEqual('cvb-1234', bitmaps.name_for('1234'))
@@ -132,7 +132,7 @@ class DirtyRangesTestCase(testtools.TestCase):
 
     def test_a_map_with_a_gap_or_short_is_a_doubt(self):
         self.info.return_value = _info(bitmaps_=[_bitmap('cvb-a')])
-        self.map.return_value = iter([
+        self.map.return_value = (e for e in [
             {'start': 0, 'length': 65536, 'data': False},
             {'start': 131072, 'length': 65536, 'data': True}])
         exc = self.assertRaises(bitmaps.BitmapUnusable, bitmaps.dirty_ranges,
