@@ -264,23 +264,28 @@ class OfflineBitmapTestCase(testtools.TestCase):
             self.dir, '.cvb-locks')) if n.startswith('cvb-nbd-')])
 
 
-class OnlineBitmapTestCase(testtools.TestCase):
-    """A TCG guest writes without pause through two backup cycles."""
+class _OnlineBase(testtools.TestCase):
+    """A TCG guest writes without pause to its disks."""
 
     RING = 32768            # sectors: 16 MiB of records
+    DISKS = 1
 
     def setUp(self):
         super().setUp()
         self.libvirt = self.useFixture(guest.LibvirtFixture())
         self.dir = self.useFixture(fixtures.TempDir()).path
-        self.path = os.path.join(self.dir, 'volume')
-        qemu_img.create(self.path, SIZE)
+        self.paths = [os.path.join(self.dir, 'volume%d' % i)
+                      for i in range(self.DISKS)]
+        self.path = self.paths[0]
+        for path in self.paths:
+            qemu_img.create(path, SIZE)
+            qemu_io(path, 'write -P 0x33 40M 2M')
         boot = os.path.join(self.dir, 'boot.bin')
         with open(boot, 'wb') as f:
-            f.write(guest.boot_sector(disks=1, ring=self.RING, paced=False))
-        qemu_io(self.path, 'write -s %s 0 512' % boot,
-                'write -P 0x33 40M 2M')
-        self.domain = self.libvirt.start_guest([self.path], kvm=False)
+            f.write(guest.boot_sector(disks=self.DISKS, ring=self.RING,
+                                      paced=False))
+        qemu_io(self.path, 'write -s %s 0 512' % boot)
+        self.domain = self.libvirt.start_guest(self.paths, kvm=False)
         self.conn = self.libvirt.conn
         self._wait_for_records()
 
@@ -311,6 +316,10 @@ class OnlineBitmapTestCase(testtools.TestCase):
         self.assertTrue(result.online)
         self.assertEqual(name, result.bitmap)
         return result
+
+
+class OnlineBitmapTestCase(_OnlineBase):
+    """Two backup cycles of one disk while the guest writes."""
 
     def test_cycle_keeps_every_write_after_the_point_in_time(self):
         servers = nbd_servers()
@@ -416,3 +425,39 @@ class OnlineBitmapTestCase(testtools.TestCase):
         changed = changed_sectors(before, after)
         self.assertGreater(len(changed), 2 * CLUSTER // SECTOR)
         self.assertEqual([], uncovered(changed, ranges))
+
+
+class OnlineGroupBitmapTestCase(_OnlineBase):
+    """Two disks of one domain in one atomic snapshot, a bitmap each."""
+
+    DISKS = 2
+
+    def test_cycle_keeps_every_write_after_the_point_in_time(self):
+        scratch = os.path.join(self.dir, 'scratch.raw')
+        names = {p: 'cvb-%d' % i for i, p in enumerate(self.paths)}
+        frozen = freezer.freeze_all(self.paths, self.conn, commit_timeout=60,
+                                    all_or_nothing=True, bitmaps=names)
+        try:
+            self.assertEqual(names, {p: f.bitmap for p, f in frozen.items()})
+            before = {p: raw_copy(f.read_path, scratch)
+                      for p, f in frozen.items()}
+            time.sleep(1.5)
+        finally:
+            for result in frozen.values():
+                result.merge()
+        time.sleep(1.5)
+        frozen = freezer.freeze_all(self.paths, self.conn, commit_timeout=60,
+                                    all_or_nothing=True)
+        try:
+            for path, result in frozen.items():
+                ranges = bitmaps.dirty_ranges(result.read_path, names[path],
+                                              SIZE)
+                changed = changed_sectors(before[path], raw_copy(
+                    result.read_path, scratch))
+                self.assertGreater(len(changed), 2 * CLUSTER // SECTOR)
+                self.assertEqual([], uncovered(changed, ranges))
+                self.assertTrue(all(o + n <= 40 * units.Mi
+                                    for o, n in ranges))
+        finally:
+            for result in frozen.values():
+                result.merge()
