@@ -418,6 +418,7 @@ def _stop_leftovers_in(parent, names):
         if not (entry.startswith(NBD_DIR_PREFIX)
                 and os.path.isdir(directory)):
             continue
+        age = _age(directory)       # before the lock file is made here
         try:
             lock_fd = os.open(os.path.join(directory, _LOCKFILE),
                               os.O_RDWR | os.O_CREAT, 0o600)
@@ -431,6 +432,8 @@ def _stop_leftovers_in(parent, names):
                     continue        # its owner reads the bitmap now
                 raise
             pid = _server_pid(directory)
+            if pid is None and age < _YOUNG:
+                continue            # being set up: its owner locks it next
             _stop(directory)
             shutil.rmtree(directory, ignore_errors=True)
             done.append('qemu-nbd %s of a dead process stopped (%s)'
@@ -440,6 +443,18 @@ def _stop_leftovers_in(parent, names):
         finally:
             os.close(lock_fd)
     return done
+
+
+#: Seconds during which a server directory without a server is left
+#: alone by the leftover cleaner (its owner may be setting it up).
+_YOUNG = 60.0
+
+
+def _age(directory):
+    try:
+        return time.time() - os.stat(directory).st_mtime
+    except OSError:
+        return 0.0
 
 
 def add(path, name, conn=None):

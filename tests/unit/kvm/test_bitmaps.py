@@ -16,7 +16,9 @@ The real behaviour of QEMU and libvirt is held in
 tests/functional/kvm/test_bitmaps.py.
 """
 
+import fcntl
 import os
+import time
 from unittest import mock
 
 import fixtures
@@ -402,3 +404,52 @@ class QmpTestCase(testtools.TestCase):
         exc = self.assertRaises(errors.DomainError, domains.format_node,
                                 self.domain, '/v/other')
         self.assertIn('no qcow2 node of /v/other', str(exc))
+
+
+class LeftoverServersTestCase(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.useFixture(fixtures.MockPatchObject(
+            bitmaps.tempfile, 'gettempdir', autospec=True,
+            return_value=os.path.join(self.dir, 'tmp')))
+        self.locks = os.path.join(self.dir, '.cvb-locks')
+        os.makedirs(self.locks)
+
+    def _server_dir(self, age):
+        directory = os.path.join(self.locks, bitmaps.NBD_DIR_PREFIX + 'x')
+        os.mkdir(directory, 0o700)
+        then = time.time() - age
+        os.utime(directory, (then, then))
+        return directory
+
+    def test_dir_without_server_is_removed_once_old(self):
+        directory = self._server_dir(age=5)
+        self.assertEqual([], bitmaps.stop_leftover_servers(self.dir))
+        self.assertTrue(os.path.isdir(directory))
+        then = time.time() - 120
+        os.utime(directory, (then, then))
+        done = bitmaps.stop_leftover_servers(self.dir)
+        self.assertEqual(1, len(done))
+        self.assertFalse(os.path.exists(directory))
+
+    def test_locked_dir_is_left_alone(self):
+        directory = self._server_dir(age=120)
+        fd = os.open(os.path.join(directory, 'lock'),
+                     os.O_RDWR | os.O_CREAT, 0o600)
+        self.addCleanup(os.close, fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self.assertEqual([], bitmaps.stop_leftover_servers(self.dir))
+        self.assertTrue(os.path.isdir(directory))
+
+    def test_a_pid_that_is_not_our_qemu_nbd_is_not_killed(self):
+        directory = self._server_dir(age=120)
+        with open(os.path.join(directory, 'pid'), 'w') as f:
+            f.write('%d\n' % os.getpid())
+        then = time.time() - 120
+        os.utime(directory, (then, then))
+        with mock.patch.object(bitmaps.os, 'kill', autospec=True) as kill:
+            bitmaps.stop_leftover_servers(self.dir)
+        kill.assert_not_called()
+        self.assertFalse(os.path.exists(directory))
