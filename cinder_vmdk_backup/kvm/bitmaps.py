@@ -195,7 +195,8 @@ def dirty_ranges(frozen_read_path, name, size):
                 return _ranges(extents, int(size), name, frozen_read_path)
     except BitmapUnusable:
         raise
-    except (errors.KvmError, ValueError, KeyError, TypeError) as exc:
+    except (errors.KvmError, OSError, ValueError, KeyError,
+            TypeError) as exc:
         raise BitmapUnusable('reading the dirty bitmap %s failed: %s'
                              % (name, exc), path=frozen_read_path)
 

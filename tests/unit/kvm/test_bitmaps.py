@@ -128,6 +128,9 @@ class DirtyRangesTestCase(testtools.TestCase):
         self.server.side_effect = errors.QemuImgError('qemu-nbd failed')
         self.assertRaises(bitmaps.BitmapUnusable, bitmaps.dirty_ranges,
                           '/v/x', 'cvb-a', 64 * MIB)
+        self.server.side_effect = PermissionError('no lock directory')
+        self.assertRaises(bitmaps.BitmapUnusable, bitmaps.dirty_ranges,
+                          '/v/x', 'cvb-a', 64 * MIB)
         self.info.side_effect = errors.ImageCorruptError('corrupt')
         self.assertRaises(bitmaps.BitmapUnusable, bitmaps.dirty_ranges,
                           '/v/x', 'cvb-a', 64 * MIB)
