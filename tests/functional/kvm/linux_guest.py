@@ -54,13 +54,18 @@ _HOOK = re.compile(r'cvb-guest: fsfreeze-hook (freeze|thaw) uptime '
                    r'([0-9.]+) last ([0-9]*)')
 
 
-def build():
+def build(reuse=True):
     """Build (or find in its cache) the guest; return its manifest.
 
     The manifest says ``kernel``, ``initrd`` (paths), ``sizes``,
     ``packages`` (Debian versions) and ``modules``.
+
+    :param reuse: take a build of the same builder from the cache without
+        asking apt about newer packages (``tools/guest/install.sh``, run
+        by ``tools/install-peers.sh``, does that)
     """
-    out = subprocess.run([sys.executable, BUILDER], check=True,  # nosec
+    out = subprocess.run([sys.executable, BUILDER]  # nosec
+                         + (['--reuse'] if reuse else []), check=True,
                          stdout=subprocess.PIPE, text=True).stdout
     with open(out.strip().splitlines()[-1]) as f:
         return json.load(f)
