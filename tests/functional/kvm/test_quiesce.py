@@ -195,10 +195,10 @@ class QuiesceTestCase(test.TestCase):
         backups, facts = self._group_backup()
 
         self.assertEqual('quiesced', facts['consistency'], self.log.output)
-        console = self.guest.console()[mark:]
         # The agent froze the guest's filesystems and thawed them, once.
-        self.assertIn('qemu-ga: info: guest-fsfreeze called', console)
         self.guest.wait_for('fsfreeze-hook thaw', after=mark)
+        console = self.guest.console()[mark:]
+        self.assertIn('qemu-ga: info: guest-fsfreeze called', console)
         events = self.guest.hook_events(mark)
         self.assertEqual(['freeze', 'thaw'], [e[0] for e in events],
                          console)
