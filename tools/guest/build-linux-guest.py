@@ -129,17 +129,21 @@ for block in /sys/block/vd*; do
     fi
 done
 
-# The agent, (re)started while /run/agent-on exists; the control port
-# switches it: a line "agent-stop" or "agent-start", answered with a line
-# "done <command>" once done.
+# The agent, (re)started while /run/agent-on exists, with the options in
+# /run/agent-args. The control port switches it: a line "agent-stop",
+# "agent-start" (restarts it with its default options) or
+# "agent-deny-freeze" (restarts it with guest-fsfreeze-freeze and
+# guest-fsfreeze-freeze-list disabled, as a locked-down guest may), each
+# answered with a line "done <command>" once the old agent is gone.
 [ "$agent" = 1 ] && touch /run/agent-on
 (
     while :; do
         if [ -e /run/agent-on ]; then
+            args=$(cat /run/agent-args 2>/dev/null)
             /usr/sbin/qemu-ga -m virtio-serial \
-                -p /dev/virtio-ports/@AGENT_PORT@ -F -t /run &
+                -p /dev/virtio-ports/@AGENT_PORT@ -F -t /run $args &
             echo $! > /run/agent.pid
-            log "agent started (pid $!)"
+            log "agent started (pid $!) $args"
             wait $!
             log "agent exited ($?)"
             rm -f /run/agent.pid
@@ -148,6 +152,10 @@ done
     done
 ) &
 (
+    end_agent() {
+        [ -s /run/agent.pid ] && kill "$(cat /run/agent.pid)"
+        while [ -e /run/agent.pid ]; do usleep 50000; done
+    }
     exec 3<> /dev/virtio-ports/@CONTROL_PORT@
     while :; do
         # Without a host connected the port reads as at its end.
@@ -155,14 +163,19 @@ done
             case "$command" in
                 agent-stop)
                     rm -f /run/agent-on
-                    [ -s /run/agent.pid ] && kill "$(cat /run/agent.pid)"
-                    while [ -e /run/agent.pid ]; do usleep 50000; done
-                    log "control: agent stopped" ;;
+                    end_agent ;;
                 agent-start)
+                    rm -f /run/agent-args
                     touch /run/agent-on
-                    log "control: agent on" ;;
+                    end_agent ;;
+                agent-deny-freeze)
+                    denied=guest-fsfreeze-freeze,guest-fsfreeze-freeze-list
+                    echo "-b $denied" > /run/agent-args
+                    touch /run/agent-on
+                    end_agent ;;
                 *) log "control: unknown command $command" ;;
             esac
+            log "control: $command"
             echo "done $command" >&3
         else
             usleep 200000

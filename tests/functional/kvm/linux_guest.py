@@ -31,7 +31,8 @@ and after a thaw (N: the last record written to every disk).
 
 A second virtio-serial port, ``org.cvb.control.0``, takes commands from
 the host: ``agent-stop`` stops the agent (and keeps it stopped),
-``agent-start`` starts it again.
+``agent-start`` (re)starts it, ``agent-deny-freeze`` restarts it with its
+freeze commands disabled.
 """
 
 import json
@@ -154,6 +155,8 @@ class LinuxGuest(object):
             self.destroy()
             raise
         self.boot_seconds = time.monotonic() - started
+        #: What the tests set the agent to (stop_agent, start_agent...).
+        self.agent_mode = 'default'
 
     def console(self):
         """The guest's serial console so far."""
@@ -208,10 +211,43 @@ class LinuxGuest(object):
         """Stop qemu-ga in the guest; libvirt sees it disconnected."""
         self.control('agent-stop')
         self.wait_agent('disconnected')
+        self.agent_mode = 'stopped'
 
     def start_agent(self):
+        """(Re)start qemu-ga with its default options; wait for it."""
         self.control('agent-start')
-        self.wait_agent('connected')
+        self._wait_freeze_enabled(True)
+        self.agent_mode = 'default'
+
+    def deny_freeze(self):
+        """Restart qemu-ga with its freeze commands disabled (``-b``)."""
+        self.control('agent-deny-freeze')
+        self._wait_freeze_enabled(False)
+        self.agent_mode = 'freeze-denied'
+
+    def _wait_freeze_enabled(self, enabled, timeout=60):
+        """Wait until the new agent answers and says so of its freeze.
+
+        libvirt's view of the channel may still be the old agent's for a
+        moment: the agent's own answer tells.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                info = self.agent_command('guest-info', timeout=5)
+            except self._libvirt.libvirtError:
+                info = {}
+            commands = {c['name']: c['enabled']
+                        for c in info.get('supported_commands', ())}
+            if commands.get('guest-fsfreeze-freeze') is enabled:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    'the agent did not come back with its freeze %s in %s '
+                    's; the console:\n%s' % (
+                        'enabled' if enabled else 'disabled', timeout,
+                        self.console()[-4000:]))
+            time.sleep(0.2)
 
     def agent_command(self, execute, timeout=10, **arguments):
         """Run a guest agent command through libvirt; its ``return``."""

@@ -137,10 +137,10 @@ class QuiesceTestCase(test.TestCase):
 
     # -- helpers --------------------------------------------------------------
 
-    def _group_backup(self):
-        """Back up both volumes as one group; ``(backups, facts)``."""
+    def _group_backup(self, volumes=None):
+        """Back up the volumes as one group; ``(backups, facts)``."""
         backups = []
-        for volume in self.volumes:
+        for volume in volumes or self.volumes:
             backup = test_utils.create_backup(
                 self.ctxt, volume.id, status=fields.BackupStatus.CREATING,
                 size=volume.size)
@@ -188,7 +188,7 @@ class QuiesceTestCase(test.TestCase):
     # -- tests ----------------------------------------------------------------
 
     def test_quiesced_through_the_guest_agent(self):
-        if self.guest.agent_state() != 'connected':
+        if self.guest.agent_mode != 'default':
             self.guest.start_agent()
         mark = len(self.guest.console())
 
@@ -227,9 +227,8 @@ class QuiesceTestCase(test.TestCase):
                         cut))
 
     def test_crash_consistent_when_the_agent_is_stopped(self):
-        if self.guest.agent_state() == 'connected':
-            self.guest.stop_agent()
-            self.addCleanup(self.guest.start_agent)
+        self.guest.stop_agent()
+        self.addCleanup(self.guest.start_agent)
         mark = len(self.guest.console())
 
         backups, facts = self._group_backup()
@@ -257,3 +256,29 @@ class QuiesceTestCase(test.TestCase):
         self.assertGreater(cut[1], 0)
         self._report('crash-consistent', 'pause_ms %.1f; records %s in the '
                      'copies' % (facts['pause_ms'], cut))
+
+    def test_crash_consistent_when_the_agent_refuses_to_freeze(self):
+        # The agent answers (libvirt: connected, guest-ping works) but its
+        # freeze commands are disabled, as in a locked-down guest: libvirt's
+        # quiesced snapshot fails and the driver takes a crash-consistent
+        # one. One volume is enough to show it.
+        self.guest.deny_freeze()
+        self.addCleanup(self.guest.start_agent)
+        self.assertEqual('connected', self.guest.agent_state())
+        mark = len(self.guest.console())
+
+        _backups, facts = self._group_backup(self.volumes[:1])
+
+        self.assertEqual('crash-consistent', facts['consistency'])
+        self.assertIn('is crash-consistent, not quiesced: quiescing through '
+                      'the guest agent failed', self.log.output)
+        self.assertIn('guest-fsfreeze-freeze', self.log.output)
+        self.assertNotIn('guest-fsfreeze called', self.guest.console()[mark:])
+        self.assertEqual([], self.guest.hook_events(mark))
+        # Nothing was left frozen in the guest.
+        self.assertEqual('thawed',
+                         self.guest.agent_command('guest-fsfreeze-status'))
+        self._report('freeze refused', 'pause_ms %.1f (the failed quiesced '
+                     'attempt not counted); %s' % (
+                         facts['pause_ms'], self.log.output.strip(
+                         ).splitlines()[0][:300]))
