@@ -114,6 +114,9 @@ def domain_xml(name, disks, manifest, console, control, pace_us=20000,
         "<memory unit='MiB'>%d</memory><vcpu>1</vcpu>"
         "<os><type arch='x86_64' machine='pc'>hvm</type>"
         "<kernel>%s</kernel><initrd>%s</initrd><cmdline>%s</cmdline></os>"
+        # ACPI: its PM timer lets the kernel calibrate the TSC; without
+        # it the guest's clock is jiffies, far off under TCG.
+        "<features><acpi/></features>"
         "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>%s"
         "<serial type='file'><source path=%s/><target port='0'/></serial>"
         "<channel type='unix'><source mode='bind'/>"

@@ -278,7 +278,8 @@ class QuiesceTestCase(test.TestCase):
         # Nothing was left frozen in the guest.
         self.assertEqual('thawed',
                          self.guest.agent_command('guest-fsfreeze-status'))
+        why = [line for line in self.log.output.splitlines()
+               if 'quiescing through' in line]
         self._report('freeze refused', 'pause_ms %.1f (the failed quiesced '
-                     'attempt not counted); %s' % (
-                         facts['pause_ms'], self.log.output.strip(
-                         ).splitlines()[0][:300]))
+                     'attempt not counted); %s' % (facts['pause_ms'],
+                                                   why[0][:400]))
