@@ -60,7 +60,7 @@ HOST = 'node1@qcow2#qcow2'
 
 
 class QuiesceTestCase(test.TestCase):
-    """Both tests share one booted guest; each sets the agent as it needs."""
+    """The tests share one booted guest; each sets the agent as it needs."""
 
     @classmethod
     def setUpClass(cls):
