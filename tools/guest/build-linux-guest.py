@@ -14,8 +14,9 @@
 """Build a tiny Linux guest that runs the real QEMU guest agent.
 
 Everything comes from Debian packages, fetched with ``apt-get download``
-and unpacked with ``dpkg-deb -x`` into a cache directory (nothing is
-installed on the host, no daemon is started here):
+into a cache directory, of which only the files needed are unpacked
+(``dpkg-deb --fsys-tarfile``); nothing is installed on the host, no
+daemon is started here:
 
 - the kernel of ``linux-image-cloud-amd64`` (its ``vmlinuz``, booted
   directly by QEMU) and the few modules the guest needs (virtio PCI,
