@@ -6,6 +6,11 @@ set -eu -o pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 
 packages=(python3-venv qemu-utils)
+# The Linux test guest (tools/guest): e2fsprogs makes and reads its ext4
+# filesystems on the host; qemu-ga's shared libraries are copied from the
+# host into its initramfs (the kernel, busybox and qemu-ga themselves are
+# fetched with apt-get download, not installed).
+packages+=(e2fsprogs libglib2.0-0 libnuma1 liburing2 libudev1)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' \
