@@ -1,0 +1,196 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""A chunked backup's sha256 file, read and written in pieces.
+
+Cinder's chunked drivers keep one hex SHA-256 per hash block in a JSON
+object (``json.dumps(sha256file, sort_keys=True, indent=2)``) and read it
+back whole with ``json.loads``: at 32 KiB blocks that is 2.3 GB of text and
+about 35 million Python strings per TiB. Here the file is written as it is
+produced (:class:`ShaFileWriter`, byte for byte what ``json.dumps`` gives)
+and read as it is parsed (:class:`ShaFileReader`): the digests go by one
+at a time, never a list of them.
+"""
+
+import json
+import re
+import uuid
+
+from cinder import exception
+from cinder.i18n import _
+
+#: Bytes read from (and written to) an object at a time.
+PIECE = 1024 * 1024
+
+#: The key of the digest list; every other key is a scalar.
+LIST_KEY = 'sha256s'
+
+_LIST_START = re.compile(rb'"sha256s"\s*:\s*\[\s*')
+_DIGEST = re.compile(rb'"([0-9a-f]{64})"\s*(?:,\s*)?')
+_LIST_END = re.compile(rb'\]')
+
+
+class ShaFileWriter(object):
+    """Write a sha256 file exactly as ``json.dumps(..., indent=2)`` would.
+
+    :param writer: an object writer of the backup driver (``write``)
+    :param header: the file's fields except the digests
+    """
+
+    def __init__(self, writer, header):
+        self._writer = writer
+        marker = uuid.uuid4().hex
+        fields = dict(header)
+        fields[LIST_KEY] = []
+        # json.dumps writes an empty list as "[]": kept for no digests.
+        self._empty = json.dumps(fields, sort_keys=True,
+                                 indent=2).encode('utf-8')
+        fields[LIST_KEY] = [marker]
+        text = json.dumps(fields, sort_keys=True, indent=2).encode('utf-8')
+        item = b'    "%s"' % marker.encode('ascii')
+        self._head, self._tail = text.split(item)
+        self._pending = []
+        self._pending_size = 0
+        self.count = 0
+
+    def add(self, digest):
+        """Append one hex digest (str)."""
+        line = ('    "%s"' % digest).encode('ascii')
+        if self.count:
+            line = b',\n' + line
+        else:
+            line = self._head + line
+        self.count += 1
+        self._pending.append(line)
+        self._pending_size += len(line)
+        if self._pending_size >= PIECE:
+            self._flush()
+
+    def extend(self, digests):
+        for digest in digests:
+            self.add(digest)
+
+    def close(self):
+        """Write the end of the file."""
+        if not self.count:
+            self._writer.write(self._empty)
+            return
+        self._pending.append(self._tail)
+        self._flush()
+
+    def _flush(self):
+        if self._pending:
+            self._writer.write(b''.join(self._pending))
+        self._pending = []
+        self._pending_size = 0
+
+
+def _invalid(name, why):
+    return exception.InvalidBackup(reason=_(
+        'the sha256 file %(name)s cannot be read: %(why)s') % {
+            'name': name, 'why': why})
+
+
+class ShaFileReader(object):
+    """Read a sha256 file as it is parsed.
+
+    :attr:`header` (every field but the digests, ``chunk_size`` included)
+    is known once :meth:`open` returned; :meth:`digests` then yields the
+    digests in order, reading the object in pieces. Readers that take no
+    size (``read()`` of swift, s3, gcs) give the whole object at once; it
+    is still parsed in place, never turned into a list.
+
+    :param reader: an object reader of the backup driver (``read``)
+    :param name: the object's name, for errors
+    """
+
+    def __init__(self, reader, name):
+        self._reader = reader
+        self._name = name
+        self._buf = b''
+        self._pos = 0
+        self._eof = False
+        self._sized = True
+        self.header = None
+        self._head = None
+
+    def _more(self):
+        """Read another piece; False at the end of the object."""
+        if self._eof:
+            return False
+        piece = None
+        if self._sized:
+            try:
+                piece = self._reader.read(PIECE)
+            except TypeError:
+                self._sized = False
+        if not self._sized:
+            piece = self._reader.read()
+            self._eof = True
+        if not piece:
+            self._eof = True
+            return False
+        self._buf = self._buf[self._pos:] + piece
+        self._pos = 0
+        return True
+
+    def open(self):
+        """Read up to the digest list and parse every other field."""
+        while True:
+            match = _LIST_START.search(self._buf)
+            # The list's opening bracket and what follows it must be in.
+            if match and match.end() < len(self._buf):
+                break
+            if not self._more():
+                raise _invalid(self._name, 'no list of digests')
+        self._head = self._buf[:match.start()]
+        self._pos = match.end()
+        return self
+
+    def digests(self):
+        """Yield the digests (str) in order, then parse the header."""
+        while True:
+            match = _DIGEST.match(self._buf, self._pos)
+            if match is not None and (match.end() < len(self._buf)
+                                      or self._eof):
+                self._pos = match.end()
+                yield match.group(1).decode('ascii')
+                continue
+            if _LIST_END.match(self._buf, self._pos):
+                break
+            if not self._more():
+                raise _invalid(self._name, 'the list of digests is cut')
+        self._pos += 1
+        while self._more():
+            pass
+        tail = self._buf[self._pos:]
+        try:
+            fields = json.loads(self._head + b'"sha256s": []' + tail)
+        except ValueError as exc:
+            raise _invalid(self._name, exc)
+        fields.pop(LIST_KEY)
+        self.header = fields
+
+    def read_header(self):
+        """The fields other than the digests, read without keeping these."""
+        for _digest in self.digests():
+            pass
+        return self.header
+
+    def chunk_size(self):
+        """``chunk_size``, from the fields before the list (sorted keys)."""
+        try:
+            fields = json.loads(self._head + b'"sha256s": []}')
+            return int(fields['chunk_size'])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _invalid(self._name, 'no chunk_size before the digests '
+                           '(%s)' % exc)
