@@ -282,14 +282,21 @@ class _Backup(object):
             self.notify()
 
     def notify(self):
+        # Cinder's notifications carry the whole object list; serialised
+        # every few objects that grows with the square of the count (a
+        # thousand zero objects per TiB). Consumers read the percentage.
         self.service._send_progress_notification(
-            self.service.context, self.backup, self.object_meta,
+            self.service.context, self.backup, self.summary(),
             self.done_bytes, self.size or 1)
+
+    def summary(self):
+        return {key: value for key, value in self.object_meta.items()
+                if key != 'list'}
 
     # -- objects ---------------------------------------------------------------
 
     def store_data(self, data, offset):
-        self.check_status(force=True)
+        self.check_status()
         self.service._backup_chunk(self.backup, self.container, data, offset,
                                    self.object_meta, self.extra_metadata)
         self.progress()
@@ -319,7 +326,7 @@ class _Backup(object):
             self._zero_object(run_offset, run_length)
 
     def _zero_object(self, offset, length):
-        self.check_status(force=True)
+        self.check_status()
         meta = self.object_meta
         name = '%s-%05d' % (meta['prefix'], meta['id'])
         if self.algorithm in _ZLIB:
@@ -422,7 +429,7 @@ def _run(state, parent_reader):
         timer.stop()
     try:
         service._send_progress_end(service.context, backup,
-                                   state.object_meta)
+                                   state.summary())
         if state.backup_metadata:
             service._backup_metadata(backup, state.object_meta)
         service._write_metadata(backup, backup.volume_id, state.container,
@@ -464,13 +471,10 @@ def _scan(state, sha_writer, parents):
             # the next changed range, whole blocks only.
             start, _end = changed.current(offset)
             count = max(1, (min(start, size) - offset) // block)
-            for _ in range(count):
-                digest = next(parents, None)
-                if digest is None:
-                    raise exception.InvalidBackup(reason=_(
-                        'the parent backup %s has fewer digests than the '
-                        'volume has blocks') % state.parent.id)
-                sha_writer.add(digest)
+            if sha_writer.add_many(parents, count) != count:
+                raise exception.InvalidBackup(reason=_(
+                    'the parent backup %s has fewer digests than the '
+                    'volume has blocks') % state.parent.id)
             state.flush_zeros()
             offset += count * block
             continue
@@ -484,6 +488,14 @@ def _scan(state, sha_writer, parents):
                                             block)))
             if end == size:
                 count = 1
+            if not incremental:
+                # Whole blocks, or the last one (maybe short): count 1.
+                sha_writer.add_repeated(
+                    zero_objects.sha256_of_zeros(length) if count == 1
+                    else zero_block, count)
+                state.store_zeros(offset, min(count * block, size - offset))
+                offset += count * block
+                continue
             for index in range(count):
                 at = offset + index * block
                 piece = min(block, size - at)

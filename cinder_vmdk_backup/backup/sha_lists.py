@@ -21,6 +21,7 @@ and read as it is parsed (:class:`ShaFileReader`): the digests go by one
 at a time, never a list of them.
 """
 
+import itertools
 import json
 import re
 import uuid
@@ -34,9 +35,13 @@ PIECE = 1024 * 1024
 #: The key of the digest list; every other key is a scalar.
 LIST_KEY = 'sha256s'
 
-_LIST_START = re.compile(rb'"sha256s"\s*:\s*\[\s*')
-_DIGEST = re.compile(rb'"([0-9a-f]{64})"\s*(?:,\s*)?')
-_LIST_END = re.compile(rb'\]')
+_LIST_START = re.compile(rb'"sha256s"\s*:\s*\[')
+#: Complete items followed by their comma.
+_ITEMS = re.compile(rb'(?:\s*"[0-9a-f]{64}"\s*,)*')
+#: The last item and the end of the list.
+_LAST = re.compile(rb'\s*"([0-9a-f]{64})"\s*\]')
+_LIST_END = re.compile(rb'\s*\]')
+_HEX = re.compile(r'[0-9a-f]{64}')
 
 
 class ShaFileWriter(object):
@@ -45,6 +50,9 @@ class ShaFileWriter(object):
     :param writer: an object writer of the backup driver (``write``)
     :param header: the file's fields except the digests
     """
+
+    #: Digests gathered before a write.
+    BATCH = 16384
 
     def __init__(self, writer, header):
         self._writer = writer
@@ -59,39 +67,58 @@ class ShaFileWriter(object):
         item = b'    "%s"' % marker.encode('ascii')
         self._head, self._tail = text.split(item)
         self._pending = []
-        self._pending_size = 0
-        self.count = 0
+        self._written = 0
+
+    @property
+    def count(self):
+        return self._written + len(self._pending)
 
     def add(self, digest):
         """Append one hex digest (str)."""
-        line = ('    "%s"' % digest).encode('ascii')
-        if self.count:
-            line = b',\n' + line
-        else:
-            line = self._head + line
-        self.count += 1
-        self._pending.append(line)
-        self._pending_size += len(line)
-        if self._pending_size >= PIECE:
+        self._pending.append(digest)
+        if len(self._pending) >= self.BATCH:
             self._flush()
 
-    def extend(self, digests):
-        for digest in digests:
-            self.add(digest)
+    def add_many(self, digests, count=None):
+        """Append digests from an iterable (at most ``count`` of them).
+
+        :returns: how many were appended
+        """
+        if count is not None:
+            digests = itertools.islice(digests, count)
+        before = self.count
+        for batch in iter(lambda: list(itertools.islice(digests,
+                                                        self.BATCH)), []):
+            self._pending.extend(batch)
+            if len(self._pending) >= self.BATCH:
+                self._flush()
+        return self.count - before
+
+    def add_repeated(self, digest, count):
+        """Append ``count`` times the same digest."""
+        while count > 0:
+            step = min(count, self.BATCH)
+            self._pending.extend(itertools.repeat(digest, step))
+            count -= step
+            if len(self._pending) >= self.BATCH:
+                self._flush()
 
     def close(self):
         """Write the end of the file."""
         if not self.count:
             self._writer.write(self._empty)
             return
-        self._pending.append(self._tail)
         self._flush()
+        self._writer.write(self._tail)
 
     def _flush(self):
-        if self._pending:
-            self._writer.write(b''.join(self._pending))
+        if not self._pending:
+            return
+        start = self._head if not self._written else b',\n'
+        text = '",\n    "'.join(self._pending).encode('ascii')
+        self._writer.write(b'%s    "%s"' % (start, text))
+        self._written += len(self._pending)
         self._pending = []
-        self._pending_size = 0
 
 
 def _invalid(name, why):
@@ -147,8 +174,7 @@ class ShaFileReader(object):
         """Read up to the digest list and parse every other field."""
         while True:
             match = _LIST_START.search(self._buf)
-            # The list's opening bracket and what follows it must be in.
-            if match and match.end() < len(self._buf):
+            if match:
                 break
             if not self._more():
                 raise _invalid(self._name, 'no list of digests')
@@ -157,19 +183,31 @@ class ShaFileReader(object):
         return self
 
     def digests(self):
-        """Yield the digests (str) in order, then parse the header."""
+        """Iterate over the digests (str) in order, then parse the header."""
+        return itertools.chain.from_iterable(self._batches())
+
+    def _batches(self):
+        """Lists of digests as they are parsed (a piece's worth each)."""
+        count = 0
         while True:
-            match = _DIGEST.match(self._buf, self._pos)
-            if match is not None and (match.end() < len(self._buf)
-                                      or self._eof):
+            match = _ITEMS.match(self._buf, self._pos)
+            if match.end() > self._pos:
+                items = self._buf[self._pos:match.end()].decode('ascii')
                 self._pos = match.end()
-                yield match.group(1).decode('ascii')
+                batch = _HEX.findall(items)
+                count += len(batch)
+                yield batch
                 continue
-            if _LIST_END.match(self._buf, self._pos):
+            match = _LAST.match(self._buf, self._pos)
+            if match is None and not count:
+                match = _LIST_END.match(self._buf, self._pos)
+            if match is not None:
+                self._pos = match.end()
+                if match.lastindex:
+                    yield [match.group(1).decode('ascii')]
                 break
             if not self._more():
                 raise _invalid(self._name, 'the list of digests is cut')
-        self._pos += 1
         while self._more():
             pass
         tail = self._buf[self._pos:]

@@ -97,3 +97,21 @@ class ShaFileTestCase(base.BaseTestCase):
             return list(reader.digests())
 
         self.assertRaises(exception.InvalidBackup, read)
+
+
+class ShaFileWriterBatchTestCase(base.BaseTestCase):
+
+    def test_add_many_and_repeated(self):
+        digests = _digests(40000)
+        out = io.BytesIO()
+        writer = sha_lists.ShaFileWriter(out, _header())
+        writer.add(digests[0])
+        self.assertEqual(30000, writer.add_many(iter(digests[1:]), 30000))
+        writer.add_repeated(digests[5], 20000)
+        self.assertEqual(2, writer.add_many(iter(digests[:2])))
+        writer.close()
+        expected = digests[:30001] + [digests[5]] * 20000 + digests[:2]
+        self.assertEqual(
+            json.dumps(dict(_header(), sha256s=expected), sort_keys=True,
+                       indent=2).encode('utf-8'), out.getvalue())
+        self.assertEqual(len(expected), writer.count)
