@@ -159,9 +159,9 @@ class _Ranges(object):
 class _Source(object):
     """Reads from a source at ascending offsets, randomly or in order."""
 
-    def __init__(self, source):
+    def __init__(self, source, stream=None):
         self._read_at = getattr(source, 'read_at', None)
-        self._stream = source
+        self._stream = stream if stream is not None else source
         self._position = 0
         if self._read_at is not None:
             self._read_at = utils.tpool_wrap(self._read_at)
@@ -203,10 +203,10 @@ def _digests(data, block):
 class _Backup(object):
     """One hand-off backup: state shared by the steps of :func:`backup`."""
 
-    def __init__(self, service, backup, source, size, what):
+    def __init__(self, service, backup, source, size, what, stream=None):
         self.service = service
         self.backup = backup
-        self.source = _Source(source)
+        self.source = _Source(source, stream)
         self.zero_ranges = _Ranges(
             getattr(source, 'zero_ranges', lambda: ())())
         self.raw_source = source
@@ -351,7 +351,7 @@ class _Backup(object):
         utils.cooperative_yield()
 
 
-def backup(backup_service, backup, source, size, what,
+def backup(backup_service, backup, source, size, what, stream=None,
            backup_metadata=True):
     """Back up ``size`` bytes of ``source`` into a chunked backup driver.
 
@@ -363,11 +363,14 @@ def backup(backup_service, backup, source, size, what,
         ``zero_ranges()`` and ``changed_ranges(parent)``
     :param size: bytes of the device
     :param what: the device, for the log (``'volume <id>'``)
+    :param stream: where sequential reads go when ``source`` has no
+        ``read_at`` (``read(n)`` giving exactly ``n`` bytes: the source
+        behind a :class:`~.transfer.BackupReader`); default ``source``
     :returns: None, like Cinder's ``backup()``; a cancelled backup returns
         with its objects deleted
     """
     service = backup_service
-    state = _Backup(service, backup, source, size, what)
+    state = _Backup(service, backup, source, size, what, stream)
     state.backup_metadata = backup_metadata
     with contextlib.ExitStack() as stack:
         parent_reader = None

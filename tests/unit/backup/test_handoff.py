@@ -19,6 +19,7 @@ the same data up twice, through the hand-off and through Cinder's own
 size) and Cinder's own ``restore()`` gives back the very bytes.
 """
 
+import contextlib
 import hashlib
 import io
 import json
@@ -41,6 +42,7 @@ from cinder.tests.unit import test
 from cinder.tests.unit import utils as test_utils
 
 from cinder_vmdk_backup.backup import cinder_internals
+from cinder_vmdk_backup.backup import driver_owned
 from cinder_vmdk_backup.backup import handoff
 
 KIB = units.Ki
@@ -121,11 +123,11 @@ def _zero_ranges(data, granule=4 * KIB):
     return ranges
 
 
-@ddt.ddt
-class HandoffTestCase(test.TestCase):
+class PosixTestBase(test.TestCase):
+    """Cinder's database and posix backup driver, and what tests need."""
 
     def setUp(self):
-        super(HandoffTestCase, self).setUp()
+        super(PosixTestBase, self).setUp()
         self.posix_dir = self.useFixture(fixtures.TempDir()).path
         self.override_config('backup_posix_path', self.posix_dir)
         self.override_config('backup_compression_algorithm', 'zlib')
@@ -200,6 +202,11 @@ class HandoffTestCase(test.TestCase):
         # Allocated zeros: read, found zero.
         data[50 * KIB:60 * KIB] = bytes(10 * KIB)
         return bytes(data)
+
+
+
+@ddt.ddt
+class HandoffTestCase(PosixTestBase):
 
     # -- full backups ------------------------------------------------------
 
@@ -498,3 +505,72 @@ class InternalsTestCase(test.TestCase):
             [t for t in cinder_internals.TARGETS if t.group == 'handoff'])
         self.assertEqual([], problems)
         self.assertTrue(cinder_internals.usable('handoff'))
+
+
+class Driver(driver_owned.DriverOwnedBackupMixin):
+    """The hooks of a driver whose source is ``self.source``."""
+
+    def __init__(self, source):
+        self.source = source
+
+    @contextlib.contextmanager
+    def open_backup_source(self, context, backup, device):
+        yield self.source
+
+
+@ddt.ddt
+class DriverOwnedHandoffTestCase(PosixTestBase):
+    """``DriverOwnedBackupMixin.backup_volume`` chooses the hand-off."""
+
+    def _backup_volume(self, source):
+        self.useFixture(fixtures.MockPatchObject(driver_owned.units, 'Gi',
+                                                 len(source.data)))
+        backup = self._new_backup()
+        Driver(source).backup_volume(self.ctxt, backup, self.service)
+        backup.refresh()
+        return backup
+
+    @ddt.data(RandomSource, PlainStream)
+    def test_chunked_service_gets_the_handoff(self, source_class):
+        self.override_config('driver_owned_backup_hash_block_kb', 64)
+        data = bytes(MIB) + _pattern(b'd', MIB)
+        source = source_class(data, zeros=[(0, MIB)])
+        backup = self._backup_volume(source)
+        self.assertEqual(64 * KIB, self._shas(backup)['chunk_size'])
+        self.assertEqual(data, self._restored(backup, len(data)))
+        if source_class is RandomSource:
+            self.assertEqual([(MIB, MIB)], source.reads)
+
+    def test_option_off_streams_into_cinders_backup(self):
+        self.override_config('driver_owned_backup_extent_handoff', False)
+        data = _pattern(b'd', MIB)
+        source = RandomSource(data)
+        source.read = source.stream.read
+        backup = self._backup_volume(source)
+        self.assertEqual(32 * KIB, self._shas(backup)['chunk_size'])
+        self.assertEqual([], source.reads)
+        self.assertEqual(data, self._restored(backup, len(data)))
+
+    def test_mismatched_internals_stream_into_cinders_backup(self):
+        self.override_config('driver_owned_backup_hash_block_kb', 64)
+        usable = self.useFixture(fixtures.MockPatchObject(
+            cinder_internals, 'usable', autospec=True,
+            side_effect=lambda group: group != 'handoff')).mock
+        data = _pattern(b'd', MIB)
+        source = RandomSource(data)
+        source.read = source.stream.read
+        backup = self._backup_volume(source)
+        usable.assert_any_call('handoff')
+        self.assertEqual(32 * KIB, self._shas(backup)['chunk_size'])
+        self.assertEqual(data, self._restored(backup, len(data)))
+
+    def test_short_source_fails_the_backup(self):
+        data = _pattern(b'd', MIB)
+        source = PlainStream(data)
+        self.useFixture(fixtures.MockPatchObject(driver_owned.units, 'Gi',
+                                                 2 * MIB))
+        backup = self._new_backup()
+        self.assertRaises(exception.BackupDriverException,
+                          Driver(source).backup_volume, self.ctxt, backup,
+                          self.service)
+        self.assertEqual([], self._files())
