@@ -510,12 +510,20 @@ class InternalsTestCase(test.TestCase):
 class Driver(driver_owned.DriverOwnedBackupMixin):
     """The hooks of a driver whose source is ``self.source``."""
 
-    def __init__(self, source):
+    def __init__(self, source, staging_dir=None, check=None):
         self.source = source
+        self.staging_dir = staging_dir
+        self.check = check
 
     @contextlib.contextmanager
     def open_backup_source(self, context, backup, device):
         yield self.source
+
+    def backup_staging_dir(self):
+        return self.staging_dir
+
+    def restore_raw_image(self, context, backup, volume, image_path):
+        self.check(image_path)
 
 
 @ddt.ddt
@@ -574,3 +582,55 @@ class DriverOwnedHandoffTestCase(PosixTestBase):
                           Driver(source).backup_volume, self.ctxt, backup,
                           self.service)
         self.assertEqual([], self._files())
+
+    def test_restore_of_gibibytes_of_zeros_stays_small(self):
+        """Zero objects of a GiB reach the staging file as nothing."""
+        size = 4 * units.Gi
+        regions = [(0, MIB), (3 * units.Gi + 5 * MIB, 2 * MIB)]
+        data = {start: _pattern(b'%d' % start, length)
+                for start, length in regions}
+
+        class Sparse(RandomSource):
+            def read_at(self, offset, view):
+                for start, length in regions:
+                    lo, hi = max(start, offset), min(start + length,
+                                                     offset + len(view))
+                    if lo < hi:
+                        view[lo - offset:hi - offset] = data[start][
+                            lo - start:hi - start]
+
+        zeros = [(MIB, 3 * units.Gi + 4 * MIB),
+                 (3 * units.Gi + 7 * MIB, size - 3 * units.Gi - 7 * MIB)]
+        self.override_config('driver_owned_backup_hash_block_kb', 1024)
+        backup = test_utils.create_backup(self.ctxt, self.volume.id, size=4)
+        handoff.backup(self.service, backup, Sparse(b'', zeros=zeros), size,
+                       'volume v')
+        backup.refresh()
+        self.assertEqual(3, len([o for o in self._objects(backup)
+                                 if o['length'] == units.Gi]))
+        seen = []
+
+        def check(path):
+            with open(path, 'rb') as f:
+                for start, length in regions:
+                    self.assertEqual(data[start], os.pread(
+                        f.fileno(), length, start))
+                self.assertEqual(bytes(MIB), os.pread(f.fileno(), MIB,
+                                                      2 * units.Gi))
+                st = os.fstat(f.fileno())
+            seen.append((st.st_size, st.st_blocks * 512))
+
+        staging_dir = os.path.join(self.tmp, 'staging')
+        backup.status = fields.BackupStatus.RESTORING
+        backup.save()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        started = time.monotonic()
+        Driver(None, staging_dir, check).restore_backup(
+            self.ctxt, backup, self.volume, self.service)
+        elapsed = time.monotonic() - started
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self.assertEqual(size, seen[0][0])
+        self.assertLess(seen[0][1], 16 * MIB)
+        print('4 GiB sparse restore: %.1f s, peak RSS growth %d MiB' % (
+            elapsed, (peak - before) // 1024))
+        self.assertLess(peak - before, 128 * 1024)
