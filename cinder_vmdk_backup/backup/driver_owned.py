@@ -29,8 +29,9 @@ service's own format, so Cinder's incremental backups and cross-backend
 restores work unchanged. Cinder's chunked drivers (posix, nfs, swift, s3,
 gcs) get it by extents (:mod:`.handoff`: holes and what did not change
 since the parent are not read); any other backup service reads it as a
-sequential stream through its own ``backup()``. The mixin owns the flow around the
-data (streaming into the backup service, read ahead of it, zlib done by
+sequential stream through its own ``backup()``. The mixin owns the flow
+around the data (streaming into the backup service, read ahead of it, zlib
+done by
 ISA-L (:mod:`.fast_zlib`), zeros not hashed (:mod:`.zero_hashing`); on
 restore a private sparse staging file, its
 exact size, clean-up on every path); a driver fills three hooks:

@@ -168,7 +168,8 @@ class _Source(object):
 
     def read(self, offset, length):
         if self._read_at is not None:
-            return filled_bytes.filled(length, lambda view: self._read_at(offset, view))
+            return filled_bytes.filled(
+                length, lambda view: self._read_at(offset, view))
         while self._position < offset:
             skip = min(offset - self._position, 32 * units.Mi)
             self._exact(skip)
@@ -293,7 +294,7 @@ class _Backup(object):
         return {key: value for key, value in self.object_meta.items()
                 if key != 'list'}
 
-    # -- objects ---------------------------------------------------------------
+    # -- objects -----------------------------------------------------------
 
     def store_data(self, data, offset):
         self.check_status()
@@ -482,7 +483,7 @@ def _scan(state, sha_writer, parents):
             offset += count * block
             continue
         if state.zero_ranges.covers(offset, end):
-            _, zero_end = state.zero_ranges.current(offset)
+            _zero_start, zero_end = state.zero_ranges.current(offset)
             count = max(1, (min(zero_end, size) - offset) // block)
             if incremental and changed is not None:
                 # Blocks starting before the changed range's end.

@@ -204,7 +204,6 @@ class PosixTestBase(test.TestCase):
         return bytes(data)
 
 
-
 @ddt.ddt
 class HandoffTestCase(PosixTestBase):
 
@@ -279,7 +278,8 @@ class HandoffTestCase(PosixTestBase):
 
     def _changed_data(self, data):
         changed = _with(data, 40 * KIB, _pattern(b'c1', 1000))
-        changed = _with(changed, 2 * MIB + 520 * KIB, _pattern(b'c2', 70 * KIB))
+        changed = _with(changed, 2 * MIB + 520 * KIB,
+                        _pattern(b'c2', 70 * KIB))
         return changed
 
     def test_incremental_with_changed_ranges(self):
@@ -359,6 +359,18 @@ class HandoffTestCase(PosixTestBase):
         handoff.backup(self.service, backup, source, len(bigger), 'volume v')
         self.assertIn('its size changed', log.output)
         self.assertEqual(bigger, self._restored(backup, len(bigger)))
+
+    def test_parent_with_fewer_digests_is_refused(self):
+        data = self._data()
+        full = self._handoff(RandomSource(data))
+        longer = data + _pattern(b'more', 100 * KIB)
+        backup = self._new_backup(full)
+        files = sorted(self._files())
+        error = self.assertRaises(
+            exception.InvalidBackup, handoff.backup, self.service, backup,
+            RandomSource(longer, changed=[]), len(longer), 'volume v')
+        self.assertIn('fewer digests', str(error))
+        self.assertEqual(files, sorted(self._files()))
 
     def test_data_turned_to_zeros(self):
         data = self._data()
@@ -450,7 +462,7 @@ class HandoffTestCase(PosixTestBase):
         self.assertEqual(100, percents[-1])
         self.assertEqual(sorted(percents), percents)
 
-    # -- scale -----------------------------------------------------------------
+    # -- scale -------------------------------------------------------------
 
     def test_sparse_tebibyte_full_and_incremental(self):
         self.override_config('driver_owned_backup_hash_block_kb', 1024)
