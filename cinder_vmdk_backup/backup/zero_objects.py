@@ -24,8 +24,9 @@ needs the zeros:
   finished, and the Adler-32 of ``n`` zeros (``a = 1``, ``b = n mod
   65521``). Any zlib inflates it to exactly ``n`` zeros.
 * the MD5 of ``n`` zeros (:func:`md5_of_zeros`) starts from a kept hash
-  state of a multiple of 64 MiB zeros (MD5 states copy), so any length
-  costs at most 64 MiB of hashing once the states exist.
+  state of a multiple of 8 MiB zeros (MD5 states copy), so any length
+  costs at most 8 MiB of hashing once the states exist, and a length seen
+  recently nothing.
 """
 
 import collections
@@ -38,8 +39,8 @@ import zlib
 #: Zeros fed to zlib at a time; each piece compresses to the same bytes.
 ZLIB_PIECE = 1024 * 1024
 
-#: Distance between the kept MD5 states of zeros.
-MD5_STEP = 64 * 1024 * 1024
+#: Distance between the kept MD5 states of zeros (128 states per GiB).
+MD5_STEP = 8 * 1024 * 1024
 
 _ZERO_PIECE = bytes(ZLIB_PIECE)
 _ADLER_BASE = 65521
@@ -83,6 +84,7 @@ _md5_lock = threading.Lock()
 _md5_states = [hashlib.md5(usedforsecurity=False)]  # at k * MD5_STEP
 
 
+@functools.lru_cache(maxsize=64)
 def md5_of_zeros(length):
     """Hex MD5 of ``length`` zero bytes (cheap after the first calls)."""
     steps, rest = divmod(length, MD5_STEP)
