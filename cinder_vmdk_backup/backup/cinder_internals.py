@@ -27,6 +27,9 @@ all of them are here, nowhere else:
 * :func:`hashlib_replaced` replaces ``chunkeddriver.hashlib`` and wraps a
   chunked driver's ``_calculate_sha`` and ``_backup_chunk``;
 * :func:`refresh_replaced` replaces a Backup object's ``refresh``;
+* :mod:`~cinder_vmdk_backup.backup.handoff` writes Cinder's chunked format
+  through a chunked driver's private primitives (``_prepare_backup``,
+  ``_backup_chunk``, ``_write_metadata``...: group ``handoff``);
 * :data:`TARGETS` also names the private methods of Cinder's VMware driver
   that :mod:`cinder_vmdk_backup.volume.drivers.vmdk` calls.
 
