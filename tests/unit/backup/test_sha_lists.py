@@ -83,6 +83,24 @@ class ShaFileTestCase(base.BaseTestCase):
         reader = sha_lists.ShaFileReader(io.BytesIO(data), 'n').open()
         self.assertEqual(digests, list(reader.digests()))
 
+    def test_read_in_pieces_of_about_an_item(self):
+        for piece in (71, 72, 73, 150):
+            self.useFixture(__import__('fixtures').MonkeyPatch(
+                'cinder_vmdk_backup.backup.sha_lists.PIECE', piece))
+            digests = _digests(50)
+            data = self._written(_header(), digests)
+            reader = sha_lists.ShaFileReader(io.BytesIO(data), 'n').open()
+            self.assertEqual(digests, list(reader.digests()))
+
+    @ddt.data(b'G', b'"', b' ', b'A')
+    def test_a_bad_digest_in_the_layout_is_refused(self, bad):
+        digests = _digests(100)
+        data = bytearray(self._written(_header(), digests))
+        at = data.index(digests[40].encode()) + 10
+        data[at:at + 1] = bad
+        reader = sha_lists.ShaFileReader(io.BytesIO(bytes(data)), 'n').open()
+        self.assertRaises(exception.InvalidBackup, list, reader.digests())
+
     def test_compact_json_is_read_too(self):
         digests = _digests(3)
         data = json.dumps(dict(_header(), sha256s=digests)).encode()
