@@ -262,6 +262,25 @@ class HandoffTestCase(PosixTestBase):
         self.assertEqual(self._shas(self._stock(data))['sha256s'],
                          self._shas(ours)['sha256s'])
 
+    def test_hash_block_zero_is_the_services(self):
+        self.override_config('driver_owned_backup_hash_block_kb', 0)
+        self.override_config('backup_sha_block_size_bytes', 64 * KIB)
+        self.service = posix.PosixBackupDriver(self.ctxt)
+        data = self._data()
+        ours = self._handoff(RandomSource(data))
+        self.assertEqual(64 * KIB, self._shas(ours)['chunk_size'])
+        self.assertEqual(self._shas(self._stock(data))['sha256s'],
+                         self._shas(ours)['sha256s'])
+
+    def test_objects_are_whole_blocks(self):
+        self.override_config('driver_owned_backup_hash_block_kb', 96)
+        data = _pattern(b'w', 3 * MIB)
+        ours = self._handoff(RandomSource(data))
+        lengths = [o['length'] for o in self._objects(ours)]
+        self.assertEqual(3 * MIB, sum(lengths))
+        self.assertEqual([960 * KIB] * 3, lengths[:3])
+        self.assertEqual(data, self._restored(ours, len(data)))
+
     @ddt.data('none', 'zstd', 'bz2')
     def test_other_algorithms(self, algorithm):
         self.override_config('backup_compression_algorithm', algorithm)
