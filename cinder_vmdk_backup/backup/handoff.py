@@ -53,11 +53,17 @@ primitives, but reads only what may hold data that the parent lacks:
 * **Digests stream** (:mod:`.sha_lists`): the parent's list is parsed as
   it is read, the new one written as it is produced, byte for byte what
   Cinder's ``json.dumps`` gives; neither is ever a Python list.
-* **Cancel and failure.** Before each object, and at least every second
-  while scanning, the backup's status is reloaded: ``deleting`` deletes
-  what was written and stops, as Cinder's ``backup()`` does. Any error
-  deletes what was written (every object under the backup's prefix) and is
-  raised again.
+* **Cancel and failure.** The backup's status is reloaded at most once a
+  second while scanning or writing (Cinder reloads it per object; a
+  thousand objects of zeros per TiB made that the largest cost of a sparse
+  full backup), and once more at the end: ``deleting`` deletes what was
+  written and stops, as Cinder's ``backup()`` does. Any error deletes what
+  was written (every object under the backup's prefix) and is raised
+  again.
+* **Progress** is notified every ``backup_object_number_per_notification``
+  objects (and by Cinder's timer when enabled), as the share of the volume
+  scanned; without the object list Cinder puts in each notification,
+  which serialised again and again grows with the square of the count.
 """
 
 import contextlib
