@@ -48,11 +48,14 @@ primitives, but reads only what may hold data that the parent lacks:
   volume held. With zlib one object covers 1 GiB (the plugin's restore
   inflates it as calloc'd zeros, :mod:`.fast_zlib`); other algorithms
   would be inflated whole by Cinder, so their zero objects stay within the
-  object size. An incremental stores the blocks whose digest differs from
-  the parent's, zeros that replaced data included.
+  object size. Deflate shrinks zeros about a thousand times at most: a
+  sparse TiB costs about 1 GB of zero objects in its full backup (as it
+  does through Cinder's own path). An incremental stores the blocks whose
+  digest differs from the parent's, zeros that replaced data included.
 * **Digests stream** (:mod:`.sha_lists`): the parent's list is parsed as
   it is read, the new one written as it is produced, byte for byte what
-  Cinder's ``json.dumps`` gives; neither is ever a Python list.
+  Cinder's ``json.dumps`` gives; neither is ever held whole (batches of
+  a piece's worth of digests at most).
 * **Cancel and failure.** The backup's status is reloaded at most once a
   second while scanning or writing (Cinder reloads it per object; a
   thousand objects of zeros per TiB made that the largest cost of a sparse
