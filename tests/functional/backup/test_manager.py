@@ -297,7 +297,8 @@ class DriverOwnedBackupManagerTestCase(test.TestCase):
         self._write(volume, 900 * units.Mi, b'y' * 512)
         incremental = self._backup(volume, parent=full)
         self.assertEqual(fields.BackupStatus.AVAILABLE, incremental.status)
-        self.assertEqual(2 * CONF.backup_sha_block_size_bytes,
+        # The extent hand-off stores whole hash blocks of its own size.
+        self.assertEqual(2 * CONF.driver_owned_backup_hash_block_kb * units.Ki,
                          self._stored_bytes(incremental))
         self.assertEqual(1, file_driver.SETUP_CALLS['node1@owned'])
         changed_map = _block_map(self._path(volume))
@@ -405,6 +406,10 @@ class DriverOwnedBackupManagerTestCase(test.TestCase):
         self.override_config('backup_compression_algorithm', 'zlib')
         self.override_config('driver_owned_backup_zlib_implementation',
                              implementation)
+        # The stream path's objects (one per backup_file_size): what is
+        # compared below. The extent hand-off's zlib objects are checked
+        # against Cinder's restore in tests/unit/backup/test_handoff.py.
+        self.override_config('driver_owned_backup_extent_handoff', False)
         regions = ((0, 64 * units.Ki), (3 * units.Mi, 2 * units.Mi))
         volume = self._volume(regions=regions)
         with open(self._path(volume), 'r+b') as f:
@@ -463,6 +468,9 @@ class DriverOwnedBackupManagerTestCase(test.TestCase):
         the same MD5 per object; then an incremental of the driver's.
         """
         self.override_config('backup_file_size', 16 * units.Mi)
+        # The stream path hashes at Cinder's block size, the hand-off at
+        # its own (tests/unit/backup/test_handoff.py compares it).
+        self.override_config('driver_owned_backup_extent_handoff', False)
         volume = self._volume()
         stock_volume = self._volume(host=STOCK_HOST)
         zero_hashing._hash_of_zeros.cache_clear()
@@ -698,6 +706,8 @@ class DriverOwnedBackupManagerTestCase(test.TestCase):
         after it, Cinder marks the volume in error, and the volume's data
         is untouched.
         """
+        # Objects of backup_file_size, as Cinder's own backup() writes.
+        self.override_config('driver_owned_backup_extent_handoff', False)
         interval = mock.patch.object(status_checks, 'STATUS_CHECK_INTERVAL',
                                      0.2)
         interval.start()
