@@ -145,6 +145,12 @@ enabled = false
 os_region_name = $profile
 catalog_info = block-storage::publicURL
 
+[glance]
+# No Glance here (servers boot from volumes): this URL is only written
+# into the legacy notifications' image URLs (else nova-compute looks for
+# an image endpoint in the catalog and fails the build); nothing calls it.
+api_servers = http://127.0.0.1:9292
+
 [placement]
 region_name = $profile
 valid_interfaces = public
@@ -288,6 +294,9 @@ SQL
     ) >"$dir/log/nova-db-sync.log" 2>&1 \
         || cvb_die "Nova's database set-up failed: $dir/log/nova-db-sync.log"
 
+    # The endpoints first: a service that finds no Placement in the
+    # catalog when it first needs it keeps it disabled until restarted.
+    nova_endpoints
     nova_gunicorn placement placement.wsgi.api:application "$PLACEMENT_PORT" \
         "OS_PLACEMENT_CONFIG_DIR=$dir/nova/placement"
     nova_gunicorn nova-api nova.wsgi.osapi_compute:application \
@@ -297,7 +306,6 @@ SQL
         cvb_start "$dir/$s.pid" "$dir/log/$s.out" "$NOVA_VENV/bin/$s" \
             --config-file "$dir/nova/nova.conf" --log-file "$dir/log/$s.log"
     done
-    nova_endpoints
     cat >"$dir/nova.env" <<ENV
 NOVA_API_PORT=$NOVA_API_PORT
 PLACEMENT_PORT=$PLACEMENT_PORT
