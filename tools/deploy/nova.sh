@@ -107,6 +107,8 @@ rootwrap_config = $NOVA_VENV/etc/nova/rootwrap.conf
 # would ask it every minute.
 heal_instance_info_cache_interval = -1
 report_interval = 5
+# SIGTERM (down.sh) ends the services within seconds, not a minute.
+graceful_shutdown_timeout = 5
 instance_usage_audit = false
 # The test guests are tiny; nothing is reserved for the host.
 reserved_host_memory_mb = 0
