@@ -256,11 +256,16 @@ nova_manage() {
     "$NOVA_VENV/bin/nova-manage" --config-file "$dir/nova/nova.conf" "$@"
 }
 
-nova_up() {
-    local s since n deadline
+nova_vars() {
     NOVA_DB=cvb_${profile}_nova
     NOVA_API_PORT=$(cvb_free_port)
     PLACEMENT_PORT=$(cvb_free_port)
+}
+
+nova_prepare() {
+    # Configuration, databases (schema migrations: most of Nova's start-up
+    # time), message queue vhost and Keystone services; up.sh runs this
+    # while Cinder starts (after nova_vars).
     cvb_log "Nova: databases, message queue vhost, Keystone"
     keystone_nova_services
     nova_write_conf
@@ -295,7 +300,13 @@ SQL
      nova_manage db sync
     ) >"$dir/log/nova-db-sync.log" 2>&1 \
         || cvb_die "Nova's database set-up failed: $dir/log/nova-db-sync.log"
+    cvb_log "Nova: databases ready"
+}
 
+nova_up() {
+    # Start Nova's services (nova_prepare done) and wait until they are
+    # ready.
+    local s since n deadline
     # The endpoints first: a service that finds no Placement in the
     # catalog when it first needs it keeps it disabled until restarted.
     nova_endpoints

@@ -674,8 +674,15 @@ main() {
     else
         vcsim_up
     fi
+    if nova_wanted; then
+        # Nova's database migrations while Cinder starts.
+        nova_vars
+        nova_prepare &
+        nova_prep=$!
+    fi
     cinder_up
     if nova_wanted; then
+        wait "$nova_prep" || cvb_die "Nova's set-up failed (see above)"
         nova_up
     fi
     cvb_log "profile '$profile' is up (cinder-api http://127.0.0.1:$API_PORT)"
