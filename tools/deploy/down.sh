@@ -3,7 +3,8 @@
 #
 #   tools/deploy/down.sh [plugin|stock|kvm|all] [--keep-infra]
 #
-# plugin / stock / kvm: that profile's Cinder services and vcsim (kvm: the
+# plugin / stock / kvm: that profile's Cinder services and vcsim (kvm: Nova
+#   and Placement if up.sh started them, the
 #   libvirtd up.sh started for it, if it did, once no libvirt domain is
 #   left defined and no other client is connected to it); then Keystone,
 #   RabbitMQ and MariaDB too when no other profile is running any more
@@ -22,6 +23,29 @@ case "$what" in
     *) cvb_die "unknown argument '$what' (plugin, stock, kvm or all)" ;;
 esac
 [ -d "$CVB_DEPLOY_DIR" ] || exit 0
+
+private_libvirt_down() {
+    # private_libvirt_down DIR: the profile's own libvirtd (tools/deploy/
+    # nova.sh, Nova's): every domain on it is the profile's, destroyed and
+    # undefined first (QEMU processes would outlive libvirtd), then
+    # libvirtd is stopped by its PID.
+    local uri name
+    [ -f "$1/libvirt.uri" ] || return 0
+    uri=$(cat "$1/libvirt.uri")
+    if cvb_pid_alive "$1/libvirtd.pid"; then
+        for name in $(timeout 10 virsh -q -c "$uri" list --all --name \
+                      2>/dev/null); do
+            cvb_log "destroying domain $name left on the profile's libvirtd"
+            timeout 30 virsh -q -c "$uri" destroy "$name" >/dev/null 2>&1 \
+                || true
+            timeout 30 virsh -q -c "$uri" undefine --nvram "$name" \
+                >/dev/null 2>&1 || true
+        done
+        cvb_stop "$1/libvirtd.pid" 15
+        cvb_log "stopped the profile's libvirtd"
+    fi
+    rm -f "$1/libvirt.uri"
+}
 
 libvirt_down() {
     # libvirt_down DIR: stop the libvirtd up.sh started for the kvm profile
@@ -55,6 +79,16 @@ fi
 for profile in "${profiles[@]}"; do
     dir=$CVB_DEPLOY_DIR/$profile
     [ -d "$dir" ] || continue
+    # Nova first (nova-compute may still detach volumes through Cinder),
+    # all its services at once.
+    pidfiles=()
+    for s in nova-compute nova-scheduler nova-conductor nova-api placement; do
+        [ -f "$dir/$s.pid" ] && pidfiles+=("$dir/$s.pid")
+    done
+    if [ ${#pidfiles[@]} -gt 0 ]; then
+        cvb_stop_all 30 "${pidfiles[@]}"
+        cvb_log "stopped Nova of profile '$profile'"
+    fi
     pidfiles=()
     for s in cinder-backup cinder-volume cinder-scheduler cinder-api vcsim; do
         [ -f "$dir/$s.pid" ] && pidfiles+=("$dir/$s.pid")
@@ -63,12 +97,14 @@ for profile in "${profiles[@]}"; do
         cvb_stop_all 30 "${pidfiles[@]}"
         cvb_log "stopped profile '$profile'"
     fi
+    private_libvirt_down "$dir"
     libvirt_down "$dir"
 done
 
 [ "$keep_infra" = 1 ] && exit 0
 for profile in "${CVB_PROFILES[@]}"; do
-    for s in up cinder-api cinder-scheduler cinder-volume cinder-backup; do
+    for s in up cinder-api cinder-scheduler cinder-volume cinder-backup \
+            nova-compute; do
         if cvb_pid_alive "$CVB_DEPLOY_DIR/$profile/$s.pid"; then
             cvb_log "profile '$profile' still runs or starts: RabbitMQ," \
                 "MariaDB and Keystone stay up"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install what tools/deploy/up.sh needs on a Debian 12 machine (as root):
 # RabbitMQ and MariaDB from Debian's packages, the OpenStack client
-# (python-openstackclient + python-cinderclient) and Keystone (+ gunicorn),
-# each in a virtualenv of its own.
+# (python-openstackclient + python-cinderclient), Keystone (+ gunicorn) and
+# Nova + Placement (+ gunicorn, libvirt-python: the kvm profile's
+# CVB_DEPLOY_NOVA=1), each in a virtualenv of its own.
 # PyMySQL, through which Cinder's services reach MariaDB, comes with the
 # project's virtualenv (test-requirements.txt).
 # Safe to run again: it only installs what is missing, in about a second when
@@ -12,6 +13,7 @@
 # Environment:
 #   CVB_OSC_VENV       the client's virtualenv (/opt/cvb-openstackclient)
 #   CVB_KEYSTONE_VENV  Keystone's virtualenv (/opt/cvb-keystone)
+#   CVB_NOVA_VENV      Nova's and Placement's virtualenv (/opt/cvb-nova)
 set -eu -o pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 source "$top/tools/deploy/lib.sh"
@@ -83,5 +85,25 @@ if [ ! -x "$KEYSTONE_VENV/bin/keystone-manage" ] \
         | grep -v '^WARNING: Location' || true
     "$KEYSTONE_VENV/bin/python" -c 'import keystone, pymysql'
     touch "$KEYSTONE_VENV/.cvb-complete"
+fi
+# Nova and Placement at the release that goes with Cinder 29, in a
+# virtualenv of their own (their pins are not Cinder's), with gunicorn
+# (they ship only WSGI applications) and libvirt-python (built against
+# libvirt-dev: tools/libvirt/install.sh). Installed again when the
+# versions here change.
+nova_want="nova==34.0.0 openstack-placement==16.0.0 PyMySQL gunicorn libvirt-python"
+if [ ! -f "$NOVA_VENV/.cvb-complete" ] \
+        || [ "$(cat "$NOVA_VENV/.cvb-complete")" != "$nova_want" ] \
+        || [ ! -x "$NOVA_VENV/bin/nova-compute" ]; then
+    # (tools/install-peers.sh runs tools/libvirt/install.sh after this
+    # one; it installs only what is missing.)
+    bash "$CVB_TOP/tools/libvirt/install.sh" >/dev/null
+    python3 -m venv "$NOVA_VENV"
+    "$NOVA_VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
+    # shellcheck disable=SC2086
+    "$NOVA_VENV/bin/pip" install -q $nova_want 2>&1 \
+        | grep -v '^WARNING: Location' || true
+    "$NOVA_VENV/bin/python" -c 'import nova, placement, libvirt, pymysql'
+    echo "$nova_want" >"$NOVA_VENV/.cvb-complete"
 fi
 exit 0

@@ -25,7 +25,9 @@
 #   it, the backup manager is the plugin's. Until the deployment has Nova,
 #   tests/functional/deploy/kvm_instance.py stands in for Nova's libvirt
 #   driver (attachments through Cinder's API, a libvirt domain per
-#   instance).
+#   instance). With CVB_DEPLOY_NOVA=1 the kvm profile runs Nova and
+#   Placement as well (tools/deploy/nova.sh; nova-compute with the libvirt
+#   driver on QEMU/TCG, on that libvirtd).
 #
 # plugin and kvm also load the plugin's instance-group API extension
 # (osapi_volume_extension) when the virtualenv has it (the log says which).
@@ -45,6 +47,7 @@
 # password in a configuration file or log is readable by another user.
 set -eu -o pipefail
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/nova.sh"
 umask 077
 
 profile=${1:-plugin}
@@ -75,6 +78,11 @@ check_prerequisites() {
             || missing+=("libvirt (tools/libvirt/install.sh)")
         "$VENV/bin/python" -c 'import libvirt' 2>/dev/null \
             || missing+=("libvirt-python in $VENV")
+        if nova_wanted; then
+            local nova_missing
+            nova_missing=$(nova_prerequisites)
+            [ -z "$nova_missing" ] || missing+=("$nova_missing")
+        fi
     fi
     if [ ${#missing[@]} -gt 0 ]; then
         cvb_die "missing: ${missing[*]} (run tools/deploy/install.sh;" \
@@ -383,6 +391,10 @@ ENV
 # --- libvirtd (kvm profile) -------------------------------------------------
 
 libvirt_up() {
+    if nova_wanted; then
+        nova_libvirt_up
+        return 0
+    fi
     # libvirtd through tools/libvirt/start.sh, its pid file in this
     # profile's directory: down.sh stops it only if this profile started it
     # (a libvirtd that answers already, another's, is used as it is).
@@ -400,7 +412,9 @@ libvirt_up() {
 }
 
 libvirt_answers() {
-    timeout 10 virsh -q -c qemu:///system uri >/dev/null 2>&1
+    local uri=qemu:///system
+    [ -f "$dir/libvirt.uri" ] && uri=$(cat "$dir/libvirt.uri")
+    timeout 10 virsh -q -c "$uri" uri >/dev/null 2>&1
 }
 
 # --- Cinder --------------------------------------------------------------------
@@ -440,6 +454,7 @@ profile_running() {
     done
     if [ "$profile" = kvm ]; then
         libvirt_answers || return 1
+        nova_running || return 1
     else
         cvb_pid_alive "$dir/vcsim.pid" || return 1
     fi
@@ -659,7 +674,17 @@ main() {
     else
         vcsim_up
     fi
+    if nova_wanted; then
+        # Nova's database migrations while Cinder starts.
+        nova_vars
+        nova_prepare &
+        nova_prep=$!
+    fi
     cinder_up
+    if nova_wanted; then
+        wait "$nova_prep" || cvb_die "Nova's set-up failed (see above)"
+        nova_up
+    fi
     cvb_log "profile '$profile' is up (cinder-api http://127.0.0.1:$API_PORT)"
     echo "$dir/openrc"
 }

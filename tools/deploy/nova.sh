@@ -1,0 +1,421 @@
+# Sourced by tools/deploy/up.sh for the kvm profile when CVB_DEPLOY_NOVA=1:
+# Nova (nova-api, nova-conductor, nova-scheduler, nova-compute with the
+# libvirt driver on QEMU/TCG) and Placement, from Nova's own virtualenv
+# (tools/deploy/install.sh: $CVB_NOVA_VENV), with the deployment's RabbitMQ,
+# MariaDB and Keystone, everything on 127.0.0.1 and started by PID.
+#
+# nova-api and Placement ship only WSGI applications (Nova 34 has no
+# nova-api command): gunicorn serves them, as it serves Keystone.
+# No Neutron: servers are booted with `--nic none`, which Nova builds
+# without calling Neutron; see the README (Nova) for what still needs it.
+#
+# Uses up.sh's variables and functions (dir, profile, infra ports and
+# passwords, API_PORT, LIBVIRT_URI, mariadb_client, rabbitmqctl,
+# openstack_admin) and writes NOVA_API_PORT, PLACEMENT_PORT to
+# $dir/nova.env.
+
+nova_services=(nova-conductor nova-scheduler nova-compute)
+NOVA_FLAVOR=cvb.tiny
+
+nova_wanted() {
+    [ "$profile" = kvm ] && [ "${CVB_DEPLOY_NOVA:-0}" = 1 ]
+}
+
+nova_prerequisites() {
+    # Echoes what is missing for Nova (nothing: all there).
+    [ -x "$NOVA_VENV/bin/nova-compute" ] \
+        && [ -x "$NOVA_VENV/bin/placement-manage" ] \
+        && [ -x "$NOVA_VENV/bin/gunicorn" ] \
+        && "$NOVA_VENV/bin/python" -c 'import libvirt, pymysql' \
+            2>/dev/null \
+        || echo "Nova, Placement, gunicorn and libvirt-python in $NOVA_VENV"
+}
+
+nova_running() {
+    local s
+    nova_wanted || return 0
+    for s in nova-api placement "${nova_services[@]}"; do
+        cvb_pid_alive "$dir/$s.pid" || return 1
+    done
+}
+
+keystone_nova_services() {
+    # The compute and placement services in the catalog, and the admin
+    # role for Nova's service user (it validates tokens, talks to
+    # Placement and sends service tokens to Cinder). Once per Keystone.
+    local ks=$infra/keystone types
+    [ -f "$ks/.nova-services" ] && return 0
+    openstack_admin >>"$infra/keystone-setup.log" 2>&1 <<CMDS || true
+role add --project service --user nova admin
+service create --name nova compute
+service create --name placement placement
+CMDS
+    types=$(openstack_admin service list -f value -c Type 2>/dev/null) \
+        || true
+    grep -qx compute <<<"$types" && grep -qx placement <<<"$types" \
+        || cvb_die "no compute/placement service in Keystone:" \
+            "$infra/keystone-setup.log"
+    touch "$ks/.nova-services"
+}
+
+nova_endpoints() {
+    # Nova's and Placement's endpoints in the profile's region (up.sh's
+    # register_endpoint emptied the region before).
+    local urls
+    openstack_admin >>"$dir/log/keystone-endpoint.log" 2>&1 <<CMDS || true
+endpoint create --region $profile compute public http://127.0.0.1:$NOVA_API_PORT/v2.1
+endpoint create --region $profile placement public http://127.0.0.1:$PLACEMENT_PORT
+CMDS
+    urls=$(openstack_admin endpoint list --region "$profile" -f value \
+           -c URL 2>/dev/null) || true
+    grep -q ":$NOVA_API_PORT/" <<<"$urls" \
+        && grep -q ":$PLACEMENT_PORT\$" <<<"$urls" \
+        || cvb_die "no Nova endpoints in Keystone: $dir/log/keystone-endpoint.log"
+}
+
+nova_auth_section() {
+    # nova_auth_section NAME: a [NAME] section authenticating as Nova's
+    # service user.
+    cat <<CONF
+[$1]
+auth_url = http://127.0.0.1:$KEYSTONE_PORT/v3
+auth_type = password
+project_domain_name = Default
+user_domain_name = Default
+project_name = service
+username = nova
+password = $NOVA_SERVICE_PASSWORD
+CONF
+}
+
+nova_write_conf() {
+    local db=mysql+pymysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$DB_PORT
+    local n=$dir/nova
+    mkdir -p "$n/state" "$n/instances" "$n/lock" "$n/placement"
+    {
+        cat <<CONF
+# Nova of the kvm profile (tools/deploy/nova.sh).
+[DEFAULT]
+host = cvb-$profile
+my_ip = 127.0.0.1
+state_path = $n/state
+instances_path = $n/instances
+transport_url = rabbit://$RABBIT_USER:$RABBIT_PASSWORD@127.0.0.1:$RABBIT_PORT/${NOVA_DB}
+compute_driver = libvirt.LibvirtDriver
+rootwrap_config = $NOVA_VENV/etc/nova/rootwrap.conf
+# No Neutron: the periodic refresh of the instances' network information
+# would ask it every minute.
+heal_instance_info_cache_interval = -1
+report_interval = 5
+# SIGTERM (down.sh) ends the services within seconds, not a minute.
+graceful_shutdown_timeout = 5
+instance_usage_audit = false
+# The test guests are tiny; nothing is reserved for the host.
+reserved_host_memory_mb = 0
+ram_allocation_ratio = 4.0
+
+[api]
+auth_strategy = keystone
+
+[wsgi]
+api_paste_config = $n/api-paste.ini
+
+[api_database]
+connection = $db/${NOVA_DB}_api?charset=utf8
+
+[database]
+connection = $db/${NOVA_DB}?charset=utf8
+
+[conductor]
+workers = 1
+
+[scheduler]
+workers = 1
+
+[libvirt]
+virt_type = qemu
+connection_uri = $LIBVIRT_URI
+cpu_mode = none
+
+[vnc]
+enabled = false
+
+[spice]
+enabled = false
+
+[cinder]
+os_region_name = $profile
+catalog_info = block-storage::publicURL
+
+[glance]
+# No Glance here (servers boot from volumes): this URL is only written
+# into the legacy notifications' image URLs (else nova-compute looks for
+# an image endpoint in the catalog and fails the build); nothing calls it.
+api_servers = http://127.0.0.1:9292
+
+[placement]
+region_name = $profile
+valid_interfaces = public
+
+[service_user]
+# Service tokens with Nova's calls to Cinder: Cinder lets only those
+# delete the attachment of a volume connected to an instance.
+send_service_user_token = true
+
+[keystone_authtoken]
+www_authenticate_uri = http://127.0.0.1:$KEYSTONE_PORT/v3
+interface = public
+
+[oslo_concurrency]
+lock_path = $n/lock
+
+[oslo_messaging_notifications]
+driver = noop
+
+# The services run as root here: the privilege separation daemons start
+# directly (the default prefixes them with sudo).
+[nova_sys_admin]
+helper_command = $NOVA_VENV/bin/privsep-helper --config-file $n/nova.conf
+
+[privsep_osbrick]
+helper_command = $NOVA_VENV/bin/privsep-helper --config-file $n/nova.conf
+
+CONF
+        nova_auth_section keystone_authtoken
+        echo
+        nova_auth_section cinder
+        echo
+        nova_auth_section placement
+        echo
+        nova_auth_section service_user
+    } >"$n/nova.conf.tmp"
+    # Each [section] once: oslo.config merges repeated sections, but a
+    # reader of the file should see one of each.
+    "$NOVA_VENV/bin/python" - "$n/nova.conf.tmp" "$n/nova.conf" <<'PY'
+import sys
+
+sections, order, current = {}, [], None
+header = []
+with open(sys.argv[1]) as f:
+    for line in f:
+        stripped = line.strip()
+        if stripped.startswith('[') and stripped.endswith(']'):
+            current = stripped
+            if current not in sections:
+                sections[current] = []
+                order.append(current)
+            continue
+        (sections[current] if current else header).append(line)
+with open(sys.argv[2], 'w') as f:
+    f.writelines(header)
+    for name in order:
+        body = [line for line in sections[name] if line.strip()]
+        f.write('%s\n%s\n' % (name, ''.join(body)))
+PY
+    rm -f "$n/nova.conf.tmp"
+    cp "$NOVA_VENV/etc/nova/api-paste.ini" "$n/api-paste.ini"
+    {
+        cat <<CONF
+# Placement of the kvm profile (tools/deploy/nova.sh).
+[DEFAULT]
+use_stderr = true
+[api]
+auth_strategy = keystone
+[placement_database]
+connection = $db/${NOVA_DB}_placement?charset=utf8
+[keystone_authtoken]
+www_authenticate_uri = http://127.0.0.1:$KEYSTONE_PORT/v3
+interface = public
+CONF
+        nova_auth_section keystone_authtoken
+    } >"$n/placement/placement.conf"
+}
+
+nova_gunicorn() {
+    # nova_gunicorn NAME APP PORT CONFIG_ENV: serve a WSGI application
+    # (settings in ./gunicorn.conf.py: the applications parse the
+    # process's command line as their own options).
+    local name=$1 app=$2 port=$3 envline=$4 wdir=$dir/nova/$1-wsgi
+    mkdir -p "$wdir"
+    cat >"$wdir/gunicorn.conf.py" <<CONF
+wsgi_app = '$app'
+bind = '127.0.0.1:$port'
+workers = 1
+worker_class = 'gthread'
+threads = 8
+timeout = 120
+graceful_timeout = 5
+raw_env = ['$envline']
+CONF
+    (cd "$wdir" && export "${envline?}" \
+     && cvb_start "$dir/$name.pid" "$dir/log/$name.log" \
+        "$NOVA_VENV/bin/gunicorn")
+}
+
+nova_manage() {
+    "$NOVA_VENV/bin/nova-manage" --config-file "$dir/nova/nova.conf" "$@"
+}
+
+nova_vars() {
+    NOVA_DB=cvb_${profile}_nova
+    NOVA_API_PORT=$(cvb_free_port)
+    PLACEMENT_PORT=$(cvb_free_port)
+}
+
+nova_prepare() {
+    # Configuration, databases (schema migrations: most of Nova's start-up
+    # time), message queue vhost and Keystone services; up.sh runs this
+    # while Cinder starts (after nova_vars).
+    cvb_log "Nova: databases, message queue vhost, Keystone"
+    keystone_nova_services
+    nova_write_conf
+    mariadb_client <<SQL
+DROP DATABASE IF EXISTS ${NOVA_DB};
+DROP DATABASE IF EXISTS ${NOVA_DB}_api;
+DROP DATABASE IF EXISTS ${NOVA_DB}_cell0;
+DROP DATABASE IF EXISTS ${NOVA_DB}_placement;
+CREATE DATABASE ${NOVA_DB} CHARACTER SET utf8;
+CREATE DATABASE ${NOVA_DB}_api CHARACTER SET utf8;
+CREATE DATABASE ${NOVA_DB}_cell0 CHARACTER SET utf8;
+CREATE DATABASE ${NOVA_DB}_placement CHARACTER SET utf8;
+GRANT ALL PRIVILEGES ON ${NOVA_DB}.* TO '$DB_USER'@'127.0.0.1';
+GRANT ALL PRIVILEGES ON ${NOVA_DB}_api.* TO '$DB_USER'@'127.0.0.1';
+GRANT ALL PRIVILEGES ON ${NOVA_DB}_cell0.* TO '$DB_USER'@'127.0.0.1';
+GRANT ALL PRIVILEGES ON ${NOVA_DB}_placement.* TO '$DB_USER'@'127.0.0.1';
+SQL
+    rabbitmqctl delete_vhost "$NOVA_DB" >/dev/null 2>&1 || true
+    rabbitmqctl add_vhost "$NOVA_DB" >/dev/null
+    rabbitmqctl set_permissions -p "$NOVA_DB" "$RABBIT_USER" '.*' '.*' '.*' \
+        >/dev/null
+
+    cvb_log "Nova: placement-manage db sync, nova-manage api_db sync," \
+        "cells v2, db sync"
+    (set -e
+     "$NOVA_VENV/bin/placement-manage" \
+         --config-file "$dir/nova/placement/placement.conf" db sync
+     nova_manage api_db sync
+     nova_manage cell_v2 map_cell0 --database_connection \
+         "mysql+pymysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$DB_PORT/${NOVA_DB}_cell0?charset=utf8"
+     nova_manage cell_v2 create_cell --name cell1
+     nova_manage db sync
+    ) >"$dir/log/nova-db-sync.log" 2>&1 \
+        || cvb_die "Nova's database set-up failed: $dir/log/nova-db-sync.log"
+    cvb_log "Nova: databases ready"
+}
+
+nova_up() {
+    # Start Nova's services (nova_prepare done) and wait until they are
+    # ready.
+    local s since n deadline
+    # The endpoints first: a service that finds no Placement in the
+    # catalog when it first needs it keeps it disabled until restarted.
+    nova_endpoints
+    nova_gunicorn placement placement.wsgi.api:application "$PLACEMENT_PORT" \
+        "OS_PLACEMENT_CONFIG_DIR=$dir/nova/placement"
+    nova_gunicorn nova-api nova.wsgi.osapi_compute:application \
+        "$NOVA_API_PORT" "OS_NOVA_CONFIG_DIR=$dir/nova"
+    since=$(date -u '+%Y-%m-%d %H:%M:%S')
+    for s in "${nova_services[@]}"; do
+        cvb_start "$dir/$s.pid" "$dir/log/$s.out" "$NOVA_VENV/bin/$s" \
+            --config-file "$dir/nova/nova.conf" --log-file "$dir/log/$s.log"
+    done
+    cat >"$dir/nova.env" <<ENV
+NOVA_API_PORT=$NOVA_API_PORT
+PLACEMENT_PORT=$PLACEMENT_PORT
+NOVA_FLAVOR=$NOVA_FLAVOR
+ENV
+    cvb_wait_http "http://127.0.0.1:$PLACEMENT_PORT/" 120 \
+        "$dir/placement.pid" \
+        || cvb_die "Placement did not start: $dir/log/placement.log"
+    cvb_wait_http "http://127.0.0.1:$NOVA_API_PORT/v2.1/" 120 \
+        "$dir/nova-api.pid" \
+        || cvb_die "nova-api did not start: $dir/log/nova-api.log"
+
+    # Ready: conductor, scheduler and compute have reported since now,
+    # the compute node is in Placement with its inventory, and the host
+    # is mapped to cell1 (discover_hosts).
+    cvb_log "Nova: waiting for nova-compute and its resource provider"
+    deadline=$((SECONDS + ${CVB_SERVICE_WAIT:-600}))
+    while :; do
+        for s in placement nova-api "${nova_services[@]}"; do
+            cvb_pid_alive "$dir/$s.pid" \
+                || cvb_die "$s ended: $dir/log/$s.log"
+        done
+        n=$(mariadb_client -N "$NOVA_DB" -e "SELECT COUNT(DISTINCT \`binary\`)
+              FROM services WHERE deleted = 0 AND updated_at >= '$since'
+              AND \`binary\` IN ('nova-conductor', 'nova-scheduler',
+                                 'nova-compute')" 2>/dev/null) || n=0
+        if [ "$n" = 3 ]; then
+            # VCPU inventory (a standard resource class: id 0).
+            n=$(mariadb_client -N "${NOVA_DB}_placement" -e "SELECT COUNT(*)
+                  FROM inventories WHERE resource_class_id = 0" \
+                  2>/dev/null) || n=0
+            [ "${n:-0}" -ge 1 ] && break
+        fi
+        [ "$SECONDS" -lt "$deadline" ] \
+            || cvb_die "Nova not up after ${CVB_SERVICE_WAIT:-600} s" \
+                "(logs in $dir/log)"
+        sleep 0.5
+    done
+    nova_manage cell_v2 discover_hosts --verbose \
+        >>"$dir/log/nova-db-sync.log" 2>&1 \
+        || cvb_die "nova-manage cell_v2 discover_hosts failed:" \
+            "$dir/log/nova-db-sync.log"
+    n=$(mariadb_client -N "${NOVA_DB}_api" -e \
+        "SELECT COUNT(*) FROM host_mappings" 2>/dev/null) || n=0
+    [ "${n:-0}" -ge 1 ] || cvb_die "nova-compute's host is in no cell:" \
+        "$dir/log/nova-db-sync.log"
+    openstack_admin --os-region-name "$profile" flavor create --ram 32 \
+        --vcpus 1 --disk 0 --public "$NOVA_FLAVOR" \
+        >>"$dir/log/keystone-endpoint.log" 2>&1 \
+        || cvb_die "could not create flavor $NOVA_FLAVOR:" \
+            "$dir/log/keystone-endpoint.log"
+    cvb_log "Nova is up (nova-api http://127.0.0.1:$NOVA_API_PORT," \
+        "Placement http://127.0.0.1:$PLACEMENT_PORT)"
+}
+
+# --- a libvirtd of the profile's own ------------------------------------------
+
+nova_libvirt_uri() {
+    echo "qemu:///system?socket=$dir/libvirt-private/run/libvirt-sock"
+}
+
+nova_libvirt_up() {
+    # With Nova the profile has a libvirtd of its own, in a private mount
+    # namespace where /run/libvirt, /etc/libvirt/qemu, /var/lib/libvirt,
+    # /var/cache/libvirt and /var/log/libvirt are directories of this
+    # profile: nova-compute refuses to start as a new service on a
+    # hypervisor that has domains already (_sanity_check_new_host), and the
+    # shared libvirtd (qemu:///system) has the KVM tests' domains. Its
+    # socket is reached from outside through the profile's directory;
+    # cinder-volume (online freeze) and nova-compute use the same URI.
+    local p=$dir/libvirt-private d i
+    for d in run etc-qemu lib cache log; do
+        mkdir -p "$p/$d"
+    done
+    mkdir -p "$p/log/qemu" "$p/lib/qemu" "$dir/log"
+    LIBVIRT_URI=$(nova_libvirt_uri)
+    # unshare execs the shell, which execs libvirtd (in the foreground):
+    # the recorded PID is libvirtd's.
+    cvb_start "$dir/libvirtd.pid" "$dir/log/libvirtd.log" \
+        unshare --mount --propagation private sh -c '
+            set -e
+            mount --bind "$1/run" /run/libvirt
+            mount --bind "$1/etc-qemu" /etc/libvirt/qemu
+            mount --bind "$1/lib" /var/lib/libvirt
+            mkdir -p /var/cache/libvirt
+            mount --bind "$1/cache" /var/cache/libvirt
+            mount --bind "$1/log" /var/log/libvirt
+            exec libvirtd' cvb-libvirtd "$p"
+    for ((i = 0; i < 300; i++)); do
+        timeout 10 virsh -q -c "$LIBVIRT_URI" uri >/dev/null 2>&1 && break
+        cvb_pid_alive "$dir/libvirtd.pid" \
+            || cvb_die "libvirtd did not start: $dir/log/libvirtd.log"
+        sleep 0.1
+    done
+    timeout 10 virsh -q -c "$LIBVIRT_URI" uri >/dev/null 2>&1 \
+        || cvb_die "libvirtd does not answer: $dir/log/libvirtd.log"
+    echo "$LIBVIRT_URI" >"$dir/libvirt.uri"
+    mkdir -p "$dir/qcow2"
+    cvb_log "started the profile's libvirtd ($(cat "$dir/libvirtd.pid"))"
+}
