@@ -25,7 +25,11 @@ image's data without reading its holes, merge the overlay back (qemu-img
 commit; online an active block commit with pivot, the guest never stops).
 Restore writes a new image beside the volume's and swaps it in by rename
 (a shut-off domain defined on the volume's path then runs on the restored
-data); it is refused while a running domain uses the volume. Several
+data); it is refused while a running domain uses the volume. Each backup
+of a volume leaves a persistent dirty bitmap in its image, created at the
+backup's point in time, so that the next incremental reads only what was
+written since (:mod:`cinder_vmdk_backup.kvm.changes` says when that is in
+doubt and everything is read). Several
 volumes can be backed up from one point in time, all or nothing
 (:meth:`Qcow2VolumeDriver.backup_volumes`), and the power state of the
 instance using them asked of libvirt.
@@ -45,6 +49,8 @@ from oslo_utils import units
 
 from cinder_vmdk_backup.backup import driver_owned
 from cinder_vmdk_backup import exception as cvb_exception
+from cinder_vmdk_backup.kvm import bitmaps
+from cinder_vmdk_backup.kvm import changes
 from cinder_vmdk_backup.kvm import domains
 from cinder_vmdk_backup.kvm import errors
 from cinder_vmdk_backup.kvm import freezer
@@ -80,6 +86,10 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
     #: member busy with another backup or restore is usually busy for
     #: longer, and the whole set fails anyway.
     GROUP_LOCK_TIMEOUT = 10
+    #: Seconds the bitmaps' upkeep after a backup waits for the image's
+    #: lock (the backup's own merge released it just before); skipped
+    #: after that, done at a later backup.
+    BITMAP_LOCK_TIMEOUT = 10
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -223,9 +233,12 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                 raise
 
     @contextlib.contextmanager
-    def _frozen(self, path):
+    def _frozen(self, path, bitmap=None):
+        """Freeze ``path``; with ``bitmap``, create it at the freeze."""
+        kwargs = {} if bitmap is None else {'bitmap': bitmap}
         with self._libvirt() as conn:
-            with freezer.frozen(path, conn, self._commit_timeout) as frozen:
+            with freezer.frozen(path, conn, self._commit_timeout,
+                                **kwargs) as frozen:
                 yield frozen
 
     @property
@@ -345,26 +358,99 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
 
         A snapshot file never changes and is read as it is. A volume is
         frozen (unless :meth:`backup_volumes` froze it already with
-        others) and merged back when the stream is closed.
+        others) and merged back when the stream is closed; its image gets
+        the backup's dirty bitmap at the freeze (``qcow2_dirty_bitmaps``),
+        and the source's ``changed_ranges(parent)`` reads the parent's
+        (:class:`~cinder_vmdk_backup.kvm.changes.Tracker`). After the
+        merge, a failed backup's bitmap is removed, a successful one's
+        bitmaps are pruned (:meth:`_settle_bitmaps`).
         """
         path, length = self._device_image(device)
         window = self.configuration.qcow2_backup_decode_window_mb * units.Mi
         staging = self.backup_staging_dir()
         os.makedirs(staging, mode=0o700, exist_ok=True)
+        of_volume = path == self.local_path(device)
+        tracking = bool(self.configuration.qcow2_dirty_bitmaps)
+        bitmap = (bitmaps.name_for(backup.id) if of_volume and tracking
+                  else None)
         with _translated(), contextlib.ExitStack() as stack:
-            if path == self.local_path(device):
+            if of_volume:
+                # Entered first, left last: after the merge.
+                stack.enter_context(self._bitmap_upkeep(context, path,
+                                                        bitmap))
                 frozen = self._frozen_ahead.pop(path, None)
                 if frozen is None:
-                    frozen = stack.enter_context(self._frozen(path))
+                    frozen = stack.enter_context(self._frozen(path, bitmap))
                 else:
                     stack.enter_context(_merging(frozen))
                 read_path = frozen.read_path
             else:
                 read_path = path
+            tracker = changes.Tracker(read_path, backup, length, None,
+                                      enabled=tracking,
+                                      of_snapshot=not of_volume)
             reader = raw_reader.RawImageReader(read_path, staging, length,
-                                               window)
+                                               window, changes=tracker)
+            tracker.image_size = reader.virtual_size
             stack.callback(reader.close)
             yield reader
+            LOG.info('Backup %(backup)s read %(read)d bytes of the '
+                     '%(length)d of %(path)s.',
+                     {'backup': backup.id, 'read': reader.bytes_read_from_disk,
+                      'length': length, 'path': path})
+
+    @contextlib.contextmanager
+    def _bitmap_upkeep(self, context, path, bitmap):
+        """After the block: settle the image's bitmaps, by its outcome.
+
+        Never fails the backup: a bitmap left behind is pruned at a later
+        backup (its backup is then failed, or too old).
+        """
+        try:
+            yield
+        except BaseException:
+            if bitmap is not None:
+                self._settle_bitmaps(context, path, bitmap, succeeded=False)
+            raise
+        self._settle_bitmaps(context, path, bitmap, succeeded=True)
+
+    def _settle_bitmaps(self, context, path, bitmap, succeeded):
+        """Remove a failed backup's bitmap, or prune after a success.
+
+        After a success the image keeps the newest
+        ``qcow2_dirty_bitmaps_kept`` bitmaps of live backups, the new one
+        included (:func:`~cinder_vmdk_backup.kvm.changes.bitmaps_to_keep`);
+        with ``bitmap`` None (dirty bitmaps off) none of ours. After a
+        failure only when the image is free at once (a freeze that failed
+        because another operation holds the image created nothing).
+        """
+        try:
+            with naming.image_lock(path, blocking=succeeded,
+                                   timeout=self.BITMAP_LOCK_TIMEOUT) as taken:
+                if not taken:
+                    LOG.warning('The dirty bitmaps of %s are left as they '
+                                'are for now: the image is busy.', path)
+                    return
+                names = bitmaps.list_ours(path)
+                if not succeeded:
+                    keep = [name for name in names if name != bitmap]
+                elif bitmap is None:
+                    keep = []
+                else:
+                    keep = changes.bitmaps_to_keep(
+                        context, names, bitmap,
+                        self.configuration.qcow2_dirty_bitmaps_kept)
+                gone = sorted(set(names) - set(keep))
+                if gone:
+                    with self._libvirt() as conn:
+                        bitmaps.prune(path, keep, conn=conn)
+                    LOG.info('Removed the dirty bitmap(s) %(gone)s of '
+                             '%(path)s.', {'gone': ', '.join(gone),
+                                           'path': path})
+        except Exception as exc:
+            LOG.warning('Could not remove old dirty bitmaps of %(path)s '
+                        '(done at a later backup): %(exc)s',
+                        {'path': path, 'exc': exc})
 
     def backup_volumes(self, context, requests, all_or_nothing=False,
                        facts=None):
@@ -395,14 +481,21 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                   for _b, _s, _d, device in devices
                   if not hasattr(device, 'volume_size')}
         paths = list(owners)
+        marks = {}
+        if self.configuration.qcow2_dirty_bitmaps:
+            marks = {self.local_path(device): bitmaps.name_for(backup.id)
+                     for backup, _s, _d, device in devices
+                     if not hasattr(device, 'volume_size')}
+        kwargs = {'bitmaps': marks} if marks else {}
         with self._libvirt() as conn:
             try:
                 frozen = freezer.freeze_all(
                     paths, conn, self._commit_timeout,
                     lock_timeout=(self.GROUP_LOCK_TIMEOUT if all_or_nothing
                                   else 60),
-                    all_or_nothing=all_or_nothing, facts=facts)
+                    all_or_nothing=all_or_nothing, facts=facts, **kwargs)
             except errors.GroupFreezeFailed as exc:
+                self._drop_bitmaps(context, marks)
                 raise cvb_exception.GroupFreezeError(
                     reason=_group_freeze_reason(exc, owners)) from exc
         facts.setdefault('frozen_at', timeutils.utcnow(with_timezone=True))
@@ -410,6 +503,8 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                   if isinstance(result, Exception)}
         self._frozen_ahead.update({path: result for path, result
                                    in frozen.items() if path not in failed})
+        self._drop_bitmaps(context, {path: marks[path] for path in failed
+                                     if path in marks})
         results = {}
         try:
             for backup, service, dev, device in devices:
@@ -429,12 +524,24 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                                           'path': path, 'exc': exc})
                     results[backup.id] = exc
         finally:
+            unused = {}
             for path in paths:
                 left = self._frozen_ahead.pop(path, None)
                 if left is not None:
                     with contextlib.suppress(errors.KvmError):
                         left.merge()
+                    if path in marks:
+                        unused[path] = marks[path]
+            self._drop_bitmaps(context, unused)
         return results
+
+    def _drop_bitmaps(self, context, marks):
+        """Remove the bitmaps of backups that did not happen, if free.
+
+        :param marks: ``{path: bitmap name}``
+        """
+        for path, bitmap in marks.items():
+            self._settle_bitmaps(context, path, bitmap, succeeded=False)
 
     def instance_power_state(self, context, instance_id, volumes):
         """Whether the instance using ``volumes`` runs, as libvirt says.
