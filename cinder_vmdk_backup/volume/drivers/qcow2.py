@@ -369,7 +369,7 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
         window = self.configuration.qcow2_backup_decode_window_mb * units.Mi
         staging = self.backup_staging_dir()
         os.makedirs(staging, mode=0o700, exist_ok=True)
-        of_volume = path == self.local_path(device)
+        of_volume = not hasattr(device, 'volume_size')  # not a Snapshot
         tracking = bool(self.configuration.qcow2_dirty_bitmaps)
         bitmap = (bitmaps.name_for(backup.id) if of_volume and tracking
                   else None)
