@@ -33,6 +33,7 @@ def dirty_ranges(frozen_read_path, name, size):
 
 
 def prune(path, keep_names, conn=None):
+    """Returns the names removed."""
     raise NotImplementedError()
 
 

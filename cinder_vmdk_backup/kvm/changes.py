@@ -35,7 +35,6 @@ is never the price of a faster one. The doubts, each with its reason:
 Also here: which bitmaps an image keeps (:func:`bitmaps_to_keep`).
 """
 
-from cinder import exception
 from cinder import objects
 from cinder.objects import fields
 from oslo_log import log as logging
@@ -129,42 +128,33 @@ def _well_formed(ranges, size):
     return True
 
 
-def bitmaps_to_keep(context, names, new_name, kept):
-    """Which of an image's bitmaps (ours) to keep after a backup.
+def bitmaps_to_keep(context, volume_id, kept, new_backup_id=None,
+                    failed_backup_id=None):
+    """The bitmaps a volume's image keeps after a backup.
 
-    The new backup's, and those of the newest ``kept - 1`` other backups
-    (by the time of their data, the order Cinder picks a parent by) that
-    still exist and are not failed or being deleted. A bitmap whose
-    backup cannot be looked up for another reason is kept (pruned at a
-    later backup).
+    Those of the volume's newest ``kept`` backups (by the time of their
+    data, the order Cinder picks a parent by) that exist and are neither
+    failed nor being deleted, the new one first. Asked of Cinder's
+    database rather than of the image: a running QEMU holds the bitmaps
+    it tracks in memory, so the image file does not list them all.
 
-    :param names: the image's bitmaps of ours (:func:`.bitmaps.list_ours`)
-    :param new_name: the new backup's bitmap
     :param kept: ``qcow2_dirty_bitmaps_kept``
+    :param new_backup_id: the backup that just succeeded (still
+        ``creating``)
+    :param failed_backup_id: the backup that just failed (left out)
     :returns: the names to keep
     """
-    prefix = bitmaps.name_for('')
     admin = context.elevated()
-    live, unknown = [], []
-    for name in names:
-        if name == new_name or not name.startswith(prefix):
-            continue
-        backup_id = name[len(prefix):]
-        try:
-            backup = objects.Backup.get_by_id(admin, backup_id,
-                                              read_deleted='yes')
-        except exception.BackupNotFound:
-            continue
-        except Exception as exc:
-            LOG.warning('Cannot look up backup %(id)s, whose dirty bitmap '
-                        'stays for now: %(exc)s', {'id': backup_id,
-                                                   'exc': exc})
-            unknown.append(name)
-            continue
-        if backup.deleted or backup.status in _GONE:
+    backups = objects.BackupList.get_all_by_volume(admin, volume_id, None)
+    live = []
+    for backup in backups:
+        if (backup.id in (new_backup_id, failed_backup_id)
+                or backup.status in _GONE):
             continue
         when = backup.data_timestamp or backup.created_at
-        live.append((when.timestamp() if when else 0.0, name))
+        live.append((when.timestamp() if when else 0.0, backup.id))
     live.sort(reverse=True)
-    return ([new_name] + [name for _when, name in live[:max(kept - 1, 0)]]
-            + unknown)
+    ids = [backup_id for _when, backup_id in live]
+    if new_backup_id is not None:
+        ids.insert(0, new_backup_id)
+    return [bitmaps.name_for(backup_id) for backup_id in ids[:kept]]

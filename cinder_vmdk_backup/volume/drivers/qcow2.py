@@ -363,7 +363,7 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
         and the source's ``changed_ranges(parent)`` reads the parent's
         (:class:`~cinder_vmdk_backup.kvm.changes.Tracker`). After the
         merge, a failed backup's bitmap is removed, a successful one's
-        bitmaps are pruned (:meth:`_settle_bitmaps`).
+        bitmaps are pruned (:meth:`_prune_bitmaps`).
         """
         path, length = self._device_image(device)
         window = self.configuration.qcow2_backup_decode_window_mb * units.Mi
@@ -376,8 +376,8 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
         with _translated(), contextlib.ExitStack() as stack:
             if of_volume:
                 # Entered first, left last: after the merge.
-                stack.enter_context(self._bitmap_upkeep(context, path,
-                                                        bitmap))
+                stack.enter_context(self._bitmap_upkeep(context, backup,
+                                                        path, bitmap))
                 frozen = self._frozen_ahead.pop(path, None)
                 if frozen is None:
                     frozen = stack.enter_context(self._frozen(path, bitmap))
@@ -400,8 +400,8 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                       'length': length, 'path': path})
 
     @contextlib.contextmanager
-    def _bitmap_upkeep(self, context, path, bitmap):
-        """After the block: settle the image's bitmaps, by its outcome.
+    def _bitmap_upkeep(self, context, backup, path, bitmap):
+        """After the block (the merge included), prune the bitmaps.
 
         Never fails the backup: a bitmap left behind is pruned at a later
         backup (its backup is then failed, or too old).
@@ -410,47 +410,40 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
             yield
         except BaseException:
             if bitmap is not None:
-                self._settle_bitmaps(context, path, bitmap, succeeded=False)
+                self._prune_bitmaps(context, backup.volume_id, path,
+                                    failed=backup.id)
             raise
-        self._settle_bitmaps(context, path, bitmap, succeeded=True)
+        if bitmap is not None:
+            self._prune_bitmaps(context, backup.volume_id, path,
+                                new=backup.id)
+        else:
+            self._prune_bitmaps(context, backup.volume_id, path, keep=())
 
-    def _settle_bitmaps(self, context, path, bitmap, succeeded):
-        """Remove a failed backup's bitmap, or prune after a success.
+    def _prune_bitmaps(self, context, volume_id, path, new=None,
+                       failed=None, keep=None):
+        """Keep the bitmaps of the newest live backups, remove the others.
 
-        After a success the image keeps the newest
-        ``qcow2_dirty_bitmaps_kept`` bitmaps of live backups, the new one
-        included (:func:`~cinder_vmdk_backup.kvm.changes.bitmaps_to_keep`);
-        with ``bitmap`` None (dirty bitmaps off) none of ours. After a
-        failure only when the image is free at once (a freeze that failed
-        because another operation holds the image created nothing).
+        ``qcow2_dirty_bitmaps_kept`` of them, ``new`` (the backup that
+        succeeded) included, ``failed`` (the one that failed) not
+        (:func:`~cinder_vmdk_backup.kvm.changes.bitmaps_to_keep`); or
+        exactly ``keep``.
         """
         try:
-            with naming.image_lock(path, blocking=succeeded,
-                                   timeout=self.BITMAP_LOCK_TIMEOUT) as taken:
-                if not taken:
-                    LOG.warning('The dirty bitmaps of %s are left as they '
-                                'are for now: the image is busy.', path)
-                    return
-                names = bitmaps.list_ours(path)
-                if not succeeded:
-                    keep = [name for name in names if name != bitmap]
-                elif bitmap is None:
-                    keep = []
-                else:
-                    keep = changes.bitmaps_to_keep(
-                        context, names, bitmap,
-                        self.configuration.qcow2_dirty_bitmaps_kept)
-                gone = sorted(set(names) - set(keep))
-                if gone:
-                    with self._libvirt() as conn:
-                        bitmaps.prune(path, keep, conn=conn)
-                    LOG.info('Removed the dirty bitmap(s) %(gone)s of '
-                             '%(path)s.', {'gone': ', '.join(gone),
-                                           'path': path})
+            if keep is None:
+                keep = changes.bitmaps_to_keep(
+                    context, volume_id,
+                    self.configuration.qcow2_dirty_bitmaps_kept,
+                    new_backup_id=new, failed_backup_id=failed)
+            with self._libvirt() as conn:
+                gone = bitmaps.prune(path, keep, conn=conn)
         except Exception as exc:
             LOG.warning('Could not remove old dirty bitmaps of %(path)s '
                         '(done at a later backup): %(exc)s',
                         {'path': path, 'exc': exc})
+            return
+        if gone:
+            LOG.info('Removed the dirty bitmap(s) %(gone)s of %(path)s.',
+                     {'gone': ', '.join(gone), 'path': path})
 
     def backup_volumes(self, context, requests, all_or_nothing=False,
                        facts=None):
@@ -495,7 +488,11 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                                   else 60),
                     all_or_nothing=all_or_nothing, facts=facts, **kwargs)
             except errors.GroupFreezeFailed as exc:
-                self._drop_bitmaps(context, marks)
+                # Images frozen, then merged back because of another's
+                # failure, keep the bitmap they got.
+                self._drop_bitmaps(context, devices, {
+                    path: name for path, name in marks.items()
+                    if path not in exc.failures})
                 raise cvb_exception.GroupFreezeError(
                     reason=_group_freeze_reason(exc, owners)) from exc
         facts.setdefault('frozen_at', timeutils.utcnow(with_timezone=True))
@@ -503,8 +500,6 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                   if isinstance(result, Exception)}
         self._frozen_ahead.update({path: result for path, result
                                    in frozen.items() if path not in failed})
-        self._drop_bitmaps(context, {path: marks[path] for path in failed
-                                     if path in marks})
         results = {}
         try:
             for backup, service, dev, device in devices:
@@ -532,16 +527,21 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                         left.merge()
                     if path in marks:
                         unused[path] = marks[path]
-            self._drop_bitmaps(context, unused)
+            self._drop_bitmaps(context, devices, unused)
         return results
 
-    def _drop_bitmaps(self, context, marks):
-        """Remove the bitmaps of backups that did not happen, if free.
+    def _drop_bitmaps(self, context, devices, marks):
+        """Remove the bitmaps of backups that did not happen.
+
+        (A freeze that failed removed its own.)
 
         :param marks: ``{path: bitmap name}``
         """
-        for path, bitmap in marks.items():
-            self._settle_bitmaps(context, path, bitmap, succeeded=False)
+        for backup, _s, _d, device in devices:
+            path = self._device_image(device)[0]
+            if path in marks:
+                self._prune_bitmaps(context, backup.volume_id, path,
+                                    failed=backup.id)
 
     def instance_power_state(self, context, instance_id, volumes):
         """Whether the instance using ``volumes`` runs, as libvirt says.

@@ -158,54 +158,49 @@ class KeepTestCase(test.TestCase):
                                      tzinfo=datetime.timezone.utc)
 
     def _backup(self, minutes, status=fields.BackupStatus.AVAILABLE,
-                project=fake.PROJECT_ID):
+                project=fake.PROJECT_ID, volume=None):
         backup = test_utils.create_backup(
-            self.admin, self.volume.id, status=status, project_id=project)
+            self.admin, (volume or self.volume).id, status=status,
+            project_id=project)
         # (create_backup sets it to created_at.)
         backup.data_timestamp = self.now + datetime.timedelta(
             minutes=minutes)
         backup.save()
         return backup
 
+    def _names(self, *backups):
+        return [bitmaps.name_for(b.id) for b in backups]
+
     def test_newest_live_backups_keep_theirs(self):
-        new = self._backup(50, fields.BackupStatus.CREATING)
+        new = self._backup(5, fields.BackupStatus.CREATING)
         old = self._backup(10)
         newer = self._backup(30)
-        failed = self._backup(40, fields.BackupStatus.ERROR)
-        deleting = self._backup(45, fields.BackupStatus.DELETING)
-        deleted = self._backup(46)
-        deleted.destroy()
+        self._backup(40, fields.BackupStatus.ERROR)
+        self._backup(45, fields.BackupStatus.DELETING)
+        self._backup(46).destroy()
         other_project = self._backup(20, project=fake.PROJECT2_ID)
-        names = [bitmaps.name_for(b.id) for b in (
-            old, newer, failed, deleting, deleted, other_project, new)]
-        names.append(bitmaps.name_for(fake.BACKUP4_ID))  # never existed
+        self._backup(60, volume=test_utils.create_volume(self.admin))
 
-        keep = changes.bitmaps_to_keep(self.ctxt, names,
-                                       bitmaps.name_for(new.id), 2)
-        self.assertEqual([bitmaps.name_for(new.id),
-                          bitmaps.name_for(newer.id)], keep)
-        keep = changes.bitmaps_to_keep(self.ctxt, names,
-                                       bitmaps.name_for(new.id), 3)
+        def keep(kept):
+            return changes.bitmaps_to_keep(self.ctxt, self.volume.id, kept,
+                                           new_backup_id=new.id)
+        self.assertEqual(self._names(new), keep(1))
+        self.assertEqual(self._names(new, newer), keep(2))
         # Another project's backup of the volume counts (admin lookup).
-        self.assertEqual([bitmaps.name_for(b.id)
-                          for b in (new, newer, other_project)], keep)
-        self.assertEqual([bitmaps.name_for(new.id)],
-                         changes.bitmaps_to_keep(
-                             self.ctxt, names, bitmaps.name_for(new.id), 1))
+        self.assertEqual(self._names(new, newer, other_project, old),
+                         keep(4))
+        self.assertEqual(self._names(new, newer, other_project, old),
+                         keep(10))
 
-    def test_a_backup_that_cannot_be_looked_up_keeps_its_bitmap(self):
-        new = self._backup(50, fields.BackupStatus.CREATING)
-        name = bitmaps.name_for(fake.BACKUP_ID)
-        with mock.patch.object(changes.objects.Backup, 'get_by_id',
-                               autospec=True,
-                               side_effect=RuntimeError('db down')):
-            keep = changes.bitmaps_to_keep(
-                self.ctxt, [name], bitmaps.name_for(new.id), 1)
-        self.assertEqual([bitmaps.name_for(new.id), name], keep)
+    def test_a_failed_backup_keeps_none(self):
+        failed = self._backup(50, fields.BackupStatus.CREATING)
+        old = self._backup(10)
+        self.assertEqual(self._names(old), changes.bitmaps_to_keep(
+            self.ctxt, self.volume.id, 2, failed_backup_id=failed.id))
 
 
 class DriverBitmapsTestCase(test.TestCase):
-    """The driver creates, hands over and settles the bitmaps."""
+    """The driver creates, hands over and prunes the bitmaps."""
 
     def setUp(self):
         super().setUp()
@@ -234,12 +229,11 @@ class DriverBitmapsTestCase(test.TestCase):
             raw_reader, 'RawImageReader', autospec=True)).mock
         self.reader_cls.return_value.virtual_size = GIB
         self.reader_cls.return_value.bytes_read_from_disk = 65536
-        self.list_ours = self.useFixture(fixtures.MockPatchObject(
-            bitmaps, 'list_ours', autospec=True)).mock
         self.prune = self.useFixture(fixtures.MockPatchObject(
-            bitmaps, 'prune', autospec=True)).mock
+            bitmaps, 'prune', autospec=True, return_value=['cvb-a'])).mock
         self.keep = self.useFixture(fixtures.MockPatchObject(
-            changes, 'bitmaps_to_keep', autospec=True)).mock
+            changes, 'bitmaps_to_keep', autospec=True,
+            return_value=[self.name, 'cvb-b'])).mock
 
     def _backup_volume(self, fail=None):
         backup = _backup('new')
@@ -251,49 +245,56 @@ class DriverBitmapsTestCase(test.TestCase):
         return source
 
     def test_bitmap_created_at_the_freeze_and_pruned_after(self):
-        self.list_ours.return_value = ['cvb-a', 'cvb-b', self.name]
-        self.keep.return_value = [self.name, 'cvb-b']
         self._backup_volume()
         self.frozen_cm.assert_called_once_with(self.path, None, 60,
                                                bitmap=self.name)
-        self.keep.assert_called_once_with(
-            self.ctxt, ['cvb-a', 'cvb-b', self.name], self.name, 2)
+        self.keep.assert_called_once_with(self.ctxt, VOLUME, 2,
+                                          new_backup_id='new',
+                                          failed_backup_id=None)
         self.prune.assert_called_once_with(self.path, [self.name, 'cvb-b'],
                                            conn=None)
-        self.list_ours.assert_called_once_with(self.path)
+
+    def test_pruned_after_the_merge(self):
+        calls = []
+        self.frozen_cm.return_value.__exit__.side_effect = (
+            lambda *a: calls.append('merge'))
+        self.prune.side_effect = lambda *a, **k: calls.append('prune')
+        self._backup_volume()
+        self.assertEqual(['merge', 'prune'], calls)
 
     def test_source_tracks_changes_of_the_frozen_image(self):
         with mock.patch.object(changes, 'Tracker', autospec=True) as cls:
-            self.list_ours.return_value = [self.name]
-            self.keep.return_value = [self.name]
             self._backup_volume()
         cls.assert_called_once_with(self.frozen.read_path, mock.ANY, GIB,
                                     None, enabled=True, of_snapshot=False)
         self.assertEqual(cls.return_value,
                          self.reader_cls.call_args[1]['changes'])
         self.assertEqual(GIB, cls.return_value.image_size)
-        self.prune.assert_not_called()  # nothing to remove
 
     def test_failed_backup_removes_its_bitmap(self):
-        self.list_ours.return_value = ['cvb-a', self.name]
+        self.keep.return_value = ['cvb-b']
         self.assertRaises(RuntimeError, self._backup_volume,
                           RuntimeError('service failed'))
-        self.prune.assert_called_once_with(self.path, ['cvb-a'], conn=None)
-        self.keep.assert_not_called()
+        self.keep.assert_called_once_with(self.ctxt, VOLUME, 2,
+                                          new_backup_id=None,
+                                          failed_backup_id='new')
+        self.prune.assert_called_once_with(self.path, ['cvb-b'], conn=None)
 
     def test_pruning_trouble_does_not_fail_the_backup(self):
-        self.list_ours.return_value = ['cvb-a', self.name]
-        self.keep.return_value = [self.name]
         self.prune.side_effect = errors.QemuImgError('locked')
         self._backup_volume()
-        self.prune.assert_called_once_with(self.path, [self.name], conn=None)
+        self.prune.assert_called_once_with(self.path, mock.ANY, conn=None)
+
+    def test_database_trouble_does_not_fail_the_backup(self):
+        self.keep.side_effect = RuntimeError('db down')
+        self._backup_volume()
+        self.prune.assert_not_called()
 
     def test_bitmaps_off_creates_none_and_removes_ours(self):
         self.conf.qcow2_dirty_bitmaps = False
-        self.list_ours.return_value = ['cvb-a']
         self._backup_volume()
         self.frozen_cm.assert_called_once_with(self.path, None, 60)
-        self.prune.assert_called_once_with(self.path, [], conn=None)
+        self.prune.assert_called_once_with(self.path, (), conn=None)
         tracker = self.reader_cls.call_args[1]['changes']
         self.assertFalse(tracker.enabled)
 
@@ -305,35 +306,51 @@ class DriverBitmapsTestCase(test.TestCase):
                                             snapshot):
             pass
         self.frozen_cm.assert_not_called()
-        self.list_ours.assert_not_called()
+        self.prune.assert_not_called()
         tracker = self.reader_cls.call_args[1]['changes']
         self.assertTrue(tracker.of_snapshot)
 
-    @mock.patch.object(freezer, 'freeze_all', autospec=True)
-    def test_group_backup_creates_each_bitmap_at_the_freeze(self,
-                                                            freeze_all):
+    def _group(self):
         volumes = [self.volume, fake_volume.fake_volume_obj(
             self.ctxt, size=1, id=OTHER)]
         paths = [self.driver.local_path(v) for v in volumes]
         backups = [_backup('b0', VOLUME), _backup('b1', OTHER)]
         devices = [mock.Mock(is_snapshot=False, volume=v, spec=[
             'is_snapshot', 'volume', 'snapshot']) for v in volumes]
+        return paths, [(b, mock.sentinel.service, d)
+                       for b, d in zip(backups, devices)]
+
+    @mock.patch.object(freezer, 'freeze_all', autospec=True)
+    def test_group_backup_creates_each_bitmap_at_the_freeze(self,
+                                                            freeze_all):
+        paths, requests = self._group()
         busy = errors.KvmError('Image busy')
         freeze_all.return_value = {paths[0]: self.frozen, paths[1]: busy}
-        self.list_ours.return_value = []
         with mock.patch.object(self.driver, 'backup_volume', autospec=True,
                                return_value='done'):
-            results = self.driver.backup_volumes(
-                self.ctxt, [(b, mock.sentinel.service, d)
-                            for b, d in zip(backups, devices)])
+            results = self.driver.backup_volumes(self.ctxt, requests)
         self.assertEqual({paths[0]: bitmaps.name_for('b0'),
                           paths[1]: bitmaps.name_for('b1')},
                          freeze_all.call_args[1]['bitmaps'])
         self.assertEqual('done', results['b0'])
         self.assertIsInstance(results['b1'], Exception)
-        # The member that was not frozen: its bitmap is looked for (only
-        # if the image is free); so is the one whose frozen image no
-        # backup took (backup_volume is mocked here).
-        self.assertEqual([mock.call(paths[1]), mock.call(paths[0])],
-                         self.list_ours.call_args_list)
+        # The freeze that failed removed its own bitmap; the frozen image
+        # no backup took (backup_volume is mocked) loses its one.
         self.frozen.merge.assert_called_once_with()
+        self.keep.assert_called_once_with(self.ctxt, VOLUME, 2,
+                                          new_backup_id=None,
+                                          failed_backup_id='b0')
+        self.prune.assert_called_once_with(paths[0], mock.ANY, conn=None)
+
+    @mock.patch.object(freezer, 'freeze_all', autospec=True)
+    def test_group_undone_drops_the_bitmaps_it_made(self, freeze_all):
+        paths, requests = self._group()
+        freeze_all.side_effect = errors.GroupFreezeFailed(
+            {paths[1]: errors.KvmError('Image busy')})
+        self.assertRaises(qcow2.cvb_exception.GroupFreezeError,
+                          self.driver.backup_volumes, self.ctxt, requests,
+                          all_or_nothing=True)
+        self.keep.assert_called_once_with(self.ctxt, VOLUME, 2,
+                                          new_backup_id=None,
+                                          failed_backup_id='b0')
+        self.prune.assert_called_once_with(paths[0], mock.ANY, conn=None)
