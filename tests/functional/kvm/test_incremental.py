@@ -22,6 +22,7 @@ into a new volume and compared with its copy byte for byte.
 import contextlib
 import logging
 import os
+import resource
 import subprocess  # nosec B404: test images
 import time
 
@@ -39,6 +40,10 @@ from tests.functional.kvm import guest
 
 MIB = units.Mi
 WHOLE = 'reads the whole volume'
+
+
+def _no_core_dump():
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 class _ChainMixin(object):
@@ -204,6 +209,35 @@ class OfflineChainTestCase(_ChainMixin, base.Qcow2FunctionalTestCase):
             self.assertRestoresToItsCopy(backup)
         # Bitmaps off: the driver keeps none of ours.
         self.assertEqual([], bitmaps.list_ours(path))
+        # Back on: a parent made without one (before this feature, or
+        # another way) means reading everything.
+        self.override_config('qcow2_dirty_bitmaps', True,
+                             group=base.BACKEND)
+        after = self.backup(volume, by_reading)
+        lines = self.whole_reads(after)
+        self.assertEqual(1, len(lines), self.log.output)
+        self.assertIn('no dirty bitmap of the parent backup', lines[0])
+        self.assertEqual(self.sha256s(by_reading), self.sha256s(after))
+
+    def test_bitmap_left_inconsistent_means_reading_everything(self):
+        volume = self.make_volume(writes=['write -P 0x11 0 4M'])
+        path = self.driver.local_path(volume)
+        full = self.backup(volume)
+        # A program that opened the image for writing and died never
+        # stored the bitmap back: qcow2 marks it in use, inconsistent.
+        crash = subprocess.run(  # nosec B603
+            ['qemu-io', '-f', 'qcow2', '-c', 'write -P 0x22 8M 64k',
+             '-c', 'flush', '-c', 'abort', path],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=_no_core_dump)
+        self.assertNotEqual(0, crash.returncode)
+        incr = self.backup(volume, full)
+        lines = self.whole_reads(incr)
+        self.assertEqual(1, len(lines), self.log.output)
+        self.assertIn('is unusable', lines[0])
+        self.assertIn('inconsistent', lines[0])
+        self.assertGreaterEqual(self.bytes_read(incr), 4 * MIB)
+        self.assertRestoresToItsCopy(incr)
 
 
 class OnlineChainTestCase(_ChainMixin, base.Qcow2FunctionalTestCase):
