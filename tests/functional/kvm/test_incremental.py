@@ -57,6 +57,7 @@ class _ChainMixin(object):
         self.copies_dir = os.path.join(self.volume_dir, '..', 'copies')
         os.makedirs(self.copies_dir)
         self.sources = {}
+        self.fail_reading = False
         self.log = self.useFixture(fixtures.FakeLogger(
             name='cinder_vmdk_backup', level=logging.INFO))
         self._spy_on(self.driver)
@@ -74,6 +75,8 @@ class _ChainMixin(object):
         @contextlib.contextmanager
         def spying(context, backup, device):
             with opened(context, backup, device) as source:
+                if self.fail_reading:
+                    raise RuntimeError('injected failure')
                 copy = os.path.join(self.copies_dir, backup.id)
                 subprocess.run(['qemu-img', 'convert', '-U',  # nosec B603
                                 '-O', 'raw', source.path, copy], check=True)
@@ -146,6 +149,27 @@ class OfflineChainTestCase(_ChainMixin, base.Qcow2FunctionalTestCase):
                          sorted(bitmaps.list_ours(path)))
         self.assertNoLeftovers()
         self.assertStandalone(volume)
+
+    def test_failed_backup_leaves_no_bitmap(self):
+        volume = self.make_volume(writes=['write -P 0x11 0 4M'])
+        path = self.driver.local_path(volume)
+        full = self.backup(volume)
+        self.fail_reading = True
+        failed = self.make_backup(volume, full)
+        self.assertRaises(RuntimeError, self.driver.backup_volume,
+                          self.ctxt, failed, self.service,
+                          backup_device=self.device(volume))
+        self.assertEqual([bitmaps.name_for(full.id)],
+                         bitmaps.list_ours(path))
+        self.assertNoLeftovers()
+        self.assertStandalone(volume)
+        # The next incremental still reads only what changed.
+        self.fail_reading = False
+        base.qemu_io(path, 'write -P 0x22 64k 64k')
+        incr = self.backup(volume, full)
+        self.assertEqual([], self.whole_reads(incr))
+        self.assertEqual(MIB, self.bytes_read(incr))
+        self.assertRestoresToItsCopy(incr)
 
     def test_restore_in_place_then_incremental_reads_everything(self):
         volume = self.make_volume(writes=['write -P 0x11 0 4M',
