@@ -21,7 +21,8 @@ against the parent's digests, so nothing is stored twice); a wrong backup
 is never the price of a faster one. The doubts, each with its reason:
 
 * dirty bitmaps are switched off (``qcow2_dirty_bitmaps``);
-* the backup is of a snapshot, not of the volume's image;
+* the backup is of a snapshot or of a temporary copy of the volume
+  (Cinder's clone of an in-use volume), not of the volume's image;
 * the parent is another volume's backup, or its size differs (the volume
   was extended since), or the image's size is not the volume's;
 * the image has no bitmap of the parent: the parent was made before this
@@ -57,7 +58,8 @@ class Tracker(object):
     :param length: bytes the backup holds (the volume's size)
     :param image_size: the image's virtual size
     :param enabled: ``qcow2_dirty_bitmaps``
-    :param of_snapshot: the backup reads a snapshot, not the volume
+    :param of_snapshot: the backup reads a snapshot or a temporary copy,
+        not the volume's image
     """
 
     def __init__(self, read_path, backup, length, image_size, enabled=True,
@@ -105,7 +107,8 @@ class Tracker(object):
         if not self.enabled:
             return 'dirty bitmaps are off (qcow2_dirty_bitmaps)'
         if self.of_snapshot:
-            return 'it reads a snapshot, whose changes are not tracked'
+            return ('it reads a snapshot or a temporary copy of the '
+                    'volume, whose changes are not tracked')
         if parent.volume_id != self.backup.volume_id:
             return ('the parent backup %s is of another volume (%s)'
                     % (parent.id, parent.volume_id))

@@ -371,13 +371,16 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
         os.makedirs(staging, mode=0o700, exist_ok=True)
         of_volume = not hasattr(device, 'volume_size')  # not a Snapshot
         tracking = bool(self.configuration.qcow2_dirty_bitmaps)
-        bitmap = (bitmaps.name_for(backup.id) if of_volume and tracking
+        # Not for a temporary copy of the backup's volume either.
+        tracked = of_volume and device.id == backup.volume_id
+        bitmap = (bitmaps.name_for(backup.id) if tracked and tracking
                   else None)
         with _translated(), contextlib.ExitStack() as stack:
             if of_volume:
                 # Entered first, left last: after the merge.
-                stack.enter_context(self._bitmap_upkeep(context, backup,
-                                                        path, bitmap))
+                if tracked:
+                    stack.enter_context(self._bitmap_upkeep(
+                        context, backup, path, bitmap))
                 frozen = self._frozen_ahead.pop(path, None)
                 if frozen is None:
                     frozen = stack.enter_context(self._frozen(path, bitmap))
@@ -388,7 +391,7 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                 read_path = path
             tracker = changes.Tracker(read_path, backup, length, None,
                                       enabled=tracking,
-                                      of_snapshot=not of_volume)
+                                      of_snapshot=not tracked)
             reader = raw_reader.RawImageReader(read_path, staging, length,
                                                window, changes=tracker)
             tracker.image_size = reader.virtual_size
@@ -478,7 +481,8 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
         if self.configuration.qcow2_dirty_bitmaps:
             marks = {self.local_path(device): bitmaps.name_for(backup.id)
                      for backup, _s, _d, device in devices
-                     if not hasattr(device, 'volume_size')}
+                     if not hasattr(device, 'volume_size')
+                     and device.id == backup.volume_id}
         kwargs = {'bitmaps': marks} if marks else {}
         with self._libvirt() as conn:
             try:

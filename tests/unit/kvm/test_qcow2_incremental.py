@@ -310,6 +310,17 @@ class DriverBitmapsTestCase(test.TestCase):
         tracker = self.reader_cls.call_args[1]['changes']
         self.assertTrue(tracker.of_snapshot)
 
+    def test_temporary_copy_has_no_bitmap_and_reads_everything(self):
+        copy = fake_volume.fake_volume_obj(self.ctxt, size=1, id=OTHER)
+        with self.driver.open_backup_source(self.ctxt, _backup('new'),
+                                            copy):
+            pass
+        self.frozen_cm.assert_called_once_with(
+            self.driver.local_path(copy), None, 60)
+        self.prune.assert_not_called()
+        tracker = self.reader_cls.call_args[1]['changes']
+        self.assertTrue(tracker.of_snapshot)
+
     def _group(self):
         volumes = [self.volume, fake_volume.fake_volume_obj(
             self.ctxt, size=1, id=OTHER)]
