@@ -372,7 +372,8 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
         of_volume = not hasattr(device, 'volume_size')  # not a Snapshot
         tracking = bool(self.configuration.qcow2_dirty_bitmaps)
         # Not for a temporary copy of the backup's volume either.
-        tracked = of_volume and device.id == backup.volume_id
+        tracked = (of_volume and backup is not None
+                   and device.id == backup.volume_id)
         bitmap = (bitmaps.name_for(backup.id) if tracked and tracking
                   else None)
         with _translated(), contextlib.ExitStack() as stack:
@@ -399,7 +400,8 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
             yield reader
             LOG.info('Backup %(backup)s read %(read)d bytes of the '
                      '%(length)d of %(path)s.',
-                     {'backup': backup.id, 'read': reader.bytes_read_from_disk,
+                     {'backup': getattr(backup, 'id', None),
+                      'read': reader.bytes_read_from_disk,
                       'length': length, 'path': path})
 
     @contextlib.contextmanager
