@@ -494,11 +494,7 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                                   else 60),
                     all_or_nothing=all_or_nothing, facts=facts, **kwargs)
             except errors.GroupFreezeFailed as exc:
-                # Images frozen, then merged back because of another's
-                # failure, keep the bitmap they got.
-                self._drop_bitmaps(context, devices, {
-                    path: name for path, name in marks.items()
-                    if path not in exc.failures})
+                # (Undoing the freeze removed the bitmaps it made.)
                 raise cvb_exception.GroupFreezeError(
                     reason=_group_freeze_reason(exc, owners)) from exc
         facts.setdefault('frozen_at', timeutils.utcnow(with_timezone=True))

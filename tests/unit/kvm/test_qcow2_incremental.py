@@ -354,14 +354,15 @@ class DriverBitmapsTestCase(test.TestCase):
         self.prune.assert_called_once_with(paths[0], mock.ANY, conn=None)
 
     @mock.patch.object(freezer, 'freeze_all', autospec=True)
-    def test_group_undone_drops_the_bitmaps_it_made(self, freeze_all):
+    def test_group_undone_leaves_bitmaps_to_the_freezer(self, freeze_all):
         paths, requests = self._group()
         freeze_all.side_effect = errors.GroupFreezeFailed(
             {paths[1]: errors.KvmError('Image busy')})
         self.assertRaises(qcow2.cvb_exception.GroupFreezeError,
                           self.driver.backup_volumes, self.ctxt, requests,
                           all_or_nothing=True)
-        self.keep.assert_called_once_with(self.ctxt, VOLUME, 2,
-                                          new_backup_id=None,
-                                          failed_backup_id='b0')
-        self.prune.assert_called_once_with(paths[0], mock.ANY, conn=None)
+        self.assertEqual({paths[0]: bitmaps.name_for('b0'),
+                          paths[1]: bitmaps.name_for('b1')},
+                         freeze_all.call_args[1]['bitmaps'])
+        # Undoing the freeze removed what it made; nothing to prune.
+        self.prune.assert_not_called()
