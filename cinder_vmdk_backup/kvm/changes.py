@@ -92,7 +92,7 @@ class Tracker(object):
             ranges = bitmaps.dirty_ranges(self.read_path, name,
                                           self.image_size)
         except bitmaps.BitmapUnusable as exc:
-            return None, 'the dirty bitmap %s is unusable: %s' % (name, exc)
+            return None, str(exc)  # names the bitmap and says what is wrong
         except Exception as exc:
             return None, ('reading the dirty bitmap %s failed: %s'
                           % (name, exc))

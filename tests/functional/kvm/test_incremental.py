@@ -258,7 +258,8 @@ class OfflineChainTestCase(_ChainMixin, base.Qcow2FunctionalTestCase):
         incr = self.backup(volume, full)
         lines = self.whole_reads(incr)
         self.assertEqual(1, len(lines), self.log.output)
-        self.assertIn('is unusable', lines[0])
+        self.assertIn('dirty bitmap %s' % bitmaps.name_for(full.id),
+                      lines[0])
         self.assertIn('inconsistent', lines[0])
         self.assertGreaterEqual(self.bytes_read(incr), 4 * MIB)
         self.assertRestoresToItsCopy(incr)

@@ -129,8 +129,8 @@ class TrackerTestCase(test.TestCase):
 
     def test_bitmap_unusable(self):
         self.dirty.side_effect = bitmaps.BitmapUnusable(
-            'marked inconsistent')
-        self.assertDoubt('is unusable: marked inconsistent',
+            'the dirty bitmap cvb-parent is inconsistent')
+        self.assertDoubt('the dirty bitmap cvb-parent is inconsistent',
                          self._tracker()(self.parent))
 
     def test_reading_the_bitmap_fails(self):
