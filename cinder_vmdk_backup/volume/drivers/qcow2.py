@@ -42,7 +42,9 @@ import shutil
 from cinder import exception
 from cinder.i18n import _
 from cinder.image import image_utils
+from cinder import objects
 from cinder.volume import driver
+from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import timeutils
 from oslo_utils import units
@@ -61,6 +63,8 @@ from cinder_vmdk_backup.kvm import raw_reader
 from cinder_vmdk_backup import opts
 
 LOG = logging.getLogger(__name__)
+CONF = cfg.CONF
+CONF.register_opts(opts.backup_manager_opts)
 
 
 class Qcow2DriverError(exception.VolumeBackendAPIException):
@@ -215,6 +219,23 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
 
     def create_volume_from_snapshot(self, volume, snapshot):
         self._copy_image(self._snapshot_path(snapshot), volume)
+
+    def get_backup_device(self, context, backup):
+        """The volume itself, in use or not; a snapshot as Cinder does.
+
+        Cinder backs up an in-use volume by cloning it first (here a full
+        copy of the image) and reading the clone. A driver-owned backup
+        needs no clone: it freezes the volume's own image at one point in
+        time (online through libvirt while a domain runs it), and only the
+        volume's own image carries the dirty bitmaps that let an
+        incremental read just the changes. Cinder's path is kept when
+        driver-owned backups are switched off
+        (``driver_owned_backup_enabled``), since Cinder's own backup would
+        then read an image the guest is writing.
+        """
+        if backup.snapshot_id or not CONF.driver_owned_backup_enabled:
+            return super().get_backup_device(context, backup)
+        return objects.Volume.get_by_id(context, backup.volume_id), False
 
     def create_cloned_volume(self, volume, src_vref):
         with _translated(), self._frozen(self.local_path(src_vref)) as frozen:

@@ -16,10 +16,14 @@ from unittest import mock
 import ddt
 import fixtures
 
+from cinder import context
 from cinder import exception
+from cinder import objects
 from cinder.tests.unit import fake_volume
 from cinder.tests.unit import test
+from cinder.tests.unit import utils as test_utils
 from cinder.volume import configuration
+from cinder.volume import driver
 from oslo_utils import units
 
 from cinder_vmdk_backup.backup import staging_files
@@ -75,6 +79,34 @@ class Qcow2DriverTestCase(test.TestCase):
             self.assertEqual((['merged'], []), self.driver.leftovers_report)
         else:
             clean.assert_not_called()
+
+    def _in_use_volume_and_backup(self, snapshot_id=None):
+        ctxt = context.get_admin_context()
+        volume = test_utils.create_volume(ctxt, status='backing-up',
+                                          previous_status='in-use')
+        backup = test_utils.create_backup(ctxt, volume_id=volume.id,
+                                          snapshot_id=snapshot_id)
+        return ctxt, volume, backup
+
+    def test_in_use_volume_backed_up_without_a_clone(self):
+        ctxt, volume, backup = self._in_use_volume_and_backup()
+        with mock.patch.object(self.driver, 'create_cloned_volume',
+                               autospec=True) as clone:
+            device, is_snapshot = self.driver.get_backup_device(ctxt, backup)
+        self.assertEqual((volume.id, False), (device.id, is_snapshot))
+        clone.assert_not_called()
+        self.assertIsNone(objects.Backup.get_by_id(
+            ctxt, backup.id).temp_volume_id)
+
+    def test_cinders_clone_without_driver_owned_backups(self):
+        self.override_config('driver_owned_backup_enabled', False)
+        ctxt, volume, backup = self._in_use_volume_and_backup()
+        with mock.patch.object(
+                driver.BaseVD, 'get_backup_device', autospec=True,
+                return_value=(mock.sentinel.clone, False)) as stock:
+            self.assertEqual((mock.sentinel.clone, False),
+                             self.driver.get_backup_device(ctxt, backup))
+        stock.assert_called_once_with(self.driver, ctxt, backup)
 
     def test_connection_info_is_a_qcow2_file(self):
         info = self.driver.initialize_connection(self.volume, {})
