@@ -333,7 +333,7 @@ class ChainReader(object):
         return {key for key, obj in candidates.items()
                 if zero_md5[obj.length] == obj.md5}
 
-    # -- the data --------------------------------------------------------------
+    # -- the data ------------------------------------------------------------
 
     def pieces(self, check_cancel=False):
         """Yield the disk as :class:`Piece` s, ascending, covering it all.
