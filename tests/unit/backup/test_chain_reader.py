@@ -173,13 +173,13 @@ class ChainReaderTestCase(test.TestCase):
         self._restoring(incr)
         service = self._service()
         opened = []
-        real = service._get_object_reader
+        real = service.get_object_reader
 
         def spy(container, name, extra_metadata=None):
             opened.append(name)
             return real(container, name, extra_metadata=extra_metadata)
 
-        with mock.patch.object(service, '_get_object_reader',
+        with mock.patch.object(service, 'get_object_reader',
                                side_effect=spy):
             reader = chain_reader.ChainReader(service, incr, SIZE)
             reader.nonzero_grains(GRAIN)
