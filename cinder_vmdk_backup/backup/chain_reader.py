@@ -74,13 +74,16 @@ from cinder import objects
 from cinder.objects import fields
 from oslo_utils import units
 
+from cinder_vmdk_backup.backup import transfer
 from cinder_vmdk_backup.vmdk import compression as vmdk_compression
 
 
 #: Largest piece of data yielded (and read from an object at a time).
-PIECE_BYTES = 4 * units.Mi
+PIECE_BYTES = units.Mi
 #: Bytes of an object or of the sha256 file read at a time.
 READ_BYTES = units.Mi
+#: Pieces of an object that may wait for its md5 (see _ObjectStream).
+MD5_PENDING = 2
 #: Seconds between two status checks of the requested backup.
 STATUS_CHECK_INTERVAL = 1.0
 #: The restore method of the backup format this reader understands.
@@ -355,6 +358,7 @@ class ChainReader(object):
             if obj is not None:
                 last_use[id(obj)] = index
         open_streams = {}
+        hasher = transfer.NativeExecutor(1, name='cvb-md5')
         try:
             for index, (start, end, obj) in enumerate(self._segments):
                 if check_cancel:
@@ -365,7 +369,7 @@ class ChainReader(object):
                     continue
                 stream = open_streams.get(id(obj))
                 if stream is None:
-                    stream = _ObjectStream(self._service, obj)
+                    stream = _ObjectStream(self._service, obj, hasher)
                     open_streams[id(obj)] = stream
                 stream.skip_to(start)
                 position = start
@@ -381,15 +385,23 @@ class ChainReader(object):
         finally:
             for stream in open_streams.values():
                 stream.close()
+            hasher.shutdown(cancel_futures=True)
 
 
 class _ObjectStream(object):
-    """One object, decompressed front to back, its md5 checked at the end."""
+    """One object, decompressed front to back, its md5 checked at the end.
 
-    def __init__(self, service, obj):
+    The md5 is taken on the ``hasher``'s thread (one worker: updates in
+    order), beside the decompression and the caller's encoding; at most
+    :data:`MD5_PENDING` pieces wait for it.
+    """
+
+    def __init__(self, service, obj, hasher):
         self._obj = obj
         self.position = obj.offset
         self._md5 = hashlib.md5(usedforsecurity=False)
+        self._hasher = hasher
+        self._hashing = collections.deque()
         self._pending = b''
         self._manager = None
         try:
@@ -422,7 +434,9 @@ class _ObjectStream(object):
                 'its data ends at byte %(got)d of %(want)d') % {
                     'got': self.position - self._obj.offset,
                     'want': self._obj.length})
-        self._md5.update(data)
+        self._hashing.append(self._hasher.submit(self._md5.update, data))
+        while len(self._hashing) > MD5_PENDING:
+            self._hashing.popleft().result()
         return data
 
     def read(self, n):
@@ -452,6 +466,8 @@ class _ObjectStream(object):
                 raise self._error(_('it holds more data than its recorded '
                                     'length of %d bytes, or a damaged '
                                     'end') % self._obj.length)
+            while self._hashing:
+                self._hashing.popleft().result()
             digest = self._md5.hexdigest()
             if self._obj.md5 and digest != self._obj.md5:
                 raise self._error(_(

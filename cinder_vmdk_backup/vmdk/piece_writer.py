@@ -132,7 +132,10 @@ class PlannedStreamWriter(writer.StreamOptimizedWriter):
     def _encode(self, grain, data):
         """The grain as (grain, parts, sectors), or None when not stored."""
         if not self._is_marked(grain):
-            if data is not None and data != writer._ZERO_GRAIN[:len(data)]:
+            # bytes compare with memcmp; a memoryview compares per item.
+            if data is not None and bytes(data) != (
+                    writer._ZERO_GRAIN if len(data) == self._grain_bytes
+                    else bytes(len(data))):
                 raise errors.VmdkSourceChanged(
                     'grain %d holds data, but the map of grains with data '
                     'said zeros' % grain, grain * self._grain_bytes)
