@@ -21,6 +21,7 @@ is watched: nothing may be staged.
 """
 
 import os
+import statistics
 import time
 
 from cinder.objects import fields
@@ -200,7 +201,8 @@ class RestoreTimeTestCase(flows.VmdkBackupTestBase):
                                     data, offset=offset)
         incr = self._backup(volume, parent=full)
         times = {True: [], False: []}
-        for streaming in (True, False, True, False):
+        # Interleaved pairs: the machine's load changes over time.
+        for streaming in (True, False) * 3:
             self.override_config('vmware_backup_restore_streaming',
                                  streaming, group='vmdk')
             new = self._vmdk_volume(backing=False, status='creating')
@@ -208,10 +210,12 @@ class RestoreTimeTestCase(flows.VmdkBackupTestBase):
             self._restore(incr, new)
             times[streaming].append(time.monotonic() - start)
             self._assert_data(disk, new)
-        best_stream, best_stage = min(times[True]), min(times[False])
+        stream, stage = (statistics.median(times[True]),
+                         statistics.median(times[False]))
         print('restore of a 1 GiB volume with 128 MiB of data (full + '
-              'incremental): streaming %s s, staging %s s' % (
-                  ['%.2f' % t for t in times[True]],
-                  ['%.2f' % t for t in times[False]]))
-        self.assertLess(best_stream, best_stage * 1.1)
+              'incremental): streaming %s s (median %.2f), staging %s s '
+              '(median %.2f)' % (['%.2f' % t for t in times[True]], stream,
+                                 ['%.2f' % t for t in times[False]], stage))
+        # Within the noise of a shared machine.
+        self.assertLess(stream, stage * 1.25)
         self._assert_nothing_left()
