@@ -105,10 +105,30 @@ class ChainUnsupported(Exception):
     """The chain cannot be read this way; the caller takes another path."""
 
 
+#: What of a chunked backup driver this reader uses (besides the formats
+#: of its metadata and sha256 files).
+SERVICE_ATTRIBUTES = ('DRIVER_VERSION_MAPPING', 'context', '_read_metadata',
+                      '_metadata_filename', '_sha256_filename',
+                      '_generate_object_names', 'get_object_reader',
+                      'put_metadata')
+
+
 def is_chunked(service):
     """Whether ``service`` is one of Cinder's chunked backup drivers."""
     from cinder.backup import chunkeddriver
     return isinstance(service, chunkeddriver.ChunkedBackupDriver)
+
+
+def unusable_because(service):
+    """Why the chain of this backup service cannot be streamed, or None."""
+    if not is_chunked(service):
+        return '%s is not a chunked backup driver' % type(service).__name__
+    missing = [name for name in SERVICE_ATTRIBUTES
+               if not hasattr(service, name)]
+    if missing:
+        return 'this Cinder\'s %s has no %s' % (type(service).__name__,
+                                                ', '.join(missing))
+    return None
 
 
 def _object_name(entry):

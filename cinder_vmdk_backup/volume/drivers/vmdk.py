@@ -605,11 +605,10 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         if not self.configuration.safe_get(
                 'vmware_backup_restore_streaming'):
             return None
-        if not chain_reader.is_chunked(backup_service):
-            LOG.debug('Backup %(backup)s: %(svc)s is not a chunked backup '
-                      'driver; its restore is staged.',
-                      {'backup': backup.id,
-                       'svc': type(backup_service).__name__})
+        why = chain_reader.unusable_because(backup_service)
+        if why is not None:
+            LOG.info('Backup %(backup)s is restored through a staging '
+                     'file: %(why)s', {'backup': backup.id, 'why': why})
             return None
         size = self._backup_size_bytes(backup, volume)
         try:

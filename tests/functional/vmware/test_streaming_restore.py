@@ -27,6 +27,7 @@ import time
 from cinder.objects import fields
 from oslo_utils import units
 
+from cinder_vmdk_backup.backup import chain_reader
 from cinder_vmdk_backup.backup import staging_files
 from cinder_vmdk_backup.vmware import diskswap
 from cinder_vmdk_backup.volume.drivers import vmdk
@@ -179,6 +180,21 @@ class StreamingRestoreTestCase(flows.VmdkBackupTestBase):
         self._restore(full, new)
         self._assert_data(disk, new)
         self.assertFalse(self.streamed.called)
+        self._assert_nothing_left()
+
+    def test_chain_it_does_not_understand_is_staged(self):
+        self._patch(chain_reader.ChainReader, 'nonzero_grains',
+                    side_effect=chain_reader.ChainUnsupported('injected'))
+        disk = flows.Disk()
+        volume = self._vmdk_volume(disk=disk)
+        full = self._backup(volume)
+        new = self._vmdk_volume(backing=False, status='creating')
+        self._restore(full, new)
+        self.assertEqual('available', new.status)
+        self._assert_data(disk, new)
+        self.assertFalse(self.streamed.called)
+        self.assertIn('restored through a staging file: injected',
+                      self.logs.output)
         self._assert_nothing_left()
 
 

@@ -258,6 +258,15 @@ class ChainReaderTestCase(test.TestCase):
         self.assertRaises(chain_reader.ChainUnsupported,
                           chain_reader.ChainReader, service, full, SIZE // 2)
 
+    def test_usable_services(self):
+        self.assertIsNone(chain_reader.unusable_because(self._service()))
+        self.assertIn('not a chunked', chain_reader.unusable_because(
+            mock.Mock()))
+        with mock.patch.object(chain_reader, 'SERVICE_ATTRIBUTES',
+                               ('_read_metadata', '_renamed_in_cinder')):
+            self.assertIn('no _renamed_in_cinder',
+                          chain_reader.unusable_because(self._service()))
+
     def test_digest_count_must_match_the_disk(self):
         full = self._restoring(self._chain()[0])
         reader = chain_reader.ChainReader(self._service(), full, SIZE)
