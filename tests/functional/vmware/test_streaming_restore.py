@@ -20,6 +20,7 @@ volume held at each backup. While the VMDK streams, the staging directory
 is watched: nothing may be staged.
 """
 
+import hashlib
 import os
 import statistics
 import time
@@ -81,6 +82,30 @@ class StreamingRestoreTestCase(flows.VmdkBackupTestBase):
             vcsim_fixture.seed_disk(self.vcsim, self._vmdk_path(volume),
                                     data, offset=offset)
 
+    @staticmethod
+    def _disk_sha256(disk):
+        digest = hashlib.sha256()
+        position = 0
+        for offset, data in sorted(disk.regions.items()):
+            while position < offset:
+                step = min(offset - position, 8 * units.Mi)
+                digest.update(bytes(step))
+                position += step
+            digest.update(data)
+            position = offset + len(data)
+        while position < disk.size:
+            step = min(disk.size - position, 8 * units.Mi)
+            digest.update(bytes(step))
+            position += step
+        return digest.hexdigest()
+
+    def _assert_exported(self, disk, volume):
+        """The volume's disk, read back through an NFC export, is disk."""
+        raw = vcsim_fixture.read_disk_nfc(self.vcsim, self.session,
+                                          self._backing(volume))
+        self.assertEqual(self._disk_sha256(disk),
+                         hashlib.sha256(raw).hexdigest())
+
     def _assert_streamed(self):
         self.assertTrue(self.streamed.called)
         self.assertEqual([], self.staged)
@@ -111,6 +136,8 @@ class StreamingRestoreTestCase(flows.VmdkBackupTestBase):
             self._restore(backup, new)
             self.assertEqual('available', new.status)
             self._assert_data(expected, new)
+            if backup is incr2:
+                self._assert_exported(expected, new)
             self.assertEqual(new.id, diskswap.disk_of(
                 self.session, self._backing(new)).backing.uuid)
 
