@@ -23,6 +23,7 @@ is watched: nothing may be staged.
 import hashlib
 import os
 import statistics
+import subprocess
 import time
 
 from cinder.objects import fields
@@ -207,6 +208,29 @@ class StreamingRestoreTestCase(flows.VmdkBackupTestBase):
         self._restore(full, new)
         self._assert_data(disk, new)
         self.assertFalse(self.streamed.called)
+        self._assert_nothing_left()
+
+    def test_restore_needs_no_room_on_the_staging_disk(self):
+        # The staged restore of this volume fails on a 4 MiB staging disk
+        # (test_backup_faults.test_full_staging_disk, streaming off).
+        disk = flows.Disk(regions=tuple(
+            (offset * 16 * units.Mi, 4 * units.Mi)
+            for offset in range(0, 64, 8)), random=True)
+        volume = self._vmdk_volume(disk=disk)
+        full = self._backup(volume)
+        try:
+            subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=4m',
+                            'tmpfs', self.staging_dir], check=True,
+                           capture_output=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            self.skipTest('cannot mount a small tmpfs: %s' % exc)
+        self.addCleanup(subprocess.run, ['umount', self.staging_dir],
+                        check=False)
+        new = self._vmdk_volume(backing=False, status='creating')
+        self._restore(full, new)
+        self.assertEqual('available', new.status)
+        self._assert_data(disk, new)
+        self._assert_streamed()
         self._assert_nothing_left()
 
     def test_chain_it_does_not_understand_is_staged(self):
