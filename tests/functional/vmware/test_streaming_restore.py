@@ -254,14 +254,15 @@ class RestoreTimeTestCase(flows.VmdkBackupTestBase):
 
     def test_streaming_not_slower_than_staging(self):
         self.override_config('backup_compression_algorithm', 'zlib')
-        regions = tuple((offset * 32 * units.Mi, 8 * units.Mi)
-                        for offset in range(0, 32, 2))
+        data_mib = int(os.environ.get('CVB_RESTORE_DATA_MIB', 128))
+        step = units.Gi // (data_mib // 8)
+        regions = tuple((offset, 8 * units.Mi)
+                        for offset in range(0, units.Gi, step))
         disk = flows.Disk(regions=regions, random=True)
         volume = self._vmdk_volume(disk=disk)
         full = self._backup(volume)
-        changes = tuple((offset * 32 * units.Mi + 4 * units.Mi,
-                         os.urandom(256 * units.Ki))
-                        for offset in range(1, 32, 4))
+        changes = tuple((offset + 4 * units.Mi, os.urandom(256 * units.Ki))
+                        for offset in range(step, units.Gi, 4 * step))
         for offset, data in changes:
             disk.write(offset, data)
             vcsim_fixture.seed_disk(self.vcsim, self._vmdk_path(volume),
@@ -279,9 +280,10 @@ class RestoreTimeTestCase(flows.VmdkBackupTestBase):
             self._assert_data(disk, new)
         stream, stage = (statistics.median(times[True]),
                          statistics.median(times[False]))
-        print('restore of a 1 GiB volume with 128 MiB of data (full + '
+        print('restore of a 1 GiB volume with %d MiB of data (full + '
               'incremental): streaming %s s (median %.2f), staging %s s '
-              '(median %.2f)' % (['%.2f' % t for t in times[True]], stream,
+              '(median %.2f)' % (data_mib,
+                                 ['%.2f' % t for t in times[True]], stream,
                                  ['%.2f' % t for t in times[False]], stage))
         # Within the noise of a shared machine.
         self.assertLess(stream, stage * 1.25)
