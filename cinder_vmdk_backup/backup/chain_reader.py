@@ -670,17 +670,28 @@ def _any_bit(bitmap, first, stop):
     return False
 
 
+#: md5 of zeros by length, across restores (a hand-off full backup's zero
+#: objects come in few lengths, up to 1 GiB: about 2 s of md5 each).
+_ZERO_MD5_CACHE = collections.OrderedDict()
+_ZERO_MD5_CACHE_SIZE = 32
+
+
 def _zero_md5s(lengths):
     """md5 hex digests of that many zero bytes, in one pass to the longest."""
     out = {}
+    for length in lengths:
+        if length in _ZERO_MD5_CACHE:
+            out[length] = _ZERO_MD5_CACHE[length]
     md5 = hashlib.md5(usedforsecurity=False)
     done = 0
-    for length in sorted(lengths):
+    for length in sorted(set(lengths) - set(out)):
         while done < length:
             step = min(len(_ZERO), length - done)
             md5.update(_ZERO[:step] if step < len(_ZERO) else _ZERO)
             done += step
-        out[length] = md5.copy().hexdigest()
+        out[length] = _ZERO_MD5_CACHE[length] = md5.copy().hexdigest()
+        while len(_ZERO_MD5_CACHE) > _ZERO_MD5_CACHE_SIZE:
+            _ZERO_MD5_CACHE.popitem(last=False)
     return out
 
 

@@ -12,6 +12,7 @@
 
 """ChainReader against Cinder's real posix backup driver and database."""
 
+import hashlib
 import io
 import os
 import tracemalloc
@@ -257,6 +258,14 @@ class ChainReaderTestCase(test.TestCase):
                               chain_reader.ChainReader, service, full, SIZE)
         self.assertRaises(chain_reader.ChainUnsupported,
                           chain_reader.ChainReader, service, full, SIZE // 2)
+
+    def test_zero_md5s(self):
+        chain_reader._ZERO_MD5_CACHE.clear()
+        lengths = [0, 1, units.Mi + 3, 3 * units.Mi]
+        expected = {n: hashlib.md5(bytes(n)).hexdigest() for n in lengths}
+        self.assertEqual(expected, chain_reader._zero_md5s(lengths))
+        self.assertEqual(expected, chain_reader._zero_md5s(lengths))
+        self.assertEqual(set(lengths), set(chain_reader._ZERO_MD5_CACHE))
 
     def test_usable_services(self):
         self.assertIsNone(chain_reader.unusable_because(self._service()))
