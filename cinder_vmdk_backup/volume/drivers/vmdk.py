@@ -19,8 +19,15 @@ driver-owned backup protocol (:mod:`cinder_vmdk_backup.backup.driver_owned`):
   stream-optimized VMDK to raw data that the backup service reads; nothing
   is staged on local disk. A volume whose backing was never created reads
   as zeros, and stays without a backing;
-* restore: the raw image the backup service wrote into a sparse staging
-  file is encoded on the fly into an ImportVApp upload on the volume's
+* restore: a backup of one of Cinder's chunked backup drivers (posix, NFS,
+  Swift, S3, GCS...) is streamed: its chain (full backup, incrementals) is
+  resolved from the backups' metadata and each object read once, in disk
+  order, straight into a stream-optimized VMDK whose length the backup's
+  digests give in advance (:mod:`~cinder_vmdk_backup.backup.chain_reader`,
+  :mod:`~cinder_vmdk_backup.vmdk.piece_writer`); nothing is staged
+  (``vmware_backup_restore_streaming``). Other backups are restored by the
+  backup service into a sparse staging file first. Either way the VMDK is
+  encoded on the fly into an ImportVApp upload on the volume's
   datastore: the new backing when the volume has none, else a temporary VM
   whose disk is then swapped into the backing (disk UUID = volume id, old
   disk deleted only once the new one is attached), extended when the volume
@@ -56,11 +63,14 @@ from oslo_utils import units
 from oslo_vmware import exceptions as vexc
 from oslo_vmware import vim_util
 
+from cinder_vmdk_backup.backup import chain_reader
 from cinder_vmdk_backup.backup import driver_owned
 from cinder_vmdk_backup.backup import transfer
 from cinder_vmdk_backup import exception
 from cinder_vmdk_backup import opts
 from cinder_vmdk_backup.vmdk import errors as vmdk_errors
+from cinder_vmdk_backup.vmdk import format as vmdk_format
+from cinder_vmdk_backup.vmdk import piece_writer
 from cinder_vmdk_backup.vmdk import reader as vmdk_reader
 from cinder_vmdk_backup.vmdk import writer as vmdk_writer
 from cinder_vmdk_backup.vmware import diskswap
@@ -85,6 +95,9 @@ _CONTROLLER_ADAPTERS = {
     'VirtualIDEController': volumeops.VirtualDiskAdapterType.IDE,
 }
 
+#: Bytes of a VMDK grain (what the restore's map of data is kept in).
+_GRAIN_BYTES = vmdk_format.DEFAULT_GRAIN_SECTORS * vmdk_format.SECTOR
+
 #: Errors of the data movement that end a backup or restore with a message.
 _TRANSFER_ERRORS = (transfer_errors.TransferError,
                     transfer_errors.DiskSwapError, vmdk_errors.VmdkError,
@@ -97,6 +110,13 @@ def _hw_version_number(text, default=None):
         return int(str(text).rsplit('-', 1)[-1])
     except (TypeError, ValueError):
         return default
+
+
+def _checked(chunks, check):
+    """The chunks, ``check()`` called before each one (caller's thread)."""
+    for chunk in chunks:
+        check()
+        yield chunk
 
 
 class _EncodedDisk(object):
@@ -457,6 +477,9 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         if backing is not None:
             self._check_restorable(volume, backing)
             self._check_instances_stopped(volume)
+        chain = self._backup_chain(backup, volume, backup_service)
+        if chain is not None:
+            return self._restore_chain(backup, volume, chain)
         return super(VMwareVcVmdkBackupDriver, self).restore_backup(
             context, backup, volume, backup_service,
             volume_is_new=volume_is_new)
@@ -515,16 +538,10 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
     def restore_raw_image(self, context, backup, volume, image_path):
         """Import the raw image as the volume's disk."""
         size = os.path.getsize(image_path)
-        profile = self.disk_profile_of(backup)
-        hw_version = _hw_version_number(profile.get('hw_version'), 14)
         conf = self.configuration
-        try:
-            backing = self.volumeops.get_backing(volume.name, volume.id)
-            if backing is None:
-                adapter_type, disk_type = self._new_disk_shape(volume,
-                                                               profile)
-            else:
-                adapter_type = self._get_adapter_type(volume)
+
+        @contextlib.contextmanager
+        def encoded(adapter_type, hw_version):
             with open(image_path, 'rb') as image, \
                     self._encoder_pool() as pool:
                 writer = vmdk_writer.StreamOptimizedWriter(
@@ -537,14 +554,36 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
                 with transfer.Ahead(writer.iter_chunks(), depth=8,
                                     name='cvb-encode-%s' % volume.id[:8]
                                     ) as chunks:
-                    vmdk = _EncodedDisk(length, chunks)
-                    if backing is None:
-                        backing = self._import_new_backing(
-                            volume, vmdk, size, adapter_type, disk_type)
-                    else:
-                        self._check_restorable(volume, backing)
-                        self._import_and_swap(volume, backing, vmdk, size,
-                                              adapter_type)
+                    yield _EncodedDisk(length, chunks)
+
+        self._import_image(backup, volume, size, encoded)
+
+    def _import_image(self, backup, volume, size, encoded):
+        """Import a VMDK as the volume's disk (new backing or disk swap).
+
+        :param size: bytes of the backed-up disk
+        :param encoded: ``encoded(adapter_type, hw_version)``, a context
+            manager giving the VMDK (``length``, ``iter_chunks()``); an
+            error while it is read aborts the import and leaves the volume
+            as it was
+        """
+        profile = self.disk_profile_of(backup)
+        hw_version = _hw_version_number(profile.get('hw_version'), 14)
+        try:
+            backing = self.volumeops.get_backing(volume.name, volume.id)
+            if backing is None:
+                adapter_type, disk_type = self._new_disk_shape(volume,
+                                                               profile)
+            else:
+                adapter_type = self._get_adapter_type(volume)
+            with encoded(adapter_type, hw_version) as vmdk:
+                if backing is None:
+                    backing = self._import_new_backing(
+                        volume, vmdk, size, adapter_type, disk_type)
+                else:
+                    self._check_restorable(volume, backing)
+                    self._import_and_swap(volume, backing, vmdk, size,
+                                          adapter_type)
             self._extend_if_needed(volume, backing)
         except _TRANSFER_ERRORS as exc:
             raise exception.VmdkBackupError(reason=_(
@@ -554,6 +593,56 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         LOG.info('Restored backup %(backup)s into volume %(vol)s '
                  '(%(size)d bytes).', {'backup': backup.id, 'vol': volume.id,
                                        'size': size})
+
+    # -- restore without staging -------------------------------------------
+
+    def _backup_chain(self, backup, volume, backup_service):
+        """The backup's chain, to be streamed; None: stage it instead.
+
+        :raises InvalidBackup: for a chain whose objects are missing
+            (before anything is imported)
+        """
+        if not self.configuration.safe_get(
+                'vmware_backup_restore_streaming'):
+            return None
+        why = chain_reader.unusable_because(backup_service)
+        if why is not None:
+            LOG.info('Backup %(backup)s is restored through a staging '
+                     'file: %(why)s', {'backup': backup.id, 'why': why})
+            return None
+        size = self._backup_size_bytes(backup, volume)
+        try:
+            chain = chain_reader.ChainReader(backup_service, backup, size)
+            # The digest list can be long: read off the hub.
+            transfer.run(chain.nonzero_grains, _GRAIN_BYTES)
+        except chain_reader.ChainUnsupported as exc:
+            LOG.info('Backup %(backup)s is restored through a staging '
+                     'file: %(why)s', {'backup': backup.id, 'why': exc})
+            return None
+        return chain
+
+    def _restore_chain(self, backup, volume, chain):
+        """Encode the chain's pieces straight into the import (no file)."""
+
+        @contextlib.contextmanager
+        def encoded(adapter_type, hw_version):
+            writer = piece_writer.PlannedStreamWriter(
+                chain.pieces(), chain.size,
+                chain.nonzero_grains(_GRAIN_BYTES),
+                adapter_type=adapter_type, hw_version=hw_version)
+            length = writer.length
+            with transfer.Ahead(writer.iter_chunks(), depth=8,
+                                name='cvb-chain-%s' % volume.id[:8]
+                                ) as chunks:
+                yield _EncodedDisk(length,
+                                   _checked(chunks, chain.check_cancelled))
+
+        LOG.info('Restoring backup %(backup)s (a chain of %(n)d) into '
+                 'volume %(vol)s without staging.',
+                 {'backup': backup.id, 'n': len(chain.chain),
+                  'vol': volume.id})
+        self._import_image(backup, volume, chain.size, encoded)
+        chain.restore_volume_metadata(volume.id)
 
     def backup_read_niceness(self):
         return self.configuration.vmware_backup_export_niceness
