@@ -74,6 +74,7 @@ from cinder import objects
 from cinder.objects import fields
 from oslo_utils import units
 
+from cinder_vmdk_backup.backup import cinder_internals
 from cinder_vmdk_backup.backup import transfer
 from cinder_vmdk_backup.vmdk import compression as vmdk_compression
 
@@ -128,6 +129,9 @@ def unusable_because(service):
     if missing:
         return 'this Cinder\'s %s has no %s' % (type(service).__name__,
                                                 ', '.join(missing))
+    if not cinder_internals.usable('chain_reader'):
+        return ('this Cinder\'s chunked backup driver reads its chains '
+                'differently (see the start-up log)')
     return None
 
 

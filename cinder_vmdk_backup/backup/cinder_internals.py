@@ -211,6 +211,23 @@ TARGETS = (
     Target(_CHUNKED, 'backup_timer_interval',
            set_by=(_CHUNKED + '.__init__',),
            read_by=(_CHUNKED + '.backup',), group='handoff'),
+    # The streaming restore (chain_reader): a chain's metadata and objects
+    # read as Cinder's restore() reads them.
+    Target(_CHUNKED, '_read_metadata', ('self', 'backup'),
+           read_by=(_CHUNKED + '.restore',), group='chain_reader'),
+    Target(_CHUNKED, '_metadata_filename', ('self', 'backup'),
+           read_by=(_CHUNKED + '._restore_v1',), group='chain_reader'),
+    Target(_CHUNKED, '_sha256_filename', ('self', 'backup'),
+           read_by=(_CHUNKED + '._read_sha256file',), group='chain_reader'),
+    Target(_CHUNKED, '_generate_object_names', ('self', 'backup'),
+           read_by=(_CHUNKED + '._restore_v1',), group='chain_reader'),
+    Target(_CHUNKED, 'DRIVER_VERSION_MAPPING',
+           read_by=(_CHUNKED + '.restore',), group='chain_reader'),
+    Target(_CHUNKED, '_restore_v1',
+           ('self', 'backup', 'volume_id', 'metadata', 'volume_file',
+            'volume_is_new', 'requested_backup'), group='chain_reader'),
+    Target(_CHUNKED, 'put_metadata', ('self', 'volume_id', 'json_metadata'),
+           read_by=(_CHUNKED + '.restore',), group='chain_reader'),
     # Status reloads of a restore (status_checks).
     Target('cinder.objects.backup.Backup', 'refresh', ('self',),
            read_by=(_CHUNKED + '._restore_v1',), group='refresh'),
@@ -244,6 +261,7 @@ GROUPS = {
     'hashing': 'digests of zeros from a cache',
     'refresh': 'throttled status checks of restores',
     'handoff': 'the extent hand-off into chunked backup drivers',
+    'chain_reader': 'restores streamed from a chain of chunked backups',
     'vmdk': 'the VMDK driver-owned backup',
     'groups': 'instance-group backup sets',
 }

@@ -122,6 +122,9 @@ class BackupFaultsTestCase(flows.VmdkBackupTestBase):
         self._restore_fails_cleanly(backup, target, keep)
 
     def test_full_staging_disk(self):
+        # A restore that stages its data (streaming restores stage none).
+        self.override_config('vmware_backup_restore_streaming', False,
+                             group='vmdk')
         backup, target, keep = self._backup_and_target(
             flows.Disk(regions=BIG_REGIONS, random=True))
         try:
