@@ -474,6 +474,20 @@ def add(path, name, conn=None):
     qemu_img.bitmap_add(path, name, GRANULARITY)
 
 
+def remove(path, name, use=None):
+    """Remove one bitmap of the image at ``path``.
+
+    Through the monitor of ``use``'s domain when a running domain has the
+    image open (``use``), else with qemu-img.
+
+    :raises KvmError: it could not be removed
+    """
+    if use is not None:
+        domains.remove_bitmap(use.domain, path, name)
+    else:
+        qemu_img.bitmap_remove(path, name)
+
+
 def prune(path, keep_names, conn=None):
     """Remove the driver's bitmaps of ``path`` not in ``keep_names``.
 
@@ -501,10 +515,7 @@ def prune(path, keep_names, conn=None):
             if name in keep:
                 continue
             try:
-                if use is not None:
-                    domains.remove_bitmap(use.domain, path, name)
-                else:
-                    qemu_img.bitmap_remove(path, name)
+                remove(path, name, use)
             except errors.KvmError as exc:
                 failures.append('%s: %s' % (name, exc))
                 continue

@@ -33,7 +33,6 @@ from cinder_vmdk_backup.kvm import domains
 from cinder_vmdk_backup.kvm import errors
 from cinder_vmdk_backup.kvm import naming
 from cinder_vmdk_backup.kvm import offline
-from cinder_vmdk_backup.kvm import qemu_img
 
 LOG = logging.getLogger(__name__)
 
@@ -279,10 +278,7 @@ def _remove_bitmap(path, name, use=None):
     if name is None:
         return
     try:
-        if use is not None:
-            domains.remove_bitmap(use.domain, path, name)
-        else:
-            qemu_img.bitmap_remove(path, name)
+        bitmaps.remove(path, name, use)
     except errors.KvmError as exc:
         LOG.warning('Could not remove the dirty bitmap %(name)s of '
                     '%(path)s after a failed freeze: %(exc)s',
