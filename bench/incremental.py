@@ -214,6 +214,15 @@ def load():
 
 # -- a step, in its own process ----------------------------------------------
 
+def _rchar():
+    """Bytes this process has read so far (cache hits included)."""
+    with open('/proc/self/io') as io:
+        for line in io:
+            if line.startswith('rchar:'):
+                return int(line.split()[1])
+    return 0
+
+
 def _hwm():
     """This process's peak RSS in bytes (VmHWM)."""
     with open('/proc/self/status') as status:
@@ -255,6 +264,7 @@ def _worker(argv):
     ctx, manager = group_backup._manager()
     backup = objects.Backup.get_by_id(ctx, payload['backup'])
     ready = _hwm()
+    read = _rchar()
     start = time.perf_counter()
     if step == 'backup':
         volume = objects.Volume.get_by_id(ctx, backup.volume_id)
@@ -273,13 +283,14 @@ def _worker(argv):
     else:
         raise SystemExit('unknown step %s' % step)
     seconds = time.perf_counter() - start
+    read = _rchar() - read
     backup.refresh()
     if backup.status != fields.BackupStatus.AVAILABLE:
         raise SystemExit('%s of backup %s ended %s: %s\n%s' % (
             step, backup.id, backup.status, backup.fail_reason,
             '\n'.join(log.lines)))
     print(json.dumps({'seconds': seconds, 'hwm': _hwm(), 'ready': ready,
-                      'log': log.lines}))
+                      'read': read, 'log': log.lines}))
     return 0
 
 
@@ -320,7 +331,7 @@ def _step(step, conf_path, payload):
     return result
 
 
-# -- images ---------------------------------------------------------------------
+# -- images -------------------------------------------------------------------
 
 def _qemu_io(path, commands):
     """Run qemu-io commands on an image, in batches of 200."""
@@ -381,7 +392,7 @@ def apply_change(path, offsets, pool, scratch):
     shutil.rmtree(scratch)
 
 
-# -- the run ----------------------------------------------------------------------
+# -- the run ------------------------------------------------------------------
 
 def _write_conf(path, workdir, handoff, bitmaps, file_size, compression):
     with open(path, 'w') as conf:
@@ -497,9 +508,10 @@ class _Bench(object):
             result['data'], result['meta'] = self.stored(backup)
             result['block'] = self.sha_list(backup)[0]
         line = ('  %-38s %7.2f s  CPU %7.2f s  RSS %6.1f MiB (own %6.1f, '
-                'set up %5.1f)' % (label, result['seconds'], result['cpu'],
-                                   result['rss'] / MIB, result['hwm'] / MIB,
-                                   result['ready'] / MIB))
+                'set up %5.1f)  read %7.1f MiB' % (
+                    label, result['seconds'], result['cpu'],
+                    result['rss'] / MIB, result['hwm'] / MIB,
+                    result['ready'] / MIB, result['read'] / MIB))
         if backup is not None:
             line += ('  stored %8.2f MiB + meta %6.2f MiB  block %4d KiB'
                      % (result['data'] / MIB, result['meta'] / MIB,
@@ -607,17 +619,18 @@ class _Bench(object):
         conf = self.confs['memory']
         out = {}
         full = self.backup(vol['volume'])
-        out['full'] = self.run('1 GiB full, new path', 'backup', conf,
+        new = VARIANTS['new'][2]
+        out['full'] = self.run('1 GiB full, %s' % new, 'backup', conf,
                                {'backup': full.id}, full)
         apply_change(vol['path'], vol['change'], self.pool,
                      os.path.join(self.workdir, 'pieces'))
         incr = self.backup(vol['volume'], full)
-        out['incr'] = self.run('1 GiB incr, new path', 'backup', conf,
+        out['incr'] = self.run('1 GiB incr, %s' % new, 'backup', conf,
                                {'backup': incr.id}, incr)
         target, target_path = self.volume(1, status='creating')
         from cinder_vmdk_backup.kvm import qemu_img
         qemu_img.create(target_path, GIB)
-        out['restore'] = self.run('restore of the incr', 'restore', conf,
+        out['restore'] = self.run('restore of that incr', 'restore', conf,
                                   {'backup': incr.id,
                                    'volume': target.id})
         compare = subprocess.run(  # nosec B603
@@ -654,12 +667,14 @@ def _report(bench, memory):
                 if not runs:
                     continue
                 print('  %5d GiB %-4s %-24s %8.2f s  stored %8.2f MiB + '
-                      'meta %6.2f MiB  RSS %6.1f MiB  block %d KiB' % (
+                      'meta %6.2f MiB  RSS %6.1f MiB  read %7.1f MiB  '
+                      'block %d KiB' % (
                           gib, kind, VARIANTS[variant][2],
                           median([r['seconds'] for r in runs]),
                           median([r['data'] for r in runs]) / MIB,
                           median([r['meta'] for r in runs]) / MIB,
                           max(r['rss'] for r in runs) / MIB,
+                          median([r['read'] for r in runs]) / MIB,
                           runs[0]['block'] // KIB))
     rows = []
 
@@ -698,6 +713,14 @@ def _report(bench, memory):
                   1.5 if key == 'seconds' else None)
         ratio_row("today's full %s, %d GiB / %d GiB" % (what, big, small),
                   fig(big, 'full', 'today'), fig(small, 'full', 'today'))
+    if results.get((1024, 'incr', 'new')) and small != 1024:
+        for key, what in (('seconds', 'time'), ('rss', 'peak RSS')):
+            ratio_row('new incr %s, 1 TiB / %d GiB' % (what, small),
+                      _figures(results, 1024, 'incr', 'new', key),
+                      _figures(results, small, 'incr', 'new', key))
+            ratio_row('new full %s, 1 TiB / %d GiB' % (what, small),
+                      _figures(results, 1024, 'full', 'new', key),
+                      _figures(results, small, 'full', 'new', key))
     print()
     for text, value, target in rows:
         print('  %-46s %-36s %s' % (text, value, target))
@@ -721,13 +744,13 @@ def _report(bench, memory):
                   max(r['rss'] for r in tib) / MIB))
     if memory:
         peak = max(memory[k]['rss'] for k in ('full', 'incr', 'restore'))
-        print('  posix default backup_file_size, 1 GiB: peak RSS full %.0f, '
-              'incr %.0f, restore %.0f MiB (target < %.0f MiB: %s)%s; '
-              'restore identical: %s' % (
+        print('  posix default backup_file_size, 1 GiB: peak RSS full %.1f, '
+              'incr %.1f, restore %.1f MiB (target < 300 MB = %.1f MiB: %s)'
+              '%s; restore identical: %s' % (
                   memory['full']['rss'] / MIB, memory['incr']['rss'] / MIB,
                   memory['restore']['rss'] / MIB, RSS_TARGET / MIB,
                   verdict(peak, RSS_TARGET),
-                  '; today\'s full %.0f MiB' % (
+                  '; today\'s full %.1f MiB' % (
                       memory['today full']['rss'] / MIB)
                   if 'today full' in memory else '', memory['same']))
     return 0 if all(same) and (not memory or memory['same']) else 1
