@@ -759,6 +759,14 @@ def _report(bench, memory):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == '--worker':
+        profile_dir = os.environ.get('CVB_BENCH_PROFILE')
+        if profile_dir:
+            # A profile of each step: CVB_BENCH_PROFILE=<directory>.
+            import cProfile
+            path = os.path.join(profile_dir, '%s-%d.prof' % (argv[1],
+                                                             os.getpid()))
+            return cProfile.runctx('_worker(argv[1:])', globals(),
+                                   {'argv': argv}, path)
         return _worker(argv[1:])
     parser = argparse.ArgumentParser(prog='python -m bench incremental',
                                      description=__doc__.split('\n')[0])
