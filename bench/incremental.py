@@ -394,10 +394,14 @@ def apply_change(path, offsets, pool, scratch):
 
 # -- the run ------------------------------------------------------------------
 
-def _write_conf(path, workdir, handoff, bitmaps, file_size, compression):
+def _write_conf(path, workdir, handoff, bitmaps, file_size, compression,
+                hash_block_kb=None):
     with open(path, 'w') as conf:
-        conf.write('[DEFAULT]\n'
-                   'host = bench\n'
+        conf.write('[DEFAULT]\n')
+        if hash_block_kb is not None:
+            conf.write('driver_owned_backup_hash_block_kb = %d\n'
+                       % hash_block_kb)
+        conf.write('host = bench\n'
                    'enabled_backends = qcow2\n'
                    'backup_driver = cinder.backup.drivers.posix.'
                    'PosixBackupDriver\n'
@@ -467,7 +471,7 @@ class _Bench(object):
     def _conf(self, name, handoff, bitmaps, file_size):
         path = os.path.join(self.workdir, 'cinder-%s.conf' % name)
         _write_conf(path, self.workdir, handoff, bitmaps, file_size,
-                    self.args.compression)
+                    self.args.compression, self.args.hash_block_kb)
         return path
 
     # -- volumes and backups --
@@ -786,6 +790,9 @@ def main(argv=None):
                         help='backup_file_size of the size comparison '
                              '(default 32 MiB, the hand-off\'s object size; '
                              'the memory part uses posix\'s default)')
+    parser.add_argument('--hash-block-kb', type=int, default=None,
+                        help='driver_owned_backup_hash_block_kb of every '
+                             'step (default: the plugin\'s)')
     parser.add_argument('--compression', default='zlib',
                         help='backup_compression_algorithm (default zlib)')
     parser.add_argument('--tib', dest='tib', action='store_true',
@@ -827,10 +834,12 @@ def _bench(args, workdir):
     has = _capabilities()
     print('incremental: qcow2 volumes of %s GiB, %d MiB of data each (text, '
           'random, zeros written), %.1f %% of it changed in %d KiB writes; '
-          '%d pair(s); backup_file_size %d, %s; %s'
+          '%d pair(s); backup_file_size %d, %s, hash block %s; %s'
           % (', '.join(map(str, args.sizes)), args.data_mib,
              args.change * 100, PIECE // KIB, args.pairs,
-             args.backup_file_size, args.compression, load()), flush=True)
+             args.backup_file_size, args.compression,
+             'default' if args.hash_block_kb is None
+             else '%d KiB' % args.hash_block_kb, load()), flush=True)
     print('this tree: %s' % ', '.join('%s %s' % (k, 'yes' if v else 'NO')
                                       for k, v in has.items()), flush=True)
     if not has['hand-off']:
