@@ -804,6 +804,9 @@ def main(argv=None):
     parser.add_argument('--no-memory', dest='memory', action='store_false',
                         help='skip the RSS check with posix\'s default '
                              'backup_file_size')
+    parser.add_argument('--memory-only', action='store_true',
+                        help='only the RSS check with posix\'s default '
+                             'backup_file_size')
     parser.add_argument('--no-memory-today', dest='memory_today',
                         action='store_false',
                         help='skip today\'s full in the memory part (it '
@@ -849,6 +852,8 @@ def _bench(args, workdir):
     if args.tib is None:
         args.tib = has['hand-off']
     bench = _Bench(args, workdir)
+    if args.memory_only:
+        return _report(bench, bench.memory())
     bench.sizes()
     if args.tib:
         print('1 TiB thin volume (new path and hand-off whole read only; '
