@@ -30,8 +30,11 @@ starts from a copy of the same pristine image):
 1. a full backup through **today's** path (the whole volume streamed
    through the posix driver's own ``backup()``:
    ``driver_owned_backup_extent_handoff = False``, ``qcow2_dirty_bitmaps =
-   False``), then a full backup through the **new** path (extent hand-off,
-   dirty bitmaps on: holes never read, a bitmap left in the image);
+   False``; first pair only unless ``--today-full-every-pair``: it is the
+   parent of every pair's incremental through today's path, the data being
+   the same), then a full backup through the **new** path (extent
+   hand-off, dirty bitmaps on: holes never read, a bitmap left in the
+   image);
 2. 1 % of the data changed (``--change``): scattered 64 KiB writes (text
    or random) into the data extents, by ``qemu-io`` (qemu tracks them in
    the image's persistent dirty bitmaps);
@@ -526,10 +529,13 @@ class _Bench(object):
             print('      plugin log: %s' % text[:300], flush=True)
         return result
 
-    def clean_backups(self):
-        """Remove the stored backups (their figures are taken)."""
-        for name in os.listdir(self.backups_dir):
-            shutil.rmtree(os.path.join(self.backups_dir, name))
+    def clean_backups(self, keep=()):
+        """Remove the stored backups but ``keep`` (figures are taken)."""
+        kept = tuple(b.service_metadata for b in keep)
+        for root, _dirs, files in os.walk(self.backups_dir):
+            for name in files:
+                if not kept or not name.startswith(kept):
+                    os.unlink(os.path.join(root, name))
 
     # -- one chain: fulls, change, incrementals --
 
@@ -562,12 +568,19 @@ class _Bench(object):
         self.reset(vol)
         parents = {}
         out = {}
+        if 'today' in vol:
+            # Today's full of the first pair (the same pristine data) is
+            # the parent of every pair's incremental through today's path.
+            parents['today'] = vol['today']
+            fulls = tuple(v for v in fulls if v != 'today')
         for variant in fulls:
             backup = self.backup(volume)
             out[('full', variant)] = self.run(
                 '%d GiB full, %s' % (gib, VARIANTS[variant][2]), 'backup',
                 self.confs[variant], {'backup': backup.id}, backup)
             parents[variant] = backup
+        if 'today' in parents and not self.args.today_full_every_pair:
+            vol['today'] = parents['today']
         apply_change(vol['path'], vol['change'], self.pool,
                      os.path.join(self.workdir, 'pieces'))
         made = {}
@@ -584,7 +597,7 @@ class _Bench(object):
             print('  %d GiB: sha256 lists of the new and the whole-read '
                   'incremental %s' % (gib, 'identical' if same else
                                       'DIFFER'), flush=True)
-        self.clean_backups()
+        self.clean_backups(keep=[vol['today']] if 'today' in vol else ())
         return out
 
     def record(self, gib, out):
@@ -672,14 +685,15 @@ def _report(bench, memory):
                     continue
                 print('  %5d GiB %-4s %-24s %8.2f s  stored %8.2f MiB + '
                       'meta %6.2f MiB  RSS %6.1f MiB  read %7.1f MiB  '
-                      'block %d KiB' % (
+                      'block %d KiB  (%d run%s)' % (
                           gib, kind, VARIANTS[variant][2],
                           median([r['seconds'] for r in runs]),
                           median([r['data'] for r in runs]) / MIB,
                           median([r['meta'] for r in runs]) / MIB,
                           max(r['rss'] for r in runs) / MIB,
                           median([r['read'] for r in runs]) / MIB,
-                          runs[0]['block'] // KIB))
+                          runs[0]['block'] // KIB, len(runs),
+                          '' if len(runs) == 1 else 's'))
     rows = []
 
     def ratio_row(text, tops, bottoms, target=None, at_least=False):
@@ -795,6 +809,11 @@ def main(argv=None):
                              'step (default: the plugin\'s)')
     parser.add_argument('--compression', default='zlib',
                         help='backup_compression_algorithm (default zlib)')
+    parser.add_argument('--today-full-every-pair', action='store_true',
+                        help='run today\'s full in every pair (default: in '
+                             'the first only, the parent of every pair\'s '
+                             'incremental through today\'s path; it '
+                             'streams the whole volume)')
     parser.add_argument('--tib', dest='tib', action='store_true',
                         default=None,
                         help='run the 1 TiB volume (default: when the tree '
