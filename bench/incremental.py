@@ -470,6 +470,8 @@ class _Bench(object):
             self.ctx, name='qcow2-bench')
         self.pool = vmdk_codec.text_pool(seed=21, size=4 * MIB)
         self.results = {}
+        # Backups whose files stay: today's fulls, parents in later pairs.
+        self.kept = []
 
     def _conf(self, name, handoff, bitmaps, file_size):
         path = os.path.join(self.workdir, 'cinder-%s.conf' % name)
@@ -597,7 +599,9 @@ class _Bench(object):
             print('  %d GiB: sha256 lists of the new and the whole-read '
                   'incremental %s' % (gib, 'identical' if same else
                                       'DIFFER'), flush=True)
-        self.clean_backups(keep=[vol['today']] if 'today' in vol else ())
+        if 'today' in vol and vol['today'] not in self.kept:
+            self.kept.append(vol['today'])
+        self.clean_backups(keep=self.kept)
         return out
 
     def record(self, gib, out):
