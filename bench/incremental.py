@@ -38,11 +38,13 @@ starts from a copy of the same pristine image):
 2. 1 % of the data changed (``--change``): scattered 64 KiB writes (text
    or random) into the data extents, by ``qemu-io`` (qemu tracks them in
    the image's persistent dirty bitmaps);
-3. three incrementals, in an order that rotates with the pair: **new**
-   (parent: the new full; reads what the parent's bitmap marks),
+3. three incrementals: **new** (parent: the new full; reads what the
+   parent's bitmap marks), then, in an order that rotates with the pair,
    **hand-off, whole read** (same parent, ``qcow2_dirty_bitmaps = False``:
    every allocated extent read and hashed, holes still skipped) and
-   **today** (parent: today's full; the whole volume streamed).
+   **today** (parent: today's full; the whole volume streamed). The new
+   path runs first: a backup with ``qcow2_dirty_bitmaps = False`` removes
+   the image's bitmaps, the parent's included.
 
 Each backup runs in its own process (the bench's own memory does not
 count): wall time from the manager's ``create_backup`` to the end of
@@ -586,7 +588,11 @@ class _Bench(object):
         apply_change(vol['path'], vol['change'], self.pool,
                      os.path.join(self.workdir, 'pieces'))
         made = {}
-        for variant in rotated(incrementals, pair):
+        # The new path first: a backup with qcow2_dirty_bitmaps = False
+        # removes the image's bitmaps (the parent's included).
+        first = tuple(v for v in incrementals if v == 'new')
+        others = tuple(v for v in incrementals if v != 'new')
+        for variant in first + (rotated(others, pair) if others else ()):
             parent = parents['today' if variant == 'today' else 'new']
             backup = self.backup(volume, parent)
             out[('incr', variant)] = self.run(
