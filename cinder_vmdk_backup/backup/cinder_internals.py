@@ -27,6 +27,9 @@ all of them are here, nowhere else:
 * :func:`hashlib_replaced` replaces ``chunkeddriver.hashlib`` and wraps a
   chunked driver's ``_calculate_sha`` and ``_backup_chunk``;
 * :func:`refresh_replaced` replaces a Backup object's ``refresh``;
+* :mod:`~cinder_vmdk_backup.backup.handoff` writes Cinder's chunked format
+  through a chunked driver's private primitives (``_prepare_backup``,
+  ``_backup_chunk``, ``_write_metadata``...: group ``handoff``);
 * :data:`TARGETS` also names the private methods of Cinder's VMware driver
   that :mod:`cinder_vmdk_backup.volume.drivers.vmdk` calls.
 
@@ -156,6 +159,58 @@ TARGETS = (
            ('self', 'backup', 'container', 'data', 'data_offset',
             'object_meta', 'extra_metadata'),
            read_by=(_CHUNKED + '.backup',), group='hashing'),
+    # The extent hand-off (handoff): Cinder's chunked format written
+    # through the driver's own primitives.
+    Target(_CHUNKED, '_prepare_backup', ('self', 'backup'),
+           read_by=(_CHUNKED + '.backup',), group='handoff'),
+    Target(_CHUNKED, '_backup_chunk',
+           ('self', 'backup', 'container', 'data', 'data_offset',
+            'object_meta', 'extra_metadata'),
+           read_by=(_CHUNKED + '.backup',), group='handoff'),
+    Target(_CHUNKED, '_get_object_writer',
+           ('self', 'container', 'object_name', 'extra_metadata'),
+           read_by=(_CHUNKED + '._backup_chunk',), group='handoff'),
+    Target(_CHUNKED, '_get_object_reader',
+           ('self', 'container', 'object_name', 'extra_metadata'),
+           read_by=(_CHUNKED + '._read_sha256file',), group='handoff'),
+    Target(_CHUNKED, '_prepare_output_data', ('self', 'data'),
+           read_by=(_CHUNKED + '._backup_chunk',), group='handoff'),
+    Target(_CHUNKED, '_sha256_filename', ('self', 'backup'),
+           read_by=(_CHUNKED + '._write_sha256file',
+                    _CHUNKED + '._read_sha256file'), group='handoff'),
+    Target(_CHUNKED, '_write_sha256file',
+           ('self', 'backup', 'volume_id', 'container', 'sha256_list'),
+           read_by=(_CHUNKED + '._finalize_backup',), group='handoff'),
+    Target(_CHUNKED, '_write_metadata',
+           ('self', 'backup', 'volume_id', 'container', 'object_list',
+            'volume_meta', 'extra_metadata'),
+           read_by=(_CHUNKED + '._finalize_backup',), group='handoff'),
+    Target(_CHUNKED, '_backup_metadata', ('self', 'backup', 'object_meta'),
+           read_by=(_CHUNKED + '.backup',), group='handoff'),
+    Target(_CHUNKED, '_send_progress_notification',
+           ('self', 'context', 'backup', 'object_meta',
+            'total_block_sent_num', 'total_volume_size'),
+           read_by=(_CHUNKED + '.backup',), group='handoff'),
+    Target(_CHUNKED, '_send_progress_end',
+           ('self', 'context', 'backup', 'object_meta'),
+           read_by=(_CHUNKED + '.backup',), group='handoff'),
+    Target(_CHUNKED, 'DRIVER_VERSION',
+           read_by=(_CHUNKED + '._write_sha256file',
+                    _CHUNKED + '._write_metadata'), group='handoff'),
+    Target(_CHUNKED, 'object_count', read_by=(_CHUNKED + '._finalize_backup',),
+           set_by=(_CHUNKED + '._finalize_backup',), group='handoff'),
+    Target(_CHUNKED, 'compressor', set_by=(_CHUNKED + '.__init__',),
+           read_by=(_CHUNKED + '._prepare_output_data',), group='handoff'),
+    Target(_CHUNKED, 'sha_block_size_bytes', set_by=(_CHUNKED + '.__init__',),
+           read_by=(_CHUNKED + '._write_sha256file',), group='handoff'),
+    Target(_CHUNKED, 'data_block_num', set_by=(_CHUNKED + '.__init__',),
+           read_by=(_CHUNKED + '.backup',), group='handoff'),
+    Target(_CHUNKED, 'enable_progress_timer',
+           set_by=(_CHUNKED + '.__init__',),
+           read_by=(_CHUNKED + '.backup',), group='handoff'),
+    Target(_CHUNKED, 'backup_timer_interval',
+           set_by=(_CHUNKED + '.__init__',),
+           read_by=(_CHUNKED + '.backup',), group='handoff'),
     # Status reloads of a restore (status_checks).
     Target('cinder.objects.backup.Backup', 'refresh', ('self',),
            read_by=(_CHUNKED + '._restore_v1',), group='refresh'),
@@ -188,6 +243,7 @@ GROUPS = {
     'zlib': 'ISA-L zlib in chunked backup drivers',
     'hashing': 'digests of zeros from a cache',
     'refresh': 'throttled status checks of restores',
+    'handoff': 'the extent hand-off into chunked backup drivers',
     'vmdk': 'the VMDK driver-owned backup',
     'groups': 'instance-group backup sets',
 }
@@ -610,8 +666,12 @@ class RewiredBackupManager(manager.BackupManager):
 # -- chunked backup drivers --------------------------------------------
 
 
-def _is_chunked(backup_service):
+def is_chunked(backup_service):
+    """Whether ``backup_service`` is one of Cinder's chunked drivers."""
     return isinstance(backup_service, chunkeddriver.ChunkedBackupDriver)
+
+
+_is_chunked = is_chunked
 
 
 @contextlib.contextmanager

@@ -24,10 +24,14 @@ extended by keyword arguments only::
     driver.restore_backup(context, backup, volume, backup_service,
                           volume_is_new=False)
 
-What a backup holds is the guest-visible **raw** disk data: the backup
-service reads it as a sequential stream, so Cinder's incremental backups and
-cross-backend restores work unchanged. The mixin owns the flow around the
-data (streaming into the backup service, read ahead of it, zlib done by
+What a backup holds is the guest-visible **raw** disk data, in the backup
+service's own format, so Cinder's incremental backups and cross-backend
+restores work unchanged. Cinder's chunked drivers (posix, nfs, swift, s3,
+gcs) get it by extents (:mod:`.handoff`: holes and what did not change
+since the parent are not read); any other backup service reads it as a
+sequential stream through its own ``backup()``. The mixin owns the flow
+around the data (streaming into the backup service, read ahead of it, zlib
+done by
 ISA-L (:mod:`.fast_zlib`), zeros not hashed (:mod:`.zero_hashing`); on
 restore a private sparse staging file, its
 exact size, clean-up on every path); a driver fills three hooks:
@@ -84,6 +88,7 @@ from oslo_log import log as logging
 from oslo_utils import units
 
 from cinder_vmdk_backup.backup import fast_zlib
+from cinder_vmdk_backup.backup import handoff
 from cinder_vmdk_backup.backup import staging
 from cinder_vmdk_backup.backup import staging_files
 from cinder_vmdk_backup.backup import status_checks
@@ -130,7 +135,14 @@ class DriverOwnedBackupMixin(object):
             ``readinto``, optionally ``finish``, ``report``,
             ``interrupt``) of exactly the device's size (``volume.size``
             or ``snapshot.volume_size`` GiB); a source ending early fails
-            the backup
+            the backup. Into Cinder's chunked backup drivers
+            (:mod:`.handoff`) a source may also offer
+            ``read_at(offset, view)`` (fill ``view`` from ``offset``;
+            called with ascending offsets), ``zero_ranges()`` (ascending
+            ``(offset, length)`` known to read as zeros: never read) and
+            ``changed_ranges(parent_backup)`` (``(ranges, None)``: what may
+            differ from the parent's point in time, ascending; or
+            ``(None, reason)`` when in doubt: everything is read)
         """
         raise NotImplementedError()
 
@@ -175,29 +187,18 @@ class DriverOwnedBackupMixin(object):
                  {'backup': backup.id, 'kind': type(device).__name__,
                   'id': device.id})
         length = self._device_size_gb(device) * units.Gi
-        limit = CONF.driver_owned_backup_read_ahead_mb * units.Mi
-        with self.open_backup_source(context, backup, device) as source, \
-                transfer.BackupReader(
-                    source, length, limit, self.backup_read_niceness(),
-                    name='cvb-backup-%s' % backup.id[:8]) as reader, \
-                tuned_for_raw_data(backup_service):
-            try:
-                result = backup_service.backup(backup, reader)
-            except EOFError as exc:
-                # A source shorter than the device: a backup that silently
-                # lost the disk's tail would look complete.
-                raise exception.BackupDriverException(reason=_(
-                    'the data of %(kind)s %(id)s ended before its size of '
-                    '%(size)d bytes: %(err)s') % {
-                        'kind': type(device).__name__.lower(),
-                        'id': device.id, 'size': length, 'err': exc}
-                ) from exc
-            finally:
-                if reader.niceness_error is not None:
-                    LOG.warning('The data of backup %(backup)s was read at '
-                                'the service\'s own CPU priority: %(err)s',
-                                {'backup': backup.id,
-                                 'err': reader.niceness_error})
+        try:
+            result = self._move_backup_data(context, backup, backup_service,
+                                            device, length)
+        except EOFError as exc:
+            # A source shorter than the device: a backup that silently
+            # lost the disk's tail would look complete.
+            raise exception.BackupDriverException(reason=_(
+                'the data of %(kind)s %(id)s ended before its size of '
+                '%(size)d bytes: %(err)s') % {
+                    'kind': type(device).__name__.lower(),
+                    'id': device.id, 'size': length, 'err': exc}
+            ) from exc
         if profile:
             metadata = dict(backup.metadata or {})
             metadata.update({PROFILE_KEY_PREFIX + key: str(value)
@@ -205,6 +206,41 @@ class DriverOwnedBackupMixin(object):
             backup.metadata = metadata
             backup.save()
         return result
+
+    def _move_backup_data(self, context, backup, backup_service, device,
+                          length):
+        """Read the device's data into the backup service.
+
+        Into a chunked backup driver by extents (:mod:`.handoff`): holes
+        and, for an incremental, what did not change are not read. Into
+        any other backup service (or with the hand-off off, or a Cinder
+        whose internals it needs changed) as one stream through the
+        service's own ``backup()``.
+        """
+        handoff_wanted = handoff.usable(backup_service)
+        what = '%s %s' % (type(device).__name__.lower(), device.id)
+        with self.open_backup_source(context, backup, device) as source, \
+                tuned_for_raw_data(backup_service):
+            if handoff_wanted and hasattr(source, 'read_at'):
+                return handoff.backup(backup_service, backup, source,
+                                      length, what)
+            limit = CONF.driver_owned_backup_read_ahead_mb * units.Mi
+            with transfer.BackupReader(
+                    source, length, limit, self.backup_read_niceness(),
+                    name='cvb-backup-%s' % backup.id[:8]) as reader:
+                try:
+                    if handoff_wanted:
+                        return handoff.backup(backup_service, backup,
+                                              source, length, what,
+                                              stream=reader)
+                    return backup_service.backup(backup, reader)
+                finally:
+                    if reader.niceness_error is not None:
+                        LOG.warning('The data of backup %(backup)s was '
+                                    'read at the service\'s own CPU '
+                                    'priority: %(err)s',
+                                    {'backup': backup.id,
+                                     'err': reader.niceness_error})
 
     def restore_backup(self, context, backup, volume, backup_service,
                        volume_is_new=False):

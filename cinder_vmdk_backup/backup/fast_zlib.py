@@ -24,7 +24,8 @@ streams, which Python's zlib and every Cinder read back) 7 to 15 times
 faster; at ISA-L level 2 text comes out about a fifth larger than at zlib
 level 6, random data the same. Its inflate is about twice zlib's, for any
 zlib stream, so restores of every zlib backup gain too; an object that
-inflates to zeros is inflated once per restore (:class:`IsalZlib`).
+inflates to zeros is never materialised, and inflated once per restore
+(:class:`IsalZlib`).
 
 :func:`accelerated` swaps the chunked driver's compressor for the duration
 of one driver-owned backup or restore; the objects are still recorded as
@@ -48,6 +49,7 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 from cinder_vmdk_backup.backup import cinder_internals
 from cinder_vmdk_backup.backup import zero_hashing
+from cinder_vmdk_backup.backup import zero_objects
 from cinder_vmdk_backup import opts
 
 LOG = logging.getLogger(__name__)
@@ -62,9 +64,8 @@ ZLIB_ALGORITHMS = ('zlib', 'gzip')
 #: 4 GiB (Cinder's default ``backup_file_size`` is 1.86 GiB).
 MAX_ZERO_BODY = 4 * units.Mi
 
-#: An object that inflates to at least this many times its size is checked
-#: for being all zeros (only zeros and the like compress that well).
-ZERO_CHECK_RATIO = 64
+#: Bytes inflated at a time while checking whether a body is all zeros.
+PROBE_PIECE = units.Mi
 
 #: How many distinct all-zero bodies one operation remembers (one per chunk
 #: length and compressor, in practice one or two).
@@ -75,13 +76,18 @@ class IsalZlib(object):
     """The part of the ``zlib`` module Cinder's chunked drivers call.
 
     A backup of a thin volume holds many objects that are all zeros, each
-    stored as the same small zlib stream; inflating one costs as much as
-    copying its zeros (0.9 GB/s), and a restore would do it for every one.
-    So a body seen to inflate to zeros is remembered, and the next identical
-    body is answered with a fresh ``bytes(n)``: zeroed memory from calloc,
-    nothing to compute (and nothing resident until written, where calloc
-    maps it: the backup manager's malloc tuning, or n above glibc's mmap
-    threshold).
+    stored as the same small zlib stream (the extent hand-off writes holes
+    as objects of up to a GiB of zeros, :mod:`.handoff`). Inflating one
+    would cost as much memory as its zeros and as much time as copying
+    them. So a small body is first inflated in pieces of
+    :data:`PROBE_PIECE`, kept only long enough to see that they are zeros:
+    a body that inflates to nothing but zeros is answered with a fresh
+    ``bytes(n)`` (zeroed memory from calloc, nothing resident until
+    written: the backup manager's malloc tuning, or n above glibc's mmap
+    threshold), recorded by :func:`.zero_objects.zeros` so that the
+    staging file skips it whole, and remembered: the next identical body
+    costs a comparison. A body with data is inflated as usual (after at
+    most one wasted piece when it does not start with zeros).
 
     :param level: ISA-L compression level, 0 to 3
     """
@@ -98,13 +104,39 @@ class IsalZlib(object):
         for body, length in self._zero_bodies:
             # Lengths first: a body of another length costs nothing.
             if len(body) == len(data) and body == data:
-                return bytes(length)
-        inflated = isal_zlib.decompress(data)
-        if (len(data) <= MAX_ZERO_BODY
-                and len(inflated) >= ZERO_CHECK_RATIO * len(data)
-                and zero_hashing.is_all_zero(memoryview(inflated))):
-            self._zero_bodies.append((bytes(data), len(inflated)))
-        return inflated
+                return zero_objects.zeros(length)
+        if len(data) <= MAX_ZERO_BODY:
+            length = _zeros_inflated(data)
+            if length is not None:
+                self._zero_bodies.append((bytes(data), length))
+                return zero_objects.zeros(length)
+        return isal_zlib.decompress(data)
+
+
+def _zeros_inflated(data):
+    """How many zeros ``data`` inflates to; None if not only zeros.
+
+    Inflates in pieces, keeping none; a corrupt or cut stream gives None
+    (the full inflate that follows raises zlib's error).
+    """
+    inflater = isal_zlib.decompressobj()
+    total = 0
+    pending = data
+    while not inflater.eof:
+        try:
+            piece = inflater.decompress(pending, PROBE_PIECE)
+        except isal_zlib.error:
+            return None
+        if piece and not zero_hashing.is_all_zero(memoryview(piece)):
+            return None
+        total += len(piece)
+        left = inflater.unconsumed_tail
+        if not piece and len(left) == len(pending):
+            break  # no progress: the stream is cut
+        pending = left
+    if not inflater.eof or inflater.unused_data:
+        return None
+    return total
 
 
 def _is_zlib(algorithm):

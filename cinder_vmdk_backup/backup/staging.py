@@ -26,6 +26,8 @@ backup must be able to turn data back into zeros.
 import io
 import os
 
+from cinder_vmdk_backup.backup import zero_objects
+
 __all__ = ['SparseStagingWriter']
 
 #: Zero pieces of this size (aligned in the file) are skipped.
@@ -35,6 +37,7 @@ PIECE = 64 * 1024
 REGION = 1024 * 1024
 
 _ZERO_PIECE = bytes(PIECE)
+_ZERO_REGION = bytes(REGION)
 
 
 class SparseStagingWriter(object):
@@ -58,6 +61,8 @@ class SparseStagingWriter(object):
     # -- file interface ------------------------------------------------------
 
     def write(self, data):
+        if zero_objects.known(data):
+            return self._write_zeros(len(data))
         with memoryview(data) as whole, whole.cast('B') as view:
             size = len(view)
             start = self._pos
@@ -83,6 +88,23 @@ class SparseStagingWriter(object):
             self._mark_written(start + first, start + end)
         self._pos = start + size
         self._end = max(self._end, self._pos)
+        return size
+
+    def _write_zeros(self, size):
+        """An object of zeros (:func:`.zero_objects.zeros`), not read.
+
+        Written only over regions that hold data already; skipped, region
+        by region, everywhere else.
+        """
+        position, end = self._pos, self._pos + size
+        with memoryview(_ZERO_REGION) as zeros:
+            while position < end:
+                region_end = min(end, (position // REGION + 1) * REGION)
+                if self._was_written(position // REGION):
+                    self._write_at(zeros[:region_end - position], position)
+                position = region_end
+        self._pos = end
+        self._end = max(self._end, end)
         return size
 
     def seek(self, offset, whence=io.SEEK_SET):

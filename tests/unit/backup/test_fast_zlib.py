@@ -11,6 +11,7 @@
 # under the License.
 
 import hashlib
+import resource
 from unittest import mock
 import zlib
 
@@ -20,10 +21,12 @@ import ddt
 import fixtures
 from isal import isal_zlib
 from oslo_config import fixture as config_fixture
+from oslo_utils import units
 from oslotest import base
 
 from cinder_vmdk_backup.backup import cinder_internals
 from cinder_vmdk_backup.backup import fast_zlib
+from cinder_vmdk_backup.backup import zero_objects
 
 
 def _text(size):
@@ -175,13 +178,15 @@ class AcceleratedTestCase(base.BaseTestCase):
 
 @ddt.ddt
 class ZeroBodiesTestCase(base.BaseTestCase):
-    """Objects that inflate to zeros are inflated once per operation."""
+    """Objects of zeros are never materialised, and inflated once."""
 
     def setUp(self):
         super(ZeroBodiesTestCase, self).setUp()
         self.isal = self.useFixture(fixtures.MockPatchObject(
             fast_zlib, 'isal_zlib', autospec=True)).mock
         self.isal.decompress.side_effect = isal_zlib.decompress
+        self.isal.decompressobj.side_effect = isal_zlib.decompressobj
+        self.isal.error = isal_zlib.error
         self.codec = fast_zlib.IsalZlib(2)
 
     @ddt.data(zlib.compress, lambda data: isal_zlib.compress(data, 2),
@@ -193,15 +198,24 @@ class ZeroBodiesTestCase(base.BaseTestCase):
         self.assertEqual(bytes(4 * 1024 * 1024), first)
         self.assertEqual(first, second)
         self.assertIsInstance(second, bytes)
-        self.isal.decompress.assert_called_once_with(body)
+        self.assertTrue(zero_objects.known(second))
+        self.isal.decompressobj.assert_called_once_with()
+        self.isal.decompress.assert_not_called()
 
     @ddt.data(b'a', b'\x00' * 1023 + b'\x01')
     def test_other_compressible_bodies_are_always_inflated(self, pattern):
         data = pattern * (4 * 1024 * 1024 // len(pattern))
         body = zlib.compress(data)
         for _ in range(3):
-            self.assertEqual(data, self.codec.decompress(body))
+            result = self.codec.decompress(body)
+            self.assertEqual(data, result)
+            self.assertFalse(zero_objects.known(result))
         self.assertEqual(3, self.isal.decompress.call_count)
+
+    def test_zeros_then_data(self):
+        data = bytes(3 * 1024 * 1024 + 5) + b'\x01' + bytes(1000)
+        self.assertEqual(data, self.codec.decompress(zlib.compress(data)))
+        self.assertEqual(1, self.isal.decompress.call_count)
 
     def test_zeros_of_other_lengths_are_told_apart(self):
         bodies = {n: zlib.compress(bytes(n))
@@ -209,7 +223,7 @@ class ZeroBodiesTestCase(base.BaseTestCase):
         for _ in range(2):
             for length, body in bodies.items():
                 self.assertEqual(bytes(length), self.codec.decompress(body))
-        self.assertEqual(3, self.isal.decompress.call_count)
+        self.assertEqual(3, self.isal.decompressobj.call_count)
 
     def test_bodies_kept_are_bounded(self):
         kept = fast_zlib.ZERO_BODIES_KEPT
@@ -218,10 +232,25 @@ class ZeroBodiesTestCase(base.BaseTestCase):
         for body in bodies:
             self.codec.decompress(body)
         self.codec.decompress(bodies[-1])
-        self.assertEqual(kept + 1, self.isal.decompress.call_count)
+        self.assertEqual(kept + 1, self.isal.decompressobj.call_count)
         # The oldest was let go.
         self.codec.decompress(bodies[0])
-        self.assertEqual(kept + 2, self.isal.decompress.call_count)
+        self.assertEqual(kept + 2, self.isal.decompressobj.call_count)
+
+    def test_a_gibibyte_of_zeros_is_not_materialised(self):
+        body = zero_objects.zlib_zeros(units.Gi)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        zeros = self.codec.decompress(body)
+        again = self.codec.decompress(body)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self.assertEqual(units.Gi, len(zeros))
+        self.assertTrue(zero_objects.known(zeros))
+        self.assertTrue(zero_objects.known(again))
+        self.assertLess(peak - before, 64 * 1024)  # KiB
+
+    def test_cut_stream_raises_as_zlib_does(self):
+        body = zlib.compress(bytes(1024 * 1024))[:-10]
+        self.assertRaises(isal_zlib.error, self.codec.decompress, body)
 
     def test_large_bodies_are_not_kept(self):
         self.useFixture(fixtures.MonkeyPatch(

@@ -19,6 +19,7 @@ import fixtures
 from oslotest import base
 
 from cinder_vmdk_backup.backup import staging
+from cinder_vmdk_backup.backup import zero_objects
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -119,3 +120,35 @@ class SparseStagingWriterTestCase(base.BaseTestCase):
             side_effect=OSError(28, 'No space left on device')))
         error = self.assertRaises(OSError, self.writer.write, b'x' * 10)
         self.assertEqual(28, error.errno)
+
+
+class KnownZerosTestCase(base.BaseTestCase):
+    """Objects of zeros from the inflater are skipped without reading."""
+
+    def setUp(self):
+        super(KnownZerosTestCase, self).setUp()
+        path = os.path.join(self.useFixture(fixtures.TempDir()).path, 's')
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.addCleanup(os.close, self.fd)
+        self.writer = staging.SparseStagingWriter(self.fd)
+
+    def test_zeros_are_skipped_where_nothing_was_written(self):
+        self.writer.seek(staging.REGION // 2)
+        self.writer.write(b'\x01' * 10)
+        zeros = zero_objects.zeros(5 * staging.REGION)
+        self.assertTrue(zero_objects.known(zeros))
+        self.writer.seek(0)
+        self.assertEqual(len(zeros), self.writer.write(zeros))
+        self.assertEqual(5 * staging.REGION, self.writer.tell())
+        os.ftruncate(self.fd, 6 * staging.REGION)
+        # Only the first region, which held data, was written.
+        self.assertEqual(bytes(6 * staging.REGION),
+                         os.pread(self.fd, 6 * staging.REGION, 0))
+        blocks = os.fstat(self.fd).st_blocks * 512
+        self.assertLessEqual(blocks, 2 * staging.REGION)
+
+    def test_other_zeros_are_looked_at(self):
+        data = bytes(staging.REGION)
+        self.assertFalse(zero_objects.known(data))
+        self.writer.write(data)
+        self.assertEqual(staging.REGION, self.writer.tell())
