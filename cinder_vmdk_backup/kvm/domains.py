@@ -26,6 +26,7 @@ import time
 from xml.etree import ElementTree  # nosec B405
 
 from oslo_log import log as logging
+from oslo_serialization import jsonutils
 from oslo_utils import importutils
 
 from cinder_vmdk_backup.kvm import errors
@@ -359,3 +360,67 @@ def retarget_inactive(conn, old_path, new_path):
             conn.defineXML(ElementTree.tostring(root, encoding='unicode'))
             changed.append(domain.name())
     return changed
+
+
+def _qmp(domain, command, **arguments):
+    """Run one QMP command in the domain's QEMU through libvirt.
+
+    Libvirt has no API for persistent dirty bitmaps outside its checkpoint
+    metadata; it marks the domain tainted (``custom-monitor``) in its log,
+    nothing else changes.
+    """
+    if libvirt_qemu is None:
+        raise errors.DomainError('libvirt_qemu (libvirt-python) is missing')
+    request = jsonutils.dumps({'execute': command, 'arguments': arguments})
+    try:
+        answer = libvirt_qemu.qemuMonitorCommand(domain, request, 0)
+    except libvirt.libvirtError as exc:
+        raise errors.DomainError('%s in domain %s failed: %s'
+                                 % (command, domain.name(), exc))
+    reply = jsonutils.loads(answer)
+    if 'error' in reply:
+        raise errors.DomainError('%s in domain %s failed: %s' % (
+            command, domain.name(), reply['error'].get('desc', reply)))
+    return reply.get('return')
+
+
+def format_node(domain, path):
+    """The QEMU node name of the qcow2 layer the domain opened ``path`` as.
+
+    :raises DomainError: the domain has no such node
+    """
+    real = _real(path)
+    for node in _qmp(domain, 'query-named-block-nodes', flat=True):
+        if node.get('drv') == 'qcow2' and _real(node.get('file', '')) == real:
+            return node['node-name']
+    raise errors.DomainError('Domain %s has no qcow2 node of %s'
+                             % (domain.name(), path), path=path)
+
+
+def node_bitmaps(domain, path):
+    """The dirty bitmaps QEMU has loaded on ``path``'s node (QMP dicts)."""
+    real = _real(path)
+    for node in _qmp(domain, 'query-named-block-nodes', flat=True):
+        if node.get('drv') == 'qcow2' and _real(node.get('file', '')) == real:
+            return list(node.get('dirty-bitmaps') or [])
+    raise errors.DomainError('Domain %s has no qcow2 node of %s'
+                             % (domain.name(), path), path=path)
+
+
+def add_bitmap(domain, path, name, granularity):
+    """Add a persistent, enabled dirty bitmap to a running image.
+
+    One of that name already there (an earlier attempt) is replaced: the
+    bitmap must start now.
+    """
+    node = format_node(domain, path)
+    if any(b.get('name') == name for b in node_bitmaps(domain, path)):
+        _qmp(domain, 'block-dirty-bitmap-remove', node=node, name=name)
+    _qmp(domain, 'block-dirty-bitmap-add', node=node, name=name,
+         granularity=int(granularity), persistent=True)
+
+
+def remove_bitmap(domain, path, name):
+    """Remove a dirty bitmap from a running image (and from its file)."""
+    _qmp(domain, 'block-dirty-bitmap-remove',
+         node=format_node(domain, path), name=name)

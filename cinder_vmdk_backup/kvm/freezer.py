@@ -28,10 +28,12 @@ import time
 
 from oslo_log import log as logging
 
+from cinder_vmdk_backup.kvm import bitmaps
 from cinder_vmdk_backup.kvm import domains
 from cinder_vmdk_backup.kvm import errors
 from cinder_vmdk_backup.kvm import naming
 from cinder_vmdk_backup.kvm import offline
+from cinder_vmdk_backup.kvm import qemu_img
 
 LOG = logging.getLogger(__name__)
 
@@ -43,14 +45,18 @@ class FrozenImage(object):
     :ivar read_path: the frozen image to read: nobody writes it until the
         merge
     :ivar online: frozen through libvirt (a running domain uses it)
+    :ivar bitmap: the name of the persistent dirty bitmap made in the
+        image at (just before) the freeze, or None (none asked for, or it
+        could not be made: the log says why)
     """
 
     def __init__(self, path, read_path, token, lock, use=None,
-                 commit_timeout=600.0):
+                 commit_timeout=600.0, bitmap=None):
         self.path = path
         self.read_path = read_path
         self.token = token
         self.use = use
+        self.bitmap = bitmap
         self.online = use is not None
         self._lock = lock
         self._commit_timeout = commit_timeout
@@ -91,7 +97,8 @@ _STRENGTH = {CRASH_CONSISTENT: 0, QUIESCED: 1, NOT_RUNNING: 2}
 
 
 def freeze_all(paths, conn=None, commit_timeout=600.0, lock_timeout=60,
-               all_or_nothing=False, facts=None, quiesce=True):
+               all_or_nothing=False, facts=None, quiesce=True,
+               bitmaps=None):
     """Freeze each of ``paths``; return ``{path: FrozenImage or error}``.
 
     :param conn: a libvirt connection, or None when no domain runs on this
@@ -108,10 +115,18 @@ def freeze_all(paths, conn=None, commit_timeout=600.0, lock_timeout=60,
         :func:`.domains.snapshot_disks`; absent without one) and
         ``frozen_at`` (UTC datetime of the first freeze)
     :param quiesce: quiesce through the guest agent where one answers
+    :param bitmaps: ``{path: bitmap name}``: add that persistent dirty
+        bitmap to the image no later than its point in time (offline
+        before the freeze, online through the monitor just before the
+        snapshot); the merge carries every later write into it (see
+        :mod:`.bitmaps`). A bitmap that cannot be made is logged and left
+        out (:attr:`FrozenImage.bitmap` is None); the freeze goes on. A
+        failed freeze removes the bitmap it made.
     Without ``all_or_nothing``, an image whose freeze failed is reported
     with its exception and left as it was; the others are frozen.
     """
     facts = {} if facts is None else facts
+    wanted = dict(bitmaps or {})
     results = {}
     locks = {}
     try:
@@ -136,7 +151,7 @@ def freeze_all(paths, conn=None, commit_timeout=600.0, lock_timeout=60,
         pauses = []
         for members in by_domain.values():
             snapshot = _freeze_online(members, locks, results,
-                                      commit_timeout, quiesce)
+                                      commit_timeout, quiesce, wanted)
             if snapshot is None:
                 if all_or_nothing:
                     _undo_and_raise(results)
@@ -150,17 +165,20 @@ def freeze_all(paths, conn=None, commit_timeout=600.0, lock_timeout=60,
         for path in list(locks):
             lock = locks.pop(path)
             token = naming.new_token()
+            bitmap = _add_bitmap(path, wanted.get(path))
             taken_at = time.time()
             try:
                 frozen_path = offline.freeze(path, token)
             except Exception as exc:
+                _remove_bitmap(path, bitmap)
                 lock.close()
                 results[path] = exc
                 if all_or_nothing:
                     _undo_and_raise(results)
                 continue
             facts.setdefault('frozen_at', _utc(taken_at))
-            results[path] = FrozenImage(path, frozen_path, token, lock)
+            results[path] = FrozenImage(path, frozen_path, token, lock,
+                                        bitmap=bitmap)
     finally:
         for lock in locks.values():
             lock.close()
@@ -208,17 +226,21 @@ def _group_by_domain(locks, in_use, results):
     return by_domain
 
 
-def _freeze_online(members, locks, results, commit_timeout, quiesce):
+def _freeze_online(members, locks, results, commit_timeout, quiesce,
+                   wanted):
     """One atomic snapshot of a domain's members; None when it failed."""
     domain = members[0][1].domain
     token = naming.new_token()
     overlays = {use.target: naming.transient_path(path, naming.OVERLAY,
                                                   token)
                 for path, use in members}
+    made = {path: _add_bitmap(path, wanted.get(path), use)
+            for path, use in members}
     try:
         snapshot = domains.snapshot_disks(domain, overlays, quiesce=quiesce)
     except errors.KvmError as exc:
-        for path, _use in members:
+        for path, use in members:
+            _remove_bitmap(path, made[path], use)
             locks.pop(path).close()
             results[path] = exc
         return None
@@ -230,8 +252,41 @@ def _freeze_online(members, locks, results, commit_timeout, quiesce):
               'ms': snapshot.seconds * 1000.0})
     for path, use in members:
         results[path] = FrozenImage(path, path, token, locks.pop(path),
-                                    use=use, commit_timeout=commit_timeout)
+                                    use=use, commit_timeout=commit_timeout,
+                                    bitmap=made[path])
     return snapshot
+
+
+def _add_bitmap(path, name, use=None):
+    """Add bitmap ``name`` to the image; return the name, or None."""
+    if name is None:
+        return None
+    try:
+        if use is not None:
+            domains.add_bitmap(use.domain, path, name, bitmaps.GRANULARITY)
+        else:
+            bitmaps.add(path, name)
+    except errors.KvmError as exc:
+        LOG.warning('Could not add the dirty bitmap %(name)s to %(path)s; '
+                    'the next incremental backup of it reads everything: '
+                    '%(exc)s', {'name': name, 'path': path, 'exc': exc})
+        return None
+    return name
+
+
+def _remove_bitmap(path, name, use=None):
+    """Remove a bitmap made for a freeze that failed; log a failure."""
+    if name is None:
+        return
+    try:
+        if use is not None:
+            domains.remove_bitmap(use.domain, path, name)
+        else:
+            qemu_img.bitmap_remove(path, name)
+    except errors.KvmError as exc:
+        LOG.warning('Could not remove the dirty bitmap %(name)s of '
+                    '%(path)s after a failed freeze: %(exc)s',
+                    {'name': name, 'path': path, 'exc': exc})
 
 
 def _undo_and_raise(results):
@@ -247,6 +302,7 @@ def _undo_and_raise(results):
         except Exception as exc:
             undo_failures[path] = exc
             continue
+        _remove_bitmap(path, result.bitmap, result.use)
         LOG.info('Undid the freeze of %s (another image of the set could '
                  'not be frozen).', path)
     raise errors.GroupFreezeFailed(failures, undo_failures)
@@ -257,12 +313,15 @@ def _utc(seconds):
 
 
 @contextlib.contextmanager
-def frozen(path, conn=None, commit_timeout=600.0):
+def frozen(path, conn=None, commit_timeout=600.0, bitmap=None):
     """Freeze one image for the duration of the block; merge it after.
 
+    :param bitmap: a persistent dirty bitmap to add, as ``bitmaps`` of
+        :func:`freeze_all`
     :raises: the freeze's error, or :class:`MergeError` after the block
     """
-    result = freeze_all([path], conn, commit_timeout)[path]
+    result = freeze_all([path], conn, commit_timeout,
+                        bitmaps={path: bitmap} if bitmap else None)[path]
     if isinstance(result, Exception):
         raise result
     try:

@@ -28,13 +28,17 @@ leftover means depends on where the interrupted operation stopped:
   committed with qemu-img (and a stopped domain that was left pointing at
   it is pointed back at the image);
 * ``restore``: a restored image never swapped in; the image was left
-  intact, so it is removed.
+  intact, so it is removed;
+* a qemu-nbd server that read a dirty bitmap for a process that died
+  (:func:`.bitmaps.stop_leftover_servers`): stopped by its PID, its
+  private directory removed.
 """
 
 import os
 
 from oslo_log import log as logging
 
+from cinder_vmdk_backup.kvm import bitmaps
 from cinder_vmdk_backup.kvm import domains
 from cinder_vmdk_backup.kvm import errors
 from cinder_vmdk_backup.kvm import naming
@@ -66,6 +70,13 @@ def clean(directory, conn=None, commit_timeout=600.0):
     :returns: ``(done, failed)``: lists of human-readable lines
     """
     done, failed = [], []
+    try:
+        for line in bitmaps.stop_leftover_servers(directory):
+            done.append(line)
+            LOG.info('Leftover %s', line)
+    except Exception as exc:
+        failed.append('qemu-nbd servers of %s: %s' % (directory, exc))
+        LOG.error('Could not stop leftover qemu-nbd servers: %s', exc)
     for path, image, kind in find(directory):
         with naming.image_lock(image, blocking=False) as free:
             if not free:

@@ -91,6 +91,19 @@ def _error(path, command, text, exit_code=None):
                path=path)
 
 
+def limited(cmd):
+    """``cmd`` under the metadata-parsing limits (for a long-running one).
+
+    :raises QemuImgError: util-linux's prlimit is missing
+    """
+    if not _PRLIMIT:
+        raise errors.QemuImgError('prlimit (util-linux) is missing; it is '
+                                  'needed to run %s' % cmd[0])
+    limits = _PARSE_LIMITS
+    return [_PRLIMIT, '--as=%d' % limits.address_space,
+            '--cpu=%d' % limits.cpu_time] + list(cmd)
+
+
 def info(path, backing_chain=False):
     """Return ``qemu-img info`` of ``path`` as a dict (a list with a chain).
 
@@ -210,5 +223,52 @@ def commit(path):
 
 
 def resize(path, size_bytes):
-    """Grow the image at ``path`` to ``size_bytes`` guest bytes."""
+    """Grow the image at ``path`` to ``size_bytes`` guest bytes.
+
+    QEMU refuses to resize an image that holds an inconsistent persistent
+    dirty bitmap. Such a bitmap of the driver's (``cvb-`` prefix) is of
+    no use any more (a backup would read everything anyway), so it is
+    removed and the resize retried; anybody else's is left, and the
+    error raised.
+    """
+    try:
+        _run(path, 'resize', '-q', '-f', 'qcow2', path, int(size_bytes))
+        return
+    except errors.QemuImgError as exc:
+        if 'inconsistent' not in str(exc):
+            raise
+        ours = [b['name'] for b in bitmaps(path)
+                if b['name'].startswith(OUR_BITMAP_PREFIX)
+                and 'in-use' in b.get('flags', ())]
+        if not ours:
+            raise
+    for name in ours:
+        bitmap_remove(path, name)
     _run(path, 'resize', '-q', '-f', 'qcow2', path, int(size_bytes))
+
+
+#: Names of the persistent dirty bitmaps the driver makes start with it.
+OUR_BITMAP_PREFIX = 'cvb-'
+
+
+def bitmaps(path):
+    """Return the image's persistent dirty bitmaps as ``qemu-img info``.
+
+    Each a dict with ``name``, ``granularity`` and ``flags`` (``auto``:
+    enabled, records writes; ``in-use``: loaded for writing by a program
+    that has not stored it back (a running QEMU), or inconsistent when
+    nobody has the image open). A non-qcow2 image has none.
+    """
+    data = info(path).get('format-specific') or {}
+    return list((data.get('data') or {}).get('bitmaps') or [])
+
+
+def bitmap_add(path, name, granularity):
+    """Add an enabled persistent dirty bitmap to the (unused) image."""
+    _run(path, 'bitmap', '--add', '-g', int(granularity), '-f', 'qcow2',
+         path, name)
+
+
+def bitmap_remove(path, name):
+    """Remove a persistent dirty bitmap from the (unused) image."""
+    _run(path, 'bitmap', '--remove', '-f', 'qcow2', path, name)
