@@ -25,7 +25,11 @@ image's data without reading its holes, merge the overlay back (qemu-img
 commit; online an active block commit with pivot, the guest never stops).
 Restore writes a new image beside the volume's and swaps it in by rename
 (a shut-off domain defined on the volume's path then runs on the restored
-data); it is refused while a running domain uses the volume. Several
+data); it is refused while a running domain uses the volume. Each backup
+of a volume leaves a persistent dirty bitmap in its image, created at the
+backup's point in time, so that the next incremental reads only what was
+written since (:mod:`cinder_vmdk_backup.kvm.changes` says when that is in
+doubt and everything is read). Several
 volumes can be backed up from one point in time, all or nothing
 (:meth:`Qcow2VolumeDriver.backup_volumes`), and the power state of the
 instance using them asked of libvirt.
@@ -45,6 +49,8 @@ from oslo_utils import units
 
 from cinder_vmdk_backup.backup import driver_owned
 from cinder_vmdk_backup import exception as cvb_exception
+from cinder_vmdk_backup.kvm import bitmaps
+from cinder_vmdk_backup.kvm import changes
 from cinder_vmdk_backup.kvm import domains
 from cinder_vmdk_backup.kvm import errors
 from cinder_vmdk_backup.kvm import freezer
@@ -80,6 +86,10 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
     #: member busy with another backup or restore is usually busy for
     #: longer, and the whole set fails anyway.
     GROUP_LOCK_TIMEOUT = 10
+    #: Seconds the bitmaps' upkeep after a backup waits for the image's
+    #: lock (the backup's own merge released it just before); skipped
+    #: after that, done at a later backup.
+    BITMAP_LOCK_TIMEOUT = 10
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -223,9 +233,12 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                 raise
 
     @contextlib.contextmanager
-    def _frozen(self, path):
+    def _frozen(self, path, bitmap=None):
+        """Freeze ``path``; with ``bitmap``, create it at the freeze."""
+        kwargs = {} if bitmap is None else {'bitmap': bitmap}
         with self._libvirt() as conn:
-            with freezer.frozen(path, conn, self._commit_timeout) as frozen:
+            with freezer.frozen(path, conn, self._commit_timeout,
+                                **kwargs) as frozen:
                 yield frozen
 
     @property
@@ -345,26 +358,97 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
 
         A snapshot file never changes and is read as it is. A volume is
         frozen (unless :meth:`backup_volumes` froze it already with
-        others) and merged back when the stream is closed.
+        others) and merged back when the stream is closed; its image gets
+        the backup's dirty bitmap at the freeze (``qcow2_dirty_bitmaps``),
+        and the source's ``changed_ranges(parent)`` reads the parent's
+        (:class:`~cinder_vmdk_backup.kvm.changes.Tracker`). After the
+        merge, a failed backup's bitmap is removed, a successful one's
+        bitmaps are pruned (:meth:`_prune_bitmaps`).
         """
         path, length = self._device_image(device)
         window = self.configuration.qcow2_backup_decode_window_mb * units.Mi
         staging = self.backup_staging_dir()
         os.makedirs(staging, mode=0o700, exist_ok=True)
+        of_volume = not hasattr(device, 'volume_size')  # not a Snapshot
+        tracking = bool(self.configuration.qcow2_dirty_bitmaps)
+        # Not for a temporary copy of the backup's volume either.
+        tracked = (of_volume and backup is not None
+                   and device.id == backup.volume_id)
+        bitmap = (bitmaps.name_for(backup.id) if tracked and tracking
+                  else None)
         with _translated(), contextlib.ExitStack() as stack:
-            if path == self.local_path(device):
+            if of_volume:
+                # Entered first, left last: after the merge.
+                if tracked:
+                    stack.enter_context(self._bitmap_upkeep(
+                        context, backup, path, bitmap))
                 frozen = self._frozen_ahead.pop(path, None)
                 if frozen is None:
-                    frozen = stack.enter_context(self._frozen(path))
+                    frozen = stack.enter_context(self._frozen(path, bitmap))
                 else:
                     stack.enter_context(_merging(frozen))
                 read_path = frozen.read_path
             else:
                 read_path = path
+            tracker = changes.Tracker(read_path, backup, length, None,
+                                      enabled=tracking,
+                                      of_snapshot=not tracked)
             reader = raw_reader.RawImageReader(read_path, staging, length,
-                                               window)
+                                               window, changes=tracker)
+            tracker.image_size = reader.virtual_size
             stack.callback(reader.close)
             yield reader
+            LOG.info('Backup %(backup)s read %(read)d bytes of the '
+                     '%(length)d of %(path)s.',
+                     {'backup': getattr(backup, 'id', None),
+                      'read': reader.bytes_read_from_disk,
+                      'length': length, 'path': path})
+
+    @contextlib.contextmanager
+    def _bitmap_upkeep(self, context, backup, path, bitmap):
+        """After the block (the merge included), prune the bitmaps.
+
+        Never fails the backup: a bitmap left behind is pruned at a later
+        backup (its backup is then failed, or too old).
+        """
+        try:
+            yield
+        except BaseException:
+            if bitmap is not None:
+                self._prune_bitmaps(context, backup.volume_id, path,
+                                    failed=backup.id)
+            raise
+        if bitmap is not None:
+            self._prune_bitmaps(context, backup.volume_id, path,
+                                new=backup.id)
+        else:
+            self._prune_bitmaps(context, backup.volume_id, path, keep=())
+
+    def _prune_bitmaps(self, context, volume_id, path, new=None,
+                       failed=None, keep=None):
+        """Keep the bitmaps of the newest live backups, remove the others.
+
+        ``qcow2_dirty_bitmaps_kept`` of them, ``new`` (the backup that
+        succeeded) included, ``failed`` (the one that failed) not
+        (:func:`~cinder_vmdk_backup.kvm.changes.bitmaps_to_keep`); or
+        exactly ``keep``.
+        """
+        try:
+            if keep is None:
+                keep = changes.bitmaps_to_keep(
+                    context, volume_id,
+                    self.configuration.qcow2_dirty_bitmaps_kept,
+                    new_backup_id=new, failed_backup_id=failed)
+            with self._libvirt() as conn:
+                gone = bitmaps.prune(path, keep, conn=conn)
+        except Exception as exc:
+            LOG.warning('Could not remove old dirty bitmaps of %(path)s '
+                        '(done at a later backup): %(exc)s',
+                        {'path': path, 'exc': exc})
+            return
+        if gone:
+            LOG.info('Removed the dirty bitmap(s) %(gone)s of %(path)s.',
+                     {'gone': ', '.join(gone), 'path': path})
 
     def backup_volumes(self, context, requests, all_or_nothing=False,
                        facts=None):
@@ -395,14 +479,22 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                   for _b, _s, _d, device in devices
                   if not hasattr(device, 'volume_size')}
         paths = list(owners)
+        marks = {}
+        if self.configuration.qcow2_dirty_bitmaps:
+            marks = {self.local_path(device): bitmaps.name_for(backup.id)
+                     for backup, _s, _d, device in devices
+                     if not hasattr(device, 'volume_size')
+                     and device.id == backup.volume_id}
+        kwargs = {'bitmaps': marks} if marks else {}
         with self._libvirt() as conn:
             try:
                 frozen = freezer.freeze_all(
                     paths, conn, self._commit_timeout,
                     lock_timeout=(self.GROUP_LOCK_TIMEOUT if all_or_nothing
                                   else 60),
-                    all_or_nothing=all_or_nothing, facts=facts)
+                    all_or_nothing=all_or_nothing, facts=facts, **kwargs)
             except errors.GroupFreezeFailed as exc:
+                # (Undoing the freeze removed the bitmaps it made.)
                 raise cvb_exception.GroupFreezeError(
                     reason=_group_freeze_reason(exc, owners)) from exc
         facts.setdefault('frozen_at', timeutils.utcnow(with_timezone=True))
@@ -429,12 +521,29 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                                           'path': path, 'exc': exc})
                     results[backup.id] = exc
         finally:
+            unused = {}
             for path in paths:
                 left = self._frozen_ahead.pop(path, None)
                 if left is not None:
                     with contextlib.suppress(errors.KvmError):
                         left.merge()
+                    if path in marks:
+                        unused[path] = marks[path]
+            self._drop_bitmaps(context, devices, unused)
         return results
+
+    def _drop_bitmaps(self, context, devices, marks):
+        """Remove the bitmaps of backups that did not happen.
+
+        (A freeze that failed removed its own.)
+
+        :param marks: ``{path: bitmap name}``
+        """
+        for backup, _s, _d, device in devices:
+            path = self._device_image(device)[0]
+            if path in marks:
+                self._prune_bitmaps(context, backup.volume_id, path,
+                                    failed=backup.id)
 
     def instance_power_state(self, context, instance_id, volumes):
         """Whether the instance using ``volumes`` runs, as libvirt says.

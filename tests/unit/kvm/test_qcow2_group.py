@@ -51,6 +51,8 @@ class GroupHooksTestCase(test.TestCase):
         conf.qcow2_volumes_dir = self.dir
         conf.qcow2_libvirt_uri = 'qemu:///system'
         conf.qcow2_block_commit_timeout = 60
+        conf.qcow2_dirty_bitmaps = False  # see test_qcow2_incremental
+        conf.qcow2_dirty_bitmaps_kept = 2
         self.driver = qcow2.Qcow2VolumeDriver(configuration=conf)
         self.ctxt = mock.sentinel.ctxt
         self.volumes = [fake_volume.fake_volume_obj(self.ctxt, size=1, id=i)

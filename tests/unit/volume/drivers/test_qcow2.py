@@ -44,6 +44,8 @@ class Qcow2DriverTestCase(test.TestCase):
         conf.qcow2_connection_type = 'local'
         conf.qcow2_backup_staging_dir = None
         conf.qcow2_block_commit_timeout = 60
+        conf.qcow2_dirty_bitmaps = False  # see test_qcow2_incremental
+        conf.qcow2_dirty_bitmaps_kept = 2
         conf.qcow2_backup_decode_window_mb = 64
         conf.qcow2_merge_leftovers_at_start = True
         self.driver = qcow2.Qcow2VolumeDriver(configuration=conf)
