@@ -24,9 +24,9 @@ needs the zeros:
   finished, and the Adler-32 of ``n`` zeros (``a = 1``, ``b = n mod
   65521``). Any zlib inflates it to exactly ``n`` zeros.
 * the MD5 of ``n`` zeros (:func:`md5_of_zeros`) starts from a kept hash
-  state of a multiple of 8 MiB zeros (MD5 states copy), so any length
-  costs at most 8 MiB of hashing once the states exist, and a length seen
-  recently nothing.
+  state of a multiple of 1 MiB zeros (MD5 states copy), so any length
+  costs at most 1 MiB of hashing once the states exist (hashing up to the
+  longest object once per process), and a length seen recently nothing.
 """
 
 import collections
@@ -39,8 +39,10 @@ import zlib
 #: Zeros fed to zlib at a time; each piece compresses to the same bytes.
 ZLIB_PIECE = 1024 * 1024
 
-#: Distance between the kept MD5 states of zeros (128 states per GiB).
-MD5_STEP = 8 * 1024 * 1024
+#: Distance between the kept MD5 states of zeros (1024 states per GiB, a
+#: few hundred KiB): a run of whole 1 MiB hash blocks hashes nothing once
+#: the states up to its length exist.
+MD5_STEP = 1024 * 1024
 
 _ZERO_PIECE = bytes(ZLIB_PIECE)
 _ADLER_BASE = 65521
@@ -69,15 +71,24 @@ def zlib_zeros(length, level=6):
     pieces, tail = divmod(length, ZLIB_PIECE)
     if not tail:
         pieces, tail = pieces - 1, ZLIB_PIECE
-    # The compressor of the last piece saw ZLIB_PIECE zeros before it: its
-    # deflate output is right, its Adler-32 is not (replaced below).
+    adler = ((length % _ADLER_BASE) << 16) | 1
+    return b''.join((first, later * (pieces - 1), _zlib_end(tail, level),
+                     struct.pack('>I', adler)))
+
+
+@functools.lru_cache(maxsize=16)
+def _zlib_end(tail, level):
+    """Deflate output of the last ``tail`` zeros, without the Adler-32.
+
+    The compressor saw ZLIB_PIECE zeros before them: its deflate output
+    is right, its Adler-32 is not (the caller writes the stream's own).
+    Runs of whole hash blocks all end in the same tail: it is compressed
+    once.
+    """
     compressor = zlib.compressobj(level)
     compressor.compress(_ZERO_PIECE)
     compressor.flush(zlib.Z_FULL_FLUSH)
-    end = compressor.compress(bytes(tail)) + compressor.flush()
-    adler = ((length % _ADLER_BASE) << 16) | 1
-    return b''.join((first, later * (pieces - 1), end[:-4],
-                     struct.pack('>I', adler)))
+    return (compressor.compress(bytes(tail)) + compressor.flush())[:-4]
 
 
 _md5_lock = threading.Lock()
