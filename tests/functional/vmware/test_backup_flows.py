@@ -402,7 +402,8 @@ class BackupFlowsTestCase(VmdkBackupTestBase):
         self.assertTrue(profile['hw_version'].startswith('vmx-'))
         self.assertEqual(files_before, self._vmdk_files())
 
-        # A few grains change: two 32 KiB hash blocks are stored.
+        # A few grains change: two hash blocks of the extent hand-off
+        # (driver_owned_backup_hash_block_kb) are stored.
         changed = Disk(regions=())
         changed.regions = dict(disk.regions)
         for offset, data in ((5 * units.Mi + 8192, b'x' * 4096),
@@ -413,7 +414,7 @@ class BackupFlowsTestCase(VmdkBackupTestBase):
         self._assert_data(changed, volume)
         incremental = self._backup(volume, parent=full)
         self.assertEqual(fields.BackupStatus.AVAILABLE, incremental.status)
-        self.assertEqual(2 * CONF.backup_sha_block_size_bytes,
+        self.assertEqual(2 * CONF.driver_owned_backup_hash_block_kb * units.Ki,
                          self._stored_bytes(incremental))
 
         # The incremental onto a new volume (no backing: a new one).

@@ -146,7 +146,7 @@ class JanitorTestCase(flows.VmdkBackupTestBase):
         with sqlite3.connect(db) as conn:
             return conn.execute(sql, args).fetchall()
 
-    def _worker_conf(self, name, db):
+    def _worker_conf(self, name, db, streaming=True):
         options = dict(self.vcsim.cinder_backend_options())
         options.update({
             'volume_driver': 'cinder_vmdk_backup.volume.drivers.vmdk.'
@@ -154,6 +154,7 @@ class JanitorTestCase(flows.VmdkBackupTestBase):
             'vmware_tmp_dir': self.staging_dir,
             'vmware_backup_transfer_idle_timeout': 120,
             'vmware_backup_lease_ready_timeout': 20,
+            'vmware_backup_restore_streaming': streaming,
         })
         lines = ['[DEFAULT]', 'host = %s' % BACKUP_HOST,
                  'backup_driver = cinder.backup.drivers.posix.'
@@ -174,8 +175,9 @@ class JanitorTestCase(flows.VmdkBackupTestBase):
             conf.write('\n'.join(lines) + '\n')
         return path
 
-    def _worker(self, name, role, db, process_number=1, **ids):
-        spec = dict(role=role, conf=self._worker_conf(name, db),
+    def _worker(self, name, role, db, process_number=1, streaming=True,
+                **ids):
+        spec = dict(role=role, conf=self._worker_conf(name, db, streaming),
                     lock_path=self.lock_path, host=BACKUP_HOST,
                     process_number=process_number,
                     user_id=self.ctxt.user_id,
@@ -185,11 +187,16 @@ class JanitorTestCase(flows.VmdkBackupTestBase):
         self.assertEqual('started', worker.next_line())
         return worker
 
-    def _start_stalled_restore(self, db):
-        """Worker 1 restores; its upload stalls after 4 MiB."""
+    def _start_stalled_restore(self, db, streaming=True):
+        """Worker 1 restores; its upload stalls after 4 MiB.
+
+        :param streaming: the restore streams from the backup's objects
+            (no staging file), else stages the data first
+        """
         self.vcsim.set_nfc_fault(stall_after_bytes=4 * units.Mi, count=1)
         self.addCleanup(self.vcsim.clear_faults)
         restoring = self._worker('restorer', 'restore', db,
+                                 streaming=streaming,
                                  backup_id=self.backup.id,
                                  volume_id=self.target.id)
         self.vcsim.wait_for_log('NFC transfer stalls', timeout=120)
@@ -198,9 +205,11 @@ class JanitorTestCase(flows.VmdkBackupTestBase):
     def _staging(self, pattern):
         return sorted(glob.glob(os.path.join(self.staging_dir, pattern)))
 
-    def _assert_things_of(self, worker):
+    def _assert_things_of(self, worker, staging_files_expected=0):
         """The temp VM, staging file and lease record of a stalled restore.
 
+        :param staging_files_expected: 1 for a restore that stages its
+            data, 0 for a streaming one
         :returns: the lease's moref value
         """
         temp_vms = self._temp_vms()
@@ -208,7 +217,8 @@ class JanitorTestCase(flows.VmdkBackupTestBase):
         parsed = leftovers.parse_temp_vm_name(temp_vms[0])
         self.assertEqual((worker.pid, self.target.id),
                          (parsed[1], parsed[3]))
-        self.assertEqual(1, len(self._staging(staging_files.PREFIX + '*')))
+        self.assertEqual(staging_files_expected,
+                         len(self._staging(staging_files.PREFIX + '*')))
         records = self._staging('cvb-owner-%s-*' % nfc.LEASE_RECORD_KIND)
         self.assertEqual(1, len(records))
         with open(records[0]) as f:
@@ -288,9 +298,10 @@ class JanitorTestCase(flows.VmdkBackupTestBase):
         return os.path.join(self.tmp, name + '.sqlite')
 
     def test_killed_worker_leftovers_removed_at_next_start(self):
+        # The staging restore: it leaves a staging file too.
         db = self._db_copy('shared')
-        restoring = self._start_stalled_restore(db)
-        self._assert_things_of(restoring)
+        restoring = self._start_stalled_restore(db, streaming=False)
+        self._assert_things_of(restoring, staging_files_expected=1)
         temp_vm = self._temp_vms()[0]
         os.kill(restoring.pid, signal.SIGKILL)
         restoring.process.wait()
