@@ -30,6 +30,7 @@ import fixtures
 from oslo_utils import units
 
 from cinder_vmdk_backup.backup import chain_reader
+from cinder_vmdk_backup.backup import object_stream
 from cinder_vmdk_backup.vmdk import piece_writer
 from cinder_vmdk_backup.vmdk import reader as vmdk_reader
 
@@ -300,5 +301,5 @@ class ChainReaderTestCase(test.TestCase):
             tracemalloc.stop()
         self.assertEqual(SIZE, total)
         # The object is 16 MiB; pieces are 1 MiB.
-        self.assertLess(peak, (chain_reader.MD5_PENDING + 4) *
+        self.assertLess(peak, (object_stream.MD5_PENDING + 4) *
                         chain_reader.PIECE_BYTES)
