@@ -288,11 +288,55 @@ instance_group_opts = [
                     'gives up (and boots no server).'),
 ]
 
+#: Checks of what a driver-owned restore writes (cinder-backup), in
+#: ``[DEFAULT]``.
+restore_check_opts = [
+    cfg.BoolOpt('driver_owned_restore_check_digests',
+                default=True,
+                help='Check every block a driver-owned restore writes '
+                     'against the SHA-256 list Cinder stored with the '
+                     'backup, and fail the restore (target volume in '
+                     'error, naming the damaged region) on a mismatch. '
+                     'Cinder\'s own restore never reads that list: a '
+                     'flipped byte in a backup object would otherwise be '
+                     'restored silently.'),
+]
+
+#: Options of backup verification (cinder-backup), in
+#: ``[backup_verification]``.
+verification_opts = [
+    cfg.StrOpt('scratch_dir',
+               help='Directory of the scratch files a deep verification '
+                    'restores a backup into before comparing it (files '
+                    '0600, removed afterwards). Default: the backup '
+                    'service\'s state_path/verification.'),
+]
+
+#: Options of backup plans (cinder-api and cinder-backup), in
+#: ``[backup_plans]``.
+plan_opts = [
+    cfg.StrOpt('connection',
+               secret=True,
+               help='SQLAlchemy URL of the database holding backup plans '
+                    'and their runs. Default: Cinder\'s own '
+                    '[database] connection (the plugin\'s tables are '
+                    'prefixed cvb_ and versioned apart from Cinder\'s). '
+                    'Create or upgrade them with '
+                    '"cinder-vmdk-backup-manage db sync".'),
+    cfg.IntOpt('tick_interval',
+               default=20, min=1,
+               help='Seconds between two looks of each cinder-backup '
+                    'service for due backup plans.'),
+]
+
 _OPT_GROUPS = (
     ('backend_defaults', vmdk_backup_opts),
     ('DEFAULT', backup_manager_opts),
     ('backend_defaults', qcow2_opts),
     ('instance_groups', instance_group_opts),
+    ('DEFAULT', restore_check_opts),
+    ('backup_verification', verification_opts),
+    ('backup_plans', plan_opts),
 )
 
 

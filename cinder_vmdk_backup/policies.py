@@ -44,7 +44,21 @@ DELETE_BACKUP = 'instance_group:delete_backup'
 UPDATE_MEMBERS = 'instance_group:update_members'
 DELETE = 'instance_group:delete'
 
+PLAN_CREATE = 'backup_plan:create'
+PLAN_GET = 'backup_plan:get'
+PLAN_GET_ALL = 'backup_plan:get_all'
+PLAN_UPDATE = 'backup_plan:update'
+PLAN_DELETE = 'backup_plan:delete'
+PLAN_RUN = 'backup_plan:run'
+VERIFY = 'backup_verification:verify'
+VERIFY_GET = 'backup_verification:get'
+VERIFY_GET_ALL = 'backup_verification:get_all'
+VERIFY_SET = 'instance_group:verify_backup'
+
 _PATH = '/instance-groups'
+_PLANS = '/backup-plans'
+_PLAN = _PLANS + '/{plan_id}'
+_VERIFICATIONS = '/backup-verifications'
 _MEMBER = _PATH + '/{group_id}'
 _SCOPE = ['project']
 
@@ -83,6 +97,31 @@ _RULES = [
     _rule(DELETE, base.SYSTEM_ADMIN_OR_PROJECT_MEMBER,
           'Delete an instance group (no volume and no server is deleted).',
           'DELETE', _MEMBER),
+    _rule(VERIFY_SET, base.SYSTEM_ADMIN_OR_PROJECT_MEMBER,
+          'Verify every backup of a backup set of an instance group.',
+          'POST', _MEMBER + '/verify_backup'),
+    _rule(PLAN_CREATE, base.SYSTEM_ADMIN_OR_PROJECT_MEMBER,
+          'Create a backup plan (scheduled backups with retention).',
+          'POST', _PLANS),
+    _rule(PLAN_GET_ALL, base.SYSTEM_READER_OR_PROJECT_READER,
+          'List backup plans.', 'GET', _PLANS),
+    _rule(PLAN_GET, base.SYSTEM_READER_OR_PROJECT_READER,
+          'Show a backup plan and its runs.', 'GET', _PLAN),
+    _rule(PLAN_UPDATE, base.SYSTEM_ADMIN_OR_PROJECT_MEMBER,
+          'Change a backup plan.', 'PUT', _PLAN),
+    _rule(PLAN_DELETE, base.SYSTEM_ADMIN_OR_PROJECT_MEMBER,
+          'Delete a backup plan (its backups are kept).', 'DELETE', _PLAN),
+    _rule(PLAN_RUN, base.SYSTEM_ADMIN_OR_PROJECT_MEMBER,
+          'Run a backup plan now.', 'POST', _PLAN + '/run'),
+    _rule(VERIFY, base.SYSTEM_ADMIN_OR_PROJECT_MEMBER,
+          'Verify a backup (read it back from the store and check it).',
+          'POST', _VERIFICATIONS),
+    _rule(VERIFY_GET, base.SYSTEM_READER_OR_PROJECT_READER,
+          'Show the last verification of a backup.',
+          'GET', _VERIFICATIONS + '/{backup_id}'),
+    _rule(VERIFY_GET_ALL, base.SYSTEM_READER_OR_PROJECT_READER,
+          'List the verification results of backups.', 'GET',
+          _VERIFICATIONS),
 ]
 
 

@@ -43,8 +43,20 @@ ROUTES = {
                              '/instance-groups/{group_id}/delete_backup'),
     policies.UPDATE_MEMBERS: ('PUT', '/instance-groups/{group_id}/members'),
     policies.DELETE: ('DELETE', '/instance-groups/{group_id}'),
+    policies.VERIFY_SET: ('POST',
+                          '/instance-groups/{group_id}/verify_backup'),
+    policies.PLAN_CREATE: ('POST', '/backup-plans'),
+    policies.PLAN_GET_ALL: ('GET', '/backup-plans'),
+    policies.PLAN_GET: ('GET', '/backup-plans/{plan_id}'),
+    policies.PLAN_UPDATE: ('PUT', '/backup-plans/{plan_id}'),
+    policies.PLAN_DELETE: ('DELETE', '/backup-plans/{plan_id}'),
+    policies.PLAN_RUN: ('POST', '/backup-plans/{plan_id}/run'),
+    policies.VERIFY: ('POST', '/backup-verifications'),
+    policies.VERIFY_GET: ('GET', '/backup-verifications/{backup_id}'),
+    policies.VERIFY_GET_ALL: ('GET', '/backup-verifications'),
 }
-READ = (policies.GET, policies.GET_ALL)
+READ = (policies.GET, policies.GET_ALL, policies.PLAN_GET,
+        policies.PLAN_GET_ALL, policies.VERIFY_GET, policies.VERIFY_GET_ALL)
 WRITE = tuple(sorted(set(ROUTES) - set(READ)))
 
 
