@@ -51,12 +51,16 @@ The manager also runs instance-group backup sets: it registers
 :class:`~cinder_vmdk_backup.group.manager.InstanceGroupEndpoint` as an extra
 RPC endpoint (namespace ``instance_groups``), runs its janitor at start,
 and deletes retired backups of older sets with their last dependent
-(:meth:`BackupManager.delete_backup`).
+(:meth:`BackupManager.delete_backup`). It also runs backup plans: a
+:class:`~cinder_vmdk_backup.plans.runner.PlanRunner` started at the end of
+``init_host``.
 
 At start the manager checks those internals against the installed Cinder
 (:func:`~.cinder_internals.check`). If one is missing or changed, it logs
 one error naming them and every backup and restore takes Cinder's own path.
 """
+
+import atexit
 
 from cinder import context as cinder_context
 from cinder.message import message_field
@@ -69,6 +73,7 @@ from cinder_vmdk_backup.backup import driver_loader
 from cinder_vmdk_backup.group import manager as group_manager
 from cinder_vmdk_backup import malloc_tuning
 from cinder_vmdk_backup import opts
+from cinder_vmdk_backup.plans import runner as plan_runner
 
 LOG = logging.getLogger(__name__)
 CONF = cfg.CONF
@@ -169,6 +174,38 @@ class BackupManager(cinder_internals.RewiredBackupManager):
         except Exception:
             LOG.exception('Could not clean up the instance-group operations '
                           'this host left running.')
+        self._start_plan_runner()
+
+    def _start_plan_runner(self):
+        """Run backup plans from this node (see :mod:`..plans.runner`).
+
+        It starts only if the plans database answers. The runner's thread
+        is a daemon: it ends with the process, and at
+        the interpreter's exit it releases its coordination locks. A run
+        it was following is taken over by another node (or by this one
+        once it starts again) when its heartbeat is stale.
+        """
+        try:
+            runner = plan_runner.PlanRunner(self.host)
+            why_not = runner.ready()
+            if why_not:
+                LOG.warning('Backup plans do not run from this node: their '
+                            'database does not answer (%s). Set it up with '
+                            '"cinder-vmdk-backup-manage db sync" and '
+                            'restart cinder-backup.', why_not)
+                return
+            runner.start()
+            self.plan_runner = runner
+        except Exception:
+            LOG.exception('The backup plan runner did not start; backup '
+                          'plans run from the other cinder-backup nodes.')
+            return
+        atexit.register(self.stop_plan_runner)
+
+    def stop_plan_runner(self):
+        runner = getattr(self, 'plan_runner', None)
+        if runner is not None:
+            runner.stop(timeout=5)
 
     def _set_up_backends(self):
         try:
