@@ -6,6 +6,9 @@ set -eu -o pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 
 packages=(python3-venv qemu-utils)
+# The coordination backend of the backup plan tests (tests/functional/plans):
+# a real etcd that the tests start on 127.0.0.1, reached through tooz.
+packages+=(etcd-server)
 # The Linux test guest (tools/guest): e2fsprogs makes and reads its ext4
 # filesystems on the host; qemu-ga's shared libraries are copied from the
 # host into its initramfs (the kernel, busybox and qemu-ga themselves are
