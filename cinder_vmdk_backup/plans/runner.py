@@ -384,7 +384,6 @@ class PlanRunner(object):
         if run['status'] != RUNNING or (beat and beat > stale_before):
             return
         plan = self._plan(context, run['plan_id'], run)
-        stats.add('interrupted')
         self._finish(plan, run, INTERRUPTED, now, stats,
                      errors=['cinder-backup on %s stopped following this '
                              'run (last heartbeat %s)' %
