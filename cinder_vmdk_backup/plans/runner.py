@@ -394,7 +394,7 @@ class PlanRunner(object):
         if run.get('kind') == RETRY or plan.get('deleted'):
             return
         retry = self.db.run_create(plan['id'], {
-            'project_id': plan['project_id'], 'kind': RETRY,
+            'kind': RETRY,
             'status': QUEUED, 'scheduled_for': run.get('scheduled_for'),
             'full': run.get('full')})
         retry = self.db.run_claim(retry['id'], self.host)
@@ -467,7 +467,7 @@ class PlanRunner(object):
         if plan['id'] in busy:
             run = self.db.plan_claim_slot(
                 plan['id'], slot, next_run_at,
-                {'project_id': plan['project_id'], 'kind': kind,
+                {'kind': kind,
                  'status': SKIPPED, 'host': self.host,
                  'scheduled_for': slot, 'started_at': now,
                  'finished_at': now, 'full': None,
@@ -485,7 +485,7 @@ class PlanRunner(object):
         full = self._full(plan)
         run = self.db.plan_claim_slot(
             plan['id'], slot, next_run_at,
-            {'project_id': plan['project_id'], 'kind': kind,
+            {'kind': kind,
              'status': RUNNING, 'host': self.host, 'scheduled_for': slot,
              'started_at': now, 'heartbeat_at': now, 'full': full})
         if run is None:
@@ -509,8 +509,11 @@ class PlanRunner(object):
         """
         retention = self.retention
         if retention is not None:
+            # (Enough runs to see the whole chain retention may keep.)
+            limit = 2 * ((plan.get('keep') or 1) +
+                         (plan.get('full_every') or 1)) + 2
             runs = self.db.run_get_all(cinder_context.get_admin_context(),
-                                       plan['id'])
+                                       plan['id'], limit=max(20, limit))
             full, reason = retention.next_backup_is_full(
                 targets.plan_context(plan), plan, runs)
             LOG.debug('Backup plan %(plan)s: full=%(full)s (%(why)s).',

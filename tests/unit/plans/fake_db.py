@@ -58,6 +58,8 @@ class FakePlansDB(object):
         return copy.deepcopy(run)
 
     def _new_run(self, plan_id, values):
+        # (As the real API: these keys are not the caller's to set.)
+        assert not {'id', 'plan_id', 'project_id'} & set(values), values
         run = {'id': str(uuid.uuid4()), 'plan_id': plan_id,
                'project_id': self.plans[plan_id]['project_id'],
                'kind': 'scheduled', 'scheduled_for': None,
