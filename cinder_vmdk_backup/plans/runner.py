@@ -276,11 +276,13 @@ class PlanRunner(object):
             self.db.run_update(run_id, {'heartbeat_at': now})
             stats.add('following')
             return
-        if outcome.failures:
+        # (``error`` holds what could not even be asked for at the start,
+        # e.g. a volume of a volume-type plan in error.)
+        errors = [run['error']] if run.get('error') else []
+        if outcome.failures or errors:
             status = PARTIAL if outcome.made else FAILED
         else:
             status = SUCCEEDED
-        errors = [run['error']] if run.get('error') else []
         self._finish(plan, run, status, now, stats,
                      errors=errors + outcome.failures,
                      values={'backup_ids': self._merge(run, outcome.made)},
@@ -508,17 +510,20 @@ class PlanRunner(object):
         with no backup to build on gets a full anyway (:mod:`.targets`).
         """
         retention = self.retention
+        # (Enough runs to see the whole chain retention may keep.)
+        limit = 2 * ((plan.get('keep') or 1) +
+                     (plan.get('full_every') or 1)) + 2
+        runs = self.db.run_get_all(cinder_context.get_admin_context(),
+                                   plan['id'], limit=max(20, limit))
         if retention is not None:
-            # (Enough runs to see the whole chain retention may keep.)
-            limit = 2 * ((plan.get('keep') or 1) +
-                         (plan.get('full_every') or 1)) + 2
-            runs = self.db.run_get_all(cinder_context.get_admin_context(),
-                                       plan['id'], limit=max(20, limit))
             full, reason = retention.next_backup_is_full(
                 targets.plan_context(plan), plan, runs)
             LOG.debug('Backup plan %(plan)s: full=%(full)s (%(why)s).',
                       {'plan': plan['id'], 'full': full, 'why': reason})
             return bool(full)
+        if not any(r['status'] in (SUCCEEDED, PARTIAL) and r['backup_ids']
+                   for r in runs):
+            return True
         return (plan.get('runs_since_full') or 0) + 1 >= (
             plan.get('full_every') or 1)
 
@@ -534,7 +539,7 @@ class PlanRunner(object):
         def record(backup_ids, set_ids):
             self.db.run_update(run['id'], {'backup_ids': backup_ids,
                                            'group_snapshot_ids': set_ids,
-                                           'heartbeat_at': self._clock()})
+                                           'heartbeat_at': now})
 
         try:
             backup_ids, set_ids, errors = self._work.start(

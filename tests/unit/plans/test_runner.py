@@ -221,8 +221,9 @@ class DueTestCase(RunnerTestCase):
         for slot in range(6):
             self.tick(T0 + slot * MINUTE + SECOND)
             fulls.append(self.work.start.call_args.args[3])
-        self.assertEqual([False, False, True, False, False, True], fulls)
-        self.assertEqual(0, self.db.plans[plan['id']]['runs_since_full'])
+        # The first: nothing to build on.
+        self.assertEqual([True, False, False, True, False, False], fulls)
+        self.assertEqual(2, self.db.plans[plan['id']]['runs_since_full'])
 
     def test_retention_decides_the_full_and_follows_a_success(self):
         retention = mock.create_autospec(RetentionModule)
