@@ -24,8 +24,12 @@ backup manager would.
 """
 
 import datetime
+import os
 import threading
 import time
+from unittest import mock
+
+import fixtures
 
 from cinder import context
 from cinder import coordination
@@ -188,6 +192,38 @@ class TwoRunnersTestCase(test.TestCase):
                   if n['event_type'].startswith('backup_plan.')]
         self.assertEqual(4, events.count('backup_plan.run.start'))
         self.assertEqual(4, events.count('backup_plan.run.end'))
+
+    def test_one_run_per_slot_when_the_locks_do_not_coordinate(self):
+        """The database decides even when the lock layer does not.
+
+        Each node gets its own ``file://`` lock directory (what a
+        forgotten ``[coordination] backend_url`` gives on two hosts): both
+        take "the" lock, both saw the plan due before either claimed it;
+        the slot is still taken once.
+        """
+        root = self.useFixture(fixtures.TempDir()).path
+        for host in self.nodes:
+            self.override_config('backend_url',
+                                 'file://' + os.path.join(root, host),
+                                 group='coordination')
+            self.nodes[host] = self.make_node(host)
+        plan = self.make_plan()
+        for n in range(3):
+            slot = T0 + n * MINUTE
+            seen = plans_db.plans_due(slot + SECOND)
+            self.assertEqual([plan['id']], [p['id'] for p in seen])
+            with mock.patch.object(plans_db, 'plans_due', autospec=True,
+                                   return_value=seen):
+                results = self.tick_all(slot + SECOND)
+            self.assertEqual((1, 1), (
+                sum(s['started'] for s in results.values()),
+                sum(s['lost'] for s in results.values())))
+            self.end_backups()
+            self.tick_all(slot + 21 * SECOND)
+        runs = self.runs(plan)
+        self.assertEqual([T0, T0 + MINUTE, T0 + 2 * MINUTE],
+                         [r['scheduled_for'] for r in runs])
+        self.assertEqual(3, len(self.plan_backups(plan)))
 
     def test_a_dead_nodes_run_is_retried_by_the_other(self):
         plan = self.make_plan(minute='*/5')
