@@ -37,6 +37,7 @@ from cinder_vmdk_backup.backup import driver_loader  # noqa: E402
 from cinder_vmdk_backup.backup import driver_owned  # noqa: E402
 from cinder_vmdk_backup.backup import manager  # noqa: E402
 from cinder_vmdk_backup import malloc_tuning  # noqa: E402
+from cinder_vmdk_backup.plans import runner as plan_runner  # noqa: E402
 
 VOLUME_HOST = 'node1@fast#pool1'
 
@@ -392,9 +393,45 @@ class StartTestCase(base.BaseTestCase):
         mock.patch.object(malloc_tuning, 'apply', autospec=True).start()
         mock.patch.object(cinder_internals, 'check_and_report',
                           autospec=True, return_value=True).start()
+        self.runner_class = mock.patch.object(
+            plan_runner, 'PlanRunner', autospec=True).start()
+        self.runner = self.runner_class.return_value
+        self.runner.ready.return_value = None
         self.manager = manager.BackupManager()
         self.manager.message_api = mock.Mock()
+        self.manager.host = 'node1'
         self.logs = self.useFixture(fixtures.FakeLogger())
+        atexit_register = mock.patch.object(manager.atexit, 'register',
+                                            autospec=True).start()
+        self.atexit = atexit_register
+
+    def test_init_host_starts_the_plan_runner_last(self):
+        order = mock.Mock()
+        self.base_init_host.side_effect = lambda *a, **k: order.cinder()
+        self.runner.start.side_effect = order.runner
+        self.manager.init_host()
+        self.assertEqual([mock.call.cinder(), mock.call.runner()],
+                         order.mock_calls)
+        self.runner_class.assert_called_once_with('node1')
+        self.assertIs(self.runner, self.manager.plan_runner)
+        self.atexit.assert_called_once_with(self.manager.stop_plan_runner)
+        self.manager.stop_plan_runner()
+        self.runner.stop.assert_called_once_with(timeout=5)
+
+    def test_no_plan_runner_without_its_database(self):
+        self.runner.ready.return_value = 'OperationalError: no such table'
+        self.manager.init_host()
+        self.runner.start.assert_not_called()
+        self.assertIn('no such table', self.logs.output)
+        self.assertIn('cinder-vmdk-backup-manage db sync', self.logs.output)
+        self.manager.stop_plan_runner()  # nothing to stop
+        self.atexit.assert_not_called()
+
+    def test_a_plan_runner_that_cannot_start_does_not_stop_the_service(self):
+        self.runner.start.side_effect = RuntimeError('no thread')
+        self.manager.init_host()
+        self.assertIn('no thread', self.logs.output)
+        self.assertIsNone(getattr(self.manager, 'plan_runner', None))
 
     def test_init_host_sets_up_every_driver_owned_backend(self):
         self.conf.config(host='node1')
