@@ -30,7 +30,9 @@ plan (``fire``), the next (``follow``: every run found done and
 finished), and one with nothing to do (``idle``). Target: ``fire`` under
 1 s of CPU for 200 plans; no plan fires twice.
 
-Usage: ``python -m bench plan_runner [--plans 200] [--repeat 3]``.
+Usage: ``python -m bench plan_runner [--plans 200] [--repeat 3]
+[--locks etcd|local]`` (``local``: in-process locks, so that the lock
+layer's share of the cost shows).
 """
 
 import argparse
@@ -65,6 +67,40 @@ class _Work(object):
         outcome = targets.Outcome()
         outcome.made = list(run['backup_ids'])
         return outcome
+
+
+class _LocalLock(object):
+    """An in-process lock (``--locks local``: the database decides alone)."""
+
+    _held = set()
+    _guard = threading.Lock()
+
+    def __init__(self, name):
+        self.name = name
+
+    def acquire(self, blocking=True):
+        with self._guard:
+            if self.name in self._held:
+                return False
+            self._held.add(self.name)
+            return True
+
+    def release(self):
+        with self._guard:
+            self._held.discard(self.name)
+
+
+class _LocalCoordinator(object):
+    started = True
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def get_lock(self, name):
+        return _LocalLock(name)
 
 
 class _Notices(object):
@@ -135,7 +171,7 @@ def _tick_both(nodes, at, counts):
     return started, time.monotonic() - started, results
 
 
-def run_once(count, etcd_url):
+def run_once(count, etcd_url, locks='etcd'):
     from cinder import context
     from cinder import coordination
     from oslo_config import cfg
@@ -152,8 +188,11 @@ def run_once(count, etcd_url):
         coordinators = []
         try:
             for host in ('backup-a', 'backup-b'):
-                coordinator = coordination.Coordinator(agent_id=host,
-                                                       prefix='cinder-')
+                if locks == 'etcd':
+                    coordinator = coordination.Coordinator(
+                        agent_id=host, prefix='cinder-')
+                else:
+                    coordinator = _LocalCoordinator()
                 coordinator.start()
                 coordinators.append(coordinator)
                 nodes.append(runner.PlanRunner(
@@ -190,6 +229,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog='python -m bench plan_runner')
     parser.add_argument('--plans', type=int, default=200)
     parser.add_argument('--repeat', type=int, default=3)
+    parser.add_argument('--locks', choices=('etcd', 'local'),
+                        default='etcd',
+                        help='etcd (real, default) or local: in-process '
+                             'locks, to tell the lock layer\'s cost from '
+                             'the database\'s')
     args = parser.parse_args(argv)
     from cinder import objects
     objects.register_all()
@@ -201,13 +245,13 @@ def main(argv=None):
     server = etcd.Etcd(lock_timeout=10)
     server.setUp()
     try:
-        reports = [run_once(args.plans, server.url)
+        reports = [run_once(args.plans, server.url, args.locks)
                    for _ in range(args.repeat)]
     finally:
         server.cleanUp()
     ok = True
-    print('plan_runner: %d plans due at once, 2 nodes, %d repeats '
-          '(medians)' % (args.plans, args.repeat))
+    print('plan_runner: %d plans due at once, 2 nodes, %d repeats, %s '
+          'locks (medians)' % (args.plans, args.repeat, args.locks))
     for phase in ('fire', 'follow', 'idle'):
         for host in ('backup-a', 'backup-b'):
             cpu = statistics.median(r[phase][host]['cpu'] for r in reports)
