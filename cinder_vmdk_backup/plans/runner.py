@@ -395,13 +395,13 @@ class PlanRunner(object):
         busy.discard(plan['id'])
         if run.get('kind') == RETRY or plan.get('deleted'):
             return
+        # Recorded running on this node at once (never queued, where
+        # another node's "run now" pass could claim it without taking
+        # over the dead node's backups).
         retry = self.db.run_create(plan['id'], {
-            'kind': RETRY,
-            'status': QUEUED, 'scheduled_for': run.get('scheduled_for'),
-            'full': run.get('full')})
-        retry = self.db.run_claim(retry['id'], self.host)
-        if retry is None:
-            return
+            'kind': RETRY, 'status': RUNNING, 'host': self.host,
+            'scheduled_for': run.get('scheduled_for'), 'started_at': now,
+            'heartbeat_at': now, 'full': run.get('full')})
         LOG.warning('Run %(run)s of backup plan %(plan)s was interrupted '
                     '(%(host)s stopped); retried here as run %(retry)s.',
                     {'run': run['id'], 'plan': plan['id'],
