@@ -167,8 +167,10 @@ class API(object):
         return self.db.plan_get(context, plan_id)
 
     def get_all(self, context, filters=None, marker=None, limit=None):
-        """Plans of the caller's project (every project's for an admin
-        asking with ``all_projects``)."""
+        """Plans of the caller's project.
+
+        An admin asking with ``all_projects`` sees every project's.
+        """
         return self.db.plan_get_all(context, filters=filters, marker=marker,
                                     limit=limit)
 
@@ -335,8 +337,10 @@ class API(object):
         return exclude
 
     def _in_project(self, context, identity, project_id):
-        """Is ``identity`` a volume, or an instance using a volume, of the
-        project?"""
+        """Whether ``identity`` is a volume of the project.
+
+        Or an instance with a volume of the project attached.
+        """
         try:
             volume = self.volume_api.get(context, identity)
         except exception.NotFound:
