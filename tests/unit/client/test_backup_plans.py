@@ -112,10 +112,10 @@ class ClientTestCase(testtools.TestCase):
         self.client.update_plan(PLAN, schedule={'hour': '3'}, keep=3,
                                 bandwidth_mib_s='none', exclude=[],
                                 name=None)
-        self.assertEqual([('PUT', '%s/%s' % (PREFIX, PLAN), {
+        expected = [('PUT', '%s/%s' % (PREFIX, PLAN), {
             'backup_plan': {'schedule': {'hour': '3'}, 'keep': 3,
-                            'bandwidth_mib_s': None, 'exclude': []}}, {})],
-            self.sent())
+                            'bandwidth_mib_s': None, 'exclude': []}}, {})]
+        self.assertEqual(expected, self.sent())
 
     def test_update_nothing(self):
         self.assertRaises(ValueError, self.client.update_plan, PLAN)

@@ -134,12 +134,12 @@ class CommandTestCase(base.TestCommand):
         self.assertIsNone(self.take(backup_plans.SetBackupPlan, [
             PLAN, '--keep', '3', '--schedule', '0 3 * * *',
             '--no-bandwidth', '--no-exclude', '--enable']))
-        self.assertEqual([('PUT', '%s/%s' % (PREFIX, PLAN), {'backup_plan': {
+        expected = [('PUT', '%s/%s' % (PREFIX, PLAN), {'backup_plan': {
             'keep': 3, 'bandwidth_mib_s': None, 'exclude': [],
             'active': True,
             'schedule': {'minute': '0', 'hour': '3', 'day_of_month': '*',
-                         'month': '*', 'day_of_week': '*'}}})],
-            self.sent())
+                         'month': '*', 'day_of_week': '*'}}})]
+        self.assertEqual(expected, self.sent())
 
     def test_set_parser_errors(self):
         self.assert_parser_error(backup_plans.SetBackupPlan, [
