@@ -97,11 +97,14 @@ class API(object):
     :param volume_api: Cinder's volume API (target and exclusion lookups)
     :param group_api: the instance-group API (group lookups)
     :param clock: returns the aware UTC "now" (tests inject one)
+    :param schedule_class: :class:`cinder_vmdk_backup.plans.schedule.
+        Schedule` (imported on first use) or a stand-in
     """
 
     def __init__(self, db=None, volume_api=None, group_api=None,
-                 clock=None):
+                 clock=None, schedule_class=None):
         self._db = db
+        self._schedule_class = schedule_class
         self._volume_api = volume_api
         self._group_api = group_api
         self._clock = clock or (lambda: timeutils.utcnow(with_timezone=True))
@@ -252,10 +255,11 @@ class API(object):
 
     def _schedule(self, schedule):
         """The plan's schedule fields and first slot after now."""
-        schedule_class = importutils.import_class(SCHEDULE_CLASS)
+        if self._schedule_class is None:
+            self._schedule_class = importutils.import_class(SCHEDULE_CLASS)
         # (The API takes an integer for a single value: stored as text.)
         fields = {k: str(schedule[k]) for k in SCHEDULE_FIELDS}
-        parsed = schedule_class(*(fields[k] for k in SCHEDULE_FIELDS))
+        parsed = self._schedule_class(*(fields[k] for k in SCHEDULE_FIELDS))
         fields['next_run_at'] = parsed.next_after(self._clock())
         return fields
 
