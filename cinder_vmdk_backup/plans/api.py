@@ -232,16 +232,17 @@ class API(object):
         :raises BackupPlanBusy: a run of the plan is queued or running
         :returns: the queued run
         """
-        plan = self.db.plan_get(context, plan_id)
+        self.db.plan_get(context, plan_id)
         pending = [run for run in self.db.runs_unfinished(plan_id=plan_id)
                    if run['status'] in (QUEUED, RUNNING)]
         if pending:
             raise cvb_exception.BackupPlanBusy(
                 plan_id=plan_id, run_id=pending[0]['id'],
                 status=pending[0]['status'])
+        # (The run's project is the plan's: the DB API sets it.)
         run = self.db.run_create(plan_id, {
-            'project_id': plan['project_id'], 'kind': MANUAL,
-            'status': QUEUED, 'scheduled_for': self._clock()})
+            'kind': MANUAL, 'status': QUEUED,
+            'scheduled_for': self._clock()})
         LOG.info('Run %(run)s of backup plan %(plan)s queued.',
                  {'run': run['id'], 'plan': plan_id})
         return run

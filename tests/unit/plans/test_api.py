@@ -337,8 +337,7 @@ class PlansApiTestCase(test.TestCase):
         self.db.run_create.return_value = {'id': RUN, 'status': 'queued'}
         self.assertEqual(RUN, self.api.run_now(self.ctx, PLAN)['id'])
         self.db.run_create.assert_called_once_with(PLAN, {
-            'project_id': PROJECT, 'kind': 'manual', 'status': 'queued',
-            'scheduled_for': NOW})
+            'kind': 'manual', 'status': 'queued', 'scheduled_for': NOW})
 
     @ddt.data('queued', 'running')
     def test_run_now_busy(self, status):
