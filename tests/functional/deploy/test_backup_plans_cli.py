@@ -55,8 +55,14 @@ class BackupPlanCliTest(testtools.TestCase):
         self.up_seconds = time.monotonic() - started
 
     def plan(self, *args, **kwargs):
-        return self.dep.openstack('volume', 'backup', 'plan', *args,
-                                  **kwargs)
+        args = ('volume', 'backup', 'plan') + args
+        if any(' ' in arg for arg in args):
+            # The client's interactive mode (the deployment's shell)
+            # splits a quoted argument ("30 2 * * *"): a process of its
+            # own, as a user's shell runs it (a global option first).
+            args = ('--os-volume-api-version',
+                    self.dep.env['OS_VOLUME_API_VERSION']) + args
+        return self.dep.openstack(*args, **kwargs)
 
     def refused(self, *args):
         """The plan command fails; its error text."""
