@@ -65,3 +65,10 @@ class BackupPlanRunNotFound(exception.NotFound):
 
 class InvalidBackupPlan(exception.Invalid):
     message = _("Invalid backup plan: %(reason)s")
+
+
+class BackupPlanBusy(exception.CinderException):
+    message = _("Backup plan %(plan_id)s has a run %(status)s already "
+                "(%(run_id)s); run it again when that run has ended.")
+    code = 409
+    safe = True

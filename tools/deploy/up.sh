@@ -503,6 +503,39 @@ api_extension_lines() {
             "import): cinder-api runs without it"
         echo "# osapi_volume_extension = $ext.Instance_groups: not installed"
     fi
+    # The backup-plan extension (issue 18), the same way.
+    local plans=cinder_vmdk_backup.api.contrib.backup_plans
+    if "$VENV/bin/python" -P -c "from $plans import Backup_plans" \
+            >/dev/null 2>&1; then
+        cvb_log "cinder-api loads the backup-plan extension ($plans)"
+        echo "osapi_volume_extension = $plans.Backup_plans"
+    else
+        echo "# osapi_volume_extension = $plans.Backup_plans: not installed"
+    fi
+}
+
+plans_db_sync() {
+    # The plugin's tables (backup plans, issue 18) in the profile's
+    # database, after Cinder's: "cinder-vmdk-backup-manage db sync" (as
+    # python -m when the console script is not installed in the
+    # virtualenv, e.g. a tree newer than its installation). Not for the
+    # stock profile, nor a tree without the command.
+    [ "$profile" = stock ] && return 0
+    local manage=("$VENV/bin/cinder-vmdk-backup-manage")
+    if [ ! -x "${manage[0]}" ]; then
+        "$VENV/bin/python" -P -c 'import cinder_vmdk_backup.cmd.manage' \
+            >/dev/null 2>&1 || {
+            cvb_log "no cinder-vmdk-backup-manage in $VENV: no backup-plan" \
+                "tables"
+            return 0
+        }
+        manage=("$VENV/bin/python" -P -m cinder_vmdk_backup.cmd.manage)
+    fi
+    cvb_log "cinder-vmdk-backup-manage db sync ($db)"
+    "${manage[@]}" --config-file "$dir/cinder.conf" db sync \
+        >"$dir/log/plans-db-sync.log" 2>&1 \
+        || cvb_die "cinder-vmdk-backup-manage db sync failed:" \
+            "$dir/log/plans-db-sync.log"
 }
 
 cinder_up() {
@@ -562,6 +595,7 @@ SQL
     "$VENV/bin/cinder-manage" --config-file "$dir/cinder.conf" db sync \
         >"$dir/log/db-sync.log" 2>&1 \
         || cvb_die "cinder-manage db sync failed: $dir/log/db-sync.log"
+    plans_db_sync
 
     local debug
     for s in "${services[@]}"; do

@@ -136,7 +136,8 @@ class TestEntryPoints(testtools.TestCase):
         group = 'openstack.%s.v%s' % (plugin.API_NAME,
                                       plugin.DEFAULT_API_VERSION)
         commands = self._group(group)
-        self.assertEqual(10, len(commands))
+        # 10 instance-group commands, 7 backup-plan commands.
+        self.assertEqual(10 + 7, len(commands))
         manager = commandmanager.CommandManager('cvb.none')
         for name, target in commands.items():
             cls = self._load(target)
@@ -151,6 +152,10 @@ class TestEntryPoints(testtools.TestCase):
                 (['volume', 'instance', 'group', 'list'],
                  'ListInstanceGroup', []),
                 (['volume', 'instance', 'group', 'backup', 'list', 'g1'],
-                 'ListBackupSet', ['g1'])]:
+                 'ListBackupSet', ['g1']),
+                (['volume', 'backup', 'plan', 'run', 'list', 'p1'],
+                 'ListBackupPlanRun', ['p1']),
+                (['volume', 'backup', 'plan', 'run', 'p1'],
+                 'RunBackupPlan', ['p1'])]:
             cls, _name, args = manager.find_command(argv)
             self.assertEqual((cls_name, rest), (cls.__name__, args))
