@@ -503,6 +503,15 @@ api_extension_lines() {
             "import): cinder-api runs without it"
         echo "# osapi_volume_extension = $ext.Instance_groups: not installed"
     fi
+    # The backup-verification extension (the same test).
+    ext=cinder_vmdk_backup.api.contrib.backup_verifications
+    if "$VENV/bin/python" -P -c "from $ext import Backup_verifications" \
+            >/dev/null 2>&1; then
+        echo "osapi_volume_extension = $ext.Backup_verifications"
+    else
+        echo "# osapi_volume_extension = $ext.Backup_verifications: not" \
+            "installed"
+    fi
 }
 
 cinder_up() {
