@@ -53,3 +53,14 @@ class InstanceNotShutDown(exception.Invalid):
 class GroupFreezeError(exception.VolumeBackendAPIException):
     message = _("Could not take one point in time for all volumes of the "
                 "set: %(reason)s")
+
+
+class VerificationBusy(exception.Invalid):
+    message = _("Backup %(backup_id)s is being verified already "
+                "(verification %(verification_id)s, %(status)s); try again "
+                "when it has ended.")
+    code = 409
+
+
+class VerificationError(exception.CinderException):
+    message = _("Backup %(backup_id)s could not be verified: %(reason)s")

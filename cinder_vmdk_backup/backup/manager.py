@@ -51,7 +51,9 @@ The manager also runs instance-group backup sets: it registers
 :class:`~cinder_vmdk_backup.group.manager.InstanceGroupEndpoint` as an extra
 RPC endpoint (namespace ``instance_groups``), runs its janitor at start,
 and deletes retired backups of older sets with their last dependent
-(:meth:`BackupManager.delete_backup`).
+(:meth:`BackupManager.delete_backup`). Backup verifications run here too
+(:class:`~cinder_vmdk_backup.verification.endpoint.VerificationEndpoint`,
+namespace ``backup_verification``).
 
 At start the manager checks those internals against the installed Cinder
 (:func:`~.cinder_internals.check`). If one is missing or changed, it logs
@@ -69,6 +71,7 @@ from cinder_vmdk_backup.backup import driver_loader
 from cinder_vmdk_backup.group import manager as group_manager
 from cinder_vmdk_backup import malloc_tuning
 from cinder_vmdk_backup import opts
+from cinder_vmdk_backup.verification import endpoint as verification
 
 LOG = logging.getLogger(__name__)
 CONF = cfg.CONF
@@ -151,6 +154,9 @@ class BackupManager(cinder_internals.RewiredBackupManager):
         if getattr(self, 'additional_endpoints', None) is None:
             self.additional_endpoints = []
         self.additional_endpoints.append(self.group_endpoint)
+        #: Backup verifications run here (namespace backup_verification).
+        self.verification_endpoint = verification.VerificationEndpoint(self)
+        self.additional_endpoints.append(self.verification_endpoint)
 
     # -- start ---------------------------------------------------------------
 

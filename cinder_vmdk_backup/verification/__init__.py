@@ -9,3 +9,10 @@
 # WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
 # License for the specific language governing permissions and limitations
 # under the License.
+
+"""Verification of stored backups without restoring them onto a volume.
+
+:mod:`.verifier` reads a backup and its chain from the store and checks
+them; :mod:`.records` keeps the outcome on the backup's metadata;
+:mod:`.endpoint` runs verifications in cinder-backup.
+"""
