@@ -51,7 +51,8 @@ UNVERIFIED = 'unverified'
 ACTIVE = ('queued', 'running')
 
 _RECORD_KEYS = ('status', 'verification_id', 'deep', 'started_at',
-                'finished_at', 'progress', 'summary', 'problems')
+                'finished_at', 'progress', 'summary', 'problems',
+                'problem_count')
 
 #: Query filters of :meth:`API.get_all`.
 FILTERS = ('status', 'volume_id', 'all_tenants')
@@ -256,6 +257,8 @@ class API(object):
         entry = {key: record.get(key) for key in _RECORD_KEYS}
         entry['status'] = entry['status'] or UNVERIFIED
         entry['problems'] = list(entry['problems'] or [])
+        entry['problem_count'] = entry['problem_count'] or len(
+            entry['problems'])
         entry.update({
             'backup_id': backup.id,
             'backup_name': backup.display_name,

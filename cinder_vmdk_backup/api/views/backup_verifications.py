@@ -15,14 +15,15 @@
 One shape for every answer: a backup's verification (its id, name, status,
 volume and project, then the record of its last verification: ``status``
 ``queued``, ``running``, ``ok``, ``failed``, ``error`` or ``unverified``,
-progress, summary and problems). Keys the record lacks are answered as
+progress, summary, how many problems were found and the first of them,
+as many as the record keeps). Keys the record lacks are answered as
 null, so a client can rely on the shape.
 """
 
 VERIFICATION_KEYS = (
     'backup_id', 'backup_name', 'backup_status', 'volume_id', 'project_id',
     'status', 'verification_id', 'deep', 'started_at', 'finished_at',
-    'progress', 'summary')
+    'progress', 'summary', 'problem_count')
 
 PROBLEM_KEYS = ('backup_id', 'object', 'offset', 'length', 'reason')
 

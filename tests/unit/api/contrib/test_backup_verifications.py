@@ -180,8 +180,8 @@ class BackupVerificationRoutesTestCase(VerificationRouterTestCase):
 
     @ddt.data(
         (vmdk_exception.VerificationBusy(
-            message='backup %s is being verified' % BACKUP), 409,
-         'being verified'),
+            backup_id=BACKUP, verification_id=VERIFICATION,
+            status='running'), 409, 'being verified already'),
         (exception.ServiceNotFound(service_id='cinder-backup'), 503,
          'cinder-backup'),
         (exception.InvalidBackup(reason='backup %s is creating' % PARENT),
@@ -365,8 +365,8 @@ class VerifySetRouteTestCase(VerificationRouterTestCase):
 
     @ddt.data(
         (vmdk_exception.VerificationBusy(
-            message='backup %s is being verified' % BACKUP), 409,
-         'being verified'),
+            backup_id=BACKUP, verification_id=VERIFICATION,
+            status='running'), 409, 'being verified already'),
         (vmdk_exception.BackupSetNotFound(name='b', group_id=ig.GROUP_ID),
          404, ig.GROUP_ID),
         (exception.ServiceNotFound(service_id='cinder-backup'), 503,
