@@ -42,15 +42,15 @@ class ProblemsColumn(columns.FormattableColumn):
     def human_readable(self):
         lines = []
         for p in self._value or []:
-            where = p.get('object') or _('(no object)')
-            line = '%s: %s' % (p.get('reason'), where)
+            parts = ['%s: %s' % (p.get('reason'),
+                                 p.get('object') or _('(no object)'))]
             if p.get('offset') is not None:
-                line += _(' at volume offset %(offset)s, %(length)s '
-                          'bytes') % {'offset': p.get('offset'),
-                                      'length': p.get('length')}
+                parts.append(_('at volume offset %(offset)s, %(length)s '
+                               'bytes') % {'offset': p.get('offset'),
+                                           'length': p.get('length')})
             if p.get('backup_id'):
-                line += _(' (backup %s)') % p['backup_id']
-            lines.append(line)
+                parts.append(_('(backup %s)') % p['backup_id'])
+            lines.append(' '.join(str(part) for part in parts))
         return '\n'.join(lines)
 
     def machine_readable(self):
