@@ -54,9 +54,6 @@ _RECORD_KEYS = ('status', 'verification_id', 'deep', 'started_at',
                 'finished_at', 'progress', 'summary', 'problems',
                 'problem_count')
 
-#: Query filters of :meth:`API.get_all`.
-FILTERS = ('status', 'volume_id', 'all_tenants')
-
 
 class API(object):
     """The verification operations of cinder-api."""
@@ -129,7 +126,8 @@ class API(object):
         entries = [self._entry(b) for b in backups]
         if status:
             entries = [e for e in entries if e['status'] == status]
-        return sorted(entries, key=lambda e: (e['created_at'] or '',
+        # (Oldest first, as Cinder's own backup list.)
+        return sorted(entries, key=lambda e: (str(e['created_at'] or ''),
                                               e['backup_id']))
 
     # -- a backup set of an instance group -----------------------------------
