@@ -429,7 +429,7 @@ class VmwareInstanceGroupDeploymentTest(GroupCommands,
                               group_id, '--instance-id', instance.uuid,
                               '--name', 'set2', '--wait')
         self.assertEqual('ok', verified['Status'], verified)
-        self.assertEqual(second['Backup Set ID'], verified['Backup Set ID'])
+        self.assertEqual(second['ID'], verified['Backup Set ID'])
         self.assertEqual(sorted(second['Backup IDs']),
                          sorted(b['backup_id'] for b in verified['Backups']))
         self.assertEqual({'ok'}, {b['status'] for b in verified['Backups']})
