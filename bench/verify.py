@@ -86,9 +86,10 @@ def _conf(workdir, compression):
 
 def _cinder(workdir):
     vmdk_backup._cinder(os.path.join(workdir, 'cinder.conf'))
-    from cinder_vmdk_backup import opts  # noqa: F401 (the plugin's options)
     from cinder.backup.drivers import posix
     from cinder import context
+
+    from cinder_vmdk_backup import opts  # noqa: F401 (the plugin's options)
     return context.get_admin_context(), posix
 
 

@@ -189,3 +189,18 @@ class EndpointTestCase(test.TestCase):
         self.verify.side_effect = verify
         self.endpoint.verify_backup(self.ctxt, self.backup.id, 'v1')
         self.assertEqual([10, 30], saves)
+
+    def test_deleting_when_it_ends_records_nothing(self):
+        self._queue()
+
+        def verify(service, backup, deep, progress, cancelled):
+            other = objects.Backup.get_by_id(self.ctxt, self.backup.id)
+            other.status = 'deleting'
+            other.save()
+            report = verifier.Report(self.backup.id)
+            report.add(self.backup.id, verifier.MISSING, 0, 1, obj='o')
+            return report
+
+        self.verify.side_effect = verify
+        self.endpoint.verify_backup(self.ctxt, self.backup.id, 'v1')
+        self.assertEqual('running', self._record()['status'])
