@@ -128,6 +128,11 @@ class VerificationEndpoint(object):
                        'reason': reason})
             self._record(backup, records.fail, reason)
             return
+        if watcher.gone() or watcher.superseded:
+            # Deleted (objects vanishing under the reads) or replaced
+            # while it ran: its outcome is nobody's.
+            self._ended_early(backup, verification_id, watcher)
+            return
         if report.ok:
             LOG.info('Verification %(id)s of backup %(backup)s: %(summary)s',
                      {'id': verification_id, 'backup': backup_id,

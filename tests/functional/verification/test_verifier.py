@@ -25,6 +25,7 @@ import io
 import json
 import os
 import stat
+import tracemalloc
 
 import ddt
 import fixtures
@@ -167,6 +168,22 @@ class VerifierTestCase(test.TestCase):
                          report.blocks_checked)
         self.assertNotEqual([], progress)
         self.assertTrue(report.summary().startswith('ok: 2 backup(s)'))
+
+    def test_memory_is_pieces_not_objects(self):
+        self.override_config('backup_file_size', SIZE)
+        self._write(0, os.urandom(SIZE // 2))
+        full = self._backup()
+        self.assertEqual(1, len(self._objects(full)))
+        service = self._service()
+        tracemalloc.start()
+        try:
+            report = verifier.verify(service, full)
+            _current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        self.assertTrue(report.ok, report.problems)
+        # One 16 MiB object; read and inflated 1 MiB at a time.
+        self.assertLess(peak, 5 * MiB)
 
     def test_good_full_is_ok(self):
         full = self._backup()
