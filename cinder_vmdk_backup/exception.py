@@ -72,3 +72,14 @@ class BackupPlanBusy(exception.CinderException):
                 "(%(run_id)s); run it again when that run has ended.")
     code = 409
     safe = True
+
+
+class VerificationBusy(exception.Invalid):
+    message = _("Backup %(backup_id)s is being verified already "
+                "(verification %(verification_id)s, %(status)s); try again "
+                "when it has ended.")
+    code = 409
+
+
+class VerificationError(exception.CinderException):
+    message = _("Backup %(backup_id)s could not be verified: %(reason)s")

@@ -53,7 +53,9 @@ RPC endpoint (namespace ``instance_groups``), runs its janitor at start,
 and deletes retired backups of older sets with their last dependent
 (:meth:`BackupManager.delete_backup`). It also runs backup plans: a
 :class:`~cinder_vmdk_backup.plans.runner.PlanRunner` started at the end of
-``init_host``.
+``init_host``; and backup verifications
+(:class:`~cinder_vmdk_backup.verification.endpoint.VerificationEndpoint`,
+namespace ``backup_verification``).
 
 At start the manager checks those internals against the installed Cinder
 (:func:`~.cinder_internals.check`). If one is missing or changed, it logs
@@ -74,6 +76,7 @@ from cinder_vmdk_backup.group import manager as group_manager
 from cinder_vmdk_backup import malloc_tuning
 from cinder_vmdk_backup import opts
 from cinder_vmdk_backup.plans import runner as plan_runner
+from cinder_vmdk_backup.verification import endpoint as verification
 
 LOG = logging.getLogger(__name__)
 CONF = cfg.CONF
@@ -156,6 +159,9 @@ class BackupManager(cinder_internals.RewiredBackupManager):
         if getattr(self, 'additional_endpoints', None) is None:
             self.additional_endpoints = []
         self.additional_endpoints.append(self.group_endpoint)
+        #: Backup verifications run here (namespace backup_verification).
+        self.verification_endpoint = verification.VerificationEndpoint(self)
+        self.additional_endpoints.append(self.verification_endpoint)
 
     # -- start ---------------------------------------------------------------
 

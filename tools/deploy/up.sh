@@ -503,6 +503,15 @@ api_extension_lines() {
             "import): cinder-api runs without it"
         echo "# osapi_volume_extension = $ext.Instance_groups: not installed"
     fi
+    # The backup-verification extension (the same test).
+    ext=cinder_vmdk_backup.api.contrib.backup_verifications
+    if "$VENV/bin/python" -P -c "from $ext import Backup_verifications" \
+            >/dev/null 2>&1; then
+        echo "osapi_volume_extension = $ext.Backup_verifications"
+    else
+        echo "# osapi_volume_extension = $ext.Backup_verifications: not" \
+            "installed"
+    fi
     # The backup-plan extension (issue 18), the same way.
     local plans=cinder_vmdk_backup.api.contrib.backup_plans
     if "$VENV/bin/python" -P -c "from $plans import Backup_plans" \

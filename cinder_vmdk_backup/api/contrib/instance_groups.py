@@ -54,7 +54,10 @@ from oslo_utils import importutils
 from oslo_utils import uuidutils
 import webob
 
+from cinder_vmdk_backup.api.contrib import backup_verifications
 from cinder_vmdk_backup.api.schemas import instance_groups as schema
+from cinder_vmdk_backup.api.views import backup_verifications as \
+    verification_views
 from cinder_vmdk_backup.api.views import instance_groups as views
 from cinder_vmdk_backup import exception as vmdk_exception
 from cinder_vmdk_backup import policies
@@ -133,9 +136,10 @@ class InstanceGroupsController(wsgi.Controller):
 
     _view_builder_class = views.ViewBuilder
 
-    def __init__(self, group_api=None):
+    def __init__(self, group_api=None, verification_api=None):
         super(InstanceGroupsController, self).__init__()
         self._group_api = group_api
+        self._verification_api = verification_api
 
     @property
     def group_api(self):
@@ -144,6 +148,13 @@ class InstanceGroupsController(wsgi.Controller):
         if self._group_api is None:
             self._group_api = load_group_api()
         return self._group_api
+
+    @property
+    def verification_api(self):
+        if self._verification_api is None:
+            self._verification_api = (
+                backup_verifications.load_verification_api())
+        return self._verification_api
 
     def _group(self, context, group_id, rule, instance_id=None):
         """The group, looked up in the caller's scope, then authorized.
@@ -291,6 +302,26 @@ class InstanceGroupsController(wsgi.Controller):
                 group_snapshot_id=group_snapshot_id, name=name)
         return _operation_answer(result)
 
+    @wsgi.response(HTTPStatus.ACCEPTED)
+    @_body_required
+    @validation.schema(schema.verify_backup)
+    def verify_backup(self, req, id, body):
+        """Verify every backup of a set (in cinder-backup; 202)."""
+        context = req.environ['cinder.context']
+        group_snapshot_id, name = _set_selector(body)
+        deep = backup_verifications.flag(body.get('deep', False))
+        with _http_errors(), backup_verifications.http_errors():
+            self._group(context, id, policies.VERIFY_SET,
+                        instance_id=body['instance_id'])
+            LOG.info('Verify set %(set)s of instance group %(group)s '
+                     '(deep: %(deep)s).',
+                     {'group': id, 'set': group_snapshot_id or name,
+                      'deep': deep})
+            result = self.verification_api.verify_set(
+                context, id, body['instance_id'],
+                group_snapshot_id=group_snapshot_id, name=name, deep=deep)
+        return verification_views.ViewBuilder().set_verification(result)
+
     @_body_required
     @validation.schema(schema.update_members)
     def members(self, req, id, body):
@@ -328,4 +359,5 @@ class Instance_groups(extensions.ExtensionDescriptor):
                             'restore': 'PUT',
                             'restore_new': 'PUT',
                             'delete_backup': 'PUT',
-                            'members': 'PUT'})]
+                            'members': 'PUT',
+                            'verify_backup': 'POST'})]

@@ -108,6 +108,11 @@ restore_new['properties'].update({
 })
 
 
+# POST /instance-groups/{id}/verify_backup
+verify_backup = copy.deepcopy(delete_backup)
+verify_backup['properties']['deep'] = async_flag
+
+
 update_members = _body({
     'instance_id': parameter_types.uuid,
     'add_volumes': _uuid_list,

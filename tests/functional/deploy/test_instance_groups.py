@@ -423,6 +423,18 @@ class VmwareInstanceGroupDeploymentTest(GroupCommands,
         self.figures['set2_stored_bytes'] = sum(
             self.dep.stored_bytes(b) for b in second['Backup IDs'])
 
+        # Every backup of the incremental set verified, with its chain
+        # (set1's backups), under one verification id.
+        verified = self.timed('set2_verify', self.group, 'backup', 'verify',
+                              group_id, '--instance-id', instance.uuid,
+                              '--name', 'set2', '--wait')
+        self.assertEqual('ok', verified['Status'], verified)
+        self.assertEqual(second['ID'], verified['Backup Set ID'])
+        self.assertEqual(sorted(second['Backup IDs']),
+                         sorted(b['backup_id'] for b in verified['Backups']))
+        self.assertEqual({'ok'}, {b['status'] for b in verified['Backups']})
+        self.assertEqual([], verified['Problems'])
+
         # No restore while the VM runs; nothing changed.
         error = self.refused('backup', 'restore', group_id, '--instance',
                              instance.uuid, '--name', 'set1')

@@ -795,6 +795,7 @@ class StandardExtensionsTestCase(RouterTestCase):
             ('PUT', '/%s/restore_new' % GROUP_ID, 'restore_new'),
             ('PUT', '/%s/delete_backup' % GROUP_ID, 'delete_backup'),
             ('PUT', '/%s/members' % GROUP_ID, 'members'),
+            ('POST', '/%s/verify_backup' % GROUP_ID, 'verify_backup'),
         ]
         resource = self.router.resources['instance-groups']
         for prefix in ('/%s' % PROJECT, ''):
