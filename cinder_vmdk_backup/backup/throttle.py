@@ -18,7 +18,8 @@ metadata :data:`METADATA_KEY` (MiB/s). The driver-owned paths honour it:
 * a backup reads its source (the decoded VMware export, the qcow2 image)
   through :func:`throttled_source`: every byte read from the disk counts
   (holes and unchanged extents the hand-off skips are never read and cost
-  nothing);
+  nothing; the qcow2 reader's holes and zero clusters neither, as it
+  counts what it reads; a VMware export's decoded zeros do count);
 * the qcow2 merge after the backup is capped by QEMU itself (libvirt's
   block commit ``bandwidth``, ``qemu-img commit -r``): :func:`rate_of`;
 * a restore of such a backup writes through :func:`throttled_writer` (the
@@ -128,29 +129,42 @@ def bucket_for(backup):
 
 
 class _ThrottledSource(object):
-    """A backup source whose reads take tokens; the rest passes through."""
+    """A backup source whose reads take tokens; the rest passes through.
+
+    A source that counts what it really reads (``bytes_read_from_disk``,
+    the qcow2 reader: holes and zero clusters are not read) is charged
+    that, after each read; any other is charged every byte asked for,
+    before the read.
+    """
 
     def __init__(self, source, bucket):
         self._source = source
         self._bucket = bucket
 
+    def _metered(self, call, wanted):
+        source = self._source
+        counted = getattr(source, 'bytes_read_from_disk', None)
+        if counted is None:
+            self._bucket.consume(wanted)
+            return call()
+        result = call()
+        self._bucket.consume(source.bytes_read_from_disk - counted)
+        return result
+
     def __getattr__(self, name):
         attr = getattr(self._source, name)
-        bucket = self._bucket
         if name == 'read_at':
             def read_at(offset, view):
-                bucket.consume(len(view))
-                return attr(offset, view)
+                return self._metered(lambda: attr(offset, view), len(view))
             return read_at
         if name in ('fill', 'readinto'):
             def fill(view):
-                bucket.consume(len(view))
-                return attr(view)
+                return self._metered(lambda: attr(view), len(view))
             return fill
         if name == 'read':
             def read(size=-1):
                 data = attr(size)
-                bucket.consume(len(data))
+                self._bucket.consume(len(data))
                 return data
             return read
         return attr

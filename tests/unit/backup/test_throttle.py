@@ -133,8 +133,6 @@ class WrappersTestCase(base.BaseTestCase):
 
     def test_source_reads_count(self):
         class Source(object):
-            bytes_read_from_disk = 7
-
             def read_at(self, offset, view):
                 view[:] = b'x' * len(view)
 
@@ -152,9 +150,22 @@ class WrappersTestCase(base.BaseTestCase):
         self.assertEqual(b'y' * 100, bytes(view[:100]))
         # the rest passes through; absent methods stay absent
         self.assertEqual([(0, 1)], source.changed_ranges(None))
-        self.assertEqual(7, source.bytes_read_from_disk)
+        self.assertFalse(hasattr(source, 'bytes_read_from_disk'))
         self.assertFalse(hasattr(source, 'readinto'))
         self.assertFalse(hasattr(source, 'read'))
+
+    def test_source_counting_its_disk_reads_is_charged_those(self):
+        class Source(object):
+            bytes_read_from_disk = 0
+
+            def fill(self, view):
+                # half of it a hole, not read
+                self.bytes_read_from_disk += len(view) // 2
+
+        source = throttle.throttled_source(Source(), _backup('1'))
+        source.fill(memoryview(bytearray(4096)))
+        source.fill(memoryview(bytearray(100)))
+        self.assertEqual([2048, 50], self.consumed)
 
     def test_file_source_reads_count(self):
         source = throttle.throttled_source(io.BytesIO(b'a' * 10),
