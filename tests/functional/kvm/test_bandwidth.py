@@ -27,7 +27,6 @@ import fixtures
 from oslo_utils import units
 
 from cinder_vmdk_backup.backup import throttle
-from cinder_vmdk_backup.backup import transfer
 from cinder_vmdk_backup.kvm import qemu_img
 from cinder_vmdk_backup.kvm import raw_reader
 from tests.functional.kvm import base
@@ -38,12 +37,13 @@ DATA_MIB = 48
 
 
 class Timed(object):
-    """Wraps a method of a class; records (start, bytes) of each call.
+    """Wraps a method of a class; records (start, end, bytes) of calls.
 
-    :param count: ``count(obj, args, call)`` returns the bytes a call
-        moved (``call()`` makes it)
+    :param count: ``count(obj, args, call)`` returns the call's result and
+        the bytes it moved (``call()`` makes it)
     :param charged_before: the cap charges a call before it runs (the
-        bytes asked for) rather than after (the bytes it read)
+        bytes asked for: the call itself waits) rather than after it (the
+        bytes it read: the next call waits)
     """
 
     def __init__(self, test, cls, name, count, charged_before):
@@ -55,25 +55,28 @@ class Timed(object):
             start = time.monotonic()
             result, nbytes = count(obj, args, lambda: real(obj, *args))
             if nbytes:
-                self.calls.append((start, nbytes))
+                self.calls.append((start, time.monotonic(), nbytes))
             return result
 
         test.useFixture(fixtures.MonkeyPatch(
             '%s.%s.%s' % (cls.__module__, cls.__name__, name), timed))
 
     def moved(self):
-        return sum(n for _s, n in self.calls)
+        return sum(n for _s, _e, n in self.calls)
 
     def rate(self):
-        """Bytes per second between the first call and the last.
+        """Bytes per second the calls moved, seen from outside them.
 
-        Charged before: each call but the first waited for its own bytes;
-        after: each call but the last waited for its own bytes after it.
+        Charged before: from the first call's start to the last one's end
+        (each waited for its bytes). After: the bytes of all calls but the
+        last, from the first start to the last start (each next call
+        started once the bytes before it had had their time).
         """
-        starts = [start for start, _n in self.calls]
-        sizes = [n for _s, n in self.calls]
-        waited = sizes[1:] if self._before else sizes[:-1]
-        return sum(waited) / (starts[-1] - starts[0])
+        if self._before:
+            span = self.calls[-1][1] - self.calls[0][0]
+            return self.moved() / span
+        span = self.calls[-1][0] - self.calls[0][0]
+        return sum(n for _s, _e, n in self.calls[:-1]) / span
 
 
 def _disk_read(obj, args, call):
@@ -104,10 +107,11 @@ class BandwidthCapTestCase(base.Qcow2FunctionalTestCase):
         backup.refresh()
         return backup
 
-    def assertNearCap(self, rate):
+    def assertNearCap(self, rate, detail=''):
         cap = CAP_MIB_S * MiB
-        self.assertGreater(rate, cap * 0.8, '%.1f MiB/s' % (rate / MiB))
-        self.assertLess(rate, cap * 1.2, '%.1f MiB/s' % (rate / MiB))
+        message = '%.1f MiB/s %s' % (rate / MiB, detail)
+        self.assertGreater(rate, cap * 0.8, message)
+        self.assertLess(rate, cap * 1.2, message)
 
     def test_backup_and_restore_at_the_cap(self):
         volume = self.make_volume(
@@ -137,8 +141,8 @@ class BandwidthCapTestCase(base.Qcow2FunctionalTestCase):
         self.assertEqual([CAP_MIB_S * MiB], commits)
         self.assertStandalone(volume)
 
-        writes = Timed(self, transfer.WriteBehind, 'write', _data_written,
-                       charged_before=True)
+        writes = Timed(self, throttle._ThrottledWriter, 'write',
+                       _data_written, charged_before=True)
         target = self.make_volume()
         self.restore(backup, target, volume_is_new=True)
         self.assertEqual(digest, base.raw_digest(
@@ -146,7 +150,7 @@ class BandwidthCapTestCase(base.Qcow2FunctionalTestCase):
         # whole writes are charged: one may hold the data's end and zeros
         self.assertGreaterEqual(writes.moved(), DATA_MIB * MiB)
         self.assertLessEqual(writes.moved(), (DATA_MIB + 16) * MiB)
-        self.assertNearCap(writes.rate())
+        self.assertNearCap(writes.rate(), writes.calls)
         self.assertNoLeftovers()
 
     def test_qemu_img_commit_rate(self):
