@@ -31,11 +31,15 @@ import time
 import pymysql
 
 
+def _which(binary):
+    return shutil.which(binary, path=os.environ.get('PATH', '') +
+                        ':/usr/sbin:/usr/bin')
+
+
 def missing():
     """Why a private MariaDB cannot run here, or None."""
     for binary in ('mariadbd', 'mariadb-install-db'):
-        if not shutil.which(binary, path=os.environ.get('PATH', '') +
-                            ':/usr/sbin:/usr/bin'):
+        if not _which(binary):
             return '%s is not installed (Debian mariadb-server)' % binary
     if os.geteuid() != 0:
         return 'mariadbd --user=root needs root'
@@ -65,14 +69,14 @@ class MariaDB(object):
         try:
             with open(log, 'wb') as out:
                 subprocess.run(
-                    ['mariadb-install-db', '--no-defaults',
+                    [_which('mariadb-install-db'), '--no-defaults',
                      '--datadir=' + data, '--user=root',
                      '--auth-root-authentication-method=socket',
                      '--skip-test-db'], stdout=out, stderr=out, check=True)
             self.port = _free_port()
             with open(log, 'ab') as out:
                 self.process = subprocess.Popen(
-                    ['mariadbd', '--no-defaults', '--datadir=' + data,
+                    [_which('mariadbd'), '--no-defaults', '--datadir=' + data,
                      '--user=root', '--socket=' + self.socket,
                      '--port=%d' % self.port, '--bind-address=127.0.0.1',
                      '--skip-name-resolve', '--innodb-buffer-pool-size=32M',
