@@ -92,6 +92,7 @@ from cinder_vmdk_backup.backup import handoff
 from cinder_vmdk_backup.backup import staging
 from cinder_vmdk_backup.backup import staging_files
 from cinder_vmdk_backup.backup import status_checks
+from cinder_vmdk_backup.backup import throttle
 from cinder_vmdk_backup.backup import transfer
 from cinder_vmdk_backup.backup import zero_hashing
 from cinder_vmdk_backup import opts
@@ -221,6 +222,8 @@ class DriverOwnedBackupMixin(object):
         what = '%s %s' % (type(device).__name__.lower(), device.id)
         with self.open_backup_source(context, backup, device) as source, \
                 tuned_for_raw_data(backup_service):
+            # A backup plan's bandwidth cap (none: the source itself).
+            source = throttle.throttled_source(source, backup)
             if handoff_wanted and hasattr(source, 'read_at'):
                 return handoff.backup(backup_service, backup, source,
                                       length, what)
@@ -265,7 +268,9 @@ class DriverOwnedBackupMixin(object):
             with transfer.WriteBehind(writer) as behind, \
                     fast_zlib.accelerated(backup_service), \
                     status_checks.throttled_refresh(backup):
-                backup_service.restore(backup, volume.id, behind, False)
+                backup_service.restore(
+                    backup, volume.id,
+                    throttle.throttled_writer(behind, backup), False)
             os.ftruncate(staging_file.fileno(), size)
             self.restore_raw_image(context, backup, volume, path)
 

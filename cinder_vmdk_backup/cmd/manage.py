@@ -35,13 +35,13 @@ from cinder.i18n import _
 CONF = cfg.CONF
 
 
-def _db_sync():
+def _db_sync(conf):
     from cinder_vmdk_backup.plans.db import migration
-    migration.db_sync(CONF.category.version)
+    migration.db_sync(conf.category.version)
     print(_("Backup plan tables at revision %s.") % migration.db_version())
 
 
-def _db_version():
+def _db_version(conf):
     from cinder_vmdk_backup.plans.db import migration
     print(migration.db_version() or _("None (run db sync)"))
 
@@ -64,22 +64,28 @@ _category = cfg.SubCommandOpt('category', title=_('Command categories'),
                               handler=_add_parsers)
 
 
-def main(argv=None):
-    """Run the command; return its exit status."""
+def main(argv=None, conf=None):
+    """Run the command; return its exit status.
+
+    :param argv: the arguments (default ``sys.argv[1:]``)
+    :param conf: the ConfigOpts to parse them into (default oslo.config's
+        global one, which the database API reads)
+    """
     argv = sys.argv[1:] if argv is None else argv
-    CONF.register_cli_opt(_category)
-    logging.register_options(CONF)
+    conf = CONF if conf is None else conf
+    conf.register_cli_opt(_category)
+    logging.register_options(conf)
     from cinder.common import config  # noqa: F401 ([DEFAULT] state_path)
     from cinder_vmdk_backup.plans.db import api  # noqa: F401 (options)
-    CONF(argv, project='cinder')
-    logging.setup(CONF, 'cinder-vmdk-backup-manage')
+    conf(argv, project='cinder')
+    logging.setup(conf, 'cinder-vmdk-backup-manage')
     try:
-        CONF.category.action_fn()
+        conf.category.action_fn(conf)
     except Exception as error:
         # The error's text, never the configuration (the connection URL
         # carries a password).
         print(_("%(command)s failed: %(error)s") % {
-            'command': ' '.join(('db', CONF.category.action)),
+            'command': ' '.join(('db', conf.category.action)),
             'error': error}, file=sys.stderr)
         return 1
     return 0

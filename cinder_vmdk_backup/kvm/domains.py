@@ -264,19 +264,25 @@ def power_state(domain):
     return 'running' if domain.isActive() else 'shutoff'
 
 
-def active_commit(domain, target, overlay, timeout=600.0, poll=0.02):
+def active_commit(domain, target, overlay, timeout=600.0, poll=0.02,
+                  bandwidth=None):
     """Merge the disk's active overlay into its base and pivot onto it.
 
     The guest keeps running and writing: QEMU mirrors new writes into the
     base until the pivot, so no write is lost.
+
+    :param bandwidth: bytes per second the commit copies at most (QEMU's
+        own rate limit of the job), or None for no limit
 
     :raises MergeError: the commit failed or timed out; it is aborted and
         the domain keeps running on the overlay (a usable chain)
     """
     name = domain.name()
     flags = libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE
+    if bandwidth:
+        flags |= libvirt.VIR_DOMAIN_BLOCK_COMMIT_BANDWIDTH_BYTES
     try:
-        domain.blockCommit(target, None, None, 0, flags)
+        domain.blockCommit(target, None, None, int(bandwidth or 0), flags)
         _wait_ready(domain, target, timeout, poll)
         _pivot(domain, target, timeout, poll)
     except (libvirt.libvirtError, errors.KvmError) as exc:

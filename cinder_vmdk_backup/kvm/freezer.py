@@ -60,6 +60,9 @@ class FrozenImage(object):
         self._lock = lock
         self._commit_timeout = commit_timeout
         self.merged = False
+        #: bytes per second the merge copies at most (a backup plan's
+        #: cap), or None
+        self.bandwidth = None
 
     @property
     def overlay_path(self):
@@ -78,11 +81,16 @@ class FrozenImage(object):
         try:
             if self.online:
                 overlay = self.overlay_path
+                capped = ({} if self.bandwidth is None
+                          else {'bandwidth': self.bandwidth})
                 domains.active_commit(self.use.domain, self.use.target,
-                                      overlay, timeout=self._commit_timeout)
+                                      overlay, timeout=self._commit_timeout,
+                                      **capped)
                 os.unlink(overlay)
             else:
-                offline.merge(self.path, self.read_path)
+                capped = ({} if self.bandwidth is None
+                          else {'rate': self.bandwidth})
+                offline.merge(self.path, self.read_path, **capped)
             self.merged = True
         finally:
             self._lock.close()

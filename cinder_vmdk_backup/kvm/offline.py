@@ -63,15 +63,17 @@ def freeze(path, token):
     return frozen
 
 
-def merge(path, frozen):
+def merge(path, frozen, rate=None):
     """Commit the overlay at ``path`` into ``frozen``, rename it back.
+
+    :param rate: bytes per second the commit copies at most, or None
 
     :raises MergeError: the commit failed; the overlay chain stays valid
         and usable (the volume reads the same data), and the next start
         retries the merge
     """
     try:
-        qemu_img.commit(path)
+        qemu_img.commit(path, rate=rate)
     except errors.QemuImgError as exc:
         raise errors.MergeError(
             'Merging the overlay %s back into %s failed; the volume stays '

@@ -217,9 +217,13 @@ def convert_window(source, source_format, offset, length, dest):
          'json:' + jsonutils.dumps(spec), dest, quiet=True)
 
 
-def commit(path):
-    """Commit the overlay at ``path`` into its backing file."""
-    _run(path, 'commit', '-q', '-f', 'qcow2', path)
+def commit(path, rate=None):
+    """Commit the overlay at ``path`` into its backing file.
+
+    :param rate: bytes per second at most (``-r``), or None for no limit
+    """
+    limit = () if rate is None else ('-r', str(int(rate)))
+    _run(path, 'commit', '-q', '-f', 'qcow2', *limit, path)
 
 
 def resize(path, size_bytes):

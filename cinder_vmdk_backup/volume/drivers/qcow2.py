@@ -50,6 +50,7 @@ from oslo_utils import timeutils
 from oslo_utils import units
 
 from cinder_vmdk_backup.backup import driver_owned
+from cinder_vmdk_backup.backup import throttle
 from cinder_vmdk_backup import exception as cvb_exception
 from cinder_vmdk_backup.kvm import bitmaps
 from cinder_vmdk_backup.kvm import changes
@@ -408,6 +409,8 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                     frozen = stack.enter_context(self._frozen(path, bitmap))
                 else:
                     stack.enter_context(_merging(frozen))
+                # A backup plan's cap holds for the merge too.
+                frozen.bandwidth = throttle.rate_of(backup)
                 read_path = frozen.read_path
             else:
                 read_path = path

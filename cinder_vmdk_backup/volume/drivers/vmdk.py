@@ -65,6 +65,7 @@ from oslo_vmware import vim_util
 
 from cinder_vmdk_backup.backup import chain_reader
 from cinder_vmdk_backup.backup import driver_owned
+from cinder_vmdk_backup.backup import throttle
 from cinder_vmdk_backup.backup import transfer
 from cinder_vmdk_backup import exception
 from cinder_vmdk_backup import opts
@@ -627,7 +628,8 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         @contextlib.contextmanager
         def encoded(adapter_type, hw_version):
             writer = piece_writer.PlannedStreamWriter(
-                chain.pieces(), chain.size,
+                throttle.throttled_pieces(chain.pieces(), backup),
+                chain.size,
                 chain.nonzero_grains(_GRAIN_BYTES),
                 adapter_type=adapter_type, hw_version=hw_version)
             length = writer.length
