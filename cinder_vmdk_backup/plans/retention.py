@@ -302,12 +302,42 @@ class _Progress(object):
                                {'deleted_backup_ids': list(self.recorded)})
 
 
+class _Collected(object):
+    def __init__(self):
+        self.deleted = []
+
+    def done(self, backup_ids):
+        self.deleted.extend(backup_ids)
+
+
+def delete_backups(context, backup_ids, backup_api=None, sleep=time.sleep,
+                   clock=time.monotonic, timeout=DELETE_TIMEOUT):
+    """Delete backups in this order through Cinder's API, one by one.
+
+    Each deletion is waited for; the first that fails (refused, ended in
+    error, or not done within ``timeout``) stops the rest.
+
+    :returns: the ids deleted
+    :raises RetentionStopped: with the ids deleted before in ``deleted``
+    """
+    progress = _Collected()
+    try:
+        _delete_backups(context, [{'id': i, 'children': []}
+                                  for i in backup_ids],
+                        backup_api, sleep, clock, timeout, progress,
+                        ordered=True)
+    except RetentionStopped as exc:
+        exc.deleted = progress.deleted
+        raise
+    return progress.deleted
+
+
 def _delete_backups(context, backups, backup_api, sleep, clock, timeout,
-                    progress):
+                    progress, ordered=False):
     if backup_api is None:
         from cinder.backup import api as cinder_backup_api
         backup_api = cinder_backup_api.API()
-    for entry in deletion_order(backups):
+    for entry in backups if ordered else deletion_order(backups):
         try:
             backup = objects.Backup.get_by_id(context, entry['id'])
         except exception.BackupNotFound:
