@@ -240,6 +240,7 @@ class SyntheticFullTestCase(test.TestCase):
 
     def test_prune_keeps_every_later_backup_restorable(self):
         f0, i1, i2, i3 = self._chain()
+        i1_metadata = self.service._read_metadata(i1)
         result = synthetic.prune(
             self.ctxt, self.service, i1.id,
             lambda ids: retention.delete_backups(
@@ -253,6 +254,14 @@ class SyntheticFullTestCase(test.TestCase):
         self.assertEqual(1, new.num_dependent_backups)
         self.assertEqual(i1.data_timestamp, new.data_timestamp)
         self.assertEqual(i1.id, new.metadata[synthetic.SYNTHETIC_OF_KEY])
+        # The chain's volume metadata and digest block size go with it.
+        new_metadata = self.service._read_metadata(new)
+        self.assertIsNotNone(i1_metadata['volume_meta'])
+        self.assertEqual(i1_metadata['volume_meta'],
+                         new_metadata['volume_meta'])
+        self.assertIsNone(new_metadata['parent_id'])
+        self.assertEqual(32 * units.Ki, self.service._read_sha256file(
+            new)['chunk_size'])
         i2 = objects.Backup.get_by_id(self.ctxt, i2.id)
         self.assertEqual(new.id, i2.parent_id)
         for gone in (f0, i1):
