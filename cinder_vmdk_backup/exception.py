@@ -53,3 +53,15 @@ class InstanceNotShutDown(exception.Invalid):
 class GroupFreezeError(exception.VolumeBackendAPIException):
     message = _("Could not take one point in time for all volumes of the "
                 "set: %(reason)s")
+
+
+class BackupPlanNotFound(exception.NotFound):
+    message = _("Backup plan %(plan_id)s could not be found.")
+
+
+class BackupPlanRunNotFound(exception.NotFound):
+    message = _("Run %(run_id)s of a backup plan could not be found.")
+
+
+class InvalidBackupPlan(exception.Invalid):
+    message = _("Invalid backup plan: %(reason)s")
