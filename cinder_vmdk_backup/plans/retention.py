@@ -55,9 +55,6 @@ DELETE_TIMEOUT = 3600.0
 #: Longest pause between two looks at a deletion.
 POLL_INTERVAL = 2.0
 
-#: Runs read for retention at most (a plan keeps far fewer sets).
-RUNS_LIMIT = 1000
-
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
@@ -255,7 +252,7 @@ def apply(context, plan, run, backup_api=None, group_api=None, db_api=None,
     """
     if db_api is None:
         from cinder_vmdk_backup.plans.db import api as db_api
-    runs = db_api.run_get_all(context, plan['id'], limit=RUNS_LIMIT)
+    runs = db_api.run_get_all(context, plan['id'], limit=None)
     if not any(r['id'] == run['id'] for r in runs):
         runs = list(runs) + [run]
     sets, _others = plan_sets(context, runs)

@@ -1,0 +1,87 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Retention with every peer real: plans DB, Cinder's DB, API and manager.
+
+The plan and its runs are in the plans database (a migrated sqlite file);
+the backups are in Cinder's database and its posix driver; deletions go
+through Cinder's backup API to the real BackupManager. After ``apply``
+exactly the newest ``keep`` sets (and what they need) are left, the
+deleted ids are on the run, and every kept backup restores byte for byte
+with Cinder's stock ``restore()``.
+"""
+
+import datetime
+
+from oslo_utils import units
+
+from cinder import objects
+
+from cinder_vmdk_backup.plans.db import api as plans_db_api
+from cinder_vmdk_backup.plans import retention
+from tests.functional.plans import chains
+from tests import plans_db
+
+T0 = datetime.datetime(2026, 3, 1, tzinfo=datetime.timezone.utc)
+
+
+class RetentionTestCase(chains.ChainTestCase):
+
+    def setUp(self):
+        super(RetentionTestCase, self).setUp()
+        self.useFixture(plans_db.PlansDatabase())
+        self.plan = plans_db_api.plan_create(self.ctxt, {
+            'target_type': 'volume', 'target_id': self.volume.id,
+            'keep': 2, 'full_every': 3})
+        self.runs = []
+
+    def _run_of(self, backup, full):
+        run = plans_db_api.run_create(self.plan['id'], {
+            'kind': 'scheduled', 'status': 'succeeded', 'full': full,
+            'scheduled_for': T0 + datetime.timedelta(hours=len(self.runs)),
+            'backup_ids': [backup.id]})
+        self.runs.append(run)
+        return run
+
+    def test_keep_two_leaves_the_newest_two_sets_restorable(self):
+        kinds = 'FIIFI'
+        backups = []
+        for index, kind in enumerate(kinds):
+            self._write(index * 100 * units.Mi,
+                        chains.pattern(b'%d' % index, units.Mi))
+            backup = self._backup(backups[-1] if kind == 'I' else None)
+            backups.append(backup)
+            run = self._run_of(backup, kind == 'F')
+            plan = plans_db_api.plan_get(self.ctxt, self.plan['id'])
+            full, reason = retention.next_backup_is_full(
+                self.ctxt, plan, plans_db_api.run_get_all(
+                    self.ctxt, plan['id'], limit=None))
+            deleted = retention.apply(self.ctxt, plan, run,
+                                      backup_api=self.backup_api)
+            if index < 4:
+                self.assertEqual([], deleted, kinds[:index + 1])
+        # After the fifth run: the first chain (F, I, I) is gone.
+        self.assertEqual([b.id for b in reversed(backups[:3])], deleted,
+                         plans_db_api.run_get(self.ctxt, run['id'])['error'])
+        left = {b.id for b in objects.BackupList.get_all(self.ctxt)}
+        self.assertEqual({b.id for b in backups[3:]}, left)
+        run = plans_db_api.run_get(self.ctxt, self.runs[-1]['id'])
+        self.assertEqual(deleted, run['deleted_backup_ids'])
+        self.assertIsNone(run['error'])
+        for kept in backups[3:]:
+            self.assertEqual(self.expected[kept.id],
+                             self._restore(kept.id, existing=True))
+        # A sixth run on top needs no full yet (one incremental since F3).
+        self.assertFalse(full, reason)
+        # Nothing more to delete on a second look.
+        self.assertEqual([], retention.apply(self.ctxt, plan, run,
+                                             backup_api=self.backup_api))
