@@ -103,42 +103,38 @@ def _descendants(context, backup_id):
     return found
 
 
-class _ChainStream(object):
-    """The restored disk as a sequential ``read(n)`` (zeros materialised).
+class _ChainSource(object):
+    """The restored disk as a hand-off source (``read_at``, ascending).
 
-    The hand-off reads in ascending order, skipping by reading; ``None``
-    pieces of :meth:`ChainReader.pieces` are zeros.
+    :meth:`read_at` fills only what the chain holds: ``None`` pieces of
+    :meth:`ChainReader.pieces` (no object, or objects of zeros) leave the
+    zeros the hand-off's buffer starts with; pieces before the offset
+    asked for (blocks the hand-off skips as zeros) are dropped.
     """
 
     def __init__(self, pieces, zero_ranges):
         self._pieces = pieces
         self._zero_ranges = zero_ranges
-        self._data = None
-        self._left = 0
-        self._used = 0
+        self._piece = None
 
     def zero_ranges(self):
         return self._zero_ranges
 
-    def read(self, size):
-        out = bytearray()
-        while len(out) < size:
-            if not self._left:
-                piece = next(self._pieces, None)
+    def read_at(self, offset, view):
+        position, end = offset, offset + len(view)
+        while position < end:
+            piece = self._piece
+            while piece is None or piece.offset + piece.length <= position:
+                piece = self._piece = next(self._pieces, None)
                 if piece is None:
-                    break
-                self._data = (memoryview(piece.data) if piece.data is not None
-                              else None)
-                self._left = piece.length
-                self._used = 0
-            take = min(size - len(out), self._left)
-            if self._data is None:
-                out += bytes(take)
-            else:
-                out += self._data[self._used:self._used + take]
-            self._used += take
-            self._left -= take
-        return bytes(out)
+                    raise EOFError('the chain ends before byte %d'
+                                   % position)
+            stop = min(end, piece.offset + piece.length)
+            if piece.data is not None:
+                start = position - piece.offset
+                view[position - offset:stop - offset] = (
+                    memoryview(piece.data)[start:start + stop - position])
+            position = stop
 
 
 def _zero_ranges(service, backup, size):
@@ -278,9 +274,9 @@ def synthesize(context, service, backup_id, name=None):
         except chain_reader.ChainUnsupported as exc:
             LOG.info('Synthetic full %(new)s reads every object of the '
                      'chain: %(why)s', {'new': new.id, 'why': exc})
-        stream = _ChainStream(reader.pieces(),
+        source = _ChainSource(reader.pieces(),
                               _zero_ranges(service, old, size))
-        handoff.backup(service, new, stream, size,
+        handoff.backup(service, new, source, size,
                        'the chain of backup %s' % old.id,
                        backup_metadata=False, block_size=block,
                        volume_meta=volume_meta)
