@@ -235,7 +235,8 @@ def plan_sets(context, runs):
 
 
 def apply(context, plan, run, backup_api=None, group_api=None, db_api=None,
-          sleep=time.sleep, clock=time.monotonic, timeout=DELETE_TIMEOUT):
+          sleep=time.sleep, clock=time.monotonic, timeout=DELETE_TIMEOUT,
+          synthesize=None):
     """Delete the plan's sets beyond ``keep`` after ``run`` succeeded.
 
     :param context: a context of the plan's project allowed to delete its
@@ -248,6 +249,13 @@ def apply(context, plan, run, backup_api=None, group_api=None, db_api=None,
         sets made by an instance-group plan
     :param db_api: the plans DB API module (default
         :mod:`cinder_vmdk_backup.plans.db.api`)
+    :param synthesize: ``synthesize(backup_id) -> {'id': ...}`` (in
+        cinder-backup: :func:`.synthetic.synthesize` bound to the context
+        and the backup driver) to prune old sets that a kept incremental
+        still needs: an incremental of an old set whose children are all
+        in one kept set is replaced by a synthetic full that joins that
+        kept set (and ages out with it); None: old sets wait for the kept
+        chain to age out
     :returns: the ids of the backups deleted, in deletion order
     """
     if db_api is None:
@@ -257,6 +265,13 @@ def apply(context, plan, run, backup_api=None, group_api=None, db_api=None,
         runs = list(runs) + [run]
     sets, _others = plan_sets(context, runs)
     doomed = choose(sets, int(plan['keep']))
+    if synthesize is not None and _synthesize_blocked(
+            context, plan, run, sets, doomed, synthesize, db_api):
+        runs = db_api.run_get_all(context, plan['id'], limit=None)
+        if not any(r['id'] == run['id'] for r in runs):
+            runs = list(runs) + [run]
+        sets, _others = plan_sets(context, runs)
+        doomed = choose(sets, int(plan['keep']))
     deleted = []
     if not doomed:
         return deleted
@@ -281,6 +296,46 @@ def apply(context, plan, run, backup_api=None, group_api=None, db_api=None,
             'deleted_backup_ids': progress.recorded,
             'error': _('retention stopped: %s') % exc})
     return deleted
+
+
+def _synthesize_blocked(context, plan, run, sets, doomed, synthesize,
+                        db_api):
+    """Replace the incrementals that hold old sets back; True if any."""
+    keep = int(plan['keep'])
+    if len(sets) <= keep:
+        return False
+    kept = {b['id']: entry for entry in sets[-keep:]
+            for b in entry['backups']}
+    done = False
+    for entry in sets[:-keep]:
+        if entry in doomed:
+            continue
+        for backup in entry['backups']:
+            homes = {kept[c]['run_id'] if c in kept else None
+                     for c in backup['children']}
+            if not backup['parent_id'] or len(homes) != 1 or None in homes:
+                continue
+            try:
+                result = synthesize(backup['id'])
+            except Exception as exc:
+                LOG.warning('Backup plan %(plan)s: no synthetic full of '
+                            'backup %(backup)s: %(err)s',
+                            {'plan': plan['id'], 'backup': backup['id'],
+                             'err': exc})
+                db_api.run_update(run['id'], {'error': _(
+                    'retention: no synthetic full of backup %(backup)s: '
+                    '%(err)s') % {'backup': backup['id'], 'err': exc}})
+                return done
+            home = kept[backup['children'][0]]
+            current = db_api.run_get(context, home['run_id'])
+            db_api.run_update(home['run_id'], {'backup_ids': list(
+                current['backup_ids']) + [result['id']]})
+            LOG.info('Backup plan %(plan)s: synthetic full %(new)s replaces '
+                     'backup %(old)s and joins the set of run %(run)s.',
+                     {'plan': plan['id'], 'new': result['id'],
+                      'old': backup['id'], 'run': home['run_id']})
+            done = True
+    return done
 
 
 class _Progress(object):

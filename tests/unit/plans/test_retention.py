@@ -33,6 +33,7 @@ from cinder.tests.unit import utils as test_utils
 
 from cinder_vmdk_backup.group import api as group_api
 from cinder_vmdk_backup.plans import retention
+from cinder_vmdk_backup.plans import synthetic
 
 UTC = datetime.timezone.utc
 T0 = datetime.datetime(2026, 1, 1, tzinfo=UTC)
@@ -108,7 +109,10 @@ class _DBRecorder(object):
         self.runs = {run['id']: run for run in runs}
         self.api = mock.create_autospec(types.SimpleNamespace(
             run_get_all=lambda context, plan_id, limit=20: None,
-            run_update=lambda run_id, values: None), instance=True)
+            run_update=lambda run_id, values: None,
+            run_get=lambda context, run_id: None), instance=True)
+        self.api.run_get.side_effect = (
+            lambda context, run_id: dict(self.runs[run_id]))
         self.api.run_get_all.side_effect = self._get_all
         self.api.run_update.side_effect = self._update
 
@@ -370,3 +374,60 @@ class ApplyTestCase(BackupRecordsTestCase):
                                   backup_api=self.backup_api)
         self.assertEqual([], deleted)
         self.assertIn('set is busy', recorder.runs['run-02']['error'])
+
+    def _synthesize(self, backup_id):
+        """A synthetic full's records (its data is the functional tests')."""
+        old = objects.Backup.get_by_id(self.ctxt, backup_id)
+        new = self._backup()
+        self.synthesized.append((backup_id, new.id))
+        synthetic.reparent(self.ctxt, old, new)
+        return {'id': new.id}
+
+    def test_synthetic_full_frees_the_old_sets_and_joins_a_kept_set(self):
+        backups = self._chain('FIIII')
+        self.synthesized = []
+        recorder = _DBRecorder(self.runs)
+        deleted = retention.apply(self.ctxt, self.plan, self.runs[-1],
+                                  backup_api=self.backup_api,
+                                  db_api=recorder.api, sleep=self.sleep,
+                                  synthesize=self._synthesize)
+        # I2 (whose child I3 is kept) is replaced; F0, I1, I2 go.
+        (old, new), = self.synthesized
+        self.assertEqual(backups[2].id, old)
+        self.assertEqual([b.id for b in reversed(backups[:3])], deleted)
+        self.assertEqual({new, backups[3].id, backups[4].id}, self._left())
+        self.assertEqual(new, objects.Backup.get_by_id(
+            self.ctxt, backups[3].id).parent_id)
+        self.assertEqual([backups[3].id, new],
+                         recorder.runs['run-03']['backup_ids'])
+        # The next run: the set {I3, S} ages out the same way.
+        i5 = self._backup(parent=backups[4])
+        self._run([i5], full=False)
+        recorder.runs[self.runs[-1]['id']] = self.runs[-1]
+        deleted = retention.apply(self.ctxt, self.plan, self.runs[-1],
+                                  backup_api=self.backup_api,
+                                  db_api=recorder.api, sleep=self.sleep,
+                                  synthesize=self._synthesize)
+        # I3 (whose child I4 is kept) is replaced in turn; I3, then S go.
+        (old2, new2) = self.synthesized[1]
+        self.assertEqual(backups[3].id, old2)
+        self.assertEqual([backups[3].id, new], deleted)
+        self.assertEqual({new2, backups[4].id, i5.id}, self._left())
+        self.assertEqual([backups[4].id, new2],
+                         recorder.runs['run-04']['backup_ids'])
+
+    def test_without_synthesis_the_chain_waits(self):
+        self._chain('FIIII')
+        deleted, _recorder = self._apply()
+        self.assertEqual([], deleted)
+
+    def test_failed_synthesis_is_recorded_and_nothing_deleted(self):
+        backups = self._chain('FIIII')
+        recorder = _DBRecorder(self.runs)
+        deleted = retention.apply(
+            self.ctxt, self.plan, self.runs[-1], backup_api=self.backup_api,
+            db_api=recorder.api, sleep=self.sleep,
+            synthesize=mock.Mock(side_effect=Exception('store full')))
+        self.assertEqual([], deleted)
+        self.assertIn('store full', recorder.runs['run-04']['error'])
+        self.assertEqual({b.id for b in backups}, self._left())
