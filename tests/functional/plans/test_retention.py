@@ -28,6 +28,7 @@ from cinder import objects
 
 from cinder_vmdk_backup.plans.db import api as plans_db_api
 from cinder_vmdk_backup.plans import retention
+from cinder_vmdk_backup.plans import synthetic
 from tests.functional.plans import chains
 from tests import plans_db
 
@@ -85,3 +86,32 @@ class RetentionTestCase(chains.ChainTestCase):
         # Nothing more to delete on a second look.
         self.assertEqual([], retention.apply(self.ctxt, plan, run,
                                              backup_api=self.backup_api))
+
+    def test_synthetic_full_prunes_a_chain_that_kept_sets_need(self):
+        self.plan = plans_db_api.plan_update(self.ctxt, self.plan['id'], {
+            'full_every': 10})
+        backups = []
+        for index in range(4):
+            self._write(index * 100 * units.Mi,
+                        chains.pattern(b'%d' % index, units.Mi))
+            backup = self._backup(backups[-1] if backups else None)
+            backups.append(backup)
+            run = self._run_of(backup, index == 0)
+        deleted = retention.apply(
+            self.ctxt, self.plan, run, backup_api=self.backup_api,
+            synthesize=lambda backup_id: synthetic.synthesize(
+                self.ctxt, self.service, backup_id))
+        # I1 (whose child I2 is kept) became a synthetic full; F0, I1 went.
+        f0, i1, i2, i3 = backups
+        self.assertEqual([i1.id, f0.id], deleted)
+        i2 = objects.Backup.get_by_id(self.ctxt, i2.id)
+        new = objects.Backup.get_by_id(self.ctxt, i2.parent_id)
+        self.assertEqual(i1.id, new.metadata[synthetic.SYNTHETIC_OF_KEY])
+        self.assertEqual([i2.id, new.id], plans_db_api.run_get(
+            self.ctxt, self.runs[2]['id'])['backup_ids'])
+        self.assertEqual({new.id, i2.id, i3.id},
+                         {b.id for b in objects.BackupList.get_all(
+                             self.ctxt)})
+        self.assertEqual(self.expected[i2.id], self._restore(i2.id))
+        self.assertEqual(self.expected[i3.id],
+                         self._restore(i3.id, existing=True))
