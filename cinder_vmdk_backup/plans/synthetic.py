@@ -104,37 +104,57 @@ def _descendants(context, backup_id):
 
 
 class _ChainSource(object):
-    """The restored disk as a hand-off source (``read_at``, ascending).
+    """The restored disk as a sequential hand-off source (``read(n)``).
 
-    :meth:`read_at` fills only what the chain holds: ``None`` pieces of
-    :meth:`ChainReader.pieces` (no object, or objects of zeros) leave the
-    zeros the hand-off's buffer starts with; pieces before the offset
-    asked for (blocks the hand-off skips as zeros) are dropped.
+    Sequential on purpose: the hand-off runs a source's ``read_at`` in
+    native threads, where the object readers of drivers with green sockets
+    (swift under eventlet) must not run. ``None`` pieces of
+    :meth:`ChainReader.pieces` (no object, or objects of zeros) are zeros;
+    a read that lies within one is answered by ``bytes(n)``, memory the
+    kernel maps only when touched (what the hand-off skips as zeros is read
+    this way).
     """
 
     def __init__(self, pieces, zero_ranges):
         self._pieces = pieces
         self._zero_ranges = zero_ranges
-        self._piece = None
+        self._data = None
+        self._left = 0
+        self._used = 0
 
     def zero_ranges(self):
         return self._zero_ranges
 
-    def read_at(self, offset, view):
-        position, end = offset, offset + len(view)
-        while position < end:
-            piece = self._piece
-            while piece is None or piece.offset + piece.length <= position:
-                piece = self._piece = next(self._pieces, None)
-                if piece is None:
-                    raise EOFError('the chain ends before byte %d'
-                                   % position)
-            stop = min(end, piece.offset + piece.length)
-            if piece.data is not None:
-                start = position - piece.offset
-                view[position - offset:stop - offset] = (
-                    memoryview(piece.data)[start:start + stop - position])
-            position = stop
+    def _next(self):
+        piece = next(self._pieces, None)
+        if piece is None:
+            return False
+        self._data = piece.data
+        self._left = piece.length
+        self._used = 0
+        return True
+
+    def read(self, size):
+        if not self._left and not self._next():
+            return b''
+        if self._data is None and self._left >= size:
+            self._used += size
+            self._left -= size
+            return bytes(size)
+        out = bytearray(size)
+        filled = 0
+        while filled < size:
+            if not self._left and not self._next():
+                break
+            take = min(size - filled, self._left)
+            if self._data is not None:
+                with memoryview(self._data) as view:
+                    out[filled:filled + take] = view[
+                        self._used:self._used + take]
+            self._used += take
+            self._left -= take
+            filled += take
+        return bytes(out[:filled]) if filled < size else bytes(out)
 
 
 def _zero_ranges(service, backup, size):
