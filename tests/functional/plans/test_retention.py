@@ -79,8 +79,7 @@ class RetentionTestCase(chains.ChainTestCase):
         self.assertEqual(deleted, run['deleted_backup_ids'])
         self.assertIsNone(run['error'])
         for kept in backups[3:]:
-            self.assertEqual(self.expected[kept.id],
-                             self._restore(kept.id, existing=True))
+            self.assertEqual(self.expected[kept.id], self._restore(kept.id))
         # A sixth run on top needs no full yet (one incremental since F3).
         self.assertFalse(full, reason)
         # Nothing more to delete on a second look.
@@ -113,5 +112,4 @@ class RetentionTestCase(chains.ChainTestCase):
                          {b.id for b in objects.BackupList.get_all(
                              self.ctxt)})
         self.assertEqual(self.expected[i2.id], self._restore(i2.id))
-        self.assertEqual(self.expected[i3.id],
-                         self._restore(i3.id, existing=True))
+        self.assertEqual(self.expected[i3.id], self._restore(i3.id))
