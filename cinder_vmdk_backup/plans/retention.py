@@ -46,8 +46,12 @@ from oslo_log import log as logging
 
 LOG = logging.getLogger(__name__)
 
-#: Run statuses whose backups form a set.
-SET_STATUSES = ('succeeded',)
+#: Run statuses whose backups form a set (a partial run's backups are
+#: kept and pruned like the others').
+SET_STATUSES = ('succeeded', 'partial')
+
+#: Backup statuses of a set that retention may count and delete.
+SETTLED = (fields.BackupStatus.AVAILABLE, fields.BackupStatus.ERROR)
 
 #: Seconds one backup deletion may take before retention gives up on it.
 DELETE_TIMEOUT = 3600.0
@@ -153,16 +157,21 @@ def next_backup_is_full(context, plan, runs):
                      and run.get('backup_ids')), None)
     if previous is None:
         return True, _('no earlier backup of this plan to build on')
+    problems = []
     for backup_id in previous['backup_ids']:
         try:
             backup = objects.Backup.get_by_id(context, backup_id)
         except exception.BackupNotFound:
-            return True, _('backup %s of the previous run is gone') % (
-                backup_id)
+            problems.append(_('backup %s of the previous run is gone')
+                            % backup_id)
+            continue
         if backup.status != fields.BackupStatus.AVAILABLE:
-            return True, _('backup %(id)s of the previous run is '
-                           '%(status)s') % {'id': backup_id,
-                                            'status': backup.status}
+            problems.append(_('backup %(id)s of the previous run is '
+                              '%(status)s') % {'id': backup_id,
+                                               'status': backup.status})
+    if len(problems) == len(previous['backup_ids']):
+        # (Some left: the volumes without a parent get a full anyway.)
+        return True, '; '.join(problems)
     since_full = plan.get('runs_since_full')
     if since_full is not None and int(since_full) + 1 >= full_every:
         return True, _('%(n)d incremental runs since the last full '
@@ -195,9 +204,10 @@ def plan_sets(context, runs):
     """The plan's sets as :func:`choose` wants them, oldest first.
 
     A set's backups that are gone already are left out; a set with none
-    left is no set any more. A set with a backup that is not available
-    (being deleted, in error) is neither counted nor deleted: it is
-    returned apart, so that its backups still protect their parents.
+    left is no set any more. A set with a backup that is busy (being
+    created, restored or deleted) is neither counted nor deleted: it is
+    returned apart, so that its backups still protect their parents. (A
+    backup in error counts with its set and is deleted with it.)
 
     :returns: ``(sets, others)``
     """
@@ -215,7 +225,7 @@ def plan_sets(context, runs):
                 backup = objects.Backup.get_by_id(_admin(context), backup_id)
             except exception.BackupNotFound:
                 continue
-            healthy &= backup.status == fields.BackupStatus.AVAILABLE
+            healthy &= backup.status in SETTLED
             backups.append({
                 'id': backup.id, 'parent_id': backup.parent_id,
                 'status': backup.status,

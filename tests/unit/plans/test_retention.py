@@ -202,6 +202,20 @@ class NextBackupIsFullTestCase(BackupRecordsTestCase):
         self.assertTrue(full)
         self.assertIn('gone', reason)
 
+    def test_partial_previous_run_with_an_available_backup(self):
+        good = self._backup()
+        failed = self._backup(status=fields.BackupStatus.ERROR)
+        self._run([good, failed], full=True, status='partial')
+        full, reason = retention.next_backup_is_full(self.ctxt, self.plan,
+                                                     self.runs)
+        self.assertFalse(full, reason)
+        good.destroy()
+        full, reason = retention.next_backup_is_full(self.ctxt, self.plan,
+                                                     self.runs)
+        self.assertTrue(full)
+        self.assertIn(good.id, reason)
+        self.assertIn(failed.id, reason)
+
     def test_full_every_reached(self):
         self._chain('FII')
         self.plan['runs_since_full'] = 1
@@ -339,14 +353,23 @@ class ApplyTestCase(BackupRecordsTestCase):
         # The oldest set was pruned before (its run says so).
         self.runs[0]['deleted_backup_ids'] = [backups[0].id]
         backups[0].destroy()
-        # The second one is in error: not counted, not deleted here.
-        backups[1].status = fields.BackupStatus.ERROR
+        # The second one is being restored: not counted, not deleted.
+        backups[1].status = fields.BackupStatus.RESTORING
         backups[1].save()
         deleted, _recorder = self._apply()
         self.assertEqual([], deleted)
         self.plan['keep'] = 1
         deleted, _recorder = self._apply()
         self.assertEqual([backups[2].id], deleted)
+        self.assertIn(backups[1].id, self._left())
+
+    def test_partial_sets_and_backups_in_error_are_pruned_too(self):
+        good = self._backup()
+        failed = self._backup(status=fields.BackupStatus.ERROR)
+        self._run([good, failed], full=True, status='partial')
+        self._chain('FF')
+        deleted, _recorder = self._apply()
+        self.assertEqual({good.id, failed.id}, set(deleted))
 
     def test_group_sets_go_through_the_group_api(self):
         group_id, instance_id = fake.GROUP_ID, fake.INSTANCE_ID
