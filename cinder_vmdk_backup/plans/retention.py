@@ -212,11 +212,14 @@ def plan_sets(context, runs):
     :returns: ``(sets, others)``
     """
     sets, others = [], []
+    # Deletions are recorded on the run that pruned: known gone, not read.
+    gone = set()
+    for run in runs:
+        gone.update(run.get('deleted_backup_ids') or ())
     for run in reversed(_newest_first(runs)):
         if run.get('status') not in SET_STATUSES or not run.get(
                 'backup_ids'):
             continue
-        gone = set(run.get('deleted_backup_ids') or ())
         backups, healthy = [], True
         for backup_id in run['backup_ids']:
             if backup_id in gone:
