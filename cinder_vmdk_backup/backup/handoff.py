@@ -232,6 +232,7 @@ class _Backup(object):
         # Compressed zeros by length, for algorithms other than zlib.
         self.zero_payloads = {}
         self.backup_metadata = True
+        self.volume_meta = None
 
     # -- set-up --------------------------------------------------------------
 
@@ -362,7 +363,7 @@ class _Backup(object):
 
 
 def backup(backup_service, backup, source, size, what, stream=None,
-           backup_metadata=True):
+           backup_metadata=True, block_size=None, volume_meta=None):
     """Back up ``size`` bytes of ``source`` into a chunked backup driver.
 
     :param backup_service: a Cinder chunked backup driver instance
@@ -376,6 +377,13 @@ def backup(backup_service, backup, source, size, what, stream=None,
     :param stream: where sequential reads go when ``source`` has no
         ``read_at`` (``read(n)`` giving exactly ``n`` bytes: the source
         behind a :class:`~.transfer.BackupReader`); default ``source``
+    :param backup_metadata: store the volume's current metadata (Cinder's
+        ``_backup_metadata``)
+    :param block_size: bytes per digest of a full backup instead of
+        ``driver_owned_backup_hash_block_kb`` (a synthetic full keeps its
+        chain's)
+    :param volume_meta: the ``volume_meta`` to store when
+        ``backup_metadata`` is off (a synthetic full stores its chain's)
     :returns: None, like Cinder's ``backup()``; a cancelled backup returns
         with its objects deleted
     """
@@ -392,7 +400,9 @@ def backup(backup_service, backup, source, size, what, stream=None,
                 state.parent['container'], name))
             parent_reader = sha_lists.ShaFileReader(parent_file,
                                                     name).open()
-        state.sizes(state.block_size(parent_reader))
+        state.sizes(block_size if block_size and parent_reader is None
+                    else state.block_size(parent_reader))
+        state.volume_meta = volume_meta
         if state.parent is not None:
             state.changed = state.ranges_of_changes()
         return _run(state, parent_reader)
@@ -402,6 +412,8 @@ def _run(state, parent_reader):
     service, backup = state.service, state.backup
     (state.object_meta, _sha, state.extra_metadata, state.container,
      _volume_size) = service._prepare_backup(backup)
+    if state.volume_meta is not None and not state.backup_metadata:
+        state.object_meta['volume_meta'] = state.volume_meta
     timer = loopingcall.FixedIntervalLoopingCall(state.notify)
     if service.enable_progress_timer:
         timer.start(interval=service.backup_timer_interval)
