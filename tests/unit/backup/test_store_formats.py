@@ -45,7 +45,6 @@ The drivers run against Cinder's database (its test base class) and:
 import contextlib
 import hashlib
 import io
-import json
 import os
 import tempfile
 from unittest import mock
