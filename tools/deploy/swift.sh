@@ -180,26 +180,31 @@ CONF
 keystone_swift() {
     # The proxy's service user, the object-store service and its endpoint
     # (region RegionOne, Keystone's own). Once per Keystone and Swift port.
-    local ks=$infra/keystone urls
+    # One client session does it all (each client start costs seconds);
+    # an object-store service from before (a Swift on another port) has
+    # its endpoints replaced.
+    local ks=$infra/keystone types ids out
     [ "$(cat "$ks/.swift" 2>/dev/null)" = "$SWIFT_PORT" ] && return 0
-    openstack_admin >>"$infra/keystone-setup.log" 2>&1 <<CMDS || true
-user create --domain default --or-show swift
-user set --password $SWIFT_SERVICE_PASSWORD swift
-role add --project service --user swift service
-CMDS
-    openstack_admin service show object-store >/dev/null 2>&1 \
-        || openstack_admin service create --name swift object-store \
-            >>"$infra/keystone-setup.log" 2>&1 || true
-    openstack_admin endpoint list --service object-store -f value -c ID \
-        2>/dev/null | while read -r id; do
-            openstack_admin endpoint delete "$id" >/dev/null 2>&1 || true
-        done
-    openstack_admin endpoint create --region RegionOne object-store public \
-        "http://127.0.0.1:$SWIFT_PORT/v1/AUTH_%(project_id)s" \
-        >>"$infra/keystone-setup.log" 2>&1 || true
-    urls=$(openstack_admin endpoint list --service object-store -f value \
-           -c URL 2>/dev/null) || true
-    grep -q ":$SWIFT_PORT/" <<<"$urls" \
+    types=$(openstack_admin service list -f value -c Type 2>/dev/null) \
+        || true
+    ids=
+    if grep -qx object-store <<<"$types"; then
+        ids=$(openstack_admin endpoint list --service object-store \
+              -f value -c ID 2>/dev/null) || true
+    fi
+    out=$({
+        echo "user create --domain default --or-show swift"
+        echo "user set --password $SWIFT_SERVICE_PASSWORD swift"
+        echo "role add --project service --user swift service"
+        grep -qx object-store <<<"$types" \
+            || echo "service create --name swift object-store"
+        for id in $ids; do echo "endpoint delete $id"; done
+        echo "endpoint create --region RegionOne object-store public" \
+             "http://127.0.0.1:$SWIFT_PORT/v1/AUTH_%(project_id)s"
+        echo "endpoint list --service object-store -f value -c URL"
+    } | openstack_admin 2>&1) || true
+    echo "$out" >>"$infra/keystone-setup.log"
+    grep -q "127.0.0.1:$SWIFT_PORT/v1/AUTH_" <<<"$out" \
         || cvb_die "no object-store endpoint in Keystone:" \
             "$infra/keystone-setup.log"
     echo "$SWIFT_PORT" >"$ks/.swift"
