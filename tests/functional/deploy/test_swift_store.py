@@ -112,26 +112,6 @@ class SwiftDeployment(deployment.Deployment):
             return None
         return marks['Swift is up'] - marks['starting Swift']
 
-    def swift(self):
-        """A Swift connection as cinder-backup's (single_user) login."""
-        from swiftclient import client
-        infra = deployment.read_env(os.path.join(self.deploy_dir, 'infra',
-                                                 'env'))
-        return client.Connection(
-            authurl='http://127.0.0.1:%s/v3' % infra['KEYSTONE_PORT'],
-            auth_version='3', user='cinder',
-            key=infra['CINDER_SERVICE_PASSWORD'], retries=1,
-            os_options={'project_name': 'service',
-                        'user_domain_name': 'Default',
-                        'project_domain_name': 'Default'})
-
-    def swift_objects(self, backup_id):
-        """{name: bytes} of the backup's objects in the profile's container."""
-        _headers, listing = self.swift().get_container(
-            'cvb-%s' % self.profile, full_listing=True)
-        return {o['name']: o['bytes'] for o in listing
-                if '_backup_%s' % backup_id in o['name']}
-
 
 class _SwiftStoreScenario(object):
     """The scenario; the test classes name the profile and the disk I/O."""
