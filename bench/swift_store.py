@@ -106,8 +106,16 @@ def _cinder(conf_path):
     objects.register_all()
     from cinder.backup import manager  # noqa: F401 (backup_driver)
     from cinder.common import config  # noqa: F401
+    from cinder import rpc
     from oslo_config import cfg
+    import oslo_messaging
     cfg.CONF(['--config-file', conf_path], project='cinder')
+    if rpc.NOTIFIER is None:
+        # The drivers' progress notifications go nowhere.
+        transport = oslo_messaging.get_notification_transport(
+            cfg.CONF, url='fake:/')
+        rpc.TRANSPORT = rpc.NOTIFICATION_TRANSPORT = transport
+        rpc.NOTIFIER = oslo_messaging.Notifier(transport, driver='noop')
     return cfg.CONF
 
 

@@ -29,10 +29,10 @@ backup driver. With the real ``openstack`` client, for the plugin profile
   Swift driver's ``restore()`` over the whole chain, nothing of the plugin
   loaded) into a file: byte for byte the same data.
 
-Each profile runs in a deployment directory of its own
-(``CVB_TEST_DEPLOY_DIR`` with ``swift-<profile>``), so the two tests may
-run on two workers at once. Start-up times (the whole profile, Swift's
-part of it) and the step times are in the test's details.
+Both profiles run in one deployment directory (``CVB_TEST_DEPLOY_DIR``
+with ``swift``), started together and sharing its MariaDB, RabbitMQ,
+Keystone and Swift. Start-up times (the whole profile, Swift's part of
+it) and the step times are in each test's details.
 """
 
 import json
@@ -40,6 +40,7 @@ import os
 import re
 import subprocess  # nosec B404: qemu-io, qemu-img, the stock restore
 import sys
+import threading
 import time
 
 import fixtures
@@ -87,7 +88,7 @@ class SwiftDeployment(deployment.Deployment):
 
     def __init__(self, profile):
         super(SwiftDeployment, self).__init__(profile)
-        self.deploy_dir = deployment.DEPLOY_DIR % ('swift-%s' % profile)
+        self.deploy_dir = deployment.DEPLOY_DIR % 'swift'
         self.dir = os.path.join(self.deploy_dir, profile)
         self.up_output = ''
 
@@ -113,42 +114,100 @@ class SwiftDeployment(deployment.Deployment):
         return marks['Swift is up'] - marks['starting Swift']
 
 
-class _SwiftStoreScenario(object):
-    """The scenario; the test classes name the profile and the disk I/O."""
+def _environment_problem(error):
+    """Whether up.sh failed for the machine's sake.
 
-    profile = None
+    A daemon that did not start, or not in time on a loaded machine: such
+    a profile skips; any other failure of the scripts fails its test.
+    """
+    return 'did not start' in error or 'not up after' in error
 
-    def setUp(self):
-        super(_SwiftStoreScenario, self).setUp()  # testtools.TestCase's
+
+class SwiftStoreTest(testtools.TestCase):
+    """Both profiles in one deployment directory, sharing its Swift.
+
+    Started together (each profile's up.sh in a thread; the shared part,
+    Swift included, once, under up.sh's lock) and stopped after the
+    class's tests: about one start-up instead of two on this machine.
+    """
+
+    deployments = {}
+    problems = {}
+    failures = {}
+
+    @classmethod
+    def setUpClass(cls):
+        super(SwiftStoreTest, cls).setUpClass()
+        cls.deployments, cls.problems, cls.failures = {}, {}, {}
         missing = (deployment.missing_prerequisites() +
-                   missing_swift_prerequisites() + self.missing())
+                   missing_swift_prerequisites())
+        wanted = ['plugin', 'kvm']
         if missing:
-            self.skipTest('the Swift deployment needs %s (tools/deploy/'
-                          'install.sh installs them)' % ', '.join(missing))
-        self.dep = SwiftDeployment(self.profile)
-        if not self.dep.claim():
-            self.skipTest('another test run on this machine is using the '
-                          'deployment in %s' % self.dep.deploy_dir)
-        self.addCleanup(self.dep.release)
-        self.figures = {}
-        self.addCleanup(self._report)
-        self.addCleanup(self.dep.stop)
-        try:
-            self.dep.start()
-        except deployment.DeploymentError as e:
-            # A daemon of this machine that does not start (or not in
-            # time, on a loaded machine) skips; any other failure of the
-            # scripts fails the test.
-            if 'did not start' not in str(e) and 'not up after' not in str(e):
-                raise
-            self.skipTest('the %s profile did not come up with Swift: %s'
-                          % (self.profile, str(e)[-600:]))
-        self.figures['up_seconds'] = round(self.dep.timings['up'], 1)
-        self.figures['swift_start_seconds'] = self.dep.swift_seconds()
-        self.tmp = self.useFixture(fixtures.TempDir()).path
+            for profile in wanted:
+                cls.problems[profile] = (
+                    'the Swift deployment needs %s (tools/deploy/install.sh '
+                    'installs them)' % ', '.join(missing))
+            return
+        kvm_missing = deployment.missing_kvm_prerequisites()
+        if kvm_missing:
+            wanted.remove('kvm')
+            cls.problems['kvm'] = ('the kvm profile needs %s (tools/libvirt/'
+                                   'install.sh)' % ', '.join(kvm_missing))
+        deps = {p: SwiftDeployment(p) for p in wanted}
+        cls.lock_holder = deps['plugin']
+        if not cls.lock_holder.claim():
+            for profile in wanted:
+                cls.problems[profile] = (
+                    'another test run on this machine is using the '
+                    'deployment in %s' % cls.lock_holder.deploy_dir)
+            return
 
-    def missing(self):
-        return []
+        def start(dep):
+            try:
+                dep.start()
+            except deployment.DeploymentError as e:
+                if _environment_problem(str(e)):
+                    cls.problems[dep.profile] = (
+                        'the %s profile did not come up with Swift: %s'
+                        % (dep.profile, str(e)[-600:]))
+                else:
+                    cls.failures[dep.profile] = str(e)
+
+        threads = [threading.Thread(target=start, args=(dep,))
+                   for dep in deps.values()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        cls.deployments = deps
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            for profile in ('kvm', 'plugin'):
+                dep = cls.deployments.get(profile)
+                if dep is not None:
+                    dep.stop()
+        finally:
+            holder = getattr(cls, 'lock_holder', None)
+            if holder is not None:
+                holder.release()
+            super(SwiftStoreTest, cls).tearDownClass()
+
+    def _use(self, profile):
+        if profile in self.problems:
+            self.skipTest(self.problems[profile])
+        if profile in self.failures:
+            self.fail('up.sh %s failed: %s' % (profile,
+                                               self.failures[profile]))
+        self.profile = profile
+        self.dep = self.deployments[profile]
+        self.figures = {'up_seconds': round(self.dep.timings['up'], 1)}
+        seconds = self.dep.swift_seconds()
+        if seconds is not None:
+            self.figures['swift_start_seconds'] = seconds
+        self.addCleanup(self._report)
+        self.tmp = self.useFixture(fixtures.TempDir()).path
 
     def _report(self):
         text = json.dumps(self.figures, indent=2, sort_keys=True)
@@ -222,7 +281,17 @@ class _SwiftStoreScenario(object):
 
     # -- the scenario -------------------------------------------------------
 
-    def test_backup_incremental_restore_on_swift(self):
+    def test_vmware_backup_incremental_restore_on_swift(self):
+        """The plugin profile: a VMDK volume on vcsim."""
+        self._use('plugin')
+        self._scenario()
+
+    def test_qcow2_backup_incremental_restore_on_swift(self):
+        """The kvm profile: a qcow2 volume."""
+        self._use('kvm')
+        self._scenario()
+
+    def _scenario(self):
         vol = self.create_volume('swift-src')
         disk = cli.Disk(size=SIZE)
         for index, (offset, length) in enumerate(REGIONS):
@@ -249,13 +318,16 @@ class _SwiftStoreScenario(object):
         self.assert_same(disk, path, "Cinder's own restore of the "
                          'incremental')
 
-
-class VmwareSwiftStoreTest(_SwiftStoreScenario, testtools.TestCase):
-    """The plugin profile: a VMDK volume on vcsim, backups in Swift."""
-
-    profile = 'plugin'
+    # -- the profiles' disks -------------------------------------------------
 
     def write(self, volume_id, disk, offset, length, seed):
+        if self.profile == 'kvm':
+            subprocess.run(  # nosec B603 B607
+                ['qemu-io', '-f', 'qcow2', '-c',
+                 'write -P %d %d %d' % (seed, offset, length),
+                 self.dep.volume_path(volume_id)],
+                check=True, stdout=subprocess.DEVNULL)
+            return disk.write(offset, bytes([seed]) * length)
         data = cli.pattern(b'swift-%d' % seed, length)
         vc = self.dep.vcsim
         vcsim_fixture.seed_disk(vc, vc.disk_path(volume_id), data,
@@ -263,30 +335,13 @@ class VmwareSwiftStoreTest(_SwiftStoreScenario, testtools.TestCase):
         return disk.write(offset, data)
 
     def raw_of(self, volume_id):
+        """A raw file of the volume's disk."""
+        if self.profile == 'kvm':
+            raw = os.path.join(self.tmp, 'volume-%s.raw' % volume_id)
+            subprocess.run(  # nosec B603 B607
+                ['qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw',
+                 self.dep.volume_path(volume_id), raw], check=True)
+            return raw
         vc = self.dep.vcsim
         descriptor = vc.datastore_file(vc.disk_path(volume_id))
         return descriptor[:-len('.vmdk')] + '-flat.vmdk'
-
-
-class Qcow2SwiftStoreTest(_SwiftStoreScenario, testtools.TestCase):
-    """The kvm profile: a qcow2 volume, backups in Swift."""
-
-    profile = 'kvm'
-
-    def missing(self):
-        return deployment.missing_kvm_prerequisites()
-
-    def write(self, volume_id, disk, offset, length, seed):
-        subprocess.run(  # nosec B603 B607
-            ['qemu-io', '-f', 'qcow2', '-c',
-             'write -P %d %d %d' % (seed, offset, length),
-             self.dep.volume_path(volume_id)],
-            check=True, stdout=subprocess.DEVNULL)
-        return disk.write(offset, bytes([seed]) * length)
-
-    def raw_of(self, volume_id):
-        raw = os.path.join(self.tmp, 'volume-%s.raw' % volume_id)
-        subprocess.run(  # nosec B603 B607
-            ['qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw',
-             self.dep.volume_path(volume_id), raw], check=True)
-        return raw
