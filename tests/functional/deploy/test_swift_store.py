@@ -27,7 +27,10 @@ backup driver. With the real ``openstack`` client, for the plugin profile
 - the cross-store check: the same incremental restored by Cinder's own
   chunked-driver restore (tests/functional/deploy/stock_restore.py: the
   Swift driver's ``restore()`` over the whole chain, nothing of the plugin
-  loaded) into a file: byte for byte the same data.
+  loaded) into a file: byte for byte the same data;
+- the store-format check of tests/unit/backup/test_store_formats.py on
+  the real Swift (swift_format_check.py): what Cinder's own backup() and
+  the plugin's driver-owned paths store for the same data is the same.
 
 Both profiles run in one deployment directory (``CVB_TEST_DEPLOY_DIR``
 with ``swift``), started together and sharing its MariaDB, RabbitMQ,
@@ -55,6 +58,8 @@ SIZE = units.Gi
 BACKUP_TIMEOUT = 300
 STOCK_RESTORE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                              'stock_restore.py')
+FORMAT_CHECK = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                            'swift_format_check.py')
 #: (offset, length) written before the full backup, and before the
 #: incremental (one inside a written region, one over zeros).
 REGIONS = ((0, units.Mi), (300 * units.Mi, 2 * units.Mi),
@@ -290,6 +295,29 @@ class SwiftStoreTest(testtools.TestCase):
         """The kvm profile: a qcow2 volume."""
         self._use('kvm')
         self._scenario()
+
+    def test_store_format_on_real_swift(self):
+        """test_store_formats' check for swift, on the deployment's Swift."""
+        profile = next((p for p in ('plugin', 'kvm')
+                        if p in self.deployments and p not in self.problems
+                        and p not in self.failures), None)
+        if profile is None:
+            self.skipTest('no profile with Swift came up: %s' % (
+                self.problems or self.failures))
+        dep = self.deployments[profile]
+        workdir = self.useFixture(fixtures.TempDir()).path
+        proc = subprocess.run(  # nosec B603
+            [sys.executable, FORMAT_CHECK,
+             os.path.join(dep.deploy_dir, 'infra', 'env'), workdir],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, timeout=BACKUP_TIMEOUT, check=False)
+        out = proc.stdout.decode(errors='replace')
+        if proc.returncode:
+            self.fail('the store format differs on Swift: %s\n%s' % (
+                out, proc.stderr.decode(errors='replace')[-3000:]))
+        self.assertEqual({'handoff': 'same', 'handoff_stream': 'same',
+                          'stream': 'same'},
+                         json.loads(out.strip().splitlines()[-1]))
 
     def _scenario(self):
         vol = self.create_volume('swift-src')

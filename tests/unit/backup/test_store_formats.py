@@ -136,6 +136,67 @@ class _Driver(driver_owned.DriverOwnedBackupMixin):
             self.restored = f.read()
 
 
+def data():
+    """3 MiB + 36 KiB + 100 bytes of text and random bytes."""
+    return (_text(MIB + 200 * KIB) + _pattern(b'r', MIB) +
+            _text(MIB - 164 * KIB + 100))
+
+
+def stored(service, backup):
+    """What a backup stored, relative to its own prefix and name.
+
+    The object names (less the backup's prefix), the metadata JSON and
+    the sha256 file (less the fields naming the backup), every object's
+    inflated bytes. Also used against a real Swift
+    (tests/functional/deploy/swift_format_check.py).
+    """
+    prefix = backup.service_metadata
+
+    def relative(name):
+        if not name.startswith(prefix):
+            raise AssertionError('%s is not under the prefix %s'
+                                 % (name, prefix))
+        return name[len(prefix):]
+
+    metadata = service._read_metadata(backup)
+    objects = {}
+    for entry in metadata['objects']:
+        (name, info), = entry.items()
+        with service._get_object_reader(
+                backup.container, name,
+                extra_metadata=info.get('extra_metadata')) as reader:
+            body = reader.read()
+        compressor = service._get_compressor(info['compression'])
+        objects[relative(name)] = (
+            compressor.decompress(body) if compressor else body)
+    metadata['objects'] = [
+        {relative(name): info for name, info in entry.items()}
+        for entry in metadata['objects']]
+    sha = service._read_sha256file(backup)
+    for record in (metadata, sha):
+        for key in OWN_FIELDS:
+            record.pop(key, None)
+    return {'metadata': metadata, 'sha256file': sha, 'objects': objects,
+            'metadata_name': relative(service._metadata_filename(backup)),
+            'sha256file_name': relative(service._sha256_filename(backup)),
+            'object_count': backup.object_count}
+
+
+def plugin_backup(ctxt, service, backup, data, path):
+    """Back ``data`` up through the plugin's driver-owned path.
+
+    :param path: 'handoff' (read at offsets), 'handoff_stream' (the
+        hand-off fed by the read-ahead reader) or 'stream' (the driver's
+        own backup() fed by it: set driver_owned_backup_extent_handoff
+        false first)
+    """
+    source = _Source(data, random_access=(path == 'handoff'))
+    with mock.patch.object(driver_owned.units, 'Gi', len(data)):
+        _Driver(source).backup_volume(ctxt, backup, service)
+    backup.refresh()
+    return backup
+
+
 class _Md5Answer(object):
     """hashlib for the gcs module: the MD5 fake_google_client2 answers."""
 
@@ -302,44 +363,11 @@ class StoreFormatTestCase(test.TestCase):
     def _plugin(self, service, data, path, parent=None):
         if path == 'stream':
             self.override_config('driver_owned_backup_extent_handoff', False)
-        source = _Source(data, random_access=(path == 'handoff'))
-        backup = self._new_backup(parent)
-        with mock.patch.object(driver_owned.units, 'Gi', len(data)):
-            _Driver(source).backup_volume(self.ctxt, backup, service)
-        backup.refresh()
-        return backup
+        return plugin_backup(self.ctxt, service, self._new_backup(parent),
+                             data, path)
 
     def _stored(self, service, backup):
-        """What a backup stored, relative to its own prefix and name."""
-        prefix = backup.service_metadata
-
-        def relative(name):
-            self.assertTrue(name.startswith(prefix), name)
-            return name[len(prefix):]
-
-        metadata = service._read_metadata(backup)
-        objects = {}
-        for entry in metadata['objects']:
-            (name, info), = entry.items()
-            with service._get_object_reader(
-                    backup.container, name,
-                    extra_metadata=info.get('extra_metadata')) as reader:
-                body = reader.read()
-            compressor = service._get_compressor(info['compression'])
-            objects[relative(name)] = (
-                compressor.decompress(body) if compressor else body)
-        metadata['objects'] = [
-            {relative(name): info for name, info in entry.items()}
-            for entry in metadata['objects']]
-        sha = service._read_sha256file(backup)
-        for record in (metadata, sha):
-            for key in OWN_FIELDS:
-                record.pop(key, None)
-        return {'metadata': metadata, 'sha256file': sha,
-                'objects': objects,
-                'metadata_name': relative(service._metadata_filename(backup)),
-                'sha256file_name': relative(service._sha256_filename(backup)),
-                'object_count': backup.object_count}
+        return stored(service, backup)
 
     def _stock_restore(self, service, backup, length):
         """Cinder's restore onto an existing volume holding junk."""
@@ -367,9 +395,7 @@ class StoreFormatTestCase(test.TestCase):
         return driver.restored
 
     def _data(self):
-        """3 MiB + 36 KiB + 100 bytes of text and random bytes."""
-        return (_text(MIB + 200 * KIB) + _pattern(b'r', MIB) +
-                _text(MIB - 164 * KIB + 100))
+        return data()
 
     # -- the tests -----------------------------------------------------------
 
