@@ -14,8 +14,10 @@
 
 Run through ``tools/demo.sh``. It uses the deployment of ``tools/deploy``
 (profile ``plugin``: cinder.conf written the way the README tells an
-operator, vcsim as vCenter, the posix backup driver in a local directory)
-and the real ``openstack`` command-line client.
+operator, vcsim as vCenter, the posix backup driver in a local directory,
+or with ``CVB_DEPLOY_BACKUP_STORE=swift`` Cinder's Swift driver on the
+deployment's Swift cluster) and the real ``openstack`` command-line
+client.
 """
 
 import hashlib
@@ -140,6 +142,7 @@ class Demo(object):
         self.say('Summary')
         self.say('  volume size                 %d GiB (%d MiB written)'
                  % (SIZE_GB, written // units.Mi))
+        self.say('  backup store                %s' % self.dep.backup_store)
         self.say('  full backup                 %.1f s, %d bytes stored'
                  % (full_s, full_bytes))
         self.say('  incremental backup          %.1f s, %d bytes stored '

@@ -3,7 +3,8 @@
 #   bash tools/demo.sh
 # Installs what it needs (the test peers, the project's virtualenv, the
 # one-machine Cinder deployment of tools/deploy), starts Cinder with the
-# plugin against the vSphere simulator and a local backup directory, then
+# plugin against the vSphere simulator and a local backup directory (or,
+# with CVB_DEPLOY_BACKUP_STORE=swift, a Swift cluster), then
 # as a user would with the `openstack` client: creates a volume with data,
 # backs it up, changes some data, backs it up incrementally, restores the
 # incremental backup to a new volume, checks the restored data byte for

@@ -21,6 +21,7 @@ and read as it is parsed (:class:`ShaFileReader`): the digests go by one
 at a time, never a list of them.
 """
 
+import inspect
 import itertools
 import json
 import re
@@ -133,6 +134,26 @@ def _invalid(name, why):
             'name': name, 'why': why})
 
 
+def _takes_size(reader):
+    """Whether an object reader's ``read`` takes a size.
+
+    Asked of its signature, not by calling it: the s3 and gcs drivers wrap
+    their reader's methods so that any exception, the TypeError of a
+    ``read(n)`` too, becomes their connection failure. A wrapper that
+    hides the signature (``*args, **kwargs``, gcs's) leaves the question
+    to what the reader is: a file (posix, nfs) takes a size.
+    """
+    try:
+        params = list(inspect.signature(reader.read).parameters.values())
+    except (TypeError, ValueError):
+        return True  # a built-in (a file's read): it does
+    if params and all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                      for p in params):
+        return hasattr(reader, 'seek')
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
+                          p.VAR_POSITIONAL) for p in params)
+
+
 class ShaFileReader(object):
     """Read a sha256 file as it is parsed.
 
@@ -152,7 +173,7 @@ class ShaFileReader(object):
         self._buf = b''
         self._pos = 0
         self._eof = False
-        self._sized = True
+        self._sized = _takes_size(reader)
         self.header = None
         self._head = None
 

@@ -8,11 +8,12 @@
 #   libvirtd up.sh started for it, if it did, once no libvirt domain is
 #   left defined and no other client is connected to it); then Keystone,
 #   RabbitMQ and MariaDB too when no other profile is running any more
-#   (unless --keep-infra).
+#   (unless --keep-infra), and the deployment's Swift (tools/deploy/swift.sh).
 # all (default): every profile, then Keystone, RabbitMQ and MariaDB.
 # Data and logs stay in CVB_DEPLOY_DIR for inspection; up.sh starts afresh.
 set -eu -o pipefail
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/swift.sh"
 
 what=${1:-all}
 keep_infra=0
@@ -113,6 +114,7 @@ for profile in "${CVB_PROFILES[@]}"; do
     done
 done
 infra=$CVB_DEPLOY_DIR/infra
+swift_down
 for s in keystone rabbitmq epmd mariadb; do
     if [ -f "$infra/$s.pid" ]; then
         cvb_stop "$infra/$s.pid" 30

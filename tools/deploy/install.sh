@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install what tools/deploy/up.sh needs on a Debian 12 machine (as root):
-# RabbitMQ and MariaDB from Debian's packages, the OpenStack client
+# RabbitMQ, MariaDB and Swift from Debian's packages, the OpenStack client
 # (python-openstackclient + python-cinderclient), Keystone (+ gunicorn) and
 # Nova + Placement (+ gunicorn, libvirt-python: the kvm profile's
 # CVB_DEPLOY_NOVA=1), each in a virtualenv of its own.
-# PyMySQL, through which Cinder's services reach MariaDB, comes with the
+# PyMySQL, through which Cinder's services reach MariaDB, and
+# python-swiftclient, Cinder's Swift backup driver's client, come with the
 # project's virtualenv (test-requirements.txt).
 # Safe to run again: it only installs what is missing, in about a second when
 # everything is there. The Debian packages' own services are not started
@@ -19,6 +20,10 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 source "$top/tools/deploy/lib.sh"
 
 packages=(rabbitmq-server mariadb-server mariadb-client python3-venv)
+# Swift (CVB_DEPLOY_BACKUP_STORE=swift, tools/deploy/swift.sh): Debian's
+# servers on the system Python, with keystonemiddleware for the proxy.
+packages+=(swift swift-proxy swift-account swift-container swift-object
+           python3-keystonemiddleware)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' \

@@ -32,6 +32,10 @@
 # plugin and kvm also load the plugin's instance-group API extension
 # (osapi_volume_extension) when the virtualenv has it (the log says which).
 #
+# Backups go to Cinder's posix driver (a directory of the profile) or, with
+# CVB_DEPLOY_BACKUP_STORE=swift, to Cinder's Swift driver on a one-replica
+# Swift cluster of the deployment (tools/deploy/swift.sh), in every profile.
+#
 # A profile that is already running is left as it is. Otherwise it starts
 # afresh (new database, message queue vhost, vcsim and backup directory).
 # The last line printed is the path of an openrc file for the OpenStack
@@ -48,12 +52,18 @@
 set -eu -o pipefail
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/nova.sh"
+source "$(dirname "$0")/swift.sh"
 umask 077
 
 profile=${1:-plugin}
 case "$profile" in
     plugin|stock|kvm) ;;
     *) cvb_die "unknown profile '$profile' (plugin, stock or kvm)" ;;
+esac
+backup_store=${CVB_DEPLOY_BACKUP_STORE:-posix}
+case "$backup_store" in
+    posix|swift) ;;
+    *) cvb_die "unknown CVB_DEPLOY_BACKUP_STORE '$backup_store' (posix or swift)" ;;
 esac
 
 infra=$CVB_DEPLOY_DIR/infra
@@ -83,6 +93,11 @@ check_prerequisites() {
             nova_missing=$(nova_prerequisites)
             [ -z "$nova_missing" ] || missing+=("$nova_missing")
         fi
+    fi
+    if swift_wanted; then
+        local swift_missing
+        swift_missing=$(swift_prerequisites)
+        [ -z "$swift_missing" ] || missing+=("$swift_missing")
     fi
     if [ ${#missing[@]} -gt 0 ]; then
         cvb_die "missing: ${missing[*]} (run tools/deploy/install.sh;" \
@@ -458,6 +473,11 @@ profile_running() {
     else
         cvb_pid_alive "$dir/vcsim.pid" || return 1
     fi
+    # Running with the backup store asked for (else started afresh).
+    [ "$(cat "$dir/backup-store" 2>/dev/null)" = "$backup_store" ] || return 1
+    if swift_wanted; then
+        swift_running || return 1
+    fi
     [ -f "$dir/openrc" ]
 }
 
@@ -547,9 +567,34 @@ plans_db_sync() {
             "$dir/log/plans-db-sync.log"
 }
 
+backup_store_lines() {
+    # cinder.conf's backup driver lines for the chosen backup store.
+    if ! swift_wanted; then
+        echo 'backup_driver = cinder.backup.drivers.posix.PosixBackupDriver'
+        echo "backup_posix_path = $dir/backups"
+        return 0
+    fi
+    # single_user: Cinder's own Keystone user writes every backup, so
+    # backups that run without a user's token (the plugin's backup plans,
+    # verification) work and a long backup does not outlive the token it
+    # started with; per_user would use the token of the request.
+    cat <<LINES
+backup_driver = cinder.backup.drivers.swift.SwiftBackupDriver
+backup_swift_auth = single_user
+backup_swift_auth_version = 3
+backup_swift_auth_url = http://127.0.0.1:$KEYSTONE_PORT/v3
+backup_swift_user = cinder
+backup_swift_key = $CINDER_SERVICE_PASSWORD
+backup_swift_project = service
+backup_swift_user_domain = Default
+backup_swift_project_domain = Default
+backup_swift_container = cvb-$profile
+LINES
+}
+
 cinder_up() {
     local backup_manager_line volume_driver_line db=cvb_$profile s py
-    local backend_args backend extension_lines
+    local backend_args backend extension_lines store_lines
     if [ "$profile" = stock ]; then
         backup_manager_line='# backup_manager: Cinder'"'"'s default'
         volume_driver_line='volume_driver = cinder.volume.drivers.vmware.vmdk.VMwareVcVmdkDriver'
@@ -569,6 +614,7 @@ cinder_up() {
                       VCSIM_CA_FILE="$VCSIM_CA_FILE")
     fi
     extension_lines=$(api_extension_lines)
+    store_lines=$(backup_store_lines)
     API_PORT=$(cvb_free_port)
     mkdir -p "$dir/state" "$dir/lock" "$dir/backups" "$dir/vmware-tmp" \
         "$dir/log"
@@ -583,7 +629,8 @@ cinder_up() {
         DB_NAME="$db" KEYSTONE_PORT="$KEYSTONE_PORT" \
         CINDER_SERVICE_PASSWORD="$CINDER_SERVICE_PASSWORD" \
         BACKUP_MANAGER_LINE="$backup_manager_line" BACKEND="$backend" \
-        API_EXTENSION_LINES="$extension_lines"
+        API_EXTENSION_LINES="$extension_lines" \
+        BACKUP_STORE_LINES="$store_lines"
     render_conf "$CVB_TOP/tools/deploy/backend-$backend.conf.in" \
         "$dir/cinder.conf.$backend" STATE_DIR="$dir" "${backend_args[@]}"
     cat "$dir/cinder.conf.$backend" >>"$dir/cinder.conf"
@@ -711,6 +758,9 @@ main() {
     echo $$ >"$dir/up.pid"
     trap 'rm -f "$dir/up.pid"' EXIT
     infra_up
+    if swift_wanted; then
+        swift_up
+    fi
     exec 7>&-
     if [ "$profile" = kvm ]; then
         libvirt_up
@@ -728,7 +778,9 @@ main() {
         wait "$nova_prep" || cvb_die "Nova's set-up failed (see above)"
         nova_up
     fi
-    cvb_log "profile '$profile' is up (cinder-api http://127.0.0.1:$API_PORT)"
+    echo "$backup_store" >"$dir/backup-store"
+    cvb_log "profile '$profile' is up (cinder-api http://127.0.0.1:$API_PORT," \
+        "backups to $backup_store)"
     echo "$dir/openrc"
 }
 

@@ -524,7 +524,40 @@ class Deployment(object):
         return [p for p in glob.glob(pattern, recursive=True)
                 if os.path.isfile(p)]
 
+    @property
+    def backup_store(self):
+        """'posix' or 'swift': where up.sh sent this profile's backups."""
+        try:
+            with open(os.path.join(self.dir, 'backup-store')) as f:
+                return f.read().strip() or 'posix'
+        except FileNotFoundError:
+            return 'posix'
+
+    def swift(self):
+        """A Swift connection as cinder-backup's own (single_user) login."""
+        from swiftclient import client
+        infra = read_env(os.path.join(self.deploy_dir, 'infra', 'env'))
+        return client.Connection(
+            authurl='http://127.0.0.1:%s/v3' % infra['KEYSTONE_PORT'],
+            auth_version='3', user='cinder',
+            key=infra['CINDER_SERVICE_PASSWORD'], retries=1,
+            os_options={'project_name': 'service',
+                        'user_domain_name': 'Default',
+                        'project_domain_name': 'Default'})
+
+    def swift_objects(self, backup_id):
+        """{name: bytes} of a backup's objects in the profile's container."""
+        _headers, listing = self.swift().get_container(
+            'cvb-%s' % self.profile, full_listing=True)
+        return {o['name']: o['bytes'] for o in listing
+                if '_backup_%s' % backup_id in o['name']}
+
     def stored_bytes(self, backup_id):
-        """Bytes the backup's data objects take in the backup directory."""
-        return sum(os.path.getsize(p) for p in self.backup_files(backup_id)
-                   if not p.endswith(('_metadata', '_sha256file')))
+        """Bytes the backup's data objects take in the backup store."""
+        if self.backup_store == 'swift':
+            sizes = self.swift_objects(backup_id)
+        else:
+            sizes = {p: os.path.getsize(p)
+                     for p in self.backup_files(backup_id)}
+        return sum(size for name, size in sizes.items()
+                   if not name.endswith(('_metadata', '_sha256file')))

@@ -10,6 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
+import functools
 import hashlib
 import io
 import json
@@ -39,6 +40,34 @@ class Unsized(object):
 
     def read(self):
         return self.data
+
+
+def _wrapped(func):
+    """What s3 and gcs do to their reader's read().
+
+    Any error, a TypeError too, becomes the driver's connection failure
+    (gcs's wrapper without functools.wraps, s3's with it).
+    """
+
+    def wrapper(self, *args, **kwargs):
+        try:
+            return func(self, *args, **kwargs)
+        except Exception as err:
+            raise RuntimeError('connection failure: %s' % err)
+
+    return wrapper
+
+
+class WrappedUnsized(Unsized):
+    """gcs's reader: the wrapper hides read()'s signature."""
+
+    read = _wrapped(Unsized.read)
+
+
+class WrappedUnsizedWithWraps(Unsized):
+    """s3's reader: the wrapper keeps it (functools.wraps)."""
+
+    read = functools.wraps(Unsized.read)(_wrapped(Unsized.read))
 
 
 @ddt.ddt
@@ -74,6 +103,14 @@ class ShaFileTestCase(base.BaseTestCase):
         self.assertEqual(32768, reader.chunk_size())
         self.assertEqual(digests, list(reader.digests()))
         self.assertEqual(header, reader.header)
+
+    @ddt.data(WrappedUnsized, WrappedUnsizedWithWraps)
+    def test_wrapped_unsized_readers(self, reader_class):
+        digests = _digests(5)
+        data = json.dumps(dict(_header(), sha256s=digests), sort_keys=True,
+                          indent=2).encode('utf-8')
+        reader = sha_lists.ShaFileReader(reader_class(data), 'name').open()
+        self.assertEqual(digests, list(reader.digests()))
 
     def test_read_in_pieces(self):
         self.useFixture(__import__('fixtures').MonkeyPatch(
