@@ -57,6 +57,7 @@ raises :class:`~cinder_vmdk_backup.exception.VerificationError`: a
 verification that could not run says nothing about the backup.
 """
 
+import collections
 import contextlib
 import copy
 import hashlib
@@ -104,6 +105,8 @@ REASONS = (MISSING, TRUNCATED, TOO_LONG, UNDECODABLE, MD5_MISMATCH,
 TICK_BYTES = 32 * units.Mi
 #: Bytes of the scratch file read at a time (deep).
 READ_BYTES = object_stream.READ_BYTES
+#: Pieces of an object that may wait for its md5.
+MD5_PENDING = object_stream.MD5_PENDING
 #: The restore method of the only backup format this code knows.
 SUPPORTED_RESTORE = chain_reader.SUPPORTED_RESTORE
 
@@ -434,6 +437,15 @@ class _Verification(object):
     # -- on the native thread: objects and digests ----------------------
 
     def check_members(self):
+        # The md5 of each object is taken on a thread of its own, beside
+        # the inflating and the block digests (as object_stream does).
+        self.hasher = transfer.NativeExecutor(1, name='cvb-verify-md5')
+        try:
+            yield from self._check_members()
+        finally:
+            self.hasher.shutdown(cancel_futures=True)
+
+    def _check_members(self):
         for member in self.members:
             if member.metadata is None:
                 continue
@@ -740,6 +752,7 @@ class _ObjectCheck(object):
         self._unchecked = obj.offset
         self._pending = bytearray()
         self._md5 = hashlib.md5(usedforsecurity=False)
+        self._hashing = collections.deque()
         self._zeros = 0  # zero bytes not yet given to md5
         self._block_problems = False
 
@@ -795,6 +808,8 @@ class _ObjectCheck(object):
             digest = zero_objects.md5_of_zeros(obj.length)
         else:
             self._flush_zeros()
+            while self._hashing:
+                self._hashing.popleft().result()
             digest = self._md5.hexdigest()
         if obj.md5 and digest != obj.md5:
             self.failed(MD5_MISMATCH, _('md5 %(got)s, the metadata records '
@@ -802,10 +817,15 @@ class _ObjectCheck(object):
                                                        'want': obj.md5},
                         whole=True)
 
+    def _md5_update(self, data):
+        self._hashing.append(self._run.hasher.submit(self._md5.update, data))
+        while len(self._hashing) > MD5_PENDING:
+            self._hashing.popleft().result()
+
     def _flush_zeros(self):
         while self._zeros:
             step = min(self._zeros, len(_ZERO))
-            self._md5.update(_ZERO[:step] if step < len(_ZERO) else _ZERO)
+            self._md5_update(_ZERO[:step] if step < len(_ZERO) else _ZERO)
             self._zeros -= step
 
     def _take(self, data):
@@ -815,7 +835,7 @@ class _ObjectCheck(object):
             self._zeros += len(data)
         else:
             self._flush_zeros()
-            self._md5.update(data)
+            self._md5_update(data)
         self.position += len(data)
         run.report.bytes_checked += len(data)
         if self._block is None:
