@@ -327,8 +327,7 @@ class _Verification(object):
         self.total = 1
 
     def _error(self, reason):
-        return cvb_exception.VerificationError(backup_id=self.backup.id,
-                                               reason=reason)
+        return cvb_exception.VerificationError(reason=reason)
 
     # -- on the caller's thread: the chain and its metadata -------------
 
