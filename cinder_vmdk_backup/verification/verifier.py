@@ -251,6 +251,26 @@ def _is_not_found(exc):
     return False
 
 
+def _is_store_error(exc):
+    """Whether an error while reading is the store's, not the data's.
+
+    Connection failures and HTTP answers other than "not found" (swift,
+    s3, gcs clients) say nothing about the backup's data.
+    """
+    if _is_not_found(exc):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError,
+                        exception.BackupDriverException)):
+        # (Cinder's drivers wrap their connection and API failures in
+        # BackupDriverException: SwiftConnectionFailed, S3ClientError...)
+        return True
+    if getattr(exc, 'http_status', None) is not None:  # swiftclient
+        return True
+    if getattr(getattr(exc, 'resp', None), 'status', None) is not None:
+        return True
+    return isinstance(getattr(exc, 'response', None), dict)  # botocore
+
+
 class _Digests(object):
     """One sha256 file's digests, taken by ascending block index."""
 
@@ -548,7 +568,16 @@ class _Verification(object):
                 raise _Undecodable(str(exc)) from exc
             yield from check.run(decoder)
         except _Undecodable as exc:
-            check.failed(UNDECODABLE, str(exc.__cause__ or exc))
+            cause = exc.__cause__
+            if cause is not None and _is_store_error(cause):
+                raise self._error(_('object %(o)s of backup %(b)s cannot be '
+                                    'read: %(e)s') % {'o': obj.name,
+                                                      'b': backup.id,
+                                                      'e': cause}) from cause
+            if cause is not None and _is_not_found(cause):
+                check.failed(MISSING, str(cause), whole=True)
+            else:
+                check.failed(UNDECODABLE, str(cause or exc))
         finally:
             with contextlib.suppress(Exception):
                 manager.__exit__(None, None, None)
