@@ -189,8 +189,15 @@ class Qcow2RestoreChecksTestCase(test.TestCase):
         if os.path.isdir(staging):
             self.assertEqual([], os.listdir(staging))
 
-    def test_restore_to_new_volume_fails_naming_the_region(self):
+    def test_damaged_backup(self):
+        # One backup for every case: a 1 GiB backup is most of a test's
+        # time. (Good backups restore checked in test_manager.)
+        path = self._path(self.volume)
+        before = os.stat(path)
+        digest = base.raw_digest(path)
         name, at, block = self._damage()
+
+        # Onto a new volume: fails, the region named; the image untouched.
         target = self._volume(status='creating')
         empty = base.raw_digest(self._path(target))
         error = self._restore(target, fail=True)
@@ -202,11 +209,7 @@ class Qcow2RestoreChecksTestCase(test.TestCase):
         self.assertEqual(empty, base.raw_digest(self._path(target)))
         self._assert_no_leftovers()
 
-    def test_in_place_restore_keeps_the_image(self):
-        path = self._path(self.volume)
-        before = os.stat(path)
-        digest = base.raw_digest(path)
-        name, at, block = self._damage()
+        # In place: fails, the volume's image is not replaced.
         error = self._restore(self.volume, fail=True)
         self._assert_region_named(error, name, at, block)
         self.assertEqual('error_restoring', self.volume.status)
@@ -216,10 +219,11 @@ class Qcow2RestoreChecksTestCase(test.TestCase):
         self.assertEqual(digest, base.raw_digest(path))
         self._assert_no_leftovers()
 
-    def test_unchecked_restore_writes_the_flipped_bytes(self):
+        # Unchecked (Cinder's own behaviour): "succeeds", exactly the four
+        # bytes wrong.
         self.override_config('driver_owned_restore_check_digests', False)
-        _name, at, _block = self._damage()
-        target = self._volume(status='creating')
+        target.status = 'creating'
+        target.save()
         self._restore(target, fail=False)
         self.assertEqual('available', target.status)
         raw = base._to_raw(self._path(target))
@@ -229,10 +233,3 @@ class Qcow2RestoreChecksTestCase(test.TestCase):
                              stdout=subprocess.PIPE, text=True).stdout
         differing = [int(line.split()[0]) - 1 for line in out.splitlines()]
         self.assertEqual([at, at + 1, at + 2, at + 3], differing)
-
-    def test_good_backup_restores_checked(self):
-        target = self._volume(status='creating')
-        self._restore(target, fail=False)
-        self.assertEqual('available', target.status)
-        self.assertTrue(base.same_guest_data(self.raw, self._path(target)))
-        self._assert_no_leftovers()
