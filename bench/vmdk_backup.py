@@ -55,6 +55,12 @@ The stock steps
 use Python's zlib, as Cinder does. ``--zlib-implementation zlib`` runs the
 plugin and the local file with Python's zlib too.
 
+``--restore-checks`` measures what ``driver_owned_restore_check_digests``
+costs: a backup by Cinder's own ``backup()`` of the raw disk and one
+through the plugin, each restored by the plugin streaming and staged,
+checks on and off in interleaved pairs (``--chunk 1999994880``, posix's
+default, gives Cinder's one object for the whole disk).
+
 ``--size`` runs a smaller disk (the volume is still whole GiB in Cinder;
 the rest reads as zeros): a smoke run, the ratios are meant at 1 GiB.
 """
