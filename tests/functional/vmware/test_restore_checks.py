@@ -194,8 +194,9 @@ class RestoreTimeTestCase(flows.VmdkBackupTestBase):
     ``CVB_RESTORE_ROUNDS`` (3) rounds are printed (time, and CPU time of
     this process: vcsim runs in another) and the targets asserted on the
     CPU time (on a loaded shared machine the wall time drifts by far more
-    than 10 %): checks cost under 10 % (+0.3 s) on every path, the
-    streaming restore of the stock backup no dearer than the staged one.
+    than 10 %): checks cost under 10 % (+0.3 s) on every path; the
+    streaming restore of the stock backup no slower than the staged one
+    (wall time, within 25 %: the paths spend CPU in different processes).
     """
 
     def setUp(self):
@@ -260,9 +261,10 @@ class RestoreTimeTestCase(flows.VmdkBackupTestBase):
         medians, times = self._time(backup, disk, rounds)
         self._report('stock', medians, times)
         self._assert_cost(medians)
-        # Issue 21: streaming no slower than staging (noise: 10 %).
-        self.assertLess(medians[(True, True)][1],
-                        medians[(False, True)][1] * 1.1)
+        # Issue 21: streaming no slower than staging (wall time: the two
+        # paths spend their CPU in different processes; noise: 25 %).
+        self.assertLess(medians[(True, True)][0],
+                        medians[(False, True)][0] * 1.25)
 
         disk = self._disk(512)
         volume = self._vmdk_volume(disk=disk)
