@@ -30,9 +30,13 @@ plan (``fire``), the next (``follow``: every run found done and
 finished), and one with nothing to do (``idle``). Target: ``fire`` under
 1 s of CPU for 200 plans; no plan fires twice.
 
+Each node fires only its share of the due plans (the consistent hash ring
+over the runners' group in etcd, read once per tick) and claims them in
+one transaction; nothing is locked per plan.
+
 Usage: ``python -m bench plan_runner [--plans 200] [--repeat 3]
-[--locks etcd|local]`` (``local``: in-process locks, so that the lock
-layer's share of the cost shows).
+[--coordination etcd|none]`` (``none``: no group, every node tries every
+plan and the database's compare-and-swap alone decides: the worst case).
 """
 
 import argparse
@@ -69,28 +73,11 @@ class _Work(object):
         return outcome
 
 
-class _LocalLock(object):
-    """An in-process lock (``--locks local``: the database decides alone)."""
+class _NoCoordinator(object):
+    """``--coordination none``: no group; each node owns every plan and the
+    database's compare-and-swap alone decides (the worst case)."""
 
-    _held = set()
-    _guard = threading.Lock()
-
-    def __init__(self, name):
-        self.name = name
-
-    def acquire(self, blocking=True):
-        with self._guard:
-            if self.name in self._held:
-                return False
-            self._held.add(self.name)
-            return True
-
-    def release(self):
-        with self._guard:
-            self._held.discard(self.name)
-
-
-class _LocalCoordinator(object):
+    coordinator = None
     started = True
 
     def start(self):
@@ -98,9 +85,6 @@ class _LocalCoordinator(object):
 
     def stop(self):
         pass
-
-    def get_lock(self, name):
-        return _LocalLock(name)
 
 
 class _Notices(object):
@@ -171,7 +155,7 @@ def _tick_both(nodes, at, counts):
     return started, time.monotonic() - started, results
 
 
-def run_once(count, etcd_url, locks='etcd'):
+def run_once(count, etcd_url, mode='etcd'):
     from cinder import context
     from cinder import coordination
     from oslo_config import cfg
@@ -188,16 +172,19 @@ def run_once(count, etcd_url, locks='etcd'):
         coordinators = []
         try:
             for host in ('backup-a', 'backup-b'):
-                if locks == 'etcd':
+                if mode == 'etcd':
                     coordinator = coordination.Coordinator(
                         agent_id=host, prefix='cinder-')
                 else:
-                    coordinator = _LocalCoordinator()
+                    coordinator = _NoCoordinator()
                 coordinator.start()
                 coordinators.append(coordinator)
                 nodes.append(runner.PlanRunner(
                     host, coordinator=coordinator, work=work,
                     notices=_Notices(), retention=False))
+            for node in nodes:
+                # (What PlanRunner.start() does: join the runners' group.)
+                node.membership.refresh()
             report = {}
             started, wall, results = _tick_both(
                 nodes, T0 + datetime.timedelta(seconds=1), counts)
@@ -229,11 +216,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog='python -m bench plan_runner')
     parser.add_argument('--plans', type=int, default=200)
     parser.add_argument('--repeat', type=int, default=3)
-    parser.add_argument('--locks', choices=('etcd', 'local'),
+    parser.add_argument('--coordination', choices=('etcd', 'none'),
                         default='etcd',
-                        help='etcd (real, default) or local: in-process '
-                             'locks, to tell the lock layer\'s cost from '
-                             'the database\'s')
+                        help='etcd (real, default) or none: no runners\' '
+                             'group, the database alone decides')
     args = parser.parse_args(argv)
     from cinder import objects
     objects.register_all()
@@ -245,13 +231,14 @@ def main(argv=None):
     server = etcd.Etcd(lock_timeout=10)
     server.setUp()
     try:
-        reports = [run_once(args.plans, server.url, args.locks)
+        reports = [run_once(args.plans, server.url, args.coordination)
                    for _ in range(args.repeat)]
     finally:
         server.cleanUp()
     ok = True
     print('plan_runner: %d plans due at once, 2 nodes, %d repeats, %s '
-          'locks (medians)' % (args.plans, args.repeat, args.locks))
+          'coordination (medians)' % (args.plans, args.repeat,
+                                       args.coordination))
     for phase in ('fire', 'follow', 'idle'):
         for host in ('backup-a', 'backup-b'):
             cpu = statistics.median(r[phase][host]['cpu'] for r in reports)
