@@ -405,7 +405,8 @@ class PlanRunner(object):
         with self._tick_lock:
             hosts = self.membership.refresh()
             unfinished = self.db.runs_unfinished()
-            self._follow(context, now, unfinished, stats)
+            ended = self._follow(context, now, unfinished, stats)
+            unfinished = [r for r in unfinished if r['id'] not in ended]
             busy = {r['plan_id'] for r in unfinished
                     if r['status'] == RUNNING}
             self._recover(context, now, unfinished, hosts, busy, stats)
@@ -424,8 +425,10 @@ class PlanRunner(object):
     # 1. follow --
 
     def _follow(self, context, now, unfinished, stats):
+        """Follow this node's runs; return the ids of those that ended."""
         current = {r['id']: r for r in unfinished}
-        for run_id, plan in list(self._following.items()):
+        following = dict(self._following)
+        for run_id, plan in following.items():
             run = current.get(run_id)
             try:
                 if run is None:
@@ -435,6 +438,8 @@ class PlanRunner(object):
                 LOG.exception('Could not follow run %(run)s of backup plan '
                               '%(plan)s; trying again at the next tick.',
                               {'run': run_id, 'plan': plan['id']})
+        return {run_id for run_id in following
+                if run_id not in self._following}
 
     def _follow_one(self, context, now, run, plan, stats):
         if run['status'] != RUNNING or run['host'] != self.host:
