@@ -74,8 +74,10 @@ class _Work(object):
 
 
 class _NoCoordinator(object):
-    """``--coordination none``: no group; each node owns every plan and the
-    database's compare-and-swap alone decides (the worst case)."""
+    """``--coordination none``: no runners' group (the worst case).
+
+    Each node owns every plan; the database's compare-and-swap alone decides.
+    """
 
     coordinator = None
     started = True
@@ -237,8 +239,8 @@ def main(argv=None):
         server.cleanUp()
     ok = True
     print('plan_runner: %d plans due at once, 2 nodes, %d repeats, %s '
-          'coordination (medians)' % (args.plans, args.repeat,
-                                       args.coordination))
+          'coordination (medians)' % (
+              args.plans, args.repeat, args.coordination))
     for phase in ('fire', 'follow', 'idle'):
         for host in ('backup-a', 'backup-b'):
             cpu = statistics.median(r[phase][host]['cpu'] for r in reports)

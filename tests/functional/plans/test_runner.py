@@ -30,6 +30,7 @@ import time
 from unittest import mock
 
 import fixtures
+from tooz import hashring
 
 from cinder import context
 from cinder import coordination
@@ -83,8 +84,20 @@ class TwoRunnersTestCase(test.TestCase):
         node = runner.PlanRunner(host, coordinator=coordinator,
                                  retention=False)
         node.coordinator = coordinator
+        # (What start() does: join the runners' group.)
+        node.membership.refresh()
         self.addCleanup(node.stop)
         return node
+
+    @staticmethod
+    def plan_id_of(owner, hosts=('backup-a', 'backup-b')):
+        """A plan id that the ring over ``hosts`` gives to ``owner``."""
+        ring = hashring.HashRing(sorted(hosts))
+        for n in range(1000):
+            plan_id = 'c0ffee00-0000-0000-0000-%012d' % n
+            if ring.get_nodes(plan_id.encode()) == {owner}:
+                return plan_id
+        raise AssertionError('no plan id for %s' % owner)
 
     @staticmethod
     def _stop_coordinator(coordinator):
@@ -147,16 +160,14 @@ class TwoRunnersTestCase(test.TestCase):
         return [b for b in objects.BackupList.get_all(self.admin)
                 if (b.metadata or {}).get(targets.PLAN_KEY) == plan['id']]
 
-    def wait_lock_free(self, plan, timeout=15):
-        """Wait for a dead node's lease (real time) to end."""
-        probe = self.nodes['backup-b'].coordinator.get_lock(
-            runner.LOCK_PREFIX + plan['id'])
+    def wait_left(self, host, timeout=15):
+        """Wait for a dead node's membership lease (real time) to end."""
+        probe = self.nodes['backup-b' if host == 'backup-a' else 'backup-a']
         deadline = time.monotonic() + timeout
-        while not probe.acquire(blocking=False):
+        while host in probe.membership.refresh():
             self.assertLess(time.monotonic(), deadline,
-                            'the dead node\'s lock did not expire')
+                            'the dead node\'s membership did not expire')
             time.sleep(0.2)
-        probe.release()
 
     # -- the cases ----------------------------------------------------------
 
@@ -225,20 +236,40 @@ class TwoRunnersTestCase(test.TestCase):
                          [r['scheduled_for'] for r in runs])
         self.assertEqual(3, len(self.plan_backups(plan)))
 
+    def test_each_node_fires_its_share_and_the_share_of_a_dead_one(self):
+        plans = [self.make_plan(id=self.plan_id_of(host))
+                 for host in ('backup-a', 'backup-b')]
+        results = self.tick_all(T0 + SECOND)
+        self.assertEqual([1, 1], [results[h]['started']
+                                  for h in ('backup-a', 'backup-b')])
+        self.assertEqual([['backup-a'], ['backup-b']],
+                         [[r['host'] for r in self.runs(p)] for p in plans])
+        self.end_backups()
+        self.tick_all(T0 + 21 * SECOND)
+        # backup-b dies: once its membership expired, backup-a fires
+        # both plans at the next slot.
+        self.nodes['backup-b'].coordinator.coordinator.heart.stop()
+        self.wait_left('backup-b')
+        stats = self.nodes['backup-a'].tick(self.admin,
+                                            now=T0 + MINUTE + SECOND)
+        self.assertEqual(2, stats['started'])
+        self.assertEqual([['backup-a'] * 2, ['backup-b', 'backup-a']],
+                         [[r['host'] for r in self.runs(p)] for p in plans])
+
     def test_a_dead_nodes_run_is_retried_by_the_other(self):
-        plan = self.make_plan(minute='*/5')
+        plan = self.make_plan(minute='*/5', id=self.plan_id_of('backup-a'))
         node_a = self.nodes['backup-a']
         stats = node_a.tick(self.admin, now=T0 + SECOND)
         self.assertEqual(1, stats['started'])
         [run] = self.runs(plan)
         [made] = run['backup_ids']
-        # backup-a dies: its coordination lease is no longer refreshed
-        # and it never ticks again.
+        # backup-a dies: its coordination lease (membership) is no longer
+        # refreshed and it never ticks again.
         node_a.coordinator.coordinator.heart.stop()
         node_b = self.nodes['backup-b']
         stats = node_b.tick(self.admin, now=T0 + 21 * SECOND)
         self.assertEqual(0, stats['interrupted'])  # not stale yet
-        self.wait_lock_free(plan)
+        self.wait_left('backup-a')
         stats = node_b.tick(self.admin, now=T0 + 81 * SECOND)
         self.assertEqual((1, 1), (stats['interrupted'], stats['retried']))
         first, retry = self.runs(plan)

@@ -39,7 +39,8 @@ class FakePlansDB(object):
         self._lock = threading.Lock()
 
     def add_plan(self, **values):
-        plan = {'id': values.pop('id', None) or str(uuid.uuid4()), 'project_id': 'project',
+        plan = {'id': values.pop('id', None) or str(uuid.uuid4()),
+                'project_id': 'project',
                 'user_id': 'user', 'name': 'nightly', 'description': None,
                 'target_type': 'volume', 'target_id': 'vol-1',
                 'minute': '*', 'hour': '*', 'day_of_month': '*',

@@ -13,9 +13,10 @@
 """The plan runner's decisions, with an injected clock.
 
 The plans database is the contract's API in memory (fake_db); the tooz
-coordination driver (the runners' group), the work (Cinder's backup API behind plans.targets) and the
-notices are autospec mocks. tests/functional/plans runs the same with
-Cinder's real database, the real plans database and a real etcd.
+coordination driver (the runners' group), the work (Cinder's backup API
+behind plans.targets) and the notices are autospec mocks.
+tests/functional/plans runs the same with Cinder's real database, the real
+plans database and a real etcd.
 """
 
 import datetime
