@@ -198,6 +198,12 @@ class Membership(object):
             members = driver.get_members_with_capabilities(GROUP).get()
             hosts = {caps.get('host') for caps in members.values()
                      if isinstance(caps, dict) and caps.get('host')}
+            if self.host not in hosts:
+                # (Our membership expired, e.g. the process was paused
+                # longer than the lease: join again, or the others would
+                # fire our share too.)
+                self._joined = None
+                self.join()
             self._last_error = None
         except Exception as exc:
             if str(exc) != self._last_error:

@@ -389,3 +389,59 @@ class TwoRunnersTestCase(test.TestCase):
         run = plans_db.run_get(self.admin, queued['id'])
         self.assertEqual(('succeeded', 1), (run['status'],
                                             len(run['backup_ids'])))
+
+    def test_retention_runs_off_the_tick_and_records_its_end(self):
+        """Real retention (Cinder's backup API deletes) in a worker thread.
+
+        The deletion it asks for is ended by the test (as cinder-backup
+        would): until then retention waits in its worker while ticks go on
+        and the next slot fires.
+        """
+        from cinder.backup import rpcapi as backup_rpcapi
+        from cinder.objects import base as objects_base
+
+        from cinder_vmdk_backup.plans import retention
+        # (A cinder-backup that Cinder's backup API may send a delete to.)
+        test_utils.create_service(self.admin, {
+            'host': 'backup-a', 'binary': 'cinder-backup',
+            'topic': 'cinder-backup', 'availability_zone':
+            self.volume.availability_zone, 'disabled': False,
+            'rpc_current_version':
+            backup_rpcapi.BackupAPI.RPC_API_VERSION,
+            'object_current_version':
+            objects_base.OBJ_VERSIONS.get_current()})
+        node = runner.PlanRunner('backup-a',
+                                 coordinator=self.nodes['backup-a']
+                                 .coordinator, retention=retention)
+        node.membership.refresh()
+        self.addCleanup(node.wait_retention, 30)
+        self.addCleanup(node.stop)
+        self.nodes = {'backup-a': node}
+        plan = self.make_plan(keep=1, full_every=1,
+                              id=self.plan_id_of('backup-a'))
+        for n in range(2):
+            node.tick(self.admin, now=T0 + n * MINUTE + SECOND)
+            self.end_backups()
+            node.tick(self.admin, now=T0 + n * MINUTE + 21 * SECOND)
+        first, second = self.runs(plan)
+        self.assertEqual(['succeeded'] * 2, [first['status'],
+                                             second['status']])
+        [old] = first['backup_ids']
+        deadline = time.monotonic() + 20
+        while objects.Backup.get_by_id(self.admin, old).status != 'deleting':
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.05)
+        # Retention waits for the deletion: the tick does not.
+        started = time.monotonic()
+        stats = node.tick(self.admin, now=T0 + 2 * MINUTE + SECOND)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(1, stats['started'])
+        self.assertEqual([], plans_db.run_get(self.admin, second['id'])[
+            'deleted_backup_ids'])
+        # cinder-backup ends the deletion.
+        objects.Backup.get_by_id(self.admin, old).destroy()
+        self.assertTrue(node.wait_retention(timeout=20))
+        second = plans_db.run_get(self.admin, second['id'])
+        self.assertEqual([old], second['deleted_backup_ids'])
+        self.assertIsNone(second['error'])
+        self.assertGreater(second['heartbeat_at'], second['finished_at'])

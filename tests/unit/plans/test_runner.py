@@ -207,6 +207,12 @@ class DueTestCase(RunnerTestCase):
         self.assertEqual('scheduled',
                          self.runs(plan_id=plan['id'])[0]['kind'])
 
+    def test_a_node_whose_membership_expired_joins_again(self):
+        self.tick(T0)
+        self.hosts = ['node-b']
+        self.tick(T0 + SECOND)
+        self.assertEqual(2, self.coordinator.join_group_create.call_count)
+
     def test_no_lock_and_one_group_read_per_tick_for_many_plans(self):
         for _ in range(50):
             self.db.add_plan(next_run_at=T0)
