@@ -23,16 +23,22 @@ work is what is measured), and so are notifications.
 
 Reported per node and tick: CPU seconds of the tick's thread
 (``time.thread_time``), SQL statements it sent to the plans database,
-plans started / lost to the other node / left to the other node's lock;
+plans started / lost to the other node / left to their owner;
 the time from the ticks' start until every due backup was requested; and
 the check that no plan fired twice. Three ticks: the one that fires every
 plan (``fire``), the next (``follow``: every run found done and
 finished), and one with nothing to do (``idle``). Target: ``fire`` under
 1 s of CPU for 200 plans; no plan fires twice.
 
+Each node fires only its share of the due plans (the consistent hash ring
+over the runners' group in etcd, read once per tick) and claims them in
+one transaction; nothing is locked per plan.
+
 Usage: ``python -m bench plan_runner [--plans 200] [--repeat 3]
-[--locks etcd|local]`` (``local``: in-process locks, so that the lock
-layer's share of the cost shows).
+[--coordination etcd|none] [--db sqlite|mariadb]`` (``none``: no group,
+every node tries every plan and the database's compare-and-swap alone
+decides: the worst case; ``mariadb``: a private MariaDB as the plans
+database, as a deployment's, instead of an sqlite file).
 """
 
 import argparse
@@ -69,28 +75,13 @@ class _Work(object):
         return outcome
 
 
-class _LocalLock(object):
-    """An in-process lock (``--locks local``: the database decides alone)."""
+class _NoCoordinator(object):
+    """``--coordination none``: no runners' group (the worst case).
 
-    _held = set()
-    _guard = threading.Lock()
+    Each node owns every plan; the database's compare-and-swap alone decides.
+    """
 
-    def __init__(self, name):
-        self.name = name
-
-    def acquire(self, blocking=True):
-        with self._guard:
-            if self.name in self._held:
-                return False
-            self._held.add(self.name)
-            return True
-
-    def release(self):
-        with self._guard:
-            self._held.discard(self.name)
-
-
-class _LocalCoordinator(object):
+    coordinator = None
     started = True
 
     def start(self):
@@ -98,9 +89,6 @@ class _LocalCoordinator(object):
 
     def stop(self):
         pass
-
-    def get_lock(self, name):
-        return _LocalLock(name)
 
 
 class _Notices(object):
@@ -111,18 +99,34 @@ class _Notices(object):
         pass
 
 
-def _setup(root):
+def _setup(root, mariadb=None):
     from oslo_config import cfg
     conf = cfg.CONF
     conf([], project='cinder', default_config_files=[])
     from cinder_vmdk_backup.plans.db import api as plans_db
     from cinder_vmdk_backup.plans.db import migration
-    conf.set_override('connection', 'sqlite:///%s/plans.sqlite' % root,
-                      group='backup_plans')
+    if mariadb is not None:
+        _fresh_database(mariadb)
+        url = mariadb.url()
+    else:
+        url = 'sqlite:///%s/plans.sqlite' % root
+    conf.set_override('connection', url, group='backup_plans')
     conf.set_override('tick_interval', 20, group='backup_plans')
     plans_db.reset_engine()
     migration.db_sync()
     return plans_db
+
+
+def _fresh_database(mariadb):
+    import pymysql
+    conn = pymysql.connect(unix_socket=mariadb.socket, user='root')
+    try:
+        with conn.cursor() as cur:
+            cur.execute('DROP DATABASE IF EXISTS %s' % mariadb.database)
+            cur.execute('CREATE DATABASE %s CHARACTER SET utf8mb4' %
+                        mariadb.database)
+    finally:
+        conn.close()
 
 
 def _count_statements(engine):
@@ -171,7 +175,7 @@ def _tick_both(nodes, at, counts):
     return started, time.monotonic() - started, results
 
 
-def run_once(count, etcd_url, locks='etcd'):
+def run_once(count, etcd_url, mode='etcd', mariadb=None):
     from cinder import context
     from cinder import coordination
     from oslo_config import cfg
@@ -179,7 +183,7 @@ def run_once(count, etcd_url, locks='etcd'):
     from cinder_vmdk_backup.plans import runner
 
     with tempfile.TemporaryDirectory() as root:
-        plans_db = _setup(root)
+        plans_db = _setup(root, mariadb)
         counts = _count_statements(plans_db.get_engine())
         _make_plans(plans_db, count)
         cfg.CONF.set_override('backend_url', etcd_url, group='coordination')
@@ -188,16 +192,19 @@ def run_once(count, etcd_url, locks='etcd'):
         coordinators = []
         try:
             for host in ('backup-a', 'backup-b'):
-                if locks == 'etcd':
+                if mode == 'etcd':
                     coordinator = coordination.Coordinator(
                         agent_id=host, prefix='cinder-')
                 else:
-                    coordinator = _LocalCoordinator()
+                    coordinator = _NoCoordinator()
                 coordinator.start()
                 coordinators.append(coordinator)
                 nodes.append(runner.PlanRunner(
                     host, coordinator=coordinator, work=work,
                     notices=_Notices(), retention=False))
+            for node in nodes:
+                # (What PlanRunner.start() does: join the runners' group.)
+                node.membership.refresh()
             report = {}
             started, wall, results = _tick_both(
                 nodes, T0 + datetime.timedelta(seconds=1), counts)
@@ -229,11 +236,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog='python -m bench plan_runner')
     parser.add_argument('--plans', type=int, default=200)
     parser.add_argument('--repeat', type=int, default=3)
-    parser.add_argument('--locks', choices=('etcd', 'local'),
+    parser.add_argument('--coordination', choices=('etcd', 'none'),
                         default='etcd',
-                        help='etcd (real, default) or local: in-process '
-                             'locks, to tell the lock layer\'s cost from '
-                             'the database\'s')
+                        help='etcd (real, default) or none: no runners\' '
+                             'group, the database alone decides')
+    parser.add_argument('--db', choices=('sqlite', 'mariadb'),
+                        default='sqlite',
+                        help='the plans database: an sqlite file (default) '
+                             'or a private MariaDB (Debian mariadb-server, '
+                             'as a deployment\'s)')
     args = parser.parse_args(argv)
     from cinder import objects
     objects.register_all()
@@ -242,16 +253,28 @@ def main(argv=None):
     if why_not:
         print('plan_runner: skipped (%s)' % why_not)
         return 0
+    mariadb = None
+    if args.db == 'mariadb':
+        from tests.functional.plans import mariadb as mariadb_fixture
+        why_not = mariadb_fixture.missing()
+        if why_not:
+            print('plan_runner: skipped (%s)' % why_not)
+            return 0
+        mariadb = mariadb_fixture.MariaDB().start()
     server = etcd.Etcd(lock_timeout=10)
-    server.setUp()
     try:
-        reports = [run_once(args.plans, server.url, args.locks)
+        server.setUp()
+        reports = [run_once(args.plans, server.url, args.coordination,
+                            mariadb)
                    for _ in range(args.repeat)]
     finally:
         server.cleanUp()
+        if mariadb is not None:
+            mariadb.stop()
     ok = True
     print('plan_runner: %d plans due at once, 2 nodes, %d repeats, %s '
-          'locks (medians)' % (args.plans, args.repeat, args.locks))
+          'coordination, %s (medians)' % (
+              args.plans, args.repeat, args.coordination, args.db))
     for phase in ('fire', 'follow', 'idle'):
         for host in ('backup-a', 'backup-b'):
             cpu = statistics.median(r[phase][host]['cpu'] for r in reports)

@@ -187,12 +187,16 @@ class BackupManager(cinder_internals.RewiredBackupManager):
 
         It starts only if the plans database answers. The runner's thread
         is a daemon: it ends with the process, and at
-        the interpreter's exit it releases its coordination locks. A run
+        the interpreter's exit it leaves the runners' coordination group. A run
         it was following is taken over by another node (or by this one
         once it starts again) when its heartbeat is stale.
         """
         try:
-            runner = plan_runner.PlanRunner(self.host)
+            # (Retention's synthetic fulls are written with this node's
+            # backup driver.)
+            runner = plan_runner.PlanRunner(
+                self.host,
+                backup_service=lambda ctxt: self.service(context=ctxt))
             why_not = runner.ready()
             if why_not:
                 LOG.warning('Backup plans do not run from this node: their '

@@ -569,3 +569,141 @@ def runs_unfinished(plan_id=None):
             query = query.filter(runs.plan_id == plan_id)
         query = query.order_by(runs.created_at, runs.id)
         return [_run_dict(row) for row in query.all()]
+
+
+# Batches of the runner ---------------------------------------------------
+#
+# A tick that fires hundreds of plans pays per statement and per
+# transaction: these do in one transaction what the functions above do in
+# one per plan or run.
+
+def plan_claim_slots(claims):
+    """:func:`plan_claim_slot` for many plans, in one transaction.
+
+    :param claims: ``(plan_id, expected_next_run_at, next_run_at,
+        run_values)`` tuples
+    :returns: one entry per claim, in order: the new run, or None when
+        another node took that slot first (each claim is decided alone,
+        as by :func:`plan_claim_slot`)
+    """
+    prepared = []
+    for plan_id, expected, next_run_at, run_values in claims:
+        values = dict(run_values)
+        _unknown(values, _RUN_WRITABLE, _("a run of a backup plan"))
+        values.setdefault('scheduled_for', expected)
+        _check_run(values)
+        prepared.append((plan_id, _to_db_time(expected,
+                                              'expected_next_run_at'),
+                         _to_db_time(next_run_at, 'next_run_at'), values))
+    now = timeutils.utcnow()
+    plans = models.BackupPlan
+    results = []
+    with _writer() as session:
+        projects = dict(session.query(plans.id, plans.project_id).filter(
+            plans.id.in_([c[0] for c in prepared])).all()) if prepared \
+            else {}
+        for plan_id, expected, next_run_at, values in prepared:
+            changes = {'next_run_at': next_run_at, 'updated_at': now}
+            if values.get('full') is True:
+                changes['runs_since_full'] = 0
+            elif values.get('full') is False:
+                changes['runs_since_full'] = plans.runs_since_full + 1
+            won = session.query(plans).filter(
+                plans.id == plan_id,
+                plans.deleted == sa.false(),
+                plans.active == sa.true(),
+                plans.next_run_at == expected,
+            ).update(changes, synchronize_session=False)
+            if won != 1:
+                results.append(None)
+                continue
+            run = {'kind': 'scheduled', 'status': 'queued', 'backup_ids': [],
+                   'group_snapshot_ids': [], 'deleted_backup_ids': []}
+            run.update(values)
+            run.update(id=str(uuid.uuid4()), plan_id=plan_id,
+                       project_id=projects[plan_id], created_at=now)
+            results.append(run)
+        rows = [r for r in results if r is not None]
+        if rows:
+            session.execute(sa.insert(models.BackupPlanRun.__table__),
+                            rows)
+    out = []
+    for run in results:
+        if run is None:
+            out.append(None)
+            continue
+        run = {key: run.get(key) for key in RUN_KEYS}
+        for key in _RUN_TIMES:
+            run[key] = _from_db_time(run[key])
+        for key in _RUN_LISTS:
+            run[key] = list(run[key] or [])
+        out.append(run)
+    return out
+
+
+def runs_recent(plan_ids, limit=20):
+    """The newest runs of several plans: ``{plan id: [run, newest first]}``.
+
+    One query (a window function) instead of :func:`run_get_all` per
+    plan; every plan id is a key, with an empty list when it has no run.
+    """
+    result = {plan_id: [] for plan_id in plan_ids}
+    if not result:
+        return result
+    runs = models.BackupPlanRun
+    with _reader() as session:
+        rank = sa.func.row_number().over(
+            partition_by=runs.plan_id,
+            order_by=(runs.created_at.desc(), runs.id.desc())).label('rank')
+        inner = session.query(runs.id.label('run_id'), rank).filter(
+            runs.plan_id.in_(list(result))).subquery()
+        query = session.query(runs).join(
+            inner, inner.c.run_id == runs.id).filter(
+            inner.c.rank <= limit).order_by(runs.plan_id, inner.c.rank)
+        for row in query.all():
+            result[row.plan_id].append(_run_dict(row))
+    return result
+
+
+def run_set(run_id, values):
+    """:func:`run_update` in one statement, returning nothing.
+
+    For the runner's frequent small writes (the backups a run asked for).
+    """
+    values = dict(values)
+    _unknown(values, _RUN_WRITABLE, _("a run of a backup plan"))
+    _check_run(values)
+    values['updated_at'] = timeutils.utcnow()
+    with _writer() as session:
+        session.execute(sa.update(models.BackupPlanRun.__table__).where(
+            models.BackupPlanRun.__table__.c.id == run_id).values(**values))
+
+
+def run_update_if(run_id, expected, values):
+    """Change a run only if it still has the ``expected`` values.
+
+    The compare-and-swap with which one node, and only one, takes over a
+    run whose node stopped.
+
+    :param expected: run keys and the values they must still have
+        (datetimes compared as stored)
+    :returns: the run changed, or None when it no longer matched
+    """
+    values = dict(values)
+    _unknown(values, _RUN_WRITABLE, _("a run of a backup plan"))
+    _check_run(values)
+    runs = models.BackupPlanRun
+    conditions = [runs.id == run_id]
+    for key, value in expected.items():
+        if key in _RUN_TIMES:
+            value = _to_db_time(value, key)
+        column = getattr(runs, key)
+        conditions.append(column.is_(None) if value is None
+                          else column == value)
+    values['updated_at'] = timeutils.utcnow()
+    with _writer() as session:
+        won = session.query(runs).filter(*conditions).update(
+            values, synchronize_session=False)
+        if won != 1:
+            return None
+        return _run_dict(session.query(runs).filter_by(id=run_id).one())

@@ -30,6 +30,7 @@ import time
 from unittest import mock
 
 import fixtures
+from tooz import hashring
 
 from cinder import context
 from cinder import coordination
@@ -83,8 +84,20 @@ class TwoRunnersTestCase(test.TestCase):
         node = runner.PlanRunner(host, coordinator=coordinator,
                                  retention=False)
         node.coordinator = coordinator
+        # (What start() does: join the runners' group.)
+        node.membership.refresh()
         self.addCleanup(node.stop)
         return node
+
+    @staticmethod
+    def plan_id_of(owner, hosts=('backup-a', 'backup-b')):
+        """A plan id that the ring over ``hosts`` gives to ``owner``."""
+        ring = hashring.HashRing(sorted(hosts))
+        for n in range(1000):
+            plan_id = 'c0ffee00-0000-0000-0000-%012d' % n
+            if ring.get_nodes(plan_id.encode()) == {owner}:
+                return plan_id
+        raise AssertionError('no plan id for %s' % owner)
 
     @staticmethod
     def _stop_coordinator(coordinator):
@@ -147,16 +160,14 @@ class TwoRunnersTestCase(test.TestCase):
         return [b for b in objects.BackupList.get_all(self.admin)
                 if (b.metadata or {}).get(targets.PLAN_KEY) == plan['id']]
 
-    def wait_lock_free(self, plan, timeout=15):
-        """Wait for a dead node's lease (real time) to end."""
-        probe = self.nodes['backup-b'].coordinator.get_lock(
-            runner.LOCK_PREFIX + plan['id'])
+    def wait_left(self, host, timeout=15):
+        """Wait for a dead node's membership lease (real time) to end."""
+        probe = self.nodes['backup-b' if host == 'backup-a' else 'backup-a']
         deadline = time.monotonic() + timeout
-        while not probe.acquire(blocking=False):
+        while host in probe.membership.refresh():
             self.assertLess(time.monotonic(), deadline,
-                            'the dead node\'s lock did not expire')
+                            'the dead node\'s membership did not expire')
             time.sleep(0.2)
-        probe.release()
 
     # -- the cases ----------------------------------------------------------
 
@@ -225,20 +236,40 @@ class TwoRunnersTestCase(test.TestCase):
                          [r['scheduled_for'] for r in runs])
         self.assertEqual(3, len(self.plan_backups(plan)))
 
+    def test_each_node_fires_its_share_and_the_share_of_a_dead_one(self):
+        plans = [self.make_plan(id=self.plan_id_of(host))
+                 for host in ('backup-a', 'backup-b')]
+        results = self.tick_all(T0 + SECOND)
+        self.assertEqual([1, 1], [results[h]['started']
+                                  for h in ('backup-a', 'backup-b')])
+        self.assertEqual([['backup-a'], ['backup-b']],
+                         [[r['host'] for r in self.runs(p)] for p in plans])
+        self.end_backups()
+        self.tick_all(T0 + 21 * SECOND)
+        # backup-b dies: once its membership expired, backup-a fires
+        # both plans at the next slot.
+        self.nodes['backup-b'].coordinator.coordinator.heart.stop()
+        self.wait_left('backup-b')
+        stats = self.nodes['backup-a'].tick(self.admin,
+                                            now=T0 + MINUTE + SECOND)
+        self.assertEqual(2, stats['started'])
+        self.assertEqual([['backup-a'] * 2, ['backup-b', 'backup-a']],
+                         [[r['host'] for r in self.runs(p)] for p in plans])
+
     def test_a_dead_nodes_run_is_retried_by_the_other(self):
-        plan = self.make_plan(minute='*/5')
+        plan = self.make_plan(minute='*/5', id=self.plan_id_of('backup-a'))
         node_a = self.nodes['backup-a']
         stats = node_a.tick(self.admin, now=T0 + SECOND)
         self.assertEqual(1, stats['started'])
         [run] = self.runs(plan)
         [made] = run['backup_ids']
-        # backup-a dies: its coordination lease is no longer refreshed
-        # and it never ticks again.
+        # backup-a dies: its coordination lease (membership) is no longer
+        # refreshed and it never ticks again.
         node_a.coordinator.coordinator.heart.stop()
         node_b = self.nodes['backup-b']
         stats = node_b.tick(self.admin, now=T0 + 21 * SECOND)
         self.assertEqual(0, stats['interrupted'])  # not stale yet
-        self.wait_lock_free(plan)
+        self.wait_left('backup-a')
         stats = node_b.tick(self.admin, now=T0 + 81 * SECOND)
         self.assertEqual((1, 1), (stats['interrupted'], stats['retried']))
         first, retry = self.runs(plan)
@@ -358,3 +389,59 @@ class TwoRunnersTestCase(test.TestCase):
         run = plans_db.run_get(self.admin, queued['id'])
         self.assertEqual(('succeeded', 1), (run['status'],
                                             len(run['backup_ids'])))
+
+    def test_retention_runs_off_the_tick_and_records_its_end(self):
+        """Real retention (Cinder's backup API deletes) in a worker thread.
+
+        The deletion it asks for is ended by the test (as cinder-backup
+        would): until then retention waits in its worker while ticks go on
+        and the next slot fires.
+        """
+        from cinder.backup import rpcapi as backup_rpcapi
+        from cinder.objects import base as objects_base
+
+        from cinder_vmdk_backup.plans import retention
+        # (A cinder-backup that Cinder's backup API may send a delete to.)
+        test_utils.create_service(self.admin, {
+            'host': 'backup-a', 'binary': 'cinder-backup',
+            'topic': 'cinder-backup', 'availability_zone':
+            self.volume.availability_zone, 'disabled': False,
+            'rpc_current_version':
+            backup_rpcapi.BackupAPI.RPC_API_VERSION,
+            'object_current_version':
+            objects_base.OBJ_VERSIONS.get_current()})
+        node = runner.PlanRunner('backup-a',
+                                 coordinator=self.nodes['backup-a']
+                                 .coordinator, retention=retention)
+        node.membership.refresh()
+        self.addCleanup(node.wait_retention, 30)
+        self.addCleanup(node.stop)
+        self.nodes = {'backup-a': node}
+        plan = self.make_plan(keep=1, full_every=1,
+                              id=self.plan_id_of('backup-a'))
+        for n in range(2):
+            node.tick(self.admin, now=T0 + n * MINUTE + SECOND)
+            self.end_backups()
+            node.tick(self.admin, now=T0 + n * MINUTE + 21 * SECOND)
+        first, second = self.runs(plan)
+        self.assertEqual(['succeeded'] * 2, [first['status'],
+                                             second['status']])
+        [old] = first['backup_ids']
+        deadline = time.monotonic() + 20
+        while objects.Backup.get_by_id(self.admin, old).status != 'deleting':
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.05)
+        # Retention waits for the deletion: the tick does not.
+        started = time.monotonic()
+        stats = node.tick(self.admin, now=T0 + 2 * MINUTE + SECOND)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(1, stats['started'])
+        self.assertEqual([], plans_db.run_get(self.admin, second['id'])[
+            'deleted_backup_ids'])
+        # cinder-backup ends the deletion.
+        objects.Backup.get_by_id(self.admin, old).destroy()
+        self.assertTrue(node.wait_retention(timeout=20))
+        second = plans_db.run_get(self.admin, second['id'])
+        self.assertEqual([old], second['deleted_backup_ids'])
+        self.assertIsNone(second['error'])
+        self.assertGreater(second['heartbeat_at'], second['finished_at'])

@@ -412,7 +412,15 @@ class StartTestCase(base.BaseTestCase):
         self.manager.init_host()
         self.assertEqual([mock.call.cinder(), mock.call.runner()],
                          order.mock_calls)
-        self.runner_class.assert_called_once_with('node1')
+        self.runner_class.assert_called_once_with('node1',
+                                                  backup_service=mock.ANY)
+        # Retention's synthetic fulls use this node's backup driver.
+        factory = self.runner_class.call_args.kwargs['backup_service']
+        with mock.patch.object(self.manager, 'service',
+                               create=True) as service:
+            self.assertIs(service.return_value,
+                          factory(mock.sentinel.context))
+        service.assert_called_once_with(context=mock.sentinel.context)
         self.assertIs(self.runner, self.manager.plan_runner)
         self.atexit.assert_called_once_with(self.manager.stop_plan_runner)
         self.manager.stop_plan_runner()

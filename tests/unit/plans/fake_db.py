@@ -39,7 +39,8 @@ class FakePlansDB(object):
         self._lock = threading.Lock()
 
     def add_plan(self, **values):
-        plan = {'id': str(uuid.uuid4()), 'project_id': 'project',
+        plan = {'id': values.pop('id', None) or str(uuid.uuid4()),
+                'project_id': 'project',
                 'user_id': 'user', 'name': 'nightly', 'description': None,
                 'target_type': 'volume', 'target_id': 'vol-1',
                 'minute': '*', 'hour': '*', 'day_of_month': '*',
@@ -136,3 +137,23 @@ class FakePlansDB(object):
         return [copy.deepcopy(r) for r in self.runs
                 if r['status'] in ('queued', 'running')
                 and (plan_id is None or r['plan_id'] == plan_id)]
+
+    # -- the runner's batches ------------------------------------------------
+
+    def plan_claim_slots(self, claims):
+        return [self.plan_claim_slot(*claim) for claim in claims]
+
+    def runs_recent(self, plan_ids, limit=20):
+        return {plan_id: self.run_get_all(None, plan_id, limit=limit)
+                for plan_id in plan_ids}
+
+    def run_set(self, run_id, values):
+        self.run_update(run_id, values)
+
+    def run_update_if(self, run_id, expected, values):
+        with self._lock:
+            run = self._run(run_id)
+            if any(run[k] != v for k, v in expected.items()):
+                return None
+            run.update(copy.deepcopy(values))
+            return copy.deepcopy(run)

@@ -13,17 +13,22 @@
 """The plan runner's decisions, with an injected clock.
 
 The plans database is the contract's API in memory (fake_db); the tooz
-coordinator, the work (Cinder's backup API behind plans.targets) and the
-notices are autospec mocks. tests/functional/plans runs the same with
-Cinder's real database, the real plans database and a real etcd.
+coordination driver (the runners' group), the work (Cinder's backup API
+behind plans.targets) and the notices are autospec mocks.
+tests/functional/plans runs the same with Cinder's real database, the real
+plans database and a real etcd.
 """
 
 import datetime
 from unittest import mock
 
+import threading
+
 from cinder import context
+from cinder import objects
 from cinder.tests.unit import test
-from tooz import locking
+from tooz import coordination as tooz_coordination
+from tooz import hashring
 
 from cinder_vmdk_backup.plans import notices
 from cinder_vmdk_backup.plans import runner
@@ -40,17 +45,6 @@ def every_minute(plan, when):
     return when.replace(second=0, microsecond=0) + MINUTE
 
 
-class CoordinatorSpec(object):
-    """What the runner calls of Cinder's Coordinator.
-
-    (Cinder's TestCase patches the real class's methods, which autospec
-    then refuses.)
-    """
-
-    def get_lock(self, name):
-        pass
-
-
 class RetentionModule(object):
     """The interface of plans.retention that the runner calls."""
 
@@ -59,7 +53,8 @@ class RetentionModule(object):
         pass
 
     @staticmethod
-    def apply(context, plan, run, backup_api=None, group_api=None):
+    def apply(context, plan, run, backup_api=None, group_api=None,
+              synthesize=None):
         pass
 
 
@@ -83,30 +78,40 @@ class RunnerTestCase(test.TestCase):
         self.db = fake_db.FakePlansDB()
         self.ctxt = context.get_admin_context()
         self.now = T0
-        self.locks = {}
-        self.held_elsewhere = set()
-        self.coordinator = mock.create_autospec(CoordinatorSpec,
-                                                instance=True)
-        self.coordinator.get_lock.side_effect = self._get_lock
+        self.hosts = ['node-a']
+        self.coordinator = mock.create_autospec(
+            tooz_coordination.CoordinationDriver, instance=True)
+        self.coordinator.get_members_with_capabilities.side_effect = (
+            self._members)
         self.work = mock.create_autospec(targets.Targets, instance=True)
         self.work.start.return_value = (['backup-1'], [], [])
         self.work.progress.return_value = outcome(made=['backup-1'])
         self.notices = mock.create_autospec(notices.Notices, instance=True)
         self.runner = self.make_runner('node-a')
 
-    def make_runner(self, host, retention=False):
+    def make_runner(self, host, retention=False, backup_service=None):
         return runner.PlanRunner(host, clock=lambda: self.now, db=self.db,
                                  coordinator=self.coordinator,
                                  work=self.work, notices=self.notices,
-                                 retention=retention)
+                                 retention=retention,
+                                 backup_service=backup_service)
 
-    def _get_lock(self, name):
-        lock = mock.create_autospec(locking.Lock, instance=True)
-        lock.name = name
-        lock.acquire.side_effect = (
-            lambda blocking=True: name not in self.held_elsewhere)
-        self.locks.setdefault(name, []).append(lock)
-        return lock
+    def _members(self, group_id):
+        self.assertEqual(runner.GROUP, group_id)
+        answer = mock.Mock()
+        answer.get.return_value = {('m-' + h).encode(): {'host': h}
+                                   for h in self.hosts}
+        return answer
+
+    @staticmethod
+    def plan_id_of(owner, hosts):
+        """A plan id that the ring over ``hosts`` gives to ``owner``."""
+        ring = hashring.HashRing(sorted(hosts))
+        for n in range(1000):
+            plan_id = '00000000-0000-0000-0000-%012d' % n
+            if ring.get_nodes(plan_id.encode()) == {owner}:
+                return plan_id
+        raise AssertionError('no plan id for %s' % owner)
 
     def tick(self, at=None, node=None):
         if at is not None:
@@ -136,11 +141,9 @@ class DueTestCase(RunnerTestCase):
                           run['scheduled_for']))
         self.assertEqual(['backup-1'], run['backup_ids'])
         self.assertEqual(T0 + MINUTE, self.db.plans[plan['id']]['next_run_at'])
-        self.coordinator.get_lock.assert_called_with(
-            'cvb-backup-plan-' + plan['id'])
-        # The plan's lock is kept while the run is followed.
-        lock = self.locks['cvb-backup-plan-' + plan['id']][0]
-        lock.release.assert_not_called()
+        # This node joined the runners' group, with its host.
+        self.coordinator.join_group_create.assert_called_once_with(
+            runner.GROUP, capabilities={'host': 'node-a'})
 
         self.tick(T0 + 22 * SECOND)
         self.assertEqual(T0 + 22 * SECOND, self.db.runs[0]['heartbeat_at'])
@@ -152,7 +155,7 @@ class DueTestCase(RunnerTestCase):
         run = self.db.runs[0]
         self.assertEqual(('succeeded', T0 + 42 * SECOND, None),
                          (run['status'], run['finished_at'], run['error']))
-        lock.release.assert_called_once_with()
+        self.assertEqual({}, self.runner._following)
         self.assertEqual(['start', 'end'], self.events())
         self.notices.tell_user.assert_not_called()
         # Nothing more until the next slot.
@@ -160,8 +163,9 @@ class DueTestCase(RunnerTestCase):
         self.assertEqual(1, self.tick(T0 + MINUTE + SECOND)['started'])
         self.assertEqual(2, len(self.db.runs))
 
-    def test_two_nodes_one_run_per_slot_when_the_lock_layer_fails(self):
-        self.coordinator.get_lock.side_effect = RuntimeError('no backend')
+    def test_two_nodes_one_run_per_slot_when_the_group_fails(self):
+        self.coordinator.get_members_with_capabilities.side_effect = (
+            RuntimeError('no backend'))
         plan = self.db.add_plan(next_run_at=T0)
         other = self.make_runner('node-b')
         # Both saw the plan due; the database decides.
@@ -174,14 +178,56 @@ class DueTestCase(RunnerTestCase):
         self.assertEqual(1, len(self.runs(plan_id=plan['id'])))
         self.assertEqual(1, self.work.start.call_count)
 
-    def test_plan_locked_by_another_node_is_left_to_it(self):
-        plan = self.db.add_plan(next_run_at=T0)
-        self.held_elsewhere.add('cvb-backup-plan-' + plan['id'])
+    def test_plan_of_another_nodes_share_is_left_to_it(self):
+        self.hosts = ['node-a', 'node-b']
+        plan = self.db.add_plan(
+            id=self.plan_id_of('node-b', self.hosts), next_run_at=T0)
+        mine = self.db.add_plan(
+            id=self.plan_id_of('node-a', self.hosts), next_run_at=T0)
         stats = self.tick(T0 + SECOND)
-        self.assertEqual((1, 1, 0), (stats['due'], stats['locked_elsewhere'],
+        self.assertEqual((2, 1, 1), (stats['due'], stats['left_to_owner'],
                                      stats['started']))
-        self.assertEqual([], self.db.runs)
+        self.assertEqual([mine['id']], [r['plan_id'] for r in self.db.runs])
         self.assertEqual(T0, self.db.plans[plan['id']]['next_run_at'])
+        # Its owner stopped without leaving the group: once the slot is
+        # two ticks late any node fires it.
+        self.assertEqual(0, self.tick(T0 + 39 * SECOND)['started'])
+        stats = self.tick(T0 + 41 * SECOND)
+        self.assertEqual(1, stats['started'])
+        self.assertEqual(T0, self.runs(plan_id=plan['id'])[0][
+            'scheduled_for'])
+
+    def test_a_node_that_left_the_group_leaves_its_share(self):
+        self.hosts = ['node-a', 'node-b']
+        plan = self.db.add_plan(
+            id=self.plan_id_of('node-b', self.hosts), next_run_at=T0)
+        self.assertEqual(0, self.tick(T0 + SECOND)['started'])
+        self.hosts = ['node-a']     # node-b's membership expired
+        self.assertEqual(1, self.tick(T0 + 2 * SECOND)['started'])
+        self.assertEqual('scheduled',
+                         self.runs(plan_id=plan['id'])[0]['kind'])
+
+    def test_a_node_whose_membership_expired_joins_again(self):
+        self.tick(T0)
+        self.hosts = ['node-b']
+        self.tick(T0 + SECOND)
+        self.assertEqual(2, self.coordinator.join_group_create.call_count)
+
+    def test_no_lock_and_one_group_read_per_tick_for_many_plans(self):
+        for _ in range(50):
+            self.db.add_plan(next_run_at=T0)
+        with mock.patch.object(self.db, 'plan_claim_slots',
+                               wraps=self.db.plan_claim_slots) as claim, \
+                mock.patch.object(self.db, 'runs_recent',
+                                  wraps=self.db.runs_recent) as recent:
+            stats = self.tick(T0 + SECOND)
+        self.assertEqual(50, stats['started'])
+        self.assertEqual(1, claim.call_count)
+        self.assertEqual(50, len(claim.call_args.args[0]))
+        self.assertEqual(1, recent.call_count)
+        self.assertEqual(
+            1, self.coordinator.get_members_with_capabilities.call_count)
+        self.coordinator.get_lock.assert_not_called()
 
     def test_missed_slots_make_one_catch_up_run(self):
         plan = self.db.add_plan(next_run_at=T0)
@@ -234,6 +280,7 @@ class DueTestCase(RunnerTestCase):
         self.assertTrue(self.db.runs[0]['full'])
         retention.apply.assert_not_called()
         self.tick(T0 + 21 * SECOND, node=node)
+        self.assertTrue(node.wait_retention(timeout=10))
         retention.apply.assert_called_once_with(mock.ANY, mock.ANY, mock.ANY)
         ctxt, applied_plan, run = retention.apply.call_args.args
         self.assertEqual((plan['project_id'], plan['id'], 'succeeded'),
@@ -294,8 +341,8 @@ class FailureTestCase(RunnerTestCase):
                          (run['status'], run['error']))
         self.notices.tell_user.assert_called_once_with(
             mock.ANY, mock.ANY, mock.ANY, detail=None, exception=exc)
-        # The lock is not kept.
-        self.assertEqual({}, self.runner._held)
+        # Not followed.
+        self.assertEqual({}, self.runner._following)
 
     def test_nothing_to_back_up_but_errors_fails(self):
         self.db.add_plan(next_run_at=T0)
@@ -368,12 +415,36 @@ class RecoveryTestCase(RunnerTestCase):
         self.assertEqual((1, 0), (stats['interrupted'], stats['retried']))
         self.work.start.assert_not_called()
 
-    def test_stale_run_whose_lock_is_held_is_left_alone(self):
+    def test_stale_run_of_a_live_node_waits_ten_ticks(self):
+        self.hosts = ['node-a', 'node-dead']    # still in the group
         plan = self.db.add_plan(next_run_at=T0 + 10 * MINUTE)
         dead = self.dead_run(plan, T0)
-        self.held_elsewhere.add('cvb-backup-plan-' + plan['id'])
-        self.assertEqual(0, self.tick(T0 + 5 * MINUTE)['interrupted'])
+        self.assertEqual(0, self.tick(T0 + 199 * SECOND)['interrupted'])
         self.assertEqual('running', self.db._run(dead['id'])['status'])
+        self.assertEqual(1, self.tick(T0 + 201 * SECOND)['interrupted'])
+
+    def test_a_dead_nodes_run_is_taken_over_by_one_node_only(self):
+        plan = self.db.add_plan(next_run_at=T0 + 10 * MINUTE)
+        self.dead_run(plan, T0)
+        other = self.make_runner('node-b')
+        self.hosts = ['node-a', 'node-b']
+        # Both saw it stale before either took it over.
+        unfinished = self.db.runs_unfinished()
+        with mock.patch.object(self.db, 'runs_unfinished',
+                               return_value=unfinished):
+            first = self.tick(T0 + 5 * MINUTE)
+            second = self.tick(T0 + 5 * MINUTE, node=other)
+        self.assertEqual(1, first['interrupted'] + second['interrupted'])
+        self.assertEqual(1, len(self.runs(kind='retry')))
+        self.assertEqual(1, self.work.start.call_count)
+
+    def test_own_run_not_followed_after_a_restart_is_retried(self):
+        plan = self.db.add_plan(next_run_at=T0 + 10 * MINUTE)
+        self.db.add_run(plan['id'], kind='scheduled', status='running',
+                        host='node-a', scheduled_for=T0, started_at=T0,
+                        heartbeat_at=T0, full=False, backup_ids=['b-1'])
+        stats = self.tick(T0 + 61 * SECOND)
+        self.assertEqual((1, 1), (stats['interrupted'], stats['retried']))
 
     def test_node_that_lost_its_run_stops_following_it(self):
         plan = self.db.add_plan(next_run_at=T0)
@@ -383,8 +454,7 @@ class RecoveryTestCase(RunnerTestCase):
         self.db.run_update(run['id'], {'status': 'interrupted'})
         self.tick(T0 + 21 * SECOND)
         self.assertEqual({}, self.runner._following)
-        lock = self.locks['cvb-backup-plan-' + plan['id']][0]
-        lock.release.assert_called_once_with()
+        self.assertEqual(plan['id'], run['plan_id'])
 
 
 class ManualTestCase(RunnerTestCase):
@@ -423,7 +493,7 @@ class ManualTestCase(RunnerTestCase):
 
 class LoopTestCase(RunnerTestCase):
 
-    def test_start_ticks_at_once_and_stop_releases_the_locks(self):
+    def test_start_ticks_at_once_and_stop_leaves_the_group(self):
         self.override_config('tick_interval', 1, group='backup_plans')
         plan = self.db.add_plan(next_run_at=T0)
         self.work.progress.return_value = outcome(done=False)
@@ -445,12 +515,116 @@ class LoopTestCase(RunnerTestCase):
             self.runner.stop(timeout=5)
         self.assertTrue(ticked.called)
         self.assertEqual('running', self.db.runs[0]['status'])
-        lock = self.locks['cvb-backup-plan-' + plan['id']][0]
-        lock.release.assert_called_once_with()
-        self.assertEqual({}, self.runner._held)
+        self.assertEqual(plan['id'], self.db.runs[0]['plan_id'])
+        self.coordinator.leave_group.assert_called_once_with(runner.GROUP)
+        self.assertEqual({}, self.runner._following)
 
     def test_ready_says_why_not(self):
         with mock.patch.object(self.db, 'runs_unfinished',
                                side_effect=RuntimeError('no such table')):
             self.assertIn('no such table', self.runner.ready())
         self.assertIsNone(self.runner.ready())
+
+
+class RetentionOffTheTickTestCase(RunnerTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.retention = mock.create_autospec(RetentionModule)
+        self.retention.next_backup_is_full.return_value = (True, 'full')
+        self.release = threading.Event()
+        self.applied = []
+
+        def apply(ctxt, plan, run, synthesize=None):
+            self.applied.append((plan['id'], run['id'], synthesize))
+            self.assertTrue(self.release.wait(10))
+
+        self.retention.apply.side_effect = apply
+        self.addCleanup(self.release.set)
+
+    def test_a_slow_retention_does_not_hold_the_tick_and_records_its_end(
+            self):
+        node = self.make_runner('node-a', retention=self.retention)
+        slow = self.db.add_plan(next_run_at=T0)
+        self.tick(T0 + SECOND, node=node)
+        self.tick(T0 + 21 * SECOND, node=node)     # succeeded: retention
+        other = self.db.add_plan(next_run_at=T0 + MINUTE)
+        # Retention of the first plan is still deleting: ticks go on.
+        stats = self.tick(T0 + MINUTE + SECOND, node=node)
+        self.assertEqual(2, stats['started'])
+        self.assertEqual({slow['id'], other['id']},
+                         {r['plan_id'] for r in self.runs(status='running')})
+        self.assertEqual([slow['id']], [a[0] for a in self.applied])
+        first = self.runs(plan_id=slow['id'])[0]
+        self.assertEqual(T0 + 21 * SECOND, first['heartbeat_at'])
+        self.release.set()
+        self.now = T0 + 90 * SECOND
+        self.assertTrue(node.wait_retention(timeout=10))
+        # The run records the end of its retention.
+        self.assertEqual(T0 + 90 * SECOND,
+                         self.db._run(first['id'])['heartbeat_at'])
+        self.assertEqual(T0 + 21 * SECOND,
+                         self.db._run(first['id'])['finished_at'])
+
+    def test_one_retention_per_plan_at_a_time_newest_success_next(self):
+        node = self.make_runner('node-a', retention=self.retention)
+        plan = self.db.add_plan(next_run_at=T0)
+        for slot in range(3):
+            self.tick(T0 + slot * MINUTE + SECOND, node=node)
+            self.tick(T0 + slot * MINUTE + 21 * SECOND, node=node)
+        # The first is still going; the second was superseded by the
+        # third, which goes next.
+        self.assertEqual(1, len(self.applied))
+        self.release.set()
+        self.assertTrue(node.wait_retention(timeout=10))
+        runs = self.runs(plan_id=plan['id'])
+        self.assertEqual([runs[0]['id'], runs[2]['id']],
+                         [a[1] for a in self.applied])
+
+    def test_failed_retention_is_recorded_on_the_run(self):
+        self.retention.apply.side_effect = RuntimeError('store gone')
+        node = self.make_runner('node-a', retention=self.retention)
+        self.db.add_plan(next_run_at=T0)
+        self.tick(T0 + SECOND, node=node)
+        self.tick(T0 + 21 * SECOND, node=node)
+        self.assertTrue(node.wait_retention(timeout=10))
+        run = self.db.runs[0]
+        self.assertEqual(('succeeded', 'retention: store gone'),
+                         (run['status'], run['error']))
+
+    def _backup_on(self, host):
+        backup = mock.Mock(host=host)
+        patcher = mock.patch.object(objects.Backup, 'get_by_id',
+                                    autospec=True, return_value=backup)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def test_synthetic_fulls_on_the_node_that_holds_the_chain(self):
+        self.release.set()
+        service = mock.Mock()
+        factory = mock.Mock(return_value=service)
+        node = self.make_runner('node-a', retention=self.retention,
+                                backup_service=factory)
+        self._backup_on('node-a')
+        self.db.add_plan(next_run_at=T0)
+        self.tick(T0 + SECOND, node=node)
+        self.tick(T0 + 21 * SECOND, node=node)
+        self.assertTrue(node.wait_retention(timeout=10))
+        [(_plan, _run, synthesize)] = self.applied
+        self.assertIsNotNone(synthesize)
+        from cinder_vmdk_backup.plans import synthetic
+        with mock.patch.object(synthetic, 'synthesize', autospec=True,
+                               return_value={'id': 'new'}) as make:
+            self.assertEqual({'id': 'new'}, synthesize('backup-1'))
+        make.assert_called_once_with(mock.ANY, service, 'backup-1')
+
+    def test_no_synthetic_full_where_the_chain_is_elsewhere(self):
+        self.release.set()
+        node = self.make_runner('node-a', retention=self.retention,
+                                backup_service=mock.Mock())
+        self._backup_on('node-b')
+        self.db.add_plan(next_run_at=T0)
+        self.tick(T0 + SECOND, node=node)
+        self.tick(T0 + 21 * SECOND, node=node)
+        self.assertTrue(node.wait_retention(timeout=10))
+        self.assertEqual([None], [a[2] for a in self.applied])
