@@ -158,14 +158,16 @@ class GroupPlanTestCase(test_sets.GroupPeers):
             # Only the boot volume: the scratch disk is excluded.
             [backup_id] = run['backup_ids']
             made.append((set_id, backup_id))
-        # The backups' records as the runner's set made them: the plan's
-        # metadata on each (the cap from creation on: the data path of
-        # every backup read it), full where the run was full although a
-        # parent was there to build on.
+        # The cap was on every member backup before its data moved: the
+        # data path of each read it.
         self.assertEqual([int(CAP_MIB_S * 1024 * 1024)] * 4, self.rates)
 
         # Retention keeps the newest two sets: the third (full) and the
-        # fourth (its incremental); the first two went, child first.
+        # fourth (its incremental); the first two went, child first, after
+        # the fourth run (after the third, the second set's incremental
+        # still needed the first: nothing went).
+        self.assertEqual([], runs[2]['deleted_backup_ids'])
+
         def pruned():
             return plans_db.run_get(self.ctxt, runs[-1]['id'])[
                 'deleted_backup_ids']
@@ -173,12 +175,15 @@ class GroupPlanTestCase(test_sets.GroupPeers):
         self.assertEqual([made[1][1], made[0][1]], self.settle(pruned))
         sets = self.api.list_sets(self.ctxt, self.group['id'])
         self.assertEqual([made[2][0], made[3][0]], [s['id'] for s in sets])
-        for (set_id, backup_id), run in zip(made[:2], runs[:2]):
+        for set_id, backup_id in made[:2]:
             self.assertRaises(exception.BackupNotFound,
                               objects.Backup.get_by_id, self.ctxt, backup_id)
             self.assertRaises(exception.GroupSnapshotNotFound,
                               objects.GroupSnapshot.get_by_id, self.ctxt,
                               set_id)
+        # Their records as the runner's sets made them: the plan's
+        # metadata on each, full where the run was full although a parent
+        # was there to build on.
         third = objects.Backup.get_by_id(self.ctxt, made[2][1])
         fourth = objects.Backup.get_by_id(self.ctxt, made[3][1])
         self.assertIsNone(third.parent_id)
