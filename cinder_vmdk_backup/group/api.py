@@ -70,6 +70,13 @@ _BACKUP_BUSY = (fields.BackupStatus.CREATING, fields.BackupStatus.RESTORING,
                 fields.BackupStatus.DELETING)
 BUSY_STATUSES = ('available', 'in-use')
 
+#: Metadata keys of a member backup that belong to its set (a caller's
+#: metadata cannot give them).
+_SET_KEYS = (records.GROUP_KEY, records.SET_KEY, records.INSTANCE_KEY,
+             records.MOUNTPOINT_KEY, records.BOOT_KEY, records.CONSISTENCY_KEY,
+             records.RETIRED_KEY, records.OPERATION_KEY, records.ERROR_KEY,
+             records.NEW_VOLUME_KEY, records.SERVER_KEY)
+
 _BACKUP_FIELDS = (
     'id', 'user_id', 'project_id', 'volume_id', 'availability_zone',
     'container', 'parent_id', 'status', 'fail_reason', 'size',
@@ -162,12 +169,46 @@ class API(object):
                 self._sets(context, group)]
 
     def backup(self, context, group_id, instance_id, name, description=None,
-               wait=True):
+               wait=True, incremental=None, metadata=None,
+               exclude_volumes=None):
+        """Back up the group's volumes as one set (see :meth:`start_backup`).
+
+        :param wait: wait for the set's end (at most ``[instance_groups]
+            sync_timeout``) and answer with its outcome; else answer at
+            once with ``{'msg': 'Backup request submitted'}`` (the answer
+            of the API route; :meth:`start_backup` gives the set's id)
+        """
+        group_snapshot_id = self.start_backup(
+            context, group_id, instance_id, name, description=description,
+            incremental=incremental, metadata=metadata,
+            exclude_volumes=exclude_volumes)
+        if not wait:
+            return {'msg': 'Backup request submitted'}
+        group = self._get_group(context, group_id)
+        return self._wait(lambda: self._backup_result(
+            context, group, instance_id, group_snapshot_id))
+
+    def start_backup(self, context, group_id, instance_id, name,
+                     description=None, incremental=None, metadata=None,
+                     exclude_volumes=None):
+        """Record a set of the group's volumes and hand it to cinder-backup.
+
+        :param incremental: ``False``: a full backup of every member;
+            ``None`` or ``True``: each member incremental on its newest
+            available backup of an earlier set, full where it has none
+        :param metadata: string keys and values put on every member backup
+            when it is created (before any data moves, so a backup plan's
+            ``cvb_bandwidth_mib_s`` holds from the first byte); the set's
+            own keys (:mod:`.records`) cannot be given
+        :param exclude_volumes: ids of member volumes left out of the set
+            (e.g. a scratch disk); at least one member must remain
+        :returns: the set's id (``GroupSnapshot`` id), ``creating``
+        :raises InstanceGroupInvalid: a refused request (nothing changed)
+        """
         group = self._get_group(context, group_id)
         found = self._check_instance(context, group, instance_id)
-        if not found:
-            raise cvb_exception.InstanceGroupInvalid(reason=_(
-                'instance group %s has no member volume') % group.id)
+        found = self._without(group, found, exclude_volumes)
+        extra = self._extra_metadata(metadata)
         context.authorize(group_snapshot_policy.CREATE_POLICY,
                           target_obj=group)
         for member in found:
@@ -178,7 +219,10 @@ class API(object):
                     'volume %(vol)s is %(status)s; a backup needs every '
                     'member available or in-use') %
                     {'vol': volume.id, 'status': volume.status})
-        parents = self._parents(context, group, found)
+        if incremental is False:
+            parents = {member['volume'].id: None for member in found}
+        else:
+            parents = self._parents(context, group, found)
         host = self._backup_host(context, group.availability_zone,
                                  [p.host for p in parents.values() if p])
         # Cinder makes a group snapshot only of a group that is not
@@ -199,7 +243,7 @@ class API(object):
         try:
             backups = self._record_set(
                 context, group, group_snapshot, found, parents,
-                instance_id, name, description, host)
+                instance_id, name, description, host, extra)
         except Exception:
             with excutils.save_and_reraise_exception():
                 group_snapshot.destroy()
@@ -207,13 +251,57 @@ class API(object):
         self._cast(context, group, group_snapshot, lambda: (
             self.rpcapi.backup_set(context, host, group_snapshot.id)))
         LOG.info('Backup set %(set)s of instance group %(group)s '
-                 '(%(count)d volumes) handed to %(host)s.',
+                 '(%(count)d volumes, %(kind)s) handed to %(host)s.',
                  {'set': group_snapshot.id, 'group': group.id,
-                  'count': len(backups), 'host': host})
-        if not wait:
-            return {'msg': 'Backup request submitted'}
-        return self._wait(lambda: self._backup_result(
-            context, group, instance_id, group_snapshot.id))
+                  'count': len(backups), 'host': host,
+                  'kind': 'full' if incremental is False else
+                  'incremental where possible'})
+        return group_snapshot.id
+
+    @staticmethod
+    def _without(group, found, exclude_volumes):
+        """The members left once ``exclude_volumes`` are taken out."""
+        if not found:
+            raise cvb_exception.InstanceGroupInvalid(reason=_(
+                'instance group %s has no member volume') % group.id)
+        excluded = set(exclude_volumes or ())
+        if not excluded:
+            return found
+        unknown = excluded - {m['volume'].id for m in found}
+        if unknown:
+            raise cvb_exception.InstanceGroupInvalid(reason=_(
+                'volumes %(vols)s to exclude are not members of instance '
+                'group %(group)s') % {'vols': ', '.join(sorted(unknown)),
+                                      'group': group.id})
+        kept = [m for m in found if m['volume'].id not in excluded]
+        if not kept:
+            raise cvb_exception.InstanceGroupInvalid(reason=_(
+                'every volume of instance group %s is excluded') % group.id)
+        return kept
+
+    @staticmethod
+    def _extra_metadata(metadata):
+        """The caller's metadata for the member backups, checked."""
+        extra = {}
+        for key, value in (metadata or {}).items():
+            if not isinstance(key, str) or not key or len(key) > \
+                    records.TEXT_LIMIT:
+                raise cvb_exception.InstanceGroupInvalid(reason=_(
+                    'backup metadata key %r is not a string of 1 to '
+                    '%d characters') % (key, records.TEXT_LIMIT))
+            value = '' if value is None else str(value)
+            if len(value) > records.TEXT_LIMIT:
+                raise cvb_exception.InstanceGroupInvalid(reason=_(
+                    'backup metadata value of %(key)s is longer than '
+                    '%(limit)d characters') % {'key': key,
+                                               'limit': records.TEXT_LIMIT})
+            extra[key] = value
+        reserved = sorted(set(extra) & set(_SET_KEYS))
+        if reserved:
+            raise cvb_exception.InstanceGroupInvalid(reason=_(
+                'backup metadata keys %s belong to the backup set itself')
+                % ', '.join(reserved))
+        return extra
 
     def restore(self, context, group_id, instance_id, group_snapshot_id=None,
                 name=None, wait=True):
@@ -603,7 +691,7 @@ class API(object):
         return parents
 
     def _record_set(self, context, group, group_snapshot, found, parents,
-                    instance_id, name, description, host):
+                    instance_id, name, description, host, extra=None):
         total = sum(m['volume'].size for m in found)
         try:
             reservations = QUOTAS.reserve(context, backups=len(found),
@@ -639,13 +727,14 @@ class API(object):
                 snapshot.create()
                 made.append(snapshot)
                 parent = parents.get(volume.id)
-                metadata = {
+                metadata = dict(extra or {})
+                metadata.update({
                     records.GROUP_KEY: group.id,
                     records.SET_KEY: group_snapshot.id,
                     records.INSTANCE_KEY: instance_id,
                     records.MOUNTPOINT_KEY: member['mountpoint'] or '',
                     records.BOOT_KEY: str(member['boot']),
-                }
+                })
                 backup = objects.Backup(
                     context=context, user_id=context.user_id,
                     project_id=context.project_id, display_name=name,

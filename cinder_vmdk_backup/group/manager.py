@@ -51,6 +51,7 @@ import oslo_messaging as messaging
 from oslo_utils import timeutils
 
 from cinder_vmdk_backup.backup import cinder_internals
+from cinder_vmdk_backup.backup import throttle
 from cinder_vmdk_backup import exception as cvb_exception
 from cinder_vmdk_backup.group import members as group_members
 from cinder_vmdk_backup.group import nova
@@ -87,10 +88,20 @@ class InstanceGroupEndpoint(object):
         group_snapshot = objects.GroupSnapshot.get_by_id(context,
                                                          group_snapshot_id)
         backups = records.set_backups(context, group_snapshot_id)
+        # What the request decided is on the member backups themselves
+        # (a full one has no parent; a backup plan's metadata, its
+        # bandwidth cap included, was there from their creation): the
+        # driver reads it from them.
         LOG.info('Backup set %(set)s of instance group %(group)s started: '
-                 'backups %(backups)s.',
+                 'backups %(backups)s (full: %(full)s; capped: %(capped)s).',
                  {'set': group_snapshot.id, 'group': group_snapshot.group_id,
-                  'backups': [b.id for b in backups]})
+                  'backups': [b.id for b in backups],
+                  'full': [b.id for b in backups if not b.parent_id]
+                  or 'none',
+                  'capped': ['%s at %s MiB/s' % (b.id, (b.metadata or {})[
+                      throttle.METADATA_KEY]) for b in backups
+                      if (b.metadata or {}).get(throttle.METADATA_KEY)]
+                  or 'none'})
         try:
             self._backup_set(context, group_snapshot, backups)
         except Exception as exc:

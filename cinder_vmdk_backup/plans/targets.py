@@ -16,7 +16,15 @@ A run asks Cinder for backups the way a user would (Cinder's backup API,
 or the instance-group API for a group), in the plan owner's project, and
 never waits for them: :meth:`Targets.progress` reads their state again at
 every tick of the runner. Backups carry :data:`PLAN_KEY`, :data:`RUN_KEY`
-and, when the plan caps the rate, :data:`BANDWIDTH_KEY` in their metadata.
+and, when the plan caps the rate, :data:`BANDWIDTH_KEY` in their metadata
+from their creation on (a set's member backups too: the group API puts
+them there), so the cap holds from the first byte.
+
+An instance-group plan makes one set of the group's volumes per run (full
+when the run is, else each member incremental where it can be). Its
+``exclude`` lists member volumes left out of every set (a scratch disk:
+the set then holds the others, taken at one point in time; a restore of it
+leaves the excluded volume alone) or the group's instance (no set at all).
 """
 
 from cinder.backup import api as backup_api
@@ -123,7 +131,8 @@ class Targets(object):
                 record(list(backup_ids), list(set_ids))
 
         if plan['target_type'] == INSTANCE_GROUP:
-            set_id, error = self._start_group(context, plan, run, adopt)
+            set_id, error = self._start_group(context, plan, run, full,
+                                              adopt)
             if set_id:
                 set_ids.append(set_id)
                 note()
@@ -231,7 +240,7 @@ class Targets(object):
                 adopted[backup.volume_id] = backup.id
         return adopted
 
-    def _start_group(self, context, plan, run, adopt):
+    def _start_group(self, context, plan, run, full, adopt):
         for set_id in (adopt or {}).get('group_snapshot_ids') or ():
             try:
                 group_snapshot = objects.GroupSnapshot.get_by_id(context,
@@ -247,42 +256,32 @@ class Targets(object):
         except Exception as exc:
             return None, 'instance group %s: %s' % (plan['target_id'], exc)
         instance_id = group.get('instance_id')
-        if instance_id in set(plan.get('exclude') or ()):
+        excluded = set(plan.get('exclude') or ())
+        if instance_id in excluded:
             return None, None
-        name = self._name(plan, run)
+        # Members the plan leaves out; ids that are no longer members
+        # (the volume left the group since) exclude nothing.
+        members = [v['id'] for v in group.get('volumes') or ()]
+        left_out = [v for v in members if v in excluded]
+        if members and len(left_out) == len(members):
+            return None, 'instance group %s: every member volume is ' \
+                'excluded by the plan' % plan['target_id']
         try:
-            self.group_api.backup(
-                context, plan['target_id'], instance_id, name,
+            set_id = self.group_api.start_backup(
+                context, plan['target_id'], instance_id,
+                self._name(plan, run),
                 description='Backup plan %s, run %s' % (plan['id'],
                                                         run['id']),
-                wait=False)
+                incremental=False if full else None,
+                metadata=self._metadata(plan, run),
+                exclude_volumes=left_out)
         except Exception as exc:
             LOG.warning('Backup plan %(plan)s: no backup set of instance '
                         'group %(group)s: %(exc)s',
                         {'plan': plan['id'], 'group': plan['target_id'],
                          'exc': exc})
             return None, 'instance group %s: %s' % (plan['target_id'], exc)
-        # The group API answers an asynchronous request without the set's
-        # id; the set is the one of this group with the run's unique name.
-        sets = [s for s in objects.GroupSnapshotList.get_all_by_group(
-            context, plan['target_id']) if s.name == name]
-        if not sets:
-            return None, 'instance group %s: the backup set %s was not ' \
-                'recorded' % (plan['target_id'], name)
-        group_snapshot = max(sets, key=lambda s: s.created_at)
-        self._tag_set(context, plan, run, group_snapshot.id)
-        return group_snapshot.id, None
-
-    def _tag_set(self, context, plan, run, set_id):
-        from cinder_vmdk_backup.group import records
-        values = self._metadata(plan, run)
-        for backup in records.set_backups(context, set_id):
-            try:
-                records.set_metadata(backup, **values)
-            except Exception:
-                LOG.warning('Could not tag backup %(backup)s with backup '
-                            'plan %(plan)s.',
-                            {'backup': backup.id, 'plan': plan['id']})
+        return set_id, None
 
     # -- follow -----------------------------------------------------------
 

@@ -78,7 +78,8 @@ class DirectRpc(object):
                                                   volume_ids)
 
 
-class InstanceGroupSetsTestCase(test.TestCase):
+class GroupPeers(test.TestCase):
+    """The real peers of a set (see the module's description), no test."""
 
     def setUp(self):
         super().setUp()
@@ -174,7 +175,14 @@ class InstanceGroupSetsTestCase(test.TestCase):
         self.assertEqual('available',
                          objects.Group.get_by_id(self.ctxt, group_id).status)
 
-    # -- tests --------------------------------------------------------------
+    def _stored_objects(self):
+        found = []
+        for _dirpath, _dirs, files in os.walk(self.posix_dir):
+            found.extend(files)
+        return found
+
+
+class InstanceGroupSetsTestCase(GroupPeers):
 
     def test_group_made_from_attachments(self):
         self.assertIn(self.manager.group_endpoint,
@@ -305,12 +313,6 @@ class InstanceGroupSetsTestCase(test.TestCase):
             self.assertIsNone(volume.group_id)
             self.assertEqual('in-use', volume.status)
         self.assertEqual([], self.transient_files())
-
-    def _stored_objects(self):
-        found = []
-        for _dirpath, _dirs, files in os.walk(self.posix_dir):
-            found.extend(files)
-        return found
 
     def _quota_in_use(self, resource):
         usages = quota.QUOTAS.get_project_quotas(

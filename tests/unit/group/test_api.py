@@ -297,6 +297,84 @@ class GroupApiTestCase(GroupApiBase):
         self.assertEqual({'msg': 'Backup request submitted'}, answer)
         self.assertEqual('updating', self._state()[0])
 
+    def test_start_backup_full_with_metadata(self):
+        first = self._backup('one')
+        self.rpc.backup_set.side_effect = None
+        set_id = self.api.start_backup(
+            self.ctxt, self.group['id'], INSTANCE, 'two', incremental=False,
+            metadata={'cvb_backup_plan_id': 'plan-1',
+                      'cvb_bandwidth_mib_s': 12.5})
+        self.rpc.backup_set.assert_called_with(self.ctxt, 'backup-a', set_id)
+        self.assertEqual('creating', objects.GroupSnapshot.get_by_id(
+            self.ctxt, set_id).status)
+        members = records.set_backups(self.ctxt, set_id)
+        self.assertEqual([v.id for v in self.vols],
+                         [b.volume_id for b in members])
+        # A full set although the first set's backups are there to build
+        # on; the caller's metadata is on each member from its creation.
+        self.assertEqual([None, None], [b.parent_id for b in members])
+        self.assertNotEqual([], first['backup_id'])
+        for backup in members:
+            self.assertEqual('creating', backup.status)
+            self.assertEqual(('plan-1', '12.5', set_id), (
+                backup.metadata['cvb_backup_plan_id'],
+                backup.metadata['cvb_bandwidth_mib_s'],
+                backup.metadata[records.SET_KEY]))
+
+    def test_incremental_true_is_incremental_where_possible(self):
+        first = self._backup('one')
+        self.rpc.backup_set.side_effect = None
+        set_id = self.api.start_backup(self.ctxt, self.group['id'],
+                                       INSTANCE, 'two', incremental=True)
+        self.assertEqual(first['backup_id'], [
+            b.parent_id for b in records.set_backups(self.ctxt, set_id)])
+
+    def test_backup_passes_the_options_and_answers_as_before(self):
+        self.rpc.backup_set.side_effect = None
+        answer = self.api.backup(self.ctxt, self.group['id'], INSTANCE, 'x',
+                                 wait=False, metadata={'k': 'v'},
+                                 exclude_volumes=[self.vols[1].id])
+        self.assertEqual({'msg': 'Backup request submitted'}, answer)
+        [set_id] = [s for s, _st in self._state()[2]]
+        [member] = records.set_backups(self.ctxt, set_id)
+        self.assertEqual((self.vols[0].id, 'v'),
+                         (member.volume_id, member.metadata['k']))
+
+    def test_excluded_volume_left_out(self):
+        self.rpc.backup_set.side_effect = None
+        set_id = self.api.start_backup(self.ctxt, self.group['id'],
+                                       INSTANCE, 'x',
+                                       exclude_volumes=[self.vols[0].id])
+        self.assertEqual([self.vols[1].id], [
+            b.volume_id for b in records.set_backups(self.ctxt, set_id)])
+        usages = quota.QUOTAS.get_project_quotas(self.ctxt, fake.PROJECT_ID,
+                                                 usages=True)
+        self.assertEqual(1, usages['backups']['in_use'])
+        # The excluded volume is not touched (not even its status).
+        self.assertEqual('in-use', objects.Volume.get_by_id(
+            self.ctxt, self.vols[0].id).status)
+        self.assertEqual('backing-up', objects.Volume.get_by_id(
+            self.ctxt, self.vols[1].id).status)
+
+    def test_refused_options_change_nothing(self):
+        before = self._state()
+        for kwargs, text in (
+                ({'exclude_volumes': [fake.VOLUME5_ID]},
+                 'not members of instance group'),
+                ({'exclude_volumes': [v.id for v in self.vols]},
+                 'every volume of instance group'),
+                ({'metadata': {records.SET_KEY: 'forged'}},
+                 'belong to the backup set itself'),
+                ({'metadata': {'k': 'v' * 256}}, 'longer than 255'),
+                ({'metadata': {'': 'v'}}, 'is not a string')):
+            exc = self.assertRaises(cvb_exception.InstanceGroupInvalid,
+                                    self.api.start_backup, self.ctxt,
+                                    self.group['id'], INSTANCE, 'x',
+                                    **kwargs)
+            self.assertIn(text, str(exc))
+        self.assertEqual(before, self._state())
+        self.rpc.backup_set.assert_not_called()
+
     def test_sync_timeout_says_still_running(self):
         self.override_config('sync_timeout', 1, group='instance_groups')
         self.rpc.backup_set.side_effect = None

@@ -194,6 +194,39 @@ class EndpointTestCase(test.TestCase):
         self.assertEqual('available', objects.Group.get_by_id(
             self.ctxt, self.group['id']).status)
 
+    def test_full_set_with_metadata_reaches_the_driver(self):
+        # An earlier set to build on, then a full one with a plan's
+        # metadata: the driver gets backups without parents that carry
+        # the metadata (the cap) already, and the set keeps it.
+        parent = test_utils.create_backup(
+            self.ctxt, volume_id=self.vols[0].id, status='available',
+            size=1, metadata={records.GROUP_KEY: self.group['id']})
+        set_id = self.api.start_backup(
+            self.ctxt, self.group['id'], INSTANCE, 'two', incremental=False,
+            metadata={'cvb_bandwidth_mib_s': '8'})
+        seen = []
+
+        def backup_volumes(ctxt, requests, all_or_nothing, facts):
+            seen.extend((r[0].parent_id, dict(r[0].metadata))
+                        for r in requests)
+            return {r[0].id: {} for r in requests}
+
+        def finish(ctxt, backup, volume, updates):
+            backup.status = 'available'
+            backup.save()
+
+        self.driver.backup_volumes.side_effect = backup_volumes
+        self.backup_manager._finish_backup.side_effect = finish
+        self.endpoint.backup_set(self.ctxt, set_id)
+        self.assertEqual([None, None], [p for p, _m in seen])
+        self.assertEqual(['8', '8'], [m['cvb_bandwidth_mib_s']
+                                      for _p, m in seen])
+        for backup in records.set_backups(self.ctxt, set_id):
+            self.assertEqual('8', backup.metadata['cvb_bandwidth_mib_s'])
+            self.assertIsNone(backup.parent_id)
+        self.assertEqual(0, objects.Backup.get_by_id(
+            self.ctxt, parent.id).num_dependent_backups)
+
     def test_janitor_fails_sets_this_host_left(self):
         set_id = self._submit()
         self.assertEqual('updating', objects.Group.get_by_id(

@@ -180,39 +180,46 @@ class GroupTargetTestCase(Base):
         self.group = test_utils.create_group(
             self.ctxt, group_type_id=fake.GROUP_TYPE_ID,
             volume_type_ids=[self.vtype.id])
-        self.groups.get.return_value = {'id': self.group.id,
-                                        'instance_id': 'instance-1'}
-        self.groups.backup.side_effect = self._group_backup
+        self.scratch = self.make_volume()
+        self.groups.get.return_value = {
+            'id': self.group.id, 'instance_id': 'instance-1',
+            'volumes': [{'id': self.volume.id}, {'id': self.scratch.id}]}
+        self.groups.start_backup.side_effect = self._group_backup
 
     def _group_backup(self, ctxt, group_id, instance_id, name,
-                      description=None, wait=True):
+                      description=None, incremental=None, metadata=None,
+                      exclude_volumes=None):
         group_snapshot = test_utils.create_group_snapshot(
             ctxt, group_id, group_type_id=fake.GROUP_TYPE_ID, name=name)
+        metadata = dict(metadata or {})
+        metadata[records.SET_KEY] = group_snapshot.id
         self.member = test_utils.create_backup(
-            ctxt, volume_id=self.volume.id,
-            metadata={records.SET_KEY: group_snapshot.id})
-        return {'msg': 'Backup request submitted'}
+            ctxt, volume_id=self.volume.id, metadata=metadata)
+        return group_snapshot.id
 
     def group_plan(self, **values):
+        values.setdefault('bandwidth_mib_s', 20)
         return self.plan(target_type='instance_group',
-                         target_id=self.group.id, bandwidth_mib_s=20,
-                         **values)
+                         target_id=self.group.id, **values)
 
-    def test_group_set_request_found_and_tagged(self):
-        ids, sets, errors = self.work.start(self.ctxt, self.group_plan(),
-                                            RUN, False)
+    def test_group_set_request_and_progress(self):
+        recorded = []
+        ids, sets, errors = self.work.start(
+            self.ctxt, self.group_plan(), RUN, False,
+            record=lambda b, s: recorded.append((b, s)))
         self.assertEqual(([], []), (ids, errors))
-        self.groups.backup.assert_called_once_with(
+        self.groups.start_backup.assert_called_once_with(
             self.ctxt, self.group.id, 'instance-1',
             'nightly-20261206T0200Z-a1b2c3d4',
             description='Backup plan plan-1, run %s' % RUN['id'],
-            wait=False)
+            incremental=None,
+            metadata={'cvb_backup_plan_id': 'plan-1',
+                      'cvb_backup_plan_run_id': RUN['id'],
+                      'cvb_bandwidth_mib_s': '20'},
+            exclude_volumes=[])
+        self.groups.backup.assert_not_called()
         [set_id] = sets
-        [member] = records.set_backups(self.ctxt, set_id)
-        self.assertEqual(('plan-1', RUN['id'], '20'), (
-            member.metadata['cvb_backup_plan_id'],
-            member.metadata['cvb_backup_plan_run_id'],
-            member.metadata['cvb_bandwidth_mib_s']))
+        self.assertEqual([([], [set_id])], recorded)
         outcome = self.work.progress(self.ctxt,
                                      {'group_snapshot_ids': sets})
         self.assertFalse(outcome.done)
@@ -222,7 +229,7 @@ class GroupTargetTestCase(Base):
         group_snapshot.save()
         outcome = self.work.progress(self.ctxt,
                                      {'group_snapshot_ids': sets})
-        self.assertEqual((True, [member.id], []),
+        self.assertEqual((True, [self.member.id], []),
                          (outcome.done, outcome.made, outcome.failures))
         group_snapshot.status = 'error'
         group_snapshot.description = 'freeze failed'
@@ -232,24 +239,47 @@ class GroupTargetTestCase(Base):
         self.assertIn('freeze failed', outcome.failures[0])
         # A retry asks again for a set that failed (one still being
         # made or made is taken over: see the next test).
-        self.groups.backup.reset_mock()
+        self.groups.start_backup.reset_mock()
         self.work.start(self.ctxt, self.group_plan(), RUN, False,
                         adopt={'group_snapshot_ids': sets})
-        self.assertEqual(1, self.groups.backup.call_count)
+        self.assertEqual(1, self.groups.start_backup.call_count)
+
+    def test_full_run_asks_for_a_full_set(self):
+        self.work.start(self.ctxt, self.group_plan(bandwidth_mib_s=None),
+                        RUN, True)
+        kwargs = self.groups.start_backup.call_args.kwargs
+        self.assertIs(False, kwargs['incremental'])
+        self.assertNotIn('cvb_bandwidth_mib_s', kwargs['metadata'])
 
     def test_retry_takes_over_a_set_being_made(self):
         ids, sets, errors = self.work.start(self.ctxt, self.group_plan(),
                                             RUN, False)
-        self.groups.backup.reset_mock()
+        self.groups.start_backup.reset_mock()
         self.assertEqual(([], sets, []), self.work.start(
             self.ctxt, self.group_plan(), RUN, False,
             adopt={'group_snapshot_ids': sets}))
-        self.groups.backup.assert_not_called()
+        self.groups.start_backup.assert_not_called()
+
+    def test_excluded_member_volume_left_out(self):
+        # A volume that left the group since excludes nothing.
+        self.work.start(self.ctxt, self.group_plan(
+            exclude=[self.scratch.id, fake.VOLUME5_ID]), RUN, False)
+        self.assertEqual(
+            [self.scratch.id],
+            self.groups.start_backup.call_args.kwargs['exclude_volumes'])
+
+    def test_every_member_excluded_is_an_error(self):
+        ids, sets, errors = self.work.start(self.ctxt, self.group_plan(
+            exclude=[self.scratch.id, self.volume.id]), RUN, False)
+        self.assertEqual(([], []), (ids, sets))
+        self.assertIn('every member volume is excluded', errors[0])
+        self.groups.start_backup.assert_not_called()
 
     def test_excluded_instance_or_refused_set(self):
         self.assertEqual(([], [], []), self.work.start(
             self.ctxt, self.group_plan(exclude=['instance-1']), RUN, False))
-        self.groups.backup.side_effect = RuntimeError('group busy')
+        self.groups.start_backup.assert_not_called()
+        self.groups.start_backup.side_effect = RuntimeError('group busy')
         ids, sets, errors = self.work.start(self.ctxt, self.group_plan(),
                                             RUN, False)
         self.assertEqual([], sets)

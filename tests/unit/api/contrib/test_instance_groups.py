@@ -78,7 +78,8 @@ class StubGroupAPI(object):
         raise NotImplementedError()
 
     def backup(self, context, group_id, instance_id, name,
-               description=None, wait=True):
+               description=None, wait=True, incremental=None, metadata=None,
+               exclude_volumes=None):
         raise NotImplementedError()
 
     def restore(self, context, group_id, instance_id,
