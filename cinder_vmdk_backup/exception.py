@@ -82,4 +82,5 @@ class VerificationBusy(exception.Invalid):
 
 
 class VerificationError(exception.CinderException):
-    message = _("Backup %(backup_id)s could not be verified: %(reason)s")
+    """A verification that could not run (not a verdict on the backup)."""
+    message = _("The backup could not be verified: %(reason)s")

@@ -57,6 +57,7 @@ raises :class:`~cinder_vmdk_backup.exception.VerificationError`: a
 verification that could not run says nothing about the backup.
 """
 
+import collections
 import contextlib
 import copy
 import hashlib
@@ -104,6 +105,8 @@ REASONS = (MISSING, TRUNCATED, TOO_LONG, UNDECODABLE, MD5_MISMATCH,
 TICK_BYTES = 32 * units.Mi
 #: Bytes of the scratch file read at a time (deep).
 READ_BYTES = object_stream.READ_BYTES
+#: Pieces of an object that may wait for its md5.
+MD5_PENDING = object_stream.MD5_PENDING
 #: The restore method of the only backup format this code knows.
 SUPPORTED_RESTORE = chain_reader.SUPPORTED_RESTORE
 
@@ -248,6 +251,26 @@ def _is_not_found(exc):
     return False
 
 
+def _is_store_error(exc):
+    """Whether an error while reading is the store's, not the data's.
+
+    Connection failures and HTTP answers other than "not found" (swift,
+    s3, gcs clients) say nothing about the backup's data.
+    """
+    if _is_not_found(exc):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError,
+                        exception.BackupDriverException)):
+        # (Cinder's drivers wrap their connection and API failures in
+        # BackupDriverException: SwiftConnectionFailed, S3ClientError...)
+        return True
+    if getattr(exc, 'http_status', None) is not None:  # swiftclient
+        return True
+    if getattr(getattr(exc, 'resp', None), 'status', None) is not None:
+        return True
+    return isinstance(getattr(exc, 'response', None), dict)  # botocore
+
+
 class _Digests(object):
     """One sha256 file's digests, taken by ascending block index."""
 
@@ -324,8 +347,7 @@ class _Verification(object):
         self.total = 1
 
     def _error(self, reason):
-        return cvb_exception.VerificationError(backup_id=self.backup.id,
-                                               reason=reason)
+        return cvb_exception.VerificationError(reason=reason)
 
     # -- on the caller's thread: the chain and its metadata -------------
 
@@ -434,6 +456,15 @@ class _Verification(object):
     # -- on the native thread: objects and digests ----------------------
 
     def check_members(self):
+        # The md5 of each object is taken on a thread of its own, beside
+        # the inflating and the block digests (as object_stream does).
+        self.hasher = transfer.NativeExecutor(1, name='cvb-verify-md5')
+        try:
+            yield from self._check_members()
+        finally:
+            self.hasher.shutdown(cancel_futures=True)
+
+    def _check_members(self):
         for member in self.members:
             if member.metadata is None:
                 continue
@@ -537,7 +568,16 @@ class _Verification(object):
                 raise _Undecodable(str(exc)) from exc
             yield from check.run(decoder)
         except _Undecodable as exc:
-            check.failed(UNDECODABLE, str(exc.__cause__ or exc))
+            cause = exc.__cause__
+            if cause is not None and _is_store_error(cause):
+                raise self._error(_('object %(o)s of backup %(b)s cannot be '
+                                    'read: %(e)s') % {'o': obj.name,
+                                                      'b': backup.id,
+                                                      'e': cause}) from cause
+            if cause is not None and _is_not_found(cause):
+                check.failed(MISSING, str(cause), whole=True)
+            else:
+                check.failed(UNDECODABLE, str(cause or exc))
         finally:
             with contextlib.suppress(Exception):
                 manager.__exit__(None, None, None)
@@ -740,6 +780,7 @@ class _ObjectCheck(object):
         self._unchecked = obj.offset
         self._pending = bytearray()
         self._md5 = hashlib.md5(usedforsecurity=False)
+        self._hashing = collections.deque()
         self._zeros = 0  # zero bytes not yet given to md5
         self._block_problems = False
 
@@ -795,6 +836,8 @@ class _ObjectCheck(object):
             digest = zero_objects.md5_of_zeros(obj.length)
         else:
             self._flush_zeros()
+            while self._hashing:
+                self._hashing.popleft().result()
             digest = self._md5.hexdigest()
         if obj.md5 and digest != obj.md5:
             self.failed(MD5_MISMATCH, _('md5 %(got)s, the metadata records '
@@ -802,10 +845,15 @@ class _ObjectCheck(object):
                                                        'want': obj.md5},
                         whole=True)
 
+    def _md5_update(self, data):
+        self._hashing.append(self._run.hasher.submit(self._md5.update, data))
+        while len(self._hashing) > MD5_PENDING:
+            self._hashing.popleft().result()
+
     def _flush_zeros(self):
         while self._zeros:
             step = min(self._zeros, len(_ZERO))
-            self._md5.update(_ZERO[:step] if step < len(_ZERO) else _ZERO)
+            self._md5_update(_ZERO[:step] if step < len(_ZERO) else _ZERO)
             self._zeros -= step
 
     def _take(self, data):
@@ -815,7 +863,7 @@ class _ObjectCheck(object):
             self._zeros += len(data)
         else:
             self._flush_zeros()
-            self._md5.update(data)
+            self._md5_update(data)
         self.position += len(data)
         run.report.bytes_checked += len(data)
         if self._block is None:

@@ -182,8 +182,9 @@ class VerifierTestCase(test.TestCase):
         finally:
             tracemalloc.stop()
         self.assertTrue(report.ok, report.problems)
-        # One 16 MiB object; read and inflated 1 MiB at a time.
-        self.assertLess(peak, 5 * MiB)
+        # One 16 MiB object (8 MiB stored); read and inflated 1 MiB at a
+        # time, a few pieces waiting for the md5 thread.
+        self.assertLess(peak, (verifier.MD5_PENDING + 4) * MiB)
 
     def test_good_full_is_ok(self):
         full = self._backup()

@@ -104,7 +104,7 @@ class EndpointTestCase(test.TestCase):
     def test_could_not_run_is_error(self):
         self._queue()
         self.verify.side_effect = cvb_exception.VerificationError(
-            backup_id=self.backup.id, reason='the store is down')
+            reason='the store is down')
         self.endpoint.verify_backup(self.ctxt, self.backup.id, 'v1')
         record = self._record()
         self.assertEqual('error', record['status'])

@@ -51,6 +51,19 @@ class VerifierPartsTestCase(base.BaseTestCase):
             response={'Error': {'Code': 'AccessDenied'}})))
         self.assertFalse(verifier._is_not_found(ConnectionRefusedError()))
 
+    def test_store_errors_are_not_the_data(self):
+        self.assertTrue(verifier._is_store_error(ConnectionResetError()))
+        self.assertTrue(verifier._is_store_error(TimeoutError()))
+        self.assertTrue(verifier._is_store_error(_HttpError(
+            http_status=503)))
+        self.assertTrue(verifier._is_store_error(_HttpError(
+            response={'Error': {'Code': 'AccessDenied'}})))
+        self.assertFalse(verifier._is_store_error(_HttpError(
+            http_status=404)))
+        self.assertFalse(verifier._is_store_error(OSError(
+            'Invalid data stream')))  # bz2
+        self.assertFalse(verifier._is_store_error(ValueError('zlib')))
+
     def test_report(self):
         report = verifier.Report('b1')
         report.chain = ['b0', 'b1']

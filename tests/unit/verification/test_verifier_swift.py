@@ -34,6 +34,7 @@ from cinder.tests.unit import fake_constants as fake
 from cinder.tests.unit import test
 from cinder.tests.unit import utils as test_utils
 
+from cinder_vmdk_backup import exception as cvb_exception
 from cinder_vmdk_backup.verification import verifier
 
 MiB = units.Mi
@@ -108,3 +109,26 @@ class SwiftVerifierTestCase(test.TestCase):
         for start, length in report.regions:
             self.assertGreaterEqual(start, 2 * MiB)
             self.assertLessEqual(start + length, 4 * MiB)
+
+    def _get_object_fails(self, error):
+        fake_get = fake_swift_client2.FakeSwiftConnection2.get_object
+
+        def get_object(conn, container, name, headers=None):
+            if name.endswith('-00002'):
+                raise error
+            return fake_get(conn, container, name, headers=headers)
+
+        self.mock_object(fake_swift_client2.FakeSwiftConnection2,
+                         'get_object', get_object)
+
+    def test_store_down_raises(self):
+        self._get_object_fails(ConnectionRefusedError(111, 'refused'))
+        self.assertRaises(cvb_exception.VerificationError, verifier.verify,
+                          self._service(), self.backup)
+
+    def test_not_found_at_read_is_missing(self):
+        self._get_object_fails(swift.ClientException('gone',
+                                                     http_status=404))
+        report = verifier.verify(self._service(), self.backup)
+        self.assertEqual(['missing'], [p['reason'] for p in report.problems])
+        self.assertEqual([(2 * MiB, 2 * MiB)], report.regions)
