@@ -280,6 +280,7 @@ def _worker(argv):
                 return 0
         elif step == 'plugin-restore':
             backup, volume = objs
+            _restore_variant()
             driver = _driver()
             start, cpu_start, ready_rss = _ready()
             driver.restore_backup(ctx, backup, volume, service,
@@ -300,6 +301,28 @@ def _worker(argv):
 
 
 _CONNECTOR = {'platform': 'x86_64', 'os_type': 'linux', 'host': 'bench'}
+
+
+def _restore_variant():
+    """``--restore-checks``: the variant a plugin-restore step runs.
+
+    ``CVB_BENCH_RESTORE_CHECKS`` (``driver_owned_restore_check_digests``)
+    and ``CVB_BENCH_RESTORE_STREAMING`` (``vmware_backup_restore_
+    streaming``), ``0`` or ``1``; unset: the configuration's.
+    """
+    from oslo_config import cfg
+
+    from cinder_vmdk_backup.backup import restore_checks  # noqa: F401
+    from cinder_vmdk_backup import opts
+    checks = os.environ.get('CVB_BENCH_RESTORE_CHECKS')
+    if checks is not None:
+        cfg.CONF.set_override('driver_owned_restore_check_digests',
+                              checks == '1')
+    streaming = os.environ.get('CVB_BENCH_RESTORE_STREAMING')
+    if streaming is not None:
+        cfg.CONF.register_opts(opts.vmdk_backup_opts, group='vmdk')
+        cfg.CONF.set_override('vmware_backup_restore_streaming',
+                              streaming == '1', group='vmdk')
 
 
 def _connector(driver):
@@ -514,6 +537,12 @@ def main(argv=None):
     parser.add_argument('--full-only', action='store_true',
                         help='only the full backups (local, stock, plugin) '
                              'and their ratios: a quick check')
+    parser.add_argument('--restore-checks', action='store_true',
+                        help='only what the restore checks cost: a '
+                             'backup by Cinder\'s own backup() of the raw '
+                             'disk and one through the plugin, each '
+                             'restored by the plugin streaming and staged, '
+                             'checks on and off in pairs')
     parser.add_argument('--restore-only', action='store_true',
                         help='only the full backups of both paths and '
                              'their restores: a quick check of restores')
@@ -614,6 +643,9 @@ def _run_steps(args, size, workdir, raw, counts, vcsim, conf_path):
     stock_full = backup_of(source)
     run('stock full', 'stock-backup', [('backup', stock_full.id),
                                        ('volume', source.id)])
+    if args.restore_checks:
+        return _restore_checks(run, results, args.pairs, check, new_volume,
+                               backup_of, source)
     if args.restore_only:
         plugin_full = backup_of(source)
         run('plugin full', 'plugin-backup', [('backup', plugin_full.id)])
@@ -780,6 +812,61 @@ def _restores(run, results, pairs, check, new_volume, stock_full,
     print('  restore time, stock/plugin ' +
           _pair_summary(results['restore pairs']))
     return 0 if all(same.values()) else 1
+
+
+def _restore_checks(run, results, pairs, check, new_volume, backup_of,
+                    source):
+    """``--restore-checks``: restores with checks on and off, in pairs.
+
+    The raw-disk backup is Cinder's own format (``backup()`` of the raw
+    file: one object per ``--chunk``, Cinder's hash block); the plugin's
+    is the extent hand-off's (zero objects, 1 MiB hash blocks).
+    """
+    local = backup_of(source)
+    run('local full', 'local-backup', [('backup', local.id)])
+    plugin = backup_of(source)
+    run('plugin full', 'plugin-backup', [('backup', plugin.id)])
+    same = True
+    summary = []
+    for label, backup in (('raw-disk backup', local),
+                          ('plugin backup', plugin)):
+        for streaming in ('1', '0'):
+            os.environ['CVB_BENCH_RESTORE_STREAMING'] = streaming
+            names = {'1': '%s checked' % label, '0': '%s unchecked' % label}
+
+            def run_pair(_index):
+                nonlocal same
+                targets = {}
+                for checks in ('1', '0'):
+                    os.environ['CVB_BENCH_RESTORE_CHECKS'] = checks
+                    backup.status = 'restoring'
+                    backup.save()
+                    targets[checks] = new_volume('creating')
+                    run(names[checks], 'plugin-restore',
+                        [('backup', backup.id),
+                         ('volume', targets[checks].id)])
+                same = same and all(check(targets).values())
+
+            ratios = _in_pairs(results, pairs, run_pair, names['1'],
+                               names['0'])
+            summary.append('  %s, %s: time checked/unchecked %s; CPU '
+                           'checked %.2f s, unchecked %.2f s' % (
+                               label, 'streaming' if streaming == '1'
+                               else 'staged', _pair_summary(ratios),
+                               results[names['1']]['cpu'],
+                               results[names['0']]['cpu']))
+            results['%s %s' % (label, streaming)] = dict(
+                (checks, results[names[checks]]['seconds'])
+                for checks in ('1', '0'))
+    for key in ('CVB_BENCH_RESTORE_STREAMING', 'CVB_BENCH_RESTORE_CHECKS'):
+        os.environ.pop(key, None)
+    print('restored disks identical to the source: %s' % same)
+    print('\n'.join(summary))
+    for label in ('raw-disk backup', 'plugin backup'):
+        print('  %s, checked: streaming %.2f s, staged %.2f s (medians)'
+              % (label, results['%s 1' % label]['1'],
+                 results['%s 0' % label]['1']))
+    return 0 if same else 1
 
 
 def _cpu_floor(result):

@@ -34,7 +34,11 @@ that holds it, and yields the disk as ordered :class:`Piece` s covering
   in between: at most one object per backup of the chain is open at a time;
 * every object read is checked against its recorded md5 once its end is
   reached; a missing, short, long, undecodable or corrupt object raises
-  :class:`~cinder.exception.InvalidBackup` naming the backup and the object;
+  :class:`~cinder.exception.InvalidBackup` naming the backup and the object.
+  Where the consumer checks every piece against the requested backup's
+  digests instead (``pieces(digests_checked=True)``,
+  :mod:`.restore_checks`), no md5 is taken and objects the digests mark
+  as zeros are not read, whatever their md5;
 * an object whose visible part the requested backup's digests mark as zeros
   and whose md5 is that of zeros of its length (the zero objects of a full
   backup written by the plugin's hand-off) is not read: its range is a zero
@@ -61,6 +65,7 @@ A restore cancelled through Cinder (the requested backup's status no longer
 each object.
 """
 
+import bisect
 import collections
 import hashlib
 import heapq
@@ -202,6 +207,7 @@ class ChainReader(object):
                         % (name, member.id, obj.compression))
                 self._objects.append(obj)
         self._segments = _resolve(self._objects, self.size)
+        self._starts = [start for start, _end, _obj in self._segments]
         self._grains = None
         self._grain_size = None
 
@@ -261,6 +267,11 @@ class ChainReader(object):
                 '%(unknown)s') % {'backup': backup.id,
                                   'missing': ', '.join(missing) or '-',
                                   'unknown': ', '.join(unknown) or '-'})
+
+    @property
+    def service(self):
+        """The backup service the chain is read through."""
+        return self._service
 
     @property
     def volume_metas(self):
@@ -340,8 +351,14 @@ class ChainReader(object):
         del count
         return grains
 
-    def _zero_objects(self):
-        """Objects that need no reading: zeros by their md5 and digests."""
+    def _zero_objects(self, trust_digests=False):
+        """Objects that need no reading: zeros by their md5 and digests.
+
+        :param trust_digests: the restore checks every block against the
+            digests (:mod:`.restore_checks`): an object whose visible part
+            the digests mark as zeros is not read whatever its md5 (it
+            could only fail that check)
+        """
         if self._grains is None:
             return set()
         grains, size = self._grains, self._grain_size
@@ -352,11 +369,13 @@ class ChainReader(object):
         candidates = {}
         for obj in self._objects:
             ranges = visible.get(id(obj))
-            if not ranges or not obj.md5:
+            if not ranges or not (obj.md5 or trust_digests):
                 continue
             if all(not _any_bit(grains, start // size,
                                 -(-end // size)) for start, end in ranges):
                 candidates[id(obj)] = obj
+        if trust_digests:
+            return set(candidates)
         lengths = {obj.length for obj in candidates.values()}
         zero_md5 = _zero_md5s(lengths)
         return {key for key, obj in candidates.items()
@@ -364,23 +383,48 @@ class ChainReader(object):
 
     # -- the data ------------------------------------------------------------
 
-    def pieces(self, check_cancel=False):
+    def describe(self, offset, length):
+        """The objects that hold ``[offset, offset + length)``, as text.
+
+        :returns: ``['<object> of backup <id>', ...]``; empty where no
+            object holds data (zeros)
+        """
+        end = offset + length
+        index = bisect.bisect_right(self._starts, offset) - 1
+        found = []
+        for start, stop, obj in self._segments[max(0, index):]:
+            if start >= end:
+                break
+            if obj is not None and stop > offset:
+                text = _('%(name)s of backup %(backup)s') % {
+                    'name': obj.name, 'backup': obj.backup.id}
+                if text not in found:
+                    found.append(text)
+        return found
+
+    def pieces(self, check_cancel=False, digests_checked=False):
         """Yield the disk as :class:`Piece` s, ascending, covering it all.
 
         :param check_cancel: call :meth:`check_cancelled` before each
             object is opened and between pieces (only where the caller's
             thread may use the database)
+        :param digests_checked: the consumer checks every piece against
+            the requested backup's digests (:mod:`.restore_checks`):
+            objects' md5 are not taken (the digests cover every byte
+            yielded), and objects whose visible part the digests mark as
+            zeros are not read
         :raises InvalidBackup: for an object that is missing, corrupt or
             of the wrong length (after its data was partly yielded: the
             consumer must throw away what it got)
         """
-        skip = self._zero_objects()
+        skip = self._zero_objects(trust_digests=digests_checked)
         last_use = {}
         for index, (_start, _end, obj) in enumerate(self._segments):
             if obj is not None:
                 last_use[id(obj)] = index
         open_streams = {}
-        hasher = transfer.NativeExecutor(1, name='cvb-md5')
+        hasher = (None if digests_checked
+                  else transfer.NativeExecutor(1, name='cvb-md5'))
         try:
             for index, (start, end, obj) in enumerate(self._segments):
                 if check_cancel:
@@ -408,7 +452,8 @@ class ChainReader(object):
         finally:
             for stream in open_streams.values():
                 stream.close()
-            hasher.shutdown(cancel_futures=True)
+            if hasher is not None:
+                hasher.shutdown(cancel_futures=True)
 
 
 def _resolve(objs, size):

@@ -87,8 +87,10 @@ from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import units
 
+from cinder_vmdk_backup.backup import chain_reader
 from cinder_vmdk_backup.backup import fast_zlib
 from cinder_vmdk_backup.backup import handoff
+from cinder_vmdk_backup.backup import restore_checks
 from cinder_vmdk_backup.backup import staging
 from cinder_vmdk_backup.backup import staging_files
 from cinder_vmdk_backup.backup import status_checks
@@ -261,8 +263,14 @@ class DriverOwnedBackupMixin(object):
         :func:`~.status_checks.throttled_refresh` lets the service check
         for a cancelled restore at most once a second. ``volume_is_new``
         changes nothing: the staging file is always written whole.
+
+        With ``driver_owned_restore_check_digests`` the staging file is
+        checked against the backup's SHA-256 list
+        (:func:`~.restore_checks.check_file`) before the driver gets it: a
+        damaged backup fails the restore with the volume untouched.
         """
         size = self._backup_size_bytes(backup, volume)
+        checker = self._restore_checker(backup, backup_service, size)
         with self._staging_file() as (staging_file, path):
             writer = staging.SparseStagingWriter(staging_file.fileno())
             with transfer.WriteBehind(writer) as behind, \
@@ -272,7 +280,30 @@ class DriverOwnedBackupMixin(object):
                     backup, volume.id,
                     throttle.throttled_writer(behind, backup), False)
             os.ftruncate(staging_file.fileno(), size)
+            if checker is not None:
+                restore_checks.check_file(staging_file.fileno(), checker)
             self.restore_raw_image(context, backup, volume, path)
+
+    @staticmethod
+    def _restore_checker(backup, backup_service, size):
+        """The checker of a staged restore, or None (not checked)."""
+        if not restore_checks.enabled():
+            return None
+        why = restore_checks.unusable_because(backup_service)
+        if why is not None:
+            LOG.info('The data restored from backup %(backup)s is not '
+                     'checked: %(why)s.', {'backup': backup.id, 'why': why})
+            return None
+        describe = None
+        try:
+            describe = chain_reader.ChainReader(backup_service, backup,
+                                                size).describe
+        except Exception as exc:
+            # Only the names of objects in an error message are lost.
+            LOG.debug('Objects of backup %(backup)s not resolved: %(exc)s',
+                      {'backup': backup.id, 'exc': exc})
+        return restore_checks.BlockChecker(backup_service, backup, size,
+                                           describe=describe)
 
     # -- helpers -----------------------------------------------------------
 

@@ -46,7 +46,9 @@ class ObjectStream(object):
 
     The md5 is taken on the ``hasher``'s thread (one worker: updates in
     order), beside the decompression and the caller's encoding; at most
-    :data:`MD5_PENDING` pieces wait for it.
+    :data:`MD5_PENDING` pieces wait for it. With ``hasher`` None the md5 is
+    not checked (the caller checks the data otherwise: the restore's
+    SHA-256 checks, :mod:`.restore_checks`).
     """
 
     def __init__(self, service, obj, hasher):
@@ -87,9 +89,11 @@ class ObjectStream(object):
                 'its data ends at byte %(got)d of %(want)d') % {
                     'got': self.position - self._obj.offset,
                     'want': self._obj.length})
-        self._hashing.append(self._hasher.submit(self._md5.update, data))
-        while len(self._hashing) > MD5_PENDING:
-            self._hashing.popleft().result()
+        if self._hasher is not None:
+            self._hashing.append(self._hasher.submit(self._md5.update,
+                                                     data))
+            while len(self._hashing) > MD5_PENDING:
+                self._hashing.popleft().result()
         return data
 
     def read(self, n):
@@ -122,7 +126,8 @@ class ObjectStream(object):
             while self._hashing:
                 self._hashing.popleft().result()
             digest = self._md5.hexdigest()
-            if self._obj.md5 and digest != self._obj.md5:
+            if (self._hasher is not None and self._obj.md5 and
+                    digest != self._obj.md5):
                 raise self._error(_(
                     'its md5 is %(got)s, the metadata records %(want)s') % {
                         'got': digest, 'want': self._obj.md5})

@@ -65,6 +65,7 @@ from oslo_vmware import vim_util
 
 from cinder_vmdk_backup.backup import chain_reader
 from cinder_vmdk_backup.backup import driver_owned
+from cinder_vmdk_backup.backup import restore_checks
 from cinder_vmdk_backup.backup import throttle
 from cinder_vmdk_backup.backup import transfer
 from cinder_vmdk_backup import exception
@@ -625,19 +626,31 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
     def _restore_chain(self, backup, volume, chain):
         """Encode the chain's pieces straight into the import (no file)."""
 
+        checked = restore_checks.enabled()
+        pieces = chain.pieces(digests_checked=checked)
+        if checked:
+            pieces = restore_checks.checked_pieces(
+                pieces, restore_checks.BlockChecker(
+                    chain.service, backup, chain.size,
+                    describe=chain.describe))
+
         @contextlib.contextmanager
         def encoded(adapter_type, hw_version):
             writer = piece_writer.PlannedStreamWriter(
-                throttle.throttled_pieces(chain.pieces(), backup),
+                throttle.throttled_pieces(pieces, backup),
                 chain.size,
                 chain.nonzero_grains(_GRAIN_BYTES),
                 adapter_type=adapter_type, hw_version=hw_version)
             length = writer.length
-            with transfer.Ahead(writer.iter_chunks(), depth=8,
-                                name='cvb-chain-%s' % volume.id[:8]
-                                ) as chunks:
-                yield _EncodedDisk(length,
-                                   _checked(chunks, chain.check_cancelled))
+            try:
+                with transfer.Ahead(writer.iter_chunks(), depth=8,
+                                    name='cvb-chain-%s' % volume.id[:8]
+                                    ) as chunks:
+                    yield _EncodedDisk(length, _checked(
+                        chunks, chain.check_cancelled))
+            finally:
+                # Ends the readers and the checks of an aborted import now.
+                pieces.close()
 
         LOG.info('Restoring backup %(backup)s (a chain of %(n)d) into '
                  'volume %(vol)s without staging.',

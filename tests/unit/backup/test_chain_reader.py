@@ -31,6 +31,7 @@ from oslo_utils import units
 
 from cinder_vmdk_backup.backup import chain_reader
 from cinder_vmdk_backup.backup import object_stream
+from cinder_vmdk_backup.backup import restore_checks
 from cinder_vmdk_backup.vmdk import piece_writer
 from cinder_vmdk_backup.vmdk import reader as vmdk_reader
 
@@ -56,14 +57,14 @@ def _first_difference(a, b):
     return None
 
 
-@ddt.ddt
-class ChainReaderTestCase(test.TestCase):
+class ChainTestBase(test.TestCase):
+    """Cinder's posix driver in a temporary directory; chains of it."""
 
     def assertSameBytes(self, expected, got):
         self.assertIsNone(_first_difference(expected, got))
 
     def setUp(self):
-        super(ChainReaderTestCase, self).setUp()
+        super(ChainTestBase, self).setUp()
         self.tmp = self.useFixture(fixtures.TempDir()).path
         self.override_config('backup_posix_path', self.tmp)
         self.override_config('backup_file_size', OBJECT)
@@ -132,6 +133,10 @@ class ChainReaderTestCase(test.TestCase):
             self.assertEqual(len(out), offset)
             out += bytes(length) if data is None else data
         return bytes(out)
+
+
+@ddt.ddt
+class ChainReaderTestCase(ChainTestBase):
 
     @ddt.data('zlib', 'bz2', 'none', 'zstd')
     def test_chain_restores_like_cinder(self, algorithm):
@@ -303,3 +308,75 @@ class ChainReaderTestCase(test.TestCase):
         # The object is 16 MiB; pieces are 1 MiB.
         self.assertLess(peak, (object_stream.MD5_PENDING + 4) *
                         chain_reader.PIECE_BYTES)
+
+
+@ddt.ddt
+class DigestsCheckedTestCase(ChainTestBase):
+    """The streaming restore's pieces with the digest checks on."""
+
+    def _checked(self, backup, service=None):
+        service = service or self._service()
+        reader = chain_reader.ChainReader(service, backup, SIZE)
+        reader.nonzero_grains(GRAIN)
+        checker = restore_checks.BlockChecker(service, backup, SIZE,
+                                              describe=reader.describe)
+        return reader, restore_checks.checked_pieces(
+            reader.pieces(digests_checked=True), checker)
+
+    @ddt.data('zlib', 'zstd')
+    def test_chain_checked_restores_like_cinder(self, algorithm):
+        self.override_config('backup_compression_algorithm', algorithm)
+        for backup in self._chain():
+            self._restoring(backup)
+            stock = self._stock_restore(backup)
+            _reader, pieces = self._checked(backup)
+            self.assertSameBytes(stock, self._joined(pieces))
+
+    def test_objects_of_zeros_by_the_digests_alone_are_not_read(self):
+        # Stock objects of zeros, their md5 not even known: not read.
+        self.override_config('backup_compression_algorithm', 'zlib')
+        self._write(0, _data(b'a', OBJECT))
+        full = self._restoring(self._backup())
+        service = self._service()
+        metadata = service._read_metadata(full)
+        for entry in metadata['objects']:
+            for info in entry.values():
+                info['md5'] = None
+        opened = []
+        real = service.get_object_reader
+
+        def spy(container, name, extra_metadata=None):
+            opened.append(name)
+            return real(container, name, extra_metadata=extra_metadata)
+
+        with mock.patch.object(service, '_read_metadata',
+                               return_value=metadata), \
+                mock.patch.object(service, 'get_object_reader',
+                                  side_effect=spy):
+            _reader, pieces = self._checked(full, service)
+            got = self._joined(pieces)
+        self.assertSameBytes(bytes(self.disk), got)
+        self.assertEqual([full.service_metadata + '-00001'],
+                         [name for name in opened if not name.endswith(
+                             ('_metadata', '_sha256file'))])
+
+    def test_flipped_byte_names_region_and_object(self):
+        self.override_config('backup_compression_algorithm', 'none')
+        self._write(0, _data(b'a', SIZE))
+        full = self._restoring(self._backup())
+        name = full.service_metadata + '-00002'
+        path = os.path.join(self.tmp, full.container, name)
+        with open(path, 'r+b') as f:
+            f.seek(100000)
+            byte = f.read(1)
+            f.seek(100000)
+            f.write(bytes([byte[0] ^ 1]))
+        reader, pieces = self._checked(full)
+        exc = self.assertRaises(exception.InvalidBackup, list, pieces)
+        block = 32 * units.Ki
+        start = (OBJECT + 100000) // block * block
+        self.assertIn('offset %d, length %d' % (start, block), str(exc))
+        self.assertIn(name, str(exc))
+        self.assertEqual(['%s of backup %s' % (name, full.id)],
+                         reader.describe(start, block))
+        self.assertEqual([], reader.describe(SIZE, 0))

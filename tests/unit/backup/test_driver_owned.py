@@ -21,6 +21,7 @@ from cinder import objects
 
 objects.register_all()
 
+from cinder.backup import chunkeddriver  # noqa: E402
 from cinder.backup import driver as backup_driver  # noqa: E402
 from cinder import exception  # noqa: E402
 import ddt  # noqa: E402
@@ -29,7 +30,9 @@ from oslo_config import fixture as config_fixture  # noqa: E402
 from oslo_utils import units  # noqa: E402
 from oslotest import base  # noqa: E402
 
+from cinder_vmdk_backup.backup import chain_reader  # noqa: E402
 from cinder_vmdk_backup.backup import driver_owned  # noqa: E402
+from cinder_vmdk_backup.backup import restore_checks  # noqa: E402
 from cinder_vmdk_backup.backup import staging_files  # noqa: E402
 from cinder_vmdk_backup.backup import transfer  # noqa: E402
 from cinder_vmdk_backup import ownership  # noqa: E402
@@ -259,6 +262,57 @@ class DriverOwnedBackupMixinTestCase(base.BaseTestCase):
             self.assertRaises(IOError, self.driver.restore_backup,
                               self.ctxt, _backup(), _volume(), self.service)
         self.assertEqual([], os.listdir(self.staging_dir))
+
+
+class StagedRestoreChecksTestCase(base.BaseTestCase):
+    """The staging file is checked before the driver gets it."""
+
+    def setUp(self):
+        super(StagedRestoreChecksTestCase, self).setUp()
+        self.staging_dir = os.path.join(
+            self.useFixture(fixtures.TempDir()).path, 'staging')
+        self.driver = Driver(self.staging_dir)
+        self.service = mock.create_autospec(chunkeddriver.ChunkedBackupDriver,
+                                            instance=True)
+        self.check_file = self.useFixture(fixtures.MockPatchObject(
+            restore_checks, 'check_file', autospec=True)).mock
+        self.checker = self.useFixture(fixtures.MockPatchObject(
+            restore_checks, 'BlockChecker', autospec=True)).mock
+        self.useFixture(fixtures.MockPatchObject(
+            chain_reader, 'ChainReader', autospec=True,
+            side_effect=chain_reader.ChainUnsupported('not here')))
+
+    def test_checked_before_the_driver_gets_the_file(self):
+        order = []
+        self.check_file.side_effect = lambda fd, checker: order.append(
+            ('check', os.fstat(fd).st_size))
+        with mock.patch.object(Driver, 'restore_raw_image', autospec=True,
+                               side_effect=lambda *a: order.append('raw')):
+            self.driver.restore_backup(mock.sentinel.ctxt, _backup(size=1),
+                                       _volume(), self.service)
+        self.assertEqual([('check', units.Gi), 'raw'], order)
+        self.checker.assert_called_once_with(self.service, mock.ANY,
+                                             units.Gi, describe=None)
+
+    def test_mismatch_fails_before_the_driver_and_leaves_nothing(self):
+        self.check_file.side_effect = exception.InvalidBackup(
+            reason='region at offset 0')
+        self.assertRaises(exception.InvalidBackup,
+                          self.driver.restore_backup, mock.sentinel.ctxt,
+                          _backup(), _volume(), self.service)
+        self.assertEqual([], self.driver.images)
+        self.assertEqual([], os.listdir(self.staging_dir))
+
+    def test_off_or_not_chunked_not_checked(self):
+        self.driver.restore_backup(
+            mock.sentinel.ctxt, _backup(), _volume(),
+            mock.create_autospec(backup_driver.BackupDriver, instance=True))
+        with mock.patch.object(restore_checks, 'enabled', autospec=True,
+                               return_value=False):
+            self.driver.restore_backup(mock.sentinel.ctxt, _backup(),
+                                       _volume(), self.service)
+        self.check_file.assert_not_called()
+        self.assertEqual(2, len(self.driver.images))
 
 
 class StagingLeftoversTestCase(base.BaseTestCase):
