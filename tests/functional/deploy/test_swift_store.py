@@ -132,6 +132,15 @@ class SwiftDeployment(deployment.Deployment):
         return marks['Swift is up'] - marks['starting Swift']
 
 
+def _flipped(data):
+    """``data`` with four bytes in its middle inverted."""
+    middle = len(data) // 2
+    flipped = bytearray(data)
+    flipped[middle:middle + 4] = bytes(b ^ 0xFF
+                                       for b in flipped[middle:middle + 4])
+    return bytes(flipped)
+
+
 def _unrecorded(shown):
     """A backup as ``show`` printed it, but what a verification records.
 
@@ -425,15 +434,28 @@ class SwiftStoreTest(testtools.TestCase):
         result = self.timed('verify', self.verify, full['id'])
         self.assertEqual('ok', result['Status'], result)
 
-        # Four bytes flipped in the middle of the full backup's largest
-        # object (zstd; the data is incompressible: stored as is).
-        name, obj = max(full_objects.items(), key=lambda i: i[1]['length'])
+        stored = self.dep.swift_objects(full['id'])
+        # Four bytes flipped in the middle of a zstd stream of zeros: it
+        # no longer inflates; the whole object's region is named.
+        name = min(full_objects, key=lambda n: stored[n])
+        obj = full_objects[name]
         original = self.get(name)
-        middle = len(original) // 2
-        flipped = bytearray(original)
-        flipped[middle:middle + 4] = bytes(
-            b ^ 0xFF for b in flipped[middle:middle + 4])
-        self.put(name, bytes(flipped))
+        self.put(name, _flipped(original))
+        problems = self.verify_failed('flipped_zeros', incr['id'], ids)
+        named = self.named(problems, name, full['id'],
+                           ('undecodable', 'md5_mismatch',
+                            'digest_mismatch'))
+        for problem in named:
+            self.assert_within(problem, obj)
+        self.put(name, original)
+
+        # Four bytes flipped in the middle of the full backup's object
+        # that stores the most (the written data: incompressible, zstd
+        # stores it as is).
+        name = max(full_objects, key=lambda n: stored[n])
+        obj = full_objects[name]
+        original = self.get(name)
+        self.put(name, _flipped(original))
         problems = self.verify_failed('flipped', incr['id'], ids)
         named = self.named(problems, name, full['id'],
                            ('digest_mismatch', 'md5_mismatch',
@@ -448,7 +470,9 @@ class SwiftStoreTest(testtools.TestCase):
         self.put(name, original)
 
         # An object of the incremental truncated to half its stored bytes.
-        name, obj = max(incr_objects.items(), key=lambda i: i[1]['length'])
+        stored = self.dep.swift_objects(incr['id'])
+        name = max(incr_objects, key=lambda n: stored[n])
+        obj = incr_objects[name]
         original = self.get(name)
         self.put(name, original[:len(original) // 2])
         problems = self.verify_failed('truncated', incr['id'], ids)
@@ -458,7 +482,8 @@ class SwiftStoreTest(testtools.TestCase):
         self.put(name, original)
 
         # An object of the full backup deleted: missing, exactly its range.
-        name, obj = min(full_objects.items(), key=lambda i: i[1]['offset'])
+        name = min(full_objects, key=lambda n: full_objects[n]['offset'])
+        obj = full_objects[name]
         original = self.get(name)
         self.conn.delete_object(self.container, name)
         problems = self.verify_failed('deleted', incr['id'], ids)
