@@ -41,9 +41,12 @@ chain (its parents), without writing anything anywhere:
 
 Memory stays bounded whatever the size: objects are inflated in pieces
 (except ``zstd`` objects, which the ``zstd`` module inflates whole, and
-stores whose object readers read whole objects, such as Swift's), and the
-digest lists are parsed as they are read
+stores whose object readers read whole objects), and the digest lists are
+parsed as they are read
 (:class:`~cinder_vmdk_backup.backup.sha_lists.ShaFileReader`), never held.
+Swift's object reader reads whole objects (``read()`` takes no size): the
+verification reads Swift's objects and sha256 files through the same
+connection in pieces instead (:class:`_SwiftPieces`).
 
 Reading and hashing run on a native thread of the plugin's
 :mod:`~cinder_vmdk_backup.backup.transfer` (they log nothing and touch no
@@ -64,6 +67,7 @@ import hashlib
 import itertools
 import json
 import os
+import socket
 import time
 import uuid
 
@@ -271,20 +275,114 @@ def _is_store_error(exc):
     return isinstance(getattr(exc, 'response', None), dict)  # botocore
 
 
+def _swift_reader_class():
+    try:
+        from cinder.backup.drivers import swift
+    except ImportError:  # pragma: no cover - swiftclient is Cinder's
+        return None
+    return swift.SwiftBackupDriver.SwiftObjectReader
+
+
+class _SwiftPieces(object):
+    """A Swift object read in pieces, through the reader's connection.
+
+    Cinder's ``SwiftObjectReader.read()`` returns the whole object (up to
+    ``backup_swift_object_size``; a sha256 file grows with the volume).
+    This one asks the same connection, with the same headers, for the
+    object's body in pieces of :data:`READ_BYTES` (swiftclient's
+    ``resp_chunk_size``; its retrying body resumes a broken transfer from
+    where it stopped). Errors are the reader's: a missing object is
+    swiftclient's ``ClientException`` with ``http_status`` 404, a socket
+    error becomes ``SwiftConnectionFailed``; so does a transfer that
+    breaks beyond swiftclient's retries (a store failure, not the data's).
+    """
+
+    def __init__(self, reader):
+        self._reader = reader
+        self._body = None
+
+    def _open(self):
+        reader = self._reader
+        headers = reader.headers_func() if reader.headers_func else None
+        try:
+            _headers, body = reader.conn.get_object(
+                reader.container, reader.object_name, headers=headers,
+                resp_chunk_size=READ_BYTES)
+        except socket.error as err:
+            raise exception.SwiftConnectionFailed(reason=err)
+        if isinstance(body, bytes):
+            # (A client or fake that ignores resp_chunk_size.)
+            body = _BytesBody(body)
+        return body
+
+    def read(self, size=-1):
+        if self._body is None:
+            self._body = self._open()
+        try:
+            if size is None or size < 0:
+                return b''.join(iter(lambda: self._body.read(READ_BYTES),
+                                     b''))
+            return self._body.read(size)
+        except exception.BackupDriverException:
+            raise
+        except Exception as err:
+            if _is_not_found(err) or getattr(err, 'http_status', None):
+                raise
+            raise exception.SwiftConnectionFailed(reason=err) from err
+
+    def close(self):
+        body, self._body = self._body, None
+        close = getattr(body, 'close', None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
+
+
+class _BytesBody(object):
+
+    def __init__(self, data):
+        self._data = memoryview(data)
+        self._at = 0
+
+    def read(self, size):
+        piece = bytes(self._data[self._at:self._at + size])
+        self._at += len(piece)
+        return piece
+
+
+def _in_pieces(reader):
+    """``reader``, or one reading in pieces where it reads whole objects."""
+    swift_reader = _swift_reader_class()
+    if swift_reader is not None and isinstance(reader, swift_reader):
+        return _SwiftPieces(reader)
+    return reader
+
+
+def _close(reader):
+    if isinstance(reader, _SwiftPieces):
+        reader.close()
+
+
 class _Digests(object):
     """One sha256 file's digests, taken by ascending block index."""
 
     def __init__(self, service, member):
         self.error = None
+        #: The file was gone when read (after its listing, or midway).
+        self.missing = False
+        self._name = member.sha_name
+        self._backup_id = member.backup.id
         self._manager = None
+        self._reader = None
         self._iter = iter(())
         self._next = 0
         self.count = None
         try:
             self._manager = service.get_object_reader(
                 member.backup.container, member.sha_name)
-            reader = self._manager.__enter__()
-            sha = sha_lists.ShaFileReader(reader, member.sha_name).open()
+            self._reader = _in_pieces(self._manager.__enter__())
+            sha = sha_lists.ShaFileReader(self._reader,
+                                          member.sha_name).open()
             self.chunk_size = sha.chunk_size()
             self._iter = sha.digests()
         except exception.InvalidBackup as exc:
@@ -309,6 +407,9 @@ class _Digests(object):
         except exception.InvalidBackup as exc:
             self.error = exc
             return None
+        except Exception as exc:
+            self._read_failed(exc)
+            return None
         if digest is not None:
             self._next += 1
         return digest
@@ -319,12 +420,32 @@ class _Digests(object):
             self._next += sum(1 for _x in self._iter)
         except exception.InvalidBackup as exc:
             self.error = exc
+        except Exception as exc:
+            self._read_failed(exc)
         self.close()
         if self.error is not None:
             return None
         return self._next
 
+    def _read_failed(self, exc):
+        """The store failed while the digests were read (after open).
+
+        Not found: the file went away (``missing``); any other failure
+        says nothing about the backup: VerificationError.
+        """
+        if _is_not_found(exc):
+            self.error = exc
+            self.missing = True
+            return
+        self.close()
+        raise cvb_exception.VerificationError(reason=_(
+            'the sha256 file %(n)s of backup %(b)s cannot be read: '
+            '%(e)s') % {'n': self._name, 'b': self._backup_id,
+                        'e': exc}) from exc
+
     def close(self):
+        reader, self._reader = self._reader, None
+        _close(reader)
         manager, self._manager = self._manager, None
         if manager is not None:
             with contextlib.suppress(Exception):
@@ -519,6 +640,11 @@ class _Verification(object):
 
     def _check_count(self, member, digests):
         count = digests.finish()
+        if count is None and digests.missing:
+            self.broken = True
+            self._whole(member.backup.id, SHA256_FILE_MISSING,
+                        obj=member.sha_name, detail=str(digests.error))
+            return
         if count is None:
             self._sha_invalid(member, digests.error)
             return
@@ -549,7 +675,7 @@ class _Verification(object):
             manager = self.service.get_object_reader(
                 backup.container, obj.name,
                 extra_metadata=obj.extra_metadata)
-            reader = manager.__enter__()
+            reader = _in_pieces(manager.__enter__())
         except Exception as exc:
             if not _is_not_found(exc):
                 raise self._error(_('object %(o)s of backup %(b)s cannot be '
@@ -579,6 +705,7 @@ class _Verification(object):
             else:
                 check.failed(UNDECODABLE, str(cause or exc))
         finally:
+            _close(reader)
             with contextlib.suppress(Exception):
                 manager.__exit__(None, None, None)
         report.objects_checked += 1

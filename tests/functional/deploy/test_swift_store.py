@@ -30,7 +30,18 @@ backup driver. With the real ``openstack`` client, for the plugin profile
   loaded) into a file: byte for byte the same data;
 - the store-format check of tests/unit/backup/test_store_formats.py on
   the real Swift (swift_format_check.py): what Cinder's own backup() and
-  the plugin's driver-owned paths store for the same data is the same.
+  the plugin's driver-owned paths store for the same data is the same;
+- verification on the real Swift (issue 20, item 5), with the real
+  ``openstack volume backup verify --wait``: a chain verified ``ok`` (once
+  ``--deep``), then each bad input made through Swift's own API and
+  repaired after its check: four bytes flipped in the middle of an object,
+  an object truncated, an object deleted, the sha256 file deleted, the
+  parent backup's record gone. Each is reported with its object and
+  volume region; the verification changes nothing in the container
+  (names, etags) and nothing of the backups but the verification record
+  in their metadata (the status stays ``available``); a
+  restore of the flipped backup fails naming the region, its volume in
+  error.
 
 Both profiles run in one deployment directory (``CVB_TEST_DEPLOY_DIR``
 with ``swift``), started together and sharing its MariaDB, RabbitMQ,
@@ -38,6 +49,7 @@ Keystone and Swift. Start-up times (the whole profile, Swift's part of
 it) and the step times are in each test's details.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -56,6 +68,7 @@ from tests.functional import vcsim as vcsim_fixture
 
 SIZE = units.Gi
 BACKUP_TIMEOUT = 300
+VERIFY_TIMEOUT = 180
 STOCK_RESTORE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                              'stock_restore.py')
 FORMAT_CHECK = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -117,6 +130,24 @@ class SwiftDeployment(deployment.Deployment):
         if len(marks) != 2:
             return None
         return marks['Swift is up'] - marks['starting Swift']
+
+
+def _flipped(data):
+    """``data`` with four bytes in its middle inverted."""
+    middle = len(data) // 2
+    flipped = bytearray(data)
+    flipped[middle:middle + 4] = bytes(b ^ 0xFF
+                                       for b in flipped[middle:middle + 4])
+    return bytes(flipped)
+
+
+def _unrecorded(shown):
+    """A backup as ``show`` printed it, but what a verification records.
+
+    (Its metadata, and so its updated_at.)
+    """
+    return {k: v for k, v in shown.items()
+            if k not in ('updated_at', 'metadata')}
 
 
 def _environment_problem(error):
@@ -373,3 +404,238 @@ class SwiftStoreTest(testtools.TestCase):
         vc = self.dep.vcsim
         descriptor = vc.datastore_file(vc.disk_path(volume_id))
         return descriptor[:-len('.vmdk')] + '-flat.vmdk'
+
+    # -- verification and bad input on the real Swift ---------------------
+
+    def test_verification_and_bad_input_on_swift(self):
+        """Issue 20 item 5: every bad input on the real Swift store."""
+        self._use('plugin')
+        self.container = 'cvb-plugin'
+        self.conn = self.dep.swift()
+        vol = self.create_volume('swift-verify-src')
+        disk = cli.Disk(size=SIZE)
+        for index, (offset, length) in enumerate(REGIONS):
+            disk = self.write(vol, disk, offset, length, 21 + index)
+        full = self.backup('swift-verify-full', vol)
+        for index, (offset, length) in enumerate(CHANGES):
+            disk = self.write(vol, disk, offset, length, 31 + index)
+        incr = self.backup('swift-verify-incr', vol, '--incremental')
+        ids = (full['id'], incr['id'])
+        full_objects = self.data_objects(full)
+        incr_objects = self.data_objects(incr)
+
+        # Good: the chain verifies, deep once (a restore into a scratch
+        # file, compared).
+        result = self.timed('verify_deep', self.verify, incr['id'],
+                            '--deep')
+        self.assertEqual(('ok', []), (result['Status'], result['Problems']),
+                         result)
+        self.assertTrue(result['Deep'], result)
+        result = self.timed('verify', self.verify, full['id'])
+        self.assertEqual('ok', result['Status'], result)
+
+        stored = self.dep.swift_objects(full['id'])
+        # Four bytes flipped in the middle of a zstd stream of zeros: it
+        # no longer inflates; the whole object's region is named.
+        name = min(full_objects, key=lambda n: stored[n])
+        obj = full_objects[name]
+        original = self.get(name)
+        self.put(name, _flipped(original))
+        problems = self.verify_failed('flipped_zeros', incr['id'], ids)
+        named = self.named(problems, name, full['id'],
+                           ('undecodable', 'md5_mismatch',
+                            'digest_mismatch'))
+        for problem in named:
+            self.assert_within(problem, obj)
+        self.put(name, original)
+
+        # Four bytes flipped in the middle of the full backup's object
+        # that stores the most (the written data: incompressible, zstd
+        # stores it as is).
+        name = max(full_objects, key=lambda n: stored[n])
+        obj = full_objects[name]
+        original = self.get(name)
+        self.put(name, _flipped(original))
+        problems = self.verify_failed('flipped', incr['id'], ids)
+        named = self.named(problems, name, full['id'],
+                           ('digest_mismatch', 'md5_mismatch',
+                            'undecodable'))
+        for problem in named:
+            self.assert_within(problem, obj)
+        digest = [p for p in named if p['reason'] == 'digest_mismatch']
+        self.assertTrue(digest, named)
+        # One hash block holds the four bytes.
+        self.assertEqual(1, len(digest), digest)
+        self.restore_fails(incr['id'], name, digest[0])
+        self.put(name, original)
+
+        # An object of the incremental truncated to half its stored bytes.
+        stored = self.dep.swift_objects(incr['id'])
+        name = max(incr_objects, key=lambda n: stored[n])
+        obj = incr_objects[name]
+        original = self.get(name)
+        self.put(name, original[:len(original) // 2])
+        problems = self.verify_failed('truncated', incr['id'], ids)
+        for problem in self.named(problems, name, incr['id'],
+                                  ('truncated', 'undecodable')):
+            self.assert_within(problem, obj)
+        self.put(name, original)
+
+        # An object of the full backup deleted: missing, exactly its range.
+        name = min(full_objects, key=lambda n: full_objects[n]['offset'])
+        obj = full_objects[name]
+        original = self.get(name)
+        self.conn.delete_object(self.container, name)
+        problems = self.verify_failed('deleted', incr['id'], ids)
+        named = self.named(problems, name, full['id'], ('missing',))
+        self.assertEqual([(obj['offset'], obj['length'])],
+                         [(p['offset'], p['length']) for p in named])
+        self.put(name, original)
+
+        # The incremental's sha256 file deleted.
+        sha_name = self.sha256_name(incr)
+        original = self.get(sha_name)
+        self.conn.delete_object(self.container, sha_name)
+        problems = self.verify_failed('sha256_missing', incr['id'], ids)
+        named = self.named(problems, sha_name, incr['id'],
+                           ('sha256_file_missing',))
+        self.assertEqual([(0, SIZE)],
+                         [(p['offset'], p['length']) for p in named])
+        self.put(sha_name, original)
+
+        # Repaired: ok again (the checks above found the damage, not
+        # something else).
+        result = self.verify(incr['id'])
+        self.assertEqual('ok', result['Status'], result)
+
+        # The parent's record gone (its objects still stored).
+        self.mark_deleted(full['id'], True)
+        try:
+            problems = self.verify_failed('parent_missing', incr['id'],
+                                          (incr['id'],))
+        finally:
+            self.mark_deleted(full['id'], False)
+        missing = [p for p in problems if p['reason'] == 'parent_missing']
+        self.assertEqual([full['id']], [p['backup_id'] for p in missing],
+                         problems)
+        self.assertEqual((0, SIZE), (missing[0]['offset'],
+                                     missing[0]['length']))
+
+    def verify(self, backup_id, *extra):
+        return self.osc('volume', 'backup', 'verify', backup_id, '--wait',
+                        '--timeout', str(VERIFY_TIMEOUT), *extra)
+
+    def verify_failed(self, case, backup_id, ids):
+        """A failed verification; the store and the backups unchanged."""
+        before = self.store_state(ids)
+        shown = {b: self.osc('volume', 'backup', 'show', b) for b in ids}
+        result = self.timed('verify_%s' % case, self.verify, backup_id)
+        self.assertEqual('failed', result['Status'], result)
+        self.assertTrue(result['Problems'], result)
+        self.assertTrue(result['Summary'].startswith('failed: '), result)
+        self.assertEqual(before, self.store_state(ids),
+                         '%s: the verification changed the store' % case)
+        for backup_id_, was in shown.items():
+            # Only the verification record changes (the backup's metadata,
+            # hence its updated_at); the status and the rest stay.
+            now = self.osc('volume', 'backup', 'show', backup_id_)
+            self.assertEqual('available', now['status'])
+            self.assertEqual(
+                _unrecorded(was), _unrecorded(now),
+                '%s: the verification changed backup %s' % (
+                    case, backup_id_))
+        self.figures['problems_%s' % case] = sorted(
+            {p['reason'] for p in result['Problems']})
+        return result['Problems']
+
+    def named(self, problems, name, backup_id, reasons):
+        """The problems naming object ``name``, each of ``reasons``."""
+        named = [p for p in problems if p.get('object') == name]
+        self.assertTrue(named, 'no problem names %s: %s' % (name, problems))
+        for problem in named:
+            self.assertEqual(backup_id, problem['backup_id'], problem)
+            self.assertIn(problem['reason'], reasons, problem)
+            self.assertGreater(problem['length'], 0, problem)
+        return named
+
+    def assert_within(self, problem, obj):
+        """The problem's volume region lies in what the object holds."""
+        self.assertGreaterEqual(problem['offset'], obj['offset'], problem)
+        self.assertLessEqual(problem['offset'] + problem['length'],
+                             obj['offset'] + obj['length'], problem)
+
+    def restore_fails(self, backup_id, name, problem):
+        """A restore of the damaged backup stops, naming the region."""
+        result = self.osc('volume', 'backup', 'restore', backup_id,
+                          'swift-verify-damaged')
+        volume_id = result['volume_id']
+        self.dep.wait('volume backup', backup_id, ('available',),
+                      timeout=BACKUP_TIMEOUT)
+        shown = self.dep.wait('volume', volume_id,
+                              ('error', 'error_restoring'),
+                              failures=('available',),
+                              timeout=BACKUP_TIMEOUT)
+        self.assertIn(shown['status'], ('error', 'error_restoring'))
+        log = self.dep.log('cinder-backup')
+        match = re.search(
+            r'backup %s is damaged: the restored volume region at offset '
+            r'(\d+), length (\d+),[^\n]*stored in [^\n]*%s' % (
+                backup_id, re.escape(name)), log)
+        self.assertIsNotNone(match, 'the restore did not name the region '
+                             'and object: %s' % log[-3000:])
+        self.assertEqual((problem['offset'], problem['length']),
+                         (int(match.group(1)), int(match.group(2))))
+
+    # -- Swift, through its own API ---------------------------------------
+
+    def metadata(self, backup):
+        prefix = self.sha256_name(backup)[:-len('_sha256file')]
+        _headers, body = self.conn.get_object(self.container,
+                                              prefix + '_metadata')
+        return prefix, json.loads(body)
+
+    def sha256_name(self, backup):
+        names = [n for n in self.dep.swift_objects(backup['id'])
+                 if n.endswith('_sha256file')]
+        self.assertEqual(1, len(names), names)
+        return names[0]
+
+    def data_objects(self, backup):
+        """{name: {offset, length, ...}} of the backup's data objects."""
+        _prefix, metadata = self.metadata(backup)
+        objects = {}
+        for entry in metadata['objects']:
+            objects.update(entry)
+        self.assertTrue(objects, metadata)
+        return objects
+
+    def get(self, name):
+        _headers, body = self.conn.get_object(self.container, name)
+        return body
+
+    def put(self, name, data):
+        etag = self.conn.put_object(self.container, name, data)
+        self.assertEqual(hashlib.md5(data, usedforsecurity=False).hexdigest(),
+                         etag)
+
+    def store_state(self, ids):
+        """{name: (bytes, etag)} of the backups' objects in the container."""
+        _headers, listing = self.conn.get_container(self.container,
+                                                    full_listing=True)
+        return {o['name']: (o['bytes'], o['hash']) for o in listing
+                if any('_backup_%s' % b in o['name'] for b in ids)}
+
+    def mark_deleted(self, backup_id, deleted):
+        """The backup's record deleted (or back), in Cinder's database."""
+        infra = os.path.join(self.dep.deploy_dir, 'infra')
+        if deleted:
+            sql = ("UPDATE backups SET deleted = 1, deleted_at = NOW() "
+                   "WHERE id = '%s'" % backup_id)
+        else:
+            sql = ("UPDATE backups SET deleted = 0, deleted_at = NULL "
+                   "WHERE id = '%s'" % backup_id)
+        subprocess.run(  # nosec B603 B607
+            ['mariadb', '--no-defaults',
+             '--socket=%s' % os.path.join(infra, 'mysql.sock'), '-uroot',
+             'cvb_%s' % self.profile, '-e', sql],
+            check=True, stdin=subprocess.DEVNULL, timeout=60)
