@@ -289,9 +289,9 @@ class Table(object):
         else:
             row['check'] = 'not checked'
         # The volumes go (the 32 GiB ones take room); the backups stay.
-        for vid in (restored, volume):
-            self.osc('volume', 'delete', vid, json=False)
         self.rows.append(row)
+        for vid in (restored, volume):
+            self.dep.openstack('volume', 'delete', vid, json=False)
 
     def report(self):
         self.say('')
@@ -331,8 +331,9 @@ class Table(object):
             for number in range(1, self.passes + 1):
                 for gib in self.sizes:
                     self.measure(gib, 'run%d' % number)
-            self.report()
         finally:
+            if self.rows:
+                self.report()
             self.say('stopping the deployment ...')
             self.dep.stop()
             self.dep.release()
