@@ -290,8 +290,12 @@ class Table(object):
             row['check'] = 'not checked'
         # The volumes go (the 32 GiB ones take room); the backups stay.
         self.rows.append(row)
+        # Gone before the next volume: vcsim's datastore must have room
+        # for the next size (Cinder's VMware driver checks its free space).
         for vid in (restored, volume):
             self.dep.openstack('volume', 'delete', vid, json=False)
+        for vid in (restored, volume):
+            self.dep.wait_gone('volume', vid)
 
     def report(self):
         self.say('')
