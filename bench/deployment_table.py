@@ -127,6 +127,16 @@ def hwm(pid):
     return peak
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process (0 once it is gone)."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            fields = f.read().rsplit(')', 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
 def change_data(offsets, pool):
     """The bytes of each changed piece (as ``incremental.apply_change``)."""
     rng = random.Random(7)
@@ -198,14 +208,24 @@ class Table(object):
     def osc(self, *args):
         return self.dep.openstack(*args)
 
-    def step(self, func, *args):
-        """``(result, seconds, peak RSS, load)`` of one step."""
-        pid = self.backup_pid
+    def step(self, row, name, func, *args):
+        """Run one step; its wall time, peak RSS, CPU and load in row."""
+        pid, vcsim = self.backup_pid, self.dep.vcsim.pid
         reset_hwm(pid)
+        cpu, vcsim_cpu = cpu_seconds(pid), cpu_seconds(vcsim)
         started = time.monotonic()
         result = func(*args)
-        seconds = time.monotonic() - started
-        return result, seconds, hwm(pid), load()
+        row[name] = time.monotonic() - started
+        row['rss_' + name] = hwm(pid)
+        row['cpu_' + name] = cpu_seconds(pid) - cpu
+        row['vcsim_' + name] = cpu_seconds(vcsim) - vcsim_cpu
+        row['load_' + name] = load()
+        self.say('  %s %.1f s, cinder-backup peak RSS %.0f MB, CPU %.1f s '
+                 '(vcsim %.1f s), load %s' % (
+                     name, row[name], row['rss_' + name] / 1e6,
+                     row['cpu_' + name], row['vcsim_' + name],
+                     row['load_' + name]))
+        return result
 
     def create_volume(self, name, gib):
         volume = self.osc('volume', 'create', '--size', str(gib), name)
@@ -254,10 +274,8 @@ class Table(object):
                 flat.write(data)
                 expected[offset] = bytearray(data)
         row = {'gib': gib, 'tag': tag}
-        full, row['full'], row['rss_full'], row['load_full'] = self.step(
-            self.backup, 'table-%s-%d-full' % (tag, gib), volume)
-        self.say('  full %.1f s, peak RSS %.0f MB (load %s)'
-                 % (row['full'], row['rss_full'] / 1e6, row['load_full']))
+        full = self.step(row, 'full', self.backup,
+                         'table-%s-%d-full' % (tag, gib), volume)
         with open(path, 'r+b') as flat:
             for offset, data in change_data(offsets, self.pool):
                 flat.seek(offset)
@@ -265,21 +283,15 @@ class Table(object):
                 block = offset - offset % MIB
                 extent = expected.setdefault(block, bytearray(MIB))
                 extent[offset - block:offset - block + len(data)] = data
-        incr, row['incr'], row['rss_incr'], row['load_incr'] = self.step(
-            self.backup, 'table-%s-%d-incr' % (tag, gib), volume,
-            '--incremental')
+        incr = self.step(row, 'incr', self.backup,
+                         'table-%s-%d-incr' % (tag, gib), volume,
+                         '--incremental')
         row['stored'], row['stored_data'] = self.stored(incr)
         row['full_stored'] = self.stored(full)[0]
-        self.say('  incremental %.1f s, %d bytes stored (%d data), peak RSS '
-                 '%.0f MB (load %s)' % (row['incr'], row['stored'],
-                                        row['stored_data'],
-                                        row['rss_incr'] / 1e6,
-                                        row['load_incr']))
-        restored, row['restore'], row['rss_restore'], row['load_restore'] = \
-            self.step(self.restore, incr, 'table-%s-%d-restored' % (tag, gib))
-        self.say('  restore %.1f s, peak RSS %.0f MB (load %s)'
-                 % (row['restore'], row['rss_restore'] / 1e6,
-                    row['load_restore']))
+        self.say('  incremental stored: %d bytes (%d of data objects)'
+                 % (row['stored'], row['stored_data']))
+        restored = self.step(row, 'restore', self.restore, incr,
+                             'table-%s-%d-restored' % (tag, gib))
         if self.verify:
             rpath = flat_file(self.dep.vcsim,
                               self.dep.vcsim.disk_path(restored))
@@ -319,6 +331,14 @@ class Table(object):
                     row['rss_incr'] / 1e6, row['rss_restore'] / 1e6,
                     issue[4], row['load_full'], row['load_incr'],
                     row['load_restore'], row['check']))
+        self.say('CPU seconds of cinder-backup (vcsim) per step:')
+        for row in self.rows:
+            self.say('  %d GiB %s: full %.1f (%.1f), incremental %.1f (%.1f), '
+                     'restore %.1f (%.1f)' % (
+                         row['gib'], row['tag'], row['cpu_full'],
+                         row['vcsim_full'], row['cpu_incr'],
+                         row['vcsim_incr'], row['cpu_restore'],
+                         row['vcsim_restore']))
         self.say('(full backups stored: %s)' % ', '.join(
             '%d GiB %s: %.1f MB' % (r['gib'], r['tag'], r['full_stored'] / 1e6)
             for r in self.rows))
