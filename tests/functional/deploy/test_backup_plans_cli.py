@@ -296,6 +296,29 @@ class BackupPlanCliTest(testtools.TestCase):
         self.fail('backup plan %s: no run of the slot of %s'
                   % (plan_id, slot.isoformat()))
 
+    def forget_dead_backup_host(self, survivor):
+        """Restart cinder-scheduler: it forgets the killed backup host.
+
+        Cinder 29's scheduler picks a backup host at random among every
+        cinder-backup that ever reported to it (HostManager's
+        backup_service_states is never pruned; neither a service's
+        liveness nor its disabled flag is consulted): a backup asked for
+        after a node died goes to the dead node's queue half of the time
+        and stays 'creating' until that node starts again, whichever
+        runner asked for it. A restarted scheduler knows only the nodes
+        that report to it again.
+        """
+        log = 'Received backup service update from %s:' % survivor
+        seen = self.dep.log('cinder-scheduler').count(log)
+        self.dep.stop_services('cinder-scheduler')
+        self.dep.start_service('cinder-scheduler')
+        deadline = time.monotonic() + 60
+        while self.dep.log('cinder-scheduler').count(log) <= seen:
+            if time.monotonic() > deadline:
+                self.fail('cinder-scheduler did not hear from %s again'
+                          % survivor)
+            time.sleep(0.5)
+
     def test_runs_across_two_nodes(self):
         started = time.monotonic()
         minute = datetime.timedelta(minutes=1)
@@ -325,6 +348,7 @@ class BackupPlanCliTest(testtools.TestCase):
         killed_id, victim = killed
         killed_at = datetime.datetime.now(datetime.timezone.utc)
         survivor = next(h for h in NODES if h != victim)
+        self.forget_dead_backup_host(survivor)
         # The other node finds the run stale, marks it interrupted and
         # retries it, taking over its backup.
         retry = self.wait_runs(
