@@ -27,10 +27,11 @@ plans_two_nodes() {
 }
 
 coordination_wanted() {
-    # The plugin profile always (the plan runner is the plugin's), the kvm
-    # profile with CVB_DEPLOY_PLANS=1; never the stock profile.
+    # The plugin profile (the plan runner is the plugin's) when etcd is
+    # installed, the plugin and kvm profiles with CVB_DEPLOY_PLANS=1 (then
+    # a missing etcd is an error); never the stock profile.
     case "$profile" in
-        plugin) return 0 ;;
+        plugin) plans_two_nodes || [ -z "$(etcd_prerequisites)" ] ;;
         kvm) plans_two_nodes ;;
         *) return 1 ;;
     esac

@@ -35,6 +35,7 @@ stopped over two slots catching up once when they start again.
 
 import datetime
 import json
+import os
 import time
 
 import testtools
@@ -69,6 +70,8 @@ class BackupPlanCliTest(testtools.TestCase):
         super().setUpClass()
         cls.dep, cls.problem = None, None
         missing = deployment.missing_prerequisites()
+        if not os.access('/usr/bin/etcd', os.X_OK):
+            missing.append('etcd-server (the coordination backend)')
         if missing:
             cls.problem = ('the deployment needs %s (tools/deploy/install.sh '
                            'installs them)' % ', '.join(missing))
