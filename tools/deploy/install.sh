@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install what tools/deploy/up.sh needs on a Debian 12 machine (as root):
 # RabbitMQ, MariaDB, Swift and etcd from Debian's packages, the OpenStack
-# client (python-openstackclient + python-cinderclient), Keystone (+ gunicorn) and
-# Nova + Placement (+ gunicorn, libvirt-python: the kvm profile's
+# client (python-openstackclient + python-cinderclient), Keystone
+# (+ gunicorn) and Nova + Placement (+ gunicorn, libvirt-python: the kvm profile's
 # CVB_DEPLOY_NOVA=1), each in a virtualenv of its own.
 # PyMySQL, through which Cinder's services reach MariaDB, and
 # python-swiftclient, Cinder's Swift backup driver's client, come with the
