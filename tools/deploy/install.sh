@@ -2,8 +2,8 @@
 # Install what tools/deploy/up.sh needs on a Debian 12 machine (as root):
 # RabbitMQ, MariaDB, Swift and etcd from Debian's packages, the OpenStack
 # client (python-openstackclient + python-cinderclient), Keystone
-# (+ gunicorn) and Nova + Placement (+ gunicorn, libvirt-python: the kvm profile's
-# CVB_DEPLOY_NOVA=1), each in a virtualenv of its own.
+# (+ gunicorn) and Nova + Placement (+ gunicorn, libvirt-python: the kvm
+# profile's CVB_DEPLOY_NOVA=1), each in a virtualenv of its own.
 # PyMySQL, through which Cinder's services reach MariaDB, and
 # python-swiftclient, Cinder's Swift backup driver's client, come with the
 # project's virtualenv (test-requirements.txt).
