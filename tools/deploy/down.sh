@@ -91,12 +91,18 @@ for profile in "${profiles[@]}"; do
         cvb_log "stopped Nova of profile '$profile'"
     fi
     pidfiles=()
-    for s in cinder-backup cinder-volume cinder-scheduler cinder-api vcsim; do
+    for s in cinder-backup cinder-backup2 cinder-volume cinder-scheduler \
+            cinder-api vcsim; do
         [ -f "$dir/$s.pid" ] && pidfiles+=("$dir/$s.pid")
     done
     if [ ${#pidfiles[@]} -gt 0 ]; then
         cvb_stop_all 30 "${pidfiles[@]}"
         cvb_log "stopped profile '$profile'"
+    fi
+    # The coordination backend after the services that hold its locks.
+    if [ -f "$dir/etcd.pid" ]; then
+        cvb_stop "$dir/etcd.pid" 15
+        cvb_log "stopped the etcd of profile '$profile'"
     fi
     private_libvirt_down "$dir"
     libvirt_down "$dir"
@@ -105,7 +111,7 @@ done
 [ "$keep_infra" = 1 ] && exit 0
 for profile in "${CVB_PROFILES[@]}"; do
     for s in up cinder-api cinder-scheduler cinder-volume cinder-backup \
-            nova-compute; do
+            cinder-backup2 nova-compute; do
         if cvb_pid_alive "$CVB_DEPLOY_DIR/$profile/$s.pid"; then
             cvb_log "profile '$profile' still runs or starts: RabbitMQ," \
                 "MariaDB and Keystone stay up"

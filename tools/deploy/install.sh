@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install what tools/deploy/up.sh needs on a Debian 12 machine (as root):
-# RabbitMQ, MariaDB and Swift from Debian's packages, the OpenStack client
-# (python-openstackclient + python-cinderclient), Keystone (+ gunicorn) and
-# Nova + Placement (+ gunicorn, libvirt-python: the kvm profile's
-# CVB_DEPLOY_NOVA=1), each in a virtualenv of its own.
+# RabbitMQ, MariaDB, Swift and etcd from Debian's packages, the OpenStack
+# client (python-openstackclient + python-cinderclient), Keystone
+# (+ gunicorn) and Nova + Placement (+ gunicorn, libvirt-python: the kvm
+# profile's CVB_DEPLOY_NOVA=1), each in a virtualenv of its own.
 # PyMySQL, through which Cinder's services reach MariaDB, and
 # python-swiftclient, Cinder's Swift backup driver's client, come with the
 # project's virtualenv (test-requirements.txt).
@@ -24,6 +24,8 @@ packages=(rabbitmq-server mariadb-server mariadb-client python3-venv)
 # servers on the system Python, with keystonemiddleware for the proxy.
 packages+=(swift swift-proxy swift-account swift-container swift-object
            python3-keystonemiddleware)
+# etcd: the coordination backend of the plugin profile (tools/deploy/etcd.sh).
+packages+=(etcd-server)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' \

@@ -32,6 +32,11 @@
 # plugin and kvm also load the plugin's instance-group API extension
 # (osapi_volume_extension) when the virtualenv has it (the log says which).
 #
+# The plugin profile (and kvm with CVB_DEPLOY_PLANS=1) runs an etcd for
+# Cinder's coordination layer ([coordination] backend_url), which decides
+# which cinder-backup runs a due backup plan; CVB_DEPLOY_PLANS=1 adds a
+# second cinder-backup service with another host (tools/deploy/etcd.sh).
+#
 # Backups go to Cinder's posix driver (a directory of the profile) or, with
 # CVB_DEPLOY_BACKUP_STORE=swift, to Cinder's Swift driver on a one-replica
 # Swift cluster of the deployment (tools/deploy/swift.sh), in every profile.
@@ -53,6 +58,7 @@ set -eu -o pipefail
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/nova.sh"
 source "$(dirname "$0")/swift.sh"
+source "$(dirname "$0")/etcd.sh"
 umask 077
 
 profile=${1:-plugin}
@@ -98,6 +104,11 @@ check_prerequisites() {
         local swift_missing
         swift_missing=$(swift_prerequisites)
         [ -z "$swift_missing" ] || missing+=("$swift_missing")
+    fi
+    if coordination_wanted; then
+        local etcd_missing
+        etcd_missing=$(etcd_prerequisites)
+        [ -z "$etcd_missing" ] || missing+=("$etcd_missing")
     fi
     if [ ${#missing[@]} -gt 0 ]; then
         cvb_die "missing: ${missing[*]} (run tools/deploy/install.sh;" \
@@ -478,6 +489,15 @@ profile_running() {
     if swift_wanted; then
         swift_running || return 1
     fi
+    if coordination_wanted; then
+        etcd_running || return 1
+    fi
+    # With a second cinder-backup exactly when asked for.
+    if plans_two_nodes; then
+        cvb_pid_alive "$dir/cinder-backup2.pid" || return 1
+    else
+        [ ! -f "$dir/cinder-backup2.pid" ] || return 1
+    fi
     [ -f "$dir/openrc" ]
 }
 
@@ -630,7 +650,8 @@ cinder_up() {
         CINDER_SERVICE_PASSWORD="$CINDER_SERVICE_PASSWORD" \
         BACKUP_MANAGER_LINE="$backup_manager_line" BACKEND="$backend" \
         API_EXTENSION_LINES="$extension_lines" \
-        BACKUP_STORE_LINES="$store_lines"
+        BACKUP_STORE_LINES="$store_lines" \
+        COORDINATION_LINES="$(coordination_lines)"
     render_conf "$CVB_TOP/tools/deploy/backend-$backend.conf.in" \
         "$dir/cinder.conf.$backend" STATE_DIR="$dir" "${backend_args[@]}"
     cat "$dir/cinder.conf.$backend" >>"$dir/cinder.conf"
@@ -670,6 +691,9 @@ SQL
             --config-file "$dir/cinder.conf" --log-file "$dir/log/$s.log" \
             "${debug[@]}"
     done
+    if plans_two_nodes; then
+        backup2_up
+    fi
     register_endpoint
     cat >"$dir/openrc" <<RC
 # The OpenStack client against the '$profile' deployment of
@@ -700,6 +724,13 @@ volume_heard() {
         "$dir/log/cinder-scheduler.log" 2>/dev/null
 }
 
+backup2_heard() {
+    # The scheduler has the second cinder-backup's report too.
+    plans_two_nodes || return 0
+    grep -q "Received backup service update from cvb-$profile-backup2" \
+        "$dir/log/cinder-scheduler.log" 2>/dev/null
+}
+
 wait_services() {
     # Until cinder-scheduler, cinder-volume and cinder-backup have reported
     # to the database since now (rows of an earlier run of this profile
@@ -715,6 +746,10 @@ wait_services() {
             cvb_pid_alive "$dir/$s.pid" \
                 || cvb_die "$s ended: $dir/log/$s.log"
         done
+        if plans_two_nodes; then
+            cvb_pid_alive "$dir/cinder-backup2.pid" \
+                || cvb_die "cinder-backup2 ended: $dir/log/cinder-backup2.log"
+        fi
         if grep -q 'Failed to initialize driver' \
                 "$dir/log/cinder-volume.log" 2>/dev/null; then
             cvb_die "the volume driver failed: $dir/log/cinder-volume.log"
@@ -727,7 +762,7 @@ wait_services() {
                 "$dir/log/cinder-volume.log" 2>/dev/null \
             && grep -q "Received backup service update from .*'backend_state': True" \
                 "$dir/log/cinder-scheduler.log" 2>/dev/null \
-            && volume_heard; then
+            && volume_heard && backup2_heard; then
             return 0
         fi
         sleep 0.2
@@ -766,6 +801,9 @@ main() {
         libvirt_up
     else
         vcsim_up
+    fi
+    if coordination_wanted; then
+        etcd_up
     fi
     if nova_wanted; then
         # Nova's database migrations while Cinder starts.

@@ -347,8 +347,11 @@ def missing_kvm_prerequisites():
 class Deployment(object):
     """One profile of tools/deploy/up.sh, started and stopped by PID."""
 
-    def __init__(self, profile):
+    def __init__(self, profile, env=None):
         self.profile = profile
+        # Extra environment of up.sh / down.sh (e.g. CVB_DEPLOY_PLANS=1).
+        self.extra_env = dict(env or {})
+        self._commands = {}
         self.deploy_dir = DEPLOY_DIR % profile
         self.dir = os.path.join(self.deploy_dir, profile)
         self._lock = None
@@ -361,6 +364,7 @@ class Deployment(object):
         env = dict(os.environ, CVB_DEPLOY_DIR=self.deploy_dir,
                    CVB_VENV=sys.prefix, CVB_OSC_VENV=OSC_VENV,
                    CVB_KEYSTONE_VENV=KEYSTONE_VENV)
+        env.update(self.extra_env)
         return env
 
     def _script(self, name, timeout):
@@ -429,6 +433,97 @@ class Deployment(object):
         if self.vcsim is not None:
             self.vcsim.stop()
         self._script('down.sh', 600)
+
+    # -- services, by the PID files of up.sh -----------------------------
+
+    def _pid_file(self, service):
+        return os.path.join(self.dir, '%s.pid' % service)
+
+    def service_pid(self, service):
+        """The PID of a running service of the profile, else None."""
+        try:
+            with open(self._pid_file(service)) as f:
+                pid = int(f.read().strip())
+            with open('/proc/%d/status' % pid) as status:
+                if 'State:\tZ' in status.read():
+                    return None
+        except (OSError, ValueError):
+            return None
+        return pid
+
+    def _remember(self, service, pid):
+        # How to start it again: its command line, as up.sh started it.
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            self._commands[service] = [
+                a.decode() for a in f.read().split(b'\0') if a]
+
+    def _wait_ended(self, pid, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with open('/proc/%d/status' % pid) as status:
+                    if 'State:\tZ' in status.read():
+                        return True
+            except OSError:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def kill_service(self, service):
+        """SIGKILL a service by its PID, as a node that dies."""
+        pid = self.service_pid(service)
+        if pid is None:
+            raise DeploymentError('%s is not running' % service)
+        self._remember(service, pid)
+        os.kill(pid, signal.SIGKILL)
+        if not self._wait_ended(pid, 10):
+            raise DeploymentError('%s (%d) did not end' % (service, pid))
+
+    def stop_services(self, *services, **kwargs):
+        """SIGTERM services by their PIDs; wait for them to end."""
+        timeout = kwargs.get('timeout', 30)
+        pids = {}
+        for service in services:
+            pid = self.service_pid(service)
+            if pid is not None:
+                self._remember(service, pid)
+                os.kill(pid, signal.SIGTERM)
+                pids[service] = pid
+        for service, pid in pids.items():
+            if not self._wait_ended(pid, timeout):
+                os.kill(pid, signal.SIGKILL)
+                self._wait_ended(pid, 10)
+
+    def start_service(self, service):
+        """Start a service stopped by this object again (same command)."""
+        command = self._commands[service]
+        out = os.open(os.path.join(self.dir, 'log', '%s.out' % service),
+                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            proc = subprocess.Popen(  # nosec B603: up.sh's own command
+                command, env=self._script_env(), stdin=subprocess.DEVNULL,
+                stdout=out, stderr=out, start_new_session=True)
+        finally:
+            os.close(out)
+        # (down.sh stops it by this file, as the one up.sh wrote.)
+        with open(self._pid_file(service), 'w') as f:
+            f.write('%d\n' % proc.pid)
+        return proc
+
+    def db_rows(self, sql, args=()):
+        """Rows of a query on the profile's database (MariaDB)."""
+        import pymysql
+        infra = read_env(os.path.join(self.deploy_dir, 'infra', 'env'))
+        conn = pymysql.connect(
+            host='127.0.0.1', port=int(infra['DB_PORT']),
+            user=infra['DB_USER'], password=infra['DB_PASSWORD'],
+            database='cvb_%s' % self.profile)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(sql, args)
+                return cursor.fetchall()
+        finally:
+            conn.close()
 
     def log(self, service):
         path = os.path.join(self.dir, 'log', '%s.log' % service)
