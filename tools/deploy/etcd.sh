@@ -27,12 +27,11 @@ plans_two_nodes() {
 }
 
 coordination_wanted() {
-    # The plugin profile (the plan runner is the plugin's) when etcd is
-    # installed, the plugin and kvm profiles with CVB_DEPLOY_PLANS=1 (then
-    # a missing etcd is an error); never the stock profile.
+    # The plugin and kvm profiles with CVB_DEPLOY_PLANS=1 (then a missing
+    # etcd is an error); otherwise one cinder-backup, for which Cinder's
+    # default file:// coordination is enough; never the stock profile.
     case "$profile" in
-        plugin) plans_two_nodes || [ -z "$(etcd_prerequisites)" ] ;;
-        kvm) plans_two_nodes ;;
+        plugin|kvm) plans_two_nodes ;;
         *) return 1 ;;
     esac
 }
