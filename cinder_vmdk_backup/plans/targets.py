@@ -229,14 +229,23 @@ class Targets(object):
 
     @staticmethod
     def _adoptable_backups(context, adopt):
-        """Backups of the retried run still good: {volume id: backup id}."""
+        """Backups of the retried run still good: {volume id: backup id}.
+
+        A backup still ``creating`` on a host whose cinder-backup is down
+        is not: nothing will finish it (Cinder's scheduler still sends
+        backups to a backup host that died; it ends in error only when
+        that host starts again).
+        """
         adopted = {}
+        down = _DownHosts(context)
         for backup_id in (adopt or {}).get('backup_ids') or ():
             try:
                 backup = objects.Backup.get_by_id(context, backup_id)
             except exception.BackupNotFound:
                 continue
-            if backup.status in _MADE + (fields.BackupStatus.CREATING,):
+            if backup.status in _MADE or (
+                    backup.status == fields.BackupStatus.CREATING and
+                    not down(backup.host)):
                 adopted[backup.volume_id] = backup.id
         return adopted
 
@@ -288,6 +297,7 @@ class Targets(object):
     def progress(self, context, run):
         """An :class:`Outcome` of the run's backups and sets, read now."""
         outcome = Outcome()
+        down = _DownHosts(context)
         for backup_id in run.get('backup_ids') or ():
             try:
                 backup = objects.Backup.get_by_id(context, backup_id)
@@ -296,6 +306,12 @@ class Targets(object):
                                         'made' % backup_id)
                 continue
             if backup.status == fields.BackupStatus.CREATING:
+                if down(backup.host):
+                    outcome.failures.append(
+                        'backup %s of volume %s is stuck creating on %s, '
+                        'whose cinder-backup service is down' % (
+                            backup.id, backup.volume_id, backup.host))
+                    continue
                 outcome.done = False
             elif backup.status in _MADE:
                 outcome.made.append(backup.id)
@@ -326,3 +342,29 @@ class Targets(object):
             outcome.failures.append('backup set %s is %s: %s' % (
                 set_id, group_snapshot.status,
                 group_snapshot.description or ''))
+
+
+class _DownHosts(object):
+    """Whether a backup host's cinder-backup is down, asked once per host.
+
+    Unknown (no host recorded yet) counts as up: the backup has not been
+    handed to a service yet.
+    """
+
+    BINARY = 'cinder-backup'
+
+    def __init__(self, context):
+        self._context = context
+        self._known = {}
+
+    def __call__(self, host):
+        if not host:
+            return False
+        if host not in self._known:
+            try:
+                service = objects.Service.get_by_args(self._context, host,
+                                                      self.BINARY)
+                self._known[host] = not service.is_up
+            except exception.ServiceNotFound:
+                self._known[host] = True
+        return self._known[host]

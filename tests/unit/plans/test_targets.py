@@ -18,6 +18,7 @@ API runs in tests/functional/plans).
 """
 
 import datetime
+import socket
 from unittest import mock
 
 from cinder.backup import api as backup_api
@@ -25,6 +26,7 @@ from cinder import context
 from cinder.tests.unit import fake_constants as fake
 from cinder.tests.unit import test
 from cinder.tests.unit import utils as test_utils
+from oslo_utils import timeutils
 
 from cinder_vmdk_backup.group import api as group_api
 from cinder_vmdk_backup.group import records
@@ -48,6 +50,11 @@ class Base(test.TestCase):
         self.work = targets.Targets(backup_api=self.backups,
                                     group_api=self.groups)
         self.volume = self.make_volume()
+        # Backups of test_utils are made on this machine's host name: its
+        # cinder-backup is up.
+        test_utils.create_service(self.ctxt, {
+            'host': socket.gethostname(), 'binary': 'cinder-backup',
+            'topic': 'cinder-backup', 'updated_at': timeutils.utcnow()})
 
     def _create(self, ctxt, name, description, volume_id, container,
                 incremental=False, availability_zone=None, force=False,
@@ -156,6 +163,52 @@ class VolumeTargetsTestCase(Base):
                                       self.backups.create.call_args_list])
         self.assertIn(going.id, ids)
         self.assertEqual(2, len(ids))
+
+    def _backup_host(self, host, up):
+        when = timeutils.utcnow()
+        if not up:
+            when -= datetime.timedelta(hours=1)
+        test_utils.create_service(self.ctxt, {
+            'host': host, 'binary': 'cinder-backup', 'topic': 'cinder-backup',
+            'updated_at': when})
+
+    def test_progress_fails_a_backup_stuck_on_a_dead_host(self):
+        self._backup_host('dead', up=False)
+        self._backup_host('alive', up=True)
+        stuck = test_utils.create_backup(self.ctxt, status='creating',
+                                         host='dead')
+        going = test_utils.create_backup(self.ctxt, status='creating',
+                                         host='alive')
+        gone = test_utils.create_backup(self.ctxt, status='creating',
+                                        host='never-seen')
+        outcome = self.work.progress(self.ctxt, {
+            'backup_ids': [stuck.id, going.id, gone.id]})
+        self.assertFalse(outcome.done)
+        self.assertEqual(2, len(outcome.failures))
+        self.assertIn('%s of volume' % stuck.id, outcome.failures[0])
+        self.assertIn('stuck creating on dead', outcome.failures[0])
+        self.assertIn('stuck creating on never-seen', outcome.failures[1])
+        outcome = self.work.progress(self.ctxt, {'backup_ids': [stuck.id]})
+        self.assertTrue(outcome.done)
+        self.assertEqual([], outcome.made)
+
+    def test_retry_does_not_adopt_a_backup_of_a_dead_host(self):
+        self._backup_host('dead', up=False)
+        self._backup_host('alive', up=True)
+        other = self.make_volume()
+        plan = self.plan(target_type='volume_type', target_id='gold')
+        stuck = test_utils.create_backup(self.ctxt, volume_id=self.volume.id,
+                                         status='creating', host='dead')
+        going = test_utils.create_backup(self.ctxt, volume_id=other.id,
+                                         status='creating', host='alive')
+        ids, sets, errors = self.work.start(
+            self.ctxt, plan, RUN, False,
+            adopt={'backup_ids': [stuck.id, going.id]})
+        self.assertEqual([self.volume.id],
+                         [c.args[3] for c in
+                          self.backups.create.call_args_list])
+        self.assertIn(going.id, ids)
+        self.assertNotIn(stuck.id, ids)
 
     def test_progress(self):
         made = test_utils.create_backup(self.ctxt, status='available')
