@@ -150,7 +150,7 @@ class OfflineBackupTestCase(base.Qcow2FunctionalTestCase):
         backup = self.make_backup(volume)
         real_commit = qemu_img.commit
 
-        def commit_after_guest_write(image):
+        def commit_after_guest_write(image, rate=None):
             base.qemu_io(image, 'write -P 0x99 9M 64k')
             raise errors.QemuImgError('qemu-img commit of %s failed: '
                                       'injected' % image, path=image)

@@ -180,6 +180,8 @@ class PlansApiOverDatabasesTestCase(test.TestCase):
         plans_db_api.run_update(run['id'], {
             'status': 'failed', 'error': 'backup b1: no space left',
             'finished_at': timeutils.utcnow()})
+        # (The clock is frozen: the second run comes a second later.)
+        timeutils.advance_time_seconds(1)
         second = self.json(self.request('POST', '/%s/run' % plan_id),
                            202)['backup_plan_run']
         runs = self.json(self.request('GET', '/%s/runs' % plan_id,
