@@ -22,13 +22,13 @@ refused request raises an exception of
 
 import urllib.parse
 
-from keystoneauth1 import adapter as ks_adapter
 from oslo_utils import uuidutils
 
+from cinder_vmdk_backup.client import base
 from cinder_vmdk_backup.client import exceptions
 from cinder_vmdk_backup.client.i18n import _
 
-SERVICE_TYPE = 'block-storage'
+SERVICE_TYPE = base.SERVICE_TYPE
 
 _BASE = '/backup-plans'
 
@@ -46,7 +46,7 @@ def _plan_path(plan_id, action=None):
     return '%s/%s' % (path, action) if action else path
 
 
-class BackupPlanClient(object):
+class BackupPlanClient(base.ExtensionClient):
     """Client of the backup-plan routes.
 
     :param session: a keystoneauth1 :class:`~keystoneauth1.session.Session`
@@ -58,41 +58,6 @@ class BackupPlanClient(object):
     :param endpoint_override: Cinder's v3 endpoint with the project id
     :param adapter_kwargs: more arguments for the Adapter
     """
-
-    def __init__(self, session=None, adapter=None, interface=None,
-                 region_name=None, endpoint_override=None, **adapter_kwargs):
-        if adapter is None:
-            if session is None:
-                raise ValueError(_('BackupPlanClient needs a session or an '
-                                   'adapter'))
-            adapter = ks_adapter.Adapter(
-                session, service_type=SERVICE_TYPE, interface=interface,
-                region_name=region_name, endpoint_override=endpoint_override,
-                **adapter_kwargs)
-        self.adapter = adapter
-
-    def _request(self, method, path, body=None, params=None):
-        """Send one request; the decoded JSON answer, None when empty."""
-        kwargs = {'headers': {'Accept': 'application/json'},
-                  'raise_exc': False}
-        if body is not None:
-            kwargs['json'] = body
-        if params:
-            kwargs['params'] = params
-        resp = self.adapter.request(path, method, **kwargs)
-        if resp.status_code >= 400:
-            raise exceptions.from_response(resp, method, resp.url)
-        if not resp.content:
-            return None
-        try:
-            return resp.json()
-        except ValueError:
-            raise exceptions.ClientException(
-                _('Cinder answered %(method)s %(path)s with a body that is '
-                  'not JSON') % {'method': method, 'path': path},
-                code=resp.status_code,
-                request_id=resp.headers.get('x-openstack-request-id'),
-                method=method, url=resp.url)
 
     # -- plans --------------------------------------------------------------
 

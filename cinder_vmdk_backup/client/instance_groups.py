@@ -26,13 +26,13 @@ virtualenv has them, and no Cinder.
 
 import urllib.parse
 
-from keystoneauth1 import adapter as ks_adapter
 from oslo_utils import uuidutils
 
+from cinder_vmdk_backup.client import base
 from cinder_vmdk_backup.client import exceptions
 from cinder_vmdk_backup.client.i18n import _
 
-SERVICE_TYPE = 'block-storage'
+SERVICE_TYPE = base.SERVICE_TYPE
 
 _BASE = '/instance-groups'
 
@@ -42,7 +42,7 @@ def _quote(value):
     return urllib.parse.quote(str(value), safe='')
 
 
-class InstanceGroupClient(object):
+class InstanceGroupClient(base.ExtensionClient):
     """Client of the instance-group routes.
 
     :param session: a keystoneauth1 :class:`~keystoneauth1.session.Session`
@@ -55,43 +55,6 @@ class InstanceGroupClient(object):
     :param adapter_kwargs: more arguments for the Adapter (e.g.
         ``connect_retries``, ``global_request_id``)
     """
-
-    def __init__(self, session=None, adapter=None, interface=None,
-                 region_name=None, endpoint_override=None, **adapter_kwargs):
-        if adapter is None:
-            if session is None:
-                raise ValueError(_('InstanceGroupClient needs a session or '
-                                   'an adapter'))
-            adapter = ks_adapter.Adapter(
-                session, service_type=SERVICE_TYPE, interface=interface,
-                region_name=region_name, endpoint_override=endpoint_override,
-                **adapter_kwargs)
-        self.adapter = adapter
-
-    # -- transport ---------------------------------------------------------
-
-    def _request(self, method, path, body=None, params=None):
-        """Send one request; the decoded JSON answer, None when empty."""
-        kwargs = {'headers': {'Accept': 'application/json'},
-                  'raise_exc': False}
-        if body is not None:
-            kwargs['json'] = body
-        if params:
-            kwargs['params'] = params
-        resp = self.adapter.request(path, method, **kwargs)
-        if resp.status_code >= 400:
-            raise exceptions.from_response(resp, method, resp.url)
-        if not resp.content:
-            return None
-        try:
-            return resp.json()
-        except ValueError:
-            raise exceptions.ClientException(
-                _('Cinder answered %(method)s %(path)s with a body that is '
-                  'not JSON') % {'method': method, 'path': path},
-                code=resp.status_code,
-                request_id=resp.headers.get('x-openstack-request-id'),
-                method=method, url=resp.url)
 
     @staticmethod
     def _set_selector(body, group_snapshot_id, name):

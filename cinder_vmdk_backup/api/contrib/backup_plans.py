@@ -36,14 +36,11 @@ plugin's policy (``backup_plan:*``) on the plan's project, then calls
 :class:`cinder_vmdk_backup.plans.api.API`, its only dependency.
 """
 
-import contextlib
-import functools
 from http import HTTPStatus
 
 from cinder.api import extensions
 from cinder.api.openstack import wsgi
 from cinder.api import validation
-from cinder import exception
 from cinder.i18n import _
 from oslo_log import log as logging
 from oslo_utils import importutils
@@ -51,9 +48,9 @@ from oslo_utils import strutils
 from oslo_utils import uuidutils
 import webob
 
+from cinder_vmdk_backup.api.contrib import common
 from cinder_vmdk_backup.api.schemas import backup_plans as schema
 from cinder_vmdk_backup.api.views import backup_plans as views
-from cinder_vmdk_backup import exception as cvb_exception
 from cinder_vmdk_backup import policies
 
 LOG = logging.getLogger(__name__)
@@ -73,32 +70,6 @@ _TARGET_TYPES = ('volume', 'instance_group', 'volume_type')
 def load_plans_api():
     """The controller's only dependency, imported on first use."""
     return importutils.import_object(PLANS_API_CLASS)
-
-
-@contextlib.contextmanager
-def _http_errors():
-    """Turn plans.api's exceptions into HTTP answers carrying their text."""
-    try:
-        yield
-    except cvb_exception.BackupPlanBusy as exc:
-        raise webob.exc.HTTPConflict(explanation=str(exc))
-    except exception.NotFound as exc:
-        raise webob.exc.HTTPNotFound(explanation=str(exc))
-    except exception.Invalid as exc:
-        raise webob.exc.HTTPBadRequest(explanation=str(exc))
-    except exception.NotAuthorized as exc:
-        raise webob.exc.HTTPForbidden(explanation=str(exc))
-
-
-def _body_required(func):
-    """400 for a request without a body (Cinder's schema check needs one)."""
-    @functools.wraps(func)
-    def wrapper(self, req, *args, **kwargs):
-        if kwargs.get('body') is None:
-            raise webob.exc.HTTPBadRequest(explanation=_(
-                "The request needs a JSON object as its body."))
-        return func(self, req, *args, **kwargs)
-    return wrapper
 
 
 def _bool_param(name, value):
@@ -199,7 +170,7 @@ class BackupPlansController(wsgi.Controller):
         limit = params.get('limit')
         if limit is not None:
             limit = _limit(limit, MAX_LIMIT)
-        with _http_errors():
+        with common.http_errors():
             policies.authorize(context, policies.PLAN_GET_ALL,
                                {'project_id': context.project_id})
             plans = self.plans_api.get_all(context, filters=filters,
@@ -207,13 +178,13 @@ class BackupPlansController(wsgi.Controller):
         return self._view_builder.detail_list(plans)
 
     @wsgi.response(HTTPStatus.CREATED)
-    @_body_required
+    @common.body_required
     @validation.schema(schema.create)
     def create(self, req, body):
         """Create a plan (its target checked, its first slot computed)."""
         context = req.environ['cinder.context']
         request = body['backup_plan']
-        with _http_errors():
+        with common.http_errors():
             policies.authorize(context, policies.PLAN_CREATE,
                                {'project_id': context.project_id})
             LOG.info('Create a backup plan of %s.', request['target'])
@@ -223,17 +194,17 @@ class BackupPlansController(wsgi.Controller):
     def show(self, req, id):
         """A plan with its latest runs."""
         context = req.environ['cinder.context']
-        with _http_errors():
+        with common.http_errors():
             plan = self._plan(context, id, policies.PLAN_GET)
             runs = self.plans_api.runs(context, id, limit=SHOW_RUNS)
         return self._view_builder.detail(plan, runs)
 
-    @_body_required
+    @common.body_required
     @validation.schema(schema.update)
     def update(self, req, id, body):
         """Change what the body names; the rest stays."""
         context = req.environ['cinder.context']
-        with _http_errors():
+        with common.http_errors():
             self._plan(context, id, policies.PLAN_UPDATE)
             LOG.info('Change backup plan %(plan)s: %(keys)s.',
                      {'plan': id,
@@ -245,7 +216,7 @@ class BackupPlansController(wsgi.Controller):
     def delete(self, req, id):
         """Delete a plan; its backups and its runs' records stay."""
         context = req.environ['cinder.context']
-        with _http_errors():
+        with common.http_errors():
             self._plan(context, id, policies.PLAN_DELETE)
             LOG.info('Delete backup plan %s.', id)
             self.plans_api.delete(context, id)
@@ -258,7 +229,7 @@ class BackupPlansController(wsgi.Controller):
         if body:
             raise webob.exc.HTTPBadRequest(explanation=_(
                 "Running a plan takes no body."))
-        with _http_errors():
+        with common.http_errors():
             self._plan(context, id, policies.PLAN_RUN)
             LOG.info('Run backup plan %s now.', id)
             run = self.plans_api.run_now(context, id)
@@ -276,7 +247,7 @@ class BackupPlansController(wsgi.Controller):
         kwargs = {}
         if limit is not None:
             kwargs['limit'] = _limit(limit, MAX_LIMIT)
-        with _http_errors():
+        with common.http_errors():
             self._plan(context, id, policies.PLAN_GET)
             runs = self.plans_api.runs(context, id, **kwargs)
         return self._view_builder.run_list(runs)

@@ -34,14 +34,11 @@ project's), checks the plugin's policy on the backup's project, then calls
 :class:`cinder_vmdk_backup.verification.api.API`, its only dependency.
 """
 
-import contextlib
-import functools
 from http import HTTPStatus
 
 from cinder.api import extensions
 from cinder.api.openstack import wsgi
 from cinder.api import validation
-from cinder import exception
 from cinder.i18n import _
 from oslo_log import log as logging
 from oslo_utils import importutils
@@ -49,9 +46,9 @@ from oslo_utils import strutils
 from oslo_utils import uuidutils
 import webob
 
+from cinder_vmdk_backup.api.contrib import common
 from cinder_vmdk_backup.api.schemas import backup_verifications as schema
 from cinder_vmdk_backup.api.views import backup_verifications as views
-from cinder_vmdk_backup import exception as vmdk_exception
 from cinder_vmdk_backup import policies
 
 LOG = logging.getLogger(__name__)
@@ -66,35 +63,6 @@ STATUSES = ('unverified', 'queued', 'running', 'ok', 'failed', 'error')
 def load_verification_api():
     """The controllers' dependency, imported on first use."""
     return importutils.import_object(VERIFICATION_API_CLASS)
-
-
-@contextlib.contextmanager
-def http_errors():
-    """Turn verification.api's exceptions into HTTP answers."""
-    try:
-        yield
-    except vmdk_exception.VerificationBusy as exc:
-        raise webob.exc.HTTPConflict(explanation=str(exc))
-    except exception.ServiceNotFound as exc:
-        # No cinder-backup up to run it: a later try may succeed.
-        raise webob.exc.HTTPServiceUnavailable(explanation=str(exc))
-    except exception.NotFound as exc:
-        raise webob.exc.HTTPNotFound(explanation=str(exc))
-    except exception.Invalid as exc:
-        raise webob.exc.HTTPBadRequest(explanation=str(exc))
-    except exception.NotAuthorized as exc:
-        raise webob.exc.HTTPForbidden(explanation=str(exc))
-
-
-def body_required(func):
-    """400 for a request without a body (Cinder's schema check needs one)."""
-    @functools.wraps(func)
-    def wrapper(self, req, *args, **kwargs):
-        if kwargs.get('body') is None:
-            raise webob.exc.HTTPBadRequest(explanation=_(
-                "The request needs a JSON object as its body."))
-        return func(self, req, *args, **kwargs)
-    return wrapper
 
 
 def flag(value):
@@ -159,7 +127,7 @@ class BackupVerificationsController(wsgi.Controller):
                     req.GET['all_tenants'], strict=True)
             except ValueError as exc:
                 raise webob.exc.HTTPBadRequest(explanation=str(exc))
-        with http_errors():
+        with common.http_errors():
             policies.authorize(context, policies.VERIFY_GET_ALL,
                                {'project_id': context.project_id})
             entries = self.verification_api.get_all(context, filters)
@@ -171,12 +139,12 @@ class BackupVerificationsController(wsgi.Controller):
         if not uuidutils.is_uuid_like(id):
             raise webob.exc.HTTPNotFound(explanation=_(
                 "Backup %s could not be found.") % id)
-        with http_errors():
+        with common.http_errors():
             entry = self._authorized_entry(context, id, policies.VERIFY_GET)
         return self._view_builder.detail(entry)
 
     @wsgi.response(HTTPStatus.ACCEPTED)
-    @body_required
+    @common.body_required
     @validation.schema(schema.create)
     def create(self, req, body):
         """Queue the verification of a backup (and its chain)."""
@@ -184,7 +152,7 @@ class BackupVerificationsController(wsgi.Controller):
         params = body['verification']
         backup_id = params['backup_id']
         deep = flag(params.get('deep', False))
-        with http_errors():
+        with common.http_errors():
             self._authorized_entry(context, backup_id, policies.VERIFY)
             LOG.info('Verify backup %(backup)s (deep: %(deep)s).',
                      {'backup': backup_id, 'deep': deep})

@@ -40,14 +40,11 @@ project, then calls :class:`cinder_vmdk_backup.group.api.API`, its only
 dependency.
 """
 
-import contextlib
-import functools
 from http import HTTPStatus
 
 from cinder.api import extensions
 from cinder.api.openstack import wsgi
 from cinder.api import validation
-from cinder import exception
 from cinder.i18n import _
 from oslo_log import log as logging
 from oslo_utils import importutils
@@ -55,11 +52,11 @@ from oslo_utils import uuidutils
 import webob
 
 from cinder_vmdk_backup.api.contrib import backup_verifications
+from cinder_vmdk_backup.api.contrib import common
 from cinder_vmdk_backup.api.schemas import instance_groups as schema
 from cinder_vmdk_backup.api.views import backup_verifications as \
     verification_views
 from cinder_vmdk_backup.api.views import instance_groups as views
-from cinder_vmdk_backup import exception as vmdk_exception
 from cinder_vmdk_backup import policies
 
 LOG = logging.getLogger(__name__)
@@ -70,39 +67,6 @@ GROUP_API_CLASS = 'cinder_vmdk_backup.group.api.API'
 def load_group_api():
     """The controller's only dependency, imported on first use."""
     return importutils.import_object(GROUP_API_CLASS)
-
-
-@contextlib.contextmanager
-def _http_errors():
-    """Turn group.api's exceptions into HTTP answers carrying their text."""
-    try:
-        yield
-    except vmdk_exception.InstanceGroupBusy as exc:
-        raise webob.exc.HTTPConflict(explanation=str(exc))
-    except exception.ServiceNotFound as exc:
-        # No cinder-backup service up to run the operation: not the
-        # caller's fault, and a later try may succeed.
-        raise webob.exc.HTTPServiceUnavailable(explanation=str(exc))
-    except exception.NotFound as exc:
-        raise webob.exc.HTTPNotFound(explanation=str(exc))
-    except exception.Invalid as exc:
-        raise webob.exc.HTTPBadRequest(explanation=str(exc))
-    except exception.NotAuthorized as exc:
-        raise webob.exc.HTTPForbidden(explanation=str(exc))
-    except exception.QuotaError as exc:
-        raise webob.exc.HTTPRequestEntityTooLarge(
-            explanation=str(exc), headers={'Retry-After': '0'})
-
-
-def _body_required(func):
-    """400 for a request without a body (Cinder's schema check needs one)."""
-    @functools.wraps(func)
-    def wrapper(self, req, *args, **kwargs):
-        if kwargs.get('body') is None:
-            raise webob.exc.HTTPBadRequest(explanation=_(
-                "The request needs a JSON object as its body."))
-        return func(self, req, *args, **kwargs)
-    return wrapper
 
 
 def _wait(body):
@@ -187,7 +151,7 @@ class InstanceGroupsController(wsgi.Controller):
                 instance_id):
             raise webob.exc.HTTPBadRequest(explanation=_(
                 "instance_id %s is not a UUID.") % instance_id)
-        with _http_errors():
+        with common.http_errors():
             policies.authorize(context, policies.GET_ALL,
                                {'project_id': context.project_id})
             groups = self.group_api.get_all(context,
@@ -195,13 +159,13 @@ class InstanceGroupsController(wsgi.Controller):
         return self._view_builder.detail_list(groups)
 
     @wsgi.response(HTTPStatus.CREATED)
-    @_body_required
+    @common.body_required
     @validation.schema(schema.create)
     def create(self, req, body):
         """Make the instance group of an instance."""
         context = req.environ['cinder.context']
         params = body['instance_group']
-        with _http_errors():
+        with common.http_errors():
             policies.authorize(context, policies.CREATE,
                                {'project_id': context.project_id})
             LOG.info('Create the instance group of instance %s.',
@@ -214,7 +178,7 @@ class InstanceGroupsController(wsgi.Controller):
     def show(self, req, id):
         """The backup sets of a group (the specification's List)."""
         context = req.environ['cinder.context']
-        with _http_errors():
+        with common.http_errors():
             self._group(context, id, policies.GET)
             sets = self.group_api.list_sets(context, id)
         return wsgi.ResponseObject(self._view_builder.sets(sets))
@@ -222,19 +186,19 @@ class InstanceGroupsController(wsgi.Controller):
     def delete(self, req, id):
         """Delete a group without backup sets (its volumes stay)."""
         context = req.environ['cinder.context']
-        with _http_errors():
+        with common.http_errors():
             self._group(context, id, policies.DELETE)
             LOG.info('Delete instance group %s.', id)
             self.group_api.delete(context, id)
         return None
 
     @wsgi.response(HTTPStatus.CREATED)
-    @_body_required
+    @common.body_required
     @validation.schema(schema.backup)
     def backup(self, req, id, body):
         """Back up every volume of the group as one set."""
         context = req.environ['cinder.context']
-        with _http_errors():
+        with common.http_errors():
             self._group(context, id, policies.BACKUP,
                         instance_id=body['instance_id'])
             LOG.info('Back up instance group %(group)s as set %(name)s.',
@@ -245,13 +209,13 @@ class InstanceGroupsController(wsgi.Controller):
         return _operation_answer(result)
 
     @wsgi.response(HTTPStatus.CREATED)
-    @_body_required
+    @common.body_required
     @validation.schema(schema.restore)
     def restore(self, req, id, body):
         """Restore a set onto the group's volumes (instance shut down)."""
         context = req.environ['cinder.context']
         group_snapshot_id, name = _set_selector(body)
-        with _http_errors():
+        with common.http_errors():
             self._group(context, id, policies.RESTORE,
                         instance_id=body['instance_id'])
             LOG.info('Restore instance group %(group)s from set '
@@ -264,13 +228,13 @@ class InstanceGroupsController(wsgi.Controller):
         return _operation_answer(result)
 
     @wsgi.response(HTTPStatus.CREATED)
-    @_body_required
+    @common.body_required
     @validation.schema(schema.restore_new)
     def restore_new(self, req, id, body):
         """Restore a set to new volumes, and a new server if asked."""
         context = req.environ['cinder.context']
         group_snapshot_id, name = _set_selector(body)
-        with _http_errors():
+        with common.http_errors():
             self._group(context, id, policies.RESTORE_NEW,
                         instance_id=body['instance_id'])
             LOG.info('Restore instance group %(group)s from set %(set)s '
@@ -286,13 +250,13 @@ class InstanceGroupsController(wsgi.Controller):
         return _operation_answer(result)
 
     @wsgi.response(HTTPStatus.CREATED)
-    @_body_required
+    @common.body_required
     @validation.schema(schema.delete_backup)
     def delete_backup(self, req, id, body):
         """Delete a backup set (never breaking a newer one)."""
         context = req.environ['cinder.context']
         group_snapshot_id, name = _set_selector(body)
-        with _http_errors():
+        with common.http_errors():
             self._group(context, id, policies.DELETE_BACKUP,
                         instance_id=body['instance_id'])
             LOG.info('Delete set %(set)s of instance group %(group)s.',
@@ -303,14 +267,14 @@ class InstanceGroupsController(wsgi.Controller):
         return _operation_answer(result)
 
     @wsgi.response(HTTPStatus.ACCEPTED)
-    @_body_required
+    @common.body_required
     @validation.schema(schema.verify_backup)
     def verify_backup(self, req, id, body):
         """Verify every backup of a set (in cinder-backup; 202)."""
         context = req.environ['cinder.context']
         group_snapshot_id, name = _set_selector(body)
         deep = backup_verifications.flag(body.get('deep', False))
-        with _http_errors(), backup_verifications.http_errors():
+        with common.http_errors():
             self._group(context, id, policies.VERIFY_SET,
                         instance_id=body['instance_id'])
             LOG.info('Verify set %(set)s of instance group %(group)s '
@@ -322,7 +286,7 @@ class InstanceGroupsController(wsgi.Controller):
                 group_snapshot_id=group_snapshot_id, name=name, deep=deep)
         return verification_views.ViewBuilder().set_verification(result)
 
-    @_body_required
+    @common.body_required
     @validation.schema(schema.update_members)
     def members(self, req, id, body):
         """Add or remove volumes; neither: re-read the attachments."""
@@ -334,7 +298,7 @@ class InstanceGroupsController(wsgi.Controller):
             raise webob.exc.HTTPBadRequest(explanation=_(
                 "Volume(s) %s both added and removed.") %
                 ', '.join(sorted(both)))
-        with _http_errors():
+        with common.http_errors():
             self._group(context, id, policies.UPDATE_MEMBERS,
                         instance_id=body['instance_id'])
             LOG.info('Update the members of instance group %s.', id)
