@@ -255,6 +255,14 @@ def synthesize(context, service, backup_id, name=None):
     :raises InvalidBackup: refused (the reason says why) or the new backup
         did not match; nothing is left behind
     """
+    why = chain_reader.unusable_because(service)
+    if why is None and not handoff.usable(service):
+        why = 'the extent hand-off cannot write into %s' % (
+            type(service).__name__)
+    if why:
+        raise exception.InvalidBackup(reason=_(
+            'no synthetic full of backup %(id)s: %(why)s') % {
+                'id': backup_id, 'why': why})
     old = objects.Backup.get_by_id(context, backup_id)
     _check(context, service, old)
     size = int(old.size) * units.Gi

@@ -210,6 +210,12 @@ def verify(service, backup, deep=False, progress=None, cancelled=None):
     :raises Cancelled: ``cancelled()`` said so
     """
     started = time.monotonic()
+    # Reads the store the way the streaming restore does, through the
+    # chunked driver internals kept in cinder_internals (group
+    # chain_reader): a Cinder that changed them cannot be verified.
+    why = chain_reader.unusable_because(service)
+    if why:
+        raise cvb_exception.VerificationError(reason=why)
     run = _Verification(service, backup, progress, cancelled)
     report = run.report
     report.deep = bool(deep)

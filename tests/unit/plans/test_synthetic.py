@@ -22,6 +22,7 @@ import fixtures
 
 from cinder.backup.drivers import posix
 from cinder import context
+from cinder import exception
 from cinder.tests.unit import fake_constants as fake
 from cinder.tests.unit import test
 
@@ -78,3 +79,17 @@ class ZeroRangesTestCase(test.TestCase):
         service._write_sha256file(backup, fake.VOLUME_ID, 'c', digests)
         self.assertEqual([(4, 8), (16, 6)], list(
             synthetic._zero_ranges(service, backup, len(disk))))
+
+
+class RefusedServiceTestCase(test.TestCase):
+
+    def test_a_service_that_is_not_chunked_is_refused(self):
+        class Ceph(object):
+            pass
+        ctxt = context.get_admin_context()
+        exc = self.assertRaises(exception.InvalidBackup,
+                                synthetic.synthesize, ctxt, Ceph(),
+                                fake.BACKUP_ID)
+        self.assertIn('no synthetic full of backup %s' % fake.BACKUP_ID,
+                      str(exc))
+        self.assertIn('Ceph is not a chunked backup driver', str(exc))

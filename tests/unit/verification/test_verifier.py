@@ -14,6 +14,7 @@
 
 from oslotest import base
 
+from cinder_vmdk_backup import exception as cvb_exception
 from cinder_vmdk_backup.verification import verifier
 
 
@@ -82,3 +83,13 @@ class VerifierPartsTestCase(base.BaseTestCase):
         self.assertEqual({'ok', 'backup_id', 'chain', 'objects_checked',
                           'bytes_checked', 'blocks_checked', 'problems',
                           'regions', 'elapsed'}, set(report.as_dict()))
+
+
+class VerifierRefusesTestCase(base.BaseTestCase):
+
+    def test_a_service_that_is_not_chunked_is_not_verified(self):
+        class Ceph(object):
+            pass
+        exc = self.assertRaises(cvb_exception.VerificationError,
+                                verifier.verify, Ceph(), object())
+        self.assertIn('Ceph is not a chunked backup driver', str(exc))
