@@ -37,6 +37,7 @@ import threading
 import uuid
 
 from oslo_config import cfg
+from oslo_db import api as oslo_db_api
 from oslo_db.sqlalchemy import enginefacade
 from oslo_db.sqlalchemy import utils as db_utils
 from oslo_utils import timeutils
@@ -405,6 +406,20 @@ def plans_due(now, limit=None):
         return [_plan_dict(row) for row in query.all()]
 
 
+def _sqlite_locked(exc):
+    """sqlite's answer to two writers (a deferred transaction of each)."""
+    return 'database is locked' in str(exc)
+
+
+#: Claims are compare-and-swaps: retried whole on a deadlock (MySQL,
+#: MariaDB) or sqlite's "database is locked" (two runners of one sqlite
+#: file), they find the slot taken or take it.
+_retry_claim = oslo_db_api.wrap_db_retry(
+    max_retries=5, retry_interval=0.1, inc_retry_interval=True,
+    retry_on_deadlock=True, exception_checker=_sqlite_locked)
+
+
+@_retry_claim
 def plan_claim_slot(plan_id, expected_next_run_at, next_run_at, run_values):
     """Take a plan's due slot, once across every node; return the new run.
 
@@ -483,6 +498,7 @@ def run_create(plan_id, values):
                            timeutils.utcnow())
 
 
+@_retry_claim
 def run_claim(run_id, host):
     """Take a queued run for ``host``: queued -> running, atomically.
 
@@ -577,6 +593,7 @@ def runs_unfinished(plan_id=None):
 # transaction: these do in one transaction what the functions above do in
 # one per plan or run.
 
+@_retry_claim
 def plan_claim_slots(claims):
     """:func:`plan_claim_slot` for many plans, in one transaction.
 
@@ -679,6 +696,7 @@ def run_set(run_id, values):
             models.BackupPlanRun.__table__.c.id == run_id).values(**values))
 
 
+@_retry_claim
 def run_update_if(run_id, expected, values):
     """Change a run only if it still has the ``expected`` values.
 
