@@ -262,6 +262,20 @@ def _plan_row(session, context, plan_id):
     return row
 
 
+def _sqlite_locked(exc):
+    """sqlite's answer to two writers (a deferred transaction of each)."""
+    return 'database is locked' in str(exc)
+
+
+#: Writes are retried whole on a deadlock (MySQL, MariaDB) or sqlite's
+#: "database is locked" (two runners of one sqlite file); a claim, a
+#: compare-and-swap, then finds its slot taken or takes it.
+_retried = oslo_db_api.wrap_db_retry(
+    max_retries=5, retry_interval=0.1, inc_retry_interval=True,
+    retry_on_deadlock=True, exception_checker=_sqlite_locked)
+
+
+@_retried
 def plan_create(context, values):
     """Create a plan; return it.
 
@@ -344,6 +358,7 @@ def plan_get_all(context, filters=None, marker=None, limit=None):
         return [_plan_dict(row) for row in query.all()]
 
 
+@_retried
 def plan_update(context, plan_id, values):
     """Change a plan; return it.
 
@@ -375,6 +390,7 @@ def plan_update(context, plan_id, values):
         return _plan_dict(row)
 
 
+@_retried
 def plan_delete(context, plan_id):
     """Soft-delete a plan (it never runs again); its runs are kept.
 
@@ -406,20 +422,7 @@ def plans_due(now, limit=None):
         return [_plan_dict(row) for row in query.all()]
 
 
-def _sqlite_locked(exc):
-    """sqlite's answer to two writers (a deferred transaction of each)."""
-    return 'database is locked' in str(exc)
-
-
-#: Claims are compare-and-swaps: retried whole on a deadlock (MySQL,
-#: MariaDB) or sqlite's "database is locked" (two runners of one sqlite
-#: file), they find the slot taken or take it.
-_retry_claim = oslo_db_api.wrap_db_retry(
-    max_retries=5, retry_interval=0.1, inc_retry_interval=True,
-    retry_on_deadlock=True, exception_checker=_sqlite_locked)
-
-
-@_retry_claim
+@_retried
 def plan_claim_slot(plan_id, expected_next_run_at, next_run_at, run_values):
     """Take a plan's due slot, once across every node; return the new run.
 
@@ -476,6 +479,7 @@ def _insert_run(session, plan_id, project_id, values, now):
 
 # Runs --------------------------------------------------------------------
 
+@_retried
 def run_create(plan_id, values):
     """Record a run of a plan that is not a claimed slot; return it.
 
@@ -498,7 +502,7 @@ def run_create(plan_id, values):
                            timeutils.utcnow())
 
 
-@_retry_claim
+@_retried
 def run_claim(run_id, host):
     """Take a queued run for ``host``: queued -> running, atomically.
 
@@ -520,6 +524,7 @@ def run_claim(run_id, host):
         return _run_dict(row) if won == 1 else None
 
 
+@_retried
 def run_update(run_id, values):
     """Change a run; return it.
 
@@ -593,7 +598,7 @@ def runs_unfinished(plan_id=None):
 # transaction: these do in one transaction what the functions above do in
 # one per plan or run.
 
-@_retry_claim
+@_retried
 def plan_claim_slots(claims):
     """:func:`plan_claim_slot` for many plans, in one transaction.
 
@@ -682,6 +687,7 @@ def runs_recent(plan_ids, limit=20):
     return result
 
 
+@_retried
 def run_set(run_id, values):
     """:func:`run_update` in one statement, returning nothing.
 
@@ -696,7 +702,7 @@ def run_set(run_id, values):
             models.BackupPlanRun.__table__.c.id == run_id).values(**values))
 
 
-@_retry_claim
+@_retried
 def run_update_if(run_id, expected, values):
     """Change a run only if it still has the ``expected`` values.
 
