@@ -533,10 +533,12 @@ class RetentionOffTheTickTestCase(RunnerTestCase):
         self.retention = mock.create_autospec(RetentionModule)
         self.retention.next_backup_is_full.return_value = (True, 'full')
         self.release = threading.Event()
+        self.entered = threading.Event()
         self.applied = []
 
         def apply(ctxt, plan, run, synthesize=None):
             self.applied.append((plan['id'], run['id'], synthesize))
+            self.entered.set()
             self.assertTrue(self.release.wait(10))
 
         self.retention.apply.side_effect = apply
@@ -554,6 +556,8 @@ class RetentionOffTheTickTestCase(RunnerTestCase):
         self.assertEqual(2, stats['started'])
         self.assertEqual({slow['id'], other['id']},
                          {r['plan_id'] for r in self.runs(status='running')})
+        # The retention thread may not have reached the store yet.
+        self.assertTrue(self.entered.wait(10))
         self.assertEqual([slow['id']], [a[0] for a in self.applied])
         first = self.runs(plan_id=slow['id'])[0]
         self.assertEqual(T0 + 21 * SECOND, first['heartbeat_at'])
@@ -574,6 +578,7 @@ class RetentionOffTheTickTestCase(RunnerTestCase):
             self.tick(T0 + slot * MINUTE + 21 * SECOND, node=node)
         # The first is still going; the second was superseded by the
         # third, which goes next.
+        self.assertTrue(self.entered.wait(10))
         self.assertEqual(1, len(self.applied))
         self.release.set()
         self.assertTrue(node.wait_retention(timeout=10))
