@@ -99,6 +99,58 @@ vmdk_backup_opts = [
                      'once, in disk order, straight into the VMDK stream. '
                      'When false, or for other backup drivers, the data '
                      'is staged in vmware_backup_staging_dir first.'),
+    cfg.ListOpt('vmware_backup_transports',
+                default=['hotadd', 'nbd'],
+                item_type=cfg.types.String(choices=['hotadd', 'nbd']),
+                help='Transports a VMware backup or restore may move the '
+                     'disk\'s data with, in the order they are tried. '
+                     '"hotadd": this host is a VM of the same vCenter '
+                     '(the backup proxy, see vmware_backup_proxy_vm); the '
+                     'disk, or a snapshot of it, is added to that VM and '
+                     'read or written as a local block device, with '
+                     'random access (changed-block tracking then reads '
+                     'only what changed). "nbd": an NFC export or import '
+                     'lease streams the whole disk. The first transport '
+                     'that can serve an operation runs it; the log says '
+                     'which ran and, when HotAdd was passed over, why.'),
+    cfg.StrOpt('vmware_backup_proxy_vm',
+               help='The VM this host is, for the HotAdd transport: its '
+                    'name, or its BIOS or instance UUID. Unset: the VM '
+                    'whose BIOS UUID is this host\'s '
+                    '(/sys/class/dmi/id/product_uuid), when there is one.'),
+    cfg.StrOpt('vmware_backup_hotadd_device_dir',
+               default='/dev/disk/by-id',
+               help='Directory where this host\'s block devices appear '
+                    'under a name made of the disk\'s serial (udev\'s '
+                    '"wwn-0x<disk UUID>" links). A disk hot-added to the '
+                    'proxy VM is found there; disk.EnableUUID must be TRUE '
+                    'on the proxy VM so that its guest sees the serials.'),
+    cfg.IntOpt('vmware_backup_hotadd_device_timeout',
+               default=60,
+               min=1,
+               help='Seconds to wait for a hot-added disk to appear as a '
+                    'block device on this host before the disk is removed '
+                    'from the proxy VM again and the next transport is '
+                    'tried.'),
+    cfg.BoolOpt('vmware_backup_change_tracking',
+                default=True,
+                help='Enable vSphere changed-block tracking on the volumes\' '
+                     'backing VMs (at creation, and on an existing backing '
+                     'before its next backup) and record each backup\'s '
+                     'changeId: an incremental backup then reads only the '
+                     'areas QueryChangedDiskAreas reports as changed since '
+                     'its parent. Any doubt (no changeId, tracking reset '
+                     'by an extend, a relocation or a restore) reads the '
+                     'whole disk, with the reason in the log.'),
+    cfg.BoolOpt('vmware_backup_restore_lock',
+                default=True,
+                help='While a restore writes a volume\'s backing VM, '
+                     'disable the vSphere methods that would change it '
+                     '(power on, snapshot, reconfigure, relocate, destroy) '
+                     'through the AuthorizationManager, with the plugin\'s '
+                     'extension as their source; they are enabled again '
+                     'when the restore ends, and by the next start of the '
+                     'service after a restore that was killed.'),
 ]
 
 #: Options of the KVM/qcow2 volume driver (a backend section).
