@@ -290,9 +290,7 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
                          if backing is not None else None)
             try:
                 disk = frozen.disk_of(volume.id, vmdk_path)
-                with frozen.read_disk(
-                        disk, size,
-                        vmdk_reader.StreamOptimizedReader) as src:
+                with self._read_frozen_disk(frozen, disk, size) as src:
                     yield src
             except _TRANSFER_ERRORS as exc:
                 raise exception.VmdkBackupError(reason=_(
@@ -315,6 +313,15 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
             raise exception.VmdkBackupError(reason=_(
                 'reading the disk of volume %(vol)s from vCenter failed: '
                 '%(err)s') % {'vol': volume.id, 'err': exc}) from exc
+
+    def _read_frozen_disk(self, frozen, disk, size):
+        """A disk of a snapshot (:class:`~.vmsnapshot.FrozenVM`), raw.
+
+        :returns: a context manager giving a transfer source of ``size``
+            bytes (see :meth:`open_backup_source`)
+        """
+        return frozen.read_disk(disk, size,
+                                vmdk_reader.StreamOptimizedReader)
 
     # -- instance groups ---------------------------------------------------
 
