@@ -19,7 +19,8 @@ source tools/lib/venv.sh
 bash tools/install-peers.sh || { echo "0 passed, 1 failed"; exit 1; }
 ensure_venv || { echo "0 passed, 1 failed"; exit 1; }
 
-# Output of passing tests is captured; a test that hangs fails after
+# Output of passing tests is captured (and shown for failed tests only:
+# --suppress-attachments); a test that hangs fails after
 # OS_TEST_TIMEOUT seconds (oslotest/Cinder TestCase), a suite after
 # CVB_SUITE_TIMEOUT seconds.
 export OS_STDOUT_CAPTURE=${OS_STDOUT_CAPTURE:-1}
@@ -39,7 +40,8 @@ run_suite() {
     shift 2
     echo "=== $name tests ($path)"
     timeout --kill-after=30 "$suite_timeout" \
-        "$VENV/bin/stestr" --test-path "$path" run "$@"
+        "$VENV/bin/stestr" --test-path "$path" run --suppress-attachments \
+        "$@"
     local rc=$?
     "$VENV/bin/stestr" --test-path "$path" last --subunit \
         > "$results/$name.subunit"

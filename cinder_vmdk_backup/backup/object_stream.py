@@ -139,7 +139,8 @@ class ObjectStream(object):
         if manager is not None:
             try:
                 manager.__exit__(None, None, None)
-            except Exception:  # nosec B110 - read only, nothing lost
+            # A read-only stream: nothing is lost when closing it fails.
+            except Exception:  # nosec B110
                 pass
 
 

@@ -213,7 +213,8 @@ def _map_extents(path, directory, socket, name):
         'x-dirty-bitmap=qemu:dirty-bitmap:%s' % (socket, name)])
     with open(os.path.join(directory, 'map-stderr'), 'w+b') as err:
         try:
-            proc = subprocess.Popen(  # nosec B603 - no shell
+            # No shell: the arguments go to qemu-img as they are.
+            proc = subprocess.Popen(  # nosec B603
                 cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=err, cwd=directory)
         except OSError as exc:
@@ -296,7 +297,8 @@ def _nbd_server(path, name):
         with open(os.path.join(directory, 'stderr'), 'w+b') as err:
             os.chmod(err.name, 0o600)
             try:
-                proc = subprocess.Popen(  # nosec B603 - no shell
+                # No shell: the arguments go to qemu-img as they are.
+                proc = subprocess.Popen(  # nosec B603
                     qemu_img.limited(cmd), stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL, stderr=err, cwd=directory)
             except OSError as exc:
