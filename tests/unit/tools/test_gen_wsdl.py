@@ -29,6 +29,7 @@ TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
 GEN_WSDL = os.path.join(TOP, 'tools', 'vcsim', 'gen_wsdl.py')
 
+
 def _body(method):
     return _BODY % {'m': method, 'soap': _SOAP}
 
