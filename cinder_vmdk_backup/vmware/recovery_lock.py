@@ -95,6 +95,25 @@ def _moref_dict(ref):
             'value': vim_util.get_moref_value(ref)}
 
 
+class _Calls(object):
+    """The two calls, for ``session.invoke_api`` (retries, re-login).
+
+    ``invoke_api(module, method, ...)`` has a parameter named ``method``
+    itself: the SOAP parameter ``method`` of DisableMethods and
+    EnableMethods cannot be passed through it as a keyword.
+    """
+
+    @staticmethod
+    def disable_methods(vim, manager, entities, requests, source_id):
+        return vim.DisableMethods(manager, entity=entities, method=requests,
+                                  sourceId=source_id)
+
+    @staticmethod
+    def enable_methods(vim, manager, entities, methods, source_id):
+        return vim.EnableMethods(manager, entity=entities, method=methods,
+                                 sourceId=source_id)
+
+
 def disable(session, entities, methods, source_id=SOURCE_ID):
     """``AuthorizationManager.DisableMethods`` of ``methods`` on entities."""
     factory = session.vim.client.factory
@@ -104,16 +123,15 @@ def disable(session, entities, methods, source_id=SOURCE_ID):
         request.method = name
         request.reasonId = REASON_ID
         requests.append(request)
-    session.invoke_api(session.vim, 'DisableMethods', _authz(session),
-                       entity=list(entities), method=requests,
-                       sourceId=source_id)
+    session.invoke_api(_Calls, 'disable_methods', session.vim,
+                       _authz(session), list(entities), requests, source_id)
 
 
 def enable(session, entities, methods, source_id=SOURCE_ID):
     """``AuthorizationManager.EnableMethods`` of ``methods`` on entities."""
-    session.invoke_api(session.vim, 'EnableMethods', _authz(session),
-                       entity=list(entities), method=list(methods),
-                       sourceId=source_id)
+    session.invoke_api(_Calls, 'enable_methods', session.vim,
+                       _authz(session), list(entities), list(methods),
+                       source_id)
 
 
 class RecoveryLock(object):
