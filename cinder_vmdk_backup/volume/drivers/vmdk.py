@@ -521,7 +521,8 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         restore ends, on every path. The restore's own reconfigurations
         of them (the disk swap) open ReconfigVM_Task for their duration
         (:meth:`_restore_step`). A volume without a backing has nothing
-        to lock: its new backing is made by the restore's import.
+        to lock here: its new backing is made by the restore's import and
+        locked from then on (:meth:`_import_image`).
 
         :param vms: VM refs to lock instead of the backing and instances
         """
@@ -645,15 +646,20 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
                                                                profile)
             else:
                 adapter_type = self._get_adapter_type(volume)
+            new_backing = backing is None
             with encoded(adapter_type, hw_version) as vmdk:
-                if backing is None:
+                if new_backing:
                     backing = self._import_new_backing(
                         volume, vmdk, size, adapter_type, disk_type)
                 else:
                     self._check_restorable(volume, backing)
                     self._import_and_swap(volume, backing, vmdk, size,
                                           adapter_type)
-            self._extend_if_needed(volume, backing)
+            # A new backing is locked once it exists, for the rest of the
+            # restore (an existing one is locked by restore_backup).
+            with (self._restore_lock(volume, backing) if new_backing
+                  else contextlib.nullcontext()):
+                self._extend_if_needed(volume, backing)
         except _TRANSFER_ERRORS as exc:
             raise exception.VmdkBackupError(reason=_(
                 'writing backup %(backup)s into volume %(vol)s failed: '

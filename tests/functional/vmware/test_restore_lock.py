@@ -24,7 +24,8 @@ fault injection; the test's own session plays "someone else in vCenter":
 * a restore that fails (in the import, in the swap) leaves nothing locked;
 * a vCenter that refuses the lock fails the restore before data moves;
 * a restore killed while it holds the lock: the next start enables the
-  methods again.
+  methods again;
+* a restore that creates the backing locks it once it exists (its extend).
 """
 
 import glob
@@ -38,6 +39,7 @@ from oslo_vmware import vim_util
 
 from cinder_vmdk_backup.vmware import diskswap
 from cinder_vmdk_backup.vmware import recovery_lock
+from cinder_vmdk_backup.volume.drivers import vmdk
 from tests.functional.vmware import test_backup_faults as faults
 from tests.functional.vmware import test_backup_flows as flows
 from tests.functional.vmware import test_janitor as janitor
@@ -208,3 +210,22 @@ class RestoreLockTestCase(flows.VmdkBackupTestBase):
         self._assert_data(self.changed, self.target, self.target_path)
         self._assert_usable()
         self.assertNotIn(self.vcsim.password, log)
+
+    def test_new_backing_locked_once_it_exists(self):
+        bigger = self._vmdk_volume(size=2, backing=False, status='creating')
+        real = vmdk.VMwareVcVmdkBackupDriver._extend_if_needed
+        seen = []
+
+        def extend(driver, volume, backing):
+            seen.append(self._disabled(backing))
+            return real(driver, volume, backing)
+
+        self._patch(vmdk.VMwareVcVmdkBackupDriver, '_extend_if_needed',
+                    side_effect=extend)
+        self._restore(self.backup, bigger)
+        self.assertEqual('available', bigger.status)
+        self.assertEqual([LOCKED], seen)
+        self.backing = self._backing(bigger)
+        self._assert_data(self.disk.resized(2 * units.Gi), bigger)
+        self._assert_nothing_left()
+        self._assert_usable()

@@ -175,6 +175,31 @@ class RestoreLockTestCase(testtools.TestCase):
             ('extend',),
             ('enable', ['vm-1'], methods)], self.events)
 
+    @mock.patch.object(vmdk.VMwareVcVmdkBackupDriver, '_extend_if_needed',
+                       autospec=True)
+    @mock.patch.object(vmdk.VMwareVcVmdkBackupDriver,
+                       '_select_ds_for_volume', autospec=True)
+    @mock.patch.object(upload, 'import_disk', autospec=True)
+    def test_new_backing_locked_once_it_exists(self, import_disk, select,
+                                               extend):
+        self.vops.get_backing.return_value = None
+        select.return_value = ('h', 'rp', 'f',
+                               types.SimpleNamespace(name='ds1'))
+        import_disk.side_effect = lambda *a, **k: self.events.append(
+            ('import',)) or moref('vm-new')
+        extend.side_effect = lambda *a: self.events.append(('extend',))
+        path = os.path.join(self.tmp, 'image')
+        with open(path, 'wb') as f:
+            f.write(b'x' * 4096)
+        self.driver.restore_raw_image(self.ctx, self.backup, self.volume,
+                                      path)
+        methods = list(recovery_lock.METHODS)
+        self.assertEqual([('import',), ('disable', ['vm-new'], methods),
+                          ('extend',), ('enable', ['vm-new'], methods)],
+                         self.events)
+        self.assertEqual([], [n for n in os.listdir(self.tmp)
+                              if n.startswith('cvb-owner-')])
+
     @mock.patch.object(recovery_lock, 'enable_leftovers', autospec=True)
     @mock.patch.object(leftovers, 'remove_temp_vms', autospec=True)
     @mock.patch.object(leftovers, 'abort_leases', autospec=True)
