@@ -147,10 +147,15 @@ vmdk_backup_opts = [
                 help='While a restore writes a volume\'s backing VM, '
                      'disable the vSphere methods that would change it '
                      '(power on, snapshot, reconfigure, relocate, destroy) '
-                     'through the AuthorizationManager, with the plugin\'s '
-                     'extension as their source; they are enabled again '
-                     'when the restore ends, and by the next start of the '
-                     'service after a restore that was killed.'),
+                     'on the backing and on the VMs of the instances the '
+                     'volume is attached to, through the '
+                     'AuthorizationManager, with the plugin\'s extension as '
+                     'their source; they are enabled again when the restore '
+                     'ends, and by the next start of the service after a '
+                     'restore that was killed. Needs the vCenter privileges '
+                     'Global.DisableMethods and Global.EnableMethods: a '
+                     'restore that cannot take the lock fails before any '
+                     'data moves.'),
 ]
 
 #: Options of the KVM/qcow2 volume driver (a backend section).

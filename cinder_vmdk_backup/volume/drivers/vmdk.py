@@ -80,6 +80,7 @@ from cinder_vmdk_backup.vmware import errors as transfer_errors
 from cinder_vmdk_backup.vmware import export
 from cinder_vmdk_backup.vmware import leftovers
 from cinder_vmdk_backup.vmware import nfc
+from cinder_vmdk_backup.vmware import recovery_lock
 from cinder_vmdk_backup.vmware import upload
 from cinder_vmdk_backup.vmware import vmsnapshot
 
@@ -146,6 +147,8 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         # Volume id -> the FrozenVM (snapshot of its instance's VM) that
         # backup_volumes took for it: open_backup_source reads from it.
         self._snapshot_sources = {}
+        # Volume id -> the RecoveryLock its restore holds.
+        self._restore_locks = {}
 
     @staticmethod
     def get_driver_options():
@@ -154,7 +157,7 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
     # -- leftovers ---------------------------------------------------------
 
     def remove_leftovers(self):
-        """Remove what killed processes left: leases, temp VMs, staging.
+        """Remove what killed processes left: leases, locks, temp VMs...
 
         Run by ``do_setup`` (:class:`~.driver_owned.DriverOwnedBackupMixin`),
         in cinder-volume and in cinder-backup. Only what provably belongs
@@ -169,6 +172,12 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         except Exception as exc:
             LOG.warning('Could not look for NFC leases of interrupted '
                         'transfers: %s', exc)
+        try:
+            recovery_lock.enable_leftovers(self.session,
+                                           self.backup_staging_dir())
+        except Exception as exc:
+            LOG.warning('Could not look for VMs left locked by interrupted '
+                        'restores: %s', exc)
         try:
             leftovers.remove_temp_vms(
                 self.session,
@@ -481,17 +490,69 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
 
     def restore_backup(self, context, backup, volume, backup_service,
                        volume_is_new=False):
-        """Refuse unsafe restores before any data moves, then restore."""
+        """Lock the backing, refuse unsafe restores, then restore.
+
+        The backing (and the VMs of the volume's instances) are locked
+        first (:meth:`_restore_lock`), so that the checks that its
+        instances are powered off and that it has no snapshots still hold
+        when the data moves.
+        """
         backing = self.volumeops.get_backing(volume.name, volume.id)
-        if backing is not None:
-            self._check_restorable(volume, backing)
-            self._check_instances_stopped(volume)
-        chain = self._backup_chain(backup, volume, backup_service)
-        if chain is not None:
-            return self._restore_chain(backup, volume, chain)
-        return super(VMwareVcVmdkBackupDriver, self).restore_backup(
-            context, backup, volume, backup_service,
-            volume_is_new=volume_is_new)
+        with self._restore_lock(volume, backing):
+            if backing is not None:
+                self._check_restorable(volume, backing)
+                self._check_instances_stopped(volume)
+            chain = self._backup_chain(backup, volume, backup_service)
+            if chain is not None:
+                return self._restore_chain(backup, volume, chain)
+            return super(VMwareVcVmdkBackupDriver, self).restore_backup(
+                context, backup, volume, backup_service,
+                volume_is_new=volume_is_new)
+
+    @contextlib.contextmanager
+    def _restore_lock(self, volume, backing, vms=None):
+        """The volume's VMs locked against other operations (a ``with``).
+
+        ``vmware_backup_restore_lock``: the backing and the VMs of the
+        volume's instances (which have its disk file attached) get their
+        power on, snapshot, reconfigure, relocate and destroy methods
+        disabled with Cinder's extension as the source
+        (:mod:`~cinder_vmdk_backup.vmware.recovery_lock`) until the
+        restore ends, on every path. The restore's own reconfigurations
+        of them (the disk swap) open ReconfigVM_Task for their duration
+        (:meth:`_restore_step`). A volume without a backing has nothing
+        to lock here: its new backing is made by the restore's import and
+        locked from then on (:meth:`_import_image`).
+
+        :param vms: VM refs to lock instead of the backing and instances
+        """
+        if vms is None:
+            vms = [] if backing is None else [backing] + [
+                vm for _instance, vm in self._instance_vms(volume)]
+        if not vms or not self.configuration.safe_get(
+                'vmware_backup_restore_lock'):
+            yield None
+            return
+        lock = recovery_lock.RecoveryLock(
+            self.session, vms, self.backup_staging_dir(),
+            'restore into volume %s' % volume.id)
+        with lock:
+            self._restore_locks[volume.id] = lock
+            try:
+                yield lock
+            finally:
+                self._restore_locks.pop(volume.id, None)
+
+    def _restore_step(self, volume, *methods):
+        """A ``with`` in which the restore itself may call ``methods``.
+
+        Enables them on the VMs the volume's restore locked, disables them
+        again at its end; without a lock, nothing.
+        """
+        lock = self._restore_locks.get(volume.id)
+        if lock is None:
+            return contextlib.nullcontext()
+        return lock.opened(*methods)
 
     def _check_instances_stopped(self, volume):
         """Refuse a restore under a running (or snapshotted) instance VM.
@@ -585,15 +646,20 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
                                                                profile)
             else:
                 adapter_type = self._get_adapter_type(volume)
+            new_backing = backing is None
             with encoded(adapter_type, hw_version) as vmdk:
-                if backing is None:
+                if new_backing:
                     backing = self._import_new_backing(
                         volume, vmdk, size, adapter_type, disk_type)
                 else:
                     self._check_restorable(volume, backing)
                     self._import_and_swap(volume, backing, vmdk, size,
                                           adapter_type)
-            self._extend_if_needed(volume, backing)
+            # A new backing is locked once it exists, for the rest of the
+            # restore (an existing one is locked by restore_backup).
+            with (self._restore_lock(volume, backing) if new_backing
+                  else contextlib.nullcontext()):
+                self._extend_if_needed(volume, backing)
         except _TRANSFER_ERRORS as exc:
             raise exception.VmdkBackupError(reason=_(
                 'writing backup %(backup)s into volume %(vol)s failed: '
@@ -739,13 +805,14 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
             # the data moved, and again here) follows the new disk file.
             self._check_instances_stopped(volume)
             instances = self._instance_vms(volume)
-            diskswap.swap_disk(
-                session, backing, temp_vm, datacenter,
-                dest.get_descriptor_ds_file_path(), volume.id,
-                profile_id=profile_id,
-                repoint=(functools.partial(self._repoint_instances,
-                                           instances)
-                         if instances else None))
+            with self._restore_step(volume, recovery_lock.RECONFIGURE):
+                diskswap.swap_disk(
+                    session, backing, temp_vm, datacenter,
+                    dest.get_descriptor_ds_file_path(), volume.id,
+                    profile_id=profile_id,
+                    repoint=(functools.partial(self._repoint_instances,
+                                               instances)
+                             if instances else None))
         finally:
             self._destroy_temp_vm(temp_vm, temp_name)
 

@@ -307,7 +307,8 @@ class JanitorTestCase(flows.VmdkBackupTestBase):
         restoring.process.wait()
         # What a killed worker leaves, until a start cleans it up.
         self.assertEqual([temp_vm], self._temp_vms())
-        self.assertEqual(2, len(os.listdir(self.staging_dir)))
+        # The staging file, the lease's record and the restore lock's.
+        self.assertEqual(3, len(os.listdir(self.staging_dir)))
 
         # Another host's restore, in the same vCenter: never this host's to
         # remove, whatever its pid means here.
