@@ -35,6 +35,15 @@ Usage::
     options = vc.cinder_backend_options() # for Cinder's VMDK driver
     vcsim.seed_disk(vc, '[LocalDS_0] vol/vol.vmdk', data)
     data = vcsim.read_disk(vc, '[LocalDS_0] vol/vol.vmdk')
+    areas, _calls = vcsim.query_changed_disk_areas(session, vm, key, '*',
+                                                   snapshot=snap)
+
+Writes into disks go through vcsim (``seed_disk``: its private
+``POST /cvb-disk-write?path=<datastore path>&offset=<bytes>`` endpoint,
+patch 0015), never into the datastore directory, so that vcsim's changed
+block tracking sees them (``QueryChangedDiskAreas``, ``backing.changeId``;
+tracking starts at the first snapshot or power on after
+``changeTrackingEnabled`` was set).
 
 Fault injection (the patched vcsim's private ``/cvb/faults`` endpoint):
 
@@ -65,6 +74,7 @@ proxy.
 """
 
 import glob
+import http.client
 import json
 import os
 import re
@@ -75,6 +85,7 @@ import subprocess  # nosec B404: starts the test peer
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 
 import fixtures
@@ -539,6 +550,8 @@ def _first(session, kind, properties):
 
 # -- disk helpers (through the datastore directory and through NFC) --------
 
+# -- disk helpers (vcsim's write endpoint, the datastore directory, NFC) ----
+
 def _flat_file(fixture, vmdk_ds_path):
     descriptor = fixture.datastore_file(vmdk_ds_path)
     if not descriptor.endswith('.vmdk'):
@@ -552,20 +565,89 @@ def read_disk(fixture, vmdk_ds_path):
         return flat.read()
 
 
-def seed_disk(fixture, vmdk_ds_path, data, offset=0):
-    """Write data into the disk at offset, through the datastore.
+def _disk_writer(fixture):
+    """A keep-alive HTTPS connection to vcsim, verified against its CA."""
+    return http.client.HTTPSConnection(fixture.host, fixture.port,
+                                       timeout=120,
+                                       context=fixture.ssl_context())
 
-    Zero blocks are skipped, so the flat file stays sparse; the file never
-    shrinks (its size is the disk's capacity).
+
+def _post_disk_write(connection, vmdk_ds_path, offset, data):
+    query = urllib.parse.urlencode({'path': vmdk_ds_path,
+                                    'offset': str(offset)})
+    connection.request('POST', '/cvb-disk-write?' + query, body=data,
+                       headers={'Content-Type': 'application/octet-stream'})
+    response = connection.getresponse()
+    text = response.read().decode(errors='replace').strip()
+    if response.status != 200:
+        raise VcsimError('writing %d bytes at %d into %s: HTTP %d %s'
+                         % (len(data), offset, vmdk_ds_path,
+                            response.status, text))
+
+
+def seed_disk(fixture, vmdk_ds_path, data, offset=0, zeros=False):
+    """Write data into the disk at offset, as a guest would.
+
+    Goes through vcsim's ``POST /cvb-disk-write`` (patch 0015), so every
+    write is recorded by vcsim's changed block tracking. Chunks of 1 MiB
+    that are all zeros are skipped unless ``zeros`` (then they are written,
+    as holes, and count as changed). A write beyond the disk's capacity or
+    into an unknown disk raises VcsimError.
     """
     block = 1 << 20
+    batch = 16 << 20
     view = memoryview(data)
-    with open(_flat_file(fixture, vmdk_ds_path), 'r+b') as flat:
-        for start in range(0, len(view), block):
-            chunk = view[start:start + block]
-            if chunk.tobytes().count(0) != len(chunk):
-                flat.seek(offset + start)
-                flat.write(chunk)
+    # Runs of chunks to write: [start, end) in data, at most batch long.
+    runs = []
+    for start in range(0, len(view), block):
+        chunk = view[start:start + block]
+        if not zeros and chunk.tobytes().count(0) == len(chunk):
+            continue
+        end = start + len(chunk)
+        if runs and runs[-1][1] == start and end - runs[-1][0] <= batch:
+            runs[-1][1] = end
+        else:
+            runs.append([start, end])
+    if not runs:
+        return
+    connection = _disk_writer(fixture)
+    try:
+        for start, end in runs:
+            _post_disk_write(connection, vmdk_ds_path, offset + start,
+                             view[start:end])
+    finally:
+        connection.close()
+
+
+def query_changed_disk_areas(session, vm_ref, device_key, change_id,
+                             snapshot=None):
+    """QueryChangedDiskAreas over the whole disk, as a backup tool calls it.
+
+    Asks again from ``startOffset + length`` until the disk's capacity
+    (vcsim, like vSphere, answers a part of the disk per call).
+
+    :returns: (list of (start, length), number of calls)
+    """
+    from oslo_vmware import vim_util
+    devices = session.invoke_api(vim_util, 'get_object_property',
+                                 session.vim, snapshot or vm_ref,
+                                 'config.hardware.device')
+    disk = [d for d in devices.VirtualDevice if d.key == device_key][0]
+    capacity = getattr(disk, 'capacityInBytes', None) or \
+        disk.capacityInKB * 1024
+    areas, start, calls = [], 0, 0
+    while start < capacity:
+        info = session.invoke_api(
+            session.vim, 'QueryChangedDiskAreas', vm_ref, snapshot=snapshot,
+            deviceKey=device_key, startOffset=start, changeId=change_id)
+        calls += 1
+        for area in getattr(info, 'changedArea', None) or []:
+            areas.append((area.start, area.length))
+        if info.length <= 0:
+            raise VcsimError('QueryChangedDiskAreas answered no progress '
+                             'at %d' % start)
+        start = info.startOffset + info.length
+    return areas, calls
 
 
 def export_vmdk(fixture, session, vm_ref, sink):
