@@ -548,8 +548,6 @@ def _first(session, kind, properties):
     return found
 
 
-# -- disk helpers (through the datastore directory and through NFC) --------
-
 # -- disk helpers (vcsim's write endpoint, the datastore directory, NFC) ----
 
 def _flat_file(fixture, vmdk_ds_path):
