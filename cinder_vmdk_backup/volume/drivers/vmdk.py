@@ -658,7 +658,7 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
                 adapter_type, disk_type = self._new_disk_shape(volume,
                                                                profile)
                 placement = self._select_ds_for_volume(volume)
-                datastore = placement[3].datastore
+                datastore = getattr(placement[3], 'datastore', None)
             else:
                 adapter_type = self._get_adapter_type(volume)
                 disk_type = self._get_disk_type(volume)
