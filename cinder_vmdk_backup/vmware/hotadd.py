@@ -101,10 +101,10 @@ def _array(value, attr):
     return list(value or [])
 
 
-def host_uuid(path=PRODUCT_UUID):
+def host_uuid(path=None):
     """This host's BIOS UUID, lower case, or None when unreadable."""
     try:
-        with open(path) as f:
+        with open(path or PRODUCT_UUID) as f:
             return f.read().strip().lower() or None
     except OSError:
         return None
