@@ -49,6 +49,7 @@ from oslo_log import log as logging
 from oslo_vmware import exceptions as vexc
 from oslo_vmware import vim_util
 
+from cinder_vmdk_backup.backup import transfer
 from cinder_vmdk_backup.backup import zero_hashing
 from cinder_vmdk_backup import ownership
 from cinder_vmdk_backup.vmware import errors
@@ -543,7 +544,8 @@ def writing(session, proxy, file_name, capacity, device_dir, timeout,
         writer = DeviceWriter(disk.path)
         try:
             yield writer
-            writer.finish()
+            # fsync can take a while: not on the caller's hub.
+            transfer.run(writer.finish, name='cvb-hotadd-flush')
         finally:
             writer.close()
 

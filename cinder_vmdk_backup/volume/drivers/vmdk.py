@@ -44,6 +44,7 @@ driver-owned backup protocol (:mod:`cinder_vmdk_backup.backup.driver_owned`):
 """
 
 import contextlib
+import errno
 import functools
 import os
 import time
@@ -147,17 +148,35 @@ class _HotAddTarget(object):
 
 
 def _file_pieces(path, size, piece_bytes=hotadd.IO_BYTES):
-    """The first ``size`` bytes of a file as ascending pieces."""
-    with open(path, 'rb', buffering=0) as f:
+    """The data of a sparse file's first ``size`` bytes, ascending pieces.
+
+    Holes are skipped (``SEEK_DATA``): they read as zeros, as the new disk
+    the pieces are written into does.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
         offset = 0
         while offset < size:
-            data = f.read(min(piece_bytes, size - offset))
-            if not data:
-                raise transfer_errors.TransferError(
-                    reason='%s ended at %d of %d bytes' % (path, offset,
-                                                           size))
-            yield chain_reader.Piece(offset, len(data), data)
-            offset += len(data)
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    return  # only a hole up to the end
+                raise
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            if end <= offset:
+                return  # the data is beyond size
+            while start < end:
+                data = os.pread(fd, min(piece_bytes, end - start), start)
+                if not data:
+                    raise transfer_errors.TransferError(
+                        reason='%s ended at %d of %d bytes' % (path, start,
+                                                               size))
+                yield chain_reader.Piece(start, len(data), data)
+                start += len(data)
+            offset = end
+    finally:
+        os.close(fd)
 
 
 class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
@@ -628,7 +647,7 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
 
         @contextlib.contextmanager
         def raw():
-            yield _file_pieces(image_path, size)
+            yield _file_pieces(image_path, size), None
 
         self._import_image(backup, volume, size, encoded, raw)
 
@@ -647,8 +666,11 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
             manager giving the VMDK (``length``, ``iter_chunks()``); an
             error while it is read aborts the import and leaves the volume
             as it was
-        :param raw: ``raw()``, a context manager giving the same data as
-            ascending :class:`~.chain_reader.Piece` s (None: NBD only)
+        :param raw: ``raw()``, a context manager giving ``(pieces,
+            check)``: the same data as ascending
+            :class:`~.chain_reader.Piece` s (read on a native thread) and
+            a function to call between pieces on the caller's thread, or
+            None (None: NBD only)
         """
         profile = self.disk_profile_of(backup)
         hw_version = _hw_version_number(profile.get('hw_version'), 14)
@@ -681,11 +703,7 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
                     hotadd_open,
                     lambda: contextlib.nullcontext(None)) as target:
                 if target is not None:
-                    with raw() as pieces:
-                        for piece in pieces:
-                            if piece.data is not None:
-                                target.writer.write_at(piece.offset,
-                                                       piece.data)
+                    self._write_pieces(raw, target.writer, volume)
                 else:
                     with encoded(adapter_type, hw_version) as vmdk:
                         if backing is None:
@@ -766,8 +784,8 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         @contextlib.contextmanager
         def raw():
             try:
-                yield _checked(throttle.throttled_pieces(pieces, backup),
-                               chain.check_cancelled)
+                yield (throttle.throttled_pieces(pieces, backup),
+                       chain.check_cancelled)
             finally:
                 pieces.close()
 
@@ -844,6 +862,26 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
             self._swap_into(volume, backing, temp_vm)
         finally:
             self._destroy_temp_vm(temp_vm, temp_name)
+
+    @staticmethod
+    def _write_pieces(raw, writer, volume):
+        """Write the restore's pieces into a hot-added disk, off the hub.
+
+        The pieces are read and written on a native thread; the caller's
+        thread runs the cancellation check between them.
+        """
+        def written(pieces):
+            for piece in pieces:
+                if piece.data is not None:
+                    writer.write_at(piece.offset, piece.data)
+                yield piece.length
+
+        with raw() as (pieces, check), transfer.Ahead(
+                written(pieces), depth=2,
+                name='cvb-hotadd-%s' % volume.id[:8]) as done:
+            for _length in done:
+                if check is not None:
+                    check()
 
     def _swap_into(self, volume, backing, temp_vm):
         """Swap the (complete) disk of ``temp_vm`` into the backing."""

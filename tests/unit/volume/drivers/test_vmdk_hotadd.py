@@ -289,3 +289,33 @@ class HotAddDriverTestCase(testtools.TestCase):
         self.driver.remove_leftovers()
         self.assertIn('disks left on the HotAdd proxy', self.logs.output)
         vms.assert_called_once_with(self.driver.session, 100)
+
+
+class FilePiecesTestCase(testtools.TestCase):
+
+    def test_holes_are_skipped(self):
+        path = os.path.join(self.useFixture(fixtures.TempDir()).path, 'img')
+        size = 64 << 20
+        with open(path, 'wb') as f:
+            f.truncate(size)
+            f.seek(1 << 20)
+            f.write(b'a' * 5000)
+            f.seek(40 << 20)
+            f.write(b'b' * (hotadd.IO_BYTES + 10))
+        pieces = list(vmdk._file_pieces(path, size))
+        data = {p.offset: p.data for p in pieces}
+        self.assertTrue(all(p.length == len(p.data) for p in pieces))
+        # Only what the file system holds is read (its allocation unit
+        # around the data), never the holes' 58 MiB.
+        self.assertLess(sum(p.length for p in pieces), 12 << 20)
+        image = bytearray(size)
+        for offset, chunk in data.items():
+            image[offset:offset + len(chunk)] = chunk
+        with open(path, 'rb') as f:
+            self.assertEqual(f.read(), bytes(image))
+
+    def test_all_hole(self):
+        path = os.path.join(self.useFixture(fixtures.TempDir()).path, 'img')
+        with open(path, 'wb') as f:
+            f.truncate(1 << 20)
+        self.assertEqual([], list(vmdk._file_pieces(path, 1 << 20)))
