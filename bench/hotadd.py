@@ -108,7 +108,7 @@ def _bench(args, size, workdir):
     os.makedirs(os.path.join(workdir, 'backups'))
     raw = os.path.join(workdir, 'disk.raw')
     counts = vmdk_codec.make_disk(raw, size)
-    vcsim = vcsim_fixture.VcsimFixture(hotadd_dir=True)
+    vcsim = vcsim_fixture.VcsimFixture(hotadd=True)
     vcsim.setUp()
     try:
         conf_path = os.path.join(workdir, 'cinder.conf')

@@ -48,6 +48,20 @@ Fault injection (the patched vcsim's private ``/cvb/faults`` endpoint):
 - ``vc.kill_mid_transfer(after_bytes)``: the next NFC transfer stalls after
   ``after_bytes`` and vcsim is then killed (SIGKILL) by a helper thread.
 - ``vc.kill()``: SIGKILL now; ``vc.stop()``: SIGTERM, then SIGKILL.
+
+HotAdd (patch 0017): ``VcsimFixture(hotadd=True)`` starts vcsim with
+``VCSIM_HOTADD_DIR`` set to ``vc.hotadd_dir`` (a private directory; None
+when off). A disk added to any VM with an existing file and no file
+operation is then attached to a loop device of this host, and
+``<hotadd_dir>/wwn-0x<backing.uuid, hex, lower case>`` links to it
+(read-only for an independent_nonpersistent disk, whose name as a
+snapshot's configuration gives it shows the snapshot's bytes); vcsim
+detaches it when the disk is removed, the VM destroyed, and on SIGTERM.
+A SIGKILLed vcsim cannot: the fixture's cleanup (and
+``vc.release_loop_devices()``) detaches the loop devices the links name
+that are attached to a file under the fixture's directory.
+``make_proxy_vm(vc, session, bios_uuid=...)`` makes a VM to play the
+proxy.
 """
 
 import glob
@@ -149,10 +163,13 @@ class VcsimFixture(fixtures.Fixture):
     certificate).
     """
 
-    def __init__(self, vms=0, extra_args=()):
+    def __init__(self, vms=0, extra_args=(), hotadd=False):
         super(VcsimFixture, self).__init__()
         self.vms = vms
         self.extra_args = tuple(extra_args)
+        self.hotadd = hotadd
+        #: The directory of the HotAdd device links (None: HotAdd off).
+        self.hotadd_dir = None
         self.host = '127.0.0.1'
         self.port = None
         self.username = 'cvb-admin'
@@ -180,6 +197,11 @@ class VcsimFixture(fixtures.Fixture):
         self.ca_file = tls['ca_file']
         self._tls = tls
         self.log_path = os.path.join(self.tmp, 'vcsim.log')
+        if self.hotadd:
+            self.hotadd_dir = os.path.join(self.tmp, 'by-id')
+            os.mkdir(self.hotadd_dir, 0o700)
+            # After stop(): what a killed vcsim left attached.
+            self.addCleanup(self.release_loop_devices)
         self.addCleanup(self.stop)
         for _attempt in range(3):
             self.port = _free_port()
@@ -200,6 +222,9 @@ class VcsimFixture(fixtures.Fixture):
         # without a WSDL location of their own, e.g. os-brick).
         env = dict(os.environ, TMPDIR=self.tmp,
                    VCSIM_WSDL_DIR=os.path.dirname(self.wsdl_url[7:]))
+        env.pop('VCSIM_HOTADD_DIR', None)
+        if self.hotadd_dir:
+            env['VCSIM_HOTADD_DIR'] = self.hotadd_dir
         # -password names a file (vcsim reads a secret from a file of that
         # name): not in the command line every user can read. -E: vcsim's
         # "export GOVC_URL=..." line holds the password; it is not logged.
@@ -280,6 +305,40 @@ class VcsimFixture(fixtures.Fixture):
     @property
     def running(self):
         return self.process is not None and self.process.poll() is None
+
+    # -- HotAdd -------------------------------------------------------------
+
+    def hotadd_links(self):
+        """{link name: loop device} of the HotAdd directory now."""
+        links = {}
+        if not self.hotadd_dir:
+            return links
+        for name in sorted(os.listdir(self.hotadd_dir)):
+            path = os.path.join(self.hotadd_dir, name)
+            if name.startswith('wwn-0x') and os.path.islink(path):
+                links[name] = os.readlink(path)
+        return links
+
+    def release_loop_devices(self):
+        """Detach what a vcsim that could not clean up left attached.
+
+        Only loop devices that a link in ``hotadd_dir`` names and that
+        are attached to a file under this fixture's directory (another
+        user may have the device by now); the links go too. Returns the
+        devices detached. A running vcsim is stopped first.
+        """
+        if self.running:
+            self.stop()
+        released = []
+        for name, device in self.hotadd_links().items():
+            backing = loop_backing_file(device)
+            if backing and backing.startswith(self.tmp + os.sep):
+                subprocess.run(['losetup', '-d', device],  # nosec B603 B607
+                               check=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+                released.append(device)
+            os.unlink(os.path.join(self.hotadd_dir, name))
+        return released
 
     # -- clients ------------------------------------------------------------
 
@@ -404,6 +463,78 @@ class VcsimFixture(fixtures.Fixture):
         thread = threading.Thread(target=killer, daemon=True)
         thread.start()
         return thread
+
+
+def loop_backing_file(device):
+    """The file a loop device (``/dev/loopN``) is attached to, or None.
+
+    A deleted file reads ``<path> (deleted)``.
+    """
+    name = os.path.basename(device)
+    if not re.match(r'^loop[0-9]+$', name):
+        return None
+    try:
+        with open('/sys/block/%s/loop/backing_file' % name) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def make_proxy_vm(fixture, session, name='cvb-proxy', bios_uuid=None,
+                  instance_uuid=None):
+    """Create a powered-off VM to play the HotAdd proxy; its moref.
+
+    In the cluster's resource pool, its files on the datastore, with one
+    paravirtual SCSI controller (bus 0) and no disk; ``bios_uuid`` and
+    ``instance_uuid`` become its ``config.uuid`` and
+    ``config.instanceUuid`` when given (vcsim makes them up otherwise).
+    """
+    from oslo_vmware import vim_util
+
+    factory = session.vim.client.factory
+    datacenter = _first(session, 'Datacenter', ['vmFolder'])
+    cluster = _first(session, 'ClusterComputeResource', ['resourcePool'])
+    controller = factory.create('ns0:ParaVirtualSCSIController')
+    controller.key = -100
+    controller.busNumber = 0
+    controller.sharedBus = 'noSharing'
+    device_spec = factory.create('ns0:VirtualDeviceConfigSpec')
+    device_spec.operation = 'add'
+    device_spec.device = controller
+    files = factory.create('ns0:VirtualMachineFileInfo')
+    files.vmPathName = '[%s]' % fixture.datastore_name
+    spec = factory.create('ns0:VirtualMachineConfigSpec')
+    spec.name = name
+    spec.guestId = 'otherLinux64Guest'
+    spec.numCPUs = 1
+    spec.memoryMB = 128
+    spec.files = files
+    spec.deviceChange = [device_spec]
+    if bios_uuid:
+        spec.uuid = bios_uuid
+    if instance_uuid:
+        spec.instanceUuid = instance_uuid
+    task = session.invoke_api(
+        session.vim, 'CreateVM_Task', datacenter['vmFolder'], config=spec,
+        pool=cluster['resourcePool'])
+    vm = session.wait_for_task(task).result
+    state = session.invoke_api(vim_util, 'get_object_property', session.vim,
+                               vm, 'runtime.powerState')
+    if state == 'poweredOn':
+        session.wait_for_task(session.invoke_api(
+            session.vim, 'PowerOffVM_Task', vm))
+    return vm
+
+
+def _first(session, kind, properties):
+    from oslo_vmware import vim_util
+
+    result = session.invoke_api(vim_util, 'get_objects', session.vim, kind,
+                                1, properties)
+    obj = result.objects[0]
+    found = dict((p.name, p.val) for p in getattr(obj, 'propSet', []))
+    found['obj'] = obj.obj
+    return found
 
 
 # -- disk helpers (through the datastore directory and through NFC) --------

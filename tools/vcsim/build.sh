@@ -90,6 +90,10 @@ done
 mkdir -p "$out/vim25"
 cp "$tree/vim25/types/types.go" "$tree/vim25/types/enum.go" \
     "$tree/vim25/methods/methods.go" "$out/vim25/"
+# The series' own bindings (vSphere's internal methods), for gen_wsdl.py.
+for f in "$tree"/vim25/types/cvb_*.go "$tree"/vim25/methods/cvb_*.go; do
+    if [ -f "$f" ]; then cp "$f" "$out/vim25/"; fi
+done
 touch "$out/.complete"
 # Older builds (other patch series) are left for `rm -rf` by hand; they
 # are small and a branch switch would otherwise rebuild.

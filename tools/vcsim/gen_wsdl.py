@@ -63,8 +63,12 @@ class UnknownType(Exception):
     pass
 
 
-def _xsd_type(go_type, known):
-    """Map a Go field type to (xsd type, is_list, is_pointer)."""
+def _xsd_type(go_type, known, extra=None):
+    """Map a Go field type to (xsd type, is_list, is_pointer).
+
+    ``extra`` (a callable) is asked to describe a type that the schemas
+    lack: it returns whether it could.
+    """
     is_list = go_type.startswith('[]')
     if is_list:
         go_type = go_type[2:]
@@ -80,12 +84,12 @@ def _xsd_type(go_type, known):
     if go_type not in known and go_type.startswith('Base') \
             and go_type[4:] in known:
         go_type = go_type[4:]
-    if go_type not in known:
+    if go_type not in known and not (extra and extra(go_type)):
         raise UnknownType(go_type)
     return 'vim25:' + go_type, is_list, is_pointer
 
 
-def _elements(body, known):
+def _elements(body, known, extra=None):
     """Yield <element> lines for a Go struct body."""
     lines = []
     for line in body.splitlines():
@@ -98,7 +102,7 @@ def _elements(body, known):
         parts = tag.split(',')
         xml_name = parts[0]
         optional = 'omitempty' in parts[1:]
-        xsd, is_list, is_pointer = _xsd_type(go_type, known)
+        xsd, is_list, is_pointer = _xsd_type(go_type, known, extra)
         attrs = 'name="%s" type="%s"' % (xml_name, xsd)
         if optional or is_pointer:
             attrs += ' minOccurs="0"'
@@ -108,12 +112,40 @@ def _elements(body, known):
     return lines
 
 
+def _extra_go(go_dir):
+    """The bindings the patch series adds beside govmomi's generated ones.
+
+    ``cvb_*.go`` files (build.sh copies them next to ``methods.go`` and
+    ``types.go``): vSphere's internal methods such as
+    AuthorizationManager.DisableMethods, whose data types VMware's public
+    schemas do not have either.
+    """
+    methods_go, types_go = [], []
+    for name in sorted(os.listdir(go_dir)):
+        if name.startswith('cvb_') and name.endswith('.go'):
+            with open(os.path.join(go_dir, name)) as f:
+                text = f.read()
+            if text.lstrip().startswith('package methods') or \
+                    '\npackage methods' in text:
+                methods_go.append(text)
+            else:
+                types_go.append(text)
+    return '\n'.join(methods_go), '\n'.join(types_go)
+
+
 def generate(go_dir, xsd_dir, out_dir):
     with open(os.path.join(go_dir, 'methods.go')) as f:
         methods_go = f.read()
     with open(os.path.join(go_dir, 'types.go')) as f:
         types_go = f.read()
+    extra_methods_go, extra_types_go = _extra_go(go_dir)
+    methods_go += '\n' + extra_methods_go
+    types_go += '\n' + extra_types_go
     structs = dict(_STRUCT_RE.findall(types_go))
+    # Data types only the series' bindings define: described in
+    # vim-messagetypes.xsd when a method uses them.
+    extra_structs = dict(_STRUCT_RE.findall(extra_types_go))
+    extra_types = {}
     # `type Foo FooRequestType`: Foo's body is FooRequestType's.
     aliases = dict((name, base + 'RequestType')
                    for name, base in _ALIAS_RE.findall(types_go))
@@ -122,14 +154,31 @@ def generate(go_dir, xsd_dir, out_dir):
         with open(os.path.join(xsd_dir, name)) as f:
             known.update(_XSD_NAME_RE.findall(f.read()))
 
+    def extra(name):
+        if name in extra_types:
+            return True
+        if name not in extra_structs:
+            return False
+        extra_types[name] = None  # a recursive reference resolves
+        try:
+            fields = _elements(extra_structs[name], known, extra)
+        except UnknownType:
+            del extra_types[name]
+            raise
+        extra_types[name] = (
+            '   <complexType name="%s">\n      <sequence>\n%s'
+            '      </sequence>\n   </complexType>\n' % (
+                name, ''.join('         %s\n' % e for e in fields)))
+        return True
+
     messagetypes, elements, operations = [], [], []
     skipped = []
     for match in _BODY_RE.finditer(methods_go):
         _body, req_type, op, res_type, res_elem = match.groups()
         req_struct = aliases.get(req_type, req_type + 'RequestType')
         try:
-            req_fields = _elements(structs[req_struct], known)
-            res_fields = _elements(structs.get(res_type, ''), known)
+            req_fields = _elements(structs[req_struct], known, extra)
+            res_fields = _elements(structs.get(res_type, ''), known, extra)
         except (UnknownType, KeyError) as exc:
             skipped.append('%s (%s)' % (op, exc))
             continue
@@ -152,7 +201,7 @@ def generate(go_dir, xsd_dir, out_dir):
         shutil.copyfile(os.path.join(xsd_dir, name),
                         os.path.join(out_dir, name))
     _write(out_dir, 'vim-messagetypes.xsd', _MESSAGETYPES % ''.join(
-        messagetypes))
+        [extra_types[name] for name in sorted(extra_types)] + messagetypes))
     messages = ''.join(
         '   <message name="%(op)sRequestMsg">\n'
         '      <part name="parameters" element="vim25:%(op)s" />\n'

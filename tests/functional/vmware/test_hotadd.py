@@ -26,7 +26,6 @@ NBD and says why; a process killed with a disk hot-added leaves it to the
 next start's janitor.
 """
 
-import functools
 import inspect
 import json
 import os
@@ -41,6 +40,7 @@ from cinder.tests.unit import utils as test_utils
 import fixtures
 from oslo_utils import units
 from oslo_vmware import vim_util
+from testtools import content
 
 from cinder_vmdk_backup.vmware import hotadd
 from cinder_vmdk_backup.vmware import vmsnapshot
@@ -56,7 +56,7 @@ TIMEOUT = 5
 
 
 def _hotadd_supported():
-    return 'hotadd_dir' in inspect.signature(
+    return 'hotadd' in inspect.signature(
         vcsim_fixture.VcsimFixture.__init__).parameters
 
 
@@ -64,13 +64,21 @@ class HotAddTestCase(flows.VmdkBackupTestBase):
 
     def setUp(self):
         if not _hotadd_supported():
-            self.skipTest('the vcsim fixture has no hotadd_dir (patch 0017)')
-        # The base class starts vcsim: with HotAdd on.
+            self.skipTest('the vcsim fixture has no HotAdd (patch 0017)')
+        # The base class starts vcsim: with HotAdd on (the default of its
+        # hotadd argument, for this test).
+        init = vcsim_fixture.VcsimFixture.__init__
+        defaults = dict(zip(('vms', 'extra_args', 'hotadd'),
+                            init.__defaults__), hotadd=True)
         self.useFixture(fixtures.MockPatchObject(
-            vcsim_fixture, 'VcsimFixture', functools.partial(
-                vcsim_fixture.VcsimFixture, hotadd_dir=True)))
+            init, '__defaults__', (defaults['vms'], defaults['extra_args'],
+                                   True)))
         super(HotAddTestCase, self).setUp()
-        self.assertTrue(self.vcsim.hotadd_dir)
+        self.assertIsNotNone(self.vcsim.hotadd_dir)
+        self.addOnException(lambda _exc: self.addDetail(
+            'vcsim-hotadd', content.text_content('\n'.join(
+                line for line in self.vcsim.log().splitlines()
+                if 'hotadd' in line))))
         uuid_file = os.path.join(self.tmp, 'product_uuid')
         with open(uuid_file, 'w') as f:
             f.write(PROXY_UUID.upper() + '\n')
@@ -85,6 +93,9 @@ class HotAddTestCase(flows.VmdkBackupTestBase):
         self.instance.create()
         self.disk = flows.Disk(regions=REGIONS, seed=b'hot')
         self.volume = self._attached_volume(self.disk)
+        # vcsim attaches a loop device for every disk added to any VM with
+        # an existing file: the instance's too. Only the proxy's count.
+        self.instance_links = set(os.listdir(self.vcsim.hotadd_dir))
 
     # -- helpers -----------------------------------------------------------
 
@@ -175,12 +186,16 @@ class HotAddTestCase(flows.VmdkBackupTestBase):
         self._power(False)
         return backup
 
+    def _proxy_links(self):
+        return sorted(set(os.listdir(self.vcsim.hotadd_dir)) -
+                      self.instance_links)
+
     def _nfc_gets(self):
         return len(re.findall(r'nfc GET', self.vcsim.log()))
 
     def _assert_no_hotadd_left(self):
         self.assertEqual([], self._proxy_disks())
-        self.assertEqual([], os.listdir(self.vcsim.hotadd_dir))
+        self.assertEqual([], self._proxy_links())
         self.assertEqual([], self._snapshots())
         self._assert_nothing_left()
 
@@ -190,7 +205,8 @@ class HotAddTestCase(flows.VmdkBackupTestBase):
         backup = self._snapshot_backup()
         self.assertIn('transport HotAdd', self.logs.output)
         self.assertEqual(0, self._nfc_gets())
-        self.assertRegex(self.logs.output, r'HotAdd read of \S+: \d+ bytes')
+        self.assertRegex(self.logs.output, r'HotAdd read of .*: 1073741824 '
+                                           r'bytes read')
         self._assert_no_hotadd_left()
 
         # Into a new volume (a new backing, written over HotAdd), streamed
@@ -308,7 +324,7 @@ class HotAddTestCase(flows.VmdkBackupTestBase):
         process.wait()
         process.stdout.close()
         [left] = self._proxy_disks()
-        self.assertEqual(1, len(os.listdir(self.vcsim.hotadd_dir)))
+        self.assertEqual(1, len(self._proxy_links()))
         [snapshot] = self._snapshots()
         self.assertTrue(snapshot.name.startswith(
             vmsnapshot.SNAPSHOT_PREFIX))
@@ -318,7 +334,7 @@ class HotAddTestCase(flows.VmdkBackupTestBase):
         # The next start: the disk goes from the proxy, then the snapshot.
         self._new_driver()
         self.assertEqual([], self._proxy_disks())
-        self.assertEqual([], os.listdir(self.vcsim.hotadd_dir))
+        self.assertEqual([], self._proxy_links())
         self.assertEqual([], self._snapshots())
         self.assertEqual([], os.listdir(self.staging_dir))
         self.assertIn('Removed disk %s from the proxy VM' % left,
