@@ -112,13 +112,12 @@ class HotAddTestCase(flows.VmdkBackupTestBase):
                 return obj.obj, values.get(prop)
         raise AssertionError('no %s' % type_)
 
-    def _make_proxy(self, name='backup-proxy', pool=None, host=None,
+    def _make_proxy(self, name='backup-proxy', host=None, host_pool=None,
                     bios_uuid=PROXY_UUID):
         """A powered-on VM without disks or controllers: this host."""
         factory = self.session.vim.client.factory
-        if pool is None:
-            _cluster, pool = self._first('ClusterComputeResource',
-                                         'resourcePool')
+        _cluster, pool = self._first('ClusterComputeResource',
+                                     'resourcePool')
         _dc, folder = self._first('Datacenter', 'vmFolder')
         spec = factory.create('ns0:VirtualMachineConfigSpec')
         spec.name = name
@@ -129,12 +128,18 @@ class HotAddTestCase(flows.VmdkBackupTestBase):
         files = factory.create('ns0:VirtualMachineFileInfo')
         files.vmPathName = '[%s]' % self.vcsim.datastore_name
         spec.files = files
-        kwargs = {'config': spec, 'pool': pool}
-        if host is not None:
-            kwargs['host'] = host
         task = self.session.invoke_api(self.session.vim, 'CreateVM_Task',
-                                       folder, **kwargs)
+                                       folder, config=spec, pool=pool)
         ref = self.session.wait_for_task(task).result
+        if host is not None:
+            # (vcsim cannot create a VM on a host without datastores.)
+            relocate = factory.create('ns0:VirtualMachineRelocateSpec')
+            relocate.host = host
+            relocate.pool = host_pool
+            task = self.session.invoke_api(self.session.vim,
+                                           'RelocateVM_Task', ref,
+                                           spec=relocate)
+            self.session.wait_for_task(task)
         task = self.session.invoke_api(self.session.vim, 'PowerOnVM_Task',
                                        ref)
         self.session.wait_for_task(task)
@@ -283,7 +288,10 @@ class HotAddTestCase(flows.VmdkBackupTestBase):
         task = self.session.invoke_api(self.session.vim, 'Destroy_Task',
                                        self.proxy)
         self.session.wait_for_task(task)
-        self.proxy = self._make_proxy('far-proxy', pool=pool, host=host)
+        self.proxy = self._make_proxy('far-proxy', host=host,
+                                      host_pool=pool)
+        self.assertEqual(host.value, self._prop(self.proxy,
+                                                'runtime.host').value)
         self._snapshot_backup()
         self.assertRegex(self.logs.output,
                          r'transport NBD; HotAdd passed over: datastore '
