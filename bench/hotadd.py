@@ -182,10 +182,16 @@ def _run(args, size, raw, vcsim, conf_path):
     def restore(transport, record):
         use(transport)
         target = new_volume('creating')
+        # What the API and the manager set before a restore runs.
+        record.status = 'restoring'
+        record.restore_volume_id = target.id
+        record.save()
         start = time.perf_counter()
         driver.restore_backup(ctx, record, target, service,
                               volume_is_new=True)
         seconds = time.perf_counter() - start
+        record.status = 'available'
+        record.save()
         path = driver.volumeops.get_vmdk_path(
             driver.volumeops.get_backing(target.name, target.id))
         data = vcsim_fixture.read_disk(vcsim, path)
