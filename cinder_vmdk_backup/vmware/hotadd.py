@@ -326,6 +326,9 @@ class HotAddedDisk(object):
         self._state_dir = state_dir
         self._snapshot = snapshot
         self._record = None
+        # Keys of the proxy's devices of that file before the attach: a
+        # concurrent operation may have the same file on the proxy.
+        self._others = None
         self.device = None
         self.path = None
 
@@ -353,10 +356,14 @@ class HotAddedDisk(object):
     def _attach(self):
         session = self._session
         devices = _devices(session, self.proxy)
+        self._others = {d.key for d in devices
+                        if d.__class__.__name__ == 'VirtualDisk' and
+                        getattr(d.backing, 'fileName', None) ==
+                        self.file_name}
         _reconfigure(session, self.proxy, _disk_spec(
             session, devices, self.file_name,
             (self.capacity + 1023) // 1024, self.mode))
-        found = _attached(session, self.proxy, self.file_name)
+        found = self._ours()
         if not found:
             raise errors.TransferError(
                 reason='disk %s is not on the proxy VM after it was added' %
@@ -372,11 +379,21 @@ class HotAddedDisk(object):
         LOG.debug('Disk %(file)s hot-added to the proxy VM as %(dev)s.',
                   {'file': self.file_name, 'dev': self.path})
 
+    def _ours(self):
+        return [d for d in _attached(self._session, self.proxy,
+                                     self.file_name)
+                if d.key not in (self._others or ())]
+
     def detach(self):
         """Remove the disk from the proxy (its file stays); idempotent."""
+        if self._others is None:
+            # Never reconfigured: nothing of ours is on the proxy.
+            if self._record is not None:
+                self._record.release()
+                self._record = None
+            return
         try:
-            found = _attached(self._session, self.proxy, self.file_name)
-            _remove_devices(self._session, self.proxy, found)
+            _remove_devices(self._session, self.proxy, self._ours())
         except Exception as exc:
             LOG.error('Could not remove disk %(file)s from the proxy VM; '
                       'it is removed when this service restarts: %(exc)s',

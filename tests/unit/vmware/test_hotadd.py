@@ -213,6 +213,25 @@ class HotAddedDiskTestCase(DeviceDirMixin, testtools.TestCase):
         self.assertEqual(1, len(session.devices) - 1)
         self.assertEqual([], self.records())
 
+    def test_same_file_of_another_operation_stays(self):
+        self.make_device(b'\0' * 4096)
+        theirs = disk(2000, 1000, 0)
+        session = ProxySession([controller(1000), theirs])
+        with hotadd.HotAddedDisk(session, moref('proxy'), FILE, 4096,
+                                 device_dir=self.dev_dir, timeout=1) as hot:
+            self.assertEqual(1, hot.device.unitNumber)
+        self.assertEqual([theirs], session.devices[1:])
+
+    def test_nothing_removed_when_never_added(self):
+        session = ProxySession([controller(1000), disk(2000, 1000, 0)])
+        session.properties[('proxy', 'config.hardware.device')] = (
+            vexc.VimException('gone'))
+        self.assertRaises(vexc.VimException, hotadd.HotAddedDisk(
+            session, moref('proxy'), FILE, 4096, device_dir=self.dev_dir,
+            timeout=1, state_dir=self.state).__enter__)
+        self.assertEqual([], session.specs)
+        self.assertEqual([], self.records())
+
     def test_writable_disk_is_persistent(self):
         self.make_device(b'\0' * 4096)
         session = ProxySession([controller(1000)])
