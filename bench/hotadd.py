@@ -23,6 +23,10 @@ restores the backup onto a new volume, once with
 interleaved pairs (``--pairs``, default 3): each ratio is the median of
 the pairs' ratios. The restored disks are compared with the source.
 
+A third pair reads the whole disk through each transport into a backup
+service that stores nothing (the transport alone, as the backup's read
+stage sees it).
+
 On this machine vcsim and the plugin share the same two cores and the
 "network" is the loopback: NBD here costs vcsim's VMDK encoding/decoding
 and an HTTP stream, not a network. The ratios say what HotAdd saves of
@@ -161,7 +165,7 @@ def _run(args, size, raw, vcsim, conf_path):
         conf.set_override('vmware_backup_transports', [transport],
                           group='vmdk')
 
-    def backup(transport):
+    def backup(transport, into=service):
         use(transport)
         record = test_utils.create_backup(ctx, source.id, status='creating',
                                           size=gib)
@@ -170,7 +174,7 @@ def _run(args, size, raw, vcsim, conf_path):
                                      backing, 'bench').freeze()
         try:
             driver._snapshot_sources[source.id] = frozen
-            driver.backup_volume(ctx, record, service)
+            driver.backup_volume(ctx, record, into)
         finally:
             driver._snapshot_sources.pop(source.id, None)
             frozen.release()
@@ -200,12 +204,19 @@ def _run(args, size, raw, vcsim, conf_path):
         driver._delete_volume(target)
         return seconds, same
 
-    times = {('backup', t): [] for t in ('hotadd', 'nbd')}
+    times = {('read', t): [] for t in ('hotadd', 'nbd')}
+    times.update({('backup', t): [] for t in ('hotadd', 'nbd')})
     times.update({('restore', t): [] for t in ('hotadd', 'nbd')})
     all_same = True
     for index in range(args.pairs):
         order = ('hotadd', 'nbd') if index % 2 == 0 else ('nbd', 'hotadd')
         made = {}
+        for transport in order:
+            # The transport alone: the whole disk read, nothing stored.
+            _record, seconds = backup(transport, vmdk_backup._NullService())
+            times[('read', transport)].append(seconds)
+            print('  read    %-6s %7.2f s' % (transport, seconds),
+                  flush=True)
         for transport in order:
             made[transport], seconds = backup(transport)
             times[('backup', transport)].append(seconds)
@@ -217,7 +228,7 @@ def _run(args, size, raw, vcsim, conf_path):
             times[('restore', transport)].append(seconds)
             print('  restore %-6s %7.2f s  identical: %s'
                   % (transport, seconds, same), flush=True)
-    for kind in ('backup', 'restore'):
+    for kind in ('read', 'backup', 'restore'):
         ratios = [n / h for n, h in zip(times[(kind, 'nbd')],
                                         times[(kind, 'hotadd')])]
         print('full %s time, NBD/HotAdd %s (HotAdd median %.2f s, NBD '
