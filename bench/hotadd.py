@@ -17,8 +17,9 @@ vcsim started with HotAdd on (patch 0017: a disk added to the proxy VM is
 a loop device of this host); a proxy VM stands for this host. The plugin's
 driver backs the volume up through a snapshot of its (powered-on) backing
 (``_read_frozen_disk``, as a group backup and, with change tracking, a
-detached volume's backup read it; the snapshot itself is not timed) into Cinder's posix backup driver, and
-restores the backup onto a new volume, once with
+detached volume's backup read it; the snapshot itself is not timed) into
+Cinder's posix backup driver, and restores the backup onto a new volume,
+once with
 ``vmware_backup_transports = hotadd`` and once with ``nbd``, in
 interleaved pairs (``--pairs``, default 3): each ratio is the median of
 the pairs' ratios. The restored disks are compared with the source.
