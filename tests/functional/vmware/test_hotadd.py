@@ -236,6 +236,28 @@ class HotAddTestCase(flows.VmdkBackupTestBase):
                 'into volume %s: transport HotAdd' % other.id))
         self._assert_no_hotadd_left()
 
+    def test_failed_restore_leaves_the_volume_as_it_was(self):
+        backup = self._snapshot_backup()
+        name = '%s-%05d' % (backup.service_metadata, 1)
+        path = os.path.join(self.posix_dir, backup.container, name)
+        with open(path, 'r+b') as f:
+            f.seek(os.path.getsize(path) // 2)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0x01]))
+        before = flows.Disk(seed=b'other')
+        other = self._vmdk_volume(disk=before)
+        files = self._vmdk_files()
+        self._restore(backup, other, fail=True)
+        self.assertIn('into volume %s: transport HotAdd' % other.id,
+                      self.logs.output)
+        # The data went into a temporary VM's disk, never the volume's:
+        # the volume holds what it held, the temporary VM and its disk
+        # are gone, nothing stays on the proxy.
+        self._assert_data(before, other)
+        self.assertEqual(files, self._vmdk_files())
+        self._assert_no_hotadd_left()
+
     def test_no_proxy_vm_takes_nbd(self):
         self._set('vmware_backup_proxy_vm', 'no-such-vm')
         backup = self._snapshot_backup()
