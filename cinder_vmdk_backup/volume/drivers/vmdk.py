@@ -44,6 +44,7 @@ driver-owned backup protocol (:mod:`cinder_vmdk_backup.backup.driver_owned`):
 """
 
 import contextlib
+import errno
 import functools
 import os
 import time
@@ -78,9 +79,11 @@ from cinder_vmdk_backup.vmdk import writer as vmdk_writer
 from cinder_vmdk_backup.vmware import diskswap
 from cinder_vmdk_backup.vmware import errors as transfer_errors
 from cinder_vmdk_backup.vmware import export
+from cinder_vmdk_backup.vmware import hotadd
 from cinder_vmdk_backup.vmware import leftovers
 from cinder_vmdk_backup.vmware import nfc
 from cinder_vmdk_backup.vmware import recovery_lock
+from cinder_vmdk_backup.vmware import transport
 from cinder_vmdk_backup.vmware import upload
 from cinder_vmdk_backup.vmware import vmsnapshot
 
@@ -137,6 +140,46 @@ class _EncodedDisk(object):
         return iter(self._chunks)
 
 
+class _HotAddTarget(object):
+    """A restore's new disk on the proxy: ``writer``, its VM ``backing``."""
+
+    def __init__(self, writer, backing):
+        self.writer = writer
+        self.backing = backing
+
+
+def _file_pieces(path, size, piece_bytes=hotadd.IO_BYTES):
+    """The data of a sparse file's first ``size`` bytes, ascending pieces.
+
+    Holes are skipped (``SEEK_DATA``): they read as zeros, as the new disk
+    the pieces are written into does.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    return  # only a hole up to the end
+                raise
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            if end <= offset:
+                return  # the data is beyond size
+            while start < end:
+                data = os.pread(fd, min(piece_bytes, end - start), start)
+                if not data:
+                    raise transfer_errors.TransferError(
+                        reason='%s ended at %d of %d bytes' % (path, start,
+                                                               size))
+                yield chain_reader.Piece(start, len(data), data)
+                start += len(data)
+            offset = end
+    finally:
+        os.close(fd)
+
+
 class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
                                vmdk.VMwareVcVmdkDriver):
     """VMDK volumes on vCenter; the driver owns their backups."""
@@ -164,9 +207,16 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         to a process that is gone is removed
         (:mod:`cinder_vmdk_backup.vmware.leftovers`), never another live
         process's, never another host's. Leases first: a VM under an
-        import lease cannot be destroyed. Failures are logged: they must
-        not stop the service from starting.
+        import lease cannot be destroyed; and before those, disks left on
+        the HotAdd proxy VM: a snapshot or temporary VM whose disk is
+        hot-added cannot be removed. Failures are logged: they must not
+        stop the service from starting.
         """
+        try:
+            hotadd.remove_leftovers(self.session, self.backup_staging_dir())
+        except Exception as exc:
+            LOG.warning('Could not look for disks left on the HotAdd proxy '
+                        'VM by interrupted transfers: %s', exc)
         try:
             leftovers.abort_leases(self.session, self.backup_staging_dir())
         except Exception as exc:
@@ -326,11 +376,41 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
     def _read_frozen_disk(self, frozen, disk, size):
         """A disk of a snapshot (:class:`~.vmsnapshot.FrozenVM`), raw.
 
+        Through the first transport of ``vmware_backup_transports`` that
+        serves (:mod:`~cinder_vmdk_backup.vmware.transport`): over HotAdd
+        the snapshot's disk (as the snapshot's configuration names it) is
+        added read-only to the proxy VM and read as a local device, with
+        random access (``read_at``: the extent hand-off reads only what
+        it needs); over NBD it is streamed from an ``ExportSnapshot``
+        lease.
+
         :returns: a context manager giving a transfer source of ``size``
             bytes (see :meth:`open_backup_source`)
         """
-        return frozen.read_disk(disk, size,
-                                vmdk_reader.StreamOptimizedReader)
+        conf = self.configuration
+        backing = disk.backing
+        capacity = (getattr(disk, 'capacityInBytes', None) or
+                    int(disk.capacityInKB) * units.Ki)
+
+        def hotadd_open(proxy):
+            if capacity > size:
+                raise transfer_errors.TransferError(
+                    reason='the disk holds %d bytes, more than the %d bytes '
+                           'of the volume' % (capacity, size))
+            return hotadd.reading(
+                self.session, proxy, backing.fileName, size, capacity,
+                conf.vmware_backup_hotadd_device_dir,
+                conf.vmware_backup_hotadd_device_timeout,
+                self.backup_staging_dir(), snapshot=frozen.snapshot)
+
+        def nbd_open():
+            return frozen.read_disk(disk, size,
+                                    vmdk_reader.StreamOptimizedReader)
+
+        return transport.run(
+            self.session, conf, getattr(backing, 'datastore', None),
+            'Backup read of disk %s (%s)' % (backing.fileName, frozen.label),
+            hotadd_open, nbd_open)
 
     # -- instance groups ---------------------------------------------------
 
@@ -626,16 +706,32 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
                                     ) as chunks:
                     yield _EncodedDisk(length, chunks)
 
-        self._import_image(backup, volume, size, encoded)
+        @contextlib.contextmanager
+        def raw():
+            yield _file_pieces(image_path, size), None
 
-    def _import_image(self, backup, volume, size, encoded):
-        """Import a VMDK as the volume's disk (new backing or disk swap).
+        self._import_image(backup, volume, size, encoded, raw)
+
+    def _import_image(self, backup, volume, size, encoded, raw=None):
+        """Write the backup as the volume's disk (new backing or disk swap).
+
+        Through the first transport of ``vmware_backup_transports`` that
+        serves (:mod:`~cinder_vmdk_backup.vmware.transport`): HotAdd writes
+        the raw data into a new disk (of a new backing, or of a temporary
+        VM whose disk is then swapped in) added to the proxy VM; NBD
+        imports the VMDK through an ImportVApp lease. Either way the
+        volume's disk is replaced only once the new one is complete.
 
         :param size: bytes of the backed-up disk
         :param encoded: ``encoded(adapter_type, hw_version)``, a context
             manager giving the VMDK (``length``, ``iter_chunks()``); an
             error while it is read aborts the import and leaves the volume
             as it was
+        :param raw: ``raw()``, a context manager giving ``(pieces,
+            check)``: the same data as ascending
+            :class:`~.chain_reader.Piece` s (read on a native thread) and
+            a function to call between pieces on the caller's thread, or
+            None (None: NBD only)
         """
         profile = self.disk_profile_of(backup)
         hw_version = _hw_version_number(profile.get('hw_version'), 14)
@@ -644,20 +740,47 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
             if backing is None:
                 adapter_type, disk_type = self._new_disk_shape(volume,
                                                                profile)
+                placement = self._select_ds_for_volume(volume)
+                datastore = getattr(placement[3], 'datastore', None)
             else:
                 adapter_type = self._get_adapter_type(volume)
-            new_backing = backing is None
-            with encoded(adapter_type, hw_version) as vmdk:
-                if new_backing:
-                    backing = self._import_new_backing(
-                        volume, vmdk, size, adapter_type, disk_type)
+                disk_type = self._get_disk_type(volume)
+                placement = None
+                datastore = self.volumeops.get_datastore(backing)
+                self._check_restorable(volume, backing)
+
+            def hotadd_open(proxy):
+                if raw is None:
+                    raise transfer_errors.TransferError(
+                        reason='this restore path moves a VMDK stream only')
+                return self._hotadd_target(proxy, volume, backing,
+                                           placement, size, adapter_type,
+                                           disk_type)
+
+            with transport.run(
+                    self.session, self.configuration, datastore,
+                    'Restore of backup %s into volume %s' % (backup.id,
+                                                             volume.id),
+                    hotadd_open,
+                    lambda: contextlib.nullcontext(None)) as target:
+                if target is not None:
+                    self._write_pieces(raw, target.writer, volume)
                 else:
-                    self._check_restorable(volume, backing)
-                    self._import_and_swap(volume, backing, vmdk, size,
-                                          adapter_type)
+                    with encoded(adapter_type, hw_version) as vmdk:
+                        if backing is None:
+                            new_backing = self._import_new_backing(
+                                volume, vmdk, size, adapter_type, disk_type,
+                                placement)
+                        else:
+                            self._import_and_swap(volume, backing, vmdk,
+                                                  size, adapter_type)
+            created = backing is None
+            if created:
+                backing = (target.backing if target is not None
+                           else new_backing)
             # A new backing is locked once it exists, for the rest of the
             # restore (an existing one is locked by restore_backup).
-            with (self._restore_lock(volume, backing) if new_backing
+            with (self._restore_lock(volume, backing) if created
                   else contextlib.nullcontext()):
                 self._extend_if_needed(volume, backing)
         except _TRANSFER_ERRORS as exc:
@@ -724,11 +847,19 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
                 # Ends the readers and the checks of an aborted import now.
                 pieces.close()
 
+        @contextlib.contextmanager
+        def raw():
+            try:
+                yield (throttle.throttled_pieces(pieces, backup),
+                       chain.check_cancelled)
+            finally:
+                pieces.close()
+
         LOG.info('Restoring backup %(backup)s (a chain of %(n)d) into '
                  'volume %(vol)s without staging.',
                  {'backup': backup.id, 'n': len(chain.chain),
                   'vol': volume.id})
-        self._import_image(backup, volume, chain.size, encoded)
+        self._import_image(backup, volume, chain.size, encoded, raw)
         chain.restore_volume_metadata(volume.id)
 
     def backup_read_niceness(self):
@@ -756,10 +887,10 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         return import_spec
 
     def _import_new_backing(self, volume, writer, size, adapter_type,
-                            disk_type):
+                            disk_type, placement=None):
         """Import the disk as the volume's new backing VM."""
-        host, resource_pool, folder, summary = self._select_ds_for_volume(
-            volume)
+        host, resource_pool, folder, summary = (
+            placement or self._select_ds_for_volume(volume))
         import_spec = self._import_spec(
             volume.name, size, disk_type, summary.name,
             self._get_storage_profile_id(volume), adapter_type,
@@ -777,7 +908,6 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
     def _import_and_swap(self, volume, backing, writer, size, adapter_type):
         """Import into a temporary VM, then swap its disk into backing."""
         session = self.session
-        datacenter = self.volumeops.get_dc(backing)
         datastore = self.volumeops.get_datastore(backing)
         ds_name = self.volumeops.get_summary(datastore).name
         resource_pool = session.invoke_api(
@@ -795,26 +925,103 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
                                      resource_pool, folder, import_spec,
                                      writer, host=host)
         try:
-            old_path = self.volumeops.get_vmdk_path(backing)
-            _ds, folder_path, _file = volumeops.split_datastore_path(
-                old_path)
-            dest = volumeops.VirtualDiskPath(
-                ds_name, folder_path,
-                '%s-r%d' % (volume.name, int(time.time())))
-            # An attached volume's instance VM (powered off: checked before
-            # the data moved, and again here) follows the new disk file.
-            self._check_instances_stopped(volume)
-            instances = self._instance_vms(volume)
-            with self._restore_step(volume, recovery_lock.RECONFIGURE):
-                diskswap.swap_disk(
-                    session, backing, temp_vm, datacenter,
-                    dest.get_descriptor_ds_file_path(), volume.id,
-                    profile_id=profile_id,
-                    repoint=(functools.partial(self._repoint_instances,
-                                               instances)
-                             if instances else None))
+            self._swap_into(volume, backing, temp_vm)
         finally:
             self._destroy_temp_vm(temp_vm, temp_name)
+
+    @staticmethod
+    def _write_pieces(raw, writer, volume):
+        """Write the restore's pieces into a hot-added disk, off the hub.
+
+        The pieces are read and written on a native thread; the caller's
+        thread runs the cancellation check between them.
+        """
+        def written(pieces):
+            for piece in pieces:
+                if piece.data is not None:
+                    writer.write_at(piece.offset, piece.data)
+                yield piece.length
+
+        with raw() as (pieces, check), transfer.Ahead(
+                written(pieces), depth=2,
+                name='cvb-hotadd-%s' % volume.id[:8]) as done:
+            for _length in done:
+                if check is not None:
+                    check()
+
+    def _swap_into(self, volume, backing, temp_vm):
+        """Swap the (complete) disk of ``temp_vm`` into the backing."""
+        datacenter = self.volumeops.get_dc(backing)
+        datastore = self.volumeops.get_datastore(backing)
+        ds_name = self.volumeops.get_summary(datastore).name
+        old_path = self.volumeops.get_vmdk_path(backing)
+        _ds, folder_path, _file = volumeops.split_datastore_path(old_path)
+        dest = volumeops.VirtualDiskPath(
+            ds_name, folder_path, '%s-r%d' % (volume.name, int(time.time())))
+        # An attached volume's instance VM (powered off: checked before
+        # the data moved, and again here) follows the new disk file.
+        self._check_instances_stopped(volume)
+        instances = self._instance_vms(volume)
+        # The backing is locked for the restore (restore_backup): the swap
+        # is the plugin's own reconfigure of it.
+        with self._restore_step(volume, recovery_lock.RECONFIGURE):
+            diskswap.swap_disk(
+                self.session, backing, temp_vm, datacenter,
+                dest.get_descriptor_ds_file_path(), volume.id,
+                profile_id=self._get_storage_profile_id(volume),
+                repoint=(functools.partial(self._repoint_instances,
+                                           instances)
+                         if instances else None))
+
+    @contextlib.contextmanager
+    def _hotadd_target(self, proxy, volume, backing, placement, size,
+                       adapter_type, disk_type):
+        """A new disk for the restore, hot-added to the proxy VM.
+
+        With no backing: the volume's new backing (created with an empty
+        disk, deleted again on failure). Else: a temporary VM's new disk,
+        swapped into the backing once it was written and removed from the
+        proxy; the backing's own disk is never written. The temporary VM
+        goes on every path. An error before the disk's device is found
+        passes the restore on to the next transport (nothing was written).
+        """
+        vops = self.volumeops
+        conf = self.configuration
+        if backing is None:
+            host, resource_pool, folder, summary = placement
+            name = volume.name
+            new = vops.create_backing(
+                name, size // units.Ki, disk_type, folder, resource_pool,
+                host, summary.name, self._get_storage_profile_id(volume),
+                adapter_type, self._get_extra_config(volume))
+        else:
+            name = leftovers.temp_vm_name(volume.id)
+            new = vops.create_backing(
+                name, size // units.Ki, disk_type,
+                self.session.invoke_api(vim_util, 'get_object_property',
+                                        self.session.vim, backing, 'parent'),
+                self.session.invoke_api(vim_util, 'get_object_property',
+                                        self.session.vim, backing,
+                                        'resourcePool'),
+                vops.get_host(backing),
+                vops.get_summary(vops.get_datastore(backing)).name,
+                self._get_storage_profile_id(volume), adapter_type)
+        keep = False
+        try:
+            with hotadd.writing(self.session, proxy,
+                                vops.get_vmdk_path(new), size,
+                                conf.vmware_backup_hotadd_device_dir,
+                                conf.vmware_backup_hotadd_device_timeout,
+                                self.backup_staging_dir()) as writer:
+                yield _HotAddTarget(writer, new)
+            if backing is None:
+                vops.update_backing_disk_uuid(new, volume.id)
+                keep = True
+            else:
+                self._swap_into(volume, backing, new)
+        finally:
+            if not keep:
+                self._destroy_temp_vm(new, name)
 
     def _destroy_temp_vm(self, vm_ref, name):
         try:

@@ -74,7 +74,9 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
             vmware_task_poll_interval=2.0, vmware_tmp_dir=self.tmp,
             vmware_max_objects_retrieval=100,
             vmware_adapter_type='lsiLogic', vmware_lazy_create=True,
-            reserved_percentage=0)
+            reserved_percentage=0,
+            # HotAdd is covered by test_vmdk_hotadd; here NFC (NBD) only.
+            vmware_backup_transports=['nbd'])
         self.driver = vmdk.VMwareVcVmdkBackupDriver(
             configuration=self.config)
         self.vops = mock.create_autospec(volumeops.VMwareVolumeOps,
