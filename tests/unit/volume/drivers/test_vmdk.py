@@ -128,12 +128,19 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
 
     @mock.patch.object(export, 'export_disk', autospec=True)
     def test_backup_source_exports_the_backing(self, export_disk):
+        # Without change tracking: the backing itself is exported.
+        self.config.vmware_backup_change_tracking = False
         backing = moref('vm-1')
         self.vops.get_backing.return_value = backing
-        export_disk.return_value = contextlib.nullcontext('stream')
+        stream = types.SimpleNamespace(fill=len)
+        export_disk.return_value = contextlib.nullcontext(stream)
         with self.driver.open_backup_source(self.ctx, self.backup,
                                             self.volume) as source:
-            self.assertEqual('stream', source)
+            self.assertIs(stream.fill, source.fill)
+            self.assertEqual(
+                (None, 'change tracking is off '
+                       '(vmware_backup_change_tracking)'),
+                source.changed_ranges(self.backup))
         args = export_disk.call_args[0]
         self.assertIs(backing, args[2])
         self.assertEqual(2 * units.Gi, args[3])
@@ -147,6 +154,7 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
 
     @mock.patch.object(export, 'export_disk', autospec=True)
     def test_backup_source_error_names_the_volume(self, export_disk):
+        self.config.vmware_backup_change_tracking = False
         self.vops.get_backing.return_value = moref('vm-1')
         export_disk.side_effect = errors.TransferStalled(what='export',
                                                          seconds=600)
