@@ -96,15 +96,28 @@ def stun_cycle(session, vm_ref):
     vmsnapshot.remove_snapshot(session, snapshot)
 
 
+def _untracked_disks(session, vm_ref):
+    """The VM's disks that have no changeId (tracking not started)."""
+    devices = _prop(session, vm_ref, 'config.hardware.device')
+    devices = getattr(devices, 'VirtualDevice', devices) or []
+    return [d for d in devices if d.__class__.__name__ == 'VirtualDisk'
+            and not change_id_of(d)]
+
+
 def enable(session, vm_ref, restart=False):
     """Switch change tracking on for the VM and start it on its disks.
+
+    Tracking that is on but was reset on a disk (extended, relocated,
+    replaced: vSphere then shows no changeId until the next stun cycle) is
+    started again too.
 
     :param restart: run the stun cycle even when tracking is on already
         (a disk replaced by a restore is tracked from the next one)
     :returns: True when something was done, False when tracking was on
+        and running on every disk
     """
     if is_enabled(session, vm_ref):
-        if not restart:
+        if not restart and not _untracked_disks(session, vm_ref):
             return False
     else:
         factory = session.vim.client.factory

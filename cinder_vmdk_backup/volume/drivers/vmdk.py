@@ -358,8 +358,8 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         tracking = True
         try:
             if cbt.enable(session, backing):
-                LOG.info('Change tracking switched on for the backing of '
-                         'volume %s.', volume.id)
+                LOG.info('Change tracking started on the backing of volume '
+                         '%s.', volume.id)
         except vexc.VimException as exc:
             tracking = False
             LOG.warning('Could not switch change tracking on for the '

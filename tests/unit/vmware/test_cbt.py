@@ -104,14 +104,18 @@ class QueryTestCase(testtools.TestCase):
 
 class EnableTestCase(testtools.TestCase):
 
-    def _session(self, enabled):
+    def _session(self, enabled, change_id=CHANGE_ID):
         snapshot = fakes.moref('snap-9', 'VirtualMachineSnapshot')
 
         def wait(task):
             return types.SimpleNamespace(result=snapshot)
 
+        devices = fakes.vobj('ArrayOfVirtualDevice', VirtualDevice=[
+            fakes.vobj('VirtualLsiLogicController', key=1000),
+            disk(change_id=change_id)])
         return fakes.FakeSession(
-            properties={('vm-1', 'config.changeTrackingEnabled'): enabled},
+            properties={('vm-1', 'config.changeTrackingEnabled'): enabled,
+                        ('vm-1', 'config.hardware.device'): devices},
             handlers={'wait_for_task': wait})
 
     def test_enable_reconfigures_and_runs_a_stun_cycle(self):
@@ -134,6 +138,13 @@ class EnableTestCase(testtools.TestCase):
         session = self._session(True)
         self.assertFalse(cbt.enable(session, fakes.moref('vm-1')))
         self.assertEqual([], session.methods())
+
+    def test_reset_tracking_is_started_again(self):
+        # On, but the disk shows no changeId (extended, relocated...).
+        session = self._session(True, change_id=None)
+        self.assertTrue(cbt.enable(session, fakes.moref('vm-1')))
+        self.assertEqual(['CreateSnapshot_Task', 'RemoveSnapshot_Task'],
+                         session.methods())
 
     def test_restart_runs_the_stun_cycle_only(self):
         session = self._session(True)
