@@ -33,8 +33,10 @@ from oslo_vmware import vim_util
 from cinder_vmdk_backup.vmware import cbt
 from tests.functional.vmware import test_backup_flows as flows
 
-CHANGE_ID_RE = re.compile(r'^52( [0-9a-f]{2}){7}-[0-9a-f]{2}( [0-9a-f]{2}){7}'
-                          r'/\d+$')
+#: vSphere's changeId: 16 bytes (the 9th after a dash there, a space in
+#: vcsim), a slash, the sequence number.
+CHANGE_ID_RE = re.compile(r'^52( [0-9a-f]{2}){7}[- ][0-9a-f]{2}'
+                          r'( [0-9a-f]{2}){7}/\d+$')
 
 
 def tracked_write(fixture, ds_path, data, offset):
@@ -56,9 +58,9 @@ class ChangeTrackingTestCase(flows.VmdkBackupTestBase):
         tracked_write(self.vcsim, self._vmdk_path(volume), data, offset)
 
     def _tracking_on(self, volume):
-        return self.session.invoke_api(
+        return bool(self.session.invoke_api(
             vim_util, 'get_object_property', self.session.vim,
-            self._backing(volume), 'config.changeTrackingEnabled')
+            self._backing(volume), 'config.changeTrackingEnabled'))
 
     def _shas(self, backup):
         service = self.manager._backup_service_class(self.ctxt)
