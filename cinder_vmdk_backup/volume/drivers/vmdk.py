@@ -19,6 +19,12 @@ driver-owned backup protocol (:mod:`cinder_vmdk_backup.backup.driver_owned`):
   stream-optimized VMDK to raw data that the backup service reads; nothing
   is staged on local disk. A volume whose backing was never created reads
   as zeros, and stays without a backing;
+* changed-block tracking (``vmware_backup_change_tracking``): switched on
+  for the backings this driver creates and restores into; a detached
+  volume is then read from a snapshot of its backing, whose changeId of
+  the disk is kept with the backup, and an incremental reads what vCenter
+  says changed since its parent's (:mod:`~cinder_vmdk_backup.vmware.cbt`;
+  any doubt: everything, with the reason in the log);
 * restore: a backup of one of Cinder's chunked backup drivers (posix, NFS,
   Swift, S3, GCS...) is streamed: its chain (full backup, incrementals) is
   resolved from the backups' metadata and each object read once, in disk
