@@ -349,6 +349,11 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
             return ('it reads a temporary copy of the volume (Cinder\'s '
                     'clone of an in-use volume), whose changes are not '
                     'tracked')
+        if self._attached_instances(volume):
+            # Its disk is also the instance VM's: a snapshot of the backing
+            # would hold the file the instance needs.
+            return ('the volume is attached to an instance, whose VM '
+                    'writes its disk')
         return None
 
     @contextlib.contextmanager

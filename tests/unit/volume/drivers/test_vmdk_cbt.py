@@ -210,6 +210,17 @@ class TrackedBackupTestCase(testtools.TestCase):
         self.enable.assert_not_called()
         self.frozen_class.assert_not_called()
 
+    def test_attached_volume_exports_it(self):
+        self.volume.volume_attachment = objects.VolumeAttachmentList(
+            objects=[objects.VolumeAttachment(
+                instance_uuid=fake.INSTANCE_ID, attach_status='attached')])
+        self.export.return_value = contextlib.nullcontext(self.stream)
+        source = self._source()
+        self.assertIn('attached to an instance',
+                      source.changed_ranges(self.backup)[1])
+        self.enable.assert_not_called()
+        self.frozen_class.assert_not_called()
+
     def test_instance_snapshot_source_is_untracked(self):
         frozen = self.frozen_class.return_value
         frozen.disk_of.return_value = self.disk
