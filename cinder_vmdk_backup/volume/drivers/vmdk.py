@@ -371,7 +371,7 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
             if cbt.enable(session, backing):
                 LOG.info('Change tracking started on the backing of volume '
                          '%s.', volume.id)
-        except vexc.VimException as exc:
+        except vexc.VMwareDriverException as exc:
             tracking = False
             LOG.warning('Could not switch change tracking on for the '
                         'backing of volume %(vol)s: %(exc)s',
@@ -411,7 +411,7 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
             return
         try:
             cbt.enable(self.session, backing, restart=restart)
-        except vexc.VimException as exc:
+        except vexc.VMwareDriverException as exc:
             LOG.warning('Could not switch change tracking on for the '
                         'backing of volume %(vol)s (its next backup does): '
                         '%(exc)s', {'vol': volume.id, 'exc': exc})
