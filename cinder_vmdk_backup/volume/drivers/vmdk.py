@@ -401,17 +401,13 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         finally:
             frozen.release()
 
-    def _track_changes(self, volume, backing, restart=False):
-        """Switch change tracking on for a backing; never raises.
-
-        :param restart: run the stun cycle even when tracking is on (the
-            backing's disk was replaced: its tracking starts again)
-        """
+    def _track_changes(self, volume, backing):
+        """Switch change tracking on for a backing; never raises."""
         if not self.configuration.safe_get('vmware_backup_change_tracking'):
             return
         try:
-            cbt.enable(self.session, backing, restart=restart)
-        except vexc.VMwareDriverException as exc:
+            cbt.enable(self.session, backing)
+        except Exception as exc:  # best effort: the next backup retries
             LOG.warning('Could not switch change tracking on for the '
                         'backing of volume %(vol)s (its next backup does): '
                         '%(exc)s', {'vol': volume.id, 'exc': exc})
@@ -705,10 +701,6 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
                     self._import_and_swap(volume, backing, vmdk, size,
                                           adapter_type)
             self._extend_if_needed(volume, backing)
-            # A new disk (new backing, swapped or extended disk): tracked
-            # from here; the next backup reads it whole (its parent's
-            # changeId is of the disk before).
-            self._track_changes(volume, backing, restart=True)
         except _TRANSFER_ERRORS as exc:
             raise exception.VmdkBackupError(reason=_(
                 'writing backup %(backup)s into volume %(vol)s failed: '
@@ -821,6 +813,12 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         except Exception:
             with excutils.save_and_reraise_exception():
                 self.volumeops.delete_backing(backing)
+        # Tracked from its first data on, as a backing created empty. (A
+        # disk swapped into an existing backing, or extended, has its
+        # tracking reset by vSphere: the next backup starts it again, see
+        # cbt.enable, and reads the whole disk, its parent's changeId being
+        # of the disk before.)
+        self._track_changes(volume, backing)
         return backing
 
     def _import_and_swap(self, volume, backing, writer, size, adapter_type):

@@ -211,6 +211,13 @@ class ChangeTrackingTestCase(flows.VmdkBackupTestBase):
         self._assert_data(restored, volume)
         after_restore = self._backup(volume, parent=tracked)
         self._assert_whole_read(after_restore, 'tracking was reset')
+        # Tracked again from there on.
+        self._write(volume, restored, 110 * units.Mi, os.urandom(4096))
+        resumed = self._backup(volume, parent=after_restore)
+        self._assert_tracked(resumed)
+        self.assertEqual(
+            {110 * units.Mi // self._shas(resumed)[0]},
+            self._changed_blocks(after_restore, resumed)[1])
 
         # The parent is another volume's backup.
         other_disk = flows.Disk(seed=b'other')
@@ -220,7 +227,7 @@ class ChangeTrackingTestCase(flows.VmdkBackupTestBase):
 
         # Each still restores byte for byte.
         for backup, expected in ((tracked, tracked_disk),
-                                 (after_restore, restored),
+                                 (resumed, restored),
                                  (crossed, other_disk)):
             new = self._vmdk_volume(backing=False, status='creating')
             self._restore(backup, new)

@@ -33,6 +33,7 @@ import testtools  # noqa: E402
 from cinder_vmdk_backup.backup import driver_owned  # noqa: E402
 from cinder_vmdk_backup import exception  # noqa: E402
 from cinder_vmdk_backup.vmdk import reader as vmdk_reader  # noqa: E402
+from cinder_vmdk_backup.vmware import cbt  # noqa: E402
 from cinder_vmdk_backup.vmware import diskswap  # noqa: E402
 from cinder_vmdk_backup.vmware import errors  # noqa: E402
 from cinder_vmdk_backup.vmware import export  # noqa: E402
@@ -244,13 +245,14 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
             f.write(data)
         return path
 
+    @mock.patch.object(cbt, 'enable', autospec=True)
     @mock.patch.object(vmdk.VMwareVcVmdkBackupDriver, '_extend_if_needed',
                        autospec=True)
     @mock.patch.object(vmdk.VMwareVcVmdkBackupDriver,
                        '_select_ds_for_volume', autospec=True)
     @mock.patch.object(upload, 'import_disk', autospec=True)
     def test_restore_into_volume_without_backing(self, import_disk, select,
-                                                 extend):
+                                                 extend, track):
         self.vops.get_backing.return_value = None
         summary = types.SimpleNamespace(name='ds1')
         select.return_value = ('host-1', 'rp-1', 'folder-1', summary)
@@ -285,6 +287,8 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
             new_backing, self.volume.id)
         extend.assert_called_once_with(self.driver, self.volume,
                                        new_backing)
+        # The new backing's changes are tracked.
+        track.assert_called_once_with(self.driver.session, new_backing)
 
     @mock.patch.object(vmdk.VMwareVcVmdkBackupDriver,
                        '_select_ds_for_volume', autospec=True)

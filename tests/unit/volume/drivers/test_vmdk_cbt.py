@@ -35,6 +35,7 @@ from cinder_vmdk_backup import exception  # noqa: E402
 from cinder_vmdk_backup.vmware import cbt  # noqa: E402
 from cinder_vmdk_backup.vmware import errors  # noqa: E402
 from cinder_vmdk_backup.vmware import export  # noqa: E402
+from cinder_vmdk_backup.vmware import upload  # noqa: E402
 from cinder_vmdk_backup.vmware import vmsnapshot  # noqa: E402
 from cinder_vmdk_backup.volume.drivers import vmdk  # noqa: E402
 from tests.unit.volume.drivers import test_vmdk  # noqa: E402
@@ -270,7 +271,7 @@ class TrackingSwitchedOnTestCase(testtools.TestCase):
                                             host='host-1',
                                             create_params=None)
         self.enable.assert_called_once_with(self.driver.session,
-                                            self.backing, restart=False)
+                                            self.backing)
 
     def test_not_for_temporary_backings(self):
         self.driver._create_backing(
@@ -291,28 +292,20 @@ class TrackingSwitchedOnTestCase(testtools.TestCase):
         self.assertIn('Could not switch change tracking on', self.logs.output)
         self.assertIn('busy', self.logs.output)
 
-    @mock.patch.object(vmdk.VMwareVcVmdkBackupDriver, '_extend_if_needed',
-                       autospec=True)
-    @mock.patch.object(vmdk.VMwareVcVmdkBackupDriver, '_import_and_swap',
-                       autospec=True)
-    def test_restore_restarts_tracking_after_the_swap(self, swap, extend):
+    @mock.patch.object(vmdk.VMwareVcVmdkBackupDriver,
+                       '_select_ds_for_volume', autospec=True)
+    @mock.patch.object(upload, 'import_disk', autospec=True)
+    def test_restore_into_a_new_backing_tracks_it(self, import_disk, select):
         vops = mock.create_autospec(volumeops.VMwareVolumeOps, instance=True)
         self.driver._volumeops = vops
-        vops.get_backing.return_value = self.backing
-        vops.snapshot_exists.return_value = False
+        select.return_value = ('h', 'rp', 'f', types.SimpleNamespace(
+            name='ds1'))
+        import_disk.return_value = self.backing
         calls = []
-        swap.side_effect = lambda *a: calls.append('swap')
-        extend.side_effect = lambda *a: calls.append('extend')
-        self.enable.side_effect = lambda *a, **k: calls.append(
-            ('enable', k))
-        backup = types.SimpleNamespace(id='b-1', metadata={})
-
-        @contextlib.contextmanager
-        def encoded(adapter_type, hw_version):
-            yield 'vmdk'
-
-        self.driver._import_image(backup, self.volume, units.Gi, encoded)
-        # Tracked again from the new disk on (after the extend, which
-        # resets tracking too).
-        self.assertEqual(['swap', 'extend', ('enable', {'restart': True})],
-                         calls)
+        vops.update_backing_disk_uuid.side_effect = (
+            lambda *a: calls.append('uuid'))
+        self.enable.side_effect = lambda *a, **k: calls.append(('enable', a))
+        self.assertIs(self.backing, self.driver._import_new_backing(
+            self.volume, 'vmdk', units.Gi, 'lsiLogic', 'thin'))
+        self.assertEqual(['uuid', ('enable', (self.driver.session,
+                                              self.backing))], calls)
