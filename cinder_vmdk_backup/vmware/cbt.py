@@ -33,7 +33,9 @@ doubts, each given as the reason (the hand-off logs it, once):
 * change tracking is off (``vmware_backup_change_tracking``), or could not
   be switched on for the backing;
 * the backup reads Cinder's temporary copy of an in-use volume or an
-  instance VM's snapshot, not the volume's backing;
+  instance VM's snapshot, not the volume's backing, or the volume is
+  attached to an instance (whose VM writes the disk: its backing is not
+  snapshotted);
 * the parent is another volume's backup, or its size differs (the volume
   was extended since);
 * the parent has no changeId: made before change tracking, by Cinder's own
