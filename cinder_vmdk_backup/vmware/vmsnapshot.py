@@ -153,16 +153,27 @@ class FrozenVM(object):
             return 'not-running'
         return 'quiesced' if self.quiesced else 'crash-consistent'
 
-    def freeze(self, description=''):
+    def freeze(self, description='', always=False):
         """Take the snapshot (memory not included) of a running VM.
 
         A VM that is not powered on gets none (nothing writes to its
-        disks). A running VM with VMware Tools running is quiesced; when
-        the quiesced snapshot fails (the guest could not quiesce in time),
-        a crash-consistent one is taken instead, as backup products do.
+        disks), unless ``always``: a volume's backing is snapshotted for
+        the changeId its snapshot holds (:mod:`.cbt`). A running VM with
+        VMware Tools running is quiesced; when the quiesced snapshot fails
+        (the guest could not quiesce in time), a crash-consistent one is
+        taken instead, as backup products do.
         """
         session = self._session
         self.name, self.power_state, tools = vm_state(session, self.vm_ref)
+        if not self.running and always:
+            name = snapshot_name()
+            self.snapshot = self._create(name, description, False)
+            self._config = _prop(session, self.snapshot, 'config')
+            LOG.info('Snapshot %(snap)s of VM %(vm)s (%(what)s, %(state)s) '
+                     'taken.', {'snap': name, 'vm': self.name,
+                                'what': self.label,
+                                'state': self.power_state})
+            return self
         if not self.running:
             # Nothing writes to its disks: they are read as they are.
             self.frozen_at = timeutils.utcnow()

@@ -202,10 +202,20 @@ class GroupBackupTestCase(flows.VmdkBackupTestBase):
     def test_not_attached_and_stopped_need_no_snapshot(self):
         loose = self._vmdk_volume(disk=flows.Disk(regions=REGIONS,
                                                   seed=b'loose'))
+        real_create = vmsnapshot.FrozenVM._create
+        snapshotted = []
+
+        def record(frozen, *args):
+            snapshotted.append(vim_util.get_moref_value(frozen.vm_ref))
+            return real_create(frozen, *args)
+
         with mock.patch.object(vmsnapshot.FrozenVM, '_create',
-                               autospec=True) as create:
+                               autospec=True, side_effect=record):
             backups, facts = self._group_backup(self.volumes + [loose])
-        create.assert_not_called()
+        # No snapshot of the instance's VM; the loose volume's backing
+        # gets one for changed-block tracking (its changeId).
+        self.assertEqual([vim_util.get_moref_value(self._backing(loose))],
+                         snapshotted)
         self.assertEqual('not-running', facts['consistency'])
         for backup, disk in zip(backups, self.disks + [None]):
             self.assertEqual(fields.BackupStatus.AVAILABLE, backup.status)

@@ -72,14 +72,10 @@ class StreamingRestoreTestCase(flows.VmdkBackupTestBase):
     def _change(self, volume, disk, changes):
         for offset, data in changes:
             disk.write(offset, data)
-            if data.count(0) == len(data):
-                # seed_disk skips zeros: write them into the flat file.
-                with open(self._flat(volume), 'r+b') as flat:
-                    flat.seek(offset)
-                    flat.write(data)
-                continue
+            # Through vcsim, zeros too: its change tracking must see every
+            # write (the incrementals read only what it reports).
             vcsim_fixture.seed_disk(self.vcsim, self._vmdk_path(volume),
-                                    data, offset=offset)
+                                    data, offset=offset, zeros=True)
 
     @staticmethod
     def _disk_sha256(disk):

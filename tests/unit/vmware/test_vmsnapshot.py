@@ -139,6 +139,22 @@ class FrozenVMTestCase(testtools.TestCase):
         frozen.release()
         self.assertNotIn('RemoveSnapshot_Task', self.session.methods())
 
+    def test_vm_not_running_snapshotted_when_asked(self):
+        # A volume's backing: snapshotted for the changeId it holds.
+        self.state['runtime.powerState'] = 'poweredOff'
+        self.state['guest.toolsRunningStatus'] = 'guestToolsRunning'
+        frozen = self.frozen().freeze(description='backup b', always=True)
+        self.assertEqual(self.snap, frozen.snapshot)
+        [call] = self.snapshot_calls()
+        self.assertEqual((False, False, 'backup b'),
+                         (call['memory'], call['quiesce'],
+                          call['description']))
+        self.assertIsNotNone(vmsnapshot.parse_snapshot_name(call['name']))
+        self.assertIs(self.disks[2], frozen.disk_of(
+            'B', '[ds] volume-b/volume-b.vmdk'))
+        frozen.release()
+        self.assertIn('RemoveSnapshot_Task', self.session.methods())
+
     def test_disk_of_by_extra_config_then_by_path(self):
         frozen = self.frozen().freeze()
         self.assertIs(self.disks[1], frozen.disk_of('A'))

@@ -33,6 +33,7 @@ import testtools  # noqa: E402
 from cinder_vmdk_backup.backup import driver_owned  # noqa: E402
 from cinder_vmdk_backup import exception  # noqa: E402
 from cinder_vmdk_backup.vmdk import reader as vmdk_reader  # noqa: E402
+from cinder_vmdk_backup.vmware import cbt  # noqa: E402
 from cinder_vmdk_backup.vmware import diskswap  # noqa: E402
 from cinder_vmdk_backup.vmware import errors  # noqa: E402
 from cinder_vmdk_backup.vmware import export  # noqa: E402
@@ -130,12 +131,19 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
 
     @mock.patch.object(export, 'export_disk', autospec=True)
     def test_backup_source_exports_the_backing(self, export_disk):
+        # Without change tracking: the backing itself is exported.
+        self.config.vmware_backup_change_tracking = False
         backing = moref('vm-1')
         self.vops.get_backing.return_value = backing
-        export_disk.return_value = contextlib.nullcontext('stream')
+        stream = types.SimpleNamespace(fill=len)
+        export_disk.return_value = contextlib.nullcontext(stream)
         with self.driver.open_backup_source(self.ctx, self.backup,
                                             self.volume) as source:
-            self.assertEqual('stream', source)
+            self.assertIs(stream.fill, source.fill)
+            self.assertEqual(
+                (None, 'change tracking is off '
+                       '(vmware_backup_change_tracking)'),
+                source.changed_ranges(self.backup))
         args = export_disk.call_args[0]
         self.assertIs(backing, args[2])
         self.assertEqual(2 * units.Gi, args[3])
@@ -149,6 +157,7 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
 
     @mock.patch.object(export, 'export_disk', autospec=True)
     def test_backup_source_error_names_the_volume(self, export_disk):
+        self.config.vmware_backup_change_tracking = False
         self.vops.get_backing.return_value = moref('vm-1')
         export_disk.side_effect = errors.TransferStalled(what='export',
                                                          seconds=600)
@@ -238,13 +247,14 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
             f.write(data)
         return path
 
+    @mock.patch.object(cbt, 'enable', autospec=True)
     @mock.patch.object(vmdk.VMwareVcVmdkBackupDriver, '_extend_if_needed',
                        autospec=True)
     @mock.patch.object(vmdk.VMwareVcVmdkBackupDriver,
                        '_select_ds_for_volume', autospec=True)
     @mock.patch.object(upload, 'import_disk', autospec=True)
     def test_restore_into_volume_without_backing(self, import_disk, select,
-                                                 extend):
+                                                 extend, track):
         self.vops.get_backing.return_value = None
         summary = types.SimpleNamespace(name='ds1')
         select.return_value = ('host-1', 'rp-1', 'folder-1', summary)
@@ -279,6 +289,8 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
             new_backing, self.volume.id)
         extend.assert_called_once_with(self.driver, self.volume,
                                        new_backing)
+        # The new backing's changes are tracked.
+        track.assert_called_once_with(self.driver.session, new_backing)
 
     @mock.patch.object(vmdk.VMwareVcVmdkBackupDriver,
                        '_select_ds_for_volume', autospec=True)
