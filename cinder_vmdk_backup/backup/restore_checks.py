@@ -257,12 +257,18 @@ class BlockChecker(object):
         self._check_block(self._checked, memoryview(data))
 
     def _check_block(self, start, view):
-        length = len(view)
-        expected = self._next_digest(start)
+        self._compare_block(start, view, self._next_digest(start))
+
+    def _compare_block(self, start, view, expected):
+        """Check one block (``view`` None: zeros, compared, not hashed)."""
+        length = self.block_length(start) if view is None else len(view)
         zero = self._zero if length == self.chunk_size else self._zero_tail
         if length != self.chunk_size and start + length != self.size:
             raise AssertionError('short block inside the disk')
-        if expected == zero:
+        if view is None:
+            if expected != zero:
+                self._mismatch(start, length, expected, zeros=True)
+        elif expected == zero:
             # memcmp on bytes; a memoryview compares item by item.
             if view.tobytes() != bytes(length):
                 self._mismatch(start, length, expected)
@@ -271,6 +277,10 @@ class BlockChecker(object):
             if hashlib.sha256(view).hexdigest() != expected:
                 self._mismatch(start, length, expected)
         self.blocks_checked += 1
+
+    def block_length(self, start):
+        """Bytes of the block at ``start`` (the disk's last may be short)."""
+        return min(self.chunk_size, self.size - start)
 
     def _next_digest(self, start):
         self._checked = start + self.chunk_size
