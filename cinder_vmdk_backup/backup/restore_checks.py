@@ -34,9 +34,12 @@ an incremental describes the whole disk at its point in time):
 * :func:`checked_pieces` wraps the streaming restore's pieces
   (:class:`~.chain_reader.ChainReader`): the error is raised before the
   last piece is handed on, so the import is aborted and never completes;
-* :func:`check_file` reads a staging file (holes by ``SEEK_HOLE``: not
-  read) before it is handed to the driver: nothing of the volume was
-  touched yet.
+* a staged restore is checked as the backup service writes the staging
+  file (:class:`~.staging_checks.StagingCheck`, built on
+  :class:`BlockChecker`); :func:`check_file` reads a staging file (holes
+  by ``SEEK_HOLE``: not read) after the restore where the writes cannot
+  be followed. Either way before the file is handed to the driver:
+  nothing of the volume was touched yet.
 
 Backup services that keep no such list (not chunked) are not checked.
 """
