@@ -21,8 +21,13 @@ on, in interleaved rounds:
 * **streaming**: the chain's pieces (:class:`ChainReader`), each object's
   md5 checked (off), or every block checked against the SHA-256 list with
   no md5 and zero objects not read (on);
-* **staged**: Cinder's ``restore()`` into a sparse staging file, then
-  (on) :func:`restore_checks.check_file`.
+* **staged**: Cinder's ``restore()`` into a sparse staging file, checked
+  (on) as the staging writer receives each object
+  (:class:`staging_checks.StagingCheck`, what the driver-owned restore
+  does);
+* **file pass** (``--file-pass``): the same restore, then (on) the
+  separate pass over the staging file (:func:`restore_checks.check_file`,
+  what a chain the plugin cannot follow gets).
 
 What the consumer does with the pieces (VMDK encoding, upload) is left
 out: the figures are the reading side alone, so the checks' share of a
@@ -78,6 +83,11 @@ def main(argv=None):
     parser.add_argument('--compression', default='zlib')
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--workdir', default=None)
+    parser.add_argument('--file-pass', action='store_true',
+                        help='also the staged restore checked by a pass '
+                             'over the file after it')
+    parser.add_argument('--only', choices=('streaming', 'staged'),
+                        default=None, help='only this path')
     args = parser.parse_args(argv)
     size = vmdk_codec.parse_size(args.size)
     workdir = tempfile.mkdtemp(prefix='cvb-bench-checks-', dir=args.workdir)
@@ -99,6 +109,7 @@ def _bench(args, size, workdir):
     from cinder_vmdk_backup.backup import fast_zlib
     from cinder_vmdk_backup.backup import restore_checks
     from cinder_vmdk_backup.backup import staging
+    from cinder_vmdk_backup.backup import staging_checks
     from cinder_vmdk_backup.backup import transfer
 
     raw = os.path.join(workdir, 'disk.raw')
@@ -133,32 +144,59 @@ def _bench(args, size, workdir):
                 pass
         return run
 
-    def staged(checked):
+    def staged_restore(fd, observer=None):
+        writer = staging.SparseStagingWriter(fd, observer=observer)
+        with transfer.WriteBehind(writer) as behind, \
+                fast_zlib.accelerated(service):
+            service.restore(backup, volume.id, behind, False)
+        os.ftruncate(fd, disk)
+
+    def staged(checked, file_pass=False):
         def run():
             path = os.path.join(workdir, 'staging')
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                writer = staging.SparseStagingWriter(fd)
-                with transfer.WriteBehind(writer) as behind, \
-                        fast_zlib.accelerated(service):
-                    service.restore(backup, volume.id, behind, False)
-                os.ftruncate(fd, disk)
-                if checked:
+                if not checked:
+                    staged_restore(fd)
+                elif file_pass:
+                    staged_restore(fd)
                     restore_checks.check_file(
                         fd, restore_checks.BlockChecker(service, backup,
                                                         disk))
+                else:
+                    chain = chain_reader.ChainReader(service, backup, disk)
+                    with staging_checks.StagingCheck(
+                            service, backup, disk, chain) as check:
+                        staged_restore(fd, check.observe)
+                        check.finish(fd)
             finally:
                 os.close(fd)
                 os.unlink(path)
         return run
 
+    def file_pass(checked):
+        return staged(checked, file_pass=True)
+
+    paths = [('streaming', streaming), ('staged', staged)]
+    if args.file_pass:
+        paths.append(('file pass', file_pass))
+    if args.only:
+        paths = [(n, m) for n, m in paths if n.startswith(args.only)
+                 or (args.only == 'staged' and n == 'file pass')]
     results = {}
     for _round in range(args.rounds):
-        for name, make in (('streaming', streaming), ('staged', staged)):
-            for checked in (False, True):
+        for name, make in paths:
+            # Interleaved pairs, the order swapped every round.
+            for checked in ((False, True) if _round % 2 == 0
+                            else (True, False)):
                 results.setdefault((name, checked), []).append(
                     _measure(make(checked)))
-    for name in ('streaming', 'staged'):
+    for name, _make in paths:
+        ratios = [on[0] / off[0] for off, on in zip(results[(name, False)],
+                                                    results[(name, True)])]
+        print('%-9s pairs: time on/off %s; median %.3f'
+              % (name, ' '.join('%.3f' % r for r in ratios),
+                 statistics.median(ratios)))
         off = [statistics.median(v) for v in zip(*results[(name, False)])]
         on = [statistics.median(v) for v in zip(*results[(name, True)])]
         print('%-9s checks off %6.2f s (CPU %6.2f s), on %6.2f s (CPU '

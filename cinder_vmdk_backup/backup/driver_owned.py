@@ -92,6 +92,7 @@ from cinder_vmdk_backup.backup import fast_zlib
 from cinder_vmdk_backup.backup import handoff
 from cinder_vmdk_backup.backup import restore_checks
 from cinder_vmdk_backup.backup import staging
+from cinder_vmdk_backup.backup import staging_checks
 from cinder_vmdk_backup.backup import staging_files
 from cinder_vmdk_backup.backup import status_checks
 from cinder_vmdk_backup.backup import throttle
@@ -264,29 +265,52 @@ class DriverOwnedBackupMixin(object):
         for a cancelled restore at most once a second. ``volume_is_new``
         changes nothing: the staging file is always written whole.
 
-        With ``driver_owned_restore_check_digests`` the staging file is
-        checked against the backup's SHA-256 list
-        (:func:`~.restore_checks.check_file`) before the driver gets it: a
-        damaged backup fails the restore with the volume untouched.
+        With ``driver_owned_restore_check_digests`` what the backup
+        service writes is checked against the backup's SHA-256 list as it
+        is written (:class:`~.staging_checks.StagingCheck`: no second pass
+        over the file), or, for a chain whose metadata the plugin cannot
+        follow, the whole staging file after the restore
+        (:func:`~.restore_checks.check_file`); either way before the
+        driver gets it: a damaged backup fails the restore with the volume
+        untouched.
         """
         size = self._backup_size_bytes(backup, volume)
         checker = self._restore_checker(backup, backup_service, size)
         with self._staging_file() as (staging_file, path):
-            writer = staging.SparseStagingWriter(staging_file.fileno())
-            with transfer.WriteBehind(writer) as behind, \
-                    fast_zlib.accelerated(backup_service), \
-                    status_checks.throttled_refresh(backup):
-                backup_service.restore(
-                    backup, volume.id,
-                    throttle.throttled_writer(behind, backup), False)
-            os.ftruncate(staging_file.fileno(), size)
-            if checker is not None:
-                restore_checks.check_file(staging_file.fileno(), checker)
+            fd = staging_file.fileno()
+            if isinstance(checker, staging_checks.StagingCheck):
+                with checker:
+                    self._restore_staged(backup, volume, backup_service,
+                                         fd, size, checker.observe)
+                    checker.finish(fd)
+            else:
+                self._restore_staged(backup, volume, backup_service, fd,
+                                     size)
+                if checker is not None:
+                    restore_checks.check_file(fd, checker)
             self.restore_raw_image(context, backup, volume, path)
 
     @staticmethod
+    def _restore_staged(backup, volume, backup_service, fd, size,
+                        observer=None):
+        """The backup service's restore into the staging file ``fd``."""
+        writer = staging.SparseStagingWriter(fd, observer=observer)
+        with transfer.WriteBehind(writer) as behind, \
+                fast_zlib.accelerated(backup_service), \
+                status_checks.throttled_refresh(backup):
+            backup_service.restore(
+                backup, volume.id,
+                throttle.throttled_writer(behind, backup), False)
+        os.ftruncate(fd, size)
+
+    @staticmethod
     def _restore_checker(backup, backup_service, size):
-        """The checker of a staged restore, or None (not checked)."""
+        """The check of a staged restore, or None (not checked).
+
+        A :class:`~.staging_checks.StagingCheck` where the chain's
+        metadata can be followed; else a
+        :class:`~.restore_checks.BlockChecker` for a pass over the file.
+        """
         if not restore_checks.enabled():
             return None
         why = restore_checks.unusable_because(backup_service)
@@ -294,16 +318,18 @@ class DriverOwnedBackupMixin(object):
             LOG.info('The data restored from backup %(backup)s is not '
                      'checked: %(why)s.', {'backup': backup.id, 'why': why})
             return None
-        describe = None
         try:
-            describe = chain_reader.ChainReader(backup_service, backup,
-                                                size).describe
+            chain = chain_reader.ChainReader(backup_service, backup, size)
         except Exception as exc:
-            # Only the names of objects in an error message are lost.
-            LOG.debug('Objects of backup %(backup)s not resolved: %(exc)s',
-                      {'backup': backup.id, 'exc': exc})
-        return restore_checks.BlockChecker(backup_service, backup, size,
-                                           describe=describe)
+            # The file is checked after the restore; only the names of
+            # objects in an error message are lost.
+            LOG.info('The data restored from backup %(backup)s is checked '
+                     'after its restore: its chain cannot be followed '
+                     '(%(exc)s).', {'backup': backup.id, 'exc': exc})
+            return restore_checks.BlockChecker(backup_service, backup, size,
+                                               describe=None)
+        return staging_checks.StagingCheck(backup_service, backup, size,
+                                           chain)
 
     # -- helpers -----------------------------------------------------------
 

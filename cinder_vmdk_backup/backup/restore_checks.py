@@ -34,9 +34,12 @@ an incremental describes the whole disk at its point in time):
 * :func:`checked_pieces` wraps the streaming restore's pieces
   (:class:`~.chain_reader.ChainReader`): the error is raised before the
   last piece is handed on, so the import is aborted and never completes;
-* :func:`check_file` reads a staging file (holes by ``SEEK_HOLE``: not
-  read) before it is handed to the driver: nothing of the volume was
-  touched yet.
+* a staged restore is checked as the backup service writes the staging
+  file (:class:`~.staging_checks.StagingCheck`, built on
+  :class:`BlockChecker`); :func:`check_file` reads a staging file (holes
+  by ``SEEK_HOLE``: not read) after the restore where the writes cannot
+  be followed. Either way before the file is handed to the driver:
+  nothing of the volume was touched yet.
 
 Backup services that keep no such list (not chunked) are not checked.
 """
@@ -257,12 +260,18 @@ class BlockChecker(object):
         self._check_block(self._checked, memoryview(data))
 
     def _check_block(self, start, view):
-        length = len(view)
-        expected = self._next_digest(start)
+        self._compare_block(start, view, self._next_digest(start))
+
+    def _compare_block(self, start, view, expected):
+        """Check one block (``view`` None: zeros, compared, not hashed)."""
+        length = self.block_length(start) if view is None else len(view)
         zero = self._zero if length == self.chunk_size else self._zero_tail
         if length != self.chunk_size and start + length != self.size:
             raise AssertionError('short block inside the disk')
-        if expected == zero:
+        if view is None:
+            if expected != zero:
+                self._mismatch(start, length, expected, zeros=True)
+        elif expected == zero:
             # memcmp on bytes; a memoryview compares item by item.
             if view.tobytes() != bytes(length):
                 self._mismatch(start, length, expected)
@@ -271,6 +280,10 @@ class BlockChecker(object):
             if hashlib.sha256(view).hexdigest() != expected:
                 self._mismatch(start, length, expected)
         self.blocks_checked += 1
+
+    def block_length(self, start):
+        """Bytes of the block at ``start`` (the disk's last may be short)."""
+        return min(self.chunk_size, self.size - start)
 
     def _next_digest(self, start):
         self._checked = start + self.chunk_size

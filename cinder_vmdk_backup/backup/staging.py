@@ -50,10 +50,17 @@ class SparseStagingWriter(object):
     started again from the backup.
 
     :param fd: file descriptor of the staging file, new and empty
+    :param observer: ``observer(offset, length, data)`` called with each
+        write before it reaches the file, returning None or a future
+        whose ``result()`` is waited for (and its error raised) once the
+        write is done: the restore checks
+        (:class:`~.staging_checks.StagingCheck`) look at the data while
+        it is written
     """
 
-    def __init__(self, fd):
+    def __init__(self, fd, observer=None):
         self._fd = fd
+        self._observer = observer
         self._pos = 0
         self._end = 0  # the end of what was written, zeros left out or not
         self._written = bytearray()
@@ -61,6 +68,17 @@ class SparseStagingWriter(object):
     # -- file interface ------------------------------------------------------
 
     def write(self, data):
+        if self._observer is None:
+            return self._write(data)
+        with memoryview(data) as view:
+            size = view.nbytes
+        watching = self._observer(self._pos, size, data)
+        written = self._write(data)
+        if watching is not None:
+            watching.result()
+        return written
+
+    def _write(self, data):
         if zero_objects.known(data):
             return self._write_zeros(len(data))
         with memoryview(data) as whole, whole.cast('B') as view:
