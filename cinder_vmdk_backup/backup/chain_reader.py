@@ -211,6 +211,23 @@ class ChainReader(object):
         self._grains = None
         self._grain_size = None
 
+    @property
+    def objects_in_write_order(self):
+        """The chain's objects as Cinder's restore writes them.
+
+        The full backup's first, each incremental's after its parent's, each
+        backup's in the order of its metadata.
+        """
+        return tuple(self._objects)
+
+    @property
+    def segments(self):
+        """``(start, end, object)`` of the disk, ascending: who holds it last.
+
+        ``object`` is None where no object of the chain holds data.
+        """
+        return self._segments
+
     # -- the chain and its metadata -----------------------------------------
 
     def _chain(self, backup):

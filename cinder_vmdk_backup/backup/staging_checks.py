@@ -86,8 +86,8 @@ class StagingCheck(restore_checks.BlockChecker):
         # In the order Cinder's restore writes them: the chain's backups
         # from the full one, each backup's objects as its metadata lists
         # them (ChainReader keeps them so).
-        self._writes = list(chain._objects)
-        self._segments = chain._segments
+        self._writes = list(chain.objects_in_write_order)
+        self._segments = chain.segments
         self._starts = [start for start, _end, _obj in self._segments]
         self._next_write = 0
         self._cursor = 0      # next block whose digest is still in the list
