@@ -169,7 +169,8 @@ class BlockChecker(object):
         if manager is not None:
             try:
                 manager.__exit__(None, None, None)
-            except Exception:  # nosec B110 - read only, nothing lost
+            # A read-only stream: nothing is lost when closing it fails.
+            except Exception:  # nosec B110
                 pass
 
     # -- the data ----------------------------------------------------------
@@ -310,7 +311,8 @@ class BlockChecker(object):
         if self._describe is not None:
             try:
                 objects = self._describe(offset, length)
-            except Exception:  # nosec B110 - only for the message
+            except Exception:
+                # Only the message's list of objects is lost.
                 objects = []
         raise exception.InvalidBackup(reason=_(
             'backup %(backup)s is damaged: the restored volume region at '
