@@ -61,23 +61,30 @@ def moref(value):
     return types.SimpleNamespace(value=value, _type='VirtualMachine')
 
 
-@ddt.ddt
-class VmdkBackupDriverTestCase(testtools.TestCase):
+class DriverTestBase(testtools.TestCase):
+    """A VMware backup driver on an autospec'd VMwareVolumeOps.
+
+    :attr:`config_overrides` adds or replaces configuration values of the
+    subclass's driver.
+    """
+
+    #: Configuration values a test case adds to the base ones.
+    config_overrides = {}
 
     def setUp(self):
-        super(VmdkBackupDriverTestCase, self).setUp()
+        super(DriverTestBase, self).setUp()
         self.tmp = self.useFixture(fixtures.TempDir()).path
         self.logs = self.useFixture(fixtures.FakeLogger(level='DEBUG'))
-        self.config = MockConfiguration(
+        values = dict(
             vmware_host_ip='vc.example.org', vmware_host_port=443,
             vmware_host_username='admin', vmware_host_password=PASSWORD,
             vmware_ca_file=None, vmware_insecure=True,
             vmware_task_poll_interval=2.0, vmware_tmp_dir=self.tmp,
             vmware_max_objects_retrieval=100,
             vmware_adapter_type='lsiLogic', vmware_lazy_create=True,
-            reserved_percentage=0,
-            # HotAdd is covered by test_vmdk_hotadd; here NFC (NBD) only.
-            vmware_backup_transports=['nbd'])
+            reserved_percentage=0)
+        values.update(self.config_overrides)
+        self.config = MockConfiguration(**values)
         self.driver = vmdk.VMwareVcVmdkBackupDriver(
             configuration=self.config)
         self.vops = mock.create_autospec(volumeops.VMwareVolumeOps,
@@ -89,6 +96,13 @@ class VmdkBackupDriverTestCase(testtools.TestCase):
                                                   volume_type_id=None)
         self.backup = fake_backup.fake_backup_obj(self.ctx, size=1,
                                                   status='available')
+
+
+@ddt.ddt
+class VmdkBackupDriverTestCase(DriverTestBase):
+
+    # HotAdd is covered by test_vmdk_hotadd; here NFC (NBD) only.
+    config_overrides = {'vmware_backup_transports': ['nbd']}
 
     def test_options_registered(self):
         self.assertEqual(600, self.config.vmware_backup_transfer_idle_timeout)

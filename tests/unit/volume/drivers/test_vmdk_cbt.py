@@ -44,30 +44,10 @@ CHANGE_ID = '52 aa bb cc dd ee ff 00-11 22 33 44 55 66 77 88/3'
 VMDK_PATH = '[ds1] volume-x/volume-x.vmdk'
 
 
-class TrackedBackupTestCase(testtools.TestCase):
+class TrackedBackupTestCase(test_vmdk.DriverTestBase):
 
     def setUp(self):
         super(TrackedBackupTestCase, self).setUp()
-        self.tmp = self.useFixture(fixtures.TempDir()).path
-        self.logs = self.useFixture(fixtures.FakeLogger(level='DEBUG'))
-        self.config = test_vmdk.MockConfiguration(
-            vmware_host_ip='vc.example.org', vmware_host_port=443,
-            vmware_host_username='admin',
-            vmware_host_password=test_vmdk.PASSWORD,
-            vmware_ca_file=None, vmware_insecure=True,
-            vmware_task_poll_interval=2.0, vmware_tmp_dir=self.tmp,
-            vmware_max_objects_retrieval=100,
-            vmware_adapter_type='lsiLogic', vmware_lazy_create=True,
-            reserved_percentage=0)
-        self.driver = vmdk.VMwareVcVmdkBackupDriver(
-            configuration=self.config)
-        self.vops = mock.create_autospec(volumeops.VMwareVolumeOps,
-                                         instance=True)
-        self.driver._volumeops = self.vops
-        self.driver._session = mock.Mock()
-        self.ctx = context.get_admin_context()
-        self.volume = fake_volume.fake_volume_obj(self.ctx, size=2,
-                                                  volume_type_id=None)
         self.backup = fake_backup.fake_backup_obj(
             self.ctx, size=2, status='creating', volume_id=self.volume.id)
         self.backing = test_vmdk.moref('vm-1')

@@ -20,12 +20,7 @@ from cinder import objects
 
 objects.register_all()
 
-from cinder import context  # noqa: E402
-from cinder.tests.unit.backup import fake_backup  # noqa: E402
-from cinder.tests.unit import fake_volume  # noqa: E402
-from cinder.volume.drivers.vmware import volumeops  # noqa: E402
 import fixtures  # noqa: E402
-import testtools  # noqa: E402
 
 from cinder_vmdk_backup.backup import driver_owned  # noqa: E402
 from cinder_vmdk_backup import exception  # noqa: E402
@@ -39,32 +34,10 @@ from tests.unit.volume.drivers import test_vmdk  # noqa: E402
 moref = test_vmdk.moref
 
 
-class RestoreLockTestCase(testtools.TestCase):
+class RestoreLockTestCase(test_vmdk.DriverTestBase):
 
     def setUp(self):
         super(RestoreLockTestCase, self).setUp()
-        self.tmp = self.useFixture(fixtures.TempDir()).path
-        self.logs = self.useFixture(fixtures.FakeLogger(level='DEBUG'))
-        self.config = test_vmdk.MockConfiguration(
-            vmware_host_ip='vc.example.org', vmware_host_port=443,
-            vmware_host_username='admin',
-            vmware_host_password=test_vmdk.PASSWORD,
-            vmware_ca_file=None, vmware_insecure=True,
-            vmware_task_poll_interval=2.0, vmware_tmp_dir=self.tmp,
-            vmware_max_objects_retrieval=100,
-            vmware_adapter_type='lsiLogic', vmware_lazy_create=True,
-            reserved_percentage=0)
-        self.driver = vmdk.VMwareVcVmdkBackupDriver(
-            configuration=self.config)
-        self.vops = mock.create_autospec(volumeops.VMwareVolumeOps,
-                                         instance=True)
-        self.driver._volumeops = self.vops
-        self.driver._session = mock.Mock()
-        self.ctx = context.get_admin_context()
-        self.volume = fake_volume.fake_volume_obj(self.ctx, size=2,
-                                                  volume_type_id=None)
-        self.backup = fake_backup.fake_backup_obj(self.ctx, size=1,
-                                                  status='available')
         self.events = []
         self.disable = self.useFixture(fixtures.MockPatchObject(
             recovery_lock, 'disable', autospec=True)).mock
