@@ -92,6 +92,8 @@ def main(argv=None):
     parser.add_argument('--no-stock', action='store_true',
                         help="skip Cinder's stock path (c)")
     parser.add_argument('--workdir', default=None)
+    parser.add_argument('--profile', default=None, metavar='DIR',
+                        help='cProfile each step into DIR/<run>/<step>.prof')
     args = parser.parse_args(argv)
     if args.pairs < 1:
         parser.error('--pairs must be at least 1')
@@ -176,6 +178,12 @@ def _run(args, size, workdir, raw, vcsim, confs):
     results = {}
 
     def run(name, step, conf, ids):
+        if args.profile:
+            # bench.vmdk_backup's worker writes <dir>/<step>.prof.
+            directory = os.path.join(args.profile, '%s-%d' % (
+                name.replace(' ', '-'), len(results.get(name, []))))
+            os.makedirs(directory, exist_ok=True)
+            os.environ['CVB_BENCH_PROFILE'] = directory
         peer_cpu = vmdk_backup._process_cpu_seconds(vcsim.pid)
         result = vmdk_backup._step(step, conf, tmp, raw, ids)
         if 'error' in result:
