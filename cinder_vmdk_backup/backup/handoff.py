@@ -112,6 +112,23 @@ def usable(backup_service):
             and cinder_internals.usable('handoff'))
 
 
+def parent_mismatch(parent, backup, length):
+    """Why ``parent`` cannot be the base of ``backup``'s changes, or None.
+
+    The doubt every source's ``changed_ranges(parent)`` shares: the parent
+    is another volume's backup, or the volume's size (``length`` bytes now)
+    changed since it.
+    """
+    if parent.volume_id != backup.volume_id:
+        return ('the parent backup %s is of another volume (%s)'
+                % (parent.id, parent.volume_id))
+    if not parent.size or parent.size * units.Gi != length:
+        return ('the volume\'s size changed since the parent backup %s '
+                '(%s GiB then, %d bytes now)'
+                % (parent.id, parent.size, length))
+    return None
+
+
 class _Cancelled(Exception):
     """The backup's status became deleting (or deleted)."""
 

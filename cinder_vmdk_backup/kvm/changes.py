@@ -39,8 +39,8 @@ Also here: which bitmaps an image keeps (:func:`bitmaps_to_keep`).
 from cinder import objects
 from cinder.objects import fields
 from oslo_log import log as logging
-from oslo_utils import units
 
+from cinder_vmdk_backup.backup import handoff
 from cinder_vmdk_backup.kvm import bitmaps
 
 LOG = logging.getLogger(__name__)
@@ -109,13 +109,9 @@ class Tracker(object):
         if self.of_snapshot:
             return ('it reads a snapshot or a temporary copy of the '
                     'volume, whose changes are not tracked')
-        if parent.volume_id != self.backup.volume_id:
-            return ('the parent backup %s is of another volume (%s)'
-                    % (parent.id, parent.volume_id))
-        if not parent.size or parent.size * units.Gi != self.length:
-            return ('the volume\'s size changed since the parent backup %s '
-                    '(%s GiB then, %d bytes now)'
-                    % (parent.id, parent.size, self.length))
+        mismatch = handoff.parent_mismatch(parent, self.backup, self.length)
+        if mismatch:
+            return mismatch
         if self.image_size != self.length:
             return ('the image holds %d bytes, not the volume\'s %d'
                     % (self.image_size, self.length))

@@ -57,6 +57,7 @@ from oslo_log import log as logging
 from oslo_utils import units
 from oslo_vmware import vim_util
 
+from cinder_vmdk_backup.backup import handoff
 from cinder_vmdk_backup.vmware import vmsnapshot
 
 LOG = logging.getLogger(__name__)
@@ -282,13 +283,9 @@ class Tracker(object):
     def _doubt(self, parent):
         if self.off_because:
             return self.off_because
-        if parent.volume_id != self.backup.volume_id:
-            return ('the parent backup %s is of another volume (%s)'
-                    % (parent.id, parent.volume_id))
-        if not parent.size or parent.size * units.Gi != self.length:
-            return ('the volume\'s size changed since the parent backup %s '
-                    '(%s GiB then, %d bytes now)'
-                    % (parent.id, parent.size, self.length))
+        mismatch = handoff.parent_mismatch(parent, self.backup, self.length)
+        if mismatch:
+            return mismatch
         if not self.change_id:
             return ('the disk has no changeId in the backup\'s snapshot '
                     '(change tracking not active on it)')
