@@ -563,13 +563,21 @@ def main(argv=None):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _bench(args, size, workdir):
-    from tests.functional import vcsim as vcsim_fixture
+def prepare_workdir(workdir, size):
+    """The bench's directories and its disk of realistic content.
 
+    :returns: ``(path of the raw disk, its content counts)``
+    """
     os.makedirs(os.path.join(workdir, 'tmp'))
     os.makedirs(os.path.join(workdir, 'backups'))
     raw = os.path.join(workdir, 'disk.raw')
-    counts = vmdk_codec.make_disk(raw, size)
+    return raw, vmdk_codec.make_disk(raw, size)
+
+
+def _bench(args, size, workdir):
+    from tests.functional import vcsim as vcsim_fixture
+
+    raw, counts = prepare_workdir(workdir, size)
     vcsim = vcsim_fixture.VcsimFixture()
     vcsim.setUp()
     try:

@@ -118,10 +118,7 @@ def main(argv=None):
 def _bench(args, size, workdir):
     from tests.functional import vcsim as vcsim_fixture
 
-    os.makedirs(os.path.join(workdir, 'tmp'))
-    os.makedirs(os.path.join(workdir, 'backups'))
-    raw = os.path.join(workdir, 'disk.raw')
-    counts = vmdk_codec.make_disk(raw, size)
+    raw, counts = vmdk_backup.prepare_workdir(workdir, size)
     vcsim = vcsim_fixture.VcsimFixture(hotadd=True)
     vcsim.setUp()
     try:
