@@ -91,6 +91,20 @@ class Disk(object):
                 return
         self.regions[offset] = data
 
+    def read(self, offset, length):
+        """The bytes the disk should hold at ``offset``.
+
+        Zeros between regions: a range may span regions and the zeros
+        around them.
+        """
+        data = bytearray(length)
+        for start, region in self.regions.items():
+            lo = max(start, offset)
+            hi = min(start + len(region), offset + length)
+            if lo < hi:
+                data[lo - offset:hi - offset] = region[lo - start:hi - start]
+        return bytes(data)
+
     def resized(self, size):
         disk = Disk(size, regions=())
         disk.regions = dict(self.regions)
