@@ -176,11 +176,30 @@ qcow2_opts = [
                     'host, every volume is frozen offline with qemu-img.'),
     cfg.StrOpt('qcow2_connection_type',
                default='local',
-               choices=['local', 'gpfs'],
+               choices=['local', 'gpfs', 'nfs'],
                help='driver_volume_type of the connection info: "local" '
-                    '(os-brick LocalConnector) or "gpfs" (Nova attaches it '
-                    'as a file disk on a pre-mounted filesystem). Both give '
-                    'the file path as device_path and format qcow2.'),
+                    '(os-brick LocalConnector) or "gpfs" (a file disk on a '
+                    'pre-mounted filesystem) give the file path as '
+                    'device_path; Nova 34 attaches both as raw. "nfs": '
+                    'qcow2_volumes_dir is the NFS export '
+                    'qcow2_nfs_export, which the compute hosts mount '
+                    '(Nova\'s LibvirtNFSVolumeDriver, the only one of '
+                    'Nova\'s that passes format qcow2 to libvirt).'),
+    cfg.StrOpt('qcow2_nfs_export',
+               help='With qcow2_connection_type = nfs: the NFS export '
+                    '("host:/path") that is qcow2_volumes_dir on this '
+                    'host, as the compute hosts mount it.'),
+    cfg.StrOpt('qcow2_nfs_mount_options',
+               help='With qcow2_connection_type = nfs: mount options the '
+                    'connection passes to the compute hosts ("options" of '
+                    'the connection info, e.g. "-o vers=4.2").'),
+    cfg.StrOpt('qcow2_nfs_mount_point_base',
+               default='/var/lib/nova/mnt',
+               help='With qcow2_connection_type = nfs: Nova\'s [libvirt] '
+                    'nfs_mount_point_base on the compute hosts. A running '
+                    'domain sees a volume at <base>/<md5 of the export>/'
+                    '<file>; the online freeze finds the domain and names '
+                    'its overlays by that path.'),
     cfg.StrOpt('qcow2_backup_staging_dir',
                help='Directory for the private sparse staging file of a '
                     'restore and the bounded decode windows of a backup. '

@@ -118,6 +118,12 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
             raise Qcow2DriverError(reason=_(
                 'qcow2_volumes_dir %s is not a directory') % self._dir)
         # Then remove_leftovers() (DriverOwnedBackupMixin.do_setup).
+        if (self.configuration.qcow2_connection_type == 'nfs' and
+                not self.configuration.qcow2_nfs_export):
+            raise Qcow2DriverError(reason=_(
+                'qcow2_connection_type nfs needs qcow2_nfs_export (the '
+                'export that is qcow2_volumes_dir, as compute hosts mount '
+                'it)'))
         super().do_setup(context)
 
     def remove_leftovers(self):
@@ -279,18 +285,27 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
         pass
 
     def initialize_connection(self, volume, connector):
-        """Connection info of a file on a filesystem the host mounts.
+        """Connection info of the volume's qcow2 file, ``format`` qcow2.
 
-        os-brick's LocalConnector (and its GPFS subclass) attach it by
-        returning ``device_path``; ``format`` tells libvirt/Nova it is
-        qcow2 (a qcow2 file must never be opened as raw).
+        ``local`` and ``gpfs``: the file's path as ``device_path`` on a
+        filesystem the host shares (os-brick's LocalConnector, GPFS). Nova
+        34's libvirt driver attaches both as raw, whatever ``format`` says.
+
+        ``nfs``: the export and the file's name, as Cinder's NFS driver
+        gives them. Nova's NFS volume driver mounts the export (once per
+        compute host) and hands libvirt the file with the connection's
+        ``format``: the one way Nova attaches a qcow2 file as qcow2.
         """
-        return {'driver_volume_type':
-                self.configuration.qcow2_connection_type,
-                'data': {'device_path': self.local_path(volume),
-                         'name': volume.name,
-                         'format': 'qcow2',
-                         'access_mode': 'rw'}}
+        data = {'name': volume.name,
+                'format': 'qcow2',
+                'access_mode': 'rw'}
+        kind = self.configuration.qcow2_connection_type
+        if kind == 'nfs':
+            data['export'] = self.configuration.qcow2_nfs_export
+            data['options'] = self.configuration.qcow2_nfs_mount_options
+        else:
+            data['device_path'] = self.local_path(volume)
+        return {'driver_volume_type': kind, 'data': data}
 
     def terminate_connection(self, volume, connector, **kwargs):
         pass

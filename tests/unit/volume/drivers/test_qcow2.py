@@ -46,6 +46,8 @@ class Qcow2DriverTestCase(test.TestCase):
         conf.qcow2_volumes_dir = self.dir
         conf.qcow2_libvirt_uri = ''
         conf.qcow2_connection_type = 'local'
+        conf.qcow2_nfs_export = None
+        conf.qcow2_nfs_mount_options = None
         conf.qcow2_backup_staging_dir = None
         conf.qcow2_block_commit_timeout = 60
         conf.qcow2_dirty_bitmaps = False  # see test_qcow2_incremental
@@ -115,6 +117,23 @@ class Qcow2DriverTestCase(test.TestCase):
         self.assertEqual({'device_path': path,
                           'name': self.volume.name, 'format': 'qcow2',
                           'access_mode': 'rw'}, info['data'])
+
+    def test_nfs_connection_names_the_export_and_file(self):
+        conf = self.driver.configuration
+        conf.qcow2_connection_type = 'nfs'
+        conf.qcow2_nfs_export = 'cinder-host:/srv/qcow2'
+        conf.qcow2_nfs_mount_options = '-o vers=4.2'
+        info = self.driver.initialize_connection(self.volume, {})
+        self.assertEqual('nfs', info['driver_volume_type'])
+        self.assertEqual({'export': 'cinder-host:/srv/qcow2',
+                          'name': self.volume.name, 'format': 'qcow2',
+                          'options': '-o vers=4.2',
+                          'access_mode': 'rw'}, info['data'])
+
+    def test_nfs_connection_needs_the_export(self):
+        self.driver.configuration.qcow2_connection_type = 'nfs'
+        self.assertRaisesRegex(qcow2.Qcow2DriverError, 'qcow2_nfs_export',
+                               self.driver.do_setup, self.ctxt)
 
     @mock.patch.object(qemu_img, 'create', autospec=True)
     def test_create_volume(self, create):
