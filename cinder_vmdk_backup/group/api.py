@@ -381,8 +381,13 @@ class API(object):
             wanted.setdefault('volume_type', volume_type)
             wanted.setdefault('availability_zone', availability_zone)
             requests[backup.volume_id] = wanted
-        az = availability_zone or group.availability_zone
-        host = self._backup_host(context, az, [b.host for b in backups])
+        # The backups' zone picks the cinder-backup that restores, as
+        # Cinder's own restore does (backup.availability_zone), whatever
+        # zone the new volumes are asked for.
+        zones = [b.availability_zone for b in backups if b.availability_zone]
+        host = self._backup_host(
+            context, zones[0] if zones else group.availability_zone,
+            [b.host for b in backups])
         self._lock(group)
         operation_id = str(uuid.uuid4())
         try:

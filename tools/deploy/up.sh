@@ -37,6 +37,11 @@
 # which cinder-backup runs a due backup plan; CVB_DEPLOY_PLANS=1 adds a
 # second cinder-backup service with another host (tools/deploy/etcd.sh).
 #
+# CVB_DEPLOY_SECOND_BACKEND=1 (plugin profile): cinder-volume runs a second
+# backend of the same vCenter, vmware-az2, in availability zone cvb-az2,
+# and a volume type vmware-az2 selects it: a restore onto new volumes can
+# change the placement (volume type, backend, zone).
+#
 # Backups go to Cinder's posix driver (a directory of the profile) or, with
 # CVB_DEPLOY_BACKUP_STORE=swift, to Cinder's Swift driver on a one-replica
 # Swift cluster of the deployment (tools/deploy/swift.sh), in every profile.
@@ -612,9 +617,35 @@ backup_swift_container = cvb-$profile
 LINES
 }
 
+second_backend_wanted() {
+    [ "$profile" = plugin ] && [ "${CVB_DEPLOY_SECOND_BACKEND:-0}" = 1 ]
+}
+
+# The second backend's name, zone and volume type (CVB_DEPLOY_SECOND_BACKEND).
+SECOND_BACKEND=vmware-az2
+SECOND_ZONE=cvb-az2
+
+second_backend_conf() {
+    # The vmware section again, as another backend in another zone.
+    sed -e "s/^\[vmware\]\$/[$SECOND_BACKEND]/" \
+        -e "s/^volume_backend_name = vmware\$/volume_backend_name = $SECOND_BACKEND/" \
+        "$1"
+    echo "backend_availability_zone = $SECOND_ZONE"
+}
+
+second_backend_type() {
+    openstack_admin --os-region-name "$profile" volume type create \
+        --property volume_backend_name="$SECOND_BACKEND" "$SECOND_BACKEND" \
+        >>"$dir/log/volume-types.log" 2>&1 \
+        || cvb_die "could not create volume type $SECOND_BACKEND:" \
+            "$dir/log/volume-types.log"
+    cvb_log "backend $SECOND_BACKEND in zone $SECOND_ZONE, volume type" \
+        "$SECOND_BACKEND"
+}
+
 cinder_up() {
     local backup_manager_line volume_driver_line db=cvb_$profile s py
-    local backend_args backend extension_lines store_lines
+    local backend_args backend backends extension_lines store_lines
     if [ "$profile" = stock ]; then
         backup_manager_line='# backup_manager: Cinder'"'"'s default'
         volume_driver_line='volume_driver = cinder.volume.drivers.vmware.vmdk.VMwareVcVmdkDriver'
@@ -633,6 +664,8 @@ cinder_up() {
                       VCSIM_CLUSTER="$VCSIM_CLUSTER" VCSIM_WSDL="$VCSIM_WSDL"
                       VCSIM_CA_FILE="$VCSIM_CA_FILE")
     fi
+    backends=$backend
+    second_backend_wanted && backends="$backend,$SECOND_BACKEND"
     extension_lines=$(api_extension_lines)
     store_lines=$(backup_store_lines)
     API_PORT=$(cvb_free_port)
@@ -648,13 +681,17 @@ cinder_up() {
         DB_USER="$DB_USER" DB_PASSWORD="$DB_PASSWORD" DB_PORT="$DB_PORT" \
         DB_NAME="$db" KEYSTONE_PORT="$KEYSTONE_PORT" \
         CINDER_SERVICE_PASSWORD="$CINDER_SERVICE_PASSWORD" \
-        BACKUP_MANAGER_LINE="$backup_manager_line" BACKEND="$backend" \
+        BACKUP_MANAGER_LINE="$backup_manager_line" BACKEND="$backends" \
         API_EXTENSION_LINES="$extension_lines" \
         BACKUP_STORE_LINES="$store_lines" \
         COORDINATION_LINES="$(coordination_lines)"
     render_conf "$CVB_TOP/tools/deploy/backend-$backend.conf.in" \
         "$dir/cinder.conf.$backend" STATE_DIR="$dir" "${backend_args[@]}"
     cat "$dir/cinder.conf.$backend" >>"$dir/cinder.conf"
+    if second_backend_wanted; then
+        { echo; second_backend_conf "$dir/cinder.conf.$backend"; } \
+            >>"$dir/cinder.conf"
+    fi
     rm -f "$dir/cinder.conf.$backend"
 
     # A fresh database and message queue vhost for this profile.
@@ -712,6 +749,9 @@ RC
     cvb_wait_port "$API_PORT" 60 "$dir/cinder-api.pid" \
         || cvb_die "cinder-api did not start: $dir/log/cinder-api.log"
     wait_services
+    if second_backend_wanted; then
+        second_backend_type
+    fi
 }
 
 volume_heard() {
@@ -729,6 +769,15 @@ backup2_heard() {
     plans_two_nodes || return 0
     grep -q "Received backup service update from cvb-$profile-backup2" \
         "$dir/log/cinder-scheduler.log" 2>/dev/null
+}
+
+drivers_ready() {
+    # Every backend of cinder-volume has initialised its driver.
+    local want=1 n
+    second_backend_wanted && want=2
+    n=$(grep -c 'Driver initialization completed' \
+        "$dir/log/cinder-volume.log" 2>/dev/null) || n=0
+    [ "$n" -ge "$want" ]
 }
 
 wait_services() {
@@ -758,8 +807,7 @@ wait_services() {
               FROM services WHERE deleted = 0 AND updated_at >= '$since'
               AND \`binary\` IN ('cinder-scheduler', 'cinder-volume',
                                  'cinder-backup')" 2>/dev/null) || n=0
-        if [ "$n" = 3 ] && grep -q 'Driver initialization completed' \
-                "$dir/log/cinder-volume.log" 2>/dev/null \
+        if [ "$n" = 3 ] && drivers_ready \
             && grep -q "Received backup service update from .*'backend_state': True" \
                 "$dir/log/cinder-scheduler.log" 2>/dev/null \
             && volume_heard && backup2_heard; then

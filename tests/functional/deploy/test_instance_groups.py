@@ -280,10 +280,17 @@ class VmwareInstanceGroupDeploymentTest(GroupCommands,
     refused while the VM runs; with it powered off the plugin restores
     into new disk files and re-points the instance VM's disks at them:
     what is compared byte for byte is the file of each of the instance
-    VM's disk devices, as the instance sees it.
+    VM's disk devices, as the instance sees it. The newer set is also
+    restored onto new volumes with a changed placement (another volume
+    type, backend and zone for one volume, the originals' for the other).
     """
 
     profile = 'plugin'
+    # A second backend in another zone, and its volume type (up.sh), for
+    # the restore onto new volumes with a changed placement.
+    deploy_env = {'CVB_DEPLOY_SECOND_BACKEND': '1'}
+    second_backend = 'vmware-az2'
+    second_zone = 'cvb-az2'
 
     def setUp(self):
         super(VmwareInstanceGroupDeploymentTest, self).setUp()
@@ -465,6 +472,36 @@ class VmwareInstanceGroupDeploymentTest(GroupCommands,
                               instance.uuid, '--name', 'set2')
         self.assertTrue(restored['Success'], restored)
         self.assert_instance_disks(instance, disks2)
+
+        # The same set onto new volumes with a changed placement: the boot
+        # volume's on the second backend (its volume type, its zone), the
+        # data volume's where the originals are (per-volume choice).
+        made = self.timed(
+            'set2_restore_new_placed', self.group, 'backup', 'restore',
+            'new', group_id, '--instance', instance.uuid, '--name', 'set2',
+            '--volume-type', self.second_backend,
+            '--availability-zone', self.second_zone,
+            '--volume', '%s:type=__DEFAULT__,az=nova' % vols[1])
+        self.assertTrue(made['Success'], made)
+        news = dict(zip(made['Volume IDs'], made['New Volume IDs']))
+        self.assertEqual(set(vols), set(news))
+        placed = {vols[0]: (self.second_backend, self.second_zone,
+                            'cvb-plugin@%s' % self.second_backend),
+                  vols[1]: ('__DEFAULT__', 'nova', 'cvb-plugin@vmware')}
+        for vol, (vtype, zone, host) in placed.items():
+            shown = self.dep.wait('volume', news[vol], ('available',))
+            self.assertFalse(shown.get('attachments'), shown)
+            self.assertEqual(
+                (vtype, zone, host),
+                (shown['type'], shown['availability_zone'],
+                 shown['os-vol-host-attr:host'].split('#')[0]), shown)
+            self.assert_disk(news[vol], disks2[vol])
+        # The instance's own volumes and disks as they were.
+        self.assert_instance_disks(instance, disks2)
+        for new in news.values():
+            self.osc('volume', 'delete', new, json=False)
+        for new in news.values():
+            self.dep.wait_gone('volume', new)
 
         # The group stays while it has a set; then it goes, alone.
         error = self.refused('delete', group_id)

@@ -220,6 +220,8 @@ class DeploymentBase(object):
     """
 
     profile = None
+    # Extra environment of up.sh (e.g. CVB_DEPLOY_SECOND_BACKEND=1).
+    deploy_env = {}
     # Steps the profile must pass (or end as Expected); any other outcome
     # fails the test.
     required = ()
@@ -230,7 +232,7 @@ class DeploymentBase(object):
         if missing:
             self.skipTest('the deployment needs %s (tools/deploy/install.sh '
                           'installs them)' % ', '.join(missing))
-        self.dep = deployment.Deployment(self.profile)
+        self.dep = deployment.Deployment(self.profile, env=self.deploy_env)
         if not self.dep.claim():
             self.skipTest('another test run on this machine is using the '
                           '%s deployment in %s'

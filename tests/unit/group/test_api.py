@@ -473,6 +473,24 @@ class GroupApiTestCase(GroupApiBase):
         self.assertEqual('restore', answer['operation'])
         self.assertEqual(one['backup_id'], answer['backup_id'])
 
+    def test_restore_new_elsewhere_runs_in_the_backups_zone(self):
+        # The only cinder-backup is in az1, where the backups were made;
+        # the new volumes are asked for in az2 with another type.
+        test_utils.create_volume_type(self.ctxt.elevated(), name='t2')
+        one = self._backup('one')
+        answer = self.api.restore_new(
+            self.ctxt, self.group['id'], INSTANCE, name='one',
+            volume_type='t2', availability_zone='az2', wait=False)
+        self.assertIn('submitted', answer['msg'])
+        args = self.rpc.restore_set_new.call_args[0]
+        host, group_snapshot_id, requests = args[1], args[3], args[5]
+        self.assertEqual('backup-a', host)
+        self.assertEqual(one['group_snapshot_id'], group_snapshot_id)
+        self.assertEqual({v.id for v in self.vols}, set(requests))
+        self.assertEqual(
+            [{'volume_type': 't2', 'availability_zone': 'az2'}] * 2,
+            list(requests.values()))
+
     def test_restore_cast_failure_puts_everything_back(self):
         one = self._backup('one')
         self.rpc.instance_power_state.return_value = ['shutoff', 'Nova']
