@@ -88,12 +88,11 @@ class PathMap(object):
         point of ``qcow2_nfs_export`` under
         ``qcow2_nfs_mount_point_base``; else the identity.
         """
-        local_dir = conf.qcow2_volumes_dir
         if (conf.qcow2_connection_type == 'nfs'
                 and conf.qcow2_nfs_export):
-            return cls(local_dir, nova_mount_point(
+            return cls(conf.qcow2_volumes_dir, nova_mount_point(
                 conf.qcow2_nfs_mount_point_base, conf.qcow2_nfs_export))
-        return cls(local_dir)
+        return IDENTITY
 
     @property
     def identity(self):

@@ -207,6 +207,7 @@ class DriverBitmapsTestCase(test.TestCase):
         self.dir = self.useFixture(fixtures.TempDir()).path
         conf = mock.Mock(spec=configuration.Configuration)
         conf.qcow2_volumes_dir = self.dir
+        conf.qcow2_connection_type = 'local'
         conf.qcow2_libvirt_uri = ''
         conf.qcow2_block_commit_timeout = 60
         conf.qcow2_backup_decode_window_mb = 64
