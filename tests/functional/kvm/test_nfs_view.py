@@ -29,13 +29,13 @@ import sys
 import textwrap
 import time
 from unittest import mock
+import uuid
 
 from cinder import exception
 
 from cinder_vmdk_backup.kvm import bitmaps
 from cinder_vmdk_backup.kvm import domains
 from cinder_vmdk_backup.kvm import paths
-from cinder_vmdk_backup.kvm import qemu_img
 from tests.functional.kvm import base
 from tests.functional.kvm import guest
 from tests.functional.kvm import test_incremental
@@ -175,11 +175,12 @@ class NfsViewTestCase(test_incremental._ChainMixin,
         with mock.patch.object(domains, 'snapshot_disks', autospec=True,
                                side_effect=snapshot) as spy:
             chain = [self._group_backup()]
-            time.sleep(1.5)   # a few dozen records
-            chain.append(self._group_backup(parents=chain[-1]))
+            for _ in range(2):
+                time.sleep(1.5)   # a few dozen records
+                chain.append(self._group_backup(parents=chain[-1]))
         # One atomic snapshot of both disks a backup; the overlays named
         # at the mount point, as the domain sees its disks.
-        self.assertEqual(2, spy.call_count)
+        self.assertEqual(3, spy.call_count)
         for call in spy.call_args_list:
             overlays = call[0][1]
             self.assertEqual(['sda', 'sdb'], sorted(overlays))
@@ -200,20 +201,26 @@ class NfsViewTestCase(test_incremental._ChainMixin,
             self.assertIn(counters[0] - counters[1], (0, 1))
             self.assertGreater(counters[0], newest[0])
             newest = counters
-        # The incremental read what the full backup's bitmap marked.
-        for backup in chain[1]:
-            self.assertEqual([], self.whole_reads(backup))
-            self.assertLessEqual(self.bytes_read(backup), 2 * MIB)
-        for path, backup in zip(self.paths, chain[1]):
-            self.assertIn(bitmaps.name_for(backup.id),
-                          [b['name'] for b in qemu_img.bitmaps(path)])
+        # The incrementals read what the parent's bitmap marked.
+        for backups in chain[1:]:
+            for backup in backups:
+                self.assertEqual([], self.whole_reads(backup))
+                self.assertLessEqual(self.bytes_read(backup), 2 * MIB)
+        # The bitmaps were made, and the oldest pruned, on the domain's
+        # nodes of the mount-point paths (qcow2_dirty_bitmaps_kept = 2).
+        for i, seen in enumerate(self.seen):
+            self.assertEqual(
+                sorted(bitmaps.name_for(b[i].id) for b in chain[1:]),
+                sorted(b['name'] for b in domains.node_bitmaps(
+                    self.domain, seen)))
+        self.assertNotIn('Could not', self.log.output)
 
     def test_restore_refused_while_running_done_when_shut_off(self):
         backup = self.backup(self.volumes[1])
         self.assertEqual(('running', 'libvirt domain %s'
                           % self.domain.name()),
                          self.driver.instance_power_state(
-                             self.ctxt, 'no-such-instance', self.volumes))
+                             self.ctxt, str(uuid.uuid4()), self.volumes))
         exc = self.assertRaises(exception.InvalidVolume, self.restore,
                                 backup, self.volumes[1])
         self.assertIn(self.domain.name(), str(exc))
@@ -223,7 +230,7 @@ class NfsViewTestCase(test_incremental._ChainMixin,
         self.domain.destroyFlags(
             domains.libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
         self.assertEqual('shutoff', self.driver.instance_power_state(
-            self.ctxt, 'no-such-instance', self.volumes)[0])
+            self.ctxt, str(uuid.uuid4()), self.volumes)[0])
         base.qemu_io(self.paths[1], 'write -P 0x5e 300M 1M')
         self.restore(backup, self.volumes[1])
         copy = os.path.join(self.copies_dir, backup.id)
