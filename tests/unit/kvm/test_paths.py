@@ -20,6 +20,7 @@ import fixtures
 import libvirt
 import testtools
 
+from cinder_vmdk_backup.kvm import bitmaps
 from cinder_vmdk_backup.kvm import domains
 from cinder_vmdk_backup.kvm import errors
 from cinder_vmdk_backup.kvm import freezer
@@ -339,3 +340,39 @@ class LeftoverOnMountPointTestCase(testtools.TestCase):
         self.assertIn('Merging', failed[0])
         self.assertTrue(os.path.exists(self.overlay))
         self.conn.defineXML.assert_not_called()
+
+
+class BitmapsOnMountPointTestCase(testtools.TestCase):
+    """Bitmaps of a running image go to the node of the path QEMU has."""
+
+    def setUp(self):
+        super().setUp()
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.mount = paths.nova_mount_point('/nova/mnt', EXPORT)
+        self.map = paths.PathMap(self.dir, self.mount)
+        self.path = os.path.join(self.dir, 'volume-1')
+        self.conn = mock.create_autospec(libvirt.virConnect, instance=True)
+        self.domain = _domain('i-1', _disk('vda', self.mount + '/volume-1'))
+        self.conn.listAllDomains.return_value = [self.domain]
+        self.node_bitmaps = self.useFixture(fixtures.MockPatchObject(
+            domains, 'node_bitmaps', autospec=True,
+            return_value=[{'name': 'cvb-1'}, {'name': 'cvb-2'}])).mock
+        self.qmp_remove = self.useFixture(fixtures.MockPatchObject(
+            domains, 'remove_bitmap', autospec=True)).mock
+        self.qmp_add = self.useFixture(fixtures.MockPatchObject(
+            domains, 'add_bitmap', autospec=True)).mock
+        self.qemu_remove = self.useFixture(fixtures.MockPatchObject(
+            qemu_img, 'bitmap_remove', autospec=True)).mock
+
+    def test_prune_through_the_monitor_at_the_mount_point(self):
+        self.assertEqual(['cvb-1'], bitmaps.prune(
+            self.path, ['cvb-2'], self.conn, path_map=self.map))
+        seen = self.mount + '/volume-1'
+        self.node_bitmaps.assert_called_once_with(self.domain, seen)
+        self.qmp_remove.assert_called_once_with(self.domain, seen, 'cvb-1')
+        self.qemu_remove.assert_not_called()
+
+    def test_add_through_the_monitor_at_the_mount_point(self):
+        bitmaps.add(self.path, 'cvb-3', self.conn, path_map=self.map)
+        self.qmp_add.assert_called_once_with(
+            self.domain, self.mount + '/volume-1', 'cvb-3', 65536)

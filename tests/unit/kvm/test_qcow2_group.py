@@ -96,7 +96,7 @@ class GroupHooksTestCase(test.TestCase):
                   for p in self.paths]
 
         def freeze(paths, conn, timeout, lock_timeout, all_or_nothing,
-                   facts):
+                   facts, path_map):
             facts.update(consistency='quiesced', pause_ms=12.5)
             return dict(zip(paths, frozen))
         freeze_all.side_effect = freeze
