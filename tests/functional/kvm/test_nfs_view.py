@@ -98,7 +98,11 @@ class NfsViewTestCase(test_incremental._ChainMixin,
                         self.mount_dir], check=True)
         self.mounted = True
         self.addCleanup(self._umount)
-        self.assertTrue(os.path.ismount(self.mount_dir))
+        # (os.path.ismount cannot tell a bind mount on the same
+        # filesystem.)
+        with open('/proc/self/mountinfo') as f:
+            points = [line.split()[4] for line in f]
+        self.assertIn(self.mount_dir, points)
 
     def _umount(self):
         if not self.mounted:
