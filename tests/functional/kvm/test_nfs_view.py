@@ -36,6 +36,7 @@ from cinder import exception
 from cinder_vmdk_backup.kvm import bitmaps
 from cinder_vmdk_backup.kvm import domains
 from cinder_vmdk_backup.kvm import paths
+from cinder_vmdk_backup.kvm import qemu_img
 from tests.functional.kvm import base
 from tests.functional.kvm import guest
 from tests.functional.kvm import test_incremental
@@ -298,3 +299,16 @@ class NfsViewTestCase(test_incremental._ChainMixin,
         final = self._counters()
         self.assertGreater(final[1], frozen_at[0])
         self.assertIn(final[0] - final[1], (0, 1))
+
+    def test_extend_online_and_delete_refused_at_the_mount_point(self):
+        # Grown through the domain (blockResize), not behind its back.
+        self.driver.extend_volume(self.volumes[1], 2)
+        self.assertEqual(2 * 1024 * MIB,
+                         self.domain.blockInfo('sdb')[0])
+        self.assertEqual(2 * 1024 * MIB,
+                         qemu_img.virtual_size(self.paths[1]))
+        exc = self.assertRaises(exception.InvalidVolume,
+                                self.driver.delete_volume, self.volumes[1])
+        self.assertIn(self.domain.name(), str(exc))
+        self.assertTrue(os.path.exists(self.paths[1]))
+        self.assertEqual([[s] for s in self.seen], self._seen_chains())
