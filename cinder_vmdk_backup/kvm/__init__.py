@@ -18,5 +18,6 @@ stream without reading holes, :mod:`.offline` freezes and merges an image
 nobody runs, :mod:`.domains` finds and drives the libvirt domains that run
 an image (external snapshot, active block commit), :mod:`.freezer` puts
 both together for a set of images, :mod:`.leftovers` finds and merges what
-an interrupted backup left behind.
+an interrupted backup left behind, :mod:`.paths` maps the local paths
+to the ones domains see (Nova's NFS mount point).
 """

@@ -460,16 +460,17 @@ def _age(directory):
         return 0.0
 
 
-def add(path, name, conn=None):
+def add(path, name, conn=None, path_map=None):
     """Add the enabled persistent bitmap ``name`` to the image now.
 
     Offline with qemu-img (nobody may have the image open), or through the
-    monitor of the running domain whose active layer ``path`` is. One of
-    the same name is replaced.
+    monitor of the running domain whose active layer ``path`` is (in
+    either view of ``path_map``, a :class:`~.paths.PathMap`). One of the
+    same name is replaced.
     """
-    use = _running_use(path, conn)
+    use = _running_use(path, conn, path_map)
     if use is not None:
-        domains.add_bitmap(use.domain, path, name, GRANULARITY)
+        domains.add_bitmap(use.domain, use.seen(path), name, GRANULARITY)
         return
     if name in list_ours(path):
         qemu_img.bitmap_remove(path, name)
@@ -485,17 +486,18 @@ def remove(path, name, use=None):
     :raises KvmError: it could not be removed
     """
     if use is not None:
-        domains.remove_bitmap(use.domain, path, name)
+        domains.remove_bitmap(use.domain, use.seen(path), name)
     else:
         qemu_img.bitmap_remove(path, name)
 
 
-def prune(path, keep_names, conn=None):
+def prune(path, keep_names, conn=None, path_map=None):
     """Remove the driver's bitmaps of ``path`` not in ``keep_names``.
 
     Call it with the image not frozen (it takes the image's lock). A
     running domain's image is changed through its monitor, any other with
-    qemu-img.
+    qemu-img. ``path_map``: where the domains see it
+    (:class:`~.paths.PathMap`; None: at its local path).
 
     :returns: the names removed
     :raises KvmError: one could not be removed (the others were)
@@ -507,10 +509,11 @@ def prune(path, keep_names, conn=None):
         if not taken:
             raise errors.KvmError('Image %s is busy; its dirty bitmaps were '
                                   'not pruned' % path, path=path)
-        use = _running_use(path, conn)
+        use = _running_use(path, conn, path_map)
         if use is not None:
             names = sorted(b['name'] for b in domains.node_bitmaps(
-                use.domain, path) if b.get('name', '').startswith(PREFIX))
+                use.domain, use.seen(path))
+                if b.get('name', '').startswith(PREFIX))
         else:
             names = list_ours(path)
         for name in names:
@@ -531,7 +534,7 @@ def prune(path, keep_names, conn=None):
     return removed
 
 
-def _running_use(path, conn):
+def _running_use(path, conn, path_map=None):
     """The running domain's use of ``path`` as its active layer, or None.
 
     :raises ImageInUseError: a running domain uses it otherwise (as a
@@ -539,7 +542,7 @@ def _running_use(path, conn):
     """
     if conn is None:
         return None
-    uses = domains.users(conn, [path]).get(path) or []
+    uses = domains.users(conn, [path], path_map=path_map).get(path) or []
     if not uses:
         return None
     if len(uses) > 1 or uses[0].top != os.path.realpath(path):

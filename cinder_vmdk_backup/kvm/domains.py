@@ -30,6 +30,7 @@ from oslo_serialization import jsonutils
 from oslo_utils import importutils
 
 from cinder_vmdk_backup.kvm import errors
+from cinder_vmdk_backup.kvm import paths as kvm_paths
 
 libvirt = importutils.try_import('libvirt')
 libvirt_qemu = importutils.try_import('libvirt_qemu')
@@ -47,19 +48,32 @@ class DiskUse(object):
 
     :ivar domain: the ``virDomain``
     :ivar target: the disk's target name (``vda``)
-    :ivar top: the path the disk's active layer is
-    :ivar chain: the paths of the disk's chain, active layer first
+    :ivar top: the local path the disk's active layer is
+    :ivar chain: the local paths of the disk's chain, active layer first
+    :ivar seen_chain: the chain as the domain sees it (its XML's paths)
+    :ivar path_map: the :class:`~.paths.PathMap` between the two
     """
 
-    def __init__(self, domain, target, chain):
+    def __init__(self, domain, target, chain, seen_chain=None,
+                 path_map=None):
         self.domain = domain
         self.target = target
         self.chain = chain
         self.top = chain[0]
+        self.seen_chain = seen_chain or list(chain)
+        self.path_map = path_map or kvm_paths.IDENTITY
 
     @property
     def domain_name(self):
         return self.domain.name()
+
+    def seen(self, local_path):
+        """``local_path`` as this disk's domain names it (overlays, nodes).
+
+        In the view of the disk's active layer: the mount point's when
+        the domain runs the volume from there, else the local path.
+        """
+        return self.path_map.seen_as(local_path, self.seen_chain[0])
 
 
 def connect(uri):
@@ -89,9 +103,10 @@ def _real(path):
     return os.path.realpath(path)
 
 
-def disk_chains(xml_text):
+def seen_chains(xml_text):
     """Yield ``(target, [paths of the chain, active first])`` of file disks.
 
+    The paths as the domain's XML has them (its view: see :mod:`.paths`).
     Libvirt's live XML lists the chain as nested ``backingStore`` elements.
     """
     # The XML comes from the local libvirtd, not from a user.
@@ -106,18 +121,35 @@ def disk_chains(xml_text):
             source = node.find('source')
             if source is None or not source.get('file'):
                 break
-            chain.append(_real(source.get('file')))
+            chain.append(os.path.normpath(source.get('file')))
             node = node.find('backingStore')
         if chain:
             yield target.get('dev'), chain
 
 
-def users(conn, paths, active_only=True):
+def disk_chains(xml_text, path_map=None):
+    """Yield ``(target, [local paths of the chain, active first])``.
+
+    :param path_map: the :class:`~.paths.PathMap` of the domain's view;
+        None: the identity (the paths are only resolved)
+    """
+    path_map = path_map or kvm_paths.IDENTITY
+    for target, chain in seen_chains(xml_text):
+        yield target, [path_map.to_local(p) for p in chain]
+
+
+def users(conn, paths, active_only=True, path_map=None):
     """Return ``{path: [DiskUse, ...]}`` for each of ``paths`` in use.
 
+    A disk uses an image when a path of its chain is the image's local
+    path or, through ``path_map``, its mount-point view.
+
+    :param paths: local paths of images
     :param active_only: only running (or paused) domains; else defined
         inactive domains too (their chain is the configured top only)
+    :param path_map: the :class:`~.paths.PathMap`; None: the identity
     """
+    path_map = path_map or kvm_paths.IDENTITY
     wanted = {_real(p): p for p in paths}
     found = {}
     flags = (libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE if active_only else 0)
@@ -130,11 +162,12 @@ def users(conn, paths, active_only=True):
             xml_text = domain.XMLDesc(0)
         except libvirt.libvirtError:
             continue  # gone meanwhile
-        for target, chain in disk_chains(xml_text):
+        for target, seen in seen_chains(xml_text):
+            chain = [path_map.to_local(p) for p in seen]
             for real in chain:
                 if real in wanted:
                     found.setdefault(wanted[real], []).append(
-                        DiskUse(domain, target, chain))
+                        DiskUse(domain, target, chain, seen, path_map))
     return found
 
 
@@ -208,14 +241,16 @@ def snapshot_disks(domain, overlays, quiesce=True,
     guest's disk requests meanwhile. The guest therefore waits for its
     disks at most as long as the call takes (:attr:`Snapshot.seconds`).
 
-    :param overlays: ``{target: path of the new overlay}``
+    :param overlays: ``{target: path of the new overlay}``, as the domain
+        is to see it (:meth:`DiskUse.seen`): libvirt creates it there and
+        QEMU records the disk's current path as its backing file
     :returns: a :class:`Snapshot`
     :raises DomainError: the snapshot failed; with ``--atomic`` no disk of
         the domain changed
     """
     root = ElementTree.Element('domainsnapshot')
     disks = ElementTree.SubElement(root, 'disks')
-    for target, chain in disk_chains(domain.XMLDesc(0)):
+    for target, _chain in seen_chains(domain.XMLDesc(0)):
         disk = ElementTree.SubElement(disks, 'disk', name=target)
         if target in overlays:
             disk.set('snapshot', 'external')
@@ -341,13 +376,20 @@ def _abort_quietly(domain, target):
                                             'exc': exc})
 
 
-def retarget_inactive(conn, old_path, new_path):
+def retarget_inactive(conn, old_path, new_path, path_map=None):
     """Point defined, inactive domains' disks at ``new_path``.
 
     Used when an overlay of a stopped domain is merged offline: libvirt
-    had written the overlay into the domain's persistent definition.
+    had written the overlay into the domain's persistent definition. A
+    disk whose source is ``old_path`` in either view (``path_map``) gets
+    ``new_path`` in the same view.
+
+    :param old_path: local path
+    :param new_path: local path
     :returns: the names of the redefined domains
     """
+    path_map = path_map or kvm_paths.IDENTITY
+    old = _real(old_path)
     changed = []
     for domain in conn.listAllDomains(
             libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE):
@@ -355,9 +397,9 @@ def retarget_inactive(conn, old_path, new_path):
         root = ElementTree.fromstring(xml_text)  # nosec B314
         touched = False
         for source in root.findall('./devices/disk/source'):
-            if source.get('file') and _real(source.get('file')) == _real(
-                    old_path):
-                source.set('file', new_path)
+            seen = source.get('file')
+            if seen and path_map.to_local(seen) == old:
+                source.set('file', path_map.seen_as(new_path, seen))
                 touched = True
         if touched:
             for disk in root.findall('./devices/disk'):
@@ -393,6 +435,9 @@ def _qmp(domain, command, **arguments):
 def format_node(domain, path):
     """The QEMU node name of the qcow2 layer the domain opened ``path`` as.
 
+    :param path: as the domain sees it (:meth:`DiskUse.seen`): QEMU's node
+        has the path libvirt gave it
+
     :raises DomainError: the domain has no such node
     """
     real = _real(path)
@@ -404,7 +449,10 @@ def format_node(domain, path):
 
 
 def node_bitmaps(domain, path):
-    """The dirty bitmaps QEMU has loaded on ``path``'s node (QMP dicts)."""
+    """The dirty bitmaps QEMU has loaded on ``path``'s node (QMP dicts).
+
+    :param path: as the domain sees it (:meth:`DiskUse.seen`)
+    """
     real = _real(path)
     for node in _qmp(domain, 'query-named-block-nodes', flat=True):
         if node.get('drv') == 'qcow2' and _real(node.get('file', '')) == real:

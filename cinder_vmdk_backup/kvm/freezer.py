@@ -105,7 +105,7 @@ _STRENGTH = {CRASH_CONSISTENT: 0, QUIESCED: 1, NOT_RUNNING: 2}
 
 def freeze_all(paths, conn=None, commit_timeout=600.0, lock_timeout=60,
                all_or_nothing=False, facts=None, quiesce=True,
-               bitmaps=None):
+               bitmaps=None, path_map=None):
     """Freeze each of ``paths``; return ``{path: FrozenImage or error}``.
 
     :param conn: a libvirt connection, or None when no domain runs on this
@@ -129,6 +129,10 @@ def freeze_all(paths, conn=None, commit_timeout=600.0, lock_timeout=60,
         :mod:`.bitmaps`). A bitmap that cannot be made is logged and left
         out (:attr:`FrozenImage.bitmap` is None); the freeze goes on. A
         failed freeze removes the bitmap it made.
+    :param path_map: where the domains see the images
+        (:class:`~.paths.PathMap`; None: at their local paths). An online
+        overlay is named to libvirt in the view its disk has; the frozen
+        image is read at its local path.
     Without ``all_or_nothing``, an image whose freeze failed is reported
     with its exception and left as it was; the others are frozen.
     """
@@ -141,7 +145,7 @@ def freeze_all(paths, conn=None, commit_timeout=600.0, lock_timeout=60,
         if all_or_nothing and results:
             raise errors.GroupFreezeFailed(dict(results))
         try:
-            in_use = (domains.users(conn, list(locks))
+            in_use = (domains.users(conn, list(locks), path_map=path_map)
                       if conn is not None else {})
         except errors.KvmError as exc:
             for path in list(locks):
@@ -238,9 +242,8 @@ def _freeze_online(members, locks, results, commit_timeout, quiesce,
     """One atomic snapshot of a domain's members; None when it failed."""
     domain = members[0][1].domain
     token = naming.new_token()
-    overlays = {use.target: naming.transient_path(path, naming.OVERLAY,
-                                                  token)
-                for path, use in members}
+    overlays = {use.target: use.seen(naming.transient_path(
+        path, naming.OVERLAY, token)) for path, use in members}
     made = {path: _add_bitmap(path, wanted.get(path), use)
             for path, use in members}
     try:
@@ -270,7 +273,8 @@ def _add_bitmap(path, name, use=None):
         return None
     try:
         if use is not None:
-            domains.add_bitmap(use.domain, path, name, bitmaps.GRANULARITY)
+            domains.add_bitmap(use.domain, use.seen(path), name,
+                               bitmaps.GRANULARITY)
         else:
             bitmaps.add(path, name)
     except errors.KvmError as exc:
@@ -317,15 +321,19 @@ def _utc(seconds):
 
 
 @contextlib.contextmanager
-def frozen(path, conn=None, commit_timeout=600.0, bitmap=None):
+def frozen(path, conn=None, commit_timeout=600.0, bitmap=None,
+           path_map=None):
     """Freeze one image for the duration of the block; merge it after.
 
     :param bitmap: a persistent dirty bitmap to add, as ``bitmaps`` of
         :func:`freeze_all`
+    :param path_map: as :func:`freeze_all`
     :raises: the freeze's error, or :class:`MergeError` after the block
     """
+    kwargs = {} if path_map is None else {'path_map': path_map}
     result = freeze_all([path], conn, commit_timeout,
-                        bitmaps={path: bitmap} if bitmap else None)[path]
+                        bitmaps={path: bitmap} if bitmap else None,
+                        **kwargs)[path]
     if isinstance(result, Exception):
         raise result
     try:

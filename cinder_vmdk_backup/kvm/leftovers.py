@@ -26,7 +26,10 @@ leftover means depends on where the interrupted operation stopped:
 * ``overlay`` backed by the image: an online overlay; a running domain
   that runs it gets an active block commit with pivot, otherwise it is
   committed with qemu-img (and a stopped domain that was left pointing at
-  it is pointed back at the image);
+  it is pointed back at the image). QEMU recorded the image's path as the
+  domain saw it; one seen through a mount point (:mod:`.paths`) is first
+  rewritten to the image's local name, so that the commit does not
+  depend on that mount;
 * ``restore``: a restored image never swapped in; the image was left
   intact, so it is removed;
 * a qemu-nbd server that read a dirty bitmap for a process that died
@@ -43,6 +46,7 @@ from cinder_vmdk_backup.kvm import domains
 from cinder_vmdk_backup.kvm import errors
 from cinder_vmdk_backup.kvm import naming
 from cinder_vmdk_backup.kvm import offline
+from cinder_vmdk_backup.kvm import paths as kvm_paths
 from cinder_vmdk_backup.kvm import qemu_img
 
 LOG = logging.getLogger(__name__)
@@ -63,12 +67,15 @@ def find(directory):
     return found
 
 
-def clean(directory, conn=None, commit_timeout=600.0):
+def clean(directory, conn=None, commit_timeout=600.0, path_map=None):
     """Merge or remove every leftover in ``directory``.
 
     :param conn: libvirt connection, or None when no domain runs here
+    :param path_map: where the domains see the images
+        (:class:`~.paths.PathMap`; None: at their local paths)
     :returns: ``(done, failed)``: lists of human-readable lines
     """
+    path_map = path_map or kvm_paths.IDENTITY
     done, failed = [], []
     try:
         for line in bitmaps.stop_leftover_servers(directory):
@@ -85,7 +92,8 @@ def clean(directory, conn=None, commit_timeout=600.0):
             if not os.path.exists(path):
                 continue  # handled with an earlier leftover
             try:
-                line = _HANDLERS[kind](path, image, conn, commit_timeout)
+                line = _HANDLERS[kind](path, image, conn, commit_timeout,
+                                       path_map)
             except Exception as exc:
                 failed.append('%s: %s' % (path, exc))
                 LOG.error('Could not clean up the leftover %(path)s: '
@@ -97,7 +105,7 @@ def clean(directory, conn=None, commit_timeout=600.0):
     return done, failed
 
 
-def _frozen(path, image, conn, commit_timeout):
+def _frozen(path, image, conn, commit_timeout, path_map):
     if not os.path.exists(image):
         os.rename(path, image)
         return '%s renamed back to %s' % (path, image)
@@ -107,7 +115,8 @@ def _frozen(path, image, conn, commit_timeout):
     if qemu_img.backing_file(image) != path:
         raise errors.KvmError('%s is not backed by %s; left alone'
                               % (image, path), path=path)
-    if conn is not None and domains.users(conn, [image]):
+    if conn is not None and domains.users(conn, [image],
+                                          path_map=path_map):
         raise errors.ImageInUseError(
             '%s runs in a domain although it was frozen offline; left '
             'alone' % image, path=image)
@@ -115,16 +124,17 @@ def _frozen(path, image, conn, commit_timeout):
     return '%s merged into %s' % (image, path)
 
 
-def _overlay(path, image, conn, commit_timeout):
+def _overlay(path, image, conn, commit_timeout, path_map):
     backing = qemu_img.backing_file(path)
     parsed = naming.parse(backing or '')
     if parsed and parsed[1] == naming.FROZEN:
         os.unlink(path)
         return 'unused offline overlay %s removed' % path
-    if backing != image:
+    if backing != image and not (backing and path_map.same(backing, image)):
         raise errors.KvmError('%s is not an overlay of %s; left alone'
                               % (path, image), path=path)
-    uses = domains.users(conn, [path]).get(path, []) if conn else []
+    uses = (domains.users(conn, [path], path_map=path_map).get(path, [])
+            if conn else [])
     running = [u for u in uses if u.top == os.path.realpath(path)]
     if running:
         use = running[0]
@@ -136,18 +146,24 @@ def _overlay(path, image, conn, commit_timeout):
         raise errors.ImageInUseError('%s is a backing file of a running '
                                      'domain; left alone' % path, path=path)
     try:
+        if backing != image:
+            # Seen through a mount point, which may be gone: the same
+            # file by its local name (relative, valid in both views).
+            qemu_img.rebase_unsafe(path, os.path.basename(image))
         qemu_img.commit(path)
     except errors.QemuImgError as exc:
         raise errors.MergeError('Merging %s into %s failed: %s'
                                 % (path, image, exc), path=path)
-    redefined = domains.retarget_inactive(conn, path, image) if conn else []
+    redefined = (domains.retarget_inactive(conn, path, image,
+                                           path_map=path_map)
+                 if conn else [])
     os.unlink(path)
     return '%s committed into %s%s' % (
         path, image, ' (domains %s pointed back at it)' % ', '.join(
             redefined) if redefined else '')
 
 
-def _restore(path, image, conn, commit_timeout):
+def _restore(path, image, conn, commit_timeout, path_map):
     os.unlink(path)
     return 'unfinished restore %s removed' % path
 

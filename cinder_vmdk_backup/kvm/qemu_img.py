@@ -226,6 +226,16 @@ def commit(path, rate=None):
     _run(path, 'commit', '-q', '-f', 'qcow2', *limit, path)
 
 
+def rebase_unsafe(path, backing, backing_format='qcow2'):
+    """Rewrite the backing file name in the header of the image at ``path``.
+
+    Only the name changes (``rebase -u``): ``backing`` must be the same
+    data under another name (the same file by its local name, say).
+    """
+    _run(path, 'rebase', '-q', '-u', '-f', 'qcow2', '-F', backing_format,
+         '-b', backing, path)
+
+
 def resize(path, size_bytes):
     """Grow the image at ``path`` to ``size_bytes`` guest bytes.
 

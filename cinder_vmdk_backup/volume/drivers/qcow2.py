@@ -15,7 +15,9 @@
 Volumes and snapshots are qcow2 files in ``qcow2_volumes_dir``, a
 filesystem this host already has mounted. qemu-img does everything to the
 files (the driver never parses qcow2 itself) and libvirt-python everything
-to running domains.
+to running domains. A domain may see a volume at another path than the
+local one (``qcow2_connection_type = nfs``: Nova's mount point of the
+export); :mod:`cinder_vmdk_backup.kvm.paths` maps between the two.
 
 Backup is driver-owned (:mod:`cinder_vmdk_backup.backup.driver_owned`) and
 holds the raw guest data: freeze the image under a fresh overlay (offline
@@ -59,6 +61,7 @@ from cinder_vmdk_backup.kvm import errors
 from cinder_vmdk_backup.kvm import freezer
 from cinder_vmdk_backup.kvm import leftovers
 from cinder_vmdk_backup.kvm import naming
+from cinder_vmdk_backup.kvm import paths as kvm_paths
 from cinder_vmdk_backup.kvm import qemu_img
 from cinder_vmdk_backup.kvm import raw_reader
 from cinder_vmdk_backup import opts
@@ -155,7 +158,8 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
         with self._libvirt() as conn:
             report = leftovers.clean(
                 self._dir, conn,
-                commit_timeout=self.configuration.qcow2_block_commit_timeout)
+                commit_timeout=self.configuration.qcow2_block_commit_timeout,
+                path_map=self._path_map)
         self.leftovers_report = report
         return report
 
@@ -174,6 +178,15 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
 
     # -- paths ----------------------------------------------------------------
 
+    @property
+    def _path_map(self):
+        """Where the domains see the volumes (:mod:`.kvm.paths`).
+
+        With ``qcow2_connection_type = nfs`` at Nova's mount point of the
+        export, else at their local paths.
+        """
+        return kvm_paths.PathMap.from_configuration(self.configuration)
+
     def local_path(self, volume):
         return os.path.join(self._dir, volume.name)
 
@@ -190,7 +203,8 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
         path = self.local_path(volume)
         with _translated(), naming.image_lock(path):
             with self._libvirt() as conn:
-                self._refuse_if_running(conn, volume, path, _('delete'))
+                self._refuse_if_running(conn, volume, path, _('delete'),
+                                        self._path_map)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         with contextlib.suppress(FileNotFoundError):
@@ -200,7 +214,8 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
         path = self.local_path(volume)
         size = int(new_size) * units.Gi
         with _translated(), self._libvirt() as conn:
-            uses = domains.users(conn, [path]).get(path) if conn else None
+            uses = (domains.users(conn, [path], path_map=self._path_map)
+                    .get(path) if conn else None)
             if uses:
                 use = uses[0]
                 try:
@@ -266,6 +281,7 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
         kwargs = {} if bitmap is None else {'bitmap': bitmap}
         with self._libvirt() as conn:
             with freezer.frozen(path, conn, self._commit_timeout,
+                                path_map=self._path_map,
                                 **kwargs) as frozen:
                 yield frozen
 
@@ -479,7 +495,8 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                     self.configuration.qcow2_dirty_bitmaps_kept,
                     new_backup_id=new, failed_backup_id=failed)
             with self._libvirt() as conn:
-                gone = bitmaps.prune(path, keep, conn=conn)
+                gone = bitmaps.prune(path, keep, conn=conn,
+                                     path_map=self._path_map)
         except Exception as exc:
             LOG.warning('Could not remove old dirty bitmaps of %(path)s '
                         '(done at a later backup): %(exc)s',
@@ -531,7 +548,8 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                     paths, conn, self._commit_timeout,
                     lock_timeout=(self.GROUP_LOCK_TIMEOUT if all_or_nothing
                                   else 60),
-                    all_or_nothing=all_or_nothing, facts=facts, **kwargs)
+                    all_or_nothing=all_or_nothing, facts=facts,
+                    path_map=self._path_map, **kwargs)
             except errors.GroupFreezeFailed as exc:
                 # (Undoing the freeze removed the bitmaps it made.)
                 raise cvb_exception.GroupFreezeError(
@@ -604,7 +622,8 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                 return (domains.power_state(domain),
                         'libvirt domain %s' % domain.name())
             paths = [self.local_path(v) for v in volumes]
-            uses = domains.users(conn, paths, active_only=False)
+            uses = domains.users(conn, paths, active_only=False,
+                                 path_map=self._path_map)
             found = {}
             for use in (u for us in uses.values() for u in us):
                 found[use.domain.UUIDString()] = use.domain
@@ -634,7 +653,8 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
         size = max(volume.size * units.Gi, os.path.getsize(image_path))
         with _translated(), naming.image_lock(path):
             with self._libvirt() as conn:
-                self._refuse_if_running(conn, volume, path, _('restore'))
+                self._refuse_if_running(conn, volume, path, _('restore'),
+                                        self._path_map)
             new = naming.transient_path(path, naming.RESTORE,
                                         naming.new_token())
             try:
@@ -656,10 +676,10 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                  {'backup': backup.id, 'path': path})
 
     @staticmethod
-    def _refuse_if_running(conn, volume, path, action):
+    def _refuse_if_running(conn, volume, path, action, path_map=None):
         if conn is None:
             return
-        uses = domains.users(conn, [path]).get(path)
+        uses = domains.users(conn, [path], path_map=path_map).get(path)
         if uses:
             names = ', '.join(sorted({u.domain_name for u in uses}))
             raise exception.InvalidVolume(reason=_(

@@ -26,6 +26,7 @@ from cinder_vmdk_backup import exception as cvb_exception
 from cinder_vmdk_backup.kvm import domains
 from cinder_vmdk_backup.kvm import errors
 from cinder_vmdk_backup.kvm import freezer
+from cinder_vmdk_backup.kvm import paths
 from cinder_vmdk_backup.volume.drivers import qcow2
 
 IDS = ('11111111-1111-1111-1111-111111111111',
@@ -49,6 +50,7 @@ class GroupHooksTestCase(test.TestCase):
         self.dir = self.useFixture(fixtures.TempDir()).path
         conf = mock.Mock(spec=configuration.Configuration)
         conf.qcow2_volumes_dir = self.dir
+        conf.qcow2_connection_type = 'local'
         conf.qcow2_libvirt_uri = 'qemu:///system'
         conf.qcow2_block_commit_timeout = 60
         conf.qcow2_dirty_bitmaps = False  # see test_qcow2_incremental
@@ -94,7 +96,7 @@ class GroupHooksTestCase(test.TestCase):
                   for p in self.paths]
 
         def freeze(paths, conn, timeout, lock_timeout, all_or_nothing,
-                   facts):
+                   facts, path_map):
             facts.update(consistency='quiesced', pause_ms=12.5)
             return dict(zip(paths, frozen))
         freeze_all.side_effect = freeze
@@ -144,7 +146,8 @@ class GroupHooksTestCase(test.TestCase):
             answer = self.driver.instance_power_state(self.ctxt, INSTANCE,
                                                       self.volumes)
         users.assert_called_once_with(self.conn, self.paths,
-                                      active_only=False)
+                                      active_only=False,
+                                      path_map=paths.IDENTITY)
         self.assertEqual(state, answer[0])
         if who:
             self.assertEqual(who, answer[1])

@@ -34,12 +34,14 @@ from cinder_vmdk_backup.kvm import bitmaps
 from cinder_vmdk_backup.kvm import changes
 from cinder_vmdk_backup.kvm import errors
 from cinder_vmdk_backup.kvm import freezer
+from cinder_vmdk_backup.kvm import paths as kvm_paths
 from cinder_vmdk_backup.kvm import raw_reader
 from cinder_vmdk_backup.volume.drivers import qcow2
 
 VOLUME = '11111111-1111-1111-1111-111111111111'
 OTHER = '22222222-2222-2222-2222-222222222222'
 GIB = units.Gi
+IDENTITY = kvm_paths.IDENTITY
 
 
 def _backup(backup_id, volume_id=VOLUME, size=1):
@@ -207,6 +209,7 @@ class DriverBitmapsTestCase(test.TestCase):
         self.dir = self.useFixture(fixtures.TempDir()).path
         conf = mock.Mock(spec=configuration.Configuration)
         conf.qcow2_volumes_dir = self.dir
+        conf.qcow2_connection_type = 'local'
         conf.qcow2_libvirt_uri = ''
         conf.qcow2_block_commit_timeout = 60
         conf.qcow2_backup_decode_window_mb = 64
@@ -247,12 +250,13 @@ class DriverBitmapsTestCase(test.TestCase):
     def test_bitmap_created_at_the_freeze_and_pruned_after(self):
         self._backup_volume()
         self.frozen_cm.assert_called_once_with(self.path, None, 60,
+                                               path_map=IDENTITY,
                                                bitmap=self.name)
         self.keep.assert_called_once_with(self.ctxt, VOLUME, 2,
                                           new_backup_id='new',
                                           failed_backup_id=None)
         self.prune.assert_called_once_with(self.path, [self.name, 'cvb-b'],
-                                           conn=None)
+                                           conn=None, path_map=IDENTITY)
 
     def test_pruned_after_the_merge(self):
         calls = []
@@ -278,12 +282,14 @@ class DriverBitmapsTestCase(test.TestCase):
         self.keep.assert_called_once_with(self.ctxt, VOLUME, 2,
                                           new_backup_id=None,
                                           failed_backup_id='new')
-        self.prune.assert_called_once_with(self.path, ['cvb-b'], conn=None)
+        self.prune.assert_called_once_with(self.path, ['cvb-b'], conn=None,
+                                           path_map=IDENTITY)
 
     def test_pruning_trouble_does_not_fail_the_backup(self):
         self.prune.side_effect = errors.QemuImgError('locked')
         self._backup_volume()
-        self.prune.assert_called_once_with(self.path, mock.ANY, conn=None)
+        self.prune.assert_called_once_with(self.path, mock.ANY, conn=None,
+                                           path_map=IDENTITY)
 
     def test_database_trouble_does_not_fail_the_backup(self):
         self.keep.side_effect = RuntimeError('db down')
@@ -293,8 +299,10 @@ class DriverBitmapsTestCase(test.TestCase):
     def test_bitmaps_off_creates_none_and_removes_ours(self):
         self.conf.qcow2_dirty_bitmaps = False
         self._backup_volume()
-        self.frozen_cm.assert_called_once_with(self.path, None, 60)
-        self.prune.assert_called_once_with(self.path, (), conn=None)
+        self.frozen_cm.assert_called_once_with(
+            self.path, None, 60, path_map=IDENTITY)
+        self.prune.assert_called_once_with(self.path, (), conn=None,
+                                           path_map=IDENTITY)
         tracker = self.reader_cls.call_args[1]['changes']
         self.assertFalse(tracker.enabled)
 
@@ -316,7 +324,8 @@ class DriverBitmapsTestCase(test.TestCase):
                                             copy):
             pass
         self.frozen_cm.assert_called_once_with(
-            self.driver.local_path(copy), None, 60)
+            self.driver.local_path(copy), None, 60,
+            path_map=IDENTITY)
         self.prune.assert_not_called()
         tracker = self.reader_cls.call_args[1]['changes']
         self.assertTrue(tracker.of_snapshot)
@@ -351,7 +360,8 @@ class DriverBitmapsTestCase(test.TestCase):
         self.keep.assert_called_once_with(self.ctxt, VOLUME, 2,
                                           new_backup_id=None,
                                           failed_backup_id='b0')
-        self.prune.assert_called_once_with(paths[0], mock.ANY, conn=None)
+        self.prune.assert_called_once_with(paths[0], mock.ANY, conn=None,
+                                           path_map=IDENTITY)
 
     @mock.patch.object(freezer, 'freeze_all', autospec=True)
     def test_group_undone_leaves_bitmaps_to_the_freezer(self, freeze_all):

@@ -15,6 +15,7 @@ from unittest import mock
 
 import ddt
 import fixtures
+import libvirt
 
 from cinder import context
 from cinder import exception
@@ -31,6 +32,7 @@ from cinder_vmdk_backup.kvm import domains
 from cinder_vmdk_backup.kvm import errors
 from cinder_vmdk_backup.kvm import freezer
 from cinder_vmdk_backup.kvm import leftovers
+from cinder_vmdk_backup.kvm import paths
 from cinder_vmdk_backup.kvm import qemu_img
 from cinder_vmdk_backup import opts
 from cinder_vmdk_backup.volume.drivers import qcow2
@@ -77,7 +79,8 @@ class Qcow2DriverTestCase(test.TestCase):
             self.driver.do_setup(self.ctxt)
         self.assertFalse(os.path.exists(leftover))
         if merge:
-            clean.assert_called_once_with(self.dir, None, commit_timeout=60)
+            clean.assert_called_once_with(self.dir, None, commit_timeout=60,
+                                          path_map=paths.IDENTITY)
             self.assertEqual((['merged'], []), self.driver.leftovers_report)
         else:
             clean.assert_not_called()
@@ -134,6 +137,88 @@ class Qcow2DriverTestCase(test.TestCase):
         self.driver.configuration.qcow2_connection_type = 'nfs'
         self.assertRaisesRegex(qcow2.Qcow2DriverError, 'qcow2_nfs_export',
                                self.driver.do_setup, self.ctxt)
+
+    def _nfs(self):
+        conf = self.driver.configuration
+        conf.qcow2_connection_type = 'nfs'
+        conf.qcow2_nfs_export = 'cinder-host:/srv/qcow2'
+        conf.qcow2_nfs_mount_point_base = '/var/lib/nova/mnt'
+        conf.qcow2_libvirt_uri = 'qemu:///system'
+        return paths.nova_mount_point('/var/lib/nova/mnt',
+                                      'cinder-host:/srv/qcow2')
+
+    def _libvirt_with(self, *domain_xml_and_state):
+        conn = mock.create_autospec(libvirt.virConnect, instance=True)
+        found = []
+        for i, (xml_text, active) in enumerate(domain_xml_and_state):
+            domain = mock.create_autospec(libvirt.virDomain, instance=True)
+            domain.name.return_value = 'instance-%d' % i
+            domain.UUIDString.return_value = 'uuid-%d' % i
+            domain.isActive.return_value = int(active)
+            domain.XMLDesc.return_value = xml_text
+            found.append(domain)
+        conn.listAllDomains.side_effect = lambda flags=0: [
+            d for d in found if d.isActive() or not flags]
+        conn.lookupByUUIDString.side_effect = _no_domain()
+        return self.useFixture(fixtures.MockPatchObject(
+            domains, 'connect', autospec=True, return_value=conn)).mock
+
+    @staticmethod
+    def _disk_xml(path):
+        return ("<domain><devices><disk type='file' device='disk'>"
+                "<source file='%s'/><target dev='vdb'/></disk></devices>"
+                "</domain>" % path)
+
+    def test_nfs_path_map_is_novas_mount_point(self):
+        mount = self._nfs()
+        self.assertEqual(mount, self.driver._path_map.mount_dir)
+        self.assertEqual(os.path.realpath(self.dir),
+                         self.driver._path_map.local_dir)
+        self.driver.configuration.qcow2_connection_type = 'gpfs'
+        self.assertIs(paths.IDENTITY, self.driver._path_map)
+
+    def test_restore_refused_while_a_domain_runs_it_at_the_mount_point(self):
+        mount = self._nfs()
+        self._libvirt_with((self._disk_xml(
+            os.path.join(mount, self.volume.name)), True))
+        with mock.patch.object(qemu_img, 'convert',
+                               autospec=True) as convert:
+            exc = self.assertRaises(
+                exception.InvalidVolume, self.driver.restore_raw_image,
+                self.ctxt, mock.Mock(), self.volume, __file__)
+        self.assertIn('instance-0', str(exc))
+        convert.assert_not_called()
+
+    def test_restore_not_refused_for_a_same_named_file_elsewhere(self):
+        self._nfs()
+        other = paths.nova_mount_point('/var/lib/nova/mnt', 'x:/other')
+        self._libvirt_with((self._disk_xml(
+            os.path.join(other, self.volume.name)), True))
+        with mock.patch.object(qemu_img, 'convert', autospec=True,
+                               side_effect=errors.QemuImgError('stop')):
+            self.assertRaisesRegex(qcow2.Qcow2DriverError, 'stop',
+                                   self.driver.restore_raw_image,
+                                   self.ctxt, mock.Mock(), self.volume,
+                                   __file__)
+
+    def test_power_state_of_a_domain_defined_at_the_mount_point(self):
+        mount = self._nfs()
+        self._libvirt_with((self._disk_xml(
+            os.path.join(mount, self.volume.name)), False))
+        self.assertEqual(('shutoff', 'libvirt domain instance-0'),
+                         self.driver.instance_power_state(
+                             self.ctxt, 'uuid-x', [self.volume]))
+
+    def test_extend_of_a_volume_running_at_the_mount_point(self):
+        mount = self._nfs()
+        connect = self._libvirt_with((self._disk_xml(
+            os.path.join(mount, self.volume.name)), True))
+        with mock.patch.object(qemu_img, 'resize', autospec=True) as resize:
+            self.driver.extend_volume(self.volume, 2)
+        resize.assert_not_called()
+        (domain,) = connect.return_value.listAllDomains(0)
+        domain.blockResize.assert_called_once_with(
+            'vdb', 2 * units.Gi, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
 
     @mock.patch.object(qemu_img, 'create', autospec=True)
     def test_create_volume(self, create):
@@ -224,3 +309,9 @@ class Qcow2DriverTestCase(test.TestCase):
             backup_device=devices[0])
         # Not consumed by a (mocked) backup: merged by the batch itself.
         good.merge.assert_called_once_with()
+
+
+def _no_domain():
+    error = libvirt.libvirtError('no domain')
+    error.err = (libvirt.VIR_ERR_NO_DOMAIN,) + (None,) * 8
+    return error
