@@ -73,7 +73,7 @@ class Forwarder(fixtures.Fixture):
         while True:
             try:
                 client, _address = listener.accept()
-            except OSError:
+            except (OSError, EOFError):
                 return
             try:
                 upstream = socket.create_connection(
@@ -100,7 +100,9 @@ class Forwarder(fixtures.Fixture):
                 if not data:
                     break
                 sink.sendall(data)
-        except OSError:
+        except (OSError, EOFError):
+            # (eventlet's green socket raises EOFError when another green
+            # thread closed it: a cut.)
             pass
         finally:
             with self._guard:
