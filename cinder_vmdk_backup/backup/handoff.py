@@ -41,6 +41,8 @@ primitives, but reads only what may hold data that the parent lacks:
   ascending offsets, or the sequential stream, skipping). No ranges, or
   any doubt, reads everything, logged in one line with the reason: the
   backup is then still an incremental, against the parent's digests.
+  ``zero_ranges()`` is asked after ``changed_ranges(parent)``: a source
+  whose answer costs a query may then know it cannot matter.
 * **Holes are stored.** A full backup stores zeros too, as objects of
   compressed zeros up to 1 GiB (:mod:`.zero_objects`: the payload built
   once per length without compressing the zeros): Cinder's restore onto an
@@ -234,8 +236,8 @@ class _Backup(object):
         self.service = service
         self.backup = backup
         self.source = _Source(source, stream)
-        self.zero_ranges = _Ranges(
-            getattr(source, 'zero_ranges', lambda: ())())
+        # Asked once the parent's changes are known (see ask_zero_ranges).
+        self.zero_ranges = None
         self.raw_source = source
         self.size = size
         self.what = what
@@ -289,6 +291,15 @@ class _Backup(object):
                  '%(why)s.', {'backup': self.backup.id, 'what': self.what,
                               'why': why})
         return None
+
+    def ask_zero_ranges(self):
+        """The source's ``zero_ranges()``, asked after ``changed_ranges``.
+
+        A source may answer it from what it learnt of the changes (a
+        vCenter query it can then skip, :mod:`..vmware.cbt`).
+        """
+        self.zero_ranges = _Ranges(
+            getattr(self.raw_source, 'zero_ranges', lambda: ())())
 
     # -- status and progress -------------------------------------------------
 
@@ -422,6 +433,7 @@ def backup(backup_service, backup, source, size, what, stream=None,
         state.volume_meta = volume_meta
         if state.parent is not None:
             state.changed = state.ranges_of_changes()
+        state.ask_zero_ranges()
         return _run(state, parent_reader)
 
 

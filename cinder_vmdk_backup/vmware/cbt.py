@@ -222,6 +222,8 @@ class Tracker(object):
         self._disk = disk
         self.off_because = off_because
         self.change_id = None if off_because else change_id_of(disk)
+        #: The parent whose changes this tracker gave (None: none given).
+        self.answered = None
 
     @classmethod
     def off(cls, backup, length, reason):
@@ -257,15 +259,30 @@ class Tracker(object):
                 'changeId %s (tracking was reset since: the disk extended, '
                 'relocated or replaced by a restore, or tracking switched '
                 'off): %s' % (parent.id, parent_id, exc))
+        self.answered = parent
         return ranges, None
 
     def zero_ranges(self):
         """Areas that read as zeros: outside the disk's allocated areas.
 
         Nothing when tracking is not active or vCenter cannot say (then
-        every area may hold data).
+        every area may hold data). Nothing either, without asking vCenter
+        (``"*"``: 0.1-0.2 s per backup), once this tracker gave the
+        changes since a parent: the hand-off then reads only the changed
+        areas, and every changed area was written since the parent, so it
+        is allocated: the allocated areas cannot take anything off what is
+        read, and what is stored (digests, objects) is the same.
+        (An area a guest unmapped is changed and unallocated at once: its
+        zeros are then read and found by their content; the digests are
+        the same.)
         """
         if self.off_because or not self.change_id:
+            return []
+        if self.answered is not None:
+            LOG.debug('Backup %(backup)s reads the changes since %(parent)s '
+                      'only: the disk\'s allocated areas are not asked.',
+                      {'backup': self.backup.id,
+                       'parent': self.answered.id})
             return []
         try:
             allocated = self._query(ALL_ALLOCATED)

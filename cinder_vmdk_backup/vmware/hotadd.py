@@ -42,6 +42,7 @@ the cache with it only evicts what the host's services use.
 import contextlib
 import mmap
 import os
+import threading
 import time
 import uuid
 
@@ -82,6 +83,18 @@ WRITABLE = 'independent_persistent'
 
 class DeviceNotFound(errors.TransferError):
     """The hot-added disk did not appear on this host in time."""
+
+
+class DeviceTooSmall(errors.TransferError):
+    """The device holds fewer bytes than the data to read from it.
+
+    Not a set-up error that passes the operation on to NBD
+    (:attr:`fallback`): the same disk would give the same short data, and
+    a backup that read zeros for the missing tail would look complete.
+    """
+
+    #: :func:`~.transport.run` does not try the next transport.
+    fallback = False
 
 
 def _prop(session, ref, name):
@@ -144,6 +157,59 @@ def find_proxy(session, wanted, max_objects=100):
         if ref is not None:
             return ref, None
     return None, 'no VM of this vCenter is the proxy %s' % wanted
+
+
+#: Seconds a proxy VM found by :class:`ProxyCache` is used without
+#: looking it up again.
+PROXY_CACHE_SECONDS = 300.0
+
+
+class ProxyCache(object):
+    """The proxy VM of :func:`find_proxy`, kept for a bounded time.
+
+    Each HotAdd operation needs the proxy VM; looking it up takes one or
+    two ``FindByUuid`` calls (or a walk over the VMs by name). A driver
+    keeps what it found for ``ttl`` seconds, per ``wanted`` value; the
+    caller forgets it (:meth:`forget`) when a call on the reference fails
+    with ``ManagedObjectNotFound`` (the proxy VM was deleted; a re-created
+    one has another reference), and the next lookup asks vCenter again.
+    Only found proxies are kept: a host without one keeps asking, so a
+    proxy VM created later is found at the next operation.
+
+    :param ttl: seconds (default :data:`PROXY_CACHE_SECONDS`); 0 disables
+    :param clock: a monotonic clock (tests)
+    """
+
+    def __init__(self, ttl=None, clock=time.monotonic):
+        self._ttl = PROXY_CACHE_SECONDS if ttl is None else ttl
+        self._clock = clock
+        self._guard = threading.Lock()
+        self._entry = None  # (wanted, vm_ref, expiry)
+
+    def find(self, session, wanted):
+        """:func:`find_proxy`, from the cache when it holds it.
+
+        :returns: ``(vm_ref, None, cached)`` or ``(None, reason, False)``
+        """
+        with self._guard:
+            entry = self._entry
+        if entry is not None and entry[0] == wanted and (
+                self._clock() < entry[2]):
+            return entry[1], None, True
+        proxy, why = find_proxy(session, wanted)
+        with self._guard:
+            self._entry = ((wanted, proxy, self._clock() + self._ttl)
+                           if proxy is not None and self._ttl > 0 else None)
+        return proxy, why, False
+
+    def forget(self, vm_ref=None):
+        """Drop the cached proxy (only if it is ``vm_ref``, when given)."""
+        with self._guard:
+            entry = self._entry
+            if entry is not None and (
+                    vm_ref is None or vim_util.get_moref_value(entry[1]) ==
+                    vim_util.get_moref_value(vm_ref)):
+                self._entry = None
 
 
 def _vm_by_name(session, name, max_objects):
@@ -418,7 +484,14 @@ class DeviceSource(object):
     ``read_at(offset, view)`` reads at any offset (the extent hand-off
     reads only changed or non-zero areas); ``fill(view)`` reads on from
     where the last read ended (the stream path). Reads bypass the page
-    cache (:data:`READ_MODE`). Past the device's end it reads zeros.
+    cache (:data:`READ_MODE`).
+
+    A device that holds fewer than ``size`` bytes is refused when the
+    source is made (:class:`DeviceTooSmall`): the backup fails as the NBD
+    path fails with a stream that ends before the volume's size, rather
+    than storing zeros for the missing tail (the extent hand-off might not
+    even read there: the allocated areas vCenter gives end at the disk's
+    end too).
     """
 
     def __init__(self, path, size, mode=None):
@@ -430,8 +503,14 @@ class DeviceSource(object):
         self._fd = os.open(path, flags)
         try:
             self.capacity = os.lseek(self._fd, 0, os.SEEK_END)
+            if self.capacity < size:
+                raise DeviceTooSmall(
+                    reason='the device %s ended before its size: it holds '
+                           '%d bytes of the %d to read' % (
+                               path, self.capacity, size))
         except BaseException:
             os.close(self._fd)
+            self._fd = None
             raise
         self._buffer = (_aligned_buffer(IO_BYTES)
                         if self._mode == 'direct' else None)
@@ -439,16 +518,22 @@ class DeviceSource(object):
         self.bytes_read = 0
 
     def read_at(self, offset, view):
-        """Fill ``view`` with the bytes at ``offset`` (zeros past the end)."""
+        """Fill ``view`` with the bytes at ``offset``.
+
+        :raises DeviceTooSmall: the range goes past the device's end
+        """
         view = memoryview(view).cast('B')
         n = len(view)
-        end = min(offset + n, self.capacity)
+        end = offset + n
+        if end > self.capacity:
+            raise DeviceTooSmall(
+                reason='the device ended before its size: %d bytes at %d '
+                       'asked of a device of %d bytes' % (
+                           n, offset, self.capacity))
         done = 0
         while offset + done < end:
             want = min(end - offset - done, IO_BYTES)
             done += self._read(offset + done, view[done:done + want])
-        if done < n:
-            view[done:] = bytes(n - done)
 
     def _read(self, offset, view):
         if self._mode == 'direct':

@@ -36,11 +36,20 @@ are enabled again: a process killed in between leaves the file, and
 :func:`enable_leftovers` (run at every start) enables the methods it
 names. An entity that another live process of this host locked meanwhile
 is left locked.
+
+A vCenter that does not answer at the end of a restore (or refuses
+``EnableMethods``) must not leave the VMs locked until the service's next
+start: the restore tries again after each of :data:`ENABLE_RETRY_DELAYS`,
+then lets go of its record (its outcome stays the restore's), and a
+:class:`Reenabler` of the driver runs the same janitor every
+:data:`REENABLE_INTERVAL` seconds until no record waits.
 """
 
 import contextlib
 import json
 import os
+import threading
+import time
 
 from cinder.i18n import _
 from oslo_log import log as logging
@@ -70,6 +79,16 @@ DESTROY = 'Destroy_Task'
 
 #: What a restore disables on the VMs it writes the disk of.
 METHODS = (POWER_ON, SNAPSHOT, RECONFIGURE, RELOCATE, DESTROY)
+
+#: Seconds to wait before each new attempt of the restore's own
+#: ``EnableMethods`` at its end (after oslo.vmware's own retries of a
+#: connection error): a vCenter that went away for a moment. Bounded: the
+#: restore's outcome is not held up longer; a :class:`Reenabler` goes on.
+ENABLE_RETRY_DELAYS = (2.0, 5.0)
+
+#: Seconds between two passes of a :class:`Reenabler` over the lock
+#: records left behind.
+REENABLE_INTERVAL = 60.0
 
 
 class _LockRecord(ownership.Record):
@@ -148,8 +167,10 @@ class RecoveryLock(object):
     ``Global.DisableMethods`` and ``Global.EnableMethods``, or not
     implemented) raises :class:`~cinder_vmdk_backup.exception.
     VmdkBackupError` before anything is changed. Leaving enables them on
-    every path; a failure to enable is logged and the record left for the
-    janitor, the restore's own outcome is kept.
+    every path, trying again after each of :data:`ENABLE_RETRY_DELAYS`; a
+    failure to enable is logged and the record left for the janitor
+    (:attr:`left_behind`: the driver's :class:`Reenabler` retries), the
+    restore's own outcome is kept.
     """
 
     def __init__(self, session, entities, state_dir, what, methods=METHODS):
@@ -160,6 +181,9 @@ class RecoveryLock(object):
         self._what = what
         self._record = None
         self._opened = set()
+        #: The methods could not be enabled at the end: the record is
+        #: left for a :class:`Reenabler` (or the next start).
+        self.left_behind = False
 
     def __enter__(self):
         self._record = _LockRecord(self._state_dir, RECORD_KIND, {
@@ -195,31 +219,68 @@ class RecoveryLock(object):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if self._enable(self.methods):
+        if self._enable(self.methods, retry=True):
             LOG.info('Unlocked %(vms)s (%(what)s) after the restore.',
                      {'vms': _describe(self.entities), 'what': self._what})
         return False
 
-    def _enable(self, methods, quiet=False):
-        """Enable the methods (on failure leave the record); success?"""
+    def _enable(self, methods, quiet=False, retry=False):
+        """Enable the methods (on failure leave the record); success?
+
+        :param retry: try again after each of :data:`ENABLE_RETRY_DELAYS`
+            (a vCenter that does not answer, or answers with an error)
+        """
         record, self._record = self._record, None
-        try:
-            enable(self._session, self.entities, methods)
-        except Exception as exc:
+        delays = list(ENABLE_RETRY_DELAYS) if retry else []
+        while True:
+            try:
+                enable(self._session, self.entities, methods)
+                break
+            except vexc.ManagedObjectNotFoundException:
+                # A VM gone (a new backing deleted after a failure): one
+                # call per VM, as the janitor does, so the others are not
+                # left locked because of it.
+                exc = self._enable_each(methods)
+                if exc is None:
+                    break
+            except Exception as error:
+                exc = error
+            if delays:
+                delay = delays.pop(0)
+                LOG.warning('Could not enable the methods of %(vms)s '
+                            '(%(what)s) again: %(exc)s. Trying again in '
+                            '%(delay)s s.',
+                            {'vms': _describe(self.entities),
+                             'what': self._what, 'exc': exc,
+                             'delay': delay})
+                time.sleep(delay)
+                continue
             if not quiet:
                 LOG.error('Could not enable the methods %(methods)s of '
-                          '%(vms)s (%(what)s) again: %(exc)s. The next '
-                          'start of a cinder-volume or cinder-backup '
-                          'service of this host retries; until then enable '
-                          'them in vCenter.',
+                          '%(vms)s (%(what)s) again: %(exc)s. This service '
+                          'tries again every %(interval)d s and at its next '
+                          'start; until then enable them in vCenter.',
                           {'methods': ', '.join(methods), 'what': self._what,
-                           'vms': _describe(self.entities), 'exc': exc})
+                           'vms': _describe(self.entities), 'exc': exc,
+                           'interval': REENABLE_INTERVAL})
             if record is not None:
                 record.leave()
+                self.left_behind = True
             return False
         if record is not None:
             record.release()
         return True
+
+    def _enable_each(self, methods):
+        """Enable on each VM alone, skipping gone ones; the error or None."""
+        for ref in self.entities:
+            try:
+                enable(self._session, [ref], methods)
+            except vexc.ManagedObjectNotFoundException:
+                continue
+            except Exception as exc:
+                return exc
+        return None
 
     @contextlib.contextmanager
     def opened(self, *methods):
@@ -289,9 +350,12 @@ def enable_leftovers(session, directory, here=None):
     :returns: the ``what`` of each lock undone
     """
     stale = list(ownership.stale_records(directory, RECORD_KIND, here))
-    live = _live_entities(directory, {r.path for r in stale})
+    stale_paths = {r.path for r in stale}
     undone = []
     for record in stale:
+        # Read again for each record: a restore of this host may have
+        # locked one of its VMs since (the window is this record's calls).
+        live = _live_entities(directory, stale_paths)
         data = record.data
         what = data.get('what') or record.path
         refs = [vim_util.get_moref(e.get('value'), e.get('type'))
@@ -306,7 +370,8 @@ def enable_leftovers(session, directory, here=None):
                 enable(session, [ref], methods, source)
             except vexc.ManagedObjectNotFoundException:
                 continue
-            except vexc.VimException as exc:
+            except Exception as exc:
+                # (Any error: the record must be let go of, not held.)
                 LOG.warning('Could not enable the methods of VM %(vm)s '
                             '(%(what)s), locked by a restore whose process '
                             'ended: %(exc)s', {'what': what, 'exc': exc,
@@ -322,3 +387,91 @@ def enable_leftovers(session, directory, here=None):
         record.remove()
         undone.append(what)
     return undone
+
+
+def pending(directory, here=None):
+    """How many lock records wait for their methods to be enabled.
+
+    Records whose owner is gone, or let go of by a live owner that could
+    not enable them (:meth:`RecoveryLock._enable`); not the records of
+    locks held now.
+    """
+    count = 0
+    for record in ownership.stale_records(directory, RECORD_KIND, here):
+        record.close()
+        count += 1
+    return count
+
+
+class Reenabler(object):
+    """Enables in the background what restores here could not enable.
+
+    A restore that cannot reach vCenter at its end, even after
+    :data:`ENABLE_RETRY_DELAYS`, leaves its record
+    (:attr:`RecoveryLock.left_behind`) and the VMs locked. :meth:`kick`
+    then starts a daemon thread that runs :func:`enable_leftovers` over
+    the staging directory every :data:`REENABLE_INTERVAL` seconds and
+    ends once no record waits (:func:`pending`); the service's start runs
+    the same janitor. One thread per driver at most; it runs only while
+    something waits, so a service that never meets the case runs none.
+
+    :param session: a callable giving the driver's
+        ``oslo_vmware.api.VMwareAPISession``
+    :param directory: the staging directory (where the records are)
+    :param interval: seconds between passes (default
+        :data:`REENABLE_INTERVAL`)
+    """
+
+    def __init__(self, session, directory, interval=None):
+        self._session = session
+        self._directory = directory
+        self._interval = interval
+        self._guard = threading.Lock()
+        self._thread = None
+        self._stopping = threading.Event()
+
+    @property
+    def running(self):
+        return self._thread is not None
+
+    def kick(self):
+        """Start the passes unless they run already."""
+        with self._guard:
+            if self._thread is not None:
+                return
+            self._stopping.clear()
+            self._thread = threading.Thread(
+                target=self._loop, name='cvb-restore-lock-reenable',
+                daemon=True)
+            self._thread.start()
+        LOG.info('Enabling the methods that restores left disabled again '
+                 'every %s s until none is left.',
+                 self._interval or REENABLE_INTERVAL)
+
+    def stop(self, timeout=None):
+        """Stop the passes (for tests and a service's end)."""
+        self._stopping.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _loop(self):
+        while not self._stopping.wait(self._interval or REENABLE_INTERVAL):
+            try:
+                enable_leftovers(self._session(), self._directory)
+            except Exception as exc:
+                LOG.warning('Could not enable the methods that restores '
+                            'left disabled: %s', exc)
+            with self._guard:
+                try:
+                    left = pending(self._directory)
+                except Exception as exc:
+                    LOG.warning('Could not read the lock records in %(dir)s:'
+                                ' %(exc)s', {'dir': self._directory,
+                                             'exc': exc})
+                    left = 1
+                if not left:
+                    self._thread = None
+                    return
+        with self._guard:
+            self._thread = None

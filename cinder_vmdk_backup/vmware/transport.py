@@ -19,7 +19,9 @@ proxy's host (:func:`~.hotadd.datastore_reachable`), and the hot-added
 disk's device appears on this host in time; ``nbd`` (an NFC lease) serves
 every operation. The log says which transport ran and, when HotAdd was
 passed over, why. A HotAdd that fails once its data moves is an error of
-the operation, not a reason to start again over NBD.
+the operation, not a reason to start again over NBD; so is a set-up error
+that NBD would meet as well (an exception whose ``fallback`` is False: a
+device shorter than the volume, :class:`~.hotadd.DeviceTooSmall`).
 """
 
 import contextlib
@@ -51,12 +53,46 @@ class Choice(object):
         self.passed_over = passed_over
 
 
-def choose(session, conf, datastore):
+def _proxy_for(session, conf, datastore, proxies):
+    """``(proxy, None)`` when HotAdd can serve, else ``(None, reason)``.
+
+    A proxy from ``proxies`` (a :class:`~.hotadd.ProxyCache`) that fails
+    here (``ManagedObjectNotFound``: deleted; or passed over, e.g. moved
+    to another host) is forgotten and looked up once more.
+    """
+    wanted = conf.vmware_backup_proxy_vm
+    for _attempt in range(2):
+        if proxies is not None:
+            proxy, why, cached = proxies.find(session, wanted)
+        else:
+            (proxy, why), cached = hotadd.find_proxy(session, wanted), False
+        if proxy is None:
+            return None, why
+        if datastore is None:
+            return None, 'the disk\'s datastore is unknown'
+        try:
+            why = hotadd.datastore_reachable(session, proxy, datastore)
+        except vexc.ManagedObjectNotFoundException as exc:
+            if proxies is not None:
+                proxies.forget(proxy)
+            if cached:
+                continue
+            return None, 'the proxy VM is gone: %s' % exc
+        if why is None:
+            return proxy, None
+        if not cached:
+            return None, why
+        proxies.forget(proxy)
+    return None, why
+
+
+def choose(session, conf, datastore, proxies=None):
     """The usable transports for a disk on ``datastore``, in option order.
 
     :param conf: the backend's configuration
     :param datastore: the datastore of the disk (a moref), or None when
         it is not known (HotAdd is then passed over)
+    :param proxies: a :class:`~.hotadd.ProxyCache` (None: looked up)
     """
     order, passed_over = [], []
     for name in conf.vmware_backup_transports or [NBD]:
@@ -66,12 +102,7 @@ def choose(session, conf, datastore):
         if name != HOTADD or any(n == HOTADD for n, _p in order):
             continue
         try:
-            proxy, why = hotadd.find_proxy(session,
-                                           conf.vmware_backup_proxy_vm)
-            if proxy is not None:
-                why = ('the disk\'s datastore is unknown'
-                       if datastore is None else
-                       hotadd.datastore_reachable(session, proxy, datastore))
+            proxy, why = _proxy_for(session, conf, datastore, proxies)
         except vexc.VimException as exc:
             proxy, why = None, 'looking for the proxy VM failed: %s' % exc
         if why is None:
@@ -82,7 +113,8 @@ def choose(session, conf, datastore):
 
 
 @contextlib.contextmanager
-def run(session, conf, datastore, what, hotadd_open, nbd_open):
+def run(session, conf, datastore, what, hotadd_open, nbd_open,
+        proxies=None):
     """Open the operation's data through the first transport that serves.
 
     :param what: words naming the operation in the log (``backup of
@@ -90,9 +122,11 @@ def run(session, conf, datastore, what, hotadd_open, nbd_open):
     :param hotadd_open: ``hotadd_open(proxy)``, a context manager giving
         the data over HotAdd
     :param nbd_open: ``nbd_open()``, the same over NBD
+    :param proxies: the driver's :class:`~.hotadd.ProxyCache` (None: the
+        proxy is looked up for this operation)
     :raises: :class:`~.errors.TransferError` when no transport serves
     """
-    choice = choose(session, conf, datastore)
+    choice = choose(session, conf, datastore, proxies)
     reasons = list(choice.passed_over)
     with contextlib.ExitStack() as stack:
         for index, (name, proxy) in enumerate(choice.order):
@@ -108,7 +142,11 @@ def run(session, conf, datastore, what, hotadd_open, nbd_open):
             try:
                 data = stack.enter_context(hotadd_open(proxy))
             except _SETUP_ERRORS as exc:
-                if not any(n == NBD for n, _p in choice.order[index + 1:]):
+                if proxies is not None and isinstance(
+                        exc, vexc.ManagedObjectNotFoundException):
+                    proxies.forget(proxy)
+                if getattr(exc, 'fallback', True) is False or not any(
+                        n == NBD for n, _p in choice.order[index + 1:]):
                     raise
                 reasons.append(str(getattr(exc, 'msg', None) or exc))
                 continue

@@ -199,6 +199,11 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         self._snapshot_sources = {}
         # Volume id -> the RecoveryLock its restore holds.
         self._restore_locks = {}
+        # Enables again what a restore could not (vCenter unreachable at
+        # its end); made at its first use.
+        self._lock_reenabler = None
+        # The HotAdd proxy VM, looked up at most once per ttl.
+        self._proxy_cache = hotadd.ProxyCache()
 
     @staticmethod
     def get_driver_options():
@@ -234,6 +239,13 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
                                            self.backup_staging_dir())
         except Exception as exc:
             LOG.warning('Could not look for VMs left locked by interrupted '
+                        'restores: %s', exc)
+        try:
+            if recovery_lock.pending(self.backup_staging_dir()):
+                # vCenter did not answer for some: retried from now on.
+                self._reenabler().kick()
+        except OSError as exc:
+            LOG.warning('Could not read the records of VMs left locked by '
                         'restores: %s', exc)
         try:
             leftovers.remove_temp_vms(
@@ -517,7 +529,7 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         return transport.run(
             self.session, conf, getattr(backing, 'datastore', None),
             'Backup read of disk %s (%s)' % (backing.fileName, frozen.label),
-            hotadd_open, nbd_open)
+            hotadd_open, nbd_open, proxies=self._proxy_cache)
 
     # -- instance groups ---------------------------------------------------
 
@@ -723,12 +735,24 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
         lock = recovery_lock.RecoveryLock(
             self.session, vms, self.backup_staging_dir(),
             'restore into volume %s' % volume.id)
-        with lock:
-            self._restore_locks[volume.id] = lock
-            try:
-                yield lock
-            finally:
-                self._restore_locks.pop(volume.id, None)
+        try:
+            with lock:
+                self._restore_locks[volume.id] = lock
+                try:
+                    yield lock
+                finally:
+                    self._restore_locks.pop(volume.id, None)
+        finally:
+            if lock.left_behind:
+                # vCenter did not answer at the end: retried from now on.
+                self._reenabler().kick()
+
+    def _reenabler(self):
+        """This driver's :class:`~.recovery_lock.Reenabler`."""
+        if self._lock_reenabler is None:
+            self._lock_reenabler = recovery_lock.Reenabler(
+                lambda: self.session, self.backup_staging_dir())
+        return self._lock_reenabler
 
     def _restore_step(self, volume, *methods):
         """A ``with`` in which the restore itself may call ``methods``.
@@ -869,7 +893,8 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
                     'Restore of backup %s into volume %s' % (backup.id,
                                                              volume.id),
                     hotadd_open,
-                    lambda: contextlib.nullcontext(None)) as target:
+                    lambda: contextlib.nullcontext(None),
+                    proxies=self._proxy_cache) as target:
                 if target is not None:
                     self._write_pieces(raw, target.writer, volume)
                 else:

@@ -104,6 +104,63 @@ class ChangeTrackingTestCase(flows.VmdkBackupTestBase):
         return block, {i for i, (a, b) in enumerate(zip(before, after))
                        if a != b}
 
+    def test_incremental_asks_no_allocated_areas_same_backup(self):
+        # The allocated areas ("*") cannot change what an incremental with
+        # known changes reads or stores: it is not asked, and the backup
+        # is the same as one made asking it.
+        disk = flows.Disk()
+        volume = self._vmdk_volume(disk=disk)
+        full = self._backup(volume)
+        writes = ((5 * units.Mi + 4096 + 65536, os.urandom(70000)),
+                  # Zeros over data: a changed area that reads as zeros.
+                  (300 * units.Mi + 4096, bytes(2 * 65536)),
+                  (700 * units.Mi, os.urandom(4096)))
+        for offset, data in writes:
+            self._write(volume, disk, offset, data)
+        asked = []
+        real = cbt.changed_areas
+
+        def changed_areas(session, vm_ref, snapshot_ref, device_key,
+                          capacity, change_id):
+            asked.append(change_id)
+            return real(session, vm_ref, snapshot_ref, device_key, capacity,
+                        change_id)
+
+        self._patch(cbt, 'changed_areas', side_effect=changed_areas)
+        skipped = self._backup(volume, parent=full)
+        self._assert_tracked(skipped)
+        self.assertEqual([full.metadata[cbt.CHANGE_ID_KEY]], asked)
+
+        # The same incremental again, the allocated areas asked (as before
+        # this change).
+        real_zero_ranges = cbt.Tracker.zero_ranges
+
+        def zero_ranges(tracker):
+            tracker.answered = None
+            return real_zero_ranges(tracker)
+
+        self._patch(cbt.Tracker, 'zero_ranges', side_effect=zero_ranges)
+        del asked[:]
+        queried = self._backup(volume, parent=full)
+        self._assert_tracked(queried)
+        self.assertEqual([full.metadata[cbt.CHANGE_ID_KEY],
+                          cbt.ALL_ALLOCATED], asked)
+
+        self.assertEqual(self._shas(queried), self._shas(skipped))
+        self.assertEqual(self._objects(queried), self._objects(skipped))
+        self.assertGreater(len(self._objects(skipped)), 0)
+        new = self._vmdk_volume(backing=False, status='creating')
+        self._restore(skipped, new)
+        self._assert_data(disk, new)
+        self._assert_nothing_left()
+
+    def _objects(self, backup):
+        """(offset, length, md5) of each object: the stored data."""
+        service = self.manager._backup_service_class(self.ctxt)
+        return [(obj['offset'], obj['length'], obj['md5'])
+                for entry in service._read_metadata(backup)['objects']
+                for obj in entry.values()]
+
     def test_incremental_stores_exactly_the_written_blocks(self):
         disk = flows.Disk()
         volume = self._vmdk_volume(disk=disk)

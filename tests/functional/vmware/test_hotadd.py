@@ -331,6 +331,66 @@ class HotAddTestCase(flows.VmdkBackupTestBase):
         self.assertEqual(1, self._nfc_gets())
         self._assert_no_hotadd_left()
 
+    def test_device_smaller_than_the_volume_fails_the_backup(self):
+        # The volume says 2 GiB, its disk (and so the device) holds 1 GiB.
+        self.volume.size = 2
+        self.volume.save()
+        self._power(True)
+        driver = self.manager._backend_drivers.driver_for(self.volume)
+        service = self.manager._backup_service_class(self.ctxt)
+        backup = test_utils.create_backup(
+            self.ctxt, self.volume.id, status=fields.BackupStatus.CREATING,
+            size=2, service=self.manager.driver_name)
+        results = driver.backup_volumes(self.ctxt, [(backup, service, None)],
+                                        facts={})
+        self._power(False)
+        error = results[backup.id]
+        self.assertIsInstance(error, Exception)
+        self.assertRegex(str(error), r'the device \S+ ended before its '
+                                     r'size: it holds 1073741824 bytes of '
+                                     r'the 2147483648 to read')
+        self.assertIn('volume %s' % self.volume.id, str(error))
+        # Not read again over NBD: the same disk would be as short.
+        self.assertEqual(0, self._nfc_gets())
+        self.assertNotIn('transport NBD', self.logs.output)
+        # Nothing stays: the disk left the proxy, the snapshot is gone.
+        self._assert_no_hotadd_left()
+        self.assertEqual([], os.listdir(self.posix_dir))
+
+    def test_proxy_looked_up_once_and_again_when_recreated(self):
+        finds = []
+        real = hotadd.find_proxy
+
+        def find_proxy(session, wanted, max_objects=100):
+            found = real(session, wanted, max_objects)
+            finds.append(found[0] and found[0].value)
+            return found
+
+        self.useFixture(fixtures.MockPatchObject(
+            hotadd, 'find_proxy', autospec=True, side_effect=find_proxy))
+        self._snapshot_backup()
+        self._snapshot_backup()
+        self.assertEqual([self.proxy.value], finds)
+        self.assertEqual(2, self.logs.output.count('transport HotAdd'))
+        self._assert_no_hotadd_left()
+
+        # The proxy VM deleted and made again (same BIOS UUID, another
+        # reference): the cached one fails, the new one is found.
+        task = self.session.invoke_api(self.session.vim, 'PowerOffVM_Task',
+                                       self.proxy)
+        self.session.wait_for_task(task)
+        task = self.session.invoke_api(self.session.vim, 'Destroy_Task',
+                                       self.proxy)
+        self.session.wait_for_task(task)
+        old = self.proxy
+        self.proxy = self._make_proxy()
+        self.assertNotEqual(old.value, self.proxy.value)
+        self._snapshot_backup()
+        self.assertEqual([old.value, self.proxy.value], finds)
+        self.assertEqual(3, self.logs.output.count('transport HotAdd'))
+        self.assertEqual(0, self._nfc_gets())
+        self._assert_no_hotadd_left()
+
     def test_killed_with_a_disk_hot_added_janitor_removes_it(self):
         self._power(True)
         conf = os.path.join(self.tmp, 'worker.conf')

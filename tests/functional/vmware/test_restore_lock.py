@@ -25,7 +25,11 @@ fault injection; the test's own session plays "someone else in vCenter":
 * a vCenter that refuses the lock fails the restore before data moves;
 * a restore killed while it holds the lock: the next start enables the
   methods again;
-* a restore that creates the backing locks it once it exists (its extend).
+* a restore that creates the backing locks it once it exists (its extend);
+* vCenter unreachable at the end of a restore (:mod:`.netcut` between the
+  plugin and vcsim): the restore keeps its outcome, the methods stay
+  disabled while vCenter cannot be reached, and are enabled by the
+  driver's periodic re-enable once it can, without a restart.
 """
 
 import glob
@@ -33,6 +37,7 @@ import os
 import signal
 import time
 
+import fixtures
 from oslo_utils import units
 from oslo_vmware import exceptions as vexc
 from oslo_vmware import vim_util
@@ -40,6 +45,7 @@ from oslo_vmware import vim_util
 from cinder_vmdk_backup.vmware import diskswap
 from cinder_vmdk_backup.vmware import recovery_lock
 from cinder_vmdk_backup.volume.drivers import vmdk
+from tests.functional.vmware import netcut
 from tests.functional.vmware import test_backup_faults as faults
 from tests.functional.vmware import test_backup_flows as flows
 from tests.functional.vmware import test_janitor as janitor
@@ -229,3 +235,90 @@ class RestoreLockTestCase(flows.VmdkBackupTestBase):
         self._assert_data(self.disk.resized(2 * units.Gi), bigger)
         self._assert_nothing_left()
         self._assert_usable()
+
+
+class UnreachableAtTheEndTestCase(flows.VmdkBackupTestBase):
+    """The plugin reaches vcsim through a forwarder the test cuts."""
+
+    _disabled = RestoreLockTestCase._disabled
+    _task = RestoreLockTestCase._task
+    _snapshot = RestoreLockTestCase._snapshot
+    _assert_refused = RestoreLockTestCase._assert_refused
+    _assert_usable = RestoreLockTestCase._assert_usable
+    _records = RestoreLockTestCase._records
+
+    def _write_conf(self):
+        # Before the manager's and the test's drivers are made: they
+        # connect through the forwarder.
+        self.net = self.useFixture(netcut.Forwarder(self.vcsim.host,
+                                                    self.vcsim.port))
+        direct = self.vcsim.cinder_backend_options
+
+        def options():
+            return dict(direct(), vmware_host_port=self.net.port)
+
+        self.useFixture(fixtures.MockPatchObject(
+            self.vcsim, 'cinder_backend_options', options))
+        super(UnreachableAtTheEndTestCase, self)._write_conf()
+
+    def setUp(self):
+        super(UnreachableAtTheEndTestCase, self).setUp()
+        self.override_config('backup_file_size', 32 * units.Mi)
+        self.disk = flows.Disk(regions=faults.BIG_REGIONS, random=True)
+        self.backup = self._backup(self._vmdk_volume(disk=self.disk))
+        self.target = self._vmdk_volume(disk=flows.Disk(seed=b'changed'))
+        self.backing = self._backing(self.target)
+        # "Someone else in vCenter", and the test's checks: straight to
+        # vcsim, whatever the forwarder does.
+        self.session = self.vcsim.session()
+        self.assertGreater(self.net.connections, 0)
+
+    def test_methods_enabled_again_once_vcenter_answers(self):
+        self.useFixture(fixtures.MockPatchObject(
+            recovery_lock, 'ENABLE_RETRY_DELAYS', (0.5,)))
+        self.useFixture(fixtures.MockPatchObject(
+            recovery_lock, 'REENABLE_INTERVAL', 1.0))
+        real = recovery_lock.enable
+        cuts = []
+
+        def enable(session, entities, methods,
+                   source_id=recovery_lock.SOURCE_ID):
+            if tuple(methods) == recovery_lock.METHODS and not cuts:
+                # The restore's end: vCenter goes out of reach.
+                cuts.append(time.monotonic())
+                self.net.cut()
+            return real(session, entities, methods, source_id)
+
+        self._patch(recovery_lock, 'enable', side_effect=enable)
+        self._restore(self.backup, self.target)
+        # The restore keeps its outcome; the lock could not be released.
+        self.assertEqual('available', self.target.status)
+        self.assertEqual(1, len(cuts))
+        log = self.logs.output
+        self.assertIn('Trying again in 0.5 s', log)
+        self.assertIn('tries again every 1 s', log)
+        self.assertEqual(LOCKED, self._disabled())
+        self.assertEqual(1, len(self._records()))
+        self._assert_refused(lambda: self._task('PowerOnVM_Task'))
+        # Passes while vCenter is out of reach change nothing.
+        deadline = time.monotonic() + 30
+        while (log.count('Could not enable the methods of VM') < 1 and
+               time.monotonic() < deadline):
+            time.sleep(0.2)
+            log = self.logs.output
+        self.assertIn('Could not enable the methods of VM %s'
+                      % self.backing.value, log)
+        self.assertEqual(LOCKED, self._disabled())
+        self.assertEqual(1, len(self._records()))
+
+        self.net.restore()
+        deadline = time.monotonic() + 60
+        while self._records() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertEqual([], self._records())
+        self.assertIn('of %s again (restore into volume %s)'
+                      % (self.backing.value, self.target.id),
+                      self.logs.output)
+        self._assert_data(self.disk, self.target)
+        self._assert_usable()
+        self.assertNotIn(self.vcsim.password, self.logs.output)

@@ -323,6 +323,38 @@ class HandoffTestCase(PosixTestBase):
         # Cinder's own incremental on top of the hand-off full, 32 KiB.
         self.assertEqual(new, self._restored(stock, len(new)))
 
+    def test_zero_ranges_asked_after_the_changes(self):
+        # A source may skip an expensive zero-range query once it knows
+        # the changes (VMware CBT); the stored backup is the same.
+        data = self._data()
+        full = self._handoff(RandomSource(data, zeros=_zero_ranges(data)))
+        new = self._changed_data(data)
+        changed = [(40 * KIB, 1000), (2 * MIB + 520 * KIB, 70 * KIB)]
+        calls = []
+
+        class Ordered(RandomSource):
+            def changed_ranges(self, parent):
+                calls.append('changed_ranges')
+                return super(Ordered, self).changed_ranges(parent)
+
+            def zero_ranges(self):
+                calls.append('zero_ranges')
+                return iter(self.zeros if 'skip' not in calls else ())
+
+        asked = self._handoff(Ordered(new, zeros=_zero_ranges(new),
+                                      changed=changed), parent=full)
+        self.assertEqual(['changed_ranges', 'zero_ranges'], calls)
+        calls.append('skip')
+        skipped = self._handoff(Ordered(new, zeros=_zero_ranges(new),
+                                        changed=changed), parent=full)
+        self.assertEqual(self._shas(asked)['sha256s'],
+                         self._shas(skipped)['sha256s'])
+        self.assertEqual(
+            [(o['offset'], o['length'], o['md5'])
+             for o in self._objects(asked)],
+            [(o['offset'], o['length'], o['md5'])
+             for o in self._objects(skipped)])
+
     def test_incremental_on_a_stock_full(self):
         self.override_config('driver_owned_backup_hash_block_kb', 1024)
         data = self._data()

@@ -248,6 +248,24 @@ class TrackerTestCase(testtools.TestCase):
                          self._tracker().zero_ranges())
         self.assertEqual('*', self.queried)
 
+    def test_zero_ranges_not_asked_once_the_changes_are_known(self):
+        self.answers = [answer(0, GIB, [(4 * units.Mi, 65536)])]
+        tracker = self._tracker()
+        tracker(self._parent())
+        queries = self.session.methods()
+        self.assertEqual([], tracker.zero_ranges())
+        self.assertEqual(queries, self.session.methods())
+
+    def test_zero_ranges_asked_when_the_changes_are_in_doubt(self):
+        # A full read (the parent's changeId refused): the allocated
+        # areas spare reading the rest.
+        self.answers = [vexc.VimFaultException(['FileFault'], 'reset'),
+                        answer(0, GIB, [(0, 65536)])]
+        tracker = self._tracker()
+        self._reason(tracker, self._parent())
+        self.assertEqual([(65536, GIB - 65536)], tracker.zero_ranges())
+        self.assertEqual('*', self.queried)
+
     def test_zero_ranges_unknown_when_the_query_fails(self):
         self.answers = [vexc.VimFaultException(['RuntimeFault'], 'x')]
         self.assertEqual([], self._tracker().zero_ranges())

@@ -213,6 +213,23 @@ class HotAddedDiskTestCase(DeviceDirMixin, testtools.TestCase):
         self.assertEqual(1, len(session.devices) - 1)
         self.assertEqual([], self.records())
 
+    def test_reading_a_device_too_small_removes_the_disk(self):
+        self.make_device(b'x' * 8192)
+        session = ProxySession([controller(1000)])
+
+        def read():
+            with hotadd.reading(session, moref('proxy'), FILE, 16384, 16384,
+                                self.dev_dir, 1, self.state):
+                self.fail('a short device was read')
+
+        exc = self.assertRaises(hotadd.DeviceTooSmall, read)
+        self.assertIn('holds 8192 bytes of the 16384 to read', str(exc))
+        self.assertEqual(['add', 'remove'],
+                         [c.operation for spec in session.specs
+                          for c in spec.deviceChange])
+        self.assertEqual(1, len(session.devices))
+        self.assertEqual([], self.records())
+
     def test_same_file_of_another_operation_stays(self):
         self.make_device(b'\0' * 4096)
         theirs = disk(2000, 1000, 0)
@@ -307,7 +324,7 @@ class DeviceSourceTestCase(testtools.TestCase):
             f.write(self.data)
 
     def _check_random_access(self, mode):
-        source = hotadd.DeviceSource(self.path, len(self.data) + 5000,
+        source = hotadd.DeviceSource(self.path, len(self.data),
                                      mode=mode)
         self.addCleanup(source.close)
         for offset, length in ((0, 10), (4095, 4098), (7, 3 * 4096),
@@ -317,16 +334,32 @@ class DeviceSourceTestCase(testtools.TestCase):
             source.read_at(offset, view)
             self.assertEqual(self.data[offset:offset + length], view,
                              (mode, offset, length))
-        # Past the device's end: zeros up to the volume's size.
+        # Past the device's end: an error, never zeros.
         view = bytearray(b'\1' * 5050)
-        source.read_at(len(self.data) - 50, view)
-        self.assertEqual(self.data[-50:] + bytes(5000), view)
+        exc = self.assertRaises(hotadd.DeviceTooSmall, source.read_at,
+                                len(self.data) - 50, view)
+        self.assertIn('ended before its size', str(exc))
 
     def test_direct(self):
         self._check_random_access('direct')
 
     def test_fadvise(self):
         self._check_random_access('fadvise')
+
+    def test_device_smaller_than_the_volume_refused(self):
+        fds = len(os.listdir('/proc/self/fd'))
+        for mode in ('direct', 'fadvise'):
+            exc = self.assertRaises(hotadd.DeviceTooSmall,
+                                    hotadd.DeviceSource, self.path,
+                                    len(self.data) + 1, mode=mode)
+            self.assertIn('the device %s ended before its size: it holds '
+                          '%d bytes of the %d to read' % (
+                              self.path, len(self.data),
+                              len(self.data) + 1), str(exc))
+            # Not a set-up error NBD would get round.
+            self.assertIs(False, exc.fallback)
+            self.assertIsInstance(exc, errors.TransferError)
+        self.assertEqual(fds, len(os.listdir('/proc/self/fd')))
 
     def test_sequential_fill_and_readinto(self):
         source = hotadd.DeviceSource(self.path, len(self.data))
@@ -417,3 +450,59 @@ class JanitorTestCase(testtools.TestCase):
         self.assertEqual([], hotadd.remove_leftovers(session, self.dir))
         self.assertTrue(os.path.exists(dead))
         self.assertIn('Could not remove disk', self.logs.output)
+
+
+class ProxyCacheTestCase(testtools.TestCase):
+
+    def setUp(self):
+        super(ProxyCacheTestCase, self).setUp()
+        self.find = self.useFixture(fixtures.MockPatchObject(
+            hotadd, 'find_proxy', autospec=True)).mock
+        self.find.return_value = (moref('vm-proxy'), None)
+        self.now = [100.0]
+        self.cache = hotadd.ProxyCache(ttl=300, clock=lambda: self.now[0])
+        self.session = fakes.FakeSession()
+
+    def test_found_once_per_ttl(self):
+        self.assertEqual((moref('vm-proxy'), None, False),
+                         self.cache.find(self.session, 'p'))
+        self.now[0] += 299
+        self.assertEqual((moref('vm-proxy'), None, True),
+                         self.cache.find(self.session, 'p'))
+        self.assertEqual(1, self.find.call_count)
+        self.now[0] += 1
+        self.assertEqual((moref('vm-proxy'), None, False),
+                         self.cache.find(self.session, 'p'))
+        self.assertEqual(2, self.find.call_count)
+
+    def test_other_wanted_value_looked_up(self):
+        self.cache.find(self.session, 'p')
+        self.cache.find(self.session, 'q')
+        self.assertEqual([mock.call(self.session, 'p'),
+                          mock.call(self.session, 'q')],
+                         self.find.call_args_list)
+
+    def test_not_found_is_not_kept(self):
+        self.find.return_value = (None, 'no VM is the proxy p')
+        self.assertEqual((None, 'no VM is the proxy p', False),
+                         self.cache.find(self.session, 'p'))
+        self.find.return_value = (moref('vm-new'), None)
+        self.assertEqual((moref('vm-new'), None, False),
+                         self.cache.find(self.session, 'p'))
+
+    def test_forget(self):
+        self.cache.find(self.session, 'p')
+        self.cache.forget(moref('vm-other'))
+        self.assertTrue(self.cache.find(self.session, 'p')[2])
+        self.cache.forget(moref('vm-proxy'))
+        self.find.return_value = (moref('vm-new'), None)
+        self.assertEqual((moref('vm-new'), None, False),
+                         self.cache.find(self.session, 'p'))
+        self.cache.forget()
+        self.assertFalse(self.cache.find(self.session, 'p')[2])
+
+    def test_ttl_zero_keeps_nothing(self):
+        cache = hotadd.ProxyCache(ttl=0)
+        cache.find(self.session, 'p')
+        cache.find(self.session, 'p')
+        self.assertEqual(2, self.find.call_count)

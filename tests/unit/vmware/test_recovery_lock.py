@@ -14,7 +14,8 @@ import glob
 import json
 import os
 import stat
-
+import threading
+import time
 import types
 from unittest import mock
 
@@ -79,6 +80,8 @@ class RecoveryLockTestCase(testtools.TestCase):
         self.logs = self.useFixture(fixtures.FakeLogger())
         self.session = make_session(self)
         self.vms = [fakes.moref('vm-1'), fakes.moref('vm-7')]
+        self.sleep = self.useFixture(fixtures.MockPatchObject(
+            recovery_lock.time, 'sleep', autospec=True)).mock
 
     def records(self):
         return glob.glob(os.path.join(
@@ -170,6 +173,61 @@ class RecoveryLockTestCase(testtools.TestCase):
                          [c[2]['entity'][0].value for c in
                           self.soap if c[0] == 'EnableMethods'])
         self.assertEqual([], self.records())
+
+    def _failing(self, times, error=None):
+        """EnableMethods fails ``times`` times, then answers."""
+        failures = [error or vexc.VimConnectionException('unreachable')
+                    ] * times
+
+        def enable(manager, **kwargs):
+            if failures:
+                raise failures.pop()
+        self.handlers['EnableMethods'] = enable
+
+    def test_unlock_tried_again_until_vcenter_answers(self):
+        with self.lock() as lock:
+            self._failing(2)
+        self.assertEqual(3, len(self.calls('EnableMethods')))
+        self.assertEqual([mock.call(2.0), mock.call(5.0)],
+                         self.sleep.call_args_list)
+        self.assertFalse(lock.left_behind)
+        self.assertEqual([], self.records())
+        self.assertIn('Trying again in 2.0 s', self.logs.output)
+        self.assertIn('Unlocked vm-1, vm-7', self.logs.output)
+
+    def test_unlock_given_up_after_the_delays_leaves_the_record(self):
+        with self.lock() as lock:
+            self._failing(3)
+        self.assertEqual(3, len(self.calls('EnableMethods')))
+        self.assertEqual(2, self.sleep.call_count)
+        self.assertTrue(lock.left_behind)
+        self.assertEqual(1, len(self.records()))
+        self.assertEqual(1, recovery_lock.pending(self.dir))
+        self.assertIn('This service tries again every 60 s',
+                      self.logs.output)
+        # The record is let go of (not held): the janitor can take it.
+        self.assertEqual(['restore into volume v-1'],
+                         recovery_lock.enable_leftovers(self.session,
+                                                        self.dir))
+        self.assertEqual(0, recovery_lock.pending(self.dir))
+
+    def test_unlock_of_a_gone_vm_enables_the_others(self):
+        def enable(manager, entity, **kwargs):
+            if 'vm-7' in [e.value for e in entity]:
+                raise vexc.ManagedObjectNotFoundException('gone')
+        self.handlers['EnableMethods'] = None
+        with self.lock() as lock:
+            self.handlers['EnableMethods'] = enable
+        self.assertEqual([['vm-1', 'vm-7'], ['vm-1'], ['vm-7']],
+                         [[e.value for e in c['entity']]
+                          for c in self.calls('EnableMethods')])
+        self.assertFalse(lock.left_behind)
+        self.sleep.assert_not_called()
+        self.assertEqual([], self.records())
+
+    def test_lock_held_now_is_not_pending(self):
+        with self.lock():
+            self.assertEqual(0, recovery_lock.pending(self.dir))
 
     def test_opened_enables_one_method_for_a_step(self):
         with self.lock() as lock:
@@ -274,3 +332,76 @@ class JanitorTestCase(testtools.TestCase):
     def test_no_directory(self):
         self.assertEqual([], recovery_lock.enable_leftovers(
             self.session, os.path.join(self.dir, 'missing')))
+
+
+class ReenablerTestCase(testtools.TestCase):
+
+    def setUp(self):
+        super(ReenablerTestCase, self).setUp()
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.logs = self.useFixture(fixtures.FakeLogger())
+        self.session = make_session(self)
+        self.vms = [fakes.moref('vm-1')]
+
+    def _left_lock(self):
+        """A restore whose unlock failed: its record let go of."""
+        self.handlers['EnableMethods'] = _fault('HostComm')
+        with mock.patch.object(recovery_lock, 'ENABLE_RETRY_DELAYS', ()):
+            with recovery_lock.RecoveryLock(self.session, self.vms,
+                                            self.dir, 'restore v-1') as lock:
+                pass
+        self.assertTrue(lock.left_behind)
+
+    def _wait_stopped(self, reenabler, timeout=10):
+        deadline = time.monotonic() + timeout
+        while reenabler.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertFalse(reenabler.running)
+
+    def test_passes_until_nothing_waits(self):
+        self._left_lock()
+        answers = [_fault('HostComm'), None]
+
+        def enable(manager, **kwargs):
+            answer = answers.pop(0) if answers else None
+            if answer is not None:
+                raise answer
+        self.handlers['EnableMethods'] = enable
+        self.soap[:] = []
+        reenabler = recovery_lock.Reenabler(lambda: self.session, self.dir,
+                                            interval=0.01)
+        self.addCleanup(reenabler.stop, 5)
+        reenabler.kick()
+        self._wait_stopped(reenabler)
+        self.assertEqual(2, len([c for c in self.soap
+                                 if c[0] == 'EnableMethods']))
+        self.assertEqual(0, recovery_lock.pending(self.dir))
+        self.assertEqual([], os.listdir(self.dir))
+        self.assertIn('Enabled PowerOnVM_Task', self.logs.output)
+
+    def test_one_thread_and_stop(self):
+        self._left_lock()
+        reenabler = recovery_lock.Reenabler(lambda: self.session, self.dir,
+                                            interval=30)
+        reenabler.kick()
+        reenabler.kick()
+        self.assertTrue(reenabler.running)
+        self.assertEqual(1, len([t for t in threading.enumerate()
+                                 if t.name == 'cvb-restore-lock-reenable']))
+        reenabler.stop(5)
+        self.assertFalse(reenabler.running)
+        # Stopped before its first pass: the record still waits.
+        self.assertEqual(1, recovery_lock.pending(self.dir))
+
+    def test_a_failing_pass_goes_on(self):
+        self._left_lock()
+        session = mock.Mock(side_effect=[RuntimeError('no session'),
+                                         self.session])
+        del self.handlers['EnableMethods']
+        reenabler = recovery_lock.Reenabler(session, self.dir, interval=0.01)
+        self.addCleanup(reenabler.stop, 5)
+        reenabler.kick()
+        self._wait_stopped(reenabler)
+        self.assertIn('Could not enable the methods that restores left '
+                      'disabled: no session', self.logs.output)
+        self.assertEqual(0, recovery_lock.pending(self.dir))

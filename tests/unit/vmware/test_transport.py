@@ -132,3 +132,80 @@ class TransportTestCase(testtools.TestCase):
 
         self.assertRaises(errors.TransferError, body)
         self.assertEqual(['hotadd'], [o[0] for o in self.opened])
+
+
+@mock.patch.object(hotadd, 'datastore_reachable', autospec=True,
+                   return_value=None)
+@mock.patch.object(hotadd, 'find_proxy', autospec=True,
+                   return_value=(PROXY, None))
+class CachedProxyTestCase(testtools.TestCase):
+    """``run(..., proxies=ProxyCache)``: a proxy looked up once."""
+
+    def setUp(self):
+        super(CachedProxyTestCase, self).setUp()
+        self.logs = self.useFixture(fixtures.FakeLogger())
+        self.session = fakes.FakeSession()
+        self.cache = hotadd.ProxyCache(ttl=300)
+
+    def run_(self, hot_error=None, datastore=DS):
+        @contextlib.contextmanager
+        def hot(proxy):
+            if hot_error is not None:
+                raise hot_error
+            yield ('hotadd', proxy)
+
+        with transport.run(self.session, conf(), datastore, 'Backup of v1',
+                           hot, lambda: contextlib.nullcontext(('nbd',)),
+                           proxies=self.cache) as data:
+            return data
+
+    def test_looked_up_once(self, find, reachable):
+        for _i in range(3):
+            self.assertEqual(('hotadd', PROXY), self.run_())
+        find.assert_called_once_with(self.session, 'proxy')
+        self.assertEqual(3, reachable.call_count)
+
+    def test_deleted_proxy_found_again(self, find, reachable):
+        self.run_()
+        new = fakes.moref('vm-proxy-2')
+        find.return_value = (new, None)
+
+        def reachable_(session, proxy, datastore):
+            if proxy.value == PROXY.value:
+                raise vexc.ManagedObjectNotFoundException('gone')
+        reachable.side_effect = reachable_
+        self.assertEqual(('hotadd', new), self.run_())
+        self.assertEqual(2, find.call_count)
+        self.assertEqual(('hotadd', new), self.run_())
+        self.assertEqual(2, find.call_count)
+
+    def test_deleted_proxy_not_recreated_takes_nbd(self, find, reachable):
+        self.run_()
+        reachable.side_effect = vexc.ManagedObjectNotFoundException('gone')
+        self.assertEqual(('nbd',), self.run_())
+        self.assertIn('HotAdd passed over: the proxy VM is gone',
+                      self.logs.output)
+        self.assertEqual(2, find.call_count)
+
+    def test_cached_proxy_passed_over_is_looked_up_again(self, find,
+                                                         reachable):
+        self.run_()
+        reachable.return_value = 'the proxy VM runs on no host'
+        self.assertEqual(('nbd',), self.run_())
+        self.assertEqual(2, find.call_count)
+        self.assertIn('HotAdd passed over: the proxy VM runs on no host',
+                      self.logs.output)
+
+    def test_attach_on_a_gone_proxy_forgets_it(self, find, reachable):
+        self.run_()
+        self.assertEqual(('nbd',), self.run_(
+            hot_error=vexc.ManagedObjectNotFoundException('gone')))
+        self.run_()
+        self.assertEqual(2, find.call_count)
+
+    def test_short_device_is_not_retried_over_nbd(self, find, reachable):
+        error = hotadd.DeviceTooSmall(reason='the device ended before its '
+                                             'size')
+        exc = self.assertRaises(hotadd.DeviceTooSmall, self.run_,
+                                hot_error=error)
+        self.assertIs(error, exc)

@@ -88,6 +88,23 @@ class HotAddDriverTestCase(test_vmdk.DriverTestBase):
         self.assertIn('transport HotAdd', self.logs.output)
 
     @mock.patch.object(hotadd, 'reading', autospec=True)
+    def test_proxy_looked_up_once_per_driver(self, reading, find,
+                                             reachable):
+        reading.side_effect = lambda *a, **k: contextlib.nullcontext('dev')
+        frozen, disk = self.frozen_disk()
+        for _i in range(3):
+            with self.driver._read_frozen_disk(frozen, disk, 2 << 30):
+                pass
+        find.assert_called_once_with(self.driver.session, 'proxy')
+        self.assertEqual(3, reading.call_count)
+        # Gone: forgotten, looked up again in the same operation.
+        reachable.side_effect = [
+            hotadd.vexc.ManagedObjectNotFoundException('gone'), None]
+        with self.driver._read_frozen_disk(frozen, disk, 2 << 30):
+            pass
+        self.assertEqual(2, find.call_count)
+
+    @mock.patch.object(hotadd, 'reading', autospec=True)
     def test_snapshot_disk_over_nbd_without_proxy(self, reading, find,
                                                   reachable):
         find.return_value = (None, 'no VM of this vCenter is the proxy p')

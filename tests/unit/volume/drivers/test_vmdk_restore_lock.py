@@ -89,6 +89,29 @@ class RestoreLockTestCase(test_vmdk.DriverTestBase):
                          [e[0] for e in self.events])
         self.assertEqual([], os.listdir(self.tmp))
 
+    @mock.patch.object(recovery_lock, 'ENABLE_RETRY_DELAYS', ())
+    @mock.patch.object(recovery_lock, 'Reenabler', autospec=True)
+    def test_unlock_failure_starts_the_reenabler(self, reenabler):
+        self.vops.get_backing.return_value = moref('vm-1')
+        self.enable.side_effect = recovery_lock.vexc.VimConnectionException(
+            'vCenter unreachable')
+        self._restore()
+        self.assertIn('Could not enable the methods', self.logs.output)
+        reenabler.assert_called_once_with(mock.ANY, self.tmp)
+        session_of = reenabler.call_args[0][0]
+        self.assertIs(self.driver.session, session_of())
+        reenabler.return_value.kick.assert_called_once_with()
+        # A second failure kicks the same one.
+        self._restore()
+        self.assertEqual(1, reenabler.call_count)
+        self.assertEqual(2, reenabler.return_value.kick.call_count)
+
+    @mock.patch.object(recovery_lock, 'Reenabler', autospec=True)
+    def test_unlocked_restore_starts_nothing(self, reenabler):
+        self.vops.get_backing.return_value = moref('vm-1')
+        self._restore()
+        reenabler.assert_not_called()
+
     def test_lock_refused_fails_before_data_moves(self):
         self.vops.get_backing.return_value = moref('vm-1')
         self.disable.side_effect = recovery_lock.vexc.NoPermissionException(
@@ -184,6 +207,21 @@ class RestoreLockTestCase(test_vmdk.DriverTestBase):
         self.driver.remove_leftovers()
         self.assertEqual(['leases', 'locks', 'vms'], calls)
         enable.assert_called_once_with(self.driver.session, self.tmp)
+
+    @mock.patch.object(recovery_lock, 'Reenabler', autospec=True)
+    @mock.patch.object(recovery_lock, 'pending', autospec=True)
+    @mock.patch.object(recovery_lock, 'enable_leftovers', autospec=True)
+    @mock.patch.object(leftovers, 'remove_temp_vms', autospec=True)
+    @mock.patch.object(leftovers, 'abort_leases', autospec=True)
+    def test_janitor_leaving_records_starts_the_reenabler(
+            self, abort, remove_vms, enable, pending, reenabler):
+        pending.return_value = 0
+        self.driver.remove_leftovers()
+        reenabler.assert_not_called()
+        pending.return_value = 1
+        self.driver.remove_leftovers()
+        pending.assert_called_with(self.tmp)
+        reenabler.return_value.kick.assert_called_once_with()
 
     @mock.patch.object(recovery_lock, 'enable_leftovers', autospec=True)
     @mock.patch.object(leftovers, 'remove_temp_vms', autospec=True)
