@@ -43,7 +43,7 @@ compared with the source. HotAdd against NFC full backup and restore:
 What bounds the ratio here (measured at 1 GiB, Dec 2026): (a) spends about
 2 s per backup in vCenter calls whatever the change (vcsim's snapshot
 copies the whole disk and deletes it, where vSphere makes a delta disk;
-the hot-add reconfigure; two ``QueryChangedDiskAreas`` loops), while (b)
+the hot-add reconfigure; one ``QueryChangedDiskAreas`` loop), while (b)
 exports this half-empty disk on the loopback in 4-9 s. Each 64 KiB change
 also costs a whole hash block (``driver_owned_backup_hash_block_kb``,
 1 MiB by default) read, compressed and stored; ``CVB_BENCH_DEFAULT_OPTS=

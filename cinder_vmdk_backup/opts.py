@@ -151,8 +151,11 @@ vmdk_backup_opts = [
                      'volume is attached to, through the '
                      'AuthorizationManager, with the plugin\'s extension as '
                      'their source; they are enabled again when the restore '
-                     'ends, and by the next start of the service after a '
-                     'restore that was killed. Needs the vCenter privileges '
+                     'ends (when vCenter cannot be reached then, the '
+                     'service retries after 2 s and 5 s, then every 60 s '
+                     'until it succeeds), and by the next start of the '
+                     'service after a restore that was killed. Needs the '
+                     'vCenter privileges '
                      'Global.DisableMethods and Global.EnableMethods: a '
                      'restore that cannot take the lock fails before any '
                      'data moves.'),
