@@ -93,6 +93,29 @@ class _ChainMixin(object):
     def bytes_read(self, backup):
         return self.sources[backup.id].bytes_read_from_disk
 
+    def assertChainOfCuts(self, chain, most_read=2 * MIB):
+        """Each set of ``chain`` restores as one cut, later than the last.
+
+        ``chain``: sets of group backups of two disks of a writing guest.
+        The incrementals read only what the parent's bitmap marked
+        (``most_read`` bytes at most).
+        """
+        newest = [0, 0]
+        for backups in chain:
+            counters = []
+            for backup in backups:
+                restored = self.assertRestoresToItsCopy(backup)
+                counters.append(guest.consistent_run(
+                    guest.records(base.read_head(restored))))
+            # Disk 0 is written first: it may be one record ahead.
+            self.assertIn(counters[0] - counters[1], (0, 1))
+            self.assertGreater(counters[0], newest[0])
+            newest = counters
+        for backups in chain[1:]:
+            for backup in backups:
+                self.assertEqual([], self.whole_reads(backup))
+                self.assertLessEqual(self.bytes_read(backup), most_read)
+
     def assertRestoresToItsCopy(self, backup, size=1):
         target = self.make_volume(size=size)
         self.restore(backup, target, volume_is_new=True)
@@ -313,22 +336,7 @@ class OnlineChainTestCase(_ChainMixin, base.Qcow2FunctionalTestCase):
                          [c for _t, c in
                           domains.disk_chains(self.domain.XMLDesc(0))])
 
-        newest = [0, 0]
-        for backups in chain:
-            counters = []
-            for backup in backups:
-                restored = self.assertRestoresToItsCopy(backup)
-                counters.append(guest.consistent_run(
-                    guest.records(base.read_head(restored))))
-            # One point in time for both disks (disk 0 written first),
-            # and later than the previous backup's.
-            self.assertIn(counters[0] - counters[1], (0, 1))
-            self.assertGreater(counters[0], newest[0])
-            newest = counters
-        for backups in chain[1:]:
-            for backup in backups:
-                self.assertEqual([], self.whole_reads(backup))
-                self.assertLessEqual(self.bytes_read(backup), 2 * MIB)
+        self.assertChainOfCuts(chain)
         self.addDetail('bytes-read', content.text_content(
             ', '.join('%d' % self.bytes_read(b)
                       for backups in chain for b in backups)))

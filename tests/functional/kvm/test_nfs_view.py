@@ -196,21 +196,7 @@ class NfsViewTestCase(test_incremental._ChainMixin,
         self.assertEqual([[s] for s in self.seen], self._seen_chains())
         self.assertNoLeftovers()
 
-        newest = [0, 0]
-        for backups in chain:
-            counters = []
-            for backup in backups:
-                restored = self.assertRestoresToItsCopy(backup)
-                counters.append(guest.consistent_run(
-                    guest.records(base.read_head(restored))))
-            self.assertIn(counters[0] - counters[1], (0, 1))
-            self.assertGreater(counters[0], newest[0])
-            newest = counters
-        # The incrementals read what the parent's bitmap marked.
-        for backups in chain[1:]:
-            for backup in backups:
-                self.assertEqual([], self.whole_reads(backup))
-                self.assertLessEqual(self.bytes_read(backup), 2 * MIB)
+        self.assertChainOfCuts(chain)
         # The bitmaps were made, and the oldest pruned, on the domain's
         # nodes of the mount-point paths (qcow2_dirty_bitmaps_kept = 2).
         for i, seen in enumerate(self.seen):
