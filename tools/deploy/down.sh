@@ -4,8 +4,8 @@
 #   tools/deploy/down.sh [plugin|stock|kvm|all] [--keep-infra]
 #
 # plugin / stock / kvm: that profile's Cinder services and vcsim (kvm: Nova
-#   and Placement if up.sh started them, the
-#   libvirtd up.sh started for it, if it did, once no libvirt domain is
+#   and Placement if up.sh started them, the mounts of Nova's NFS stand-in,
+#   the libvirtd up.sh started for it, if it did, once no libvirt domain is
 #   left defined and no other client is connected to it); then Keystone,
 #   RabbitMQ and MariaDB too when no other profile is running any more
 #   (unless --keep-infra), and the deployment's Swift (tools/deploy/swift.sh).
@@ -14,6 +14,7 @@
 set -eu -o pipefail
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/swift.sh"
+source "$(dirname "$0")/nova.sh"
 
 what=${1:-all}
 keep_infra=0
@@ -105,6 +106,8 @@ for profile in "${profiles[@]}"; do
         cvb_log "stopped the etcd of profile '$profile'"
     fi
     private_libvirt_down "$dir"
+    # After the domains: the NFS stand-in's mounts (tools/deploy/nova.sh).
+    nova_nfs_standin_down "$dir"
     libvirt_down "$dir"
 done
 

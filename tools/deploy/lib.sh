@@ -141,3 +141,14 @@ cvb_load_env() {
     # shellcheck disable=SC1090
     [ -f "$1" ] && source "$1"
 }
+
+cvb_mounts_under() {
+    # cvb_mounts_under DIR: the mount points at or under DIR in this mount
+    # namespace, one a line, deepest (and, on one path, newest) first: the
+    # order to unmount them in. (Paths as /proc/self/mountinfo writes them:
+    # the deployment's have no blanks.)
+    local d
+    d=$(realpath -m -- "$1")
+    awk -v d="$d" '$5 == d || index($5, d "/") == 1 { print NR, $5 }' \
+        /proc/self/mountinfo | sort -k2,2r -k1,1nr | cut -d' ' -f2-
+}

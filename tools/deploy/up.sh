@@ -624,7 +624,8 @@ cinder_up() {
     fi
     if [ "$profile" = kvm ]; then
         backend=qcow2
-        backend_args=(LIBVIRT_URI="$LIBVIRT_URI")
+        backend_args=(LIBVIRT_URI="$LIBVIRT_URI"
+                      CONNECTION_LINES="$(qcow2_connection_lines)")
     else
         backend=vmware
         backend_args=(VOLUME_DRIVER_LINE="$volume_driver_line"
@@ -788,6 +789,11 @@ main() {
     fi
     CVB_DEPLOY_LOCKED=1 bash "$CVB_TOP/tools/deploy/down.sh" "$profile" \
         --keep-infra >/dev/null 7>&-
+    # Never remove a directory through a mount (down.sh unmounts the NFS
+    # stand-in's; what is left is someone else's, or a failed unmount).
+    if [ -n "$(cvb_mounts_under "$dir")" ]; then
+        cvb_die "still mounted under $dir:" $(cvb_mounts_under "$dir")
+    fi
     rm -rf "$dir"
     mkdir -p "$dir"
     echo $$ >"$dir/up.pid"

@@ -15,41 +15,38 @@
 tools/deploy/up.sh kvm with CVB_DEPLOY_NOVA=1 runs, besides Cinder with
 the plugin's Qcow2VolumeDriver, Placement, nova-api, nova-conductor,
 nova-scheduler and nova-compute (libvirt driver, QEMU/TCG) on a libvirtd
-of the profile's own. This test checks, with the real clients:
+of the profile's own. The qcow2 backend returns NFS connections
+(``qcow2_connection_type = nfs``, export ``127.0.0.1:<the profile's qcow2
+directory>``): Nova 34's LibvirtNFSVolumeDriver mounts the export under
+``[libvirt] nfs_mount_point_base`` (the deployment's NFS stand-in turns
+that mount into a bind mount: this kernel has no NFS client) and gives
+libvirt the file at ``<base>/<md5 of the export>/volume-<id>`` with the
+connection's format, qcow2. This test checks, with the real clients:
 
 - the deployment's Nova is up: its three services report 'up' and the
   hypervisor is registered (``openstack compute service list``,
   ``openstack hypervisor list``);
 - a server booted from a plugin volume (the tiny writing guest written
-  into it) with no network: Nova's API takes it, nova-compute attaches
-  the volume through Cinder's attachment API and os-brick with the
-  connection info the driver returns (the qcow2 file's path reaches
-  QEMU). Nova 34's libvirt driver gives a ``local`` connection to QEMU
-  as a raw block device (``host_device``: the build fails) and a
-  ``gpfs`` one as a raw file (the guest would see the qcow2 file's
-  bytes); only the nfs, smbfs, quobyte and vzstorage volume drivers take
-  the ``format`` of the connection info. The qcow2 volume booting as
-  qcow2 is therefore an expected failure (``expectFailure``) until the
-  driver returns a connection Nova attaches as qcow2: the test then
-  fails as an unexpected success, to be turned into the full scenario
-  (backup of a running server, restore while stopped).
-
-Without Neutron, ``openstack server show/list`` (security groups),
-``server start``/``reboot`` (network info) and ``server delete``
-(network deallocation) fail in Nova: the server is not deleted here,
-down.sh destroys what is left on the profile's libvirtd.
+  into it) with no network becomes ACTIVE; its domain (``virsh dumpxml``
+  on the profile's libvirt) has the volume as a file disk, driver type
+  qcow2, at the path under the mount base; that path is a mount point
+  made by the stand-in (its log says so); the guest's records advance in
+  the volume's qcow2 file, read from outside.
 """
 
+import hashlib
 import json
 import os
-import subprocess  # nosec B404: the OpenStack client, qemu-io
+import subprocess  # nosec B404: the OpenStack client, qemu-io, virsh
 import sys
 import time
+from xml.etree import ElementTree
 
 import fixtures
 import testtools
 
 from tests.functional.deploy import deployment
+from tests.functional.deploy import kvm_instance
 from tests.functional.kvm import guest
 
 NOVA_VENV = os.environ.get('CVB_NOVA_VENV', '/opt/cvb-nova')
@@ -83,6 +80,27 @@ class NovaDeployment(deployment.Deployment):
     def libvirt_uri(self):
         with open(os.path.join(self.dir, 'libvirt.uri')) as f:
             return f.read().strip()
+
+    @property
+    def nova_env(self):
+        return deployment.read_env(os.path.join(self.dir, 'nova.env'))
+
+    def nova_volume_path(self, volume_id):
+        """Where Nova's NFS volume driver has the volume's file.
+
+        ``<nfs_mount_point_base>/<md5 hex of the export>/volume-<id>``
+        (nova.virt.libvirt.volume.fs: the mount point of the export).
+        """
+        env = self.nova_env
+        digest = hashlib.md5(env['NOVA_NFS_EXPORT'].encode(),
+                             usedforsecurity=False).hexdigest()
+        return os.path.join(env['NOVA_MOUNT_BASE'], digest,
+                            'volume-%s' % volume_id)
+
+    def dumpxml(self, domain):
+        """``virsh dumpxml`` of a domain on the profile's libvirtd."""
+        return self._run(['virsh', '-q', '-c', self.libvirt_uri, 'dumpxml',
+                          domain])[1]
 
     def create_server(self, name, flavor, volume_id):
         cmd = [os.path.join(deployment.OSC_VENV, 'bin', 'python'),
@@ -188,22 +206,30 @@ class NovaKvmTest(testtools.TestCase):
             fault = cur.fetchone()
         return row[0], '%s\n%s' % fault if fault else None
 
-    def _disk_format(self, server_id, path):
-        """The libvirt driver type of the domain's disk on ``path``."""
-        import libvirt
-        from xml.etree import ElementTree
-        conn = libvirt.open(self.dep.libvirt_uri)
-        try:
-            dom = conn.lookupByUUIDString(server_id)
-            xml = ElementTree.fromstring(dom.XMLDesc(0))
-        finally:
-            conn.close()
+    def _disks(self, server_id):
+        """{source file: driver type} of the server's domain's file disks."""
+        xml = ElementTree.fromstring(self.dep.dumpxml(server_id))
+        disks = {}
         for disk in xml.findall('./devices/disk'):
             source = disk.find('source')
-            if source is not None and path in (source.get('file'),
-                                               source.get('dev')):
-                return disk.find('driver').get('type')
-        return None
+            if disk.get('type') == 'file' and source is not None:
+                disks[source.get('file')] = disk.find('driver').get('type')
+        return disks
+
+    def _records_advance(self, path, timeout=120):
+        """Wait until the guest's newest record grows; return it."""
+        deadline = time.monotonic() + timeout
+        first = None
+        while True:
+            newest = guest.consistent_run(kvm_instance.read_records(path))
+            if first is None and newest:
+                first = newest
+            elif first is not None and newest > first:
+                return newest
+            if time.monotonic() > deadline:
+                self.fail('the guest wrote no new record to %s in %ss '
+                          '(newest %s)' % (path, timeout, newest))
+            time.sleep(1)
 
     def test_server_boots_from_plugin_volume(self):
         self._nova_is_up()
@@ -213,21 +239,30 @@ class NovaKvmTest(testtools.TestCase):
                                            volume_id)
         vm_state, fault = self._built(server_id)
         self.figures['build_seconds'] = round(time.monotonic() - started, 1)
-        path = self.dep.volume_path(volume_id)
-        if vm_state == 'error':
-            # nova-compute got the connection through Cinder and os-brick:
-            # QEMU was told to open the volume's qcow2 file.
-            self.assertIn(path, fault or '')
-            # A failed build gives the volume back (attachment deleted).
-            self.dep.wait('volume', volume_id, ('available',), timeout=120)
-            outcome = ('error', fault)
-        else:
-            outcome = ('active', self._disk_format(server_id, path))
-        self.figures['outcome'] = str(outcome)[:600]
-        self.expectFailure(
-            'Nova 34 attaches the qcow2 driver\'s local/gpfs connection as '
-            'raw (README, Nova)', self.assertEqual, ('active', 'qcow2'),
-            outcome)
+        self.assertEqual('active', vm_state, fault)
+
+        # Nova's NFS volume driver gave libvirt the file under the mount
+        # base, as qcow2; the mount point is a mount (the stand-in's bind
+        # mount of the profile's qcow2 directory).
+        nova_path = self.dep.nova_volume_path(volume_id)
+        self.assertEqual({nova_path: 'qcow2'}, self._disks(server_id))
+        mount_point = os.path.dirname(nova_path)
+        self.assertTrue(os.path.ismount(mount_point), mount_point)
+        self.assertEqual(os.stat(self.dep.volume_path(volume_id)).st_ino,
+                         os.stat(nova_path).st_ino)
+        with open(os.path.join(self.dep.dir, 'log',
+                               'nfs-standin.log')) as f:
+            standin = f.read()
+        self.assertIn('did: mount --bind %s %s' % (
+            os.path.realpath(os.path.join(self.dep.dir, 'qcow2')),
+            mount_point), standin)
+
+        # The guest runs: its records advance in the plugin's qcow2 file.
+        waited = time.monotonic()
+        self.figures['guest_newest_record'] = self._records_advance(
+            self.dep.volume_path(volume_id))
+        self.figures['first_records_seconds'] = round(
+            time.monotonic() - waited, 1)
 
 
 if __name__ == '__main__':
