@@ -10,6 +10,7 @@
 #                   (default /opt/cvb-openstackclient)
 #   CVB_KEYSTONE_VENV  Keystone's virtualenv (default /opt/cvb-keystone)
 #   CVB_NOVA_VENV   Nova's and Placement's virtualenv (default /opt/cvb-nova)
+#   CVB_NEUTRON_VENV  Neutron's virtualenv (default /opt/cvb-neutron)
 #   CVB_DEPLOY_NOVA 1: the kvm profile runs Nova too (tools/deploy/nova.sh)
 #   CVB_VCSIM       a vcsim binary (default: what tools/vcsim/build.sh builds)
 #   CVB_VCSIM_WSDL  the vSphere WSDL file (default: tools/vcsim/wsdl.sh says)
@@ -20,6 +21,7 @@ CVB_DEPLOY_DIR=${CVB_DEPLOY_DIR:-/var/tmp/cvb-deploy}
 CVB_OSC_VENV=${CVB_OSC_VENV:-/opt/cvb-openstackclient}
 KEYSTONE_VENV=${CVB_KEYSTONE_VENV:-/opt/cvb-keystone}
 NOVA_VENV=${CVB_NOVA_VENV:-/opt/cvb-nova}
+NEUTRON_VENV=${CVB_NEUTRON_VENV:-/opt/cvb-neutron}
 CVB_PROFILES=(plugin stock kvm)
 
 cvb_log() {

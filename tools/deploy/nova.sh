@@ -6,8 +6,9 @@
 #
 # nova-api and Placement ship only WSGI applications (Nova 34 has no
 # nova-api command): gunicorn serves them, as it serves Keystone.
-# No Neutron: servers are booted with `--nic none`, which Nova builds
-# without calling Neutron; see the README (Nova) for what still needs it.
+# Servers are booted with `--nic none`: no network, but Nova asks the
+# Neutron API (tools/deploy/neutron.sh) about them on show, start and
+# delete.
 #
 # Volumes of the plugin's qcow2 driver reach Nova as NFS connections
 # (qcow2_connection_type = nfs: the one connection Nova 34's libvirt driver
@@ -246,9 +247,12 @@ instances_path = $n/instances
 transport_url = rabbit://$RABBIT_USER:$RABBIT_PASSWORD@127.0.0.1:$RABBIT_PORT/${NOVA_DB}
 compute_driver = libvirt.LibvirtDriver
 rootwrap_config = $NOVA_VENV/etc/nova/rootwrap.conf
-# No Neutron: the periodic refresh of the instances' network information
-# would ask it every minute.
+# No server has a port: the periodic refresh of the instances' network
+# information would ask Neutron every minute for nothing.
 heal_instance_info_cache_interval = -1
+# The test guests (a boot sector) do not answer ACPI: server stop would
+# wait a minute for a clean shutdown before powering off.
+shutdown_timeout = 2
 report_interval = 5
 # SIGTERM (down.sh) ends the services within seconds, not a minute.
 graceful_shutdown_timeout = 5
@@ -303,6 +307,10 @@ api_servers = http://127.0.0.1:9292
 region_name = $profile
 valid_interfaces = public
 
+[neutron]
+region_name = $profile
+valid_interfaces = public
+
 [service_user]
 # Service tokens with Nova's calls to Cinder: Cinder lets only those
 # delete the attachment of a volume connected to an instance.
@@ -334,6 +342,8 @@ CONF
         nova_auth_section cinder
         echo
         nova_auth_section placement
+        echo
+        nova_auth_section neutron
         echo
         nova_auth_section service_user
     } >"$n/nova.conf.tmp"

@@ -27,7 +27,10 @@
 #   driver (attachments through Cinder's API, a libvirt domain per
 #   instance). With CVB_DEPLOY_NOVA=1 the kvm profile runs Nova and
 #   Placement as well (tools/deploy/nova.sh; nova-compute with the libvirt
-#   driver on QEMU/TCG, on that libvirtd).
+#   driver on QEMU/TCG, on that libvirtd), and the Neutron API that Nova
+#   asks about servers even without a network (tools/deploy/neutron.sh).
+#   Nova mounts the qcow2 volumes' NFS export through the deployment's NFS
+#   stand-in (a bind mount: nova.sh).
 #
 # plugin and kvm also load the plugin's instance-group API extension
 # (osapi_volume_extension) when the virtualenv has it (the log says which).
@@ -57,6 +60,7 @@
 set -eu -o pipefail
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/nova.sh"
+source "$(dirname "$0")/neutron.sh"
 source "$(dirname "$0")/swift.sh"
 source "$(dirname "$0")/etcd.sh"
 umask 077
@@ -97,6 +101,8 @@ check_prerequisites() {
         if nova_wanted; then
             local nova_missing
             nova_missing=$(nova_prerequisites)
+            [ -z "$nova_missing" ] || missing+=("$nova_missing")
+            nova_missing=$(neutron_prerequisites)
             [ -z "$nova_missing" ] || missing+=("$nova_missing")
         fi
     fi
@@ -175,6 +181,9 @@ ENV
     # Added later than the others: an older env file gets it appended.
     if ! grep -q '^NOVA_SERVICE_PASSWORD=' "$infra/env"; then
         echo "NOVA_SERVICE_PASSWORD=$(cvb_secret)" >>"$infra/env"
+    fi
+    if ! grep -q '^NEUTRON_SERVICE_PASSWORD=' "$infra/env"; then
+        echo "NEUTRON_SERVICE_PASSWORD=$(cvb_secret)" >>"$infra/env"
     fi
     cvb_load_env "$infra/env"
 }
@@ -481,6 +490,7 @@ profile_running() {
     if [ "$profile" = kvm ]; then
         libvirt_answers || return 1
         nova_running || return 1
+        neutron_running || return 1
     else
         cvb_pid_alive "$dir/vcsim.pid" || return 1
     fi
@@ -710,6 +720,11 @@ export OS_PROJECT_DOMAIN_NAME=Default
 export OS_REGION_NAME=$profile
 export OS_VOLUME_API_VERSION=3.70
 RC
+    if nova_wanted; then
+        # `server create --nic none` needs compute API 2.37 or later; the
+        # client asks for 2.1 unless told.
+        echo "export OS_COMPUTE_API_VERSION=2.79" >>"$dir/openrc"
+    fi
     cvb_wait_port "$API_PORT" 60 "$dir/cinder-api.pid" \
         || cvb_die "cinder-api did not start: $dir/log/cinder-api.log"
     wait_services
@@ -812,15 +827,22 @@ main() {
         etcd_up
     fi
     if nova_wanted; then
-        # Nova's database migrations while Cinder starts.
+        # Nova's and Neutron's database migrations while Cinder starts.
         nova_vars
+        neutron_vars
         nova_prepare &
         nova_prep=$!
+        neutron_prepare &
+        neutron_prep=$!
     fi
     cinder_up
     if nova_wanted; then
         wait "$nova_prep" || cvb_die "Nova's set-up failed (see above)"
+        wait "$neutron_prep" \
+            || cvb_die "Neutron's set-up failed (see above)"
+        neutron_up
         nova_up
+        neutron_wait
     fi
     echo "$backup_store" >"$dir/backup-store"
     cvb_log "profile '$profile' is up (cinder-api http://127.0.0.1:$API_PORT," \
