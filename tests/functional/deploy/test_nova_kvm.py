@@ -35,7 +35,9 @@ the real clients:
   base; that path is a mount point made by the stand-in (its log says
   so); the guest's records advance in the volume's qcow2 file, read from
   outside;
-- ``openstack server stop``: SHUTOFF, the guest writes no more;
+- ``openstack server stop``: SHUTOFF, the guest writes no more; a backup
+  of its (in-use) volume (``--force``), restored into a new volume, holds
+  the guest's records as the server left them;
   ``openstack server start``: ACTIVE, the guest writes again;
 - ``openstack server delete``: the server is gone, Nova unmounted the
   export (its last detach) and removed the mount point, the volume is
@@ -227,6 +229,28 @@ class NovaKvmTest(testtools.TestCase):
                           % (path, timeout))
             time.sleep(1)
 
+    def _backup(self, volume_id):
+        backup = self.osc('volume', 'backup', 'create', '--force', '--name',
+                          'cvb-nova-stopped', volume_id)
+        self.dep.wait('volume backup', backup['id'], ('available',),
+                      timeout=BUILD_TIMEOUT)
+        return backup['id']
+
+    def _restore(self, backup_id):
+        volume = self.osc('volume', 'create', '--size', '1',
+                          'cvb-nova-restored')
+        self.dep.wait('volume', volume['id'], ('available',))
+        # (--force: the client refuses to restore into an existing volume
+        # without it.)
+        self.osc('volume', 'backup', 'restore', '--force', backup_id,
+                 volume['id'])
+        self.dep.wait('volume backup', backup_id, ('available',),
+                      timeout=BUILD_TIMEOUT)
+        self.dep.wait('volume', volume['id'], ('available',),
+                      timeout=BUILD_TIMEOUT,
+                      failures=('error', 'error_restoring'))
+        return volume['id']
+
     def _timed(self, name, func, *args, **kwargs):
         started = time.monotonic()
         result = func(*args, **kwargs)
@@ -275,6 +299,13 @@ class NovaKvmTest(testtools.TestCase):
         time.sleep(2)
         self.assertEqual(stopped, kvm_instance.read_records(path))
         self.assertTrue(os.path.ismount(mount_point))
+
+        # A backup of the stopped server's (in-use) volume, restored into
+        # a new volume: the guest's records as the server left them.
+        backup_id = self._timed('stopped_backup', self._backup, volume_id)
+        restored_id = self._timed('restore', self._restore, backup_id)
+        self.assertEqual(stopped, kvm_instance.read_records(
+            self.dep.volume_path(restored_id)))
 
         # Started again: the guest boots from the volume and writes again.
         self.osc('server', 'start', server_id, json=False)
