@@ -3,10 +3,11 @@
 #
 #   tools/deploy/down.sh [plugin|stock|kvm|all] [--keep-infra]
 #
-# plugin / stock / kvm: that profile's Cinder services and vcsim (kvm: Nova
-#   and Placement if up.sh started them, the
-#   libvirtd up.sh started for it, if it did, once no libvirt domain is
-#   left defined and no other client is connected to it); then Keystone,
+# plugin / stock / kvm: that profile's Cinder services and vcsim (kvm: Nova,
+#   Placement and Neutron if up.sh started them, the mounts of Nova's NFS
+#   stand-in, the libvirtd up.sh started for it, if it did, once no
+#   libvirt domain is left defined and no other client is connected to
+#   it); then Keystone,
 #   RabbitMQ and MariaDB too when no other profile is running any more
 #   (unless --keep-infra), and the deployment's Swift (tools/deploy/swift.sh).
 # all (default): every profile, then Keystone, RabbitMQ and MariaDB.
@@ -14,6 +15,7 @@
 set -eu -o pipefail
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/swift.sh"
+source "$(dirname "$0")/nova.sh"
 
 what=${1:-all}
 keep_infra=0
@@ -83,7 +85,8 @@ for profile in "${profiles[@]}"; do
     # Nova first (nova-compute may still detach volumes through Cinder),
     # all its services at once.
     pidfiles=()
-    for s in nova-compute nova-scheduler nova-conductor nova-api placement; do
+    for s in nova-compute nova-scheduler nova-conductor nova-api placement \
+            neutron-api; do
         [ -f "$dir/$s.pid" ] && pidfiles+=("$dir/$s.pid")
     done
     if [ ${#pidfiles[@]} -gt 0 ]; then
@@ -105,13 +108,15 @@ for profile in "${profiles[@]}"; do
         cvb_log "stopped the etcd of profile '$profile'"
     fi
     private_libvirt_down "$dir"
+    # After the domains: the NFS stand-in's mounts (tools/deploy/nova.sh).
+    nova_nfs_standin_down "$dir"
     libvirt_down "$dir"
 done
 
 [ "$keep_infra" = 1 ] && exit 0
 for profile in "${CVB_PROFILES[@]}"; do
     for s in up cinder-api cinder-scheduler cinder-volume cinder-backup \
-            cinder-backup2 nova-compute; do
+            cinder-backup2 nova-compute neutron-api; do
         if cvb_pid_alive "$CVB_DEPLOY_DIR/$profile/$s.pid"; then
             cvb_log "profile '$profile' still runs or starts: RabbitMQ," \
                 "MariaDB and Keystone stay up"

@@ -3,7 +3,8 @@
 # RabbitMQ, MariaDB, Swift and etcd from Debian's packages, the OpenStack
 # client (python-openstackclient + python-cinderclient), Keystone
 # (+ gunicorn) and Nova + Placement (+ gunicorn, libvirt-python: the kvm
-# profile's CVB_DEPLOY_NOVA=1), each in a virtualenv of its own.
+# profile's CVB_DEPLOY_NOVA=1) and Neutron (+ gunicorn: the same profile's
+# network API), each in a virtualenv of its own.
 # PyMySQL, through which Cinder's services reach MariaDB, and
 # python-swiftclient, Cinder's Swift backup driver's client, come with the
 # project's virtualenv (test-requirements.txt).
@@ -15,6 +16,7 @@
 #   CVB_OSC_VENV       the client's virtualenv (/opt/cvb-openstackclient)
 #   CVB_KEYSTONE_VENV  Keystone's virtualenv (/opt/cvb-keystone)
 #   CVB_NOVA_VENV      Nova's and Placement's virtualenv (/opt/cvb-nova)
+#   CVB_NEUTRON_VENV   Neutron's virtualenv (/opt/cvb-neutron)
 set -eu -o pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 source "$top/tools/deploy/lib.sh"
@@ -112,5 +114,20 @@ if [ ! -f "$NOVA_VENV/.cvb-complete" ] \
         | grep -v '^WARNING: Location' || true
     "$NOVA_VENV/bin/python" -c 'import nova, placement, libvirt, pymysql'
     echo "$nova_want" >"$NOVA_VENV/.cvb-complete"
+fi
+# Neutron's API at the same release (Neutron 29), in a virtualenv of its
+# own, with gunicorn (it ships a WSGI application). Installed again when
+# the versions here change.
+neutron_want="neutron==29.0.0 PyMySQL gunicorn"
+if [ ! -f "$NEUTRON_VENV/.cvb-complete" ] \
+        || [ "$(cat "$NEUTRON_VENV/.cvb-complete")" != "$neutron_want" ] \
+        || [ ! -x "$NEUTRON_VENV/bin/neutron-db-manage" ]; then
+    python3 -m venv "$NEUTRON_VENV"
+    "$NEUTRON_VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
+    # shellcheck disable=SC2086
+    "$NEUTRON_VENV/bin/pip" install -q $neutron_want 2>&1 \
+        | grep -v '^WARNING: Location' || true
+    "$NEUTRON_VENV/bin/python" -W ignore -c 'import neutron, pymysql'
+    echo "$neutron_want" >"$NEUTRON_VENV/.cvb-complete"
 fi
 exit 0

@@ -10,6 +10,7 @@
 #                   (default /opt/cvb-openstackclient)
 #   CVB_KEYSTONE_VENV  Keystone's virtualenv (default /opt/cvb-keystone)
 #   CVB_NOVA_VENV   Nova's and Placement's virtualenv (default /opt/cvb-nova)
+#   CVB_NEUTRON_VENV  Neutron's virtualenv (default /opt/cvb-neutron)
 #   CVB_DEPLOY_NOVA 1: the kvm profile runs Nova too (tools/deploy/nova.sh)
 #   CVB_VCSIM       a vcsim binary (default: what tools/vcsim/build.sh builds)
 #   CVB_VCSIM_WSDL  the vSphere WSDL file (default: tools/vcsim/wsdl.sh says)
@@ -20,6 +21,7 @@ CVB_DEPLOY_DIR=${CVB_DEPLOY_DIR:-/var/tmp/cvb-deploy}
 CVB_OSC_VENV=${CVB_OSC_VENV:-/opt/cvb-openstackclient}
 KEYSTONE_VENV=${CVB_KEYSTONE_VENV:-/opt/cvb-keystone}
 NOVA_VENV=${CVB_NOVA_VENV:-/opt/cvb-nova}
+NEUTRON_VENV=${CVB_NEUTRON_VENV:-/opt/cvb-neutron}
 CVB_PROFILES=(plugin stock kvm)
 
 cvb_log() {
@@ -140,4 +142,15 @@ cvb_load_env() {
     # cvb_load_env FILE: source a KEY=VALUE file written by this tooling.
     # shellcheck disable=SC1090
     [ -f "$1" ] && source "$1"
+}
+
+cvb_mounts_under() {
+    # cvb_mounts_under DIR: the mount points at or under DIR in this mount
+    # namespace, one a line, deepest (and, on one path, newest) first: the
+    # order to unmount them in. (Paths as /proc/self/mountinfo writes them:
+    # the deployment's have no blanks.)
+    local d
+    d=$(realpath -m -- "$1")
+    awk -v d="$d" '$5 == d || index($5, d "/") == 1 { print NR, $5 }' \
+        /proc/self/mountinfo | sort -k2,2r -k1,1nr | cut -d' ' -f2-
 }

@@ -6,8 +6,18 @@
 #
 # nova-api and Placement ship only WSGI applications (Nova 34 has no
 # nova-api command): gunicorn serves them, as it serves Keystone.
-# No Neutron: servers are booted with `--nic none`, which Nova builds
-# without calling Neutron; see the README (Nova) for what still needs it.
+# Servers are booted with `--nic none`: no network, but Nova asks the
+# Neutron API (tools/deploy/neutron.sh) about them on show, start and
+# delete.
+#
+# Volumes of the plugin's qcow2 driver reach Nova as NFS connections
+# (qcow2_connection_type = nfs: the one connection Nova 34's libvirt driver
+# attaches with the connection's format, qcow2). This kernel has no NFS
+# client, so the share's mount is stood in for (nova_nfs_standin_up): Nova's
+# privsep daemon finds a `mount` wrapper first on its PATH that turns
+# `mount -t nfs 127.0.0.1:<the profile's qcow2 dir> <mount point>` into a
+# bind mount of that directory; Nova's own `umount` at the last detach
+# undoes it. Everything else is Nova's real NFS path.
 #
 # Uses up.sh's variables and functions (dir, profile, infra ports and
 # passwords, API_PORT, LIBVIRT_URI, mariadb_client, rabbitmqctl,
@@ -19,6 +29,140 @@ NOVA_FLAVOR=cvb.tiny
 
 nova_wanted() {
     [ "$profile" = kvm ] && [ "${CVB_DEPLOY_NOVA:-0}" = 1 ]
+}
+
+# Nova's [libvirt] nfs_mount_point_base, the stand-in's directory and the
+# export the qcow2 driver names: paths of the profile ($dir).
+nova_mount_base() { echo "$dir/nova/mnt"; }
+nova_nfs_standin_dir() { echo "$dir/nova/nfs-standin"; }
+nova_nfs_export() { echo "127.0.0.1:$dir/qcow2"; }
+
+qcow2_connection_lines() {
+    # The qcow2 backend's connection lines (backend-qcow2.conf.in): nfs
+    # with Nova, else os-brick's LocalConnector (the tests' stand-in
+    # instances attach the file path themselves).
+    if nova_wanted; then
+        cat <<LINES
+# Nova's NFS volume driver mounts the export (the NFS stand-in of
+# tools/deploy/nova.sh) and attaches <base>/<md5 of the export>/<name> as
+# qcow2.
+qcow2_connection_type = nfs
+qcow2_nfs_export = $(nova_nfs_export)
+qcow2_nfs_mount_point_base = $(nova_mount_base)
+LINES
+    else
+        cat <<LINES
+# os-brick's LocalConnector: the connection info names the file
+# (device_path) and its format (qcow2).
+qcow2_connection_type = local
+LINES
+    fi
+}
+
+nova_nfs_standin_up() {
+    # The mount point base: a tmpfs of its own, so that a bind mount under
+    # it is a mount point to Python's os.path.ismount (Nova's test before
+    # mounting and unmounting: a bind mount of a directory of the same
+    # filesystem has its parent's st_dev), made shared so that the mounts
+    # Nova makes later in this namespace reach the libvirtd's (a slave
+    # of it: nova_libvirt_up). Then the `mount` wrapper for Nova's privsep
+    # daemon ([nova_sys_admin] helper_command puts its directory first on
+    # the daemon's PATH).
+    local base standin rdir
+    base=$(nova_mount_base)
+    standin=$(nova_nfs_standin_dir)
+    mkdir -p "$base" "$standin"
+    base=$(realpath -e "$base")
+    rdir=$(realpath -e "$dir")
+    if ! mountpoint -q "$base"; then
+        mount -t tmpfs -o size=1m,mode=0700 cvb-nova-mnt "$base" \
+            || cvb_die "could not mount a tmpfs on $base"
+    fi
+    mount --make-shared "$base" \
+        || cvb_die "could not make $base a shared mount"
+    cat >"$standin/mount" <<WRAPPER
+#!/bin/bash
+# The NFS stand-in of the kvm profile (tools/deploy/nova.sh), first on the
+# PATH of Nova's privsep daemon: this kernel has no NFS client.
+#   mount -t nfs [-o OPTIONS]... 127.0.0.1:PATH MOUNTPOINT
+# becomes 'mount --bind PATH MOUNTPOINT' for a PATH inside the profile
+# ($rdir) and a MOUNTPOINT directly under Nova's nfs_mount_point_base
+# ($base); any other NFS mount is refused; every other call is /bin/mount's.
+profile_dir='$rdir'
+base='$base'
+log='$dir/log/nfs-standin.log'
+WRAPPER
+    cat >>"$standin/mount" <<'WRAPPER'
+umask 077
+say() {
+    printf '%s mount[%d]: %s\n' "$(date -u '+%Y-%m-%d %H:%M:%S')" $$ "$*" \
+        >>"$log"
+}
+refuse() {
+    say "refused: $*"
+    echo "mount (NFS stand-in): $*" >&2
+    exit 32
+}
+nfs=0 prev=
+for a in "$@"; do
+    [ "$prev" = -t ] && [ "$a" = nfs ] && nfs=1
+    prev=$a
+done
+[ "$nfs" = 1 ] || exec /bin/mount "$@"
+say "called: mount $*"
+opts=() pos=()
+while [ $# -gt 0 ]; do
+    case $1 in
+        -t) shift 2 ;;
+        -o) opts+=("${2:-}"); shift 2 ;;
+        -*) refuse "option $1 (the stand-in takes -t nfs and -o)" ;;
+        *) pos+=("$1"); shift ;;
+    esac
+done
+[ ${#pos[@]} = 2 ] || refuse "expected EXPORT MOUNTPOINT, got: ${pos[*]}"
+export_=${pos[0]} mp=${pos[1]}
+host=${export_%%:*} path=${export_#*:}
+[ "$host" = 127.0.0.1 ] || refuse "host $host is not 127.0.0.1"
+real=$(realpath -e -- "$path" 2>/dev/null) || refuse "no directory $path"
+case $real/ in
+    "$profile_dir"/*) ;;
+    *) refuse "$path is outside the profile ($profile_dir)" ;;
+esac
+[ -d "$real" ] || refuse "$path is not a directory"
+mpreal=$(realpath -e -- "$mp" 2>/dev/null) || refuse "no mount point $mp"
+[ "$(dirname -- "$mpreal")" = "$base" ] \
+    || refuse "mount point $mp is not directly under $base"
+ro=()
+for o in "${opts[@]}"; do
+    case ,$o, in *,ro,*) ro=(-o ro) ;; esac
+done
+if /bin/mount --bind "${ro[@]}" -- "$real" "$mpreal"; then
+    say "did: mount --bind${ro[*]:+ ${ro[*]}} $real $mpreal (NFS options" \
+        "ignored: ${opts[*]:-none})"
+else
+    rc=$?
+    say "failed ($rc): mount --bind${ro[*]:+ ${ro[*]}} $real $mpreal"
+    exit "$rc"
+fi
+WRAPPER
+    chmod 0700 "$standin/mount"
+}
+
+nova_nfs_standin_down() {
+    # nova_nfs_standin_down DIR: unmount whatever is left under the
+    # profile's mount point base (by path, deepest first: Nova unmounts at
+    # the last detach, a run that ended early may not have), the base's
+    # tmpfs itself, and remove the stand-in.
+    local base=$1/nova/mnt m
+    [ -d "$base" ] || return 0
+    for m in $(cvb_mounts_under "$base"); do
+        if umount -- "$m"; then
+            cvb_log "unmounted $m"
+        else
+            cvb_log "ERROR: could not unmount $m"
+        fi
+    done
+    rm -rf "$1/nova/nfs-standin"
 }
 
 nova_prerequisites() {
@@ -103,9 +247,12 @@ instances_path = $n/instances
 transport_url = rabbit://$RABBIT_USER:$RABBIT_PASSWORD@127.0.0.1:$RABBIT_PORT/${NOVA_DB}
 compute_driver = libvirt.LibvirtDriver
 rootwrap_config = $NOVA_VENV/etc/nova/rootwrap.conf
-# No Neutron: the periodic refresh of the instances' network information
-# would ask it every minute.
+# No server has a port: the periodic refresh of the instances' network
+# information would ask Neutron every minute for nothing.
 heal_instance_info_cache_interval = -1
+# The test guests (a boot sector) do not answer ACPI: server stop would
+# wait a minute for a clean shutdown before powering off.
+shutdown_timeout = 2
 report_interval = 5
 # SIGTERM (down.sh) ends the services within seconds, not a minute.
 graceful_shutdown_timeout = 5
@@ -136,6 +283,9 @@ workers = 1
 virt_type = qemu
 connection_uri = $LIBVIRT_URI
 cpu_mode = none
+# Where Nova mounts NFS volumes' shares: the qcow2 backend's
+# qcow2_nfs_mount_point_base (a tmpfs of the profile: nova_nfs_standin_up).
+nfs_mount_point_base = $(nova_mount_base)
 
 [vnc]
 enabled = false
@@ -157,6 +307,10 @@ api_servers = http://127.0.0.1:9292
 region_name = $profile
 valid_interfaces = public
 
+[neutron]
+region_name = $profile
+valid_interfaces = public
+
 [service_user]
 # Service tokens with Nova's calls to Cinder: Cinder lets only those
 # delete the attachment of a volume connected to an instance.
@@ -174,8 +328,10 @@ driver = noop
 
 # The services run as root here: the privilege separation daemons start
 # directly (the default prefixes them with sudo).
+# Nova's own privsep daemon mounts NFS shares: the NFS stand-in's mount
+# first on its PATH (nova_nfs_standin_up).
 [nova_sys_admin]
-helper_command = $NOVA_VENV/bin/privsep-helper --config-file $n/nova.conf
+helper_command = env PATH=$(nova_nfs_standin_dir):/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin $NOVA_VENV/bin/privsep-helper --config-file $n/nova.conf
 
 [privsep_osbrick]
 helper_command = $NOVA_VENV/bin/privsep-helper --config-file $n/nova.conf
@@ -186,6 +342,8 @@ CONF
         nova_auth_section cinder
         echo
         nova_auth_section placement
+        echo
+        nova_auth_section neutron
         echo
         nova_auth_section service_user
     } >"$n/nova.conf.tmp"
@@ -323,6 +481,8 @@ nova_up() {
 NOVA_API_PORT=$NOVA_API_PORT
 PLACEMENT_PORT=$PLACEMENT_PORT
 NOVA_FLAVOR=$NOVA_FLAVOR
+NOVA_NFS_EXPORT=$(nova_nfs_export)
+NOVA_MOUNT_BASE=$(nova_mount_base)
 ENV
     cvb_wait_http "http://127.0.0.1:$PLACEMENT_PORT/" 120 \
         "$dir/placement.pid" \
@@ -381,8 +541,8 @@ nova_libvirt_uri() {
 }
 
 nova_libvirt_up() {
-    # With Nova the profile has a libvirtd of its own, in a private mount
-    # namespace where /run/libvirt, /etc/libvirt/qemu, /var/lib/libvirt,
+    # With Nova the profile has a libvirtd of its own, in a mount
+    # namespace of its own where /run/libvirt, /etc/libvirt/qemu, /var/lib/libvirt,
     # /var/cache/libvirt and /var/log/libvirt are directories of this
     # profile: nova-compute refuses to start as a new service on a
     # hypervisor that has domains already (_sanity_check_new_host), and the
@@ -395,10 +555,15 @@ nova_libvirt_up() {
     done
     mkdir -p "$p/log/qemu" "$p/lib/qemu" "$dir/log"
     LIBVIRT_URI=$(nova_libvirt_uri)
+    # The NFS stand-in's shared mount point base first: libvirtd's
+    # namespace is a slave of this one (--propagation slave: every mount
+    # here is private but that base), so QEMU sees the shares Nova mounts
+    # later.
+    nova_nfs_standin_up
     # unshare execs the shell, which execs libvirtd (in the foreground):
     # the recorded PID is libvirtd's.
     cvb_start "$dir/libvirtd.pid" "$dir/log/libvirtd.log" \
-        unshare --mount --propagation private sh -c '
+        unshare --mount --propagation slave sh -c '
             set -e
             mount --bind "$1/run" /run/libvirt
             mount --bind "$1/etc-qemu" /etc/libvirt/qemu

@@ -27,7 +27,10 @@
 #   driver (attachments through Cinder's API, a libvirt domain per
 #   instance). With CVB_DEPLOY_NOVA=1 the kvm profile runs Nova and
 #   Placement as well (tools/deploy/nova.sh; nova-compute with the libvirt
-#   driver on QEMU/TCG, on that libvirtd).
+#   driver on QEMU/TCG, on that libvirtd), and the Neutron API that Nova
+#   asks about servers even without a network (tools/deploy/neutron.sh).
+#   Nova mounts the qcow2 volumes' NFS export through the deployment's NFS
+#   stand-in (a bind mount: nova.sh).
 #
 # plugin and kvm also load the plugin's instance-group API extension
 # (osapi_volume_extension) when the virtualenv has it (the log says which).
@@ -62,6 +65,7 @@
 set -eu -o pipefail
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/nova.sh"
+source "$(dirname "$0")/neutron.sh"
 source "$(dirname "$0")/swift.sh"
 source "$(dirname "$0")/etcd.sh"
 umask 077
@@ -102,6 +106,8 @@ check_prerequisites() {
         if nova_wanted; then
             local nova_missing
             nova_missing=$(nova_prerequisites)
+            [ -z "$nova_missing" ] || missing+=("$nova_missing")
+            nova_missing=$(neutron_prerequisites)
             [ -z "$nova_missing" ] || missing+=("$nova_missing")
         fi
     fi
@@ -180,6 +186,9 @@ ENV
     # Added later than the others: an older env file gets it appended.
     if ! grep -q '^NOVA_SERVICE_PASSWORD=' "$infra/env"; then
         echo "NOVA_SERVICE_PASSWORD=$(cvb_secret)" >>"$infra/env"
+    fi
+    if ! grep -q '^NEUTRON_SERVICE_PASSWORD=' "$infra/env"; then
+        echo "NEUTRON_SERVICE_PASSWORD=$(cvb_secret)" >>"$infra/env"
     fi
     cvb_load_env "$infra/env"
 }
@@ -486,6 +495,7 @@ profile_running() {
     if [ "$profile" = kvm ]; then
         libvirt_answers || return 1
         nova_running || return 1
+        neutron_running || return 1
     else
         cvb_pid_alive "$dir/vcsim.pid" || return 1
     fi
@@ -655,7 +665,8 @@ cinder_up() {
     fi
     if [ "$profile" = kvm ]; then
         backend=qcow2
-        backend_args=(LIBVIRT_URI="$LIBVIRT_URI")
+        backend_args=(LIBVIRT_URI="$LIBVIRT_URI"
+                      CONNECTION_LINES="$(qcow2_connection_lines)")
     else
         backend=vmware
         backend_args=(VOLUME_DRIVER_LINE="$volume_driver_line"
@@ -746,6 +757,11 @@ export OS_PROJECT_DOMAIN_NAME=Default
 export OS_REGION_NAME=$profile
 export OS_VOLUME_API_VERSION=3.70
 RC
+    if nova_wanted; then
+        # `server create --nic none` needs compute API 2.37 or later; the
+        # client asks for 2.1 unless told.
+        echo "export OS_COMPUTE_API_VERSION=2.79" >>"$dir/openrc"
+    fi
     cvb_wait_port "$API_PORT" 60 "$dir/cinder-api.pid" \
         || cvb_die "cinder-api did not start: $dir/log/cinder-api.log"
     wait_services
@@ -836,6 +852,11 @@ main() {
     fi
     CVB_DEPLOY_LOCKED=1 bash "$CVB_TOP/tools/deploy/down.sh" "$profile" \
         --keep-infra >/dev/null 7>&-
+    # Never remove a directory through a mount (down.sh unmounts the NFS
+    # stand-in's; what is left is someone else's, or a failed unmount).
+    if [ -n "$(cvb_mounts_under "$dir")" ]; then
+        cvb_die "still mounted under $dir:" $(cvb_mounts_under "$dir")
+    fi
     rm -rf "$dir"
     mkdir -p "$dir"
     echo $$ >"$dir/up.pid"
@@ -854,15 +875,22 @@ main() {
         etcd_up
     fi
     if nova_wanted; then
-        # Nova's database migrations while Cinder starts.
+        # Nova's and Neutron's database migrations while Cinder starts.
         nova_vars
+        neutron_vars
         nova_prepare &
         nova_prep=$!
+        neutron_prepare &
+        neutron_prep=$!
     fi
     cinder_up
     if nova_wanted; then
         wait "$nova_prep" || cvb_die "Nova's set-up failed (see above)"
+        wait "$neutron_prep" \
+            || cvb_die "Neutron's set-up failed (see above)"
+        neutron_up
         nova_up
+        neutron_wait
     fi
     echo "$backup_store" >"$dir/backup-store"
     cvb_log "profile '$profile' is up (cinder-api http://127.0.0.1:$API_PORT," \

@@ -15,46 +15,52 @@
 tools/deploy/up.sh kvm with CVB_DEPLOY_NOVA=1 runs, besides Cinder with
 the plugin's Qcow2VolumeDriver, Placement, nova-api, nova-conductor,
 nova-scheduler and nova-compute (libvirt driver, QEMU/TCG) on a libvirtd
-of the profile's own. This test checks, with the real clients:
+of the profile's own. The qcow2 backend returns NFS connections
+(``qcow2_connection_type = nfs``, export ``127.0.0.1:<the profile's qcow2
+directory>``): Nova 34's LibvirtNFSVolumeDriver mounts the export under
+``[libvirt] nfs_mount_point_base`` (the deployment's NFS stand-in turns
+that mount into a bind mount: this kernel has no NFS client) and gives
+libvirt the file at ``<base>/<md5 of the export>/volume-<id>`` with the
+connection's format, qcow2. Nova asks the deployment's Neutron API (ML2,
+no agent) about servers even without a network. This test checks, with
+the real clients:
 
 - the deployment's Nova is up: its three services report 'up' and the
   hypervisor is registered (``openstack compute service list``,
   ``openstack hypervisor list``);
-- a server booted from a plugin volume (the tiny writing guest written
-  into it) with no network: Nova's API takes it, nova-compute attaches
-  the volume through Cinder's attachment API and os-brick with the
-  connection info the driver returns (the qcow2 file's path reaches
-  QEMU). Nova 34's libvirt driver gives a ``local`` connection to QEMU
-  as a raw block device (``host_device``: the build fails) and a
-  ``gpfs`` one as a raw file (the guest would see the qcow2 file's
-  bytes); only the nfs, smbfs, quobyte and vzstorage volume drivers take
-  the ``format`` of the connection info. The qcow2 volume booting as
-  qcow2 is therefore an expected failure (``expectFailure``) until the
-  driver returns a connection Nova attaches as qcow2: the test then
-  fails as an unexpected success, to be turned into the full scenario
-  (backup of a running server, restore while stopped).
-
-Without Neutron, ``openstack server show/list`` (security groups),
-``server start``/``reboot`` (network info) and ``server delete``
-(network deallocation) fail in Nova: the server is not deleted here,
-down.sh destroys what is left on the profile's libvirtd.
+- ``openstack server create --volume ... --nic none``: a server booted
+  from a plugin volume (the tiny writing guest written into it) becomes
+  ACTIVE; its domain (``virsh dumpxml`` on the profile's libvirt) has the
+  volume as a file disk, driver type qcow2, at the path under the mount
+  base; that path is a mount point made by the stand-in (its log says
+  so); the guest's records advance in the volume's qcow2 file, read from
+  outside;
+- ``openstack server stop``: SHUTOFF, the guest writes no more; a backup
+  of its (in-use) volume (``--force``), restored into a new volume, holds
+  the guest's records as the server left them;
+  ``openstack server start``: ACTIVE, the guest writes again;
+- ``openstack server delete``: the server is gone, Nova unmounted the
+  export (its last detach) and removed the mount point, the volume is
+  available again and its qcow2 file intact.
 """
 
+import hashlib
 import json
 import os
-import subprocess  # nosec B404: the OpenStack client, qemu-io
+import subprocess  # nosec B404: the OpenStack client, qemu-io, virsh
 import sys
 import time
+from xml.etree import ElementTree
 
 import fixtures
 import testtools
 
 from tests.functional.deploy import deployment
+from tests.functional.deploy import kvm_instance
 from tests.functional.kvm import guest
 
 NOVA_VENV = os.environ.get('CVB_NOVA_VENV', '/opt/cvb-nova')
-NOVA_SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                           'nova_server.py')
+NEUTRON_VENV = os.environ.get('CVB_NEUTRON_VENV', '/opt/cvb-neutron')
 BUILD_TIMEOUT = 300
 
 
@@ -66,28 +72,35 @@ class NovaDeployment(deployment.Deployment):
 
     def _script_env(self):
         env = super(NovaDeployment, self)._script_env()
-        env.update(CVB_DEPLOY_NOVA='1', CVB_NOVA_VENV=NOVA_VENV)
+        env.update(CVB_DEPLOY_NOVA='1', CVB_NOVA_VENV=NOVA_VENV,
+                   CVB_NEUTRON_VENV=NEUTRON_VENV)
         return env
-
-    def db(self, database):
-        """A PyMySQL connection to one of the deployment's databases."""
-        import pymysql
-        infra = deployment.read_env(os.path.join(self.deploy_dir, 'infra',
-                                                 'env'))
-        return pymysql.connect(host='127.0.0.1', port=int(infra['DB_PORT']),
-                               user=infra['DB_USER'],
-                               password=infra['DB_PASSWORD'],
-                               database=database, autocommit=True)
 
     @property
     def libvirt_uri(self):
         with open(os.path.join(self.dir, 'libvirt.uri')) as f:
             return f.read().strip()
 
-    def create_server(self, name, flavor, volume_id):
-        cmd = [os.path.join(deployment.OSC_VENV, 'bin', 'python'),
-               NOVA_SERVER, 'create', name, flavor, volume_id]
-        return json.loads(self._run(cmd)[1])['id']
+    @property
+    def nova_env(self):
+        return deployment.read_env(os.path.join(self.dir, 'nova.env'))
+
+    def nova_volume_path(self, volume_id):
+        """Where Nova's NFS volume driver has the volume's file.
+
+        ``<nfs_mount_point_base>/<md5 hex of the export>/volume-<id>``
+        (nova.virt.libvirt.volume.fs: the mount point of the export).
+        """
+        env = self.nova_env
+        digest = hashlib.md5(env['NOVA_NFS_EXPORT'].encode(),
+                             usedforsecurity=False).hexdigest()
+        return os.path.join(env['NOVA_MOUNT_BASE'], digest,
+                            'volume-%s' % volume_id)
+
+    def dumpxml(self, domain):
+        """``virsh dumpxml`` of a domain on the profile's libvirtd."""
+        return self._run(['virsh', '-q', '-c', self.libvirt_uri, 'dumpxml',
+                          domain])[1]
 
 
 def missing_nova_prerequisites():
@@ -95,6 +108,9 @@ def missing_nova_prerequisites():
     for name in ('nova-compute', 'placement-manage', 'gunicorn'):
         if not os.path.exists(os.path.join(NOVA_VENV, 'bin', name)):
             missing.append('%s in %s' % (name, NOVA_VENV))
+    for name in ('neutron-db-manage', 'gunicorn'):
+        if not os.path.exists(os.path.join(NEUTRON_VENV, 'bin', name)):
+            missing.append('%s in %s' % (name, NEUTRON_VENV))
     return missing
 
 
@@ -160,74 +176,160 @@ class NovaKvmTest(testtools.TestCase):
             check=True, stdout=subprocess.DEVNULL)
         return volume['id']
 
-    def _built(self, server_id):
-        """Wait for the build's end: (vm_state, fault message or None).
-
-        From Nova's cell database: Nova's API shows no server without
-        Neutron (see the module's docstring).
-        """
-        conn = self.dep.db('cvb_kvm_nova')
-        self.addCleanup(conn.close)
-        deadline = time.monotonic() + BUILD_TIMEOUT
+    def _server_status(self, server_id, statuses, timeout=BUILD_TIMEOUT):
+        """Poll ``openstack server show`` until its status is in statuses."""
+        deadline = time.monotonic() + timeout
         while True:
-            with conn.cursor() as cur:
-                cur.execute('SELECT vm_state, task_state FROM instances '
-                            'WHERE uuid = %s', (server_id,))
-                row = cur.fetchone()
-            if row and row[0] in ('active', 'error') and row[1] is None:
-                break
+            shown = self.osc('server', 'show', server_id)
+            if shown['status'] in statuses:
+                return shown
+            if shown['status'] == 'ERROR':
+                self.fail('server %s is ERROR: %s'
+                          % (server_id, shown.get('fault')))
             if time.monotonic() > deadline:
                 self.fail('server %s still %s after %ss'
-                          % (server_id, row, BUILD_TIMEOUT))
+                          % (server_id, shown['status'], timeout))
             time.sleep(1)
-        with conn.cursor() as cur:
-            # (message is cut at 255 characters; details has the rest.)
-            cur.execute('SELECT message, details FROM instance_faults '
-                        'WHERE instance_uuid = %s ORDER BY id DESC LIMIT 1',
-                        (server_id,))
-            fault = cur.fetchone()
-        return row[0], '%s\n%s' % fault if fault else None
 
-    def _disk_format(self, server_id, path):
-        """The libvirt driver type of the domain's disk on ``path``."""
-        import libvirt
-        from xml.etree import ElementTree
-        conn = libvirt.open(self.dep.libvirt_uri)
-        try:
-            dom = conn.lookupByUUIDString(server_id)
-            xml = ElementTree.fromstring(dom.XMLDesc(0))
-        finally:
-            conn.close()
+    def _domain_state(self, server_id):
+        return self.dep._run(['virsh', '-q', '-c', self.dep.libvirt_uri,
+                              'domstate', server_id])[1].strip()
+
+    def _disks(self, server_id):
+        """{source file: driver type} of the server's domain's file disks."""
+        xml = ElementTree.fromstring(self.dep.dumpxml(server_id))
+        disks = {}
         for disk in xml.findall('./devices/disk'):
             source = disk.find('source')
-            if source is not None and path in (source.get('file'),
-                                               source.get('dev')):
-                return disk.find('driver').get('type')
-        return None
+            if disk.get('type') == 'file' and source is not None:
+                disks[source.get('file')] = disk.find('driver').get('type')
+        return disks
+
+    def _records_advance(self, path, timeout=120):
+        """Wait until the guest's newest record grows; return it."""
+        deadline = time.monotonic() + timeout
+        first = None
+        while True:
+            newest = guest.consistent_run(kvm_instance.read_records(path))
+            if first is None and newest:
+                first = newest
+            elif first is not None and newest > first:
+                return newest
+            if time.monotonic() > deadline:
+                self.fail('the guest wrote no new record to %s in %ss '
+                          '(newest %s)' % (path, timeout, newest))
+            time.sleep(1)
+
+    def _records_change(self, path, before, timeout=120):
+        """Wait until the guest's ring differs from ``before``."""
+        deadline = time.monotonic() + timeout
+        while kvm_instance.read_records(path) == before:
+            if time.monotonic() > deadline:
+                self.fail('the guest wrote nothing to %s in %ss'
+                          % (path, timeout))
+            time.sleep(1)
+
+    def _backup(self, volume_id):
+        backup = self.osc('volume', 'backup', 'create', '--force', '--name',
+                          'cvb-nova-stopped', volume_id)
+        self.dep.wait('volume backup', backup['id'], ('available',),
+                      timeout=BUILD_TIMEOUT)
+        return backup['id']
+
+    def _restore(self, backup_id):
+        volume = self.osc('volume', 'create', '--size', '1',
+                          'cvb-nova-restored')
+        self.dep.wait('volume', volume['id'], ('available',))
+        # (--force: the client refuses to restore into an existing volume
+        # without it.)
+        self.osc('volume', 'backup', 'restore', '--force', backup_id,
+                 volume['id'])
+        self.dep.wait('volume backup', backup_id, ('available',),
+                      timeout=BUILD_TIMEOUT)
+        self.dep.wait('volume', volume['id'], ('available',),
+                      timeout=BUILD_TIMEOUT,
+                      failures=('error', 'error_restoring'))
+        return volume['id']
+
+    def _timed(self, name, func, *args, **kwargs):
+        started = time.monotonic()
+        result = func(*args, **kwargs)
+        self.figures['%s_seconds' % name] = round(
+            time.monotonic() - started, 1)
+        return result
 
     def test_server_boots_from_plugin_volume(self):
         self._nova_is_up()
         volume_id = self._boot_volume()
-        started = time.monotonic()
-        server_id = self.dep.create_server('cvb-nova-server', 'cvb.tiny',
-                                           volume_id)
-        vm_state, fault = self._built(server_id)
-        self.figures['build_seconds'] = round(time.monotonic() - started, 1)
         path = self.dep.volume_path(volume_id)
-        if vm_state == 'error':
-            # nova-compute got the connection through Cinder and os-brick:
-            # QEMU was told to open the volume's qcow2 file.
-            self.assertIn(path, fault or '')
-            # A failed build gives the volume back (attachment deleted).
-            self.dep.wait('volume', volume_id, ('available',), timeout=120)
-            outcome = ('error', fault)
-        else:
-            outcome = ('active', self._disk_format(server_id, path))
-        self.figures['outcome'] = str(outcome)[:600]
-        self.expectFailure(
-            'Nova 34 attaches the qcow2 driver\'s local/gpfs connection as '
-            'raw (README, Nova)', self.assertEqual, ('active', 'qcow2'),
-            outcome)
+        started = time.monotonic()
+        server_id = self.osc('server', 'create', '--flavor', 'cvb.tiny',
+                             '--volume', volume_id, '--nic', 'none',
+                             'cvb-nova-server')['id']
+        self._server_status(server_id, ('ACTIVE',))
+        self.figures['build_seconds'] = round(time.monotonic() - started, 1)
+
+        # Nova's NFS volume driver gave libvirt the file under the mount
+        # base, as qcow2; the mount point is a mount (the stand-in's bind
+        # mount of the profile's qcow2 directory).
+        nova_path = self.dep.nova_volume_path(volume_id)
+        self.assertEqual({nova_path: 'qcow2'}, self._disks(server_id))
+        mount_point = os.path.dirname(nova_path)
+        self.assertTrue(os.path.ismount(mount_point), mount_point)
+        self.assertEqual(os.stat(path).st_ino, os.stat(nova_path).st_ino)
+        with open(os.path.join(self.dep.dir, 'log',
+                               'nfs-standin.log')) as f:
+            standin = f.read()
+        self.assertIn('did: mount --bind %s %s' % (
+            os.path.realpath(os.path.join(self.dep.dir, 'qcow2')),
+            mount_point), standin)
+        self.assertEqual('in-use', self.osc('volume', 'show',
+                                            volume_id)['status'])
+
+        # The guest runs: its records advance in the plugin's qcow2 file.
+        self.figures['guest_newest_record'] = self._timed(
+            'first_records', self._records_advance, path)
+
+        # Stopped: the domain is shut off, the guest writes no more (the
+        # share stays mounted: the volume stays attached).
+        self.osc('server', 'stop', server_id, json=False)
+        self._timed('stop', self._server_status, server_id, ('SHUTOFF',))
+        self.assertEqual('shut off', self._domain_state(server_id))
+        stopped = kvm_instance.read_records(path)
+        time.sleep(2)
+        self.assertEqual(stopped, kvm_instance.read_records(path))
+        self.assertTrue(os.path.ismount(mount_point))
+
+        # A backup of the stopped server's (in-use) volume, restored into
+        # a new volume: the guest's records as the server left them.
+        backup_id = self._timed('stopped_backup', self._backup, volume_id)
+        restored_id = self._timed('restore', self._restore, backup_id)
+        self.assertEqual(stopped, kvm_instance.read_records(
+            self.dep.volume_path(restored_id)))
+
+        # Started again: the guest boots from the volume and writes again.
+        self.osc('server', 'start', server_id, json=False)
+        self._timed('start', self._server_status, server_id, ('ACTIVE',))
+        self.assertEqual({nova_path: 'qcow2'}, self._disks(server_id))
+        self._records_change(path, stopped)
+
+        # Deleted: Nova's last detach unmounts the share and removes the
+        # mount point; the volume is available with its data.
+        self.osc('server', 'delete', server_id, json=False)
+        self._timed('delete', self.dep.wait_gone, 'server', server_id,
+                    timeout=BUILD_TIMEOUT)
+        self.dep.wait('volume', volume_id, ('available',), timeout=120)
+        self.assertFalse(os.path.exists(mount_point), mount_point)
+        self.assertEqual([], [m for m in _mount_points()
+                              if m.startswith(mount_point)])
+        subprocess.run(['qemu-img', 'check', '-q', path],  # nosec B603 B607
+                       check=True)
+        self.assertNotEqual(0, max(kvm_instance.read_records(path)))
+
+
+def _mount_points():
+    with open('/proc/self/mountinfo') as f:
+        return [line.split()[4] for line in f]
 
 
 if __name__ == '__main__':
