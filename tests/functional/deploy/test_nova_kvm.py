@@ -35,6 +35,10 @@ the real clients:
   base; that path is a mount point made by the stand-in (its log says
   so); the guest's records advance in the volume's qcow2 file, read from
   outside;
+- a backup while the server runs (``--force``): frozen online through
+  the domain at the mount-point path (one atomic snapshot, merged back),
+  restored into a new volume with a consistent ring of the guest's
+  records; the server runs on, on its volume alone;
 - ``openstack server stop``: SHUTOFF, the guest writes no more; a backup
   of its (in-use) volume (``--force``), restored into a new volume, holds
   the guest's records as the server left them;
@@ -229,9 +233,9 @@ class NovaKvmTest(testtools.TestCase):
                           % (path, timeout))
             time.sleep(1)
 
-    def _backup(self, volume_id):
+    def _backup(self, volume_id, name='cvb-nova-stopped'):
         backup = self.osc('volume', 'backup', 'create', '--force', '--name',
-                          'cvb-nova-stopped', volume_id)
+                          name, volume_id)
         self.dep.wait('volume backup', backup['id'], ('available',),
                       timeout=BUILD_TIMEOUT)
         return backup['id']
@@ -289,6 +293,24 @@ class NovaKvmTest(testtools.TestCase):
         # The guest runs: its records advance in the plugin's qcow2 file.
         self.figures['guest_newest_record'] = self._timed(
             'first_records', self._records_advance, path)
+
+        # A backup while the server runs (--force): the plugin freezes the
+        # volume online through the domain, which sees it at the mount
+        # point (an external snapshot there, merged back by an active
+        # block commit). Restored into a new volume: a consistent ring of
+        # the guest's records; the server runs on, on its volume alone.
+        running_id = self._timed('running_backup', self._backup, volume_id,
+                                 'cvb-nova-running')
+        self.assertEqual('running', self._domain_state(server_id))
+        self.assertEqual({nova_path: 'qcow2'}, self._disks(server_id))
+        froze = [line for service in ('cinder-backup', 'cinder-volume')
+                 for line in self.dep.log(service).splitlines()
+                 if 'Froze disk(s)' in line]
+        self.assertEqual(1, len(froze), froze)
+        at_backup = kvm_instance.read_records(self.dep.volume_path(
+            self._timed('running_restore', self._restore, running_id)))
+        self.assertGreaterEqual(guest.consistent_run(at_backup),
+                                self.figures['guest_newest_record'])
 
         # Stopped: the domain is shut off, the guest writes no more (the
         # share stays mounted: the volume stays attached).
