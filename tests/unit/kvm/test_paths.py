@@ -209,14 +209,21 @@ class RetargetTestCase(testtools.TestCase):
         self.assertIn('<source file="/srv/qcow2/volume-1" />', defined[1])
 
 
-class FreezeOnMountPointTestCase(testtools.TestCase):
-    """The online freeze names the overlay as the domain sees its disk."""
+class _MountPointCase(testtools.TestCase):
+    """A volumes directory and the mount point the domains see it at."""
 
     def setUp(self):
         super().setUp()
         self.dir = self.useFixture(fixtures.TempDir()).path
         self.mount = paths.nova_mount_point('/nova/mnt', EXPORT)
         self.map = paths.PathMap(self.dir, self.mount)
+
+
+class FreezeOnMountPointTestCase(_MountPointCase):
+    """The online freeze names the overlay as the domain sees its disk."""
+
+    def setUp(self):
+        super().setUp()
         self.path = os.path.join(self.dir, 'volume-1')
         open(self.path, 'w').close()
         self.conn = mock.create_autospec(libvirt.virConnect, instance=True)
@@ -261,14 +268,11 @@ class FreezeOnMountPointTestCase(testtools.TestCase):
         result._lock.close()
 
 
-class LeftoverOnMountPointTestCase(testtools.TestCase):
+class LeftoverOnMountPointTestCase(_MountPointCase):
     """A killed online freeze's overlay, backed by the mount-point path."""
 
     def setUp(self):
         super().setUp()
-        self.dir = self.useFixture(fixtures.TempDir()).path
-        self.mount = paths.nova_mount_point('/nova/mnt', EXPORT)
-        self.map = paths.PathMap(self.dir, self.mount)
         self.image = os.path.join(self.dir, 'volume-1')
         self.overlay = naming.transient_path(self.image, naming.OVERLAY,
                                              '0123456789abcdef')
@@ -342,14 +346,11 @@ class LeftoverOnMountPointTestCase(testtools.TestCase):
         self.conn.defineXML.assert_not_called()
 
 
-class BitmapsOnMountPointTestCase(testtools.TestCase):
+class BitmapsOnMountPointTestCase(_MountPointCase):
     """Bitmaps of a running image go to the node of the path QEMU has."""
 
     def setUp(self):
         super().setUp()
-        self.dir = self.useFixture(fixtures.TempDir()).path
-        self.mount = paths.nova_mount_point('/nova/mnt', EXPORT)
-        self.map = paths.PathMap(self.dir, self.mount)
         self.path = os.path.join(self.dir, 'volume-1')
         self.conn = mock.create_autospec(libvirt.virConnect, instance=True)
         self.domain = _domain('i-1', _disk('vda', self.mount + '/volume-1'))
