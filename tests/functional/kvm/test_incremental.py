@@ -93,6 +93,21 @@ class _ChainMixin(object):
     def bytes_read(self, backup):
         return self.sources[backup.id].bytes_read_from_disk
 
+    def make_guest_volumes(self):
+        """Two volumes, the first holding the guest writing to both.
+
+        Sets ``volumes`` and their local ``paths``.
+        """
+        boot = os.path.join(self.volume_dir, 'boot.bin')
+        with open(boot, 'wb') as f:
+            f.write(guest.boot_sector(disks=2, paced=True))
+        self.volumes = [
+            self.make_volume(writes=['write -s %s 0 512' % boot,
+                                     'write -P 0x11 10M 4M']),
+            self.make_volume(writes=['write -P 0x22 200M 4M'])]
+        os.unlink(boot)
+        self.paths = [self.driver.local_path(v) for v in self.volumes]
+
     def assertChainOfCuts(self, chain, most_read=2 * MIB):
         """Each set of ``chain`` restores as one cut, later than the last.
 
@@ -298,15 +313,7 @@ class OnlineChainTestCase(_ChainMixin, base.Qcow2FunctionalTestCase):
         self.libvirt.setUp()
         super().setUp()
         self.addCleanup(self.libvirt.cleanUp)
-        boot = os.path.join(self.volume_dir, 'boot.bin')
-        with open(boot, 'wb') as f:
-            f.write(guest.boot_sector(disks=2, paced=True))
-        self.volumes = [
-            self.make_volume(writes=['write -s %s 0 512' % boot,
-                                     'write -P 0x11 10M 4M']),
-            self.make_volume(writes=['write -P 0x22 200M 4M'])]
-        os.unlink(boot)
-        self.paths = [self.driver.local_path(v) for v in self.volumes]
+        self.make_guest_volumes()
         self.domain = self.libvirt.start_guest(self.paths, kvm=False)
         deadline = time.monotonic() + 120
         while max(guest.records(base.read_head(self.paths[0]))) == 0:

@@ -57,15 +57,7 @@ class NfsViewTestCase(test_incremental._ChainMixin,
         self._bind_mount()
         # Registered after the mount's: the domains go first.
         self.addCleanup(self.libvirt.cleanUp)
-        boot = os.path.join(self.volume_dir, 'boot.bin')
-        with open(boot, 'wb') as f:
-            f.write(guest.boot_sector(disks=2, paced=True))
-        self.volumes = [
-            self.make_volume(writes=['write -s %s 0 512' % boot,
-                                     'write -P 0x11 10M 4M']),
-            self.make_volume(writes=['write -P 0x22 200M 4M'])]
-        os.unlink(boot)
-        self.paths = [self.driver.local_path(v) for v in self.volumes]
+        self.make_guest_volumes()
         self.seen = [os.path.join(self.mount_dir, v.name)
                      for v in self.volumes]
         self.domain = self.libvirt.start_guest(self.seen, kvm=False,

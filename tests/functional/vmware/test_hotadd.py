@@ -178,6 +178,12 @@ class HotAddTestCase(flows.VmdkBackupTestBase):
             self.instance.ref)
         self.session.wait_for_task(task)
 
+    def _destroy_proxy(self):
+        """Power the proxy VM off and delete it."""
+        for method in ('PowerOffVM_Task', 'Destroy_Task'):
+            self.session.wait_for_task(self.session.invoke_api(
+                self.session.vim, method, self.proxy))
+
     def _snapshots(self):
         info = self.session.invoke_api(
             vim_util, 'get_object_property', self.session.vim,
@@ -313,12 +319,7 @@ class HotAddTestCase(flows.VmdkBackupTestBase):
         pool = self._prop(compute, 'resourcePool')
         self.assertEqual([], hotadd._array(self._prop(host, 'datastore'),
                                            'ManagedObjectReference'))
-        task = self.session.invoke_api(self.session.vim, 'PowerOffVM_Task',
-                                       self.proxy)
-        self.session.wait_for_task(task)
-        task = self.session.invoke_api(self.session.vim, 'Destroy_Task',
-                                       self.proxy)
-        self.session.wait_for_task(task)
+        self._destroy_proxy()
         self.proxy = self._make_proxy('far-proxy', host=host,
                                       host_pool=pool)
         self.assertEqual(host.value, self._prop(self.proxy,
@@ -376,12 +377,7 @@ class HotAddTestCase(flows.VmdkBackupTestBase):
 
         # The proxy VM deleted and made again (same BIOS UUID, another
         # reference): the cached one fails, the new one is found.
-        task = self.session.invoke_api(self.session.vim, 'PowerOffVM_Task',
-                                       self.proxy)
-        self.session.wait_for_task(task)
-        task = self.session.invoke_api(self.session.vim, 'Destroy_Task',
-                                       self.proxy)
-        self.session.wait_for_task(task)
+        self._destroy_proxy()
         old = self.proxy
         self.proxy = self._make_proxy()
         self.assertNotEqual(old.value, self.proxy.value)
