@@ -48,219 +48,20 @@ the real clients:
   available again and its qcow2 file intact.
 """
 
-import hashlib
-import json
 import os
-import subprocess  # nosec B404: the OpenStack client, qemu-io, virsh
+import subprocess  # nosec B404: qemu-img
 import sys
 import time
-from xml.etree import ElementTree
 
-import fixtures
-import testtools
-
-from tests.functional.deploy import deployment
 from tests.functional.deploy import kvm_instance
+from tests.functional.deploy import nova_servers
 from tests.functional.kvm import guest
 
-NOVA_VENV = os.environ.get('CVB_NOVA_VENV', '/opt/cvb-nova')
-NEUTRON_VENV = os.environ.get('CVB_NEUTRON_VENV', '/opt/cvb-neutron')
-BUILD_TIMEOUT = 300
+BUILD_TIMEOUT = nova_servers.BUILD_TIMEOUT
 
 
-class NovaDeployment(deployment.Deployment):
-    """The kvm profile, with Nova."""
-
-    def __init__(self):
-        super(NovaDeployment, self).__init__('kvm')
-
-    def _script_env(self):
-        env = super(NovaDeployment, self)._script_env()
-        env.update(CVB_DEPLOY_NOVA='1', CVB_NOVA_VENV=NOVA_VENV,
-                   CVB_NEUTRON_VENV=NEUTRON_VENV)
-        return env
-
-    @property
-    def libvirt_uri(self):
-        with open(os.path.join(self.dir, 'libvirt.uri')) as f:
-            return f.read().strip()
-
-    @property
-    def nova_env(self):
-        return deployment.read_env(os.path.join(self.dir, 'nova.env'))
-
-    def nova_volume_path(self, volume_id):
-        """Where Nova's NFS volume driver has the volume's file.
-
-        ``<nfs_mount_point_base>/<md5 hex of the export>/volume-<id>``
-        (nova.virt.libvirt.volume.fs: the mount point of the export).
-        """
-        env = self.nova_env
-        digest = hashlib.md5(env['NOVA_NFS_EXPORT'].encode(),
-                             usedforsecurity=False).hexdigest()
-        return os.path.join(env['NOVA_MOUNT_BASE'], digest,
-                            'volume-%s' % volume_id)
-
-    def dumpxml(self, domain):
-        """``virsh dumpxml`` of a domain on the profile's libvirtd."""
-        return self._run(['virsh', '-q', '-c', self.libvirt_uri, 'dumpxml',
-                          domain])[1]
-
-
-def missing_nova_prerequisites():
-    missing = []
-    for name in ('nova-compute', 'placement-manage', 'gunicorn'):
-        if not os.path.exists(os.path.join(NOVA_VENV, 'bin', name)):
-            missing.append('%s in %s' % (name, NOVA_VENV))
-    for name in ('neutron-db-manage', 'gunicorn'):
-        if not os.path.exists(os.path.join(NEUTRON_VENV, 'bin', name)):
-            missing.append('%s in %s' % (name, NEUTRON_VENV))
-    return missing
-
-
-class NovaKvmTest(testtools.TestCase):
+class NovaKvmTest(nova_servers.NovaServerTestCase):
     """A server of the deployment's Nova on the plugin's qcow2 volume."""
-
-    def setUp(self):
-        super(NovaKvmTest, self).setUp()
-        missing = (deployment.missing_prerequisites() +
-                   deployment.missing_kvm_prerequisites() +
-                   missing_nova_prerequisites())
-        if missing:
-            self.skipTest('the kvm deployment with Nova needs %s '
-                          '(tools/deploy/install.sh, tools/libvirt/'
-                          'install.sh)' % ', '.join(missing))
-        self.dep = NovaDeployment()
-        if not self.dep.claim():
-            self.skipTest('another test run on this machine is using the '
-                          'kvm deployment in %s' % self.dep.deploy_dir)
-        self.addCleanup(self.dep.release)
-        self.figures = {}
-        self.addCleanup(self._report)
-        self.addCleanup(self.dep.stop)
-        self.dep.start()
-        self.figures['up_seconds'] = round(self.dep.timings['up'], 1)
-        self.tmp = self.useFixture(fixtures.TempDir()).path
-
-    def _report(self):
-        text = json.dumps(self.figures, indent=2, sort_keys=True)
-        self.addDetail('figures', testtools.content.text_content(text))
-        print('\nkvm profile with Nova, figures: %s' % text)
-
-    def osc(self, *args, **kwargs):
-        return self.dep.openstack(*args, **kwargs)
-
-    def _nova_is_up(self):
-        services = {s['Binary']: s for s in
-                    self.osc('compute', 'service', 'list')}
-        for binary in ('nova-conductor', 'nova-scheduler', 'nova-compute'):
-            self.assertIn(binary, services)
-            self.assertEqual(('enabled', 'up'),
-                             (services[binary]['Status'],
-                              services[binary]['State']), binary)
-        hypervisors = self.osc('hypervisor', 'list')
-        self.assertEqual(1, len(hypervisors), hypervisors)
-        self.assertEqual(('QEMU', 'up'),
-                         (hypervisors[0]['Hypervisor Type'],
-                          hypervisors[0]['State']))
-
-    def _boot_volume(self):
-        """A bootable 1 GiB plugin volume holding the writing guest."""
-        volume = self.osc('volume', 'create', '--size', '1', '--bootable',
-                          'cvb-nova-boot')
-        self.dep.wait('volume', volume['id'], ('available',))
-        sector = os.path.join(self.tmp, 'boot.bin')
-        fd = os.open(sector, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, 'wb') as f:
-            f.write(guest.boot_sector(disks=1, paced=True))
-        subprocess.run(  # nosec B603 B607
-            ['qemu-io', '-f', 'qcow2', '-c',
-             'write -s %s 0 %d' % (sector, guest.SECTOR),
-             self.dep.volume_path(volume['id'])],
-            check=True, stdout=subprocess.DEVNULL)
-        return volume['id']
-
-    def _server_status(self, server_id, statuses, timeout=BUILD_TIMEOUT):
-        """Poll ``openstack server show`` until its status is in statuses."""
-        deadline = time.monotonic() + timeout
-        while True:
-            shown = self.osc('server', 'show', server_id)
-            if shown['status'] in statuses:
-                return shown
-            if shown['status'] == 'ERROR':
-                self.fail('server %s is ERROR: %s'
-                          % (server_id, shown.get('fault')))
-            if time.monotonic() > deadline:
-                self.fail('server %s still %s after %ss'
-                          % (server_id, shown['status'], timeout))
-            time.sleep(1)
-
-    def _domain_state(self, server_id):
-        return self.dep._run(['virsh', '-q', '-c', self.dep.libvirt_uri,
-                              'domstate', server_id])[1].strip()
-
-    def _disks(self, server_id):
-        """{source file: driver type} of the server's domain's file disks."""
-        xml = ElementTree.fromstring(self.dep.dumpxml(server_id))
-        disks = {}
-        for disk in xml.findall('./devices/disk'):
-            source = disk.find('source')
-            if disk.get('type') == 'file' and source is not None:
-                disks[source.get('file')] = disk.find('driver').get('type')
-        return disks
-
-    def _records_advance(self, path, timeout=120):
-        """Wait until the guest's newest record grows; return it."""
-        deadline = time.monotonic() + timeout
-        first = None
-        while True:
-            newest = guest.consistent_run(kvm_instance.read_records(path))
-            if first is None and newest:
-                first = newest
-            elif first is not None and newest > first:
-                return newest
-            if time.monotonic() > deadline:
-                self.fail('the guest wrote no new record to %s in %ss '
-                          '(newest %s)' % (path, timeout, newest))
-            time.sleep(1)
-
-    def _records_change(self, path, before, timeout=120):
-        """Wait until the guest's ring differs from ``before``."""
-        deadline = time.monotonic() + timeout
-        while kvm_instance.read_records(path) == before:
-            if time.monotonic() > deadline:
-                self.fail('the guest wrote nothing to %s in %ss'
-                          % (path, timeout))
-            time.sleep(1)
-
-    def _backup(self, volume_id, name='cvb-nova-stopped'):
-        backup = self.osc('volume', 'backup', 'create', '--force', '--name',
-                          name, volume_id)
-        self.dep.wait('volume backup', backup['id'], ('available',),
-                      timeout=BUILD_TIMEOUT)
-        return backup['id']
-
-    def _restore(self, backup_id):
-        volume = self.osc('volume', 'create', '--size', '1',
-                          'cvb-nova-restored')
-        self.dep.wait('volume', volume['id'], ('available',))
-        # (--force: the client refuses to restore into an existing volume
-        # without it.)
-        self.osc('volume', 'backup', 'restore', '--force', backup_id,
-                 volume['id'])
-        self.dep.wait('volume backup', backup_id, ('available',),
-                      timeout=BUILD_TIMEOUT)
-        self.dep.wait('volume', volume['id'], ('available',),
-                      timeout=BUILD_TIMEOUT,
-                      failures=('error', 'error_restoring'))
-        return volume['id']
-
-    def _timed(self, name, func, *args, **kwargs):
-        started = time.monotonic()
-        result = func(*args, **kwargs)
-        self.figures['%s_seconds' % name] = round(
-            time.monotonic() - started, 1)
-        return result
 
     def test_server_boots_from_plugin_volume(self):
         self._nova_is_up()
@@ -342,16 +143,12 @@ class NovaKvmTest(testtools.TestCase):
                     timeout=BUILD_TIMEOUT)
         self.dep.wait('volume', volume_id, ('available',), timeout=120)
         self.assertFalse(os.path.exists(mount_point), mount_point)
-        self.assertEqual([], [m for m in _mount_points()
+        self.assertEqual([], [m for m in nova_servers.mount_points()
                               if m.startswith(mount_point)])
         subprocess.run(['qemu-img', 'check', '-q', path],  # nosec B603 B607
                        check=True)
         self.assertNotEqual(0, max(kvm_instance.read_records(path)))
 
-
-def _mount_points():
-    with open('/proc/self/mountinfo') as f:
-        return [line.split()[4] for line in f]
 
 
 if __name__ == '__main__':
