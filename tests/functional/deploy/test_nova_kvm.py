@@ -150,6 +150,5 @@ class NovaKvmTest(nova_servers.NovaServerTestCase):
         self.assertNotEqual(0, max(kvm_instance.read_records(path)))
 
 
-
 if __name__ == '__main__':
     sys.exit('run with stestr')
