@@ -36,6 +36,7 @@ import time
 import uuid
 
 from oslo_vmware import vim_util
+import testtools
 
 from tests.functional import vcsim as vcsim_fixture
 
@@ -342,6 +343,36 @@ def missing_kvm_prerequisites():
     except ImportError:
         missing.append('libvirt-python in %s' % sys.prefix)
     return missing
+
+
+def start_for_test(test, dep, missing, what):
+    """Start ``dep`` for ``test``, stopped and released at the test's end.
+
+    The test is skipped when something is ``missing`` or another test
+    run on this machine holds the profile's directory. ``test.figures``
+    gets the start-up time (``up_seconds``); the test adds its own, and
+    all are attached to the result and printed at its end.
+
+    :param what: the deployment's name in messages, e.g. "kvm profile"
+    """
+    if missing:
+        test.skipTest('the %s needs %s (tools/deploy/install.sh, '
+                      'tools/libvirt/install.sh)' % (what, ', '.join(missing)))
+    if not dep.claim():
+        test.skipTest('another test run on this machine is using the %s '
+                      'in %s' % (what, dep.deploy_dir))
+    test.addCleanup(dep.release)
+    test.figures = {}
+
+    def report():
+        text = json.dumps(test.figures, indent=2, sort_keys=True)
+        test.addDetail('figures', testtools.content.text_content(text))
+        print('\n%s figures: %s' % (what, text))
+
+    test.addCleanup(report)
+    test.addCleanup(dep.stop)
+    dep.start()
+    test.figures['up_seconds'] = round(dep.timings['up'], 1)
 
 
 class Deployment(object):

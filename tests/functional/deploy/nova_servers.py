@@ -20,7 +20,6 @@ the guest's records). The tests are in ``test_nova_*.py``.
 """
 
 import hashlib
-import json
 import os
 import subprocess  # nosec B404: the OpenStack client, qemu-io, virsh
 import time
@@ -97,29 +96,14 @@ class NovaServerTestCase(testtools.TestCase):
 
     def setUp(self):
         super(NovaServerTestCase, self).setUp()
-        missing = (deployment.missing_prerequisites() +
-                   deployment.missing_kvm_prerequisites() +
-                   missing_nova_prerequisites())
-        if missing:
-            self.skipTest('the kvm deployment with Nova needs %s '
-                          '(tools/deploy/install.sh, tools/libvirt/'
-                          'install.sh)' % ', '.join(missing))
         self.dep = NovaDeployment()
-        if not self.dep.claim():
-            self.skipTest('another test run on this machine is using the '
-                          'kvm deployment in %s' % self.dep.deploy_dir)
-        self.addCleanup(self.dep.release)
-        self.figures = {}
-        self.addCleanup(self._report)
-        self.addCleanup(self.dep.stop)
-        self.dep.start()
-        self.figures['up_seconds'] = round(self.dep.timings['up'], 1)
+        deployment.start_for_test(
+            self, self.dep,
+            (deployment.missing_prerequisites() +
+             deployment.missing_kvm_prerequisites() +
+             missing_nova_prerequisites()),
+            'kvm profile with Nova')
         self.tmp = self.useFixture(fixtures.TempDir()).path
-
-    def _report(self):
-        text = json.dumps(self.figures, indent=2, sort_keys=True)
-        self.addDetail('figures', testtools.content.text_content(text))
-        print('\nkvm profile with Nova, figures: %s' % text)
 
     def osc(self, *args, **kwargs):
         return self.dep.openstack(*args, **kwargs)

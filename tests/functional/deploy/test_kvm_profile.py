@@ -98,33 +98,18 @@ class KvmDeploymentBase(testtools.TestCase):
 
     def setUp(self):
         super(KvmDeploymentBase, self).setUp()
-        missing = (deployment.missing_prerequisites() +
-                   deployment.missing_kvm_prerequisites())
-        if missing:
-            self.skipTest('the kvm deployment needs %s (tools/deploy/'
-                          'install.sh, tools/libvirt/install.sh)'
-                          % ', '.join(missing))
         self.dep = deployment.Deployment(self.profile)
-        if not self.dep.claim():
-            self.skipTest('another test run on this machine is using the '
-                          'kvm deployment in %s' % self.dep.deploy_dir)
-        self.addCleanup(self.dep.release)
-        self.figures = {}
-        self.addCleanup(self._report)
-        self.addCleanup(self.dep.stop)
-        self.dep.start()
-        self.figures['up_seconds'] = round(self.dep.timings['up'], 1)
+        deployment.start_for_test(
+            self, self.dep,
+            (deployment.missing_prerequisites() +
+             deployment.missing_kvm_prerequisites()),
+            'kvm profile')
         import libvirt
         # libvirt prints every error to stderr besides raising it.
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         self.conn = libvirt.open(kvm_instance.URI)
         self.addCleanup(self.conn.close)
         self.tmp = self.useFixture(fixtures.TempDir()).path
-
-    def _report(self):
-        text = json.dumps(self.figures, indent=2, sort_keys=True)
-        self.addDetail('figures', testtools.content.text_content(text))
-        print('\nkvm profile figures: %s' % text)
 
     # -- helpers ----------------------------------------------------------
 
