@@ -27,7 +27,7 @@ export OS_STDOUT_CAPTURE=${OS_STDOUT_CAPTURE:-1}
 export OS_STDERR_CAPTURE=${OS_STDERR_CAPTURE:-1}
 export OS_LOG_CAPTURE=${OS_LOG_CAPTURE:-1}
 export OS_TEST_TIMEOUT=${OS_TEST_TIMEOUT:-600}
-suite_timeout=${CVB_SUITE_TIMEOUT:-3000}
+suite_timeout=${CVB_SUITE_TIMEOUT:-4200}
 
 results=$(mktemp -d)
 # The functional tests start libvirtd when they need it and leave it
