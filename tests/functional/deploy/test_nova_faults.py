@@ -171,8 +171,9 @@ class NovaFaultsTest(nova_servers.NovaServerTestCase):
         error = self.assertRaises(
             deployment.DeploymentError, self.osc, 'volume', 'backup',
             'restore', '--force', backup_id, volume_id)
-        self.assertIn('must be available', str(error))
-        self.figures['restore_refused'] = str(error).splitlines()[-1][-200:]
+        self.assertIn('Volume to be restored to must be available',
+                      str(error))
+        self.figures['restore_refused'] = str(error).rsplit(', ', 1)[-1]
         self.assertEqual('in-use', self.osc('volume', 'show',
                                             volume_id)['status'])
         self.assertEqual('available', self.osc('volume', 'backup', 'show',
@@ -190,8 +191,7 @@ class NovaFaultsTest(nova_servers.NovaServerTestCase):
         error = self.assertRaises(
             deployment.DeploymentError, self.osc, 'volume', 'delete',
             volume_id, json=False)
-        self.assertIn('in-use', str(error).lower().replace('in_use',
-                                                           'in-use'))
+        self.assertIn('must not be migrating, attached', str(error))
         self.assertEqual('in-use', self.osc('volume', 'show',
                                             volume_id)['status'])
         self.assertNotIn('cvb-nova-unforced', [
