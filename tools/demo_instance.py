@@ -107,6 +107,21 @@ class InstanceDemo(object):
                     'backup set %s: %s' % (name, found or 'not listed'))
             time.sleep(1)
 
+    def _server_action(self, server_id, action, status):
+        self.osc('server', action, server_id, json=False)
+        return self.server(server_id, status)
+
+    def _backup_set(self, group_id, server_id, name):
+        made = self.group('backup', 'create', group_id, '--instance',
+                          server_id, '--name', name)
+        self.wait_set(group_id, name)
+        return made
+
+    def _restore_set(self, group_id, server_id, name, volume_id):
+        self.group('backup', 'restore', group_id, '--instance', server_id,
+                   '--name', name)
+        self.dep.wait('volume', volume_id, ('in-use',), timeout=TIMEOUT)
+
     # -- the run ------------------------------------------------------------
 
     def run(self):
@@ -142,7 +157,8 @@ class InstanceDemo(object):
         server_id = self.osc('server', 'create', '--flavor', 'cvb.tiny',
                              '--volume', volume_id, '--nic', 'none',
                              'demo-server')['id']
-        self.timed('server ACTIVE', self.server, server_id, 'ACTIVE')
+        self.timed('server create, until ACTIVE', self.server, server_id,
+                   'ACTIVE')
         first = self.wait_records(0)
         say('  the guest writes: newest record %d' % first)
         later = self.wait_records(first + 5)
@@ -152,10 +168,8 @@ class InstanceDemo(object):
         group_id = self.group('create', '--name', 'demo-group',
                               server_id)['ID']
         before = self.newest()
-        made = self.timed('backup set (server running)', self.group,
-                          'backup', 'create', group_id, '--instance',
-                          server_id, '--name', 'demo-running')
-        self.wait_set(group_id, 'demo-running')
+        made = self.timed('backup set (server running)', self._backup_set,
+                          group_id, server_id, 'demo-running')
         after = self.newest()
         say('  backups %s; the guest\'s newest record was %d before, %d '
             'after' % (', '.join(made['Backup IDs']), before, after))
@@ -165,23 +179,21 @@ class InstanceDemo(object):
 
         say('4. The guest writes on; the server stops')
         self.wait_records(after + WRITE_ON)
-        self.osc('server', 'stop', server_id, json=False)
-        self.timed('server SHUTOFF', self.server, server_id, 'SHUTOFF')
+        self.timed('server stop, until SHUTOFF', self._server_action,
+                   server_id, 'stop', 'SHUTOFF')
         stopped = self.newest()
         say('  stopped at record %d' % stopped)
 
         say('5. The set restored onto the server\'s own volume')
-        self.timed('restore in place', self.group, 'backup', 'restore',
-                   group_id, '--instance', server_id, '--name',
-                   'demo-running')
-        self.dep.wait('volume', volume_id, ('in-use',), timeout=TIMEOUT)
+        self.timed('restore in place', self._restore_set, group_id, server_id,
+                   'demo-running', volume_id)
         restored = self.newest()
         say('  the volume now ends at record %d (the backup\'s point, '
             'between %d and %d)' % (restored, before, after))
 
         say('6. The server starts from the restored volume')
-        self.osc('server', 'start', server_id, json=False)
-        self.timed('server ACTIVE', self.server, server_id, 'ACTIVE')
+        self.timed('server start, until ACTIVE', self._server_action,
+                   server_id, 'start', 'ACTIVE')
         resumed = self.wait_records(restored)
         say('  the guest writes on from the restored point: %d, %d, ...'
             % (restored, resumed))
@@ -190,11 +202,13 @@ class InstanceDemo(object):
         say('')
         say('Summary')
         for label, seconds in self.figures:
-            say('  %-32s %6.1f s' % (label, seconds))
+            say('  %-34s %6.1f s' % (label, seconds))
         say('  records: backup at %d (taken between %d and %d), stopped at '
             '%d, restored to %d, resumed at %d: %s'
             % (restored, before, after, stopped, restored, resumed,
                'as expected' if ok else 'NOT AS EXPECTED'))
+        say('  (the whole demo so far: %.0f s)'
+            % (time.monotonic() - self.started))
         return 0 if ok else 1
 
 
