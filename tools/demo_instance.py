@@ -24,6 +24,7 @@ the guest's records: they go on from the restored point.
 """
 
 import signal
+import sys
 import time
 
 from tests.functional.deploy import deployment
@@ -136,6 +137,9 @@ class InstanceDemo(object):
             self.timed('deployment up', self.dep.start)
             return self._scenario()
         finally:
+            # A second Ctrl-C must not cut the clean-up short.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self.say('Stopping everything the demo started ...')
             self.dep.stop()
             self.dep.release()
@@ -221,4 +225,9 @@ def main():
     if missing:
         raise SystemExit('missing: %s (run tools/install-peers.sh)'
                          % ', '.join(missing))
-    return InstanceDemo().run()
+    try:
+        return InstanceDemo().run()
+    except KeyboardInterrupt:
+        print('Interrupted; everything the demo started is stopped.',
+              file=sys.stderr)
+        return 130
