@@ -12,10 +12,12 @@
 
 """The main job: backup and restore of a VMDK volume, end to end.
 
-Run through ``tools/demo.sh``. It uses the deployment of ``tools/deploy``
-(profile ``plugin``: cinder.conf written the way the README tells an
-operator, vcsim as vCenter, the posix backup driver in a local directory,
-or with ``CVB_DEPLOY_BACKUP_STORE=swift`` Cinder's Swift driver on the
+Run through ``tools/demo.sh`` (``tools/demo.sh --instance`` runs the
+scenario of a running Nova server instead: ``tools/demo_instance.py``).
+It uses the deployment of ``tools/deploy`` (profile ``plugin``:
+cinder.conf written the way the README tells an operator, vcsim as
+vCenter, the posix backup driver in a local directory, or with
+``CVB_DEPLOY_BACKUP_STORE=swift`` Cinder's Swift driver on the
 deployment's Swift cluster) and the real ``openstack`` command-line
 client.
 """
@@ -158,6 +160,11 @@ class Demo(object):
 
 
 if __name__ == '__main__':
+    if sys.argv[1:] == ['--instance']:
+        import demo_instance
+        sys.exit(demo_instance.main())
+    if sys.argv[1:]:
+        raise SystemExit('usage: tools/demo.sh [--instance]')
     missing = deployment.missing_prerequisites()
     if missing:
         raise SystemExit('missing: %s (run tools/install-peers.sh)'

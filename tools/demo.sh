@@ -9,6 +9,11 @@
 # backs it up, changes some data, backs it up incrementally, restores the
 # incremental backup to a new volume, checks the restored data byte for
 # byte and prints a summary. Everything it started is stopped by PID.
+#   bash tools/demo.sh --instance
+# The same with a running instance (tools/demo_instance.py): the kvm
+# profile with a real Nova boots a server from a plugin volume, backs it up
+# while it runs, stops it, restores the backup onto its volume, starts it
+# and reads the guest's records back.
 set -eu -o pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"

@@ -565,13 +565,20 @@ nova_libvirt_up() {
     cvb_start "$dir/libvirtd.pid" "$dir/log/libvirtd.log" \
         unshare --mount --propagation slave sh -c '
             set -e
+            # (Made by the shared libvirtd at its first start: a fresh
+            # machine may not have them yet.)
+            mkdir -p /run/libvirt /etc/libvirt/qemu /var/lib/libvirt \
+                /var/cache/libvirt /var/log/libvirt
             mount --bind "$1/run" /run/libvirt
             mount --bind "$1/etc-qemu" /etc/libvirt/qemu
             mount --bind "$1/lib" /var/lib/libvirt
-            mkdir -p /var/cache/libvirt
             mount --bind "$1/cache" /var/cache/libvirt
             mount --bind "$1/log" /var/log/libvirt
-            exec libvirtd' cvb-libvirtd "$p"
+            # Its PID file in its own /run/libvirt: the default
+            # /run/libvirtd.pid is taken by any other libvirtd running
+            # (the shared one, the profile of another deployment).
+            exec libvirtd --pid-file /run/libvirt/libvirtd.pid' \
+            cvb-libvirtd "$p"
     for ((i = 0; i < 300; i++)); do
         timeout 10 virsh -q -c "$LIBVIRT_URI" uri >/dev/null 2>&1 && break
         cvb_pid_alive "$dir/libvirtd.pid" \
