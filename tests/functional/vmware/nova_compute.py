@@ -23,12 +23,16 @@ line on stdin and answers each with one JSON line on stdout:
   checks the version, registers its vCenter extension), then calls
   ``init_host``; the answer is ``{"ok": nodename}``;
 * then requests ``{"call": NAME, ...}``: ``resource``
-  (``get_available_resource``), ``spawn`` (``uuid``, ``name``: a server
-  booted from a volume, so no image: a VM without disks, powered on),
+  (``get_available_resource``), ``spawn`` (``uuid``, ``name``, optional
+  ``root_connection_info``: a server booted from a volume, so without an
+  image; without a root volume the VM has no disk), powered on,
   ``connector`` (``get_volume_connector``), ``attach_volume`` /
   ``detach_volume`` (``uuid``, ``connection_info``, ``mountpoint``),
-  ``power_off``, ``power_on``, ``destroy`` (``uuid``), ``instances``
-  (``list_instance_uuids``).
+  ``power_off``, ``power_on``, ``destroy`` (``uuid``; ``destroy`` takes
+  the server's volumes as ``spawn`` does, plus ``volumes``: [connection
+  info, mountpoint] pairs, and detaches them first, as nova-compute
+  does: vSphere's Destroy_Task deletes every disk a VM still has),
+  ``instances`` (``list_instance_uuids``).
 
 Each answer is ``{"ok": result}`` or ``{"error": "Type: message",
 "trace": ...}``. The password arrives on stdin, never on the command
@@ -107,6 +111,27 @@ def _instance(uuid, name='cvb-instance'):
         key_data=None)
 
 
+def _block_device_info(request):
+    """The server's volumes as nova-compute passes them (or None).
+
+    ``root_connection_info``: the boot volume (boot index 0, /dev/sda);
+    ``volumes``: [connection_info, mountpoint] of the others.
+    """
+    mapping = []
+    if request.get('root_connection_info'):
+        mapping.append({'connection_info': request['root_connection_info'],
+                        'boot_index': 0, 'mount_device': '/dev/sda',
+                        'disk_bus': None, 'delete_on_termination': False})
+    for connection_info, mountpoint in request.get('volumes', ()):
+        mapping.append({'connection_info': connection_info,
+                        'boot_index': None, 'mount_device': mountpoint,
+                        'disk_bus': None, 'delete_on_termination': False})
+    if not mapping:
+        return None
+    return {'root_device_name': '/dev/sda', 'ephemerals': [], 'swap': None,
+            'block_device_mapping': mapping}
+
+
 def _call(request):
     from nova import objects
 
@@ -120,7 +145,7 @@ def _call(request):
     if name == 'spawn':
         image = objects.ImageMeta.from_dict({})
         compute.spawn(_context(), instance, image, [], None, [],
-                      block_device_info=None)
+                      block_device_info=_block_device_info(request))
         return compute.get_info(instance).state
     if name == 'connector':
         return compute.get_volume_connector(instance)
@@ -137,7 +162,8 @@ def _call(request):
     if name == 'power_on':
         return compute.power_on(_context(), instance, [])
     if name == 'destroy':
-        return compute.destroy(_context(), instance, [])
+        return compute.destroy(_context(), instance, [],
+                               block_device_info=_block_device_info(request))
     raise ValueError('unknown call %r' % name)
 
 

@@ -10,18 +10,25 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""Nova 34's own VMware driver attaches the plugin's volumes in vcsim.
+"""Nova 34's own VMware driver with the plugin's volumes, in vcsim.
 
 Nova's ``VMwareVCDriver`` runs in Nova's virtualenv
 (``tests/functional/vmware/nova_compute.py``) against the test's patched
-vcsim: it spawns a server booted from a volume (a VM without disks), gives
-its volume connector to the plugin's VMDK driver, attaches the volume with
-the connection info the plugin returns (``driver_volume_type`` ``vmdk``)
-and detaches it, as nova-compute does. No stand-in makes vCenter state
-here: the instance VM, its disk and its extraConfig ``volume-<id>`` are
-Nova's. The plugin then backs up the in-use volume (Cinder's clone of an
-attached volume finds the disk through that state) and the restore holds
-the volume's bytes.
+vcsim and is called as nova-compute calls it: ``get_volume_connector``,
+``spawn`` of a server booted from a volume (no image), ``attach_volume``
+and ``detach_volume`` with the connection info the plugin's VMDK driver
+returns (``driver_volume_type`` ``vmdk``), ``power_off``/``power_on``,
+``destroy``. No stand-in makes vCenter state here: the instance VM, its
+disks and its extraConfig ``volume-<id>`` are Nova's. On that state the
+plugin backs up an in-use volume (Cinder's clone of an attached volume)
+and an instance's volumes with one snapshot of its running VM, restores
+them into the attached volumes of the stopped instance, and Nova still
+finds and detaches the restored disks.
+
+The patched vcsim needs patches 0018 (a disk's UUID is its file's, as
+vSphere's ddb.uuid: Nova records the backing's disk UUID and everyone
+finds the instance's disk by it) and 0019 (SCSI controllers report
+``scsiCtlrUnitNumber``: Nova's second attach reads it).
 """
 
 import json
@@ -32,9 +39,12 @@ import uuid
 from cinder.objects import fields
 from cinder.tests.unit import utils as test_utils
 from oslo_vmware import vim_util
+from testtools import content
 
 from tests.functional.deploy import nova as instance_vm
+from tests.functional import vcsim as vcsim_fixture
 from tests.functional.vmware import test_backup_flows as flows
+from tests.functional.vmware import test_group_backup as group_flows
 
 NOVA_VENV = os.environ.get('CVB_NOVA_VENV', '/opt/cvb-nova')
 NOVA_PYTHON = os.path.join(NOVA_VENV, 'bin', 'python')
@@ -52,10 +62,11 @@ class NovaCompute(object):
 
     def __init__(self, vcsim, log_path):
         self.log_path = log_path
-        self.process = subprocess.Popen(  # nosec B603
-            [NOVA_PYTHON, WORKER, log_path], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            universal_newlines=True)
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with open(fd, 'ab') as log:
+            self.process = subprocess.Popen(  # nosec B603
+                [NOVA_PYTHON, WORKER, log_path], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=log, universal_newlines=True)
         self.node = self._request({
             'host_ip': vcsim.host, 'host_port': vcsim.port,
             'host_username': vcsim.username,
@@ -94,23 +105,56 @@ class NovaCompute(object):
 
 class NovaVmwareDriverTestCase(flows.VmdkBackupTestBase):
 
+    # The group backup as the group endpoint calls it (on self.volumes).
+    _driver_of_manager = group_flows.GroupBackupTestCase._driver_of_manager
+    _group_backup = group_flows.GroupBackupTestCase._group_backup
+    _snapshots = group_flows.GroupBackupTestCase._snapshots
+
     def setUp(self):
         super(NovaVmwareDriverTestCase, self).setUp()
         if not os.path.exists(NOVA_PYTHON):
             self.skipTest('no Nova virtualenv at %s' % NOVA_VENV)
-        self.nova = NovaCompute(self.vcsim,
-                                os.path.join(self.tmp, 'nova-compute.log'))
+        log_path = os.path.join(self.tmp, 'nova-compute.log')
+        self.addCleanup(self._assert_no_password, log_path)
+        self.addOnException(lambda _exc_info: self.addDetail(
+            'nova-compute.log', content.content_from_file(
+                log_path, buffer_now=True)))
+        self.nova = NovaCompute(self.vcsim, log_path)
         self.addCleanup(self.nova.close)
+
+    def _assert_no_password(self, log_path):
+        with open(log_path, errors='replace') as log:
+            self.assertNotIn(self.vcsim.password, log.read())
 
     def _spawn(self):
         instance_uuid = str(uuid.uuid4())
-        self.nova.spawn(uuid=instance_uuid, name='cvb-bfv')
+        self.nova.spawn(uuid=instance_uuid, name='cvb-nova')
         self.addCleanup(self._destroy, instance_uuid)
         return instance_uuid
 
     def _destroy(self, instance_uuid):
         if instance_uuid in self.nova.instances():
             self.nova.destroy(uuid=instance_uuid)
+
+    def _attach(self, volume, instance_uuid, mountpoint, connector):
+        """Cinder's attachment and its record (Nova attaches the disk)."""
+        info = self.driver.initialize_connection(volume, connector)
+        self.assertEqual('vmdk', info['driver_volume_type'])
+        test_utils.attach_volume(self.ctxt, volume.id, instance_uuid,
+                                 'compute-1', mountpoint)
+        volume.refresh()
+        return info
+
+    def _instance(self, instance_uuid, vm_ref):
+        """Nova's VM, seen through the stand-in's readers."""
+        instance = instance_vm.InstanceVM(self.session, instance_uuid,
+                                          self.vcsim.datastore_name)
+        instance.ref = vm_ref
+        return instance
+
+    def _disk_path(self, vm_ref, instance_uuid, volume):
+        """The instance's disk of the volume, found as Cinder finds it."""
+        return self._instance(instance_uuid, vm_ref).disk_path(volume.id)
 
     def _instance_vm(self, instance_uuid):
         refs = self.session.invoke_api(
@@ -141,21 +185,14 @@ class NovaVmwareDriverTestCase(flows.VmdkBackupTestBase):
                          connector['instance'])
 
         volume = self._vmdk_volume(disk=disk, status='in-use')
-        info = self.driver.initialize_connection(volume, connector)
-        self.assertEqual('vmdk', info['driver_volume_type'])
+        info = self._attach(volume, instance_uuid, '/dev/sdb', connector)
         self.nova.attach_volume(uuid=instance_uuid, connection_info=info,
                                 mountpoint='/dev/sdb')
-        test_utils.attach_volume(self.ctxt, volume.id, instance_uuid,
-                                 'compute-1', '/dev/sdb')
-        volume.refresh()
         # The instance VM has the backing's disk file, found the way
         # Cinder finds it: by the UUID in extraConfig volume-<id>.
         path = self._vmdk_path(volume)
         self.assertEqual([path], self._disk_files(vm_ref))
-        instance = instance_vm.InstanceVM(self.session, instance_uuid,
-                                          self.vcsim.datastore_name)
-        instance.ref = vm_ref
-        self.assertEqual(path, instance.disk_path(volume.id))
+        self.assertEqual(path, self._disk_path(vm_ref, instance_uuid, volume))
 
         # backup create --force: the volume service clones the attached
         # volume from the instance's VM, the backup reads the clone.
@@ -177,3 +214,64 @@ class NovaVmwareDriverTestCase(flows.VmdkBackupTestBase):
         self.assertNotIn(instance_uuid, self.nova.instances())
         self._assert_data(disk, volume)
         self._assert_nothing_left()
+
+    def test_boot_from_volume_group_backup_and_restore(self):
+        self.disks = [flows.Disk(seed=b'root'), flows.Disk(seed=b'data')]
+        instance_uuid = str(uuid.uuid4())
+        # Before spawn, as nova-compute does: no VM yet, no 'instance'.
+        connector = self.nova.connector(uuid=instance_uuid)
+        self.assertNotIn('instance', connector)
+        root = self._vmdk_volume(disk=self.disks[0], status='in-use')
+        root_info = self._attach(root, instance_uuid, '/dev/sda', connector)
+        self.nova.spawn(uuid=instance_uuid, name='cvb-bfv',
+                        root_connection_info=root_info)
+        self.addCleanup(self._destroy, instance_uuid)
+        vm_ref = self._instance_vm(instance_uuid)
+        connector = self.nova.connector(uuid=instance_uuid)
+        data = self._vmdk_volume(disk=self.disks[1], status='in-use')
+        data_info = self._attach(data, instance_uuid, '/dev/sdb', connector)
+        self.nova.attach_volume(uuid=instance_uuid,
+                                connection_info=data_info,
+                                mountpoint='/dev/sdb')
+        self.volumes = [root, data]
+        self.assertEqual(sorted(self._vmdk_path(v) for v in self.volumes),
+                         sorted(self._disk_files(vm_ref)))
+
+        # Running (spawn powered it on): one snapshot of Nova's VM.
+        driver = self._driver_of_manager()
+        self.assertEqual('running', driver.instance_power_state(
+            self.ctxt, instance_uuid, self.volumes)[0])
+        backups, facts = self._group_backup(self.volumes)
+        self.assertEqual('crash-consistent', facts['consistency'])
+        self.assertEqual([], self._snapshots(
+            self._instance(instance_uuid, vm_ref)))
+        for disk in self.disks:
+            disk.write(0, b'\xee' * 4096)  # what the guest writes later
+        for disk, volume in zip(self.disks, self.volumes):
+            vcsim_fixture.seed_disk(self.vcsim, self._vmdk_path(volume),
+                                    b'\xee' * 4096)
+            self._assert_data(disk, volume)
+
+        # Stopped through Nova: restored into the attached volumes.
+        self.nova.power_off(uuid=instance_uuid)
+        self.assertEqual('shutoff', driver.instance_power_state(
+            self.ctxt, instance_uuid, self.volumes)[0])
+        for backup, volume, seed in zip(backups, self.volumes,
+                                        (b'root', b'data')):
+            self._restore(backup, volume)
+            self.assertEqual(fields.BackupStatus.AVAILABLE, backup.status)
+            path = self._disk_path(vm_ref, instance_uuid, volume)
+            self.assertEqual(self._vmdk_path(volume), path)
+            self._assert_data(flows.Disk(seed=seed), volume, path)
+        self._assert_nothing_left()
+
+        # Nova still finds and manages the restored disks.
+        self.nova.power_on(uuid=instance_uuid)
+        self.nova.detach_volume(uuid=instance_uuid,
+                                connection_info=data_info,
+                                mountpoint='/dev/sdb')
+        self.assertEqual([self._vmdk_path(root)], self._disk_files(vm_ref))
+        self.nova.destroy(uuid=instance_uuid, root_connection_info=root_info)
+        self.assertNotIn(instance_uuid, self.nova.instances())
+        for volume, seed in zip(self.volumes, (b'root', b'data')):
+            self._assert_data(flows.Disk(seed=seed), volume)
