@@ -22,21 +22,28 @@ line on stdin and answers each with one JSON line on stdout:
   ``datastore_regex``) and constructs ``VMwareVCDriver`` (it logs in,
   checks the version, registers its vCenter extension), then calls
   ``init_host``; the answer is ``{"ok": nodename}``;
-* then requests ``{"call": NAME, ...}``: ``resource``
-  (``get_available_resource``), ``spawn`` (``uuid``, ``name``, optional
-  ``root_connection_info``: a server booted from a volume, so without an
-  image; without a root volume the VM has no disk), powered on,
-  ``connector`` (``get_volume_connector``), ``attach_volume`` /
-  ``detach_volume`` (``uuid``, ``connection_info``, ``mountpoint``),
-  ``power_off``, ``power_on``, ``destroy`` (``uuid``; ``destroy`` takes
-  the server's volumes as ``spawn`` does, plus ``volumes``: [connection
-  info, mountpoint] pairs, and detaches them first, as nova-compute
-  does: vSphere's Destroy_Task deletes every disk a VM still has),
-  ``instances`` (``list_instance_uuids``).
+* then requests ``{"call": NAME, ...}``:
+
+  - ``resource``: ``get_available_resource``;
+  - ``inventory`` (``provider_uuid``): the Placement inventory
+    ``update_provider_tree`` reports;
+  - ``spawn`` (``uuid``, ``name``, optional ``root_connection_info``): a
+    server booted from a volume, so without an image (without a root
+    volume the VM has no disk), powered on;
+  - ``connector`` (``uuid``): ``get_volume_connector``;
+  - ``attach_volume``, ``detach_volume`` (``uuid``, ``connection_info``,
+    ``mountpoint``);
+  - ``power_off``, ``power_on`` (``uuid``);
+  - ``destroy`` (``uuid``, the server's volumes as ``spawn`` takes them
+    plus ``volumes``: [connection info, mountpoint] pairs): detaches them
+    first, as nova-compute does (vSphere's Destroy_Task deletes every
+    disk a VM still has);
+  - ``instances``: ``list_instance_uuids``.
 
 Each answer is ``{"ok": result}`` or ``{"error": "Type: message",
 "trace": ...}``. The password arrives on stdin, never on the command
-line; the log (``LOG``, 0600) is oslo.log's at DEBUG with suds at INFO.
+line; the log (``LOG``, 0600: the driver's logging at DEBUG, suds at
+INFO, and the process's stderr) names no secret.
 No Nova service, database or message queue runs: the driver's RPC client
 gets oslo.messaging's in-memory ``fake`` transport (the driver builds a
 compute API client it never calls on these paths).
@@ -139,6 +146,12 @@ def _call(request):
     name = request['call']
     if name == 'resource':
         return compute.get_available_resource(_DRIVER['node'])
+    if name == 'inventory':
+        from nova.compute import provider_tree
+        tree = provider_tree.ProviderTree()
+        tree.new_root(_DRIVER['node'], request['provider_uuid'])
+        compute.update_provider_tree(tree, _DRIVER['node'])
+        return tree.data(_DRIVER['node']).inventory
     if name == 'instances':
         return compute.list_instance_uuids()
     instance = _instance(request['uuid'], request.get('name', 'cvb'))

@@ -174,6 +174,11 @@ class NovaVmwareDriverTestCase(flows.VmdkBackupTestBase):
         self.assertEqual(self.nova.node, resource['hypervisor_hostname'])
         self.assertGreater(resource['vcpus'], 0)
         self.assertGreater(resource['local_gb'], 0)
+        inventory = self.nova.inventory(provider_uuid=str(uuid.uuid4()))
+        self.assertEqual(resource['vcpus'], inventory['VCPU']['total'])
+        self.assertEqual(resource['memory_mb'],
+                         inventory['MEMORY_MB']['total'])
+        self.assertEqual(resource['local_gb'], inventory['DISK_GB']['total'])
 
     def test_attach_backup_in_use_and_detach(self):
         disk = flows.Disk(seed=b'nova')
