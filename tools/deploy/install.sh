@@ -98,9 +98,11 @@ fi
 # Nova and Placement at the release that goes with Cinder 29, in a
 # virtualenv of their own (their pins are not Cinder's), with gunicorn
 # (they ship only WSGI applications) and libvirt-python (built against
-# libvirt-dev: tools/libvirt/install.sh). Installed again when the
-# versions here change.
-nova_want="nova==34.0.0 openstack-placement==16.0.0 PyMySQL gunicorn libvirt-python"
+# libvirt-dev: tools/libvirt/install.sh), and oslo.vmware (Nova's
+# VMware driver, nova[vmware]: tests/functional/vmware/
+# test_nova_vmware_driver.py runs it against vcsim). Installed again when
+# the versions here change.
+nova_want="nova==34.0.0 openstack-placement==16.0.0 PyMySQL gunicorn libvirt-python oslo.vmware"
 if [ ! -f "$NOVA_VENV/.cvb-complete" ] \
         || [ "$(cat "$NOVA_VENV/.cvb-complete")" != "$nova_want" ] \
         || [ ! -x "$NOVA_VENV/bin/nova-compute" ]; then
@@ -112,7 +114,8 @@ if [ ! -f "$NOVA_VENV/.cvb-complete" ] \
     # shellcheck disable=SC2086
     "$NOVA_VENV/bin/pip" install -q $nova_want 2>&1 \
         | grep -v '^WARNING: Location' || true
-    "$NOVA_VENV/bin/python" -c 'import nova, placement, libvirt, pymysql'
+    "$NOVA_VENV/bin/python" -c \
+        'import nova, placement, libvirt, pymysql, oslo_vmware'
     echo "$nova_want" >"$NOVA_VENV/.cvb-complete"
 fi
 # Neutron's API at the same release (Neutron 29), in a virtualenv of its
