@@ -1,0 +1,340 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""End to end: instance-group backups of a real Nova server (kvm profile).
+
+The kvm profile with Nova (CVB_DEPLOY_NOVA=1, nova_servers.py), driven by
+the real ``openstack`` client and the plugin's commands
+(``openstack volume instance group ...``):
+
+- a server booted from a plugin volume whose tiny guest writes its
+  records to two disks: the boot volume and a data volume given at boot
+  with ``boot_index=1``. Nova gives the boot disk a per-device boot order,
+  libvirt then runs QEMU with ``-boot strict=on``, and SeaBIOS makes BIOS
+  drives only of the disks in the boot order: a data volume outside it
+  (``boot_index`` -1, or attached later) is no BIOS drive for the guest.
+  The domain's boot orders and QEMU's command line are checked;
+- a third volume hot-plugged (``server add volume``): invisible to the
+  BIOS guest, its data is written from the host;
+- the group created from the server's attachments (three volumes, the
+  boot volume's mountpoint kept);
+- a set while the server runs: one atomic libvirt snapshot of the three
+  disks, merged back, the server running on its own files;
+- a restore in place refused while the server runs (Nova says ACTIVE);
+- the server stopped, the third volume changed, the set restored in
+  place: the guest's records on the two disks are one cut at the set's
+  point in time, the third volume holds its data as at the set;
+- the server started: the guest boots from the restored volume and
+  writes on both disks again;
+- the set restored onto new volumes with a new server booted by the
+  plugin through Nova: it boots from the restored boot volume and its
+  guest writes on both restored disks;
+- a fault: the server deleted while a set of it runs (asynchronous): the
+  set ends available or in error with a reason, and nothing is left:
+  no freeze file in the qcow2 directory, no domain, no mount, no backup
+  or snapshot left creating, the volumes available with clean images.
+"""
+
+import os
+import subprocess  # nosec B404: qemu-io, qemu-img
+import sys
+import time
+from xml.etree import ElementTree
+
+from tests.functional.deploy import kvm_instance
+from tests.functional.deploy import nova_servers
+from tests.functional.deploy import test_instance_groups as groups
+from tests.functional.deploy import test_kvm_profile
+from tests.functional.kvm import guest
+
+REGION = test_kvm_profile.REGION
+BUILD_TIMEOUT = nova_servers.BUILD_TIMEOUT
+#: The parts of the names of the plugin's freeze and restore files.
+FREEZE_FILES = ('.cvb-frozen-', '.cvb-overlay-', '.cvb-restore-')
+
+
+class NovaInstanceGroupTest(groups.GroupCommands,
+                            nova_servers.NovaServerTestCase):
+    """Instance-group sets of a server of the deployment's Nova."""
+
+    # -- the host's view of the server ------------------------------------
+
+    def _boot_orders(self, server_id):
+        """{source file: boot order or None} of the domain's file disks."""
+        xml = ElementTree.fromstring(self.dep.dumpxml(server_id))
+        orders = {}
+        for disk in xml.findall('./devices/disk'):
+            source = disk.find('source')
+            if disk.get('type') == 'file' and source is not None:
+                boot = disk.find('boot')
+                orders[source.get('file')] = (
+                    None if boot is None else boot.get('order'))
+        return orders
+
+    def _qemu_command_line(self, server_id):
+        """The arguments of the QEMU process that runs the server."""
+        for pid in os.listdir('/proc'):
+            if not pid.isdigit():
+                continue
+            try:
+                with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                    args = [a.decode(errors='replace')
+                            for a in f.read().split(b'\0') if a]
+            except OSError:
+                continue
+            if args and 'qemu' in os.path.basename(args[0]) and \
+                    server_id in args:
+                return args
+        self.fail('no QEMU process runs server %s' % server_id)
+
+    def _write_region(self, volume_id, seed):
+        subprocess.run(  # nosec B603 B607
+            ['qemu-io', '-f', 'qcow2', '-c',
+             'write -P %d %d %d' % ((seed, ) + REGION),
+             self.dep.volume_path(volume_id)],
+            check=True, stdout=subprocess.DEVNULL)
+
+    def _region(self, volume_id):
+        raw = os.path.join(self.tmp, 'region-%s' % volume_id)
+        subprocess.run(  # nosec B603 B607
+            ['qemu-img', 'dd', '-U', '-f', 'qcow2', '-O', 'raw',
+             'bs=%d' % REGION[1], 'skip=%d' % (REGION[0] // REGION[1]),
+             'count=1', 'if=%s' % self.dep.volume_path(volume_id),
+             'of=%s' % raw], check=True, stdout=subprocess.DEVNULL)
+        with open(raw, 'rb') as f:
+            return f.read()
+
+    def _cut(self, paths):
+        """The guest's newest records on (boot, data): one point in time.
+
+        The guest writes record N to drive 0x80, then to 0x81: a point in
+        time holds (a, b) with a >= b >= a - 1.
+        """
+        a, b = [guest.consistent_run(kvm_instance.read_records(p))
+                for p in paths]
+        self.assertTrue(a >= b >= a - 1 and b > 0,
+                        'not one point in time across the disks: %s'
+                        % ([a, b], ))
+        return a, b
+
+    def _freeze_files(self):
+        qcow2 = os.path.join(self.dep.dir, 'qcow2')
+        return sorted(name for name in os.listdir(qcow2)
+                      if any(part in name for part in FREEZE_FILES))
+
+    def _froze_lines(self):
+        return [line for service in ('cinder-backup', 'cinder-volume')
+                for line in self.dep.log(service).splitlines()
+                if 'Froze disk(s)' in line]
+
+    # -- the scenario -------------------------------------------------------
+
+    def _boot_two_disk_server(self):
+        boot = self._boot_volume(disks=2, name='cvb-ig-boot')
+        data = self.osc('volume', 'create', '--size', '1',
+                        'cvb-ig-data')['id']
+        self.dep.wait('volume', data, ('available',))
+        started = time.monotonic()
+        server_id = self.osc(
+            'server', 'create', '--flavor', 'cvb.tiny', '--volume', boot,
+            '--block-device',
+            'source_type=volume,uuid=%s,destination_type=volume,'
+            'boot_index=1' % data,
+            '--nic', 'none', 'cvb-ig-server')['id']
+        self._server_status(server_id, ('ACTIVE',))
+        self.figures['build_seconds'] = round(time.monotonic() - started, 1)
+        return server_id, boot, data
+
+    def _check_bios_drives(self, server_id, boot, data):
+        """Both disks are in the boot order, so both are BIOS drives."""
+        orders = self._boot_orders(server_id)
+        self.assertEqual({self.dep.nova_volume_path(boot): '1',
+                          self.dep.nova_volume_path(data): '2'}, orders)
+        args = self._qemu_command_line(server_id)
+        boot_option = args[args.index('-boot') + 1] \
+            if '-boot' in args else None
+        self.figures['qemu_boot_option'] = boot_option
+        self.assertIn('strict=on', boot_option or '')
+        bootindexes = sorted(a.split('bootindex=')[1].split(',')[0]
+                             for a in args if 'bootindex=' in a)
+        self.assertEqual(['1', '2'], bootindexes)
+
+    def test_group_sets_of_a_nova_server(self):
+        test_started = time.monotonic()
+        server_id, boot, data = self._boot_two_disk_server()
+        paths = [self.dep.volume_path(boot), self.dep.volume_path(data)]
+        self._check_bios_drives(server_id, boot, data)
+        # The guest's records advance on both disks.
+        for path, name in zip(paths, ('boot', 'data')):
+            self.figures['first_%s_record' % name] = self._timed(
+                'first_%s_records' % name, self._records_advance, path)
+
+        # A third volume, hot-plugged: no BIOS drive; written from the host.
+        third = self.osc('volume', 'create', '--size', '1',
+                         'cvb-ig-third')['id']
+        self.dep.wait('volume', third, ('available',))
+        self._write_region(third, 0x33)
+        self.osc('server', 'add', 'volume', server_id, third, json=False)
+        self._timed('hotplug', self.dep.wait, 'volume', third, ('in-use',),
+                    timeout=BUILD_TIMEOUT)
+        vols = [boot, data, third]
+        nova_paths = {self.dep.nova_volume_path(v): 'qcow2' for v in vols}
+        self.assertEqual(nova_paths, self._disks(server_id))
+
+        # The group, from the server's attachments.
+        group = self.group('create', '--name', 'cvb-ig-nova', server_id)
+        group_id = group['ID']
+        self.assertEqual(server_id, group['Instance ID'])
+        members = {m['id']: m for m in group['Volumes']}
+        self.assertEqual(set(vols), set(members))
+        self.assertEqual('/dev/vda', members[boot]['mountpoint'])
+        self.assertTrue(members[boot]['boot'])
+        self.assertFalse(members[data]['boot'])
+        self.assertFalse(members[third]['boot'])
+        self.assertEqual([group_id], [g['ID'] for g in self.group(
+            'list', '--instance', server_id)])
+
+        # A set while the server runs: one atomic snapshot of the three
+        # disks through the domain, merged back; the server runs on, on
+        # its own files.
+        before = self._cut(paths)
+        froze_before = len(self._froze_lines())
+        first = self._timed('set1_backup', self.group, 'backup', 'create',
+                            group_id, '--instance', server_id,
+                            '--name', 'set1')
+        self.assertTrue(first['Success'], first)
+        self.assertEqual(sorted(vols), sorted(first['Volume IDs']))
+        self.assertEqual(3, len(first['Backup IDs']))
+        self.wait_set(group_id, 'set1')
+        froze = self._froze_lines()[froze_before:]
+        self.assertEqual(1, len(froze), froze)
+        self.assertEqual('running', self._domain_state(server_id))
+        self.assertEqual(nova_paths, self._disks(server_id))
+        self.assertEqual([], self._freeze_files())
+        for b in first['Backup IDs']:
+            self.assertEqual('crash-consistent', self.osc(
+                'volume', 'backup', 'show', b)['metadata']['consistency'])
+
+        # No restore in place while Nova says the server runs; nothing
+        # changed, the guest writes on.
+        error = self.refused('backup', 'restore', group_id, '--instance',
+                             server_id, '--name', 'set1')
+        self.assertIn('shut down', error)
+        self.assertIn('Nova server %s (status ACTIVE)' % server_id, error)
+        self.assertEqual('running', self._domain_state(server_id))
+        self._records_advance(paths[1])
+
+        # Stopped: the guest writes no more. The third volume changed from
+        # the host, then the set restored in place.
+        self.osc('server', 'stop', server_id, json=False)
+        self._timed('stop', self._server_status, server_id, ('SHUTOFF',))
+        stopped = [kvm_instance.read_records(p) for p in paths]
+        time.sleep(2)
+        self.assertEqual(stopped, [kvm_instance.read_records(p)
+                                   for p in paths])
+        at_stop = self._cut(paths)
+        self._write_region(third, 0x44)
+        restored = self._timed('set1_restore', self.group, 'backup',
+                               'restore', group_id, '--instance', server_id,
+                               '--set', first['Backup Set ID'])
+        self.assertTrue(restored['Success'], restored)
+        for vol in vols:
+            shown = self.dep.wait('volume', vol, ('in-use',))
+            self.assertEqual([server_id],
+                             [a.get('server_id')
+                              for a in shown.get('attachments') or []])
+        self.assertEqual(nova_paths, self._disks(server_id))
+        # The records of the set's point in time: after those seen before
+        # it started, before those of the stop (the guest wrote on).
+        cut = self._cut(paths)
+        self.figures.update(cut_before_set=before, cut_of_set=cut,
+                            cut_at_stop=at_stop)
+        self.assertGreaterEqual(cut[1], before[1])
+        self.assertLess(cut[0], at_stop[0])
+        self.assertEqual(bytes([0x33]) * REGION[1], self._region(third))
+
+        # Started: the guest boots from the restored volume and writes on
+        # both disks again, from the set's records on.
+        restored_records = [kvm_instance.read_records(p) for p in paths]
+        self.osc('server', 'start', server_id, json=False)
+        self._timed('start', self._server_status, server_id, ('ACTIVE',))
+        for path, records in zip(paths, restored_records):
+            self._records_change(path, records)
+
+        # The fault: the server deleted while a set of it runs.
+        self._server_deleted_during_set(group_id, server_id, vols)
+
+        # The set onto new volumes, and a new server booted from them by
+        # the plugin through Nova: its guest writes on both disks.
+        self._restore_new_with_server(group_id, server_id, boot, data)
+        self.figures['test_seconds'] = round(
+            time.monotonic() - test_started, 1)
+
+    def _server_deleted_during_set(self, group_id, server_id, vols):
+        started = time.monotonic()
+        submitted = self.group('backup', 'create', group_id, '--instance',
+                               server_id, '--name', 'set2', '--async')
+        self.assertIn('submitted', submitted['Message'])
+        self.osc('server', 'delete', server_id, json=False)
+        self.dep.wait_gone('server', server_id, timeout=BUILD_TIMEOUT)
+        ended = self.wait_set(group_id, 'set2', ('available', 'error'))
+        self.figures['set2_during_delete'] = ended['Status']
+        self.figures['set2_during_delete_seconds'] = round(
+            time.monotonic() - started, 1)
+        if ended['Status'] == 'error':
+            self.assertTrue(ended.get('Description'), ended)
+            self.figures['set2_error'] = ended['Description']
+        for vol in vols:
+            self.dep.wait('volume', vol, ('available',),
+                          timeout=BUILD_TIMEOUT)
+        self.assertEqual([], self._freeze_files())
+        self.assertEqual('', self.dep._run(
+            ['virsh', '-q', '-c', self.dep.libvirt_uri, 'list', '--all',
+             '--name'])[1].strip())
+        base = self.dep.nova_env['NOVA_MOUNT_BASE']
+        self.assertEqual([], [m for m in nova_servers.mount_points()
+                              if m.startswith(base + '/')])
+        self.assertEqual([], [b for b in self.osc('volume', 'backup', 'list')
+                              if b['Status'] in ('creating', 'deleting')])
+        self.assertEqual([], [s for s in self.osc('volume', 'snapshot',
+                                                  'list')
+                              if s['Status'] in ('creating', 'deleting')])
+        for vol in vols:
+            subprocess.run(  # nosec B603 B607
+                ['qemu-img', 'check', '-q', self.dep.volume_path(vol)],
+                check=True)
+            info = subprocess.run(  # nosec B603 B607
+                ['qemu-img', 'info', self.dep.volume_path(vol)],
+                check=True, stdout=subprocess.PIPE).stdout
+            self.assertNotIn(b'backing file', info, vol)
+
+    def _restore_new_with_server(self, group_id, server_id, boot, data):
+        flavor = self.osc('flavor', 'show', 'cvb.tiny')['id']
+        made = self._timed(
+            'set1_restore_new_server', self.group, 'backup', 'restore',
+            'new', group_id, '--instance', server_id, '--name', 'set1',
+            '--server-name', 'cvb-ig-restored', '--flavor', flavor)
+        self.assertTrue(made['Success'], made)
+        new_server = made['Server ID']
+        self.assertTrue(new_server, made)
+        news = dict(zip(made['Volume IDs'], made['New Volume IDs']))
+        self._timed('new_server_active', self._server_status, new_server,
+                    ('ACTIVE',))
+        self.figures['new_server_boot_orders'] = {
+            os.path.basename(k): v
+            for k, v in self._boot_orders(new_server).items()}
+        for vol in (boot, data):
+            self._records_advance(self.dep.volume_path(news[vol]))
+
+
+if __name__ == '__main__':
+    sys.exit('run with stestr')
