@@ -561,17 +561,21 @@ nova_libvirt_up() {
     # later.
     nova_nfs_standin_up
     # unshare execs the shell, which execs libvirtd (in the foreground):
-    # the recorded PID is libvirtd's.
+    # the recorded PID is libvirtd's. Its own PID file is in the profile's
+    # run directory: the default, /run/libvirtd.pid, is shared by every
+    # profile's libvirtd (another profile's would make this one exit).
     cvb_start "$dir/libvirtd.pid" "$dir/log/libvirtd.log" \
         unshare --mount --propagation slave sh -c '
             set -e
             mount --bind "$1/run" /run/libvirt
+            mkdir -p /etc/libvirt/qemu
             mount --bind "$1/etc-qemu" /etc/libvirt/qemu
             mount --bind "$1/lib" /var/lib/libvirt
             mkdir -p /var/cache/libvirt
             mount --bind "$1/cache" /var/cache/libvirt
             mount --bind "$1/log" /var/log/libvirt
-            exec libvirtd' cvb-libvirtd "$p"
+            exec libvirtd --pid-file /run/libvirt/libvirtd.pid
+            ' cvb-libvirtd "$p"
     for ((i = 0; i < 300; i++)); do
         timeout 10 virsh -q -c "$LIBVIRT_URI" uri >/dev/null 2>&1 && break
         cvb_pid_alive "$dir/libvirtd.pid" \
