@@ -16,32 +16,35 @@ The kvm profile with Nova (CVB_DEPLOY_NOVA=1, nova_servers.py), driven by
 the real ``openstack`` client and the plugin's commands
 (``openstack volume instance group ...``):
 
-- a server booted from a plugin volume whose tiny guest writes its
-  records to two disks: the boot volume and a data volume given at boot
-  with ``boot_index=1``. Nova gives the boot disk a per-device boot order,
-  libvirt then runs QEMU with ``-boot strict=on``, and SeaBIOS makes BIOS
-  drives only of the disks in the boot order: a data volume outside it
-  (``boot_index`` -1, or attached later) is no BIOS drive for the guest.
-  The domain's boot orders and QEMU's command line are checked;
-- a third volume hot-plugged (``server add volume``): invisible to the
-  BIOS guest, its data is written from the host;
+- a server booted from a plugin volume holding the tiny writing guest,
+  with a data volume given at boot (``--block-device``). The guest writes
+  to its boot disk only: Nova 34's libvirt driver gives the domain
+  ``<os><boot dev='hd'/></os>`` and no per-device boot order, whatever
+  the block devices' ``boot_index``; libvirt turns that into
+  ``bootindex=1`` on the first disk and ``-boot strict=on``, and SeaBIOS
+  then makes a BIOS drive of that disk alone. The domain and QEMU's
+  command line are checked for exactly that. The data volumes' data is
+  written from the host;
+- a third volume hot-plugged (``server add volume``);
 - the group created from the server's attachments (three volumes, the
   boot volume's mountpoint kept);
-- a set while the server runs: one atomic libvirt snapshot of the three
-  disks, merged back, the server running on its own files;
-- a restore in place refused while the server runs (Nova says ACTIVE);
-- the server stopped, the third volume changed, the set restored in
-  place: the guest's records on the two disks are one cut at the set's
-  point in time, the third volume holds its data as at the set;
+- a set while the server runs: the three disks frozen in one atomic
+  libvirt snapshot, merged back, the server running on its own files;
+- a restore in place refused while Nova says the server is ACTIVE;
+- the server stopped, the data volumes changed from the host, the set
+  restored in place: the guest's records as at the set's point in time
+  (after those seen before it, before those of the stop), the data
+  volumes' data as at the set;
 - the server started: the guest boots from the restored volume and
-  writes on both disks again;
-- the set restored onto new volumes with a new server booted by the
-  plugin through Nova: it boots from the restored boot volume and its
-  guest writes on both restored disks;
+  writes again;
 - a fault: the server deleted while a set of it runs (asynchronous): the
   set ends available or in error with a reason, and nothing is left:
   no freeze file in the qcow2 directory, no domain, no mount, no backup
-  or snapshot left creating, the volumes available with clean images.
+  or snapshot left creating or deleting, the volumes available with
+  clean images;
+- the set restored onto new volumes with a new server booted by the
+  plugin through Nova: it boots from the restored boot volume and its
+  guest writes; the new data volumes hold the set's data.
 """
 
 import os
@@ -113,19 +116,6 @@ class NovaInstanceGroupTest(groups.GroupCommands,
         with open(raw, 'rb') as f:
             return f.read()
 
-    def _cut(self, paths):
-        """The guest's newest records on (boot, data): one point in time.
-
-        The guest writes record N to drive 0x80, then to 0x81: a point in
-        time holds (a, b) with a >= b >= a - 1.
-        """
-        a, b = [guest.consistent_run(kvm_instance.read_records(p))
-                for p in paths]
-        self.assertTrue(a >= b >= a - 1 and b > 0,
-                        'not one point in time across the disks: %s'
-                        % ([a, b], ))
-        return a, b
-
     def _freeze_files(self):
         qcow2 = os.path.join(self.dep.dir, 'qcow2')
         return sorted(name for name in os.listdir(qcow2)
@@ -138,51 +128,56 @@ class NovaInstanceGroupTest(groups.GroupCommands,
 
     # -- the scenario -------------------------------------------------------
 
-    def _boot_two_disk_server(self):
-        boot = self._boot_volume(disks=2, name='cvb-ig-boot')
-        data = self.osc('volume', 'create', '--size', '1',
-                        'cvb-ig-data')['id']
-        self.dep.wait('volume', data, ('available',))
+    def _boot_server(self, data):
+        """A server on the guest's boot volume, ``data`` given at boot."""
+        boot = self._boot_volume(name='cvb-ig-boot')
         started = time.monotonic()
         server_id = self.osc(
             'server', 'create', '--flavor', 'cvb.tiny', '--volume', boot,
             '--block-device',
-            'source_type=volume,uuid=%s,destination_type=volume,'
-            'boot_index=1' % data,
+            'source_type=volume,uuid=%s,destination_type=volume' % data,
             '--nic', 'none', 'cvb-ig-server')['id']
         self._server_status(server_id, ('ACTIVE',))
         self.figures['build_seconds'] = round(time.monotonic() - started, 1)
-        return server_id, boot, data
+        return server_id, boot
 
     def _check_bios_drives(self, server_id, boot, data):
-        """Both disks are in the boot order, so both are BIOS drives."""
-        orders = self._boot_orders(server_id)
-        self.assertEqual({self.dep.nova_volume_path(boot): '1',
-                          self.dep.nova_volume_path(data): '2'}, orders)
+        """Nova's boot order: the boot disk is the only BIOS drive."""
+        xml = ElementTree.fromstring(self.dep.dumpxml(server_id))
+        self.assertEqual(['hd'], [b.get('dev')
+                                  for b in xml.findall('./os/boot')])
+        self.assertEqual({self.dep.nova_volume_path(boot): None,
+                          self.dep.nova_volume_path(data): None},
+                         self._boot_orders(server_id))
         args = self._qemu_command_line(server_id)
-        boot_option = args[args.index('-boot') + 1] \
-            if '-boot' in args else None
-        self.figures['qemu_boot_option'] = boot_option
-        self.assertIn('strict=on', boot_option or '')
-        bootindexes = sorted(a.split('bootindex=')[1].split(',')[0]
-                             for a in args if 'bootindex=' in a)
-        self.assertEqual(['1', '2'], bootindexes)
+        self.assertEqual('strict=on', args[args.index('-boot') + 1])
+        booting = [a for a in args if '"bootindex"' in a]
+        self.assertEqual(1, len(booting), booting)
+        self.assertIn('"serial":"%s"' % boot, booting[0])
+
+    def _volume(self, name, seed):
+        """A 1 GiB plugin volume, its region written from the host."""
+        volume_id = self.osc('volume', 'create', '--size', '1', name)['id']
+        self.dep.wait('volume', volume_id, ('available',))
+        self._write_region(volume_id, seed)
+        return volume_id
+
+    def _newest(self, path):
+        return guest.consistent_run(kvm_instance.read_records(path))
 
     def test_group_sets_of_a_nova_server(self):
         test_started = time.monotonic()
-        server_id, boot, data = self._boot_two_disk_server()
-        paths = [self.dep.volume_path(boot), self.dep.volume_path(data)]
+        seeds1 = {'data': 0x22, 'third': 0x33}
+        seeds2 = {'data': 0x55, 'third': 0x66}
+        data = self._volume('cvb-ig-data', seeds1['data'])
+        server_id, boot = self._boot_server(data)
+        path = self.dep.volume_path(boot)
         self._check_bios_drives(server_id, boot, data)
-        # The guest's records advance on both disks.
-        for path, name in zip(paths, ('boot', 'data')):
-            self.figures['first_%s_record' % name] = self._timed(
-                'first_%s_records' % name, self._records_advance, path)
+        self.figures['first_record'] = self._timed(
+            'first_records', self._records_advance, path)
 
-        # A third volume, hot-plugged: no BIOS drive; written from the host.
-        third = self.osc('volume', 'create', '--size', '1',
-                         'cvb-ig-third')['id']
-        self.dep.wait('volume', third, ('available',))
-        self._write_region(third, 0x33)
+        # A third volume, hot-plugged.
+        third = self._volume('cvb-ig-third', seeds1['third'])
         self.osc('server', 'add', 'volume', server_id, third, json=False)
         self._timed('hotplug', self.dep.wait, 'volume', third, ('in-use',),
                     timeout=BUILD_TIMEOUT)
@@ -197,16 +192,15 @@ class NovaInstanceGroupTest(groups.GroupCommands,
         members = {m['id']: m for m in group['Volumes']}
         self.assertEqual(set(vols), set(members))
         self.assertEqual('/dev/vda', members[boot]['mountpoint'])
-        self.assertTrue(members[boot]['boot'])
-        self.assertFalse(members[data]['boot'])
-        self.assertFalse(members[third]['boot'])
+        self.assertEqual([True, False, False],
+                         [members[v]['boot'] for v in vols])
         self.assertEqual([group_id], [g['ID'] for g in self.group(
             'list', '--instance', server_id)])
 
-        # A set while the server runs: one atomic snapshot of the three
-        # disks through the domain, merged back; the server runs on, on
-        # its own files.
-        before = self._cut(paths)
+        # A set while the server runs: the three disks frozen in one
+        # atomic snapshot through the domain, merged back; the server
+        # runs on, on its own files.
+        before = self._newest(path)
         froze_before = len(self._froze_lines())
         first = self._timed('set1_backup', self.group, 'backup', 'create',
                             group_id, '--instance', server_id,
@@ -217,6 +211,8 @@ class NovaInstanceGroupTest(groups.GroupCommands,
         self.wait_set(group_id, 'set1')
         froze = self._froze_lines()[froze_before:]
         self.assertEqual(1, len(froze), froze)
+        self.assertIn('Froze disk(s) vda, vdb, vdc of domain ', froze[0])
+        self.assertIn('in one atomic snapshot', froze[0])
         self.assertEqual('running', self._domain_state(server_id))
         self.assertEqual(nova_paths, self._disks(server_id))
         self.assertEqual([], self._freeze_files())
@@ -228,21 +224,22 @@ class NovaInstanceGroupTest(groups.GroupCommands,
         # changed, the guest writes on.
         error = self.refused('backup', 'restore', group_id, '--instance',
                              server_id, '--name', 'set1')
-        self.assertIn('shut down', error)
+        self.assertIn('not shut down', error)
         self.assertIn('Nova server %s (status ACTIVE)' % server_id, error)
         self.assertEqual('running', self._domain_state(server_id))
-        self._records_advance(paths[1])
+        self.assertEqual(nova_paths, self._disks(server_id))
+        self._records_advance(path)
 
-        # Stopped: the guest writes no more. The third volume changed from
-        # the host, then the set restored in place.
+        # Stopped: the guest writes no more. The data volumes changed
+        # from the host, then the set restored in place.
         self.osc('server', 'stop', server_id, json=False)
         self._timed('stop', self._server_status, server_id, ('SHUTOFF',))
-        stopped = [kvm_instance.read_records(p) for p in paths]
+        stopped = kvm_instance.read_records(path)
         time.sleep(2)
-        self.assertEqual(stopped, [kvm_instance.read_records(p)
-                                   for p in paths])
-        at_stop = self._cut(paths)
-        self._write_region(third, 0x44)
+        self.assertEqual(stopped, kvm_instance.read_records(path))
+        at_stop = guest.consistent_run(stopped)
+        for name, vol in (('data', data), ('third', third)):
+            self._write_region(vol, seeds2[name])
         restored = self._timed('set1_restore', self.group, 'backup',
                                'restore', group_id, '--instance', server_id,
                                '--set', first['Backup Set ID'])
@@ -253,29 +250,31 @@ class NovaInstanceGroupTest(groups.GroupCommands,
                              [a.get('server_id')
                               for a in shown.get('attachments') or []])
         self.assertEqual(nova_paths, self._disks(server_id))
-        # The records of the set's point in time: after those seen before
-        # it started, before those of the stop (the guest wrote on).
-        cut = self._cut(paths)
-        self.figures.update(cut_before_set=before, cut_of_set=cut,
-                            cut_at_stop=at_stop)
-        self.assertGreaterEqual(cut[1], before[1])
-        self.assertLess(cut[0], at_stop[0])
-        self.assertEqual(bytes([0x33]) * REGION[1], self._region(third))
+        # The guest's records of the set's point in time: after those
+        # seen before it began, before those of the stop (it wrote on).
+        at_set = self._newest(path)
+        self.figures.update(record_before_set=before, record_of_set=at_set,
+                            record_at_stop=at_stop)
+        self.assertLessEqual(before, at_set)
+        self.assertLess(at_set, at_stop)
+        for name, vol in (('data', data), ('third', third)):
+            self.assertEqual(bytes([seeds1[name]]) * REGION[1],
+                             self._region(vol), name)
 
-        # Started: the guest boots from the restored volume and writes on
-        # both disks again, from the set's records on.
-        restored_records = [kvm_instance.read_records(p) for p in paths]
+        # Started: the guest boots from the restored volume and writes
+        # again, from the set's records on.
+        restored_records = kvm_instance.read_records(path)
         self.osc('server', 'start', server_id, json=False)
         self._timed('start', self._server_status, server_id, ('ACTIVE',))
-        for path, records in zip(paths, restored_records):
-            self._records_change(path, records)
+        self._records_change(path, restored_records)
+        self.assertGreater(self._newest(path), at_set)
 
         # The fault: the server deleted while a set of it runs.
         self._server_deleted_during_set(group_id, server_id, vols)
 
         # The set onto new volumes, and a new server booted from them by
-        # the plugin through Nova: its guest writes on both disks.
-        self._restore_new_with_server(group_id, server_id, boot, data)
+        # the plugin through Nova.
+        self._restore_new_with_server(group_id, server_id, vols, seeds1)
         self.figures['test_seconds'] = round(
             time.monotonic() - test_started, 1)
 
@@ -317,7 +316,8 @@ class NovaInstanceGroupTest(groups.GroupCommands,
                 check=True, stdout=subprocess.PIPE).stdout
             self.assertNotIn(b'backing file', info, vol)
 
-    def _restore_new_with_server(self, group_id, server_id, boot, data):
+    def _restore_new_with_server(self, group_id, server_id, vols, seeds):
+        boot, data, third = vols
         flavor = self.osc('flavor', 'show', 'cvb.tiny')['id']
         made = self._timed(
             'set1_restore_new_server', self.group, 'backup', 'restore',
@@ -327,13 +327,17 @@ class NovaInstanceGroupTest(groups.GroupCommands,
         new_server = made['Server ID']
         self.assertTrue(new_server, made)
         news = dict(zip(made['Volume IDs'], made['New Volume IDs']))
+        self.assertEqual(set(vols), set(news))
         self._timed('new_server_active', self._server_status, new_server,
                     ('ACTIVE',))
-        self.figures['new_server_boot_orders'] = {
-            os.path.basename(k): v
-            for k, v in self._boot_orders(new_server).items()}
-        for vol in (boot, data):
-            self._records_advance(self.dep.volume_path(news[vol]))
+        self.assertEqual({self.dep.nova_volume_path(news[v]): 'qcow2'
+                          for v in vols}, self._disks(new_server))
+        self.assertIn(self.osc('volume', 'show', news[boot])['bootable'],
+                      (True, 'true'))
+        self._records_advance(self.dep.volume_path(news[boot]))
+        for name, vol in (('data', data), ('third', third)):
+            self.assertEqual(bytes([seeds[name]]) * REGION[1],
+                             self._region(news[vol]), name)
 
 
 if __name__ == '__main__':
