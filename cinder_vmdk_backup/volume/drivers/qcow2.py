@@ -693,13 +693,16 @@ def _group_freeze_reason(exc, owners):
     def name(path):
         return _('volume %(id)s (%(path)s)') % {'id': owners.get(path, '?'),
                                                 'path': path}
-    reason = '; '.join('%s: %s' % (name(path), failure)
-                       for path, failure in sorted(exc.failures.items()))
-    reason += _('. No volume of the set was frozen.')
+    # (Formatted, never added: the services translate lazily, and a lazy
+    # message cannot be added to a string.)
+    reason = _('%s. No volume of the set was frozen.') % '; '.join(
+        '%s: %s' % (name(path), failure)
+        for path, failure in sorted(exc.failures.items()))
     if exc.undo_failures:
-        reason += _(' Merging back %s failed; the driver merges them when '
-                    'it starts.') % ', '.join(
-            name(path) for path in sorted(exc.undo_failures))
+        reason = _('%(reason)s Merging back %(names)s failed; the driver '
+                   'merges them when it starts.') % {
+            'reason': reason, 'names': ', '.join(
+                name(path) for path in sorted(exc.undo_failures))}
     return reason
 
 

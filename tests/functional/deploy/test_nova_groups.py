@@ -293,8 +293,13 @@ class NovaInstanceGroupTest(groups.GroupCommands,
         self.figures['set2_during_delete_seconds'] = round(
             time.monotonic() - started, 1)
         if ended['Status'] == 'error':
-            self.assertTrue(ended.get('Description'), ended)
-            self.figures['set2_error'] = ended['Description']
+            # A reason that says what failed, on which volume or domain.
+            reason = ended.get('Description') or ''
+            self.figures['set2_error'] = reason
+            self.assertTrue(reason.startswith('Failed: '), ended)
+            self.assertNotIn('Message objects', reason)
+            self.assertTrue(any(v in reason for v in vols) or
+                            'domain' in reason, reason)
         for vol in vols:
             self.dep.wait('volume', vol, ('available',),
                           timeout=BUILD_TIMEOUT)

@@ -25,6 +25,7 @@ from cinder.tests.unit import test
 from cinder.tests.unit import utils as test_utils
 from cinder.volume import configuration
 from cinder.volume import driver
+from oslo_i18n import fixture as i18n_fixture
 from oslo_utils import units
 
 from cinder_vmdk_backup.backup import staging_files
@@ -315,3 +316,21 @@ def _no_domain():
     error = libvirt.libvirtError('no domain')
     error.err = (libvirt.VIR_ERR_NO_DOMAIN,) + (None,) * 8
     return error
+
+
+class GroupFreezeReasonTestCase(test.TestCase):
+    """The reason of a set whose freeze failed, as the services build it."""
+
+    def test_reason_with_lazy_translation(self):
+        # cinder-volume and cinder-backup translate lazily: _() gives
+        # Message objects, which cannot be added to a string.
+        self.useFixture(i18n_fixture.ToggleLazy(True))
+        exc = errors.GroupFreezeFailed(
+            {'/v/volume-a': errors.DomainError('domain is not running')},
+            undo_failures={'/v/volume-b': errors.MergeError('gone')})
+        reason = str(qcow2._group_freeze_reason(
+            exc, {'/v/volume-a': 'a', '/v/volume-b': 'b'}))
+        self.assertEqual(
+            'volume a (/v/volume-a): domain is not running. No volume of '
+            'the set was frozen. Merging back volume b (/v/volume-b) '
+            'failed; the driver merges them when it starts.', reason)
