@@ -587,7 +587,31 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                     if path in marks:
                         unused[path] = marks[path]
             self._drop_bitmaps(context, devices, unused)
+            self._merge_left_overlays(paths)
         return results
+
+    def _merge_left_overlays(self, paths):
+        """Merge at once what a failed merge of these images left.
+
+        A merge back fails when the domain goes away while it runs (its
+        server deleted during a backup): the overlay, which holds the
+        guest's writes since the freeze, stays beside the image, and the
+        volume's file lacks them. The leftover cleaner, otherwise run when
+        the driver starts, commits it now (offline when no domain runs
+        it); the images' locks are free again here.
+        """
+        names = {os.path.basename(path) for path in paths}
+        left = sorted(name for name in os.listdir(self._dir)
+                      if (naming.parse(name) or (None, ))[0] in names)
+        if not left:
+            return
+        LOG.warning('Merging back %s failed; merging the leftovers now.',
+                    ', '.join(left))
+        try:
+            self.clean_leftovers()
+        except Exception:
+            LOG.exception('Could not merge the leftovers %s; the driver '
+                          'merges them when it starts.', ', '.join(left))
 
     def _drop_bitmaps(self, context, devices, marks):
         """Remove the bitmaps of backups that did not happen.

@@ -33,6 +33,7 @@ from cinder_vmdk_backup.kvm import domains
 from cinder_vmdk_backup.kvm import errors
 from cinder_vmdk_backup.kvm import freezer
 from cinder_vmdk_backup.kvm import leftovers
+from cinder_vmdk_backup.kvm import naming
 from cinder_vmdk_backup.kvm import paths
 from cinder_vmdk_backup.kvm import qemu_img
 from cinder_vmdk_backup import opts
@@ -310,6 +311,53 @@ class Qcow2DriverTestCase(test.TestCase):
             backup_device=devices[0])
         # Not consumed by a (mocked) backup: merged by the batch itself.
         good.merge.assert_called_once_with()
+
+    def test_overlay_of_a_failed_merge_is_merged_at_once(self):
+        # The domain went away during the merge (server deleted): the
+        # overlay is left; the leftover cleaner merges it now, not at the
+        # driver's next start.
+        volume = fake_volume.fake_volume_obj(
+            self.ctxt, size=1, id='11111111-1111-1111-1111-111111111111')
+        path = self.driver.local_path(volume)
+        overlay = naming.transient_path(path, naming.OVERLAY,
+                                        '0123456789abcdef')
+
+        def merge():
+            open(overlay, 'w').close()
+            raise errors.MergeError('domain is not running', path=overlay)
+
+        frozen = mock.Mock(spec=freezer.FrozenImage, path=path)
+        frozen.merge.side_effect = merge
+        device = mock.Mock(is_snapshot=False, volume=volume,
+                           spec=['is_snapshot', 'volume', 'snapshot'])
+        backup = mock.Mock(id='b0', volume_id=volume.id)
+        with mock.patch.object(freezer, 'freeze_all', autospec=True,
+                               return_value={path: frozen}), \
+                mock.patch.object(self.driver, 'backup_volume',
+                                  autospec=True, return_value='done'), \
+                mock.patch.object(self.driver, 'clean_leftovers',
+                                  autospec=True) as clean:
+            self.driver.backup_volumes(
+                self.ctxt, [(backup, mock.sentinel.service, device)])
+        clean.assert_called_once_with()
+
+    def test_no_leftover_no_cleaning(self):
+        volume = fake_volume.fake_volume_obj(
+            self.ctxt, size=1, id='11111111-1111-1111-1111-111111111111')
+        path = self.driver.local_path(volume)
+        frozen = mock.Mock(spec=freezer.FrozenImage, path=path)
+        device = mock.Mock(is_snapshot=False, volume=volume,
+                           spec=['is_snapshot', 'volume', 'snapshot'])
+        backup = mock.Mock(id='b0', volume_id=volume.id)
+        with mock.patch.object(freezer, 'freeze_all', autospec=True,
+                               return_value={path: frozen}), \
+                mock.patch.object(self.driver, 'backup_volume',
+                                  autospec=True, return_value='done'), \
+                mock.patch.object(self.driver, 'clean_leftovers',
+                                  autospec=True) as clean:
+            self.driver.backup_volumes(
+                self.ctxt, [(backup, mock.sentinel.service, device)])
+        clean.assert_not_called()
 
 
 def _no_domain():
