@@ -551,7 +551,9 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                     all_or_nothing=all_or_nothing, facts=facts,
                     path_map=self._path_map, **kwargs)
             except errors.GroupFreezeFailed as exc:
-                # (Undoing the freeze removed the bitmaps it made.)
+                # (Undoing the freeze removed the bitmaps it made; a
+                # domain gone during the snapshot may have left overlays.)
+                self._merge_left_overlays(paths)
                 raise cvb_exception.GroupFreezeError(
                     reason=_group_freeze_reason(exc, owners)) from exc
         facts.setdefault('frozen_at', timeutils.utcnow(with_timezone=True))

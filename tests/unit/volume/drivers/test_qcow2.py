@@ -29,6 +29,7 @@ from oslo_i18n import fixture as i18n_fixture
 from oslo_utils import units
 
 from cinder_vmdk_backup.backup import staging_files
+from cinder_vmdk_backup import exception as cvb_exception
 from cinder_vmdk_backup.kvm import domains
 from cinder_vmdk_backup.kvm import errors
 from cinder_vmdk_backup.kvm import freezer
@@ -339,6 +340,33 @@ class Qcow2DriverTestCase(test.TestCase):
                                   autospec=True) as clean:
             self.driver.backup_volumes(
                 self.ctxt, [(backup, mock.sentinel.service, device)])
+        clean.assert_called_once_with()
+
+    def test_overlay_of_a_failed_group_freeze_is_merged_at_once(self):
+        # The domain went away during the atomic snapshot: QEMU made the
+        # overlay, the snapshot failed, the freeze could not be undone.
+        volume = fake_volume.fake_volume_obj(
+            self.ctxt, size=1, id='11111111-1111-1111-1111-111111111111')
+        path = self.driver.local_path(volume)
+        overlay = naming.transient_path(path, naming.OVERLAY,
+                                        '0123456789abcdef')
+
+        def freeze_all(*args, **kwargs):
+            open(overlay, 'w').close()
+            raise errors.GroupFreezeFailed(
+                {path: errors.DomainError('domain is not running')})
+
+        device = mock.Mock(is_snapshot=False, volume=volume,
+                           spec=['is_snapshot', 'volume', 'snapshot'])
+        backup = mock.Mock(id='b0', volume_id=volume.id)
+        with mock.patch.object(freezer, 'freeze_all', autospec=True,
+                               side_effect=freeze_all), \
+                mock.patch.object(self.driver, 'clean_leftovers',
+                                  autospec=True) as clean:
+            self.assertRaises(
+                cvb_exception.GroupFreezeError, self.driver.backup_volumes,
+                self.ctxt, [(backup, mock.sentinel.service, device)],
+                all_or_nothing=True)
         clean.assert_called_once_with()
 
     def test_no_leftover_no_cleaning(self):
