@@ -441,6 +441,7 @@ class InstanceGroupEndpoint(object):
                 records.set_metadata(backup, **{
                     records.NEW_VOLUME_KEY: new.id})
             self._wait_available(context, list(made.values()))
+            self._boot_volume_bootable(backups, made)
             if server:
                 server_id = nova.boot(context, server, backups, made)
                 if server_id:
@@ -461,6 +462,23 @@ class InstanceGroupEndpoint(object):
                                    self.manager.host, reason='')
         finally:
             records.unlock_group(context, group_id)
+
+    @staticmethod
+    def _boot_volume_bootable(backups, made):
+        """Mark the new volume of the set's boot volume bootable.
+
+        Cinder marks a volume restored from a backup bootable only from
+        the Glance metadata the backup holds; a boot volume made bootable
+        otherwise (``volume create --bootable``, ``volume set``) has none,
+        its restored copy is not bootable, and Nova refuses to boot a
+        server from it.
+        """
+        for backup in backups:
+            new = made[backup.id]
+            if ((backup.metadata or {}).get(records.BOOT_KEY) == 'True' and
+                    not new.bootable):
+                new.bootable = True
+                new.save()
 
     @staticmethod
     def _original_volume(context, backup):

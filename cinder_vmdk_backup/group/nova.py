@@ -20,6 +20,7 @@ answers None and the caller asks the volume driver instead.
 """
 
 from cinder.compute import nova as cinder_nova
+from cinder.i18n import _
 from oslo_config import cfg
 from oslo_log import log as logging
 
@@ -78,10 +79,29 @@ def power_state(context, instance_id):
     return state, 'Nova server %s (status %s)' % (instance_id, status)
 
 
+def _instance_flavor(client, backups):
+    """The flavor id of the set's instance, the default of a new server.
+
+    :raises InstanceGroupInvalid: Nova cannot tell it (the server is gone)
+    """
+    instance_id = next((b.metadata[records.INSTANCE_KEY] for b in backups
+                        if (b.metadata or {}).get(records.INSTANCE_KEY)),
+                       None)
+    try:
+        # (Compute API 2.1, as Cinder's client speaks: the flavor's id.)
+        return client.servers.get(instance_id).flavor['id']
+    except Exception as exc:
+        raise cvb_exception.InstanceGroupInvalid(reason=_(
+            'no flavor was given for the new server and the flavor of '
+            'instance %(instance)s is unknown (%(exc)s); give one') %
+            {'instance': instance_id, 'exc': type(exc).__name__})
+
+
 def boot(context, server, backups, new_volumes):
     """Boot a server from restored volumes, when Nova is reachable.
 
-    :param server: ``{"name": ..., "flavor": ...}``
+    :param server: ``{"name": ..., "flavor": ...}``; without a flavor, the
+        set's instance's
     :param backups: the set's member backups (their metadata gives the
         mountpoints and the boot volume)
     :param new_volumes: ``{backup id: new Volume}``
@@ -105,13 +125,14 @@ def boot(context, server, backups, new_volumes):
         if mountpoint:
             entry['device_name'] = mountpoint
         mapping.append(entry)
+    client = _client(context, timeout=120)
+    flavor = server.get('flavor') or _instance_flavor(client, backups)
     try:
-        client = _client(context, timeout=120)
         kwargs = {'block_device_mapping_v2': mapping}
         if server.get('nics'):
             kwargs['nics'] = server['nics']
-        created = client.servers.create(server.get('name'), None,
-                                        server.get('flavor'), **kwargs)
+        created = client.servers.create(server.get('name'), None, flavor,
+                                        **kwargs)
     except Exception as exc:
         raise cvb_exception.InstanceGroupInvalid(reason=(
             'Nova refused the new server: %s' % exc))

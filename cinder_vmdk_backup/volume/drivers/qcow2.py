@@ -551,7 +551,9 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                     all_or_nothing=all_or_nothing, facts=facts,
                     path_map=self._path_map, **kwargs)
             except errors.GroupFreezeFailed as exc:
-                # (Undoing the freeze removed the bitmaps it made.)
+                # (Undoing the freeze removed the bitmaps it made; a
+                # domain gone during the snapshot may have left overlays.)
+                self._merge_left_overlays(paths)
                 raise cvb_exception.GroupFreezeError(
                     reason=_group_freeze_reason(exc, owners)) from exc
         facts.setdefault('frozen_at', timeutils.utcnow(with_timezone=True))
@@ -587,7 +589,31 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
                     if path in marks:
                         unused[path] = marks[path]
             self._drop_bitmaps(context, devices, unused)
+            self._merge_left_overlays(paths)
         return results
+
+    def _merge_left_overlays(self, paths):
+        """Merge at once what a failed merge of these images left.
+
+        A merge back fails when the domain goes away while it runs (its
+        server deleted during a backup): the overlay, which holds the
+        guest's writes since the freeze, stays beside the image, and the
+        volume's file lacks them. The leftover cleaner, otherwise run when
+        the driver starts, commits it now (offline when no domain runs
+        it); the images' locks are free again here.
+        """
+        names = {os.path.basename(path) for path in paths}
+        left = sorted(name for name in os.listdir(self._dir)
+                      if (naming.parse(name) or (None, ))[0] in names)
+        if not left:
+            return
+        LOG.warning('Merging back %s failed; merging the leftovers now.',
+                    ', '.join(left))
+        try:
+            self.clean_leftovers()
+        except Exception:
+            LOG.exception('Could not merge the leftovers %s; the driver '
+                          'merges them when it starts.', ', '.join(left))
 
     def _drop_bitmaps(self, context, devices, marks):
         """Remove the bitmaps of backups that did not happen.
@@ -693,13 +719,16 @@ def _group_freeze_reason(exc, owners):
     def name(path):
         return _('volume %(id)s (%(path)s)') % {'id': owners.get(path, '?'),
                                                 'path': path}
-    reason = '; '.join('%s: %s' % (name(path), failure)
-                       for path, failure in sorted(exc.failures.items()))
-    reason += _('. No volume of the set was frozen.')
+    # (Formatted, never added: the services translate lazily, and a lazy
+    # message cannot be added to a string.)
+    reason = _('%s. No volume of the set was frozen.') % '; '.join(
+        '%s: %s' % (name(path), failure)
+        for path, failure in sorted(exc.failures.items()))
     if exc.undo_failures:
-        reason += _(' Merging back %s failed; the driver merges them when '
-                    'it starts.') % ', '.join(
-            name(path) for path in sorted(exc.undo_failures))
+        reason = _('%(reason)s Merging back %(names)s failed; the driver '
+                   'merges them when it starts.') % {
+            'reason': reason, 'names': ', '.join(
+                name(path) for path in sorted(exc.undo_failures))}
     return reason
 
 

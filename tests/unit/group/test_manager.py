@@ -360,6 +360,14 @@ class EndpointTestCase(test.TestCase):
         self.assertEqual({'name': 'copy', 'flavor': 'm1.small'}, server)
         self.assertEqual({b.id: m[0] for b, m in zip(backups, made)},
                          {k: v.id for k, v in new_volumes.items()})
+        # The boot volume's copy is bootable (Nova boots only from such);
+        # the others are as made.
+        self.assertEqual(
+            {b.id: b.metadata[records.BOOT_KEY] == 'True' for b in backups},
+            {b.id: objects.Volume.get_by_id(self.ctxt, m[0]).bootable
+             for b, m in zip(backups, made)})
+        self.assertIn(True, [b.metadata[records.BOOT_KEY] == 'True'
+                             for b in backups])
         self.assertEqual('available', objects.Group.get_by_id(
             self.ctxt, self.group['id']).status)
 

@@ -94,6 +94,40 @@ class NovaTestCase(base.BaseTestCase):
              'boot_index': -1, 'device_name': '/dev/vdb'}],
             kwargs['block_device_mapping_v2'])
 
+    def test_boot_with_the_instances_flavor_by_default(self):
+        self.conf.config(token_auth_url='http://keystone:5000/v3',
+                         group='nova')
+        root = objects.Backup(id='b0000000-0000-4000-8000-000000000001',
+                              metadata={records.MOUNTPOINT_KEY: '/dev/vda',
+                                        records.BOOT_KEY: 'True',
+                                        records.INSTANCE_KEY: INSTANCE})
+        new = {root.id: objects.Volume(id='a0000000-0000-4000-8000-'
+                                          '00000000000a')}
+        self.client.servers.get.return_value = mock.Mock(
+            flavor={'id': 'flavor-of-the-instance', 'links': []})
+        self.client.servers.create.return_value = mock.Mock(id='server-1')
+        self.assertEqual('server-1', nova.boot(self.ctxt, {'name': 'copy'},
+                                               [root], new))
+        self.client.servers.get.assert_called_once_with(INSTANCE)
+        (name, image, flavor), _kw = self.client.servers.create.call_args
+        self.assertEqual(('copy', None, 'flavor-of-the-instance'),
+                         (name, image, flavor))
+
+    def test_boot_without_flavor_of_a_deleted_instance(self):
+        self.conf.config(token_auth_url='http://keystone:5000/v3',
+                         group='nova')
+        root = objects.Backup(id='b0000000-0000-4000-8000-000000000001',
+                              metadata={records.BOOT_KEY: 'True',
+                                        records.INSTANCE_KEY: INSTANCE})
+        self.client.servers.get.side_effect = nova_exceptions.NotFound(404)
+        exc = self.assertRaises(
+            cvb_exception.InstanceGroupInvalid, nova.boot, self.ctxt,
+            {'name': 'copy'}, [root], {root.id: objects.Volume(
+                id='a0000000-0000-4000-8000-00000000000a')})
+        self.assertIn('flavor of instance %s is unknown (NotFound)'
+                      % INSTANCE, str(exc))
+        self.client.servers.create.assert_not_called()
+
     def test_boot_refused_by_nova(self):
         self.conf.config(token_auth_url='http://keystone:5000/v3',
                          group='nova')

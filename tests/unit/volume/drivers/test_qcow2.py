@@ -25,13 +25,16 @@ from cinder.tests.unit import test
 from cinder.tests.unit import utils as test_utils
 from cinder.volume import configuration
 from cinder.volume import driver
+from oslo_i18n import fixture as i18n_fixture
 from oslo_utils import units
 
 from cinder_vmdk_backup.backup import staging_files
+from cinder_vmdk_backup import exception as cvb_exception
 from cinder_vmdk_backup.kvm import domains
 from cinder_vmdk_backup.kvm import errors
 from cinder_vmdk_backup.kvm import freezer
 from cinder_vmdk_backup.kvm import leftovers
+from cinder_vmdk_backup.kvm import naming
 from cinder_vmdk_backup.kvm import paths
 from cinder_vmdk_backup.kvm import qemu_img
 from cinder_vmdk_backup import opts
@@ -310,8 +313,100 @@ class Qcow2DriverTestCase(test.TestCase):
         # Not consumed by a (mocked) backup: merged by the batch itself.
         good.merge.assert_called_once_with()
 
+    def test_overlay_of_a_failed_merge_is_merged_at_once(self):
+        # The domain went away during the merge (server deleted): the
+        # overlay is left; the leftover cleaner merges it now, not at the
+        # driver's next start.
+        volume = fake_volume.fake_volume_obj(
+            self.ctxt, size=1, id='11111111-1111-1111-1111-111111111111')
+        path = self.driver.local_path(volume)
+        overlay = naming.transient_path(path, naming.OVERLAY,
+                                        '0123456789abcdef')
+
+        def merge():
+            open(overlay, 'w').close()
+            raise errors.MergeError('domain is not running', path=overlay)
+
+        frozen = mock.Mock(spec=freezer.FrozenImage, path=path)
+        frozen.merge.side_effect = merge
+        device = mock.Mock(is_snapshot=False, volume=volume,
+                           spec=['is_snapshot', 'volume', 'snapshot'])
+        backup = mock.Mock(id='b0', volume_id=volume.id)
+        with mock.patch.object(freezer, 'freeze_all', autospec=True,
+                               return_value={path: frozen}), \
+                mock.patch.object(self.driver, 'backup_volume',
+                                  autospec=True, return_value='done'), \
+                mock.patch.object(self.driver, 'clean_leftovers',
+                                  autospec=True) as clean:
+            self.driver.backup_volumes(
+                self.ctxt, [(backup, mock.sentinel.service, device)])
+        clean.assert_called_once_with()
+
+    def test_overlay_of_a_failed_group_freeze_is_merged_at_once(self):
+        # The domain went away during the atomic snapshot: QEMU made the
+        # overlay, the snapshot failed, the freeze could not be undone.
+        volume = fake_volume.fake_volume_obj(
+            self.ctxt, size=1, id='11111111-1111-1111-1111-111111111111')
+        path = self.driver.local_path(volume)
+        overlay = naming.transient_path(path, naming.OVERLAY,
+                                        '0123456789abcdef')
+
+        def freeze_all(*args, **kwargs):
+            open(overlay, 'w').close()
+            raise errors.GroupFreezeFailed(
+                {path: errors.DomainError('domain is not running')})
+
+        device = mock.Mock(is_snapshot=False, volume=volume,
+                           spec=['is_snapshot', 'volume', 'snapshot'])
+        backup = mock.Mock(id='b0', volume_id=volume.id)
+        with mock.patch.object(freezer, 'freeze_all', autospec=True,
+                               side_effect=freeze_all), \
+                mock.patch.object(self.driver, 'clean_leftovers',
+                                  autospec=True) as clean:
+            self.assertRaises(
+                cvb_exception.GroupFreezeError, self.driver.backup_volumes,
+                self.ctxt, [(backup, mock.sentinel.service, device)],
+                all_or_nothing=True)
+        clean.assert_called_once_with()
+
+    def test_no_leftover_no_cleaning(self):
+        volume = fake_volume.fake_volume_obj(
+            self.ctxt, size=1, id='11111111-1111-1111-1111-111111111111')
+        path = self.driver.local_path(volume)
+        frozen = mock.Mock(spec=freezer.FrozenImage, path=path)
+        device = mock.Mock(is_snapshot=False, volume=volume,
+                           spec=['is_snapshot', 'volume', 'snapshot'])
+        backup = mock.Mock(id='b0', volume_id=volume.id)
+        with mock.patch.object(freezer, 'freeze_all', autospec=True,
+                               return_value={path: frozen}), \
+                mock.patch.object(self.driver, 'backup_volume',
+                                  autospec=True, return_value='done'), \
+                mock.patch.object(self.driver, 'clean_leftovers',
+                                  autospec=True) as clean:
+            self.driver.backup_volumes(
+                self.ctxt, [(backup, mock.sentinel.service, device)])
+        clean.assert_not_called()
+
 
 def _no_domain():
     error = libvirt.libvirtError('no domain')
     error.err = (libvirt.VIR_ERR_NO_DOMAIN,) + (None,) * 8
     return error
+
+
+class GroupFreezeReasonTestCase(test.TestCase):
+    """The reason of a set whose freeze failed, as the services build it."""
+
+    def test_reason_with_lazy_translation(self):
+        # cinder-volume and cinder-backup translate lazily: _() gives
+        # Message objects, which cannot be added to a string.
+        self.useFixture(i18n_fixture.ToggleLazy(True))
+        exc = errors.GroupFreezeFailed(
+            {'/v/volume-a': errors.DomainError('domain is not running')},
+            undo_failures={'/v/volume-b': errors.MergeError('gone')})
+        reason = str(qcow2._group_freeze_reason(
+            exc, {'/v/volume-a': 'a', '/v/volume-b': 'b'}))
+        self.assertEqual(
+            'volume a (/v/volume-a): domain is not running. No volume of '
+            'the set was frozen. Merging back volume b (/v/volume-b) '
+            'failed; the driver merges them when it starts.', reason)
