@@ -313,15 +313,27 @@ class Qcow2DriverTestCase(test.TestCase):
         # Not consumed by a (mocked) backup: merged by the batch itself.
         good.merge.assert_called_once_with()
 
-    def test_overlay_of_a_failed_merge_is_merged_at_once(self):
-        # The domain went away during the merge (server deleted): the
-        # overlay is left; the leftover cleaner merges it now, not at the
-        # driver's next start.
+    def _member(self):
+        """``(image path, overlay path, member)`` of a one-volume set.
+
+        ``member`` is the ``(backup, backup service, backup device)``
+        triple :meth:`backup_volumes` takes.
+        """
         volume = fake_volume.fake_volume_obj(
             self.ctxt, size=1, id='11111111-1111-1111-1111-111111111111')
         path = self.driver.local_path(volume)
         overlay = naming.transient_path(path, naming.OVERLAY,
                                         '0123456789abcdef')
+        device = mock.Mock(is_snapshot=False, volume=volume,
+                           spec=['is_snapshot', 'volume', 'snapshot'])
+        backup = mock.Mock(id='b0', volume_id=volume.id)
+        return path, overlay, (backup, mock.sentinel.service, device)
+
+    def test_overlay_of_a_failed_merge_is_merged_at_once(self):
+        # The domain went away during the merge (server deleted): the
+        # overlay is left; the leftover cleaner merges it now, not at the
+        # driver's next start.
+        path, overlay, member = self._member()
 
         def merge():
             open(overlay, 'w').close()
@@ -329,62 +341,44 @@ class Qcow2DriverTestCase(test.TestCase):
 
         frozen = mock.Mock(spec=freezer.FrozenImage, path=path)
         frozen.merge.side_effect = merge
-        device = mock.Mock(is_snapshot=False, volume=volume,
-                           spec=['is_snapshot', 'volume', 'snapshot'])
-        backup = mock.Mock(id='b0', volume_id=volume.id)
         with mock.patch.object(freezer, 'freeze_all', autospec=True,
                                return_value={path: frozen}), \
                 mock.patch.object(self.driver, 'backup_volume',
                                   autospec=True, return_value='done'), \
                 mock.patch.object(self.driver, 'clean_leftovers',
                                   autospec=True) as clean:
-            self.driver.backup_volumes(
-                self.ctxt, [(backup, mock.sentinel.service, device)])
+            self.driver.backup_volumes(self.ctxt, [member])
         clean.assert_called_once_with()
 
     def test_overlay_of_a_failed_group_freeze_is_merged_at_once(self):
         # The domain went away during the atomic snapshot: QEMU made the
         # overlay, the snapshot failed, the freeze could not be undone.
-        volume = fake_volume.fake_volume_obj(
-            self.ctxt, size=1, id='11111111-1111-1111-1111-111111111111')
-        path = self.driver.local_path(volume)
-        overlay = naming.transient_path(path, naming.OVERLAY,
-                                        '0123456789abcdef')
+        path, overlay, member = self._member()
 
         def freeze_all(*args, **kwargs):
             open(overlay, 'w').close()
             raise errors.GroupFreezeFailed(
                 {path: errors.DomainError('domain is not running')})
 
-        device = mock.Mock(is_snapshot=False, volume=volume,
-                           spec=['is_snapshot', 'volume', 'snapshot'])
-        backup = mock.Mock(id='b0', volume_id=volume.id)
         with mock.patch.object(freezer, 'freeze_all', autospec=True,
                                side_effect=freeze_all), \
                 mock.patch.object(self.driver, 'clean_leftovers',
                                   autospec=True) as clean:
             self.assertRaises(
                 cvb_exception.GroupFreezeError, self.driver.backup_volumes,
-                self.ctxt, [(backup, mock.sentinel.service, device)],
-                all_or_nothing=True)
+                self.ctxt, [member], all_or_nothing=True)
         clean.assert_called_once_with()
 
     def test_no_leftover_no_cleaning(self):
-        volume = fake_volume.fake_volume_obj(
-            self.ctxt, size=1, id='11111111-1111-1111-1111-111111111111')
-        path = self.driver.local_path(volume)
+        path, _overlay, member = self._member()
         frozen = mock.Mock(spec=freezer.FrozenImage, path=path)
-        device = mock.Mock(is_snapshot=False, volume=volume,
-                           spec=['is_snapshot', 'volume', 'snapshot'])
-        backup = mock.Mock(id='b0', volume_id=volume.id)
         with mock.patch.object(freezer, 'freeze_all', autospec=True,
                                return_value={path: frozen}), \
                 mock.patch.object(self.driver, 'backup_volume',
                                   autospec=True, return_value='done'), \
                 mock.patch.object(self.driver, 'clean_leftovers',
                                   autospec=True) as clean:
-            self.driver.backup_volumes(
-                self.ctxt, [(backup, mock.sentinel.service, device)])
+            self.driver.backup_volumes(self.ctxt, [member])
         clean.assert_not_called()
 
 
