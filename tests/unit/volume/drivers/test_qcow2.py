@@ -329,6 +329,20 @@ class Qcow2DriverTestCase(test.TestCase):
         backup = mock.Mock(id='b0', volume_id=volume.id)
         return path, overlay, (backup, mock.sentinel.service, device)
 
+    def _back_up_set(self, path, frozen, member):
+        """Back up the one-volume set frozen as ``frozen``.
+
+        :returns: the mock of the driver's leftover cleaner
+        """
+        with mock.patch.object(freezer, 'freeze_all', autospec=True,
+                               return_value={path: frozen}), \
+                mock.patch.object(self.driver, 'backup_volume',
+                                  autospec=True, return_value='done'), \
+                mock.patch.object(self.driver, 'clean_leftovers',
+                                  autospec=True) as clean:
+            self.driver.backup_volumes(self.ctxt, [member])
+        return clean
+
     def test_overlay_of_a_failed_merge_is_merged_at_once(self):
         # The domain went away during the merge (server deleted): the
         # overlay is left; the leftover cleaner merges it now, not at the
@@ -341,13 +355,7 @@ class Qcow2DriverTestCase(test.TestCase):
 
         frozen = mock.Mock(spec=freezer.FrozenImage, path=path)
         frozen.merge.side_effect = merge
-        with mock.patch.object(freezer, 'freeze_all', autospec=True,
-                               return_value={path: frozen}), \
-                mock.patch.object(self.driver, 'backup_volume',
-                                  autospec=True, return_value='done'), \
-                mock.patch.object(self.driver, 'clean_leftovers',
-                                  autospec=True) as clean:
-            self.driver.backup_volumes(self.ctxt, [member])
+        clean = self._back_up_set(path, frozen, member)
         clean.assert_called_once_with()
 
     def test_overlay_of_a_failed_group_freeze_is_merged_at_once(self):
@@ -372,13 +380,7 @@ class Qcow2DriverTestCase(test.TestCase):
     def test_no_leftover_no_cleaning(self):
         path, _overlay, member = self._member()
         frozen = mock.Mock(spec=freezer.FrozenImage, path=path)
-        with mock.patch.object(freezer, 'freeze_all', autospec=True,
-                               return_value={path: frozen}), \
-                mock.patch.object(self.driver, 'backup_volume',
-                                  autospec=True, return_value='done'), \
-                mock.patch.object(self.driver, 'clean_leftovers',
-                                  autospec=True) as clean:
-            self.driver.backup_volumes(self.ctxt, [member])
+        clean = self._back_up_set(path, frozen, member)
         clean.assert_not_called()
 
 
