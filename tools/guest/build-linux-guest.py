@@ -100,14 +100,18 @@ while read -r module; do
     insmod "/lib/modules/$module.ko" || log "insmod $module failed"
 done < /lib/modules/load-order
 
-# What udev would do: /dev/virtio-ports/<name> for each named port.
+# What udev would do: /dev/virtio-ports/<name> for each named port. Each
+# port's name arrives on its own: wait for both (a control port linked
+# late left the control loop below without its port: every command the
+# tests sent timed out).
 ports_up() {
     for port in /sys/class/virtio-ports/*; do
         [ -r "$port/name" ] || continue
         name=$(cat "$port/name")
         [ -n "$name" ] && ln -sf "/dev/${port##*/}" "/dev/virtio-ports/$name"
     done
-    [ -e /dev/virtio-ports/@AGENT_PORT@ ]
+    [ -e /dev/virtio-ports/@AGENT_PORT@ ] \
+        && [ -e /dev/virtio-ports/@CONTROL_PORT@ ]
 }
 tries=0
 until ports_up || [ $tries -ge 100 ]; do
@@ -157,6 +161,11 @@ done
         [ -s /run/agent.pid ] && kill "$(cat /run/agent.pid)"
         while [ -e /run/agent.pid ]; do usleep 50000; done
     }
+    # (A failed exec would end this loop: open the port once it exists.)
+    until [ -e /dev/virtio-ports/@CONTROL_PORT@ ]; do
+        ports_up
+        usleep 100000
+    done
     exec 3<> /dev/virtio-ports/@CONTROL_PORT@
     while :; do
         # Without a host connected the port reads as at its end.

@@ -202,7 +202,13 @@ class LinuxGuest(object):
             sock.sendall(command.encode() + b'\n')
             answer = b''
             while not answer.endswith(b'\n'):
-                data = sock.recv(256)
+                try:
+                    data = sock.recv(256)
+                except socket.timeout:
+                    raise AssertionError(
+                        'the guest did not answer %s in %s s; its '
+                        'console:\n%s'
+                        % (command, timeout, self.console()[-4000:]))
                 if not data:
                     break
                 answer += data
