@@ -161,15 +161,18 @@ class NovaServerTestCase(testtools.TestCase):
         return self.dep._run(['virsh', '-q', '-c', self.dep.libvirt_uri,
                               'domstate', server_id])[1].strip()
 
-    def _disks(self, server_id):
-        """{source file: driver type} of the server's domain's file disks."""
+    def _file_disks(self, server_id):
+        """``(source file, <disk> element)`` of the domain's file disks."""
         xml = ElementTree.fromstring(self.dep.dumpxml(server_id))
-        disks = {}
         for disk in xml.findall('./devices/disk'):
             source = disk.find('source')
             if disk.get('type') == 'file' and source is not None:
-                disks[source.get('file')] = disk.find('driver').get('type')
-        return disks
+                yield source.get('file'), disk
+
+    def _disks(self, server_id):
+        """{source file: driver type} of the server's domain's file disks."""
+        return {path: disk.find('driver').get('type')
+                for path, disk in self._file_disks(server_id)}
 
     def _records_advance(self, path, timeout=120):
         """Wait until the guest's newest record grows; return it."""

@@ -73,14 +73,10 @@ class NovaInstanceGroupTest(groups.GroupCommands,
 
     def _boot_orders(self, server_id):
         """{source file: boot order or None} of the domain's file disks."""
-        xml = ElementTree.fromstring(self.dep.dumpxml(server_id))
         orders = {}
-        for disk in xml.findall('./devices/disk'):
-            source = disk.find('source')
-            if disk.get('type') == 'file' and source is not None:
-                boot = disk.find('boot')
-                orders[source.get('file')] = (
-                    None if boot is None else boot.get('order'))
+        for path, disk in self._file_disks(server_id):
+            boot = disk.find('boot')
+            orders[path] = None if boot is None else boot.get('order')
         return orders
 
     def _qemu_command_line(self, server_id):
