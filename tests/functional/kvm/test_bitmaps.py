@@ -83,8 +83,13 @@ def clusters_of(writes):
     return out
 
 
-def nbd_servers():
-    """PIDs of running qemu-nbd processes (zombies not counted)."""
+def nbd_servers(directory):
+    """PIDs of the running qemu-nbd processes serving files in ``directory``.
+
+    Zombies are not counted, and neither are the servers of tests running
+    beside this one in another worker: they come and go at any time.
+    """
+    prefix = os.fsencode(os.path.join(directory, ''))
     pids = []
     for entry in os.listdir('/proc'):
         if not entry.isdigit():
@@ -94,8 +99,9 @@ def nbd_servers():
                 cmd = f.read().split(b'\0')
         except OSError:
             continue
-        if cmd and os.path.basename(cmd[0]) == b'qemu-nbd' and (
-                bitmaps._alive(int(entry))):
+        if (cmd and os.path.basename(cmd[0]) == b'qemu-nbd'
+                and any(a.startswith(prefix) for a in cmd[1:])
+                and bitmaps._alive(int(entry))):
             pids.append(int(entry))
     return sorted(pids)
 
@@ -108,11 +114,11 @@ class OfflineBitmapTestCase(testtools.TestCase):
         self.path = os.path.join(self.dir, 'volume')
         qemu_img.create(self.path, SIZE)
         qemu_io(self.path, 'write -P 0x11 0 4M', 'write -P 0x12 40M 1M')
-        self.servers = nbd_servers()
+        self.servers = nbd_servers(self.dir)
 
     def tearDown(self):
         super().tearDown()
-        self.assertEqual(self.servers, nbd_servers())
+        self.assertEqual(self.servers, nbd_servers(self.dir))
 
     def _scratch(self):
         return os.path.join(self.dir, 'scratch.raw')
@@ -248,7 +254,7 @@ class OfflineBitmapTestCase(testtools.TestCase):
             ''')
         proc = subprocess.run([sys.executable, '-c', script, self.path])
         self.assertEqual(-signal.SIGKILL, proc.returncode)
-        left = [p for p in nbd_servers() if p not in self.servers]
+        left = [p for p in nbd_servers(self.dir) if p not in self.servers]
         self.assertEqual(1, len(left))
         # One in use by a live process (this one) is not touched.
         with bitmaps._nbd_server(self.path, 'cvb-1') as (directory, _sock):
@@ -257,9 +263,9 @@ class OfflineBitmapTestCase(testtools.TestCase):
             self.assertEqual(1, len(done), done)
             self.assertIn('qemu-nbd %d' % left[0], done[0])
             self.assertTrue(os.path.isdir(directory))
-            self.assertEqual(1, len([p for p in nbd_servers()
+            self.assertEqual(1, len([p for p in nbd_servers(self.dir)
                                      if p not in self.servers]))
-        self.assertEqual(self.servers, nbd_servers())
+        self.assertEqual(self.servers, nbd_servers(self.dir))
         self.assertEqual([], [n for n in os.listdir(os.path.join(
             self.dir, '.cvb-locks')) if n.startswith('cvb-nbd-')])
 
@@ -322,7 +328,7 @@ class OnlineBitmapTestCase(_OnlineBase):
     """Two backup cycles of one disk while the guest writes."""
 
     def test_cycle_keeps_every_write_after_the_point_in_time(self):
-        servers = nbd_servers()
+        servers = nbd_servers(self.dir)
         scratch = os.path.join(self.dir, 'scratch.raw')
         frozen = self._freeze('cvb-1')
         try:
@@ -350,7 +356,7 @@ class OnlineBitmapTestCase(_OnlineBase):
         # Only the ring is written: the rest (the data at 40M) is clean.
         self.assertLessEqual(dirty, (self.RING + 1) * SECTOR + CLUSTER)
         self.assertTrue(all(o + n <= 40 * units.Mi for o, n in ranges))
-        self.assertEqual(servers, nbd_servers())
+        self.assertEqual(servers, nbd_servers(self.dir))
 
         # Online pruning goes through the monitor.
         self.assertEqual(['cvb-1', 'cvb-2'], bitmaps.list_ours(self.path))
