@@ -11,7 +11,7 @@
 #   CVB_KEYSTONE_VENV  Keystone's virtualenv (default /opt/cvb-keystone)
 #   CVB_NOVA_VENV   Nova's and Placement's virtualenv (default /opt/cvb-nova)
 #   CVB_NEUTRON_VENV  Neutron's virtualenv (default /opt/cvb-neutron)
-#   CVB_DEPLOY_NOVA 1: the kvm profile runs Nova too (tools/deploy/nova.sh)
+#   CVB_DEPLOY_NOVA 1: the kvm or plugin profile runs Nova too (nova.sh)
 #   CVB_VCSIM       a vcsim binary (default: what tools/vcsim/build.sh builds)
 #   CVB_VCSIM_WSDL  the vSphere WSDL file (default: tools/vcsim/wsdl.sh says)
 

@@ -1,4 +1,4 @@
-# Sourced by tools/deploy/up.sh (and down.sh) for the kvm profile with
+# Sourced by tools/deploy/up.sh (and down.sh) for a profile with
 # Nova (CVB_DEPLOY_NOVA=1): the Neutron API (neutron 29, the release of
 # Nova 34 and Cinder 29), from Neutron's own virtualenv (tools/deploy/
 # install.sh: $NEUTRON_VENV), served by gunicorn on 127.0.0.1 and started by
@@ -61,7 +61,7 @@ neutron_write_conf() {
     local n=$dir/neutron
     mkdir -p "$n/state" "$n/lock" "$n/wsgi"
     cat >"$n/neutron.conf" <<CONF
-# Neutron of the kvm profile (tools/deploy/neutron.sh): the API only.
+# Neutron of the $profile profile (tools/deploy/neutron.sh): the API only.
 [DEFAULT]
 use_stderr = true
 core_plugin = ml2

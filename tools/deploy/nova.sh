@@ -1,8 +1,11 @@
-# Sourced by tools/deploy/up.sh for the kvm profile when CVB_DEPLOY_NOVA=1:
-# Nova (nova-api, nova-conductor, nova-scheduler, nova-compute with the
-# libvirt driver on QEMU/TCG) and Placement, from Nova's own virtualenv
+# Sourced by tools/deploy/up.sh when CVB_DEPLOY_NOVA=1, for the kvm and the
+# plugin profiles: Nova (nova-api, nova-conductor, nova-scheduler,
+# nova-compute) and Placement, from Nova's own virtualenv
 # (tools/deploy/install.sh: $CVB_NOVA_VENV), with the deployment's RabbitMQ,
 # MariaDB and Keystone, everything on 127.0.0.1 and started by PID.
+# nova-compute runs the libvirt driver on QEMU/TCG in the kvm profile, and
+# Nova's VMware driver (vmwareapi.VMwareVCDriver) against the profile's
+# vcsim in the plugin profile.
 #
 # nova-api and Placement ship only WSGI applications (Nova 34 has no
 # nova-api command): gunicorn serves them, as it serves Keystone.
@@ -10,7 +13,7 @@
 # Neutron API (tools/deploy/neutron.sh) about them on show, start and
 # delete.
 #
-# Volumes of the plugin's qcow2 driver reach Nova as NFS connections
+# kvm: volumes of the plugin's qcow2 driver reach Nova as NFS connections
 # (qcow2_connection_type = nfs: the one connection Nova 34's libvirt driver
 # attaches with the connection's format, qcow2). This kernel has no NFS
 # client, so the share's mount is stood in for (nova_nfs_standin_up): Nova's
@@ -19,16 +22,29 @@
 # bind mount of that directory; Nova's own `umount` at the last detach
 # undoes it. Everything else is Nova's real NFS path.
 #
+# plugin: the VMDK driver's volumes reach Nova as `vmdk` connections (the
+# volume's backing VM); Nova's VMware driver adds the backing's disk file
+# to the server's VM, in the vCenter (vcsim) that Cinder uses, verified
+# against the profile's CA as Cinder verifies it.
+#
 # Uses up.sh's variables and functions (dir, profile, infra ports and
-# passwords, API_PORT, LIBVIRT_URI, mariadb_client, rabbitmqctl,
-# openstack_admin) and writes NOVA_API_PORT, PLACEMENT_PORT to
+# passwords, API_PORT, LIBVIRT_URI or the VCSIM_* settings, mariadb_client,
+# rabbitmqctl, openstack_admin) and writes NOVA_API_PORT, PLACEMENT_PORT to
 # $dir/nova.env.
 
 nova_services=(nova-conductor nova-scheduler nova-compute)
 NOVA_FLAVOR=cvb.tiny
 
 nova_wanted() {
-    [ "$profile" = kvm ] && [ "${CVB_DEPLOY_NOVA:-0}" = 1 ]
+    case $profile in
+        kvm|plugin) [ "${CVB_DEPLOY_NOVA:-0}" = 1 ] ;;
+        *) return 1 ;;
+    esac
+}
+
+nova_on_vmware() {
+    # nova-compute drives vCenter (the profile's vcsim), not libvirt.
+    [ "$profile" != kvm ]
 }
 
 # Nova's [libvirt] nfs_mount_point_base, the stand-in's directory and the
@@ -167,12 +183,16 @@ nova_nfs_standin_down() {
 
 nova_prerequisites() {
     # Echoes what is missing for Nova (nothing: all there).
+    local driver_module=libvirt driver_package=libvirt-python
+    if nova_on_vmware; then
+        driver_module=oslo_vmware driver_package=oslo.vmware
+    fi
     [ -x "$NOVA_VENV/bin/nova-compute" ] \
         && [ -x "$NOVA_VENV/bin/placement-manage" ] \
         && [ -x "$NOVA_VENV/bin/gunicorn" ] \
-        && "$NOVA_VENV/bin/python" -c 'import libvirt, pymysql' \
+        && "$NOVA_VENV/bin/python" -c "import $driver_module, pymysql" \
             2>/dev/null \
-        || echo "Nova, Placement, gunicorn and libvirt-python in $NOVA_VENV"
+        || echo "Nova, Placement, gunicorn and $driver_package in $NOVA_VENV"
 }
 
 nova_running() {
@@ -232,20 +252,68 @@ password = $NOVA_SERVICE_PASSWORD
 CONF
 }
 
+nova_compute_driver() {
+    if nova_on_vmware; then
+        echo vmwareapi.VMwareVCDriver
+    else
+        echo libvirt.LibvirtDriver
+    fi
+}
+
+nova_hypervisor_conf() {
+    # nova.conf's section of the compute driver.
+    if nova_on_vmware; then
+        cat <<CONF
+[vmware]
+# The profile's vcsim, the vCenter Cinder's VMDK driver uses (its cluster
+# and datastore), verified against the profile's CA as Cinder verifies it.
+host_ip = 127.0.0.1
+host_port = $VCSIM_PORT
+host_username = $VCSIM_USER
+host_password = $VCSIM_PASSWORD
+ca_file = $VCSIM_CA_FILE
+cluster_name = $VCSIM_CLUSTER
+datastore_regex = ^LocalDS_0\$
+# vcsim's tasks end at once: poll them often.
+task_poll_interval = 0.1
+CONF
+    else
+        cat <<CONF
+[libvirt]
+virt_type = qemu
+connection_uri = $LIBVIRT_URI
+cpu_mode = none
+# Where Nova mounts NFS volumes' shares: the qcow2 backend's
+# qcow2_nfs_mount_point_base (a tmpfs of the profile: nova_nfs_standin_up).
+nfs_mount_point_base = $(nova_mount_base)
+CONF
+    fi
+}
+
+nova_sys_admin_helper() {
+    # nova_sys_admin_helper CONF: Nova's own privsep daemon. With libvirt it
+    # mounts NFS shares: the NFS stand-in's mount first on its PATH
+    # (nova_nfs_standin_up).
+    local path=
+    nova_on_vmware \
+        || path="env PATH=$(nova_nfs_standin_dir):/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "
+    echo "$path$NOVA_VENV/bin/privsep-helper --config-file $1"
+}
+
 nova_write_conf() {
     local db=mysql+pymysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$DB_PORT
     local n=$dir/nova
     mkdir -p "$n/state" "$n/instances" "$n/lock" "$n/placement"
     {
         cat <<CONF
-# Nova of the kvm profile (tools/deploy/nova.sh).
+# Nova of the $profile profile (tools/deploy/nova.sh).
 [DEFAULT]
 host = cvb-$profile
 my_ip = 127.0.0.1
 state_path = $n/state
 instances_path = $n/instances
 transport_url = rabbit://$RABBIT_USER:$RABBIT_PASSWORD@127.0.0.1:$RABBIT_PORT/${NOVA_DB}
-compute_driver = libvirt.LibvirtDriver
+compute_driver = $(nova_compute_driver)
 rootwrap_config = $NOVA_VENV/etc/nova/rootwrap.conf
 # No server has a port: the periodic refresh of the instances' network
 # information would ask Neutron every minute for nothing.
@@ -279,13 +347,7 @@ workers = 1
 [scheduler]
 workers = 1
 
-[libvirt]
-virt_type = qemu
-connection_uri = $LIBVIRT_URI
-cpu_mode = none
-# Where Nova mounts NFS volumes' shares: the qcow2 backend's
-# qcow2_nfs_mount_point_base (a tmpfs of the profile: nova_nfs_standin_up).
-nfs_mount_point_base = $(nova_mount_base)
+$(nova_hypervisor_conf)
 
 [vnc]
 enabled = false
@@ -328,10 +390,8 @@ driver = noop
 
 # The services run as root here: the privilege separation daemons start
 # directly (the default prefixes them with sudo).
-# Nova's own privsep daemon mounts NFS shares: the NFS stand-in's mount
-# first on its PATH (nova_nfs_standin_up).
 [nova_sys_admin]
-helper_command = env PATH=$(nova_nfs_standin_dir):/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin $NOVA_VENV/bin/privsep-helper --config-file $n/nova.conf
+helper_command = $(nova_sys_admin_helper "$n/nova.conf")
 
 [privsep_osbrick]
 helper_command = $NOVA_VENV/bin/privsep-helper --config-file $n/nova.conf
@@ -374,7 +434,7 @@ PY
     cp "$NOVA_VENV/etc/nova/api-paste.ini" "$n/api-paste.ini"
     {
         cat <<CONF
-# Placement of the kvm profile (tools/deploy/nova.sh).
+# Placement of the $profile profile (tools/deploy/nova.sh).
 [DEFAULT]
 use_stderr = true
 [api]

@@ -30,7 +30,9 @@
 #   driver on QEMU/TCG, on that libvirtd), and the Neutron API that Nova
 #   asks about servers even without a network (tools/deploy/neutron.sh).
 #   Nova mounts the qcow2 volumes' NFS export through the deployment's NFS
-#   stand-in (a bind mount: nova.sh).
+#   stand-in (a bind mount: nova.sh). CVB_DEPLOY_NOVA=1 gives the plugin
+#   profile Nova too, nova-compute with Nova's VMware driver against the
+#   profile's vcsim (servers boot from the VMDK driver's volumes).
 #
 # plugin and kvm also load the plugin's instance-group API extension
 # (osapi_volume_extension) when the virtualenv has it (the log says which).
@@ -103,13 +105,13 @@ check_prerequisites() {
             || missing+=("libvirt (tools/libvirt/install.sh)")
         "$VENV/bin/python" -c 'import libvirt' 2>/dev/null \
             || missing+=("libvirt-python in $VENV")
-        if nova_wanted; then
-            local nova_missing
-            nova_missing=$(nova_prerequisites)
-            [ -z "$nova_missing" ] || missing+=("$nova_missing")
-            nova_missing=$(neutron_prerequisites)
-            [ -z "$nova_missing" ] || missing+=("$nova_missing")
-        fi
+    fi
+    if nova_wanted; then
+        local nova_missing
+        nova_missing=$(nova_prerequisites)
+        [ -z "$nova_missing" ] || missing+=("$nova_missing")
+        nova_missing=$(neutron_prerequisites)
+        [ -z "$nova_missing" ] || missing+=("$nova_missing")
     fi
     if swift_wanted; then
         local swift_missing
@@ -494,11 +496,11 @@ profile_running() {
     done
     if [ "$profile" = kvm ]; then
         libvirt_answers || return 1
-        nova_running || return 1
-        neutron_running || return 1
     else
         cvb_pid_alive "$dir/vcsim.pid" || return 1
     fi
+    nova_running || return 1
+    neutron_running || return 1
     # Running with the backup store asked for (else started afresh).
     [ "$(cat "$dir/backup-store" 2>/dev/null)" = "$backup_store" ] || return 1
     if swift_wanted; then

@@ -1,0 +1,278 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""End to end: servers of a real Nova on VMware (the plugin profile).
+
+The plugin profile with ``CVB_DEPLOY_NOVA=1`` (tools/deploy/nova.sh):
+Nova 34's nova-api, -conductor, -scheduler and Placement, and a
+nova-compute with Nova's own VMware driver (``vmwareapi.VMwareVCDriver``)
+against the profile's vcsim, the vCenter the plugin's VMDK driver uses.
+Through the ``openstack`` client and the plugin's group commands, as a
+user would:
+
+- a server booted from a VMDK volume (``server create --volume``), a data
+  volume hot-plugged (``server add volume``): Nova's VM in vCenter has the
+  volumes' own disk files;
+- a backup of the attached data volume while the server runs
+  (``--force``), restored onto a new volume byte for byte;
+- an instance group of the server, a set while it runs (one snapshot of
+  Nova's VM), the disks changed;
+- a restore in place refused while Nova reports the server ACTIVE; the
+  server stopped through Nova, the set restored in place (the disks Nova's
+  VM has hold the set's data), the server started again;
+- the server deleted: Nova detaches the restored disks, the volumes are
+  available and keep the set's data.
+
+vcsim runs no guest: what a guest would read is the disk file Nova's VM
+has for each volume, compared byte for byte.
+"""
+
+import json
+import time
+
+from oslo_utils import units
+import testtools
+
+from tests.functional.deploy import nova
+from tests.functional.deploy import nova_servers
+from tests.functional.deploy import test_instance_groups as groups
+from tests.functional.deploy import test_openstack_cli as cli
+from tests.functional import vcsim as vcsim_fixture
+
+#: (offset, length) of each volume's data, and what changes after the set.
+REGIONS = ((0, units.Mi), (300 * units.Mi, units.Mi),
+           (units.Gi - units.Mi, units.Mi))
+CHANGES = ((300 * units.Mi + 64 * units.Ki, 64 * units.Ki),
+           (600 * units.Mi, 64 * units.Ki))
+
+
+class NovaVmwareDeploymentTest(groups.GroupCommands, cli.DeploymentBase,
+                               testtools.TestCase):
+    """A real Nova server on the plugin's VMDK volumes, backed up."""
+
+    profile = 'plugin'
+    deploy_env = {'CVB_DEPLOY_NOVA': '1',
+                  'CVB_NOVA_VENV': nova_servers.NOVA_VENV,
+                  'CVB_NEUTRON_VENV': nova_servers.NEUTRON_VENV}
+
+    def setUp(self):
+        missing = nova_servers.missing_nova_prerequisites()
+        if missing:
+            # (Before the deployment starts: cli.DeploymentBase starts it.)
+            testtools.TestCase.setUp(self)
+            self.skipTest('the plugin profile with Nova needs %s '
+                          '(tools/deploy/install.sh)' % ', '.join(missing))
+        super(NovaVmwareDeploymentTest, self).setUp()
+        self.figures['up_seconds'] = self.seconds['deployment up (up.sh)']
+
+    def _summary(self):
+        # Figures only: summary.json and the profiles' comparison belong
+        # to test_openstack_cli's scenario.
+        text = json.dumps(self.figures, indent=2, sort_keys=True)
+        self.addDetail('figures', testtools.content.text_content(text))
+        print('\nplugin profile with Nova figures: %s' % text)
+
+    def timed(self, name, func, *args, **kwargs):
+        started = time.monotonic()
+        result = func(*args, **kwargs)
+        self.figures['%s_seconds' % name] = round(
+            time.monotonic() - started, 1)
+        return result
+
+    # -- Nova and its VM in vCenter -------------------------------------
+
+    def server_status(self, server_id, statuses,
+                      timeout=nova_servers.BUILD_TIMEOUT):
+        """Poll ``openstack server show`` until its status is in statuses."""
+        deadline = time.monotonic() + timeout
+        while True:
+            shown = self.osc('server', 'show', server_id)
+            if shown['status'] in statuses:
+                return shown
+            if shown['status'] == 'ERROR':
+                self.fail('server %s is ERROR: %s'
+                          % (server_id, shown.get('fault')))
+            if time.monotonic() > deadline:
+                self.fail('server %s still %s after %ss'
+                          % (server_id, shown['status'], timeout))
+            time.sleep(1)
+
+    def nova_vm(self, server_id):
+        """The VM Nova's driver made for the server (its instance UUID)."""
+        session = self.vc.session()
+        index = session.vim.service_content.searchIndex
+        ref = session.invoke_api(session.vim, 'FindByUuid', index,
+                                 uuid=server_id, vmSearch=True,
+                                 instanceUuid=True)
+        self.assertIsNotNone(ref, 'no VM of server %s in vCenter'
+                             % server_id)
+        vm = nova.InstanceVM(session, server_id, self.vc.datastore_name)
+        vm.ref = ref
+        return vm
+
+    def vm_disk_files(self, vm):
+        """The disk files of the VM's disks."""
+        return sorted(d.backing.fileName for d in nova._devices(
+            vm.session, vm.ref) if nova._type_name(d) == 'VirtualDisk')
+
+    def write_disk(self, vm, volume_id, disk, offset, data):
+        """Write into the disk the server's VM has for the volume."""
+        vcsim_fixture.seed_disk(self.vc, vm.disk_path(volume_id), data,
+                                offset=offset)
+        return disk.write(offset, data)
+
+    def assert_server_disks(self, server_id, vm, expected):
+        """Each volume attached to the server; its VM's disk holds it."""
+        for vol, disk in expected.items():
+            shown = self.dep.wait('volume', vol, ('in-use',))
+            self.assertEqual([server_id],
+                             [a.get('server_id')
+                              for a in shown.get('attachments') or []])
+            self.assert_disk(vol, disk, path=vm.disk_path(vol))
+
+    def _nova_is_up(self):
+        services = {s['Binary']: s for s in
+                    self.osc('compute', 'service', 'list')}
+        for binary in ('nova-conductor', 'nova-scheduler', 'nova-compute'):
+            self.assertIn(binary, services)
+            self.assertEqual(('enabled', 'up'),
+                             (services[binary]['Status'],
+                              services[binary]['State']), binary)
+        hypervisors = self.osc('hypervisor', 'list')
+        self.assertEqual(1, len(hypervisors), hypervisors)
+        # vcsim's about.fullName ends "(govmomi simulator)".
+        self.assertEqual('up', hypervisors[0]['State'])
+        self.assertTrue(hypervisors[0]['Hypervisor Type'].startswith(
+            'VMware vCenter Server'), hypervisors[0])
+
+    # -- the scenario -----------------------------------------------------
+
+    def test_server_backup_group_restore(self):
+        self._nova_is_up()
+        boot = self.create_volume('nova-vmware-boot', '--bootable')
+        data = self.create_volume('nova-vmware-data')
+        vols = (boot, data)
+        disks1 = {}
+        for vol, seed in zip(vols, (b'boot', b'data')):
+            disk = cli.Disk()
+            for i, (offset, length) in enumerate(REGIONS):
+                disk = self.write(vol, disk, offset,
+                                  cli.pattern(b'%s1-%d' % (seed, i), length))
+            disks1[vol] = disk
+
+        # A server booted from the VMDK volume, the data volume hot-plugged.
+        server = self.timed('server_create', self.osc, 'server', 'create',
+                            '--flavor', 'cvb.tiny', '--volume', boot,
+                            '--nic', 'none', 'cvb-nova-vmware')
+        server_id = server['id']
+        self.addCleanup(self._delete_server_quietly, server_id)
+        self.timed('server_active', self.server_status, server_id,
+                   ('ACTIVE', ))
+        self.timed('server_add_volume', self.osc, 'server', 'add', 'volume',
+                   server_id, data, json=False)
+        self.dep.wait('volume', data, ('in-use',))
+        vm = self.nova_vm(server_id)
+        self.assertEqual('poweredOn', vm.power_state)
+        # Nova's VM has the volumes' own disk files (no copies).
+        self.assertEqual(sorted(self.vc.disk_path(v) for v in vols),
+                         self.vm_disk_files(vm))
+        self.assert_server_disks(server_id, vm, disks1)
+
+        # A backup of the attached volume while the server runs.
+        single = self.timed('in_use_backup', self.backup, 'in-use', data,
+                            '--force')
+        copy = self.timed('in_use_restore_new', self.restore, single,
+                          'nova-vmware-copy')
+        self.assert_disk(copy, disks1[data])
+        self.osc('volume', 'delete', copy, json=False)
+        self.assertEqual('ACTIVE',
+                         self.osc('server', 'show', server_id)['status'])
+
+        # The server's instance group; a set while it runs.
+        group = self.group('create', '--name', 'nova-vmware', server_id)
+        group_id = group['ID']
+        members = {m['id']: m for m in group['Volumes']}
+        self.assertEqual(set(vols), set(members))
+        self.assertTrue(members[boot]['boot'])
+        self.assertFalse(members[data]['boot'])
+        first = self.timed('set1_backup', self.group, 'backup', 'create',
+                           group_id, '--instance', server_id,
+                           '--name', 'set1')
+        self.assertTrue(first['Success'], first)
+        self.assertEqual(sorted(vols), sorted(first['Volume IDs']))
+        self.wait_set(group_id, 'set1')
+        self.assertEqual('poweredOn', vm.power_state)
+
+        # The disks change while the server runs.
+        disks2 = {}
+        for vol, seed in zip(vols, (b'boot', b'data')):
+            disk = disks1[vol]
+            for i, (offset, length) in enumerate(CHANGES):
+                disk = self.write_disk(vm, vol, disk, offset,
+                                       cli.pattern(b'%s2-%d' % (seed, i),
+                                                   length))
+            disks2[vol] = disk
+
+        # No restore in place while Nova reports the server ACTIVE.
+        error = self.refused('backup', 'restore', group_id, '--instance',
+                             server_id, '--name', 'set1')
+        self.assertIn(server_id, error)
+        self.assertIn('ACTIVE', error)
+        self.assert_server_disks(server_id, vm, disks2)
+
+        # Stopped through Nova, restored in place, started again.
+        self.timed('server_stop', self._server_action, server_id, 'stop',
+                   'SHUTOFF')
+        self.assertEqual('poweredOff', vm.power_state)
+        restored = self.timed('set1_restore', self.group, 'backup',
+                              'restore', group_id, '--instance', server_id,
+                              '--name', 'set1')
+        self.assertTrue(restored['Success'], restored)
+        self.assert_server_disks(server_id, vm, disks1)
+        self.timed('server_start', self._server_action, server_id, 'start',
+                   'ACTIVE')
+        self.assertEqual('poweredOn', vm.power_state)
+        self.assert_server_disks(server_id, vm, disks1)
+
+        # Deleted: Nova detaches the restored disks (found by the UUIDs
+        # the plugin left in its VM's extraConfig) and destroys its VM;
+        # the volumes keep the set's data.
+        self.group('backup', 'delete', group_id, '--instance', server_id,
+                   '--name', 'set1')
+        self.group('delete', group_id, json=False)
+        self.timed('server_delete', self._delete_server, server_id)
+        for vol in vols:
+            shown = self.dep.wait('volume', vol, ('available',))
+            self.assertFalse(shown.get('attachments'), shown)
+            self.assert_disk(vol, disks1[vol])
+        session = self.vc.session()
+        self.assertIsNone(session.invoke_api(
+            session.vim, 'FindByUuid',
+            session.vim.service_content.searchIndex, uuid=server_id,
+            vmSearch=True, instanceUuid=True))
+        for b in first['Backup IDs']:
+            self.dep.wait_gone('volume backup', b)
+        self.osc('volume', 'backup', 'delete', single, json=False)
+        self.dep.wait_gone('volume backup', single)
+
+    def _server_action(self, server_id, action, status):
+        self.osc('server', action, server_id, json=False)
+        return self.server_status(server_id, (status, ))
+
+    def _delete_server(self, server_id):
+        self.osc('server', 'delete', '--wait', server_id, json=False)
+
+    def _delete_server_quietly(self, server_id):
+        try:
+            self._delete_server(server_id)
+        except Exception:  # nosec B110: gone already, or the test failed
+            pass
