@@ -877,7 +877,9 @@ main() {
         etcd_up
     fi
     if nova_wanted; then
-        # Nova's and Neutron's database migrations while Cinder starts.
+        # Nova's and Neutron's database migrations while Cinder starts
+        # (their logs in log/, which cinder_up may not have made yet).
+        mkdir -p "$dir/log"
         nova_vars
         neutron_vars
         nova_prepare &

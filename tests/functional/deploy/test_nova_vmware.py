@@ -29,8 +29,13 @@ user would:
 - a restore in place refused while Nova reports the server ACTIVE; the
   server stopped through Nova, the set restored in place (the disks Nova's
   VM has hold the set's data), the server started again;
-- the server deleted: Nova detaches the restored disks, the volumes are
-  available and keep the set's data.
+- the set restored onto new volumes, and a new server booted from them
+  through Nova (its VM has the new volumes' disks);
+- the fault: the server deleted while a set of it runs (its first disk
+  export stalled until Nova has destroyed the VM): the set ends available
+  or in error with a reason, no backup, snapshot or VM is left behind,
+  Nova detached the restored disks, and the volumes are available and
+  keep the set's data.
 
 vcsim runs no guest: what a guest would read is the disk file Nova's VM
 has for each volume, compared byte for byte.
@@ -40,6 +45,7 @@ import json
 import time
 
 from oslo_utils import units
+from oslo_vmware import vim_util
 import testtools
 
 from tests.functional.deploy import nova
@@ -243,26 +249,127 @@ class NovaVmwareDeploymentTest(groups.GroupCommands, cli.DeploymentBase,
         self.assertEqual('poweredOn', vm.power_state)
         self.assert_server_disks(server_id, vm, disks1)
 
-        # Deleted: Nova detaches the restored disks (found by the UUIDs
-        # the plugin left in its VM's extraConfig) and destroys its VM;
-        # the volumes keep the set's data.
-        self.group('backup', 'delete', group_id, '--instance', server_id,
-                   '--name', 'set1')
-        self.group('delete', group_id, json=False)
-        self.timed('server_delete', self._delete_server, server_id)
+        # The set onto new volumes, and a new server booted from them
+        # through Nova.
+        self._restore_new_with_server(group_id, server_id, vols, disks1)
+
+        # The fault: the server deleted while a set of it runs. Nova
+        # detaches the restored disks (found by the UUIDs the plugin left
+        # in its VM's extraConfig) and destroys its VM under the set.
+        self._server_deleted_during_set(group_id, server_id, vols, disks1)
         for vol in vols:
             shown = self.dep.wait('volume', vol, ('available',))
             self.assertFalse(shown.get('attachments'), shown)
             self.assert_disk(vol, disks1[vol])
+        self.assertEqual([], self.vm_names(('volume-',)))
+        self.group('backup', 'delete', group_id, '--instance', server_id,
+                   '--name', 'set1')
+        for name in [s['Name'] for s in self.group('backup', 'list',
+                                                   group_id)]:
+            self.group('backup', 'delete', group_id, '--instance',
+                       server_id, '--name', name)
+        self.group('delete', group_id, json=False)
+        for b in first['Backup IDs']:
+            self.dep.wait_gone('volume backup', b)
+        self.osc('volume', 'backup', 'delete', single, json=False)
+        self.dep.wait_gone('volume backup', single)
+
+    def _restore_new_with_server(self, group_id, server_id, vols, disks):
+        boot, data = vols
+        flavor = self.osc('flavor', 'show', 'cvb.tiny')['id']
+        made = self.timed(
+            'set1_restore_new_server', self.group, 'backup', 'restore',
+            'new', group_id, '--instance', server_id, '--name', 'set1',
+            '--server-name', 'cvb-ig-restored', '--flavor', flavor)
+        self.assertTrue(made['Success'], made)
+        new_server = made['Server ID']
+        self.assertTrue(new_server, made)
+        news = dict(zip(made['Volume IDs'], made['New Volume IDs']))
+        self.assertEqual(set(vols), set(news))
+        self.timed('new_server_active', self.server_status, new_server,
+                   ('ACTIVE',))
+        self.assertIn(self.osc('volume', 'show', news[boot])['bootable'],
+                      (True, 'true'))
+        vm = self.nova_vm(new_server)
+        self.assertEqual('poweredOn', vm.power_state)
+        self.assert_server_disks(new_server, vm, {
+            news[v]: disks[v] for v in vols})
+        self._delete_server(new_server)
+        for vol in vols:
+            self.dep.wait('volume', news[vol], ('available',))
+            self.osc('volume', 'delete', news[vol], json=False)
+        for vol in vols:
+            self.dep.wait_gone('volume', news[vol])
+
+    def _server_deleted_during_set(self, group_id, server_id, vols,
+                                   expected):
+        """Delete the server while the set's first disk export stalls.
+
+        :param expected: {volume id: cli.Disk} the volumes hold
+        """
+        self.vc.set_nfc_fault(stall_after_bytes=units.Mi, count=1)
+        started = time.monotonic()
+        submitted = self.group('backup', 'create', group_id, '--instance',
+                               server_id, '--name', 'set2', '--async')
+        self.assertIn('submitted', submitted['Message'])
+        try:
+            self.vc.wait_for_log('NFC transfer stalls', 120)
+            self._delete_server(server_id)
+        finally:
+            self.vc.clear_faults()
+        ended = self.wait_set(group_id, 'set2', ('available', 'error'))
+        self.figures['set2_during_delete'] = ended['Status']
+        self.figures['set2_during_delete_seconds'] = round(
+            time.monotonic() - started, 1)
+        if ended['Status'] == 'error':
+            # A reason that says what failed; no backup of the set is left.
+            reason = ended.get('Description') or ''
+            self.figures['set2_error'] = reason
+            self.assertTrue(reason.startswith('Failed: '), ended)
+            self.assertNotIn('Message objects', reason)
+            self.assertEqual([], [b for b in self.osc(
+                'volume', 'backup', 'list') if b['ID'] in ended.get(
+                    'Backup IDs', [])])
+        else:
+            # Complete: the disks as they were when the set began (the
+            # detach changed no data), restored onto new volumes.
+            made = self.group('backup', 'restore', 'new', group_id,
+                              '--instance', server_id, '--name', 'set2')
+            self.assertTrue(made['Success'], made)
+            news = dict(zip(made['Volume IDs'], made['New Volume IDs']))
+            self.assertEqual(set(vols), set(news))
+            for vol in vols:
+                self.dep.wait('volume', news[vol], ('available',))
+                self.assert_disk(news[vol], expected[vol])
+                self.osc('volume', 'delete', news[vol], json=False)
+            for vol in vols:
+                self.dep.wait_gone('volume', news[vol])
+        self.assertEqual([], [b for b in self.osc('volume', 'backup', 'list')
+                              if b['Status'] in ('creating', 'deleting',
+                                                 'restoring')])
+        self.assertEqual([], [s for s in self.osc('volume', 'snapshot',
+                                                  'list')
+                              if s['Status'] in ('creating', 'deleting')])
         session = self.vc.session()
         self.assertIsNone(session.invoke_api(
             session.vim, 'FindByUuid',
             session.vim.service_content.searchIndex, uuid=server_id,
             vmSearch=True, instanceUuid=True))
-        for b in first['Backup IDs']:
-            self.dep.wait_gone('volume backup', b)
-        self.osc('volume', 'backup', 'delete', single, json=False)
-        self.dep.wait_gone('volume backup', single)
+
+    def vm_names(self, keep=()):
+        """Names of vCenter's VMs, but those starting with ``keep``."""
+        session = self.vc.session()
+        result = session.invoke_api(vim_util, 'get_objects', session.vim,
+                                    'VirtualMachine', 100, ['name'])
+        names = []
+        while result:
+            for obj in result.objects:
+                name = {p.name: p.val for p in obj.propSet}['name']
+                if not name.startswith(tuple(keep)):
+                    names.append(name)
+            result = session.invoke_api(vim_util, 'continue_retrieval',
+                                        session.vim, result)
+        return sorted(names)
 
     def _server_action(self, server_id, action, status):
         self.osc('server', action, server_id, json=False)
