@@ -85,6 +85,13 @@ def _extra_config(config):
     return {o.key: getattr(o, 'value', None) for o in options or []}
 
 
+def _tree_list(trees):
+    """The ``VirtualMachineSnapshotTree`` items of a (SOAP) list."""
+    if trees.__class__.__name__ == 'ArrayOfVirtualMachineSnapshotTree':
+        trees = trees.VirtualMachineSnapshotTree
+    return list(trees or [])
+
+
 def find_instance_vm(session, instance_uuid):
     """The VM of a Nova instance (its instance UUID), or None.
 
@@ -283,12 +290,50 @@ class FrozenVM(object):
                                       progress=progress) as stream:
                 yield stream
                 if stream.at_end:
+                    self._check_snapshot_kept(key)
                     self._read.add(device_key)
                 else:
                     self._failed = True
         except Exception:
             self._failed = True
             raise
+
+    def _snapshots_of_vm(self):
+        """Values of the VM's snapshot morefs; None when the VM is gone."""
+        try:
+            info = _prop(self._session, self.vm_ref, 'snapshot')
+        except vexc.ManagedObjectNotFoundException:
+            return None
+        found = set()
+        trees = list(_tree_list(getattr(info, 'rootSnapshotList', None)))
+        while trees:
+            tree = trees.pop()
+            found.add(vim_util.get_moref_value(tree.snapshot))
+            trees.extend(_tree_list(getattr(tree, 'childSnapshotList',
+                                            None)))
+        return found
+
+    def _check_snapshot_kept(self, key):
+        """The VM and its snapshot are still there after a disk was read.
+
+        A VM destroyed while its snapshot is exported (Nova deletes a
+        server: it detaches the volumes' disks, then destroys the VM) may
+        leave the export reading what is no longer the volume's disk (vcsim
+        then serves zeros, and completes the read). The read is trusted
+        only when the snapshot is still the VM's afterwards; otherwise the
+        backup fails, as for a disk that could not be read.
+
+        :raises: :class:`~.errors.TransferError`
+        """
+        snapshots = self._snapshots_of_vm()
+        if snapshots is not None and \
+                vim_util.get_moref_value(self.snapshot) in snapshots:
+            return
+        what = ('VM %s was deleted' % self.name if snapshots is None else
+                'the snapshot of VM %s was removed' % self.name)
+        raise errors.TransferError(
+            reason='%s while disk %s of %s was read: the data read is not '
+                   'trusted' % (what, key, self.label))
 
     # -- the end -----------------------------------------------------------
 
@@ -307,6 +352,12 @@ class FrozenVM(object):
         if self.snapshot is None:
             return
         try:
+            if self._snapshots_of_vm() is None:
+                # (Destroy_Task removed the VM's snapshots with it.)
+                LOG.info('VM %(vm)s (%(what)s) is gone, and its snapshot '
+                         'with it.', {'vm': self.name, 'what': self.label})
+                self.snapshot = None
+                return
             remove_snapshot(self._session, self.snapshot)
             LOG.info('Snapshot of VM %(vm)s (%(what)s) removed.',
                      {'vm': self.name, 'what': self.label})

@@ -19,6 +19,7 @@ writing guest put into a boot volume, polls of servers, their domains and
 the guest's records). The tests are in ``test_nova_*.py``.
 """
 
+import datetime
 import hashlib
 import os
 import subprocess  # nosec B404: the OpenStack client, qemu-io, virsh
@@ -87,12 +88,85 @@ def missing_nova_prerequisites():
     return missing
 
 
-class NovaServerTestCase(testtools.TestCase):
+class NovaApi(object):
+    """Nova through the ``openstack`` client, for a deployment test.
+
+    Mixed into a testtools.TestCase with an ``osc`` method and a
+    ``dep`` (:class:`~.deployment.Deployment`); ``HYPERVISOR_TYPE`` is the
+    start of the hypervisor type nova-compute reports.
+    """
+
+    HYPERVISOR_TYPE = None
+
+    def _nova_is_up(self):
+        services = {s['Binary']: s for s in
+                    self.osc('compute', 'service', 'list')}
+        for binary in ('nova-conductor', 'nova-scheduler', 'nova-compute'):
+            self.assertIn(binary, services)
+            self.assertEqual(('enabled', 'up'),
+                             (services[binary]['Status'],
+                              services[binary]['State']), binary)
+        hypervisors = self.osc('hypervisor', 'list')
+        self.assertEqual(1, len(hypervisors), hypervisors)
+        self.assertEqual('up', hypervisors[0]['State'])
+        self.assertTrue(hypervisors[0]['Hypervisor Type'].startswith(
+            self.HYPERVISOR_TYPE), hypervisors[0])
+
+    def _server_status(self, server_id, statuses, timeout=BUILD_TIMEOUT):
+        """Poll ``openstack server show`` until its status is in statuses."""
+        deadline = time.monotonic() + timeout
+        while True:
+            shown = self.osc('server', 'show', server_id)
+            if shown['status'] in statuses:
+                return shown
+            if shown['status'] == 'ERROR':
+                self.fail('server %s is ERROR: %s'
+                          % (server_id, shown.get('fault')))
+            if time.monotonic() > deadline:
+                self.fail('server %s still %s after %ss'
+                          % (server_id, shown['status'], timeout))
+            time.sleep(1)
+
+    def _kill_compute(self):
+        """SIGKILL nova-compute by its PID, as a node that dies."""
+        self.assertIsNotNone(self.dep.service_pid('nova-compute'))
+        self.dep.kill_service('nova-compute')
+        self.assertIsNone(self.dep.service_pid('nova-compute'))
+
+    def _restart_compute(self, timeout=BUILD_TIMEOUT):
+        """Start the killed nova-compute again (its own command line).
+
+        Returns once it runs and has reported to Nova since, and Nova is
+        up (:meth:`_nova_is_up`).
+        """
+        restarted_at = datetime.datetime.now(datetime.timezone.utc)
+        self.dep.start_service('nova-compute')
+        deadline = time.monotonic() + timeout
+        while True:
+            self.assertIsNotNone(self.dep.service_pid('nova-compute'),
+                                 'nova-compute ended after its restart')
+            compute = [s for s in self.osc('compute', 'service', 'list')
+                       if s['Binary'] == 'nova-compute']
+            updated = datetime.datetime.fromisoformat(
+                compute[0]['Updated At']).replace(
+                    tzinfo=datetime.timezone.utc)
+            if updated > restarted_at:
+                break
+            if time.monotonic() > deadline:
+                self.fail('the restarted nova-compute did not report in '
+                          '%ss' % timeout)
+            time.sleep(1)
+        self._nova_is_up()
+
+
+class NovaServerTestCase(NovaApi, testtools.TestCase):
     """Base of the tests of servers of the deployment's Nova.
 
     Each test starts the kvm profile with Nova (about two to four
     minutes on two cores) and stops it at its end.
     """
+
+    HYPERVISOR_TYPE = 'QEMU'
 
     def setUp(self):
         super(NovaServerTestCase, self).setUp()
@@ -107,20 +181,6 @@ class NovaServerTestCase(testtools.TestCase):
 
     def osc(self, *args, **kwargs):
         return self.dep.openstack(*args, **kwargs)
-
-    def _nova_is_up(self):
-        services = {s['Binary']: s for s in
-                    self.osc('compute', 'service', 'list')}
-        for binary in ('nova-conductor', 'nova-scheduler', 'nova-compute'):
-            self.assertIn(binary, services)
-            self.assertEqual(('enabled', 'up'),
-                             (services[binary]['Status'],
-                              services[binary]['State']), binary)
-        hypervisors = self.osc('hypervisor', 'list')
-        self.assertEqual(1, len(hypervisors), hypervisors)
-        self.assertEqual(('QEMU', 'up'),
-                         (hypervisors[0]['Hypervisor Type'],
-                          hypervisors[0]['State']))
 
     def _boot_volume(self, disks=1, name='cvb-nova-boot'):
         """A bootable 1 GiB plugin volume holding the writing guest.
@@ -141,21 +201,6 @@ class NovaServerTestCase(testtools.TestCase):
              self.dep.volume_path(volume['id'])],
             check=True, stdout=subprocess.DEVNULL)
         return volume['id']
-
-    def _server_status(self, server_id, statuses, timeout=BUILD_TIMEOUT):
-        """Poll ``openstack server show`` until its status is in statuses."""
-        deadline = time.monotonic() + timeout
-        while True:
-            shown = self.osc('server', 'show', server_id)
-            if shown['status'] in statuses:
-                return shown
-            if shown['status'] == 'ERROR':
-                self.fail('server %s is ERROR: %s'
-                          % (server_id, shown.get('fault')))
-            if time.monotonic() > deadline:
-                self.fail('server %s still %s after %ss'
-                          % (server_id, shown['status'], timeout))
-            time.sleep(1)
 
     def _domain_state(self, server_id):
         return self.dep._run(['virsh', '-q', '-c', self.dep.libvirt_uri,

@@ -23,7 +23,9 @@ user would:
   volume hot-plugged (``server add volume``): Nova's VM in vCenter has the
   volumes' own disk files;
 - a backup of the attached data volume while the server runs
-  (``--force``), restored onto a new volume byte for byte;
+  (``--force``), nova-compute killed (SIGKILL) while the backup's export
+  stalls: the backup completes and restores onto a new volume byte for
+  byte; nova-compute started again serves the server;
 - an instance group of the server, a set while it runs (one snapshot of
   Nova's VM), the disks changed;
 - a restore in place refused while Nova reports the server ACTIVE; the
@@ -61,11 +63,13 @@ CHANGES = ((300 * units.Mi + 64 * units.Ki, 64 * units.Ki),
            (600 * units.Mi, 64 * units.Ki))
 
 
-class NovaVmwareDeploymentTest(groups.GroupCommands, cli.DeploymentBase,
-                               testtools.TestCase):
+class NovaVmwareDeploymentTest(groups.GroupCommands, nova_servers.NovaApi,
+                               cli.DeploymentBase, testtools.TestCase):
     """A real Nova server on the plugin's VMDK volumes, backed up."""
 
     profile = 'plugin'
+    # (vcsim's about.fullName adds "(govmomi simulator)".)
+    HYPERVISOR_TYPE = 'VMware vCenter Server'
     deploy_env = {'CVB_DEPLOY_NOVA': '1',
                   'CVB_NOVA_VENV': nova_servers.NOVA_VENV,
                   'CVB_NEUTRON_VENV': nova_servers.NEUTRON_VENV}
@@ -95,22 +99,6 @@ class NovaVmwareDeploymentTest(groups.GroupCommands, cli.DeploymentBase,
         return result
 
     # -- Nova and its VM in vCenter -------------------------------------
-
-    def server_status(self, server_id, statuses,
-                      timeout=nova_servers.BUILD_TIMEOUT):
-        """Poll ``openstack server show`` until its status is in statuses."""
-        deadline = time.monotonic() + timeout
-        while True:
-            shown = self.osc('server', 'show', server_id)
-            if shown['status'] in statuses:
-                return shown
-            if shown['status'] == 'ERROR':
-                self.fail('server %s is ERROR: %s'
-                          % (server_id, shown.get('fault')))
-            if time.monotonic() > deadline:
-                self.fail('server %s still %s after %ss'
-                          % (server_id, shown['status'], timeout))
-            time.sleep(1)
 
     def nova_vm(self, server_id):
         """The VM Nova's driver made for the server (its instance UUID)."""
@@ -145,21 +133,6 @@ class NovaVmwareDeploymentTest(groups.GroupCommands, cli.DeploymentBase,
                               for a in shown.get('attachments') or []])
             self.assert_disk(vol, disk, path=vm.disk_path(vol))
 
-    def _nova_is_up(self):
-        services = {s['Binary']: s for s in
-                    self.osc('compute', 'service', 'list')}
-        for binary in ('nova-conductor', 'nova-scheduler', 'nova-compute'):
-            self.assertIn(binary, services)
-            self.assertEqual(('enabled', 'up'),
-                             (services[binary]['Status'],
-                              services[binary]['State']), binary)
-        hypervisors = self.osc('hypervisor', 'list')
-        self.assertEqual(1, len(hypervisors), hypervisors)
-        # vcsim's about.fullName ends "(govmomi simulator)".
-        self.assertEqual('up', hypervisors[0]['State'])
-        self.assertTrue(hypervisors[0]['Hypervisor Type'].startswith(
-            'VMware vCenter Server'), hypervisors[0])
-
     # -- the scenario -----------------------------------------------------
 
     def test_server_backup_group_restore(self):
@@ -181,7 +154,7 @@ class NovaVmwareDeploymentTest(groups.GroupCommands, cli.DeploymentBase,
                             '--nic', 'none', 'cvb-nova-vmware')
         server_id = server['id']
         self.addCleanup(self._delete_server_quietly, server_id)
-        self.timed('server_active', self.server_status, server_id,
+        self.timed('server_active', self._server_status, server_id,
                    ('ACTIVE', ))
         self.timed('server_add_volume', self.osc, 'server', 'add', 'volume',
                    server_id, data, json=False)
@@ -193,9 +166,10 @@ class NovaVmwareDeploymentTest(groups.GroupCommands, cli.DeploymentBase,
                          self.vm_disk_files(vm))
         self.assert_server_disks(server_id, vm, disks1)
 
-        # A backup of the attached volume while the server runs.
-        single = self.timed('in_use_backup', self.backup, 'in-use', data,
-                            '--force')
+        # A backup of the attached volume while the server runs, with
+        # nova-compute killed while it reads.
+        single = self.timed('in_use_backup', self._backup_with_compute_killed,
+                            data)
         copy = self.timed('in_use_restore_new', self.restore, single,
                           'nova-vmware-copy')
         self.assert_disk(copy, disks1[data])
@@ -274,6 +248,32 @@ class NovaVmwareDeploymentTest(groups.GroupCommands, cli.DeploymentBase,
         self.osc('volume', 'backup', 'delete', single, json=False)
         self.dep.wait_gone('volume backup', single)
 
+    def _backup_with_compute_killed(self, volume_id):
+        """A ``--force`` backup; nova-compute killed while its export stalls.
+
+        :returns: the backup's ID (available)
+        """
+        stalls = self.vc.log().count('NFC transfer stalls')
+        self.vc.set_nfc_fault(stall_after_bytes=units.Mi, count=1)
+        try:
+            backup = self.osc('volume', 'backup', 'create', '--force',
+                              '--name', 'in-use', volume_id)
+            self._wait_for_stall(stalls)
+            self._kill_compute()
+            self.assertIn(self.osc('volume', 'backup', 'show',
+                                   backup['id'])['status'],
+                          ('creating', 'backing-up'))
+        finally:
+            self.vc.clear_faults()
+        shown = self.dep.wait('volume backup', backup['id'],
+                              ('available', 'error'),
+                              timeout=nova_servers.BUILD_TIMEOUT)
+        # Nova is not on a Cinder backup's path: it completes.
+        self.assertEqual('available', shown['status'],
+                         shown.get('fail_reason'))
+        self.timed('compute_restart', self._restart_compute)
+        return backup['id']
+
     def _restore_new_with_server(self, group_id, server_id, vols, disks):
         boot, data = vols
         flavor = self.osc('flavor', 'show', 'cvb.tiny')['id']
@@ -286,7 +286,7 @@ class NovaVmwareDeploymentTest(groups.GroupCommands, cli.DeploymentBase,
         self.assertTrue(new_server, made)
         news = dict(zip(made['Volume IDs'], made['New Volume IDs']))
         self.assertEqual(set(vols), set(news))
-        self.timed('new_server_active', self.server_status, new_server,
+        self.timed('new_server_active', self._server_status, new_server,
                    ('ACTIVE',))
         self.assertIn(self.osc('volume', 'show', news[boot])['bootable'],
                       (True, 'true'))
@@ -307,13 +307,15 @@ class NovaVmwareDeploymentTest(groups.GroupCommands, cli.DeploymentBase,
 
         :param expected: {volume id: cli.Disk} the volumes hold
         """
+        before = self._backup_ids()
+        stalls = self.vc.log().count('NFC transfer stalls')
         self.vc.set_nfc_fault(stall_after_bytes=units.Mi, count=1)
         started = time.monotonic()
         submitted = self.group('backup', 'create', group_id, '--instance',
                                server_id, '--name', 'set2', '--async')
         self.assertIn('submitted', submitted['Message'])
         try:
-            self.vc.wait_for_log('NFC transfer stalls', 120)
+            self._wait_for_stall(stalls)
             self._delete_server(server_id)
         finally:
             self.vc.clear_faults()
@@ -327,9 +329,7 @@ class NovaVmwareDeploymentTest(groups.GroupCommands, cli.DeploymentBase,
             self.figures['set2_error'] = reason
             self.assertTrue(reason.startswith('Failed: '), ended)
             self.assertNotIn('Message objects', reason)
-            self.assertEqual([], [b for b in self.osc(
-                'volume', 'backup', 'list') if b['ID'] in ended.get(
-                    'Backup IDs', [])])
+            self.assertEqual(before, self._backup_ids())
         else:
             # Complete: the disks as they were when the set began (the
             # detach changed no data), restored onto new volumes.
@@ -356,6 +356,17 @@ class NovaVmwareDeploymentTest(groups.GroupCommands, cli.DeploymentBase,
             session.vim.service_content.searchIndex, uuid=server_id,
             vmSearch=True, instanceUuid=True))
 
+    def _backup_ids(self):
+        return sorted(b['ID'] for b in self.osc('volume', 'backup', 'list'))
+
+    def _wait_for_stall(self, before, timeout=120):
+        """Until vcsim's log has more NFC stalls than ``before``."""
+        deadline = time.monotonic() + timeout
+        while self.vc.log().count('NFC transfer stalls') <= before:
+            if time.monotonic() > deadline:
+                self.fail('no NFC transfer stalled in %ss' % timeout)
+            time.sleep(0.1)
+
     def vm_names(self, keep=()):
         """Names of vCenter's VMs, but those starting with ``keep``."""
         session = self.vc.session()
@@ -373,7 +384,7 @@ class NovaVmwareDeploymentTest(groups.GroupCommands, cli.DeploymentBase,
 
     def _server_action(self, server_id, action, status):
         self.osc('server', action, server_id, json=False)
-        return self.server_status(server_id, (status, ))
+        return self._server_status(server_id, (status, ))
 
     def _delete_server(self, server_id):
         self.osc('server', 'delete', '--wait', server_id, json=False)

@@ -24,6 +24,7 @@ service; the restores go through the manager's ``restore_backup``.
 
 import dataclasses
 import re
+import threading
 from unittest import mock
 import uuid
 
@@ -273,6 +274,54 @@ class GroupBackupTestCase(flows.VmdkBackupTestBase):
         self.vcsim.clear_faults()
         self.assertEqual([], self._snapshots(other))
         self._assert_nothing_left()
+
+    def test_instance_deleted_while_its_disks_are_read(self):
+        # Nova deletes the server during its group backup: it detaches the
+        # volumes' disks, then destroys the VM, while the first disk's
+        # export stalls. vcsim then completes the reads (the second with
+        # zeros): no backup may take that for the volumes' data.
+        self._power(self.instance, True)
+        nova_side = nova.InstanceVM(self.vcsim.session(), self.instance_uuid,
+                                    self.vcsim.datastore_name)
+        nova_side.ref = self.instance.ref
+        deleted = []
+
+        def delete_server():
+            try:
+                self.vcsim.wait_for_log('NFC transfer stalls', 60)
+                for volume in self.volumes:
+                    nova_side.detach_volume(volume.id)
+                nova_side.destroy()
+                deleted.append(True)
+            finally:
+                self.vcsim.clear_faults()
+
+        self.vcsim.set_nfc_fault(stall_after_bytes=1024, count=1)
+        thread = threading.Thread(target=delete_server, daemon=True)
+        thread.start()
+        service = self.manager._backup_service_class(self.ctxt)
+        backups = [test_utils.create_backup(
+            self.ctxt, volume.id, status=fields.BackupStatus.CREATING,
+            size=volume.size, service=self.manager.driver_name)
+            for volume in self.volumes]
+        try:
+            results = self._driver_of_manager().backup_volumes(
+                self.ctxt, [(b, service, None) for b in backups])
+        finally:
+            thread.join(120)
+        self.assertEqual([True], deleted)
+        for backup in backups:
+            self.assertIsInstance(results[backup.id], Exception)
+            self.assertIn('was deleted while disk', str(results[backup.id]))
+            self.assertIn('the data read is not trusted',
+                          str(results[backup.id]))
+        self.assertIsNone(vmsnapshot.find_instance_vm(self.session,
+                                                      self.instance_uuid))
+        self.assertIn('is gone, and its snapshot with it', self.logs.output)
+        self._assert_nothing_left()
+        # The volumes' own disks (detached, kept) hold their data.
+        for disk, volume in zip(self.disks, self.volumes):
+            self._assert_data(disk, volume)
 
     def test_janitor_removes_snapshots_of_gone_processes(self):
         gone = dataclasses.replace(ownership.current(), pid=4194000,

@@ -65,9 +65,16 @@ class FrozenVMTestCase(testtools.TestCase):
         self.disks = [disk(2000, 0, '[ds] i/root.vmdk', 'root'),
                       disk(2001, 1, '[ds] volume-a/volume-a.vmdk', 'a'),
                       disk(2002, 2, '[ds] volume-b/volume-b.vmdk', 'b')]
+        # Our snapshot, the child of an older one.
+        tree = types.SimpleNamespace
+        self.snapshot_info = tree(rootSnapshotList=[tree(
+            snapshot=fakes.moref('snapshot-1', 'VirtualMachineSnapshot'),
+            childSnapshotList=[tree(snapshot=self.snap,
+                                    childSnapshotList=[])])])
         self.session = fakes.FakeSession(properties={
             ('snapshot-9', 'config'): config(*self.disks,
-                                             **{'volume-A': 'a'})})
+                                             **{'volume-A': 'a'}),
+            ('vm-1', 'snapshot'): self.snapshot_info})
         self.session.handlers['wait_for_task'] = (
             lambda task: types.SimpleNamespace(result=self.snap))
         self.state = {'name': 'inst', 'runtime.powerState': 'poweredOn',
@@ -219,6 +226,36 @@ class FrozenVMTestCase(testtools.TestCase):
         lease.complete.assert_not_called()
         lease.abort.assert_called_once_with()
         self.assertIn('RemoveSnapshot_Task', self.session.methods())
+
+    def test_vm_deleted_while_a_disk_is_read_fails_the_read(self):
+        # Nova deleted the server during its group backup: what the export
+        # delivered is not trusted, and nothing is left to remove.
+        frozen = self.frozen().freeze()
+        lease = self._lease(['/vm-1/VirtualLsiLogicController0:%d' % u
+                             for u in (0, 1, 2)])
+        self.session.properties[('vm-1', 'snapshot')] = (
+            vexc.ManagedObjectNotFoundException('gone'))
+        exc = self.assertRaises(errors.TransferError, self._read, frozen,
+                                lease, self.disks[1])
+        self.assertIn('VM inst was deleted while disk '
+                      '/VirtualLsiLogicController0:1 of instance x was '
+                      'read', str(exc))
+        frozen.release()
+        lease.complete.assert_not_called()
+        lease.abort.assert_called_once_with()
+        self.assertNotIn('RemoveSnapshot_Task', self.session.methods())
+        self.assertIn('is gone, and its snapshot with it', self.logs.output)
+
+    def test_snapshot_removed_while_a_disk_is_read_fails_the_read(self):
+        frozen = self.frozen().freeze()
+        lease = self._lease(['/vm-1/VirtualLsiLogicController0:%d' % u
+                             for u in (0, 1, 2)])
+        self.snapshot_info.rootSnapshotList[0].childSnapshotList = []
+        self.assertRaisesRegex(
+            errors.TransferError, 'the snapshot of VM inst was removed',
+            self._read, frozen, lease, self.disks[2])
+        frozen.release()
+        lease.complete.assert_not_called()
 
     def test_remove_failure_is_logged(self):
         frozen = self.frozen().freeze()
