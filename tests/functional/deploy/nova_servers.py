@@ -98,6 +98,14 @@ class NovaApi(object):
 
     HYPERVISOR_TYPE = None
 
+    def _timed(self, name, func, *args, **kwargs):
+        """Call ``func``; its wall time goes to ``figures`` as NAME_seconds."""
+        started = time.monotonic()
+        result = func(*args, **kwargs)
+        self.figures['%s_seconds' % name] = round(
+            time.monotonic() - started, 1)
+        return result
+
     def _nova_is_up(self):
         services = {s['Binary']: s for s in
                     self.osc('compute', 'service', 'list')}
@@ -126,6 +134,50 @@ class NovaApi(object):
                 self.fail('server %s still %s after %ss'
                           % (server_id, shown['status'], timeout))
             time.sleep(1)
+
+    def _restore_new_server(self, group_id, server_id, vols, name):
+        """``restore new`` of set ``name`` with a new server booted by Nova.
+
+        Needs the group commands (``self.group``). The restored boot volume
+        (``vols[0]``) is bootable and the server ACTIVE.
+
+        :returns: ``(new server ID, {volume ID: new volume ID})``
+        """
+        flavor = self.osc('flavor', 'show', 'cvb.tiny')['id']
+        made = self._timed(
+            '%s_restore_new_server' % name, self.group, 'backup', 'restore',
+            'new', group_id, '--instance', server_id, '--name', name,
+            '--server-name', 'cvb-ig-restored', '--flavor', flavor)
+        self.assertTrue(made['Success'], made)
+        new_server = made['Server ID']
+        self.assertTrue(new_server, made)
+        news = dict(zip(made['Volume IDs'], made['New Volume IDs']))
+        self.assertEqual(set(vols), set(news))
+        self._timed('new_server_active', self._server_status, new_server,
+                    ('ACTIVE',))
+        self.assertIn(self.osc('volume', 'show', news[vols[0]])['bootable'],
+                      (True, 'true'))
+        return new_server, news
+
+    def _set_ended_after_delete(self, group_id, name, started):
+        """Wait for set ``name``, asked for before its server was deleted.
+
+        It ends ``available`` or ``error``; an error says what failed.
+        Its end and the time since ``started`` (monotonic) go to
+        ``figures``. Needs the group commands (``self.wait_set``).
+
+        :returns: the set as ``backup list --long`` shows it
+        """
+        ended = self.wait_set(group_id, name, ('available', 'error'))
+        self.figures['%s_during_delete' % name] = ended['Status']
+        self.figures['%s_during_delete_seconds' % name] = round(
+            time.monotonic() - started, 1)
+        if ended['Status'] == 'error':
+            reason = ended.get('Description') or ''
+            self.figures['%s_error' % name] = reason
+            self.assertTrue(reason.startswith('Failed: '), ended)
+            self.assertNotIn('Message objects', reason)
+        return ended
 
     def _kill_compute(self):
         """SIGKILL nova-compute by its PID, as a node that dies."""
@@ -264,13 +316,6 @@ class NovaServerTestCase(NovaApi, testtools.TestCase):
                       timeout=BUILD_TIMEOUT,
                       failures=('error', 'error_restoring'))
         return volume['id']
-
-    def _timed(self, name, func, *args, **kwargs):
-        started = time.monotonic()
-        result = func(*args, **kwargs)
-        self.figures['%s_seconds' % name] = round(
-            time.monotonic() - started, 1)
-        return result
 
 
 def mount_points():

@@ -291,17 +291,7 @@ class VmwareInstanceGroupDeploymentTest(GroupCommands,
     deploy_env = {'CVB_DEPLOY_SECOND_BACKEND': '1'}
     second_backend = 'vmware-az2'
     second_zone = 'cvb-az2'
-
-    def setUp(self):
-        super(VmwareInstanceGroupDeploymentTest, self).setUp()
-        self.figures['up_seconds'] = self.seconds['deployment up (up.sh)']
-
-    def _summary(self):
-        # Figures only: summary.json and the profiles' comparison belong
-        # to test_openstack_cli's scenario.
-        text = json.dumps(self.figures, indent=2, sort_keys=True)
-        self.addDetail('figures', testtools.content.text_content(text))
-        print('\nplugin profile instance-group figures: %s' % text)
+    figures_title = 'plugin profile instance-group'
 
     def timed(self, name, func, *args):
         started = time.monotonic()

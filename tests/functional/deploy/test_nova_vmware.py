@@ -43,7 +43,6 @@ vcsim runs no guest: what a guest would read is the disk file Nova's VM
 has for each volume, compared byte for byte.
 """
 
-import json
 import time
 
 from oslo_utils import units
@@ -70,6 +69,7 @@ class NovaVmwareDeploymentTest(groups.GroupCommands, nova_servers.NovaApi,
     profile = 'plugin'
     # (vcsim's about.fullName adds "(govmomi simulator)".)
     HYPERVISOR_TYPE = 'VMware vCenter Server'
+    figures_title = 'plugin profile with Nova'
     deploy_env = {'CVB_DEPLOY_NOVA': '1',
                   'CVB_NOVA_VENV': nova_servers.NOVA_VENV,
                   'CVB_NEUTRON_VENV': nova_servers.NEUTRON_VENV}
@@ -82,21 +82,6 @@ class NovaVmwareDeploymentTest(groups.GroupCommands, nova_servers.NovaApi,
             self.skipTest('the plugin profile with Nova needs %s '
                           '(tools/deploy/install.sh)' % ', '.join(missing))
         super(NovaVmwareDeploymentTest, self).setUp()
-        self.figures['up_seconds'] = self.seconds['deployment up (up.sh)']
-
-    def _summary(self):
-        # Figures only: summary.json and the profiles' comparison belong
-        # to test_openstack_cli's scenario.
-        text = json.dumps(self.figures, indent=2, sort_keys=True)
-        self.addDetail('figures', testtools.content.text_content(text))
-        print('\nplugin profile with Nova figures: %s' % text)
-
-    def timed(self, name, func, *args, **kwargs):
-        started = time.monotonic()
-        result = func(*args, **kwargs)
-        self.figures['%s_seconds' % name] = round(
-            time.monotonic() - started, 1)
-        return result
 
     # -- Nova and its VM in vCenter -------------------------------------
 
@@ -149,15 +134,15 @@ class NovaVmwareDeploymentTest(groups.GroupCommands, nova_servers.NovaApi,
             disks1[vol] = disk
 
         # A server booted from the VMDK volume, the data volume hot-plugged.
-        server = self.timed('server_create', self.osc, 'server', 'create',
-                            '--flavor', 'cvb.tiny', '--volume', boot,
-                            '--nic', 'none', 'cvb-nova-vmware')
+        server = self._timed(
+            'server_create', self.osc, 'server', 'create', '--flavor',
+            'cvb.tiny', '--volume', boot, '--nic', 'none', 'cvb-nova-vmware')
         server_id = server['id']
         self.addCleanup(self._delete_server_quietly, server_id)
-        self.timed('server_active', self._server_status, server_id,
-                   ('ACTIVE', ))
-        self.timed('server_add_volume', self.osc, 'server', 'add', 'volume',
-                   server_id, data, json=False)
+        self._timed('server_active', self._server_status, server_id,
+                    ('ACTIVE', ))
+        self._timed('server_add_volume', self.osc, 'server', 'add',
+                    'volume', server_id, data, json=False)
         self.dep.wait('volume', data, ('in-use',))
         vm = self.nova_vm(server_id)
         self.assertEqual('poweredOn', vm.power_state)
@@ -168,10 +153,10 @@ class NovaVmwareDeploymentTest(groups.GroupCommands, nova_servers.NovaApi,
 
         # A backup of the attached volume while the server runs, with
         # nova-compute killed while it reads.
-        single = self.timed('in_use_backup', self._backup_with_compute_killed,
-                            data)
-        copy = self.timed('in_use_restore_new', self.restore, single,
-                          'nova-vmware-copy')
+        single = self._timed('in_use_backup',
+                             self._backup_with_compute_killed, data)
+        copy = self._timed('in_use_restore_new', self.restore, single,
+                           'nova-vmware-copy')
         self.assert_disk(copy, disks1[data])
         self.osc('volume', 'delete', copy, json=False)
         self.assertEqual('ACTIVE',
@@ -184,9 +169,9 @@ class NovaVmwareDeploymentTest(groups.GroupCommands, nova_servers.NovaApi,
         self.assertEqual(set(vols), set(members))
         self.assertTrue(members[boot]['boot'])
         self.assertFalse(members[data]['boot'])
-        first = self.timed('set1_backup', self.group, 'backup', 'create',
-                           group_id, '--instance', server_id,
-                           '--name', 'set1')
+        first = self._timed('set1_backup', self.group, 'backup', 'create',
+                            group_id, '--instance', server_id,
+                            '--name', 'set1')
         self.assertTrue(first['Success'], first)
         self.assertEqual(sorted(vols), sorted(first['Volume IDs']))
         self.wait_set(group_id, 'set1')
@@ -210,16 +195,16 @@ class NovaVmwareDeploymentTest(groups.GroupCommands, nova_servers.NovaApi,
         self.assert_server_disks(server_id, vm, disks2)
 
         # Stopped through Nova, restored in place, started again.
-        self.timed('server_stop', self._server_action, server_id, 'stop',
-                   'SHUTOFF')
+        self._timed('server_stop', self._server_action, server_id, 'stop',
+                    'SHUTOFF')
         self.assertEqual('poweredOff', vm.power_state)
-        restored = self.timed('set1_restore', self.group, 'backup',
-                              'restore', group_id, '--instance', server_id,
-                              '--name', 'set1')
+        restored = self._timed('set1_restore', self.group, 'backup',
+                               'restore', group_id, '--instance', server_id,
+                               '--name', 'set1')
         self.assertTrue(restored['Success'], restored)
         self.assert_server_disks(server_id, vm, disks1)
-        self.timed('server_start', self._server_action, server_id, 'start',
-                   'ACTIVE')
+        self._timed('server_start', self._server_action, server_id,
+                    'start', 'ACTIVE')
         self.assertEqual('poweredOn', vm.power_state)
         self.assert_server_disks(server_id, vm, disks1)
 
@@ -271,25 +256,12 @@ class NovaVmwareDeploymentTest(groups.GroupCommands, nova_servers.NovaApi,
         # Nova is not on a Cinder backup's path: it completes.
         self.assertEqual('available', shown['status'],
                          shown.get('fail_reason'))
-        self.timed('compute_restart', self._restart_compute)
+        self._timed('compute_restart', self._restart_compute)
         return backup['id']
 
     def _restore_new_with_server(self, group_id, server_id, vols, disks):
-        boot, data = vols
-        flavor = self.osc('flavor', 'show', 'cvb.tiny')['id']
-        made = self.timed(
-            'set1_restore_new_server', self.group, 'backup', 'restore',
-            'new', group_id, '--instance', server_id, '--name', 'set1',
-            '--server-name', 'cvb-ig-restored', '--flavor', flavor)
-        self.assertTrue(made['Success'], made)
-        new_server = made['Server ID']
-        self.assertTrue(new_server, made)
-        news = dict(zip(made['Volume IDs'], made['New Volume IDs']))
-        self.assertEqual(set(vols), set(news))
-        self.timed('new_server_active', self._server_status, new_server,
-                   ('ACTIVE',))
-        self.assertIn(self.osc('volume', 'show', news[boot])['bootable'],
-                      (True, 'true'))
+        new_server, news = self._restore_new_server(group_id, server_id,
+                                                    vols, 'set1')
         vm = self.nova_vm(new_server)
         self.assertEqual('poweredOn', vm.power_state)
         self.assert_server_disks(new_server, vm, {
@@ -319,16 +291,9 @@ class NovaVmwareDeploymentTest(groups.GroupCommands, nova_servers.NovaApi,
             self._delete_server(server_id)
         finally:
             self.vc.clear_faults()
-        ended = self.wait_set(group_id, 'set2', ('available', 'error'))
-        self.figures['set2_during_delete'] = ended['Status']
-        self.figures['set2_during_delete_seconds'] = round(
-            time.monotonic() - started, 1)
+        ended = self._set_ended_after_delete(group_id, 'set2', started)
         if ended['Status'] == 'error':
-            # A reason that says what failed; no backup of the set is left.
-            reason = ended.get('Description') or ''
-            self.figures['set2_error'] = reason
-            self.assertTrue(reason.startswith('Failed: '), ended)
-            self.assertNotIn('Message objects', reason)
+            # No backup of the set is left.
             self.assertEqual(before, self._backup_ids())
         else:
             # Complete: the disks as they were when the set began (the

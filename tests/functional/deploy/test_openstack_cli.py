@@ -225,6 +225,10 @@ class DeploymentBase(object):
     # Steps the profile must pass (or end as Expected); any other outcome
     # fails the test.
     required = ()
+    # A scenario of another module names its figures here: they are
+    # attached and printed under that title (with the start-up time), and
+    # summary.json and the profiles' comparison stay this module's.
+    figures_title = None
 
     def setUp(self):
         super(DeploymentBase, self).setUp()  # testtools.TestCase's
@@ -249,6 +253,9 @@ class DeploymentBase(object):
         self._record('deployment up (up.sh)', 'passed',
                      time.monotonic() - started)
         self.vc = self.dep.vcsim
+        if self.figures_title:
+            self.figures['up_seconds'] = self.seconds[
+                'deployment up (up.sh)']
 
     def _stop(self):
         self.dep.stop()
@@ -259,6 +266,11 @@ class DeploymentBase(object):
         self.outcomes[name] = '%s in %.1fs' % (outcome, seconds)
 
     def _summary(self):
+        if self.figures_title:
+            text = json.dumps(self.figures, indent=2, sort_keys=True)
+            self.addDetail('figures', testtools.content.text_content(text))
+            print('\n%s figures: %s' % (self.figures_title, text))
+            return
         summary = {'profile': self.profile, 'steps': self.outcomes,
                    'order': self.order, 'seconds': self.seconds,
                    'figures': self.figures,
