@@ -85,13 +85,6 @@ def _extra_config(config):
     return {o.key: getattr(o, 'value', None) for o in options or []}
 
 
-def _tree_list(trees):
-    """The ``VirtualMachineSnapshotTree`` items of a (SOAP) list."""
-    if trees.__class__.__name__ == 'ArrayOfVirtualMachineSnapshotTree':
-        trees = trees.VirtualMachineSnapshotTree
-    return list(trees or [])
-
-
 def find_instance_vm(session, instance_uuid):
     """The VM of a Nova instance (its instance UUID), or None.
 
@@ -290,7 +283,6 @@ class FrozenVM(object):
                                       progress=progress) as stream:
                 yield stream
                 if stream.at_end:
-                    self._check_snapshot_kept(key)
                     self._read.add(device_key)
                 else:
                     self._failed = True
@@ -305,26 +297,28 @@ class FrozenVM(object):
         except vexc.ManagedObjectNotFoundException:
             return None
         found = set()
-        trees = list(_tree_list(getattr(info, 'rootSnapshotList', None)))
-        while trees:
-            tree = trees.pop()
-            found.add(vim_util.get_moref_value(tree.snapshot))
-            trees.extend(_tree_list(getattr(tree, 'childSnapshotList',
-                                            None)))
+        pending = list(getattr(info, 'rootSnapshotList', None) or [])
+        while pending:
+            node = pending.pop()
+            found.add(vim_util.get_moref_value(node.snapshot))
+            pending.extend(getattr(node, 'childSnapshotList', None) or [])
         return found
 
-    def _check_snapshot_kept(self, key):
-        """The VM and its snapshot are still there after a disk was read.
+    def check_kept(self, disk):
+        """The VM and its snapshot are still there after ``disk`` was read.
 
-        A VM destroyed while its snapshot is exported (Nova deletes a
-        server: it detaches the volumes' disks, then destroys the VM) may
-        leave the export reading what is no longer the volume's disk (vcsim
-        then serves zeros, and completes the read). The read is trusted
-        only when the snapshot is still the VM's afterwards; otherwise the
-        backup fails, as for a disk that could not be read.
+        A VM destroyed while its snapshot's disks are read (Nova deletes a
+        server: it detaches the volumes' disks, then destroys the VM, and
+        its snapshot's files with it) may leave the read with what is no
+        longer the volume's data: vcsim completes an export with zeros.
+        The read is trusted only when the snapshot is still the VM's
+        afterwards; otherwise the backup fails, as for a disk that could
+        not be read. Called after each disk's read, over every transport.
 
         :raises: :class:`~.errors.TransferError`
         """
+        if self.snapshot is None:
+            return
         snapshots = self._snapshots_of_vm()
         if snapshots is not None and \
                 vim_util.get_moref_value(self.snapshot) in snapshots:
@@ -333,7 +327,7 @@ class FrozenVM(object):
                 'the snapshot of VM %s was removed' % self.name)
         raise errors.TransferError(
             reason='%s while disk %s of %s was read: the data read is not '
-                   'trusted' % (what, key, self.label))
+                   'trusted' % (what, self._device_key(disk), self.label))
 
     # -- the end -----------------------------------------------------------
 
@@ -352,10 +346,13 @@ class FrozenVM(object):
         if self.snapshot is None:
             return
         try:
-            if self._snapshots_of_vm() is None:
-                # (Destroy_Task removed the VM's snapshots with it.)
-                LOG.info('VM %(vm)s (%(what)s) is gone, and its snapshot '
-                         'with it.', {'vm': self.name, 'what': self.label})
+            snapshots = self._snapshots_of_vm()
+            if snapshots is None or vim_util.get_moref_value(
+                    self.snapshot) not in snapshots:
+                # (Destroy_Task removes a VM's snapshots with it.)
+                LOG.info('VM %(vm)s (%(what)s) or its snapshot is gone: '
+                         'nothing to remove.',
+                         {'vm': self.name, 'what': self.label})
                 self.snapshot = None
                 return
             remove_snapshot(self._session, self.snapshot)

@@ -3,9 +3,9 @@
 #
 #   tools/deploy/down.sh [plugin|stock|kvm|all] [--keep-infra]
 #
-# plugin / stock / kvm: that profile's Cinder services and vcsim (kvm: Nova,
-#   Placement and Neutron if up.sh started them, the mounts of Nova's NFS
-#   stand-in, the libvirtd up.sh started for it, if it did, once no
+# plugin / stock / kvm: that profile's Cinder services and vcsim, Nova,
+#   Placement and Neutron if up.sh started them (kvm: the mounts of Nova's
+#   NFS stand-in, the libvirtd up.sh started for it, if it did, once no
 #   libvirt domain is left defined and no other client is connected to
 #   it); then Keystone,
 #   RabbitMQ and MariaDB too when no other profile is running any more

@@ -55,9 +55,10 @@ nova_nfs_export() { echo "127.0.0.1:$dir/qcow2"; }
 
 qcow2_connection_lines() {
     # The qcow2 backend's connection lines (backend-qcow2.conf.in): nfs
-    # with Nova, else os-brick's LocalConnector (the tests' stand-in
-    # instances attach the file path themselves).
-    if nova_wanted; then
+    # with Nova (the kvm profile's libvirt driver), else os-brick's
+    # LocalConnector (the tests' stand-in instances attach the file path
+    # themselves).
+    if nova_wanted && ! nova_on_vmware; then
         cat <<LINES
 # Nova's NFS volume driver mounts the export (the NFS stand-in of
 # tools/deploy/nova.sh) and attaches <base>/<md5 of the export>/<name> as
@@ -541,9 +542,13 @@ nova_up() {
 NOVA_API_PORT=$NOVA_API_PORT
 PLACEMENT_PORT=$PLACEMENT_PORT
 NOVA_FLAVOR=$NOVA_FLAVOR
+ENV
+    if ! nova_on_vmware; then
+        cat >>"$dir/nova.env" <<ENV
 NOVA_NFS_EXPORT=$(nova_nfs_export)
 NOVA_MOUNT_BASE=$(nova_mount_base)
 ENV
+    fi
     cvb_wait_http "http://127.0.0.1:$PLACEMENT_PORT/" 120 \
         "$dir/placement.pid" \
         || cvb_die "Placement did not start: $dir/log/placement.log"

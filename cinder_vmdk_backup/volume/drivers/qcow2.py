@@ -277,13 +277,22 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
 
     @contextlib.contextmanager
     def _frozen(self, path, bitmap=None):
-        """Freeze ``path``; with ``bitmap``, create it at the freeze."""
+        """Freeze ``path``; with ``bitmap``, create it at the freeze.
+
+        When the freeze fails (a merge back whose domain went away, the
+        server deleted during the backup), what it left is merged at once
+        (:meth:`_merge_left_overlays`).
+        """
         kwargs = {} if bitmap is None else {'bitmap': bitmap}
-        with self._libvirt() as conn:
-            with freezer.frozen(path, conn, self._commit_timeout,
-                                path_map=self._path_map,
-                                **kwargs) as frozen:
-                yield frozen
+        try:
+            with self._libvirt() as conn:
+                with freezer.frozen(path, conn, self._commit_timeout,
+                                    path_map=self._path_map,
+                                    **kwargs) as frozen:
+                    yield frozen
+        except Exception:
+            self._merge_left_overlays([path])
+            raise
 
     @property
     def _commit_timeout(self):
@@ -610,10 +619,14 @@ class Qcow2VolumeDriver(driver_owned.DriverOwnedBackupMixin,
         LOG.warning('Merging back %s failed; merging the leftovers now.',
                     ', '.join(left))
         try:
-            self.clean_leftovers()
+            _done, failed = self.clean_leftovers()
         except Exception:
             LOG.exception('Could not merge the leftovers %s; the driver '
                           'merges them when it starts.', ', '.join(left))
+            return
+        if failed:
+            LOG.error('Could not merge the leftovers (%s); the driver '
+                      'merges them when it starts.', '; '.join(failed))
 
     def _drop_bitmaps(self, context, devices, marks):
         """Remove the bitmaps of backups that did not happen.

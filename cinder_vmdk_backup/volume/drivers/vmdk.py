@@ -132,6 +132,19 @@ def _checked(chunks, check):
         yield chunk
 
 
+@contextlib.contextmanager
+def _checked_after_read(frozen, disk, opened):
+    """The source ``opened`` gives; ``frozen`` checked after the read.
+
+    What was read from a snapshot counts only if the VM still has that
+    snapshot once the read is done (:meth:`.FrozenVM.check_kept`), over
+    HotAdd as over NBD.
+    """
+    with opened as source:
+        yield source
+    frozen.check_kept(disk)
+
+
 class _EncodedDisk(object):
     """A VMDK being encoded ahead, as :func:`.upload.import_disk` takes it.
 
@@ -526,10 +539,10 @@ class VMwareVcVmdkBackupDriver(driver_owned.DriverOwnedBackupMixin,
             return frozen.read_disk(disk, size,
                                     vmdk_reader.StreamOptimizedReader)
 
-        return transport.run(
+        return _checked_after_read(frozen, disk, transport.run(
             self.session, conf, getattr(backing, 'datastore', None),
             'Backup read of disk %s (%s)' % (backing.fileName, frozen.label),
-            hotadd_open, nbd_open, proxies=self._proxy_cache)
+            hotadd_open, nbd_open, proxies=self._proxy_cache))
 
     # -- instance groups ---------------------------------------------------
 

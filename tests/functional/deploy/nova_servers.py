@@ -10,13 +10,16 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""Servers of a real Nova in the kvm profile (CVB_DEPLOY_NOVA=1).
+"""Servers of a real Nova in the deployment (CVB_DEPLOY_NOVA=1).
 
-The deployment (:class:`NovaDeployment`) and the base of the tests that
-boot servers from the plugin's qcow2 volumes (:class:`NovaServerTestCase`:
-the deployment started for each test, the ``openstack`` client, the tiny
-writing guest put into a boot volume, polls of servers, their domains and
-the guest's records). The tests are in ``test_nova_*.py``.
+What the tests of both profiles' Nova share (:class:`NovaApi`: Nova up,
+server polls, timed steps, ``restore new`` with a server, nova-compute
+killed and restarted); the kvm profile's deployment
+(:class:`NovaDeployment`) and the base of the tests that boot servers from
+the plugin's qcow2 volumes (:class:`NovaServerTestCase`: the deployment
+started for each test, the tiny writing guest put into a boot volume, the
+servers' domains and the guest's records). The tests are in
+``test_nova_*.py``.
 """
 
 import datetime
@@ -77,7 +80,12 @@ class NovaDeployment(deployment.Deployment):
                           domain])[1]
 
 
-def missing_nova_prerequisites():
+def missing_nova_prerequisites(driver_module='libvirt'):
+    """What the deployment's Nova lacks (tools/deploy/install.sh).
+
+    :param driver_module: the module nova-compute's driver needs in
+        Nova's virtualenv (``libvirt``; ``oslo_vmware`` on VMware)
+    """
     missing = []
     for name in ('nova-compute', 'placement-manage', 'gunicorn'):
         if not os.path.exists(os.path.join(NOVA_VENV, 'bin', name)):
@@ -85,6 +93,12 @@ def missing_nova_prerequisites():
     for name in ('neutron-db-manage', 'gunicorn'):
         if not os.path.exists(os.path.join(NEUTRON_VENV, 'bin', name)):
             missing.append('%s in %s' % (name, NEUTRON_VENV))
+    python = os.path.join(NOVA_VENV, 'bin', 'python')
+    if not missing and subprocess.run(  # nosec B603: the venv's python
+            [python, '-c', 'import %s' % driver_module],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL).returncode:
+        missing.append('%s in %s' % (driver_module, NOVA_VENV))
     return missing
 
 

@@ -227,35 +227,39 @@ class FrozenVMTestCase(testtools.TestCase):
         lease.abort.assert_called_once_with()
         self.assertIn('RemoveSnapshot_Task', self.session.methods())
 
-    def test_vm_deleted_while_a_disk_is_read_fails_the_read(self):
-        # Nova deleted the server during its group backup: what the export
+    def test_vm_deleted_while_a_disk_is_read_is_not_kept(self):
+        # Nova deleted the server during its group backup: what the read
         # delivered is not trusted, and nothing is left to remove.
         frozen = self.frozen().freeze()
-        lease = self._lease(['/vm-1/VirtualLsiLogicController0:%d' % u
-                             for u in (0, 1, 2)])
+        frozen.check_kept(self.disks[1])
         self.session.properties[('vm-1', 'snapshot')] = (
             vexc.ManagedObjectNotFoundException('gone'))
-        exc = self.assertRaises(errors.TransferError, self._read, frozen,
-                                lease, self.disks[1])
+        exc = self.assertRaises(errors.TransferError, frozen.check_kept,
+                                self.disks[1])
         self.assertIn('VM inst was deleted while disk '
                       '/VirtualLsiLogicController0:1 of instance x was '
-                      'read', str(exc))
+                      'read: the data read is not trusted', str(exc))
         frozen.release()
-        lease.complete.assert_not_called()
-        lease.abort.assert_called_once_with()
         self.assertNotIn('RemoveSnapshot_Task', self.session.methods())
-        self.assertIn('is gone, and its snapshot with it', self.logs.output)
+        self.assertIn('or its snapshot is gone: nothing to remove',
+                      self.logs.output)
 
-    def test_snapshot_removed_while_a_disk_is_read_fails_the_read(self):
+    def test_snapshot_removed_while_a_disk_is_read_is_not_kept(self):
         frozen = self.frozen().freeze()
-        lease = self._lease(['/vm-1/VirtualLsiLogicController0:%d' % u
-                             for u in (0, 1, 2)])
         self.snapshot_info.rootSnapshotList[0].childSnapshotList = []
         self.assertRaisesRegex(
-            errors.TransferError, 'the snapshot of VM inst was removed',
-            self._read, frozen, lease, self.disks[2])
+            errors.TransferError, 'the snapshot of VM inst was removed '
+            'while disk /VirtualLsiLogicController0:2',
+            frozen.check_kept, self.disks[2])
         frozen.release()
-        lease.complete.assert_not_called()
+        self.assertNotIn('RemoveSnapshot_Task', self.session.methods())
+
+    def test_vm_not_running_has_nothing_to_check(self):
+        self.state['runtime.powerState'] = 'poweredOff'
+        frozen = self.frozen().freeze()
+        self.session.properties[('vm-1', 'snapshot')] = (
+            vexc.ManagedObjectNotFoundException('gone'))
+        frozen.check_kept(self.disks[1])
 
     def test_remove_failure_is_logged(self):
         frozen = self.frozen().freeze()

@@ -10,6 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
+import contextlib
 import os
 from unittest import mock
 
@@ -339,7 +340,8 @@ class Qcow2DriverTestCase(test.TestCase):
                 mock.patch.object(self.driver, 'backup_volume',
                                   autospec=True, return_value='done'), \
                 mock.patch.object(self.driver, 'clean_leftovers',
-                                  autospec=True) as clean:
+                                  autospec=True,
+                                  return_value=([], [])) as clean:
             self.driver.backup_volumes(self.ctxt, [member])
         return clean
 
@@ -371,11 +373,38 @@ class Qcow2DriverTestCase(test.TestCase):
         with mock.patch.object(freezer, 'freeze_all', autospec=True,
                                side_effect=freeze_all), \
                 mock.patch.object(self.driver, 'clean_leftovers',
-                                  autospec=True) as clean:
+                                  autospec=True,
+                                  return_value=([], [])) as clean:
             self.assertRaises(
                 cvb_exception.GroupFreezeError, self.driver.backup_volumes,
                 self.ctxt, [member], all_or_nothing=True)
         clean.assert_called_once_with()
+
+    def test_overlay_of_a_failed_single_merge_is_merged_at_once(self):
+        # The same for one volume's backup (backup create --force of a
+        # running server's volume, through _frozen).
+        path, overlay, _member = self._member()
+
+        @contextlib.contextmanager
+        def frozen(*args, **kwargs):
+            yield mock.Mock(spec=freezer.FrozenImage, path=path)
+            open(overlay, 'w').close()
+            raise errors.MergeError('domain is not running', path=overlay)
+
+        def back_up():
+            with self.driver._frozen(path):
+                pass
+
+        logs = self.useFixture(fixtures.FakeLogger(level='ERROR'))
+        with mock.patch.object(freezer, 'frozen', autospec=True,
+                               side_effect=frozen), \
+                mock.patch.object(self.driver, 'clean_leftovers',
+                                  autospec=True,
+                                  return_value=([], ['not merged'])) as clean:
+            self.assertRaises(errors.MergeError, back_up)
+        clean.assert_called_once_with()
+        self.assertIn('Could not merge the leftovers (not merged)',
+                      logs.output)
 
     def test_no_leftover_no_cleaning(self):
         path, _overlay, member = self._member()

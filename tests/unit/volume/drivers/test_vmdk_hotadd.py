@@ -86,6 +86,21 @@ class HotAddDriverTestCase(test_vmdk.DriverTestBase):
                                           disk.backing.datastore)
         frozen.read_disk.assert_not_called()
         self.assertIn('transport HotAdd', self.logs.output)
+        # What was read counts once the snapshot is found kept.
+        frozen.check_kept.assert_called_once_with(disk)
+
+    @mock.patch.object(hotadd, 'reading', autospec=True)
+    def test_snapshot_gone_after_the_read_fails_it(self, reading, find,
+                                                   reachable):
+        reading.return_value = contextlib.nullcontext('device source')
+        frozen, disk = self.frozen_disk()
+        frozen.check_kept.side_effect = errors.TransferError(
+            reason='VM i-1 was deleted')
+        with testtools.ExpectedException(errors.TransferError,
+                                         '.*VM i-1 was deleted'):
+            with self.driver._read_frozen_disk(frozen, disk, 2 << 30):
+                frozen.check_kept.assert_not_called()
+        frozen.check_kept.assert_called_once_with(disk)
 
     @mock.patch.object(hotadd, 'reading', autospec=True)
     def test_proxy_looked_up_once_per_driver(self, reading, find,
@@ -115,6 +130,7 @@ class HotAddDriverTestCase(test_vmdk.DriverTestBase):
         reading.assert_not_called()
         self.assertIn('transport NBD; HotAdd passed over: no VM of this '
                       'vCenter is the proxy p', self.logs.output)
+        frozen.check_kept.assert_called_once_with(disk)
 
     @mock.patch.object(hotadd, 'reading', autospec=True)
     def test_disk_larger_than_volume_is_not_hot_added(self, reading, find,
