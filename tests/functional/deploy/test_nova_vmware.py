@@ -290,7 +290,11 @@ class NovaVmwareDeploymentTest(groups.GroupCommands, nova_servers.NovaApi,
         # (vcsim completed the reads, the later ones with zeros), and no
         # backup of it is left.
         self.assertEqual('error', ended['Status'], ended)
-        self.assertIn('was deleted while disk', ended['Description'])
+        self.assertIn('from the snapshot of instance %s' % server_id[:8],
+                      ended['Description'])
+        # (The set's description is cut at 255 characters; the log has
+        # the whole reason.)
+        self.assertIn('was deleted while disk', self.dep.log('cinder-backup'))
         self.assertEqual(before, self._backup_ids())
         self.assertEqual([], [b for b in self.osc('volume', 'backup', 'list')
                               if b['Status'] in ('creating', 'deleting',
