@@ -198,12 +198,20 @@ ENV
 mariadb_up() {
     cvb_pid_alive "$infra/mariadb.pid" && return 0
     cvb_log "starting MariaDB on 127.0.0.1:$DB_PORT"
+    # The data files are the owner's alone (MariaDB's default is 0660):
+    # Nova keeps its cells' message queue and database URLs, passwords
+    # included, in its API database (cell_mappings), and so in the data
+    # and redo log files. UMASK is the mode of the files MariaDB creates
+    # (not a mask); a data directory of an earlier version of this script
+    # is made private too.
+    export UMASK=0600 UMASK_DIR=0700
     if [ ! -d "$infra/mysql/mysql" ]; then
         mariadb-install-db --no-defaults --datadir="$infra/mysql" \
             --user=root --auth-root-authentication-method=socket \
             --skip-test-db >"$infra/mariadb-install.log" 2>&1 \
             || cvb_die "mariadb-install-db failed: $infra/mariadb-install.log"
     fi
+    chmod -R go= "$infra/mysql"
     cvb_start "$infra/mariadb.pid" "$infra/mariadb.log" \
         mariadbd --no-defaults --datadir="$infra/mysql" --user=root \
         --socket="$infra/mysql.sock" --port="$DB_PORT" \
